@@ -1,0 +1,59 @@
+# mlinfra-operator. `make demo` and `make test` are the two entry points (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STATE  ?= $(HOME)/.cache/mlinfra/cluster
+PYTEST_ARGS ?=
+
+.PHONY: test lint unit integration e2e venv tools cluster-up cluster-down demo lock clean
+
+## venv: the virtualenv with the locked dependencies (uv installs them in seconds).
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml requirements.lock
+	@echo "== python: creating $(VENV) and installing requirements.lock"
+	@test -x $(VENV)/bin/pip || $(PYTHON) -m venv $(VENV)
+	@$(VENV)/bin/pip install -q --disable-pip-version-check uv==0.13.9
+	@$(VENV)/bin/uv pip install -q --python $(PY) -r requirements.lock
+	@$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
+	@touch $@
+
+## tools: kube-apiserver & co., etcd, kwok, helm (Go) and Neo4j (Maven), cached in ~/.cache/mlinfra.
+tools:
+	@bash e2e/tools/build.sh
+
+## test: lint, then every tier (unit, integration, e2e) against the real platform.
+test: venv tools lint
+	@echo "== pytest: unit, integration and e2e tiers"
+	@$(PY) -m pytest -m "unit or integration or e2e" $(PYTEST_ARGS)
+
+lint: venv
+	@echo "== ruff and mypy"
+	@$(VENV)/bin/ruff check operator tests e2e bench conftest.py
+	@$(VENV)/bin/mypy
+
+unit: venv
+	@$(PY) -m pytest -m unit $(PYTEST_ARGS)
+integration: venv tools
+	@$(PY) -m pytest -m integration $(PYTEST_ARGS)
+e2e: venv tools
+	@$(PY) -m pytest -m e2e $(PYTEST_ARGS)
+
+## cluster-up / cluster-down: keep the platform running in the background for manual use.
+cluster-up: venv tools
+	@mkdir -p $(STATE) && rm -f $(STATE)/env
+	@echo "== starting the platform in the background (log: $(STATE)/up.log)"
+	@nohup $(VENV)/bin/mlinfra dev up --state-dir $(STATE) > $(STATE)/up.log 2>&1 &
+	@$(VENV)/bin/mlinfra dev wait --state-dir $(STATE)
+cluster-down:
+	@$(VENV)/bin/mlinfra dev down --state-dir $(STATE)
+
+## demo: the platform in the foreground (Ctrl-C stops everything).
+demo: venv tools
+	@$(VENV)/bin/mlinfra dev up --state-dir $(STATE)
+
+## lock: re-resolve requirements.lock from pyproject.toml.
+lock:
+	@$(VENV)/bin/uv pip compile -q pyproject.toml --extra test -o requirements.lock
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

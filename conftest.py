@@ -1,0 +1,20 @@
+"""Root conftest: the platform fixtures, and one pytest marker per test tier, taken from the directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["mlinfra.devenv.pytest_plugin"]
+
+_ROOT = Path(__file__).parent
+_TIERS = {"tests/unit": "unit", "tests/integration": "integration", "e2e": "e2e"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        rel = Path(item.path).resolve().relative_to(_ROOT).as_posix()
+        for prefix, marker in _TIERS.items():
+            if rel.startswith(prefix + "/"):
+                item.add_marker(marker)

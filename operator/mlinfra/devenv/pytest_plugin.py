@@ -1,0 +1,74 @@
+"""pytest fixtures for the local platform, session-scoped: each server starts once per test run.
+
+Registered by the repository's root ``conftest.py``. After the session, ``pytest_sessionfinish`` fails the
+run if any process started by the fixtures is still alive.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from qdrant_client import QdrantClient
+
+from mlinfra.devenv import procs
+from mlinfra.devenv import qdrant as qdrant_mod
+from mlinfra.devenv.controlplane import ControlPlane
+from mlinfra.devenv.neo4j import Neo4jServer
+from mlinfra.devenv.postgres import PostgresCluster, start_postgres
+from mlinfra.devenv.redis import RedisCluster, start_redis
+
+log = logging.getLogger(__name__)
+
+
+@pytest.fixture(scope="session")
+def devenv_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("devenv")
+
+
+@pytest.fixture(scope="session")
+def control_plane(devenv_dir: Path) -> Iterator[ControlPlane]:
+    with ControlPlane(devenv_dir / "kube") as cp:
+        yield cp
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(devenv_dir: Path) -> Iterator[RedisCluster]:
+    with procs.ProcStack() as stack:
+        yield start_redis(stack, devenv_dir / "redis", replicas=1)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster(devenv_dir: Path) -> Iterator[PostgresCluster]:
+    with procs.ProcStack() as stack:
+        yield start_postgres(stack, devenv_dir / "postgres", standbys=1)
+
+
+@pytest.fixture(scope="session")
+def neo4j_server(devenv_dir: Path) -> Iterator[Neo4jServer]:
+    with procs.ProcStack() as stack:
+        yield Neo4jServer(devenv_dir / "neo4j").start(stack)
+
+
+@pytest.fixture
+def qdrant() -> Iterator[QdrantClient]:
+    """A fresh local-mode client per test, or the real server at ``QDRANT_URL``."""
+    client = qdrant_mod.qdrant_client()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # Session fixtures are finalized by now: anything still alive was leaked by the platform.
+    left = procs.leaked()
+    if left:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = f"platform processes still running after the session: process groups {left}"
+        if reporter is not None:
+            reporter.write_line(message, red=True)
+        log.error(message)
