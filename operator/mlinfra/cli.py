@@ -1,10 +1,14 @@
-"""The ``mlinfra`` command line: ``version`` and ``dev`` (the local test platform) for now."""
+"""The ``mlinfra`` command line: ``version``, ``crds`` and ``dev`` (the local test platform) for now."""
 
 from __future__ import annotations
+
+import pathlib
+from typing import Annotated
 
 import typer
 
 import mlinfra
+from mlinfra import crdgen
 from mlinfra.devenv import cli as devenv_cli
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="mlinfra-operator command line.")
@@ -15,3 +19,27 @@ app.add_typer(devenv_cli.app, name="dev")
 def version() -> None:
     """Print the operator version."""
     typer.echo(mlinfra.__version__)
+
+
+@app.command()
+def crds(
+    check: Annotated[
+        bool, typer.Option("--check", help="Only compare: exit 1, naming the stale files, if they differ.")
+    ] = False,
+    root: Annotated[
+        pathlib.Path | None,
+        typer.Option(help="Repository root holding crds/ and charts/ (default: this checkout)."),
+    ] = None,
+) -> None:
+    """Generate the CRDs from the API models into crds/ and charts/mlinfra-operator/crds/."""
+    base = root or crdgen.repo_root()
+    if check:
+        stale = crdgen.stale(base)
+        if stale:
+            names = ", ".join(str(path.relative_to(base)) for path in stale)
+            typer.echo(f"stale CRD files (run `mlinfra crds` and commit them): {names}", err=True)
+            raise typer.Exit(1)
+        typer.echo("CRDs are up to date")
+        return
+    for path in crdgen.write(base):
+        typer.echo(f"wrote {path.relative_to(base)}")
