@@ -1,0 +1,189 @@
+"""The one connection-Secret format, for every engine, managed or external.
+
+The operator publishes a Secret ``<name>-conn`` per DataStore with the string keys ``engine, host, port,
+username, password, database, uri, tls`` (plus ``ca.crt`` when a CA certificate is configured). Sync jobs, the
+client SDK, the probes and users' apps all read it through :class:`ConnectionInfo`, so the format is written
+and parsed in this module only.
+
+``uri`` never embeds the password: it is safe to print, log and put in ``status``. Clients take the password
+from the ``password`` key.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from collections.abc import Mapping
+from typing import get_args
+from urllib import parse
+
+from mlinfra.api import datastore
+
+Engine = datastore.Engine
+
+DEFAULT_PORTS: dict[Engine, int] = {"redis": 6379, "postgres": 5432, "neo4j": 7687, "qdrant": 6333}
+DEFAULT_USERNAMES: dict[Engine, str] = {"redis": "default", "postgres": "postgres", "neo4j": "neo4j", "qdrant": ""}
+DEFAULT_DATABASES: dict[Engine, str] = {"redis": "0", "postgres": "postgres", "neo4j": "neo4j", "qdrant": ""}
+
+# The keys of the Secret, in the order DESIGN.md lists them. CA_KEY is present only when a CA is set.
+SECRET_KEYS = ("engine", "host", "port", "username", "password", "database", "uri", "tls")
+CA_KEY = "ca.crt"
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off", ""})
+
+
+def default_port(engine: Engine) -> int:
+    """The engine's standard client port (qdrant: the HTTP API)."""
+    return DEFAULT_PORTS[engine]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectionInfo:
+    """How to reach one database: endpoint, credentials, database and TLS. Immutable."""
+
+    engine: Engine
+    host: str
+    port: int
+    username: str
+    password: str
+    database: str
+    tls: bool
+    ca_cert: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.engine not in get_args(Engine):
+            raise ValueError(f"unknown engine {self.engine!r}: expected one of {', '.join(get_args(Engine))}")
+        if not self.host:
+            raise ValueError("host must not be empty")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be between 1 and 65535, got {self.port}")
+
+    @classmethod
+    def for_engine(
+        cls,
+        engine: Engine,
+        host: str,
+        password: str,
+        *,
+        port: int | None = None,
+        username: str | None = None,
+        database: str | None = None,
+        tls: bool = False,
+        ca_cert: str | None = None,
+    ) -> ConnectionInfo:
+        """A ConnectionInfo with the engine's default port, user name and database where not given."""
+        return cls(
+            engine=engine,
+            host=host,
+            port=port if port is not None else DEFAULT_PORTS[engine],
+            username=username if username is not None else DEFAULT_USERNAMES[engine],
+            password=password,
+            database=database if database is not None else DEFAULT_DATABASES[engine],
+            tls=tls,
+            ca_cert=ca_cert,
+        )
+
+    @property
+    def endpoint(self) -> str:
+        """``host:port`` (IPv6 hosts in brackets), as ``status.endpoint`` shows it."""
+        return f"{_url_host(self.host)}:{self.port}"
+
+    @property
+    def uri(self) -> str:
+        """The engine's URI for this endpoint, user and database; never the password."""
+        netloc = self.endpoint
+        if self.engine == "redis":
+            user = f"{parse.quote(self.username, safe='')}@" if self.username else ""
+            db = f"/{parse.quote(self.database, safe='')}" if self.database else ""
+            return f"{'rediss' if self.tls else 'redis'}://{user}{netloc}{db}"
+        if self.engine == "postgres":
+            user = f"{parse.quote(self.username, safe='')}@" if self.username else ""
+            db = f"/{parse.quote(self.database, safe='')}" if self.database else ""
+            return f"postgresql://{user}{netloc}{db}{'?sslmode=require' if self.tls else ''}"
+        if self.engine == "neo4j":
+            return f"{'neo4j+s' if self.tls else 'bolt'}://{netloc}"
+        return f"{'https' if self.tls else 'http'}://{netloc}"
+
+    def with_endpoint(self, host: str, port: int) -> ConnectionInfo:
+        """The same credentials and database at another endpoint (e.g. one member, or a dev port map)."""
+        return dataclasses.replace(self, host=host, port=port)
+
+    def to_secret_data(self) -> dict[str, str]:
+        """The ``stringData`` of the connection Secret: string values only."""
+        data = {
+            "engine": self.engine,
+            "host": self.host,
+            "port": str(self.port),
+            "username": self.username,
+            "password": self.password,
+            "database": self.database,
+            "uri": self.uri,
+            "tls": "true" if self.tls else "false",
+        }
+        if self.ca_cert:
+            data[CA_KEY] = self.ca_cert
+        return data
+
+    @classmethod
+    def from_secret_data(cls, data: Mapping[str, str | bytes]) -> ConnectionInfo:
+        """Parse the Secret's keys; values may be ``str`` (``stringData``) or decoded ``bytes``.
+
+        ``uri`` is derived, so it is not read. Errors name the offending key, never a value of the password.
+        """
+        values = {key: _text(key, value) for key, value in data.items()}
+        engine = _require(values, "engine")
+        if engine not in get_args(Engine):
+            raise ValueError(f"connection secret: key 'engine' must be one of {', '.join(get_args(Engine))}")
+        port_text = _require(values, "port")
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise ValueError(f"connection secret: key 'port' is not a number: {port_text!r}") from None
+        tls_text = values.get("tls", "false").strip().lower()
+        if tls_text not in _TRUE | _FALSE:
+            raise ValueError(f"connection secret: key 'tls' must be true or false, got {tls_text!r}")
+        return cls(
+            engine=engine,  # type: ignore[arg-type]  # checked against Engine above
+            host=_require(values, "host"),
+            port=port,
+            username=values.get("username", ""),
+            password=values.get("password", ""),
+            database=values.get("database", ""),
+            tls=tls_text in _TRUE,
+            ca_cert=values.get(CA_KEY) or None,
+        )
+
+    @classmethod
+    def from_secret_base64(cls, data: Mapping[str, str]) -> ConnectionInfo:
+        """Parse a Secret's ``data`` as the Kubernetes API returns it (base64-encoded values)."""
+        return cls.from_secret_data({key: base64.b64decode(value) for key, value in data.items()})
+
+    def __repr__(self) -> str:
+        return (
+            f"ConnectionInfo(engine={self.engine!r}, host={self.host!r}, port={self.port}, "
+            f"username={self.username!r}, password='***', database={self.database!r}, tls={self.tls}, "
+            f"ca_cert={'<set>' if self.ca_cert else None})"
+        )
+
+    __str__ = __repr__
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _text(key: str, value: str | bytes) -> str:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"connection secret: key {key!r} is not UTF-8 text") from None
+    return value
+
+
+def _require(values: Mapping[str, str], key: str) -> str:
+    value = values.get(key, "").strip()
+    if not value:
+        raise ValueError(f"connection secret: key {key!r} is missing or empty")
+    return value
