@@ -91,7 +91,7 @@ def test_crd_metadata(kind: str) -> None:
 
 def test_short_names() -> None:
     assert {kind: crd["spec"]["names"]["shortNames"] for kind, crd in CRDS.items()} == {
-        "DataStore": ["ds"],
+        "DataStore": ["ds", "dstore"],
         "FeatureView": ["fv"],
         "ModelRegistry": ["mr"],
         "VectorIndex": ["vi"],

@@ -303,7 +303,9 @@ class DataStore(base.Resource):
         kind="DataStore",
         plural="datastores",
         singular="datastore",
-        short_names=("ds",),
+        # `ds` as designed, but kubectl resolves it to DaemonSets (built-in short names win), so `dstore`
+        # is the one that works with kubectl.
+        short_names=("ds", "dstore"),
         description="DataStore is one database instance (redis, postgres, neo4j or qdrant), run by the "
         "operator (spec.managed) or adopted (spec.external).",
         printer_columns=(
