@@ -1,0 +1,374 @@
+"""The committed CRDs on a real kube-apiserver: bad objects are refused with messages that say what to fix.
+
+Table-driven: each invalid object is applied with ``kubectl apply --server-side`` (what users and Argo CD
+do) and must be rejected with the CEL or schema message expected for it; valid objects are accepted (and
+defaulted); changing an immutable field is rejected while a vector size change, which drives a rebuild,
+is accepted. The operator is not running: this is the API server alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import pathlib
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.e2e
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+NAMESPACE = "mlinfra-crd-validation"
+PLURALS = ("datastores", "featureviews", "modelregistries", "vectorindexes")
+
+
+class ControlPlane(Protocol):
+    """What this module uses of the session's ``control_plane`` fixture."""
+
+    kubeconfig: pathlib.Path
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]: ...
+
+
+# --- valid objects, the base of every invalid one ---------------------------------------------------------
+
+
+def obj(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": spec,
+    }
+
+
+DS_MANAGED = obj(
+    "DataStore",
+    "cache",
+    {
+        "engine": "redis",
+        "managed": {
+            "version": "7.2",
+            "replicas": 2,
+            "storage": {"size": "1Gi"},
+            "resources": {"requests": {"cpu": 1, "memory": "512Mi"}},
+            "config": {"maxmemory": "256mb", "maxmemory-policy": "allkeys-lru"},
+        },
+    },
+)
+DS_EXTERNAL = obj(
+    "DataStore",
+    "pg",
+    {
+        "engine": "postgres",
+        "external": {
+            "endpoint": "pg.example.com:5432",
+            "database": "features",
+            "credentialsSecretRef": {"name": "pg-creds"},
+            "tls": {"enabled": True, "caSecretRef": {"name": "pg-ca", "key": "ca.crt"}},
+        },
+        "deletionPolicy": "Delete",
+    },
+)
+DS_NEO4J = obj("DataStore", "graph", {"engine": "neo4j", "managed": {"storage": {"size": "2Gi"}}})
+FV = obj(
+    "FeatureView",
+    "user-activity",
+    {
+        "entities": [{"name": "user_id", "type": "int64"}],
+        "features": [
+            {"name": "clicks_7d", "type": "int64", "description": "Clicks over 7 days."},
+            {"name": "ctr", "type": "float32"},
+        ],
+        "offline": {"storeRef": {"name": "pg"}, "schema": "features"},
+        "online": {"storeRef": {"name": "cache"}, "ttl": "1h30m"},
+        "materialization": {"schedule": "*/5 * * * *", "batchSize": 500},
+        "freshness": {"maxLag": "15m"},
+    },
+)
+MR = obj(
+    "ModelRegistry",
+    "registry",
+    {
+        "metadataStoreRef": {"name": "pg"},
+        "lineageStoreRef": {"name": "graph"},
+        "schemaVersion": 3,
+        "lineageSync": {"interval": "30s"},
+    },
+)
+MR_MINIMAL = obj("ModelRegistry", "registry-latest", {"metadataStoreRef": {"name": "pg"}})
+VI = obj(
+    "VectorIndex",
+    "docs",
+    {
+        "storeRef": {"name": "qdrant"},
+        "collection": "docs",
+        "vectors": {"size": 384, "distance": "Cosine"},
+        "hnsw": {"m": 16, "efConstruct": 100},
+        "quantization": {"type": "product", "compression": "x16"},
+        "payloadIndexes": [{"field": "lang", "type": "keyword"}],
+        "source": {
+            "storeRef": {"name": "pg"},
+            "table": "documents",
+            "idColumn": "id",
+            "vectorColumn": "embedding",
+            "payloadColumns": ["lang"],
+            "updatedAtColumn": "updated_at",
+        },
+        "sync": {"schedule": "@hourly"},
+    },
+)
+VALID = [DS_MANAGED, DS_EXTERNAL, DS_NEO4J, FV, MR, MR_MINIMAL, VI]
+
+
+def variant(base: dict[str, Any], name: str, **spec_changes: Any) -> dict[str, Any]:
+    """A renamed copy of ``base`` with ``a__b`` spec paths set (``None`` removes the key)."""
+    out = copy.deepcopy(base)
+    out["metadata"]["name"] = name
+    for dotted, value in spec_changes.items():
+        *parents, leaf = dotted.split("__")
+        node = out["spec"]
+        for key in parents:
+            node = node.setdefault(key, {})
+        if value is None:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
+    return out
+
+
+# --- invalid objects and the message each must be rejected with ---------------------------------------------
+
+INVALID: list[tuple[dict[str, Any], str]] = [
+    # DataStore
+    (variant(DS_EXTERNAL, "ds-both", managed={}), "set exactly one of spec.managed"),
+    (variant(DS_MANAGED, "ds-neither", managed=None), "set exactly one of spec.managed"),
+    (variant(DS_NEO4J, "ds-neo4j-3", managed__replicas=3), "neo4j Community runs a single instance"),
+    (variant(DS_MANAGED, "ds-mysql", engine="mysql"), 'Unsupported value: "mysql"'),
+    (variant(DS_MANAGED, "ds-zero", managed__replicas=0), "should be greater than or equal to 1"),
+    (variant(DS_EXTERNAL, "ds-no-port", external__endpoint="pg.example.com"), "must be host:port"),
+    (variant(DS_MANAGED, "ds-port", managed__config={"port": "7000"}), "allows only these redis settings"),
+    (variant(DS_MANAGED, "ds-size", managed__storage__size="ten gigs"), "spec.managed.storage.size"),
+    (variant(DS_EXTERNAL, "ds-no-creds", external__credentialsSecretRef=None), "credentialsSecretRef: Required"),
+    (variant(DS_MANAGED, "ds-typo", managed__replica=2), ".spec.managed.replica: field not declared in schema"),
+    # FeatureView
+    (variant(FV, "fv-no-entities", entities=[]), "should have at least 1 items"),
+    (
+        variant(FV, "fv-dup-entities", entities=[{"name": "user_id", "type": "int64"}] * 2),
+        "each entity name must appear once",
+    ),
+    (
+        variant(FV, "fv-shadow", features=[{"name": "user_id", "type": "string"}]),
+        "cannot have the name of an entity",
+    ),
+    (
+        variant(FV, "fv-reserved", features=[{"name": "event_timestamp", "type": "timestamp"}]),
+        "reserved for the operator's own columns",
+    ),
+    (variant(FV, "fv-ttl", online__ttl="2 days"), "such as 30s, 5m or 1h30m"),
+    (variant(FV, "fv-cron", materialization__schedule="every 5 minutes"), "cron schedule of 5 fields"),
+    (variant(FV, "fv-cron-6", materialization__schedule="0 */5 * * * *"), "cron schedule of 5 fields"),
+    (
+        variant(FV, "fv-dup-feature", features=[{"name": "ctr", "type": "float32"}] * 2),
+        'duplicate entries for key [name="ctr"]',
+    ),
+    (
+        variant(FV, "fv-many-keys", entities=[{"name": f"k{i}", "type": "string"} for i in range(9)]),
+        "must have at most 8 items",
+    ),
+    (variant(FV, "fv-type", features=[{"name": "x", "type": "decimal"}]), 'Unsupported value: "decimal"'),
+    # ModelRegistry
+    (variant(MR, "mr-no-lineage", lineageStoreRef=None), "needs spec.lineageStoreRef"),
+    (variant(MR, "mr-newest", schemaVersion="newest"), "must be 'latest' or a migration number"),
+    (variant(MR, "mr-zero", schemaVersion=0), "must be 'latest' or a migration number"),
+    (variant(MR, "mr-same", lineageStoreRef={"name": "pg"}), "must name a neo4j DataStore"),
+    (variant(MR, "mr-interval", lineageSync__interval="10 seconds"), "such as 30s, 5m or 1h30m"),
+    # VectorIndex
+    (variant(VI, "vi-size", vectors__size=0), "must be a positive number of dimensions"),
+    (variant(VI, "vi-hamming", vectors__distance="Hamming"), 'Unsupported value: "Hamming"'),
+    (
+        variant(VI, "vi-pq", quantization={"type": "product"}),
+        "compression is required for product quantization",
+    ),
+    (
+        variant(VI, "vi-quantile", quantization={"type": "binary", "quantile": 0.9}),
+        "quantile applies only to scalar",
+    ),
+    (variant(VI, "vi-no-source", source=None), "spec.sync needs spec.source"),
+    (variant(VI, "vi-collection", collection="my docs"), "spec.collection"),
+    (variant(VI, "vi-no-vectors", vectors=None), "spec.vectors: Required value"),
+]
+
+# Updates: (original, changed, message if rejected or None if accepted).
+UPDATES: list[tuple[str, dict[str, Any], dict[str, Any], str | None]] = [
+    (
+        "engine-change",
+        variant(DS_EXTERNAL, "upd-engine"),
+        variant(DS_EXTERNAL, "upd-engine", engine="redis"),
+        "spec.engine is immutable",
+    ),
+    (
+        "entity-type-change",
+        variant(FV, "upd-entity-type"),
+        variant(FV, "upd-entity-type", entities=[{"name": "user_id", "type": "string"}]),
+        "spec.entities is immutable",
+    ),
+    (
+        "entity-added",
+        variant(FV, "upd-entity-added"),
+        variant(
+            FV,
+            "upd-entity-added",
+            entities=[{"name": "user_id", "type": "int64"}, {"name": "country", "type": "string"}],
+        ),
+        "spec.entities is immutable",
+    ),
+    (
+        "feature-added",
+        variant(FV, "upd-feature-added"),
+        variant(FV, "upd-feature-added", features=[*FV["spec"]["features"], {"name": "spend", "type": "float64"}]),
+        None,
+    ),
+    (
+        "vector-size-and-distance-change",
+        variant(VI, "upd-vectors"),
+        variant(VI, "upd-vectors", vectors={"size": 768, "distance": "Dot"}),
+        None,
+    ),
+    (
+        "neo4j-scale-up",
+        variant(DS_NEO4J, "upd-neo4j"),
+        variant(DS_NEO4J, "upd-neo4j", managed__replicas=2),
+        "neo4j Community runs a single instance",
+    ),
+]
+
+
+# --- fixtures and helpers -----------------------------------------------------------------------------------
+
+
+def apply(cp: ControlPlane, body: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    return cp.kubectl(
+        "apply",
+        "--server-side",
+        "--field-manager=crd-validation-test",
+        "-f",
+        "-",
+        input=yaml.safe_dump(body),
+        check=False,
+    )
+
+
+def wait_until(what: str, check: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def cluster(control_plane: ControlPlane) -> Iterator[ControlPlane]:
+    """The control plane with the committed CRDs installed (as the README says) and a namespace."""
+    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    for plural in PLURALS:
+        control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{plural}.mlinfra.io")
+    control_plane.kubectl("create", "namespace", NAMESPACE)
+    # Established is not the end of it: kubectl must also discover the new resources.
+    for plural in PLURALS:
+        wait_until(
+            f"{plural} to be served",
+            lambda p=plural: control_plane.kubectl("get", p, "-n", NAMESPACE, check=False).returncode == 0,
+        )
+    yield control_plane
+    control_plane.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
+
+
+def contains(actual: Any, expected: Any) -> bool:
+    """Whether ``actual`` has everything ``expected`` has (the API server may add defaults)."""
+    if isinstance(expected, dict):
+        return isinstance(actual, dict) and all(contains(actual.get(k), v) for k, v in expected.items())
+    if isinstance(expected, list):
+        return isinstance(actual, list) and len(actual) == len(expected) and all(map(contains, actual, expected))
+    return bool(actual == expected)
+
+
+def get(cp: ControlPlane, body: dict[str, Any]) -> dict[str, Any]:
+    out = cp.kubectl("get", body["kind"].lower(), body["metadata"]["name"], "-n", NAMESPACE, "-o", "yaml")
+    loaded: dict[str, Any] = yaml.safe_load(out.stdout)
+    return loaded
+
+
+# --- tests ---------------------------------------------------------------------------------------------------
+
+
+def test_the_table_is_big_enough() -> None:
+    assert len(INVALID) >= 15
+    assert {body["kind"] for body, _ in INVALID} == {"DataStore", "FeatureView", "ModelRegistry", "VectorIndex"}
+    assert len({body["metadata"]["name"] for body, _ in INVALID}) == len(INVALID)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"), [pytest.param(body, message, id=body["metadata"]["name"]) for body, message in INVALID]
+)
+def test_invalid_objects_are_rejected(cluster: ControlPlane, body: dict[str, Any], message: str) -> None:
+    result = apply(cluster, body)
+    assert result.returncode != 0, f"accepted: {result.stdout}"
+    assert message in result.stderr, result.stderr
+    gone = cluster.kubectl("get", body["kind"].lower(), body["metadata"]["name"], "-n", NAMESPACE, check=False)
+    assert gone.returncode != 0
+
+
+@pytest.mark.parametrize("body", [pytest.param(body, id=body["metadata"]["name"]) for body in VALID])
+def test_valid_objects_are_accepted(cluster: ControlPlane, body: dict[str, Any]) -> None:
+    result = apply(cluster, body)
+    assert result.returncode == 0, result.stderr
+    assert contains(get(cluster, body)["spec"], body["spec"])
+
+
+def test_schema_defaults_are_applied(cluster: ControlPlane) -> None:
+    for body in (DS_MANAGED, DS_NEO4J, MR_MINIMAL):
+        assert apply(cluster, body).returncode == 0
+    managed = get(cluster, DS_MANAGED)["spec"]
+    assert managed["deletionPolicy"] == "Retain"
+    assert managed["managed"]["networkPolicy"] is False
+    assert get(cluster, DS_NEO4J)["spec"]["managed"]["replicas"] == 1
+    registry = get(cluster, MR_MINIMAL)["spec"]
+    assert registry["schemaVersion"] == "latest"
+
+
+def test_kubectl_get_mlinfra_shows_the_columns_and_short_names_work(cluster: ControlPlane) -> None:
+    for body in (DS_MANAGED, FV, MR, VI):
+        assert apply(cluster, body).returncode == 0
+    header = cluster.kubectl("get", "datastores", "-n", NAMESPACE).stdout.splitlines()[0].split()
+    assert header == ["NAME", "ENGINE", "MODE", "READY", "REASON", "MAX", "LAG", "AGE"]
+    listed = cluster.kubectl("get", "mlinfra", "-n", NAMESPACE, "-o", "name").stdout.split()
+    for name in ("datastore.mlinfra.io/cache", "featureview.mlinfra.io/user-activity", "vectorindex.mlinfra.io/docs"):
+        assert name in listed
+    # `ds` itself means DaemonSets to kubectl (built-in short names win); `dstore` is DataStore's usable one.
+    for short, name in (
+        ("dstore", "datastore.mlinfra.io/cache"),
+        ("fv", "featureview.mlinfra.io/user-activity"),
+        ("mr", "modelregistry.mlinfra.io/registry"),
+        ("vi", "vectorindex.mlinfra.io/docs"),
+    ):
+        assert name in cluster.kubectl("get", short, "-n", NAMESPACE, "-o", "name").stdout.split()
+
+
+@pytest.mark.parametrize(
+    ("original", "changed", "message"),
+    [pytest.param(original, changed, message, id=name) for name, original, changed, message in UPDATES],
+)
+def test_updates(cluster: ControlPlane, original: dict[str, Any], changed: dict[str, Any], message: str | None) -> None:
+    created = apply(cluster, original)
+    assert created.returncode == 0, created.stderr
+    result = apply(cluster, changed)
+    if message is None:
+        assert result.returncode == 0, result.stderr
+        assert contains(get(cluster, changed)["spec"], changed["spec"])
+    else:
+        assert result.returncode != 0, f"accepted: {result.stdout}"
+        assert message in result.stderr, result.stderr
