@@ -1,0 +1,58 @@
+# The operator image: `mlinfra run` (Kopf, standalone). Multi-stage: the builder installs the package and its
+# runtime dependencies, pinned by requirements.lock, into a venv; the final stage copies only that venv.
+# Runs as the non-root user 10001 on a read-only root filesystem (HOME and scratch space live in /tmp, an
+# emptyDir in the Helm chart).
+#
+#   docker build -t ghcr.io/mlinfra/mlinfra-operator:0.1.0 .
+#
+# The base image is pinned by tag; pin it by digest too (python:3.11.17-slim-bookworm@sha256:...) where the
+# build has registry access to resolve it.
+
+FROM python:3.11.17-slim-bookworm AS builder
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_INPUT=1 \
+    PATH=/opt/venv/bin:$PATH
+
+RUN python -m venv /opt/venv
+
+WORKDIR /src
+COPY pyproject.toml requirements.lock README.md ./
+COPY operator/ operator/
+
+# requirements.lock also pins the test tools (pytest, ruff, mypy, hadolint): used as constraints it pins every
+# runtime dependency of the package to the locked version without installing the test tools.
+RUN pip install --no-cache-dir --constraint requirements.lock .
+
+
+FROM python:3.11.17-slim-bookworm
+
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+
+LABEL org.opencontainers.image.title="mlinfra-operator" \
+      org.opencontainers.image.description="Kubernetes operator (Kopf) for the data infrastructure of ML platforms: DataStore, FeatureView, ModelRegistry and VectorIndex." \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="docker.io/library/python:3.11.17-slim-bookworm"
+
+RUN groupadd --system --gid 10001 mlinfra \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin mlinfra
+
+COPY --from=builder /opt/venv /opt/venv
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp
+
+WORKDIR /tmp
+USER 10001:10001
+
+# 8080: /healthz (liveness), 9090: /metrics (Prometheus).
+EXPOSE 8080 9090
+
+ENTRYPOINT ["mlinfra"]
+CMD ["run"]
