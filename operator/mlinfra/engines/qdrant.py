@@ -1,0 +1,134 @@
+"""Observe a Qdrant server (or qdrant-client's local mode): version, cluster peers, shard replica states.
+
+Against a real server the probe reads the version (``GET /``) and the cluster status: with the cluster
+enabled every Raft peer is a ``peer`` member, not ready while consensus messages to it keep failing; without
+it the server is one ``standalone`` member and replication is not applicable. Qdrant replicates per
+collection shard and reports replica *states*, not lag: :func:`collection_replicas` gives
+``(shard, peer, state)`` for a collection (DataStore members carry no lag figures for Qdrant).
+
+In local mode (``QdrantClient(location=":memory:")`` or ``path=...``) there is no server: the probe says so
+honestly: one standalone member, no version (the local mode would report the client library's version),
+replication not applicable, capability and note ``local-mode``.
+
+Interpretation is pure (``members_from_cluster_status``, ``replicas_from_cluster_info``); the probes only
+call the client.
+"""
+
+from __future__ import annotations
+
+import math
+from urllib import parse
+
+import httpx
+from qdrant_client import QdrantClient
+from qdrant_client.http import exceptions as qdrant_errors
+from qdrant_client.http import models
+
+from mlinfra.engines import connection, observation
+
+LOCAL_MODE = "local-mode"
+LOCAL_NOTE = ("qdrant-client local mode: no server, no cluster and no server version; "
+              "the store is observed through the client library only")
+STANDALONE_NOTE = "Qdrant cluster mode is disabled: a single server, no shard replication"
+LAG_NOTE = "Qdrant reports shard replica states, not lag: see the collections' replicas"
+
+ShardReplica = tuple[int, int, str]  # (shard id, peer id, replica state)
+
+_ERRORS = (qdrant_errors.ApiException, httpx.HTTPError, OSError, ValueError)
+
+
+def probe(conn: connection.ConnectionInfo, timeout: float = 5.0) -> observation.Observation:
+    """Observe the Qdrant server at ``conn`` (HTTP API; the password is the API key). Never raises on failure."""
+    try:
+        client = QdrantClient(url=conn.uri, api_key=conn.password or None, timeout=max(1, math.ceil(timeout)),
+                              check_compatibility=False)
+    except _ERRORS as exc:
+        return observation.Observation.unreachable(observation.error_message(exc, conn))
+    try:
+        return probe_client(client, conn.endpoint, conn)
+    finally:
+        client.close()
+
+
+def probe_client(client: QdrantClient, name: str = LOCAL_MODE,
+                 conn: connection.ConnectionInfo | None = None) -> observation.Observation:
+    """Observe through an existing client: a real server, or local mode (reported as such).
+
+    ``name`` names this server's member when the cluster is disabled; ``conn`` (when given) supplies the
+    secret to scrub from errors.
+    """
+    if is_local_mode(client):
+        return observation.Observation.observed(
+            version=None,
+            members=[observation.MemberObservation(LOCAL_MODE, "standalone", ready=True)],
+            replication="not-applicable",
+            capabilities=[LOCAL_MODE],
+            notes=[LOCAL_NOTE],
+        )
+    try:
+        version = client.info().version
+        status = client.cluster_status()
+    except _ERRORS as exc:
+        return observation.Observation.unreachable(observation.error_message(exc, conn))
+    members, state = members_from_cluster_status(status, name)
+    return observation.Observation.observed(
+        version=version,
+        members=members,
+        replication=state,
+        notes=[STANDALONE_NOTE] if state == "not-applicable" else [LAG_NOTE],
+    )
+
+
+def is_local_mode(client: QdrantClient) -> bool:
+    """True for qdrant-client's in-process local mode (``:memory:`` or a ``path``)."""
+    options = client.init_options
+    return options.get("location") == ":memory:" or options.get("path") is not None
+
+
+def members_from_cluster_status(
+    status: models.ClusterStatusOneOf | models.ClusterStatusOneOf1, self_name: str
+) -> tuple[list[observation.MemberObservation], observation.ReplicationState]:
+    """Members and replication state from ``GET /cluster``.
+
+    Disabled: the server alone. Enabled: one ``peer`` per Raft peer, named by its peer URI's ``host:port``;
+    the probed peer is ready (it answered), the others unless messages to them are failing.
+    """
+    if not isinstance(status, models.ClusterStatusOneOf1):
+        return [observation.MemberObservation(self_name, "standalone", ready=True)], "not-applicable"
+    failing = {uri.rstrip("/") for uri in status.message_send_failures}
+    members, others = [], []
+    for peer_id, peer in sorted(status.peers.items(), key=lambda item: int(item[0])):
+        is_self = int(peer_id) == status.peer_id
+        member = observation.MemberObservation(
+            name=_peer_name(peer_id, peer.uri),
+            role="peer",
+            ready=is_self or peer.uri.rstrip("/") not in failing,
+        )
+        members.append(member)
+        if not is_self:
+            others.append(member)
+    return members, observation.replication_state(others)
+
+
+def _peer_name(peer_id: str, uri: str) -> str:
+    netloc = parse.urlsplit(uri).netloc
+    return netloc or f"peer-{peer_id}"
+
+
+def collection_replicas(client: QdrantClient, collection: str) -> list[ShardReplica]:
+    """``(shard, peer, state)`` of every replica of ``collection``'s shards, from its cluster info.
+
+    Real servers only: local mode has no shards or peers, and the result is empty (check
+    :func:`is_local_mode` to tell "no replicas observable" from "no replicas"). Client errors propagate:
+    the caller asked about one collection and should see why it failed.
+    """
+    if is_local_mode(client):
+        return []
+    return replicas_from_cluster_info(client.collection_cluster_info(collection))
+
+
+def replicas_from_cluster_info(info: models.CollectionClusterInfo) -> list[ShardReplica]:
+    """Local shards (on ``info.peer_id``) and remote shards, sorted by shard then peer."""
+    replicas = [(shard.shard_id, info.peer_id, str(shard.state)) for shard in info.local_shards]
+    replicas += [(shard.shard_id, shard.peer_id, str(shard.state)) for shard in info.remote_shards]
+    return sorted(replicas)
