@@ -239,8 +239,26 @@ def test_generate_repairs_and_is_idempotent(checkout: pathlib.Path) -> None:
 
 def test_generate_into_an_empty_tree(tmp_path: pathlib.Path) -> None:
     written = crdgen.write(tmp_path)
-    assert len(written) == 2 * len(api.KINDS)
+    assert len(written) == 2 * len(api.KINDS) + 1  # + crds/Kustomization
     assert crdgen.stale(tmp_path) == []
+
+
+def test_crds_dir_has_a_kustomization_that_kubectl_apply_f_skips() -> None:
+    kustomization = yaml.safe_load((ROOT / "crds" / "Kustomization").read_text())
+    assert kustomization["kind"] == "Kustomization"
+    assert kustomization["resources"] == sorted(crdgen.render_all())
+    # `kubectl apply -f crds/` reads only *.json, *.yaml and *.yml; Helm's crds/ must hold CRDs only.
+    assert not list((ROOT / "crds").glob("kustomization.y*ml"))
+    assert sorted(p.name for p in (ROOT / "charts/mlinfra-operator/crds").iterdir()) == sorted(crdgen.render_all())
+
+
+def test_check_catches_a_stale_kustomization(checkout: pathlib.Path) -> None:
+    path = checkout / "crds" / "Kustomization"
+    path.write_text(path.read_text().replace("- vectorindexes.mlinfra.io.yaml\n", ""))
+    assert crdgen.stale(checkout) == [path]
+    path.unlink()
+    assert crdgen.stale(checkout) == [path]
+    assert crdgen.write(checkout) == [path]
 
 
 def test_output_is_deterministic() -> None:
