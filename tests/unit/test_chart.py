@@ -87,9 +87,9 @@ def _kustomize() -> list[dict[str, Any]]:
     proc = _run([str(_tools().kubectl), "kustomize", str(BASE)], check=False)
     if proc.returncode != 0:
         pytest.fail(
-            "`kubectl kustomize manifests/base` does not build. If it says crds/ has no kustomization.yaml: the "
-            "base includes ../../crds, which needs crds/kustomization.yaml listing the four CRD files "
-            f"(kustomize loads files only from inside a kustomization's directory).\n{proc.stderr}"
+            "`kubectl kustomize manifests/base` does not build. The base includes ../../crds, which needs the "
+            "kustomization `crds/Kustomization` written by `mlinfra crds` (kustomize loads files only from "
+            f"inside a kustomization's directory).\n{proc.stderr}"
         )
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
 
