@@ -43,3 +43,25 @@ def crds(
         return
     for path in crdgen.write(base):
         typer.echo(f"wrote {path.relative_to(base)}")
+
+
+@app.command()
+def run(
+    namespace: Annotated[
+        list[str] | None, typer.Option("--namespace", "-n", help="Watch only this namespace (repeatable).")
+    ] = None,
+    health_port: Annotated[int, typer.Option(help="Port of the /healthz liveness endpoint.")] = 8080,
+    metrics_port: Annotated[int, typer.Option(help="Port of the Prometheus /metrics endpoint.")] = 9090,
+    endpoint_map: Annotated[
+        pathlib.Path | None,
+        typer.Option(help="Development only: JSON map of managed stores to local endpoints "
+                          "(env MLINFRA_ENDPOINT_MAP); see docs/development.md."),
+    ] = None,
+) -> None:
+    """Run the operator (Kopf, standalone: one replica)."""
+    from mlinfra import run as run_mod
+    from mlinfra.config import Settings
+
+    settings = Settings.from_env(namespaces=tuple(namespace or ()), health_port=health_port,
+                                 metrics_port=metrics_port, endpoint_map=endpoint_map)
+    run_mod.run(settings)

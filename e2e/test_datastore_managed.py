@@ -1,0 +1,125 @@
+"""Managed DataStores: provisioned in the real control plane (Pods Ready on kwok nodes) and served by real
+local servers started from what the operator rendered (the backer), so they reach Ready for real."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+
+from e2e_support import condition, get_json, wait_for
+from mlinfra.devenv.backer import Backer
+from mlinfra.devenv.controlplane import ControlPlane
+from mlinfra.devenv.operator import OperatorProcess
+
+
+def managed(ns: str, name: str, engine: str, replicas: int, policy: str = "Retain") -> dict[str, Any]:
+    return {"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore", "metadata": {"name": name, "namespace": ns},
+            "spec": {"engine": engine, "deletionPolicy": policy,
+                     "managed": {"replicas": replicas, "storage": {"size": "1Gi"}}}}
+
+
+def ds_condition(cp: ControlPlane, ns: str, name: str, type_: str) -> dict[str, Any]:
+    return condition(get_json(cp, "datastore", name, "-n", ns), type_)
+
+
+def wait_ready(cp: ControlPlane, ns: str, name: str, timeout: float = 150) -> dict[str, Any]:
+    wait_for(f"{ns}/{name} Ready", lambda: ds_condition(cp, ns, name, "Ready").get("status") == "True", timeout)
+    return dict(get_json(cp, "datastore", name, "-n", ns))
+
+
+def owned_by(obj: dict[str, Any], owner: dict[str, Any]) -> bool:
+    return any(r["uid"] == owner["metadata"]["uid"] and r.get("controller")
+               for r in obj["metadata"].get("ownerReferences") or [])
+
+
+@pytest.mark.parametrize(("engine", "replicas"), [("redis", 2), ("postgres", 2), ("neo4j", 1)])
+def test_managed_store_is_provisioned_and_ready(control_plane: ControlPlane, operator: OperatorProcess,
+                                                backer: Backer, namespace: str, engine: str, replicas: int) -> None:
+    cp = control_plane
+    cp.apply([managed(namespace, "db", engine, replicas)])
+    ds = wait_ready(cp, namespace, "db")
+    st = ds["status"]
+    assert st["mode"] == "managed"
+    assert st["endpoint"].startswith(f"db.{namespace}.svc:")
+
+    # Children exist, are owned by the store, and the Pods run on the fake nodes.
+    sts = get_json(cp, "statefulset", "db", "-n", namespace)
+    assert sts["spec"]["replicas"] == replicas
+    assert owned_by(sts, ds)
+    for kind in ("service", "configmap"):
+        for item in get_json(cp, kind, "-n", namespace, "-l", "mlinfra.io/datastore=db")["items"]:
+            assert owned_by(item, ds), f"{kind} {item['metadata']['name']}"
+    creds = get_json(cp, "secret", "db-credentials", "-n", namespace)
+    assert len(base64.b64decode(creds["data"]["password"])) >= 24
+    pvcs = get_json(cp, "pvc", "-n", namespace)["items"]
+    assert len(pvcs) == replicas and {p["status"]["phase"] for p in pvcs} == {"Bound"}
+
+    # Members and roles are those of the live servers, named by Pod.
+    members = {m["name"]: m for m in st["members"]}
+    assert set(members) == {f"db-{i}" for i in range(replicas)}
+    assert members["db-0"]["role"] in ("primary", "standalone")
+    for i in range(1, replicas):
+        assert members[f"db-{i}"]["role"] == "replica"
+    assert st["replication"]["readyReplicas"] == replicas
+    if replicas > 1:
+        assert ds_condition(cp, namespace, "db", "Replicating")["status"] == "True"
+
+
+def test_scaling_changes_the_statefulset_and_the_members(control_plane: ControlPlane, operator: OperatorProcess,
+                                                         backer: Backer, namespace: str) -> None:
+    cp = control_plane
+    cp.apply([managed(namespace, "cache", "redis", 1)])
+    wait_ready(cp, namespace, "cache")
+    cp.kubectl("patch", "datastore", "cache", "-n", namespace, "--type=merge",
+               "-p", '{"spec":{"managed":{"replicas":3}}}')
+    wait_for("StatefulSet scaled to 3", lambda: get_json(cp, "statefulset", "cache", "-n", namespace)
+             ["spec"]["replicas"] == 3)
+
+    def three_members() -> bool:
+        st = get_json(cp, "datastore", "cache", "-n", namespace)["status"]
+        replicas = [m for m in st.get("members", []) if m["role"] == "replica" and m["ready"]]
+        return len(replicas) == 2 and st["observedGeneration"] == 2
+
+    wait_for("two replicas streaming", three_members, 150)
+    wait_ready(cp, namespace, "cache")
+    assert ds_condition(cp, namespace, "cache", "Replicating")["status"] == "True"
+    cp.kubectl("patch", "datastore", "cache", "-n", namespace, "--type=merge",
+               "-p", '{"spec":{"managed":{"replicas":1}}}')
+    wait_for("StatefulSet scaled to 1", lambda: get_json(cp, "statefulset", "cache", "-n", namespace)
+             ["spec"]["replicas"] == 1)
+
+
+def test_managed_qdrant_says_it_is_not_served_locally(control_plane: ControlPlane, operator: OperatorProcess,
+                                                      backer: Backer, namespace: str) -> None:
+    cp = control_plane
+    cp.apply([managed(namespace, "vectors", "qdrant", 1)])
+    wait_for("Reachable=False", lambda: ds_condition(cp, namespace, "vectors", "Reachable").get("status") == "False")
+    ready = ds_condition(cp, namespace, "vectors", "Ready")
+    assert ready["status"] == "False"
+    assert "not served locally" in ready["message"]
+    assert get_json(cp, "statefulset", "vectors", "-n", namespace)["status"].get("readyReplicas") == 1
+
+
+@pytest.mark.parametrize("policy", ["Retain", "Delete"])
+def test_deletion_policy(control_plane: ControlPlane, operator: OperatorProcess, backer: Backer,
+                         namespace: str, policy: str) -> None:
+    cp = control_plane
+    cp.apply([managed(namespace, "kv", "redis", 2, policy)])
+    wait_ready(cp, namespace, "kv")
+    assert len(get_json(cp, "pvc", "-n", namespace)["items"]) == 2
+    cp.kubectl("delete", "datastore", "kv", "-n", namespace, "--timeout=60s")
+
+    def children_gone() -> bool:
+        return cp.kubectl("get", "statefulset", "kv", "-n", namespace, check=False).returncode != 0
+
+    wait_for("StatefulSet garbage-collected", children_gone, 60)
+    if policy == "Retain":
+        assert len(get_json(cp, "pvc", "-n", namespace)["items"]) == 2
+        secret = get_json(cp, "secret", "kv-credentials", "-n", namespace)
+        assert not secret["metadata"].get("ownerReferences")
+    else:
+        wait_for("PVCs deleted", lambda: not get_json(cp, "pvc", "-n", namespace)["items"], 60)
+        wait_for("credentials deleted", lambda: cp.kubectl(
+            "get", "secret", "kv-credentials", "-n", namespace, check=False).returncode != 0, 60)

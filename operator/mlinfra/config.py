@@ -1,0 +1,33 @@
+"""The operator's settings: built once by ``mlinfra run`` (flags, then environment) and passed down."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Settings:
+    namespaces: tuple[str, ...] = ()  # empty: cluster-wide
+    observe_interval: float = 15.0  # seconds between observations of each store
+    drift_interval: float = 300.0  # seconds between re-applies of children (drift correction)
+    probe_timeout: float = 5.0
+    endpoint_map: Path | None = None  # development only: see mlinfra.stores.endpoints
+    health_port: int = 8080
+    metrics_port: int = 9090
+    log_format: Literal["json", "plain"] = "json"
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        env = os.environ
+        values: dict[str, object] = {
+            "observe_interval": float(env.get("MLINFRA_OBSERVE_INTERVAL", cls.observe_interval)),
+            "drift_interval": float(env.get("MLINFRA_DRIFT_INTERVAL", cls.drift_interval)),
+            "probe_timeout": float(env.get("MLINFRA_PROBE_TIMEOUT", cls.probe_timeout)),
+            "endpoint_map": Path(env["MLINFRA_ENDPOINT_MAP"]) if env.get("MLINFRA_ENDPOINT_MAP") else None,
+            "log_format": "plain" if env.get("MLINFRA_LOG_FORMAT") == "plain" else "json",
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,182 @@
+"""Serve managed DataStores locally: real servers in place of the containers kwok's Pods never run.
+
+For every managed DataStore in the cluster (redis, postgres, neo4j) the backer starts real local servers
+from what the operator rendered into the cluster: the engine config from the ``<name>-config`` ConfigMap
+and the password from the generated ``<name>-credentials`` Secret, one server per replica, replicas
+following the primary (Redis ``replicaof``, PostgreSQL ``pg_basebackup`` + streaming). It then writes the
+operator's endpoint map (``mlinfra.stores.endpoints``) so an operator running outside the cluster reaches
+them. Qdrant has no server binary here: its entry says so, and the store's status reports it honestly.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlinfra.devenv import procs
+from mlinfra.devenv.controlplane import ControlPlane
+from mlinfra.devenv.neo4j import Neo4jServer
+from mlinfra.devenv.postgres import start_postgres
+from mlinfra.devenv.redis import start_redis
+
+log = logging.getLogger(__name__)
+
+QDRANT_UNSERVED = ("not served locally: no Qdrant server binary can be obtained on this platform, so "
+                   "nothing answers for this managed store's pods")
+# Lines of a rendered config that only make sense inside the container (paths, the container's own
+# addresses); the local server's own settings replace them.
+_REDIS_LOCAL_ONLY = ("dir ", "port ", "bind ", "include ", "replicaof ", "logfile ", "pidfile ", "unixsocket")
+_PG_LOCAL_ONLY = ("data_directory", "hba_file", "ident_file", "port", "listen_addresses",
+                  "unix_socket_directories", "external_pid_file", "include", "primary_conninfo")
+
+
+def _filter(text: str, prefixes: tuple[str, ...]) -> str:
+    return "\n".join(line for line in text.splitlines() if not line.strip().startswith(prefixes))
+
+
+@dataclass
+class Backed:
+    """The local servers serving one managed store."""
+
+    key: str
+    engine: str
+    replicas: int
+    config_hash: str
+    stack: procs.ProcStack = field(default_factory=procs.ProcStack)
+    entry: dict[str, Any] = field(default_factory=dict)
+
+
+class Backer:
+    """Polls the cluster, keeps one set of local servers per managed store, writes the endpoint map."""
+
+    def __init__(self, control_plane: ControlPlane, workdir: Path, map_path: Path, interval: float = 1.0) -> None:
+        self.cp = control_plane
+        self.workdir = workdir
+        self.map_path = map_path
+        self.interval = interval
+        self.backed: dict[str, Backed] = {}
+        self.errors: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._write_map()
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def start(self) -> Backer:
+        self._thread = threading.Thread(target=self._loop, name="devenv-backer", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=60)
+        for backed in self.backed.values():
+            backed.stack.close()
+        self.backed.clear()
+        self._write_map()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.sync()
+            except Exception as exc:  # keep serving what runs; report on the next pass
+                log.warning("backer pass failed: %s", exc)
+
+    # -- one pass --------------------------------------------------------------------------------------
+    def _json(self, *args: str) -> Any:
+        return json.loads(self.cp.kubectl(*args, "-o", "json").stdout)
+
+    def _secret_value(self, ns: str, name: str, key: str) -> str | None:
+        out = self.cp.kubectl("get", "secret", name, "-n", ns, "-o", "json", check=False)
+        if out.returncode != 0:
+            return None
+        raw = json.loads(out.stdout).get("data", {}).get(key)
+        return base64.b64decode(raw).decode() if raw else None
+
+    def sync(self) -> None:
+        stores = self._json("get", "datastores.mlinfra.io", "-A")["items"]
+        wanted: dict[str, dict[str, Any]] = {}
+        for ds in stores:
+            spec = ds.get("spec") or {}
+            if spec.get("managed") and not ds["metadata"].get("deletionTimestamp"):
+                wanted[f"{ds['metadata']['namespace']}/{ds['metadata']['name']}"] = ds
+        for key in list(self.backed):
+            if key not in wanted:
+                log.info("backer: %s is gone; stopping its servers", key)
+                self.backed.pop(key).stack.close()
+        changed = False
+        for key, ds in wanted.items():
+            try:
+                changed |= self._ensure(key, ds)
+                self.errors.pop(key, None)
+            except Exception as exc:
+                self.errors[key] = str(exc)
+                log.warning("backer: cannot serve %s yet: %s", key, exc)
+        if changed:
+            self._write_map()
+
+    def _ensure(self, key: str, ds: dict[str, Any]) -> bool:
+        ns, name = ds["metadata"]["namespace"], ds["metadata"]["name"]
+        engine = ds["spec"]["engine"]
+        replicas = int(ds["spec"]["managed"].get("replicas") or 1)
+        if engine == "qdrant":
+            if key in self.backed:
+                return False
+            self.backed[key] = Backed(key, engine, replicas, "", entry={"unserved": QDRANT_UNSERVED})
+            return True
+        cm = self.cp.kubectl("get", "configmap", f"{name}-config", "-n", ns, "-o", "json", check=False)
+        password = self._secret_value(ns, f"{name}-credentials", "password")
+        if cm.returncode != 0 or not password:
+            return False  # the operator has not rendered it yet
+        files: dict[str, str] = json.loads(cm.stdout).get("data") or {}
+        config_hash = str(hash((tuple(sorted(files.items())), password)))
+        current = self.backed.get(key)
+        if current and current.replicas == replicas and current.config_hash == config_hash:
+            return False
+        if current:
+            log.info("backer: %s changed (replicas %d -> %d); restarting its servers", key, current.replicas, replicas)
+            current.stack.close()
+        backed = Backed(key, engine, replicas, config_hash)
+        workdir = self.workdir / ns / name
+        try:
+            backed.entry = self._start(backed, engine, name, workdir, files, password)
+        except BaseException:
+            backed.stack.close()
+            raise
+        self.backed[key] = backed
+        log.info("backer: serving %s (%s, %d member(s)) at %s", key, engine, replicas, backed.entry["endpoint"])
+        return True
+
+    def _start(self, backed: Backed, engine: str, name: str, workdir: Path, files: dict[str, str],
+               password: str) -> dict[str, Any]:
+        pods = [f"{name}-{i}" for i in range(backed.replicas)]
+        if engine == "redis":
+            conf = _filter(files.get("redis.conf", ""), _REDIS_LOCAL_ONLY)
+            cluster = start_redis(backed.stack, workdir, replicas=backed.replicas - 1, password=password, config=conf)
+            servers = [cluster.primary, *cluster.replicas]
+            return {"endpoint": f"127.0.0.1:{cluster.primary.port}",
+                    "members": {pod: f"127.0.0.1:{s.port}" for pod, s in zip(pods, servers, strict=True)}}
+        if engine == "postgres":
+            conf = _filter(files.get("postgresql.conf", ""), _PG_LOCAL_ONLY)
+            pg = start_postgres(backed.stack, workdir, standbys=backed.replicas - 1, password=password, conf=conf)
+            servers_pg = [pg.primary, *pg.standbys]
+            return {"endpoint": f"127.0.0.1:{pg.primary.port}",
+                    "members": {pod: f"127.0.0.1:{s.port}" for pod, s in zip(pods, servers_pg, strict=True)},
+                    # pg_stat_replication names standbys by application_name (= cluster_name locally).
+                    "aliases": {s.name: pod for pod, s in zip(pods, servers_pg, strict=True)}}
+        if engine == "neo4j":
+            server = Neo4jServer(workdir, password=password).start(backed.stack)
+            return {"endpoint": f"127.0.0.1:{server.port}", "members": {pods[0]: f"127.0.0.1:{server.port}"}}
+        raise ValueError(f"unknown engine {engine!r}")
+
+    def _write_map(self) -> None:
+        data = {key: b.entry for key, b in sorted(self.backed.items()) if b.entry}
+        tmp = self.map_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, self.map_path)

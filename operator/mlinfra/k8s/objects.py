@@ -1,0 +1,117 @@
+"""Reading and writing Kubernetes objects: server-side apply (so drift is corrected), get, list, delete.
+
+Plain ``def`` functions on the synchronous client: Kopf runs sync handlers in its thread pool, so the
+event loop is never blocked.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from mlinfra.k8s import client, resources
+
+FIELD_MANAGER = "mlinfra-operator"
+
+
+class NotFound(LookupError):
+    """The object does not exist."""
+
+
+class ApiError(RuntimeError):
+    """The API server refused a request; the message is its own (it never contains Secret data)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+
+
+def _call(method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None,
+          content_type: str = "application/json") -> Any:
+    api = client.api_client()
+    method_, url, headers, body_, _ = api.param_serialize(
+        method, path, query_params=query or [], body=body,
+        header_params={"Accept": "application/json", "Content-Type": content_type},
+        auth_settings=["BearerToken"],
+    )
+    resp = api.call_api(method_, url, header_params=headers, body=body_, _request_timeout=30)
+    raw: bytes = resp.read()  # type: ignore[no-untyped-call]
+    if resp.status == 404:
+        raise NotFound(path)
+    if resp.status >= 400:
+        try:
+            message = json.loads(raw).get("message", "")
+        except ValueError:
+            message = raw[:500].decode(errors="replace") if raw else ""
+        raise ApiError(resp.status, message)
+    return json.loads(raw) if raw else {}
+
+
+def apply(obj: Mapping[str, Any], field_manager: str = FIELD_MANAGER, force: bool = True) -> dict[str, Any]:
+    """Server-side apply ``obj``; returns the object as stored. ``force`` takes over fields that another
+    manager set by hand, which is how drift gets corrected."""
+    meta = obj["metadata"]
+    kind = resources.kind_of(dict(obj))
+    path = kind.path(meta.get("namespace"), meta["name"])
+    query = [("fieldManager", field_manager)] + ([("force", "true")] if force else [])
+    result = _call("PATCH", path, body=dict(obj), query=query,
+                   content_type="application/apply-patch+yaml")
+    return dict(result)
+
+
+def get(kind: str, namespace: str | None, name: str) -> dict[str, Any]:
+    return dict(_call("GET", resources.KINDS[kind].path(namespace, name)))
+
+
+def get_or_none(kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+    try:
+        return get(kind, namespace, name)
+    except NotFound:
+        return None
+
+
+def list_(kind: str, namespace: str | None, labels: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    query = []
+    if labels:
+        query.append(("labelSelector", ",".join(f"{k}={v}" for k, v in sorted(labels.items()))))
+    return list(_call("GET", resources.KINDS[kind].path(namespace), query=query).get("items", []))
+
+
+def delete(kind: str, namespace: str | None, name: str) -> bool:
+    """Delete (background propagation); False when it was already gone."""
+    try:
+        _call("DELETE", resources.KINDS[kind].path(namespace, name),
+              body={"propagationPolicy": "Background"})
+    except NotFound:
+        return False
+    return True
+
+
+def merge_patch(kind: str, namespace: str | None, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(_call("PATCH", resources.KINDS[kind].path(namespace, name), body=dict(patch),
+                      content_type="application/merge-patch+json"))
+
+
+def create(obj: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Create ``obj``; None when it already exists (create-once objects, e.g. generated credentials)."""
+    meta = obj["metadata"]
+    kind = resources.kind_of(dict(obj))
+    try:
+        return dict(_call("POST", kind.path(meta.get("namespace")), body=dict(obj)))
+    except ApiError as exc:
+        if exc.status == 409:
+            return None
+        raise
+
+
+def owner_reference(owner: Mapping[str, Any], controller: bool = True) -> dict[str, Any]:
+    """An ownerReference to ``owner`` (a CR body): children are garbage-collected with it."""
+    return {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
+        "controller": controller,
+        "blockOwnerDeletion": True,
+    }

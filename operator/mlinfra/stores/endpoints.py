@@ -1,0 +1,91 @@
+"""Where to reach a managed store from an operator running outside the cluster (development only).
+
+In a cluster the operator reaches a managed store through its Service DNS name. Run out of cluster (the
+demo, the e2e tests), ``*.svc`` names do not resolve and Pods on fake nodes run nothing, so the local
+platform serves each managed store with real local servers and writes an *endpoint map*: a JSON file named
+by ``MLINFRA_ENDPOINT_MAP`` (off by default)::
+
+    {"<namespace>/<datastore>": {"endpoint": "127.0.0.1:6379",
+                                 "members": {"<pod name>": "127.0.0.1:6379", ...},
+                                 "aliases": {"<member name the engine reports>": "<pod name>"},
+                                 "unserved": "<why it cannot be served locally>"}}
+
+The file is re-read whenever it changes, so it can be written after the operator started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV = "MLINFRA_ENDPOINT_MAP"
+
+
+@dataclass(frozen=True)
+class Override:
+    host: str
+    port: int
+    members: dict[str, str] = field(default_factory=dict)  # pod name -> host:port
+    aliases: dict[str, str] = field(default_factory=dict)  # name the engine reports -> pod name
+    unserved: str | None = None
+
+
+def split_endpoint(endpoint: str, default_port: int) -> tuple[str, int]:
+    """``host:port`` (or ``[v6]:port``, or a bare host) into its parts."""
+    if endpoint.startswith("["):
+        host, _, rest = endpoint[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else default_port
+    host, sep, port = endpoint.rpartition(":")
+    if not sep:
+        return endpoint, default_port
+    return host, int(port)
+
+
+class EndpointMap:
+    """The parsed map file, reloaded when its mtime changes."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._mtime: float | None = None
+        self._data: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_env(cls) -> EndpointMap:
+        value = os.environ.get(ENV)
+        return cls(Path(value) if value else None)
+
+    def _load(self) -> dict[str, Any]:
+        if self.path is None:
+            return {}
+        with self._lock:
+            try:
+                mtime = self.path.stat().st_mtime
+            except FileNotFoundError:
+                return {}
+            if mtime != self._mtime:
+                self._data = json.loads(self.path.read_text() or "{}")
+                self._mtime = mtime
+            return self._data
+
+    def lookup(self, namespace: str, name: str, default_port: int) -> Override | None:
+        entry = self._load().get(f"{namespace}/{name}")
+        if not entry:
+            return None
+        host, port = split_endpoint(str(entry.get("endpoint", "127.0.0.1")), default_port)
+        return Override(host=host, port=port, members=dict(entry.get("members", {})),
+                        aliases=dict(entry.get("aliases", {})), unserved=entry.get("unserved"))
+
+
+_default: EndpointMap | None = None
+
+
+def default_map() -> EndpointMap:
+    global _default
+    if _default is None:
+        _default = EndpointMap.from_env()
+    return _default

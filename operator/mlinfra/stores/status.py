@@ -1,0 +1,197 @@
+"""DataStore status as a pure function of what was observed. Written by the handler only when it changed.
+
+Condition semantics (kstatus): ``Ready`` summarises; ``Reconciling`` is True while the operator is still
+converging (pods starting, a referenced Secret missing); ``Stalled`` is True only when nothing will change
+without the user fixing the spec; ``Reachable`` says whether the server answers; ``Replicating`` whether
+every replica streams from the primary (``NotApplicable`` where the engine or topology has none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from mlinfra.engines import observation as obs
+from mlinfra.k8s import conditions
+from mlinfra.k8s.conditions import Cond
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why the store cannot be served: a reason constant, a message for the user, and whether only a
+    spec change can fix it (Stalled) or it may resolve by itself (a Secret created later)."""
+
+    reason: str
+    message: str
+    stalled: bool
+
+
+# Reason constants, so that tests, docs and health checks agree on them.
+READY = "Ready"
+INVALID_SPEC = "InvalidSpec"
+SECRET_NOT_FOUND = "SecretNotFound"  # noqa: S105 - a reason, not a secret
+PROVISIONING = "Provisioning"
+UNREACHABLE = "Unreachable"
+NOT_SERVED_LOCALLY = "NotServedLocally"
+CONNECTED = "Connected"
+STREAMING = "Streaming"
+REPLICA_NOT_STREAMING = "ReplicaNotStreaming"
+NOT_APPLICABLE = "NotApplicable"
+UNKNOWN = "Unknown"
+
+
+@dataclass(frozen=True)
+class Facts:
+    generation: int | None
+    engine: str
+    mode: Literal["managed", "external"] | None
+    endpoint: str | None = None
+    connection_secret: str | None = None
+    problem: Problem | None = None
+    desired_replicas: int = 1
+    ready_pods: int | None = None  # managed: the StatefulSet's readyReplicas
+    pod_names: Sequence[str] = ()
+    observation: obs.Observation | None = None
+    member_names: Mapping[str, str] = field(default_factory=dict)  # observed address -> pod name
+
+
+LAG_BYTES_STEP = 1024
+
+
+def quantized_lag(lag_bytes: int | None, lag_seconds: float | None) -> dict[str, Any]:
+    """Lag as status reports it: bytes in steps of 1 KiB, seconds whole, and no seconds of lag for a
+    replica that has every byte. Idle primaries send heartbeats (Redis PINGs its replicas every 10 s), so
+    exact figures would flicker by a few bytes and a second at every observation and rewrite the status
+    of idle stores; a real backlog is never hidden by this."""
+    out: dict[str, Any] = {}
+    if lag_bytes is not None:
+        out["lagBytes"] = lag_bytes // LAG_BYTES_STEP * LAG_BYTES_STEP
+    if lag_seconds is not None:
+        out["lagSeconds"] = 0 if out.get("lagBytes") == 0 else int(round(float(lag_seconds)))
+    return out
+
+
+def _members(facts: Facts) -> list[dict[str, Any]]:
+    o = facts.observation
+    members: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for m in (o.members if o else []):
+        name = facts.member_names.get(m.name, m.name)
+        seen.add(name)
+        entry: dict[str, Any] = {"name": name, "role": m.role, "ready": m.ready}
+        entry.update(quantized_lag(m.lag_bytes, m.lag_seconds))
+        members.append(entry)
+    # Pods the engine does not (yet) report are members too: not ready.
+    members.extend({"name": pod, "role": "unknown", "ready": False} for pod in facts.pod_names if pod not in seen)
+    return sorted(members, key=lambda m: (m["role"] != "primary", m["name"]))[:16]
+
+
+def _replication(facts: Facts, members: list[dict[str, Any]]) -> dict[str, Any]:
+    replicas = [m for m in members if m["role"] == "replica"]
+    lags_b = [m["lagBytes"] for m in replicas if "lagBytes" in m]
+    lags_s = [m["lagSeconds"] for m in replicas if "lagSeconds" in m]
+    result: dict[str, Any] = {
+        "desiredReplicas": facts.desired_replicas,
+        "readyReplicas": sum(1 for m in members if m["ready"]),
+    }
+    if lags_b:
+        result["maxLagBytes"] = max(lags_b)
+    if lags_s:
+        result["maxLagSeconds"] = max(lags_s)
+    return result
+
+
+def _replicating(facts: Facts, members: list[dict[str, Any]]) -> Cond:
+    o = facts.observation
+    if facts.engine == "neo4j":
+        return Cond("Replicating", "False", NOT_APPLICABLE, "Neo4j Community Edition has no replication")
+    if o is None or not o.reachable:
+        return Cond("Replicating", "Unknown", UNKNOWN, "the server is not reachable")
+    replicas = [m for m in members if m["role"] == "replica"]
+    expected = facts.desired_replicas - 1 if facts.mode == "managed" else len(replicas)
+    if expected <= 0 and not replicas:
+        return Cond("Replicating", "False", NOT_APPLICABLE, "a single member: no replicas to stream to")
+    lagging = [m["name"] for m in replicas if not m["ready"]]
+    missing = max(0, expected - len(replicas))
+    if lagging or missing:
+        detail = ", ".join(lagging) or f"{missing} of {expected} replicas not connected"
+        return Cond("Replicating", "False", REPLICA_NOT_STREAMING, f"not streaming: {detail}")
+    rep = _replication(facts, members)
+    lag = ", ".join(
+        part for part in (
+            f"max lag {rep['maxLagBytes']} bytes" if "maxLagBytes" in rep else "",
+            f"{rep['maxLagSeconds']}s" if "maxLagSeconds" in rep else "",
+        ) if part
+    )
+    return Cond("Replicating", "True", STREAMING, f"{len(replicas)} replica(s) streaming" + (f"; {lag}" if lag else ""))
+
+
+def compute(facts: Facts, previous: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The whole status object; conditions keep their transition times unless their status flipped."""
+    prev_conditions = (previous or {}).get("conditions")
+    status: dict[str, Any] = {"observedGeneration": facts.generation}
+    if facts.mode:
+        status["mode"] = facts.mode
+    if facts.endpoint:
+        status["endpoint"] = facts.endpoint
+    if facts.connection_secret:
+        status["connectionSecret"] = facts.connection_secret
+
+    conds: list[Cond]
+    p = facts.problem
+    if p is not None:
+        conds = [
+            Cond("Ready", "False", p.reason, p.message),
+            Cond("Reconciling", "False" if p.stalled else "True", p.reason, "" if p.stalled else p.message),
+            Cond("Stalled", "True" if p.stalled else "False", p.reason if p.stalled else READY,
+                 p.message if p.stalled else ""),
+            Cond("Reachable", "Unknown", p.reason, "not checked until the problem is fixed"),
+            Cond("Replicating", "Unknown", p.reason, "not checked until the problem is fixed"),
+        ]
+        status["conditions"] = conditions.merge(prev_conditions, conds, facts.generation)
+        return status
+
+    o = facts.observation
+    members = _members(facts)
+    if o is not None and o.reachable:
+        if o.version:
+            status["version"] = o.version
+        status["capabilities"] = sorted(set(o.capabilities))[:32]
+    if members:
+        status["members"] = members
+    status["replication"] = _replication(facts, members)
+
+    provisioning = facts.mode == "managed" and (facts.ready_pods or 0) < facts.desired_replicas
+    if o is None:
+        reachable = Cond("Reachable", "Unknown", UNKNOWN, "not observed yet")
+    elif o.reachable:
+        reachable = Cond("Reachable", "True", CONNECTED, f"{facts.engine} {o.version or ''}".strip())
+    else:
+        reachable = Cond("Reachable", "False", UNREACHABLE, o.error or "the server does not answer")
+    replicating = _replicating(facts, members)
+
+    if provisioning:
+        msg = f"{facts.ready_pods or 0}/{facts.desired_replicas} members ready"
+        ready = Cond("Ready", "False", PROVISIONING, msg)
+        reconciling = Cond("Reconciling", "True", PROVISIONING, msg)
+    elif o is not None and o.reachable:
+        ready = Cond("Ready", "True", READY, f"{facts.engine} {o.version or ''} reachable at {facts.endpoint}".strip())
+        reconciling = Cond("Reconciling", "False", READY, "")
+    else:
+        ready = Cond("Ready", "False", reachable.reason, reachable.message)
+        reconciling = Cond("Reconciling", "False", reachable.reason, "")
+    conds = [ready, reconciling, Cond("Stalled", "False", READY, ""), reachable, replicating]
+    status["conditions"] = conditions.merge(prev_conditions, conds, facts.generation)
+    return status
+
+
+def changed(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """Whether ``new`` differs from the stored status (fields we do not own are ignored)."""
+    prev = dict(previous or {})
+    return any(prev.get(k) != v for k, v in new.items()) or any(
+        k not in new and prev.get(k) is not None for k in _OWNED)
+
+
+_OWNED = ("observedGeneration", "mode", "endpoint", "connectionSecret", "version", "members", "replication",
+          "capabilities", "conditions")
