@@ -53,7 +53,8 @@ def _opened_for(path: Path) -> None:
 
 @dataclass
 class PostgresServer:
-    """One postgres process. ``conf`` holds extra postgresql.conf text (e.g. a rendered config)."""
+    """One postgres process. ``conf`` holds extra postgresql.conf text (e.g. a rendered config); ``hba``,
+    when set, replaces the pg_hba.conf initdb writes (e.g. a rendered one)."""
 
     workdir: Path
     name: str
@@ -62,6 +63,7 @@ class PostgresServer:
     port: int = field(default_factory=procs.free_port)
     proc: procs.Proc | None = None
     user: str = "postgres"
+    hba: str | None = None
 
     @property
     def datadir(self) -> Path:
@@ -112,7 +114,21 @@ class PostgresServer:
             pwfile.unlink()
         with open(self.datadir / "postgresql.conf", "a") as f:
             f.write("\n# mlinfra devenv\n" + self.conf + "\n")
+        if self.hba is not None:
+            (self.datadir / "pg_hba.conf").write_text(self.hba)
+            _own(self.datadir / "pg_hba.conf", uid, gid)
         return self
+
+    def run(self, argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` in ``workdir`` as the user the server runs as (e.g. a rendered bootstrap script that
+        fills ``datadir``); raises StartupError with its output when it fails."""
+        uid, gid = self._prepare_dirs()
+        result = subprocess.run(argv, capture_output=True, text=True, user=uid, group=gid,
+                                env={**os.environ, **(env or {})}, cwd=self.workdir, timeout=300)
+        if result.returncode != 0:
+            raise procs.StartupError(f"{argv[0]} failed ({result.returncode}):\n{result.stdout[-2000:]}"
+                                     f"{result.stderr[-2000:]}")
+        return result
 
     def start(self, stack: procs.ProcStack) -> PostgresServer:
         uid, gid = _run_as()

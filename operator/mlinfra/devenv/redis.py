@@ -15,7 +15,11 @@ from mlinfra.devenv import procs, tools
 
 @dataclass
 class RedisServer:
-    """One redis-server process. ``config`` holds extra redis.conf lines (e.g. a rendered config)."""
+    """One redis-server process. ``config`` holds extra redis.conf lines (e.g. a rendered config).
+
+    With ``command`` set, that runs instead of ``redis-server <conf_text()>`` (with ``env`` added to the
+    environment), e.g. a rendered entrypoint script; it must serve ``port`` with ``password``.
+    """
 
     workdir: Path
     name: str
@@ -24,6 +28,8 @@ class RedisServer:
     config: str = ""
     port: int = field(default_factory=procs.free_port)
     proc: procs.Proc | None = None
+    command: list[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -52,11 +58,14 @@ class RedisServer:
 
     def start(self, stack: procs.ProcStack) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        conf = self.workdir / "redis.conf"
-        conf.write_text(self.conf_text())
-        conf.chmod(0o600)  # holds the password
-        self.proc = stack.add(procs.Proc(f"redis-{self.name}", [str(tools.which("redis-server")), str(conf)],
-                                         self.workdir / "redis.log"))
+        if self.command is not None:
+            argv = self.command
+        else:
+            conf = self.workdir / "redis.conf"
+            conf.write_text(self.conf_text())
+            conf.chmod(0o600)  # holds the password
+            argv = [str(tools.which("redis-server")), str(conf)]
+        self.proc = stack.add(procs.Proc(f"redis-{self.name}", argv, self.workdir / "redis.log", env=self.env))
         procs.wait_until(f"redis {self.name} to answer PING", lambda: bool(self.client().ping()), 30,
                          self.proc)
         return self

@@ -1,0 +1,270 @@
+"""What managed mode renders runs on the real binaries: redis.conf and the Redis entrypoint with redis-server,
+postgresql.conf and pg_hba.conf with postgres, and the standby bootstrap script with pg_basebackup.
+
+Each test renders a DataStore, writes the ConfigMap's files to disk and runs them as a pod would, with the
+in-cluster addresses and paths replaced through the scripts' environment variables (pod 0's DNS name by
+127.0.0.1:<port>, the volumes by temporary directories).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis as redis_lib
+
+from mlinfra.api.datastore import DataStore
+from mlinfra.devenv import procs, tools
+from mlinfra.devenv.postgres import PostgresServer
+from mlinfra.devenv.redis import RedisServer
+from mlinfra.engines import names, render
+
+pytestmark = pytest.mark.integration
+
+NAME, NAMESPACE = "feats", "ml"
+
+
+def _store(engine: str, replicas: int, config: dict[str, str]) -> DataStore:
+    return DataStore.model_validate({
+        "metadata": {"name": NAME, "namespace": NAMESPACE},
+        "spec": {"engine": engine, "managed": {"replicas": replicas, "config": config}},
+    })
+
+
+def _write_files(directory: Path, files: dict[str, str]) -> dict[str, Path]:
+    """The ConfigMap's files on disk, world-readable like a ConfigMap volume."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, text in files.items():
+        path = directory / name
+        path.write_text(text)
+        path.chmod(0o644)
+        paths[name] = path
+    return paths
+
+
+# --- redis ----------------------------------------------------------------------------------------------
+
+REDIS_CONFIG = {"maxmemory": "64mb", "maxmemory-policy": "allkeys-lru", "save": "", "appendonly": "no"}
+
+
+def _redis_pod(stack: procs.ProcStack, root: Path, files: dict[str, Path], ordinal: int, password: str,
+               primary: RedisServer | None = None) -> RedisServer:
+    """One pod's container: the rendered entrypoint.sh, as the StatefulSet runs it, on a loopback port."""
+    pod = names.pod(NAME, ordinal)
+    workdir = root / pod
+    (workdir / "data").mkdir(parents=True)
+    port = procs.free_port()
+    env = {
+        "HOSTNAME": pod,
+        "REDIS_PASSWORD": password,
+        "REDIS_PORT": str(port),
+        "REDIS_BIND": "127.0.0.1",
+        "REDIS_CONF": str(files["redis.conf"]),
+        "REDIS_DATA_DIR": str(workdir / "data"),
+        "REDIS_RUN_DIR": str(workdir / "run"),
+    }
+    if primary is not None:  # pod 0's DNS name, as the replica reaches it here
+        env |= {"REDIS_PRIMARY_HOST": "127.0.0.1", "REDIS_PRIMARY_PORT": str(primary.port)}
+    server = RedisServer(workdir, pod, password, port=port, command=["bash", str(files["entrypoint.sh"])], env=env)
+    return server.start(stack)
+
+
+def test_rendered_redis_primary_and_replica(tmp_path: Path) -> None:
+    ds = _store("redis", 3, REDIS_CONFIG)
+    files = _write_files(tmp_path / "config", render.render_config_files(ds))
+    password = secrets.token_urlsafe(24)
+    with procs.ProcStack() as stack:
+        primary = _redis_pod(stack, tmp_path, files, 0, password)
+        replica = _redis_pod(stack, tmp_path, files, 1, password, primary=primary)
+        p, r = primary.client(), replica.client()
+
+        procs.wait_until("the replica's link to the primary",
+                         lambda: r.info("replication")["master_link_status"] == "up", 30, replica.proc)
+        assert p.info("replication")["role"] == "master"
+        info = r.info("replication")
+        assert (info["role"], info["master_host"], info["master_port"]) == ("slave", "127.0.0.1", primary.port)
+
+        key, value = f"k-{secrets.token_hex(4)}", secrets.token_hex(8)
+        p.set(key, value)
+        procs.wait_until("the key on the replica", lambda: r.get(key) == value, 10)
+        with pytest.raises(redis_lib.exceptions.ReadOnlyError):
+            r.set(key, "written on a replica")
+
+        # spec.managed.config is in effect on both.
+        for client in (p, r):
+            assert client.config_get("maxmemory")["maxmemory"] == str(64 * 1024 * 1024)
+            assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "allkeys-lru"
+            assert client.config_get("save")["save"] == ""
+            assert client.config_get("replica-read-only")["replica-read-only"] == "yes"
+
+        with pytest.raises(redis_lib.exceptions.AuthenticationError):
+            redis_lib.Redis(host="127.0.0.1", port=primary.port).get(key)
+
+        # The runtime config holds the password: only its owner may read it.
+        runtime = tmp_path / names.pod(NAME, 1) / "run" / "redis.conf"
+        assert stat.S_IMODE(runtime.stat().st_mode) == 0o600
+        assert f"replicaof 127.0.0.1 {primary.port}" in runtime.read_text()
+        assert "replicaof" not in (tmp_path / names.pod(NAME, 0) / "run" / "redis.conf").read_text()
+
+
+def test_rendered_redis_entrypoint_refuses_a_hostname_without_ordinal(tmp_path: Path) -> None:
+    import subprocess
+
+    files = _write_files(tmp_path, render.render_config_files(_store("redis", 1, {})))
+    result = subprocess.run(["bash", str(files["entrypoint.sh"])], capture_output=True, text=True, timeout=30,
+                            env={**os.environ, "HOSTNAME": "not-a-pod", "REDIS_PASSWORD": "x"})
+    assert result.returncode == 1
+    assert "cannot tell this pod's ordinal" in result.stderr
+
+
+# --- postgres -------------------------------------------------------------------------------------------
+
+PG_CONFIG = {"shared_buffers": "32MB", "statement_timeout": "30s", "max_connections": "50"}
+
+
+class PgPrimary:
+    def __init__(self, server: PostgresServer, files: dict[str, Path], replication_password: str) -> None:
+        self.server = server
+        self.files = files
+        self.replication_password = replication_password
+
+
+def _path_env() -> str:
+    # pg_basebackup and pg_isready as the pod's PATH has them, whatever PATH the test runs with.
+    return f"{tools.which('pg_basebackup').parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+
+
+@pytest.fixture(scope="module")
+def pg_primary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgPrimary]:
+    """Pod 0: initdb, the rendered postgresql.conf and pg_hba.conf, and the rendered init-primary.sh."""
+    root = tmp_path_factory.mktemp("pg-rendered")
+    rendered = render.render_config_files(_store("postgres", 3, PG_CONFIG))
+    files = _write_files(root / "config", rendered)
+    password, replication_password = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    with procs.ProcStack() as stack:
+        server = PostgresServer(root / names.pod(NAME, 0), names.pod(NAME, 0), password,
+                                conf=rendered["postgresql.conf"], hba=rendered["pg_hba.conf"]).init().start(stack)
+        server.run(["bash", str(files["init-primary.sh"])], env={
+            "PGHOST": "127.0.0.1", "PGPORT": str(server.port), "PGPASSWORD": password, "POSTGRES_USER": "postgres",
+            "POSTGRES_REPLICATION_PASSWORD": replication_password, "PATH": _path_env(),
+        })
+        yield PgPrimary(server, files, replication_password)
+
+
+def _bootstrap_env(primary: PgPrimary, ordinal: int, pgdata: Path) -> dict[str, str]:
+    return {
+        "HOSTNAME": names.pod(NAME, ordinal),
+        "PGDATA": str(pgdata),
+        "POSTGRES_PRIMARY_HOST": "127.0.0.1",  # pod 0's DNS name, as the standby reaches it here
+        "POSTGRES_PRIMARY_PORT": str(primary.server.port),
+        "POSTGRES_REPLICATION_PASSWORD": primary.replication_password,
+        "POSTGRES_PRIMARY_WAIT_SECONDS": "30",
+        "PATH": _path_env(),
+    }
+
+
+def test_rendered_postgresql_conf_is_in_effect(pg_primary: PgPrimary) -> None:
+    with pg_primary.server.connect() as conn:
+        def show(setting: str) -> Any:
+            row = conn.execute(f"show {setting}").fetchone()
+            assert row is not None
+            return row[0]
+
+        assert show("shared_buffers") == "32MB"
+        assert show("statement_timeout") == "30s"
+        assert show("max_connections") == "50"
+        assert show("wal_keep_size") == "1GB"  # the operator's default
+        assert show("wal_level") == "replica"
+        assert show("password_encryption") == "scram-sha-256"
+        assert show("hot_standby_feedback") == "on"
+        errors = conn.execute("select line_number, error from pg_hba_file_rules where error is not null").fetchall()
+        assert errors == []
+        methods = conn.execute("select distinct auth_method from pg_hba_file_rules").fetchall()
+        assert methods == [("scram-sha-256",)]
+
+
+def test_rendered_pg_hba_requires_the_password(pg_primary: PgPrimary) -> None:
+    server = pg_primary.server
+    with server.connect() as conn:
+        assert conn.execute("select current_user").fetchone() == ("postgres",)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(server.dsn(password="wrong"))
+    # The replication role may log in with its own password (and init-primary.sh made it a replication role).
+    with psycopg.connect(server.dsn(user=names.POSTGRES_REPLICATION_USER,
+                                    password=pg_primary.replication_password)) as conn:
+        assert conn.execute("select rolreplication from pg_roles where rolname = current_user").fetchone() == (True,)
+
+
+def test_rendered_init_primary_is_idempotent(pg_primary: PgPrimary) -> None:
+    server = pg_primary.server
+    result = server.run(["bash", str(pg_primary.files["init-primary.sh"])], env={
+        "PGHOST": "127.0.0.1", "PGPORT": str(server.port), "PGPASSWORD": server.password,
+        "POSTGRES_REPLICATION_PASSWORD": pg_primary.replication_password, "PATH": _path_env(),
+    })
+    assert f"replication role {names.POSTGRES_REPLICATION_USER} ready" in result.stdout
+    assert pg_primary.replication_password not in result.stdout + result.stderr
+
+
+def test_rendered_bootstrap_makes_a_streaming_standby(pg_primary: PgPrimary, tmp_path: Path) -> None:
+    primary = pg_primary.server
+    pod = names.pod(NAME, 1)
+    # The standby's postgres gets cluster_name = its pod name, as the StatefulSet's args set it.
+    standby = PostgresServer(tmp_path / pod, pod, primary.password)
+    result = standby.run(["bash", str(pg_primary.files["bootstrap.sh"])],
+                         env=_bootstrap_env(pg_primary, 1, standby.datadir))
+    assert "copying the primary with pg_basebackup" in result.stdout
+    assert (standby.datadir / "standby.signal").exists()
+    assert not Path(f"{standby.datadir}.partial").exists()
+
+    with procs.ProcStack() as stack:
+        standby.start(stack)
+
+        def streaming() -> list[tuple[Any, ...]]:
+            with primary.connect() as conn:
+                return conn.execute("select usename, state from pg_stat_replication where application_name = %s",
+                                    (pod,)).fetchall()
+
+        procs.wait_until(f"{pod} streaming from the primary", lambda: streaming() == [
+            (names.POSTGRES_REPLICATION_USER, "streaming")], 60, standby.proc)
+
+        table = f"t_{secrets.token_hex(4)}"
+        with primary.connect() as conn:
+            conn.execute(f"create table {table} (id int primary key, v text)")
+            conn.execute(f"insert into {table} values (1, 'on the primary')")
+
+        def replicated() -> bool:
+            with standby.connect() as conn:
+                return conn.execute(f"select v from {table}").fetchone() == ("on the primary",)
+
+        procs.wait_until("the row on the standby", replicated, 30)
+        with standby.connect() as conn:
+            assert conn.execute("select pg_is_in_recovery()").fetchone() == (True,)
+
+        # A restarted pod finds its data directory and leaves it alone.
+        again = standby.run(["bash", str(pg_primary.files["bootstrap.sh"])],
+                            env=_bootstrap_env(pg_primary, 1, standby.datadir))
+        assert "holds a cluster already" in again.stdout
+
+
+def test_rendered_bootstrap_does_nothing_on_pod_0(pg_primary: PgPrimary, tmp_path: Path) -> None:
+    server = PostgresServer(tmp_path / "pod-0", names.pod(NAME, 0), "unused")
+    result = server.run(["bash", str(pg_primary.files["bootstrap.sh"])],
+                        env=_bootstrap_env(pg_primary, 0, server.datadir))
+    assert "pod 0 is the primary" in result.stdout
+    assert not server.datadir.exists()
+
+
+def test_rendered_bootstrap_refuses_a_data_directory_it_does_not_know(pg_primary: PgPrimary, tmp_path: Path) -> None:
+    server = PostgresServer(tmp_path / "pod-2", names.pod(NAME, 2), "unused")
+    server.datadir.mkdir(parents=True)
+    (server.datadir / "something").write_text("not a cluster")
+    with pytest.raises(procs.StartupError, match="not empty but holds no cluster"):
+        server.run(["bash", str(pg_primary.files["bootstrap.sh"])], env=_bootstrap_env(pg_primary, 2, server.datadir))
+    assert (server.datadir / "something").read_text() == "not a cluster"
