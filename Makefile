@@ -47,9 +47,9 @@ cluster-up: venv tools
 cluster-down:
 	@$(VENV)/bin/mlinfra dev down --state-dir $(STATE)
 
-## demo: the platform in the foreground (Ctrl-C stops everything).
+## demo: platform + chart + operator + manifests/samples/ becoming Ready (Ctrl-C stops everything).
 demo: venv tools
-	@$(VENV)/bin/mlinfra dev up --state-dir $(STATE)
+	@$(VENV)/bin/mlinfra demo
 
 ## lock: re-resolve requirements.lock from pyproject.toml.
 lock:

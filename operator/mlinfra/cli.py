@@ -65,3 +65,20 @@ def run(
     settings = Settings.from_env(namespaces=tuple(namespace or ()), health_port=health_port,
                                  metrics_port=metrics_port, endpoint_map=endpoint_map)
     run_mod.run(settings)
+
+
+@app.command()
+def demo(
+    once: Annotated[bool, typer.Option(help="Exit after the samples are Ready (exit 1 if they are not).")] = False,
+    state_dir: Annotated[pathlib.Path | None, typer.Option(help="Working directory (default: a temp dir).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the samples to become Ready.")] = 300,
+) -> None:
+    """The local platform, the operator and the sample resources becoming Ready (Ctrl-C stops it)."""
+    import logging
+    import tempfile
+
+    from mlinfra.devenv import demo as demo_mod
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    workdir = state_dir or pathlib.Path(tempfile.mkdtemp(prefix="mlinfra-demo-"))
+    raise typer.Exit(demo_mod.run(workdir, once=once, timeout=timeout))

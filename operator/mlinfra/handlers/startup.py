@@ -41,6 +41,11 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         settings.watching.connect_timeout = 30
         settings.networking.request_timeout = 60
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # Kopf's own readers, not a client library's: in a Pod the ServiceAccount token, else KUBECONFIG.
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
     @kopf.on.probe(id="lastActivitySeconds", registry=registry)
     def last_activity(**_: Any) -> float:
         return round(time.monotonic() - _last_activity, 1)
