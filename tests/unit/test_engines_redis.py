@@ -37,6 +37,13 @@ def test_lag_bytes_is_the_primary_offset_minus_the_replica_offset() -> None:
     assert replicas["10.0.0.3:6380"].lag_bytes == 5000
 
 
+def test_a_caught_up_replica_is_zero_seconds_behind_whatever_its_last_ack() -> None:
+    # An idle replica acks once a second: `lag` reads 0 or 1 with nothing to replicate.
+    info = primary_info(slave0={"ip": "h", "port": 1, "state": "online", "offset": 5000, "lag": 1})
+    members, _ = redis.replication_members(info, SELF)
+    assert (members[1].lag_bytes, members[1].lag_seconds) == (0, 0.0)
+
+
 def test_replicas_are_ordered_by_their_index_not_as_text() -> None:
     slaves = {f"slave{i}": {"ip": f"10.0.1.{i}", "port": 1, "state": "online", "offset": 5000, "lag": 0}
               for i in (10, 2, 1)}

@@ -2,9 +2,11 @@
 
 Lag comes from the engine, never guessed. On a primary, ``INFO replication`` lists each replica as ``slaveN``
 with the offset it acknowledged and ``lag``, the seconds since its last acknowledgement (replicas ack every
-second, so a stalled replica's ``lag`` grows); lag in bytes is ``master_repl_offset - offset``. A replica does
-not know how far its primary has got, so seen from a replica only the seconds since the last I/O with the
-primary (``master_last_io_seconds_ago``) are reported.
+second, so a stalled replica's ``lag`` grows); lag in bytes is ``master_repl_offset - offset``, lag in seconds
+is ``lag``, except that a replica with nothing left to acknowledge (0 bytes behind) is 0 seconds behind: an
+idle, caught-up replica otherwise shows the 0-1 s since its last periodic ack, and PostgreSQL's figures follow
+the same rule. A replica does not know how far its primary has got, so seen from a replica only the seconds
+since the last I/O with the primary (``master_last_io_seconds_ago``) are reported.
 
 The parsing is pure (``replication_members``, ``capabilities_from_modules``) and unit-tested with canned
 ``INFO`` dicts; :func:`probe` only talks to the server.
@@ -106,13 +108,17 @@ def _attached_replicas(info: Mapping[str, Any]) -> list[observation.MemberObserv
         fields = _slave_fields(raw)
         offset = _int(fields.get("offset"))
         lag = _int(fields.get("lag"))
+        lag_bytes = max(0, primary_offset - offset) if primary_offset is not None and offset is not None else None
+        if lag_bytes == 0:
+            lag_seconds: float | None = 0.0
+        else:
+            lag_seconds = float(lag) if lag is not None and lag >= 0 else None
         members.append(observation.MemberObservation(
             name=f"{fields.get('ip', '?')}:{fields.get('port', '?')}",
             role="replica",
             ready=fields.get("state") == "online",
-            lag_bytes=max(0, primary_offset - offset) if primary_offset is not None and offset is not None
-            else None,
-            lag_seconds=float(lag) if lag is not None and lag >= 0 else None,
+            lag_bytes=lag_bytes,
+            lag_seconds=lag_seconds,
         ))
     return members
 
