@@ -270,6 +270,18 @@ def test_neo4j_closed_port_is_unreachable() -> None:
     assert "ServiceUnavailable" in assert_unreachable_without_secrets(probe.probe(conn, timeout=2), "pw")
 
 
+def test_neo4j_frozen_server_times_out_instead_of_hanging(neo4j_server: Neo4jServer) -> None:
+    assert neo4j_server.proc is not None
+    neo4j_server.proc.signal(signal.SIGSTOP)
+    try:
+        obs = probe.probe(neo4j_conn(neo4j_server), timeout=1)
+    finally:
+        neo4j_server.proc.signal(signal.SIGCONT)
+    assert "ServiceUnavailable" in assert_unreachable_without_secrets(obs, neo4j_server.password)
+    recovered = probe_until(neo4j_conn(neo4j_server), "neo4j to answer again", lambda o: o.reachable)
+    assert recovered.edition == "community"
+
+
 # --- qdrant -----------------------------------------------------------------------------------------------
 
 
