@@ -1,5 +1,6 @@
 """What managed mode renders runs on the real binaries: redis.conf and the Redis entrypoint with redis-server,
-postgresql.conf and pg_hba.conf with postgres, and the standby bootstrap script with pg_basebackup.
+postgresql.conf and pg_hba.conf with postgres, and the standby bootstrap script with pg_basebackup; and the
+rendered objects pass the real API server's strict validation and the restricted Pod Security Standard.
 
 Each test renders a DataStore, writes the ConfigMap's files to disk and runs them as a pod would, with the
 in-cluster addresses and paths replaced through the scripts' environment variables (pod 0's DNS name by
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,11 @@ from typing import Any
 import psycopg
 import pytest
 import redis as redis_lib
+import yaml
 
 from mlinfra.api.datastore import DataStore
 from mlinfra.devenv import procs, tools
+from mlinfra.devenv.controlplane import ControlPlane
 from mlinfra.devenv.postgres import PostgresServer
 from mlinfra.devenv.redis import RedisServer
 from mlinfra.engines import names, render
@@ -115,8 +119,6 @@ def test_rendered_redis_primary_and_replica(tmp_path: Path) -> None:
 
 
 def test_rendered_redis_entrypoint_refuses_a_hostname_without_ordinal(tmp_path: Path) -> None:
-    import subprocess
-
     files = _write_files(tmp_path, render.render_config_files(_store("redis", 1, {})))
     result = subprocess.run(["bash", str(files["entrypoint.sh"])], capture_output=True, text=True, timeout=30,
                             env={**os.environ, "HOSTNAME": "not-a-pod", "REDIS_PASSWORD": "x"})
@@ -268,3 +270,70 @@ def test_rendered_bootstrap_refuses_a_data_directory_it_does_not_know(pg_primary
     with pytest.raises(procs.StartupError, match="not empty but holds no cluster"):
         server.run(["bash", str(pg_primary.files["bootstrap.sh"])], env=_bootstrap_env(pg_primary, 2, server.datadir))
     assert (server.datadir / "something").read_text() == "not a cluster"
+
+
+# --- all engines: scripts, and what the API server says -------------------------------------------------
+
+ALL = [("redis", 3), ("postgres", 3), ("neo4j", 1), ("qdrant", 3)]
+
+
+@pytest.mark.parametrize(("engine", "replicas"), ALL)
+def test_rendered_scripts_are_valid_bash(engine: str, replicas: int, tmp_path: Path) -> None:
+    files = _write_files(tmp_path, render.render_config_files(_store(engine, replicas, {})))
+    scripts = [path for name, path in files.items() if name.endswith(".sh")]
+    for script in scripts:
+        result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, f"{script.name}: {result.stderr}"
+
+
+def test_rendered_redis_entrypoint_defaults_to_pod_0_in_the_cluster(tmp_path: Path) -> None:
+    """Without overrides a replica pod follows pod 0's DNS name on the standard port, with the pod's paths."""
+    files = _write_files(tmp_path / "config", render.render_config_files(_store("redis", 3, {})))
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "redis-server").write_text('#!/bin/sh\ncat "$1"\n')  # prints the runtime config it is given
+    (fake_bin / "redis-server").chmod(0o755)
+    result = subprocess.run(["bash", str(files["entrypoint.sh"])], capture_output=True, text=True, timeout=30, env={
+        **os.environ, "HOSTNAME": names.pod(NAME, 2), "REDIS_PASSWORD": "pw", "REDIS_RUN_DIR": str(tmp_path / "run"),
+        "PATH": f"{fake_bin}:{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1:] == [
+        'include "/etc/mlinfra/redis.conf"', "port 6379", "bind * -::*", 'dir "/data"', 'requirepass "pw"',
+        'masterauth "pw"', f"replicaof {NAME}-0.{NAME}-hl.{NAMESPACE}.svc 6379"]
+
+
+@pytest.mark.parametrize(("ordinal", "args"), [
+    (0, ["--uri", f"http://{NAME}-0.{NAME}-hl.{NAMESPACE}.svc:6335"]),
+    (2, ["--bootstrap", f"http://{NAME}-0.{NAME}-hl.{NAMESPACE}.svc:6335",
+         "--uri", f"http://{NAME}-2.{NAME}-hl.{NAMESPACE}.svc:6335"]),
+])
+def test_rendered_qdrant_entrypoint_joins_pod_0(ordinal: int, args: list[str], tmp_path: Path) -> None:
+    """Qdrant's server cannot be run here: the image's entrypoint is replaced by one that prints its arguments."""
+    files = _write_files(tmp_path / "config", render.render_config_files(_store("qdrant", 3, {})))
+    home = tmp_path / "qdrant"
+    home.mkdir()
+    (home / "entrypoint.sh").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
+    (home / "entrypoint.sh").chmod(0o755)
+    result = subprocess.run(["bash", str(files["entrypoint.sh"])], capture_output=True, text=True, timeout=30,
+                            env={**os.environ, "HOSTNAME": names.pod(NAME, ordinal), "QDRANT_HOME": str(home)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1:] == ["--config-path", "/etc/mlinfra/config.yaml", *args]
+
+
+def test_rendered_objects_pass_the_api_server_and_restricted_pod_security(control_plane: ControlPlane) -> None:
+    """Server-side dry run with strict field validation, in namespaces that warn about anything the
+    restricted Pod Security Standard forbids."""
+    for engine, replicas in ALL:
+        ns = f"render-{engine}"
+        control_plane.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {
+            "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/warn": "restricted"}}}])
+        ds = DataStore.model_validate({"metadata": {"name": NAME, "namespace": ns}, "spec": {
+            "engine": engine, "managed": {
+                "replicas": replicas, "networkPolicy": True, "storage": {"size": "1Gi", "storageClassName": "standard"},
+                "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}}}})
+        result = control_plane.kubectl(
+            "apply", "--server-side", "--dry-run=server", "--validate=strict", "--field-manager=mlinfra-operator",
+            "-f", "-", input=yaml.safe_dump_all(render.render_managed(ds)), check=False)
+        assert result.returncode == 0, f"{engine}: {result.stderr}"
+        assert "Warning" not in result.stderr, f"{engine}: {result.stderr}"
+        assert result.stdout.count("(server dry run)") == len(render.render_managed(ds))
