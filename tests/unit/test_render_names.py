@@ -50,8 +50,9 @@ def test_labels_never_include_the_datastores_own() -> None:
 
 
 def test_credentials_keys_cover_what_the_pods_read() -> None:
-    assert names.credentials_keys("redis") == ("username", "password")
     assert names.credentials_keys("postgres") == ("username", "password", "replication-password")
+    for engine in ("redis", "neo4j", "qdrant"):
+        assert names.credentials_keys(engine) == ("password",)
 
 
 def test_rendered_objects_use_these_names() -> None:
@@ -64,3 +65,15 @@ def test_rendered_objects_use_these_names() -> None:
         ("StatefulSet", names.statefulset("feats")),
         ("PodDisruptionBudget", names.pod_disruption_budget("feats")),
     }
+
+
+@pytest.mark.parametrize("engine", ["redis", "postgres", "neo4j", "qdrant"])
+def test_credentials_keys_are_exactly_the_keys_the_pods_read(engine: str) -> None:
+    ds = store(engine) if engine != "neo4j" else DataStore.model_validate(
+        {"metadata": {"name": "feats", "namespace": "ml"}, "spec": {"engine": "neo4j", "managed": {}}})
+    [sts] = [o for o in render.render_managed(ds) if o["kind"] == "StatefulSet"]
+    pod = sts["spec"]["template"]["spec"]
+    refs = {var["valueFrom"]["secretKeyRef"]["key"]
+            for container in [*pod.get("initContainers", []), *pod["containers"]]
+            for var in container.get("env", []) if "secretKeyRef" in var.get("valueFrom", {})}
+    assert refs == set(names.credentials_keys(ds.spec.engine))

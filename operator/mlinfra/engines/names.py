@@ -38,10 +38,12 @@ POSTGRES_REPLICATION_USER: Final = "replicator"
 
 
 def credentials_keys(engine: datastore.Engine) -> tuple[str, ...]:
-    """The keys the generated credentials Secret must hold for ``engine``'s pods to start."""
+    """The keys of the credentials Secret that ``engine``'s pods read (``secretKeyRef``, not optional: a pod
+    whose key is missing does not start). Only postgres takes its user name from the Secret; redis
+    (``default``), neo4j (``neo4j``) and qdrant (an API key, no user) have fixed or no user names."""
     if engine == "postgres":
         return (USERNAME_KEY, PASSWORD_KEY, REPLICATION_PASSWORD_KEY)
-    return (USERNAME_KEY, PASSWORD_KEY)
+    return (PASSWORD_KEY,)
 
 
 # --- child objects --------------------------------------------------------------------------------------
