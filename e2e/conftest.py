@@ -3,6 +3,8 @@ backer serving managed stores with real local servers."""
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,9 +40,14 @@ def operator(control_plane: ControlPlane, operator_account: str, backer: Backer,
 
 @pytest.fixture
 def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
-    name = ("t-" + request.node.name.replace("_", "-").replace("[", "-").replace("]", "").lower()[:40]).rstrip("-")
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
+    # Parametrized tests share a prefix: a hash of the node id keeps their namespaces apart.
+    name = f"t-{slug}-{hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:6]}"
     control_plane.kubectl("create", "namespace", name)
     procs.wait_until("the default ServiceAccount", lambda: control_plane.kubectl(
         "get", "sa", "default", "-n", name, check=False).returncode == 0, 60)
     yield name
+    # Shown by pytest only when the test failed: what the operator had written.
+    dump = control_plane.kubectl("get", "datastores", "-n", name, "-o", "yaml", check=False)
+    print(f"--- DataStores in {name} at teardown ---\n{dump.stdout}{dump.stderr}")
     control_plane.kubectl("delete", "namespace", name, "--wait=false")

@@ -95,10 +95,11 @@ def test_managed_qdrant_says_it_is_not_served_locally(control_plane: ControlPlan
                                                       backer: Backer, namespace: str) -> None:
     cp = control_plane
     cp.apply([managed(namespace, "vectors", "qdrant", 1)])
-    wait_for("Reachable=False", lambda: ds_condition(cp, namespace, "vectors", "Reachable").get("status") == "False")
+    wait_for("Ready=False saying why", lambda: "not served locally" in ds_condition(
+        cp, namespace, "vectors", "Ready").get("message", ""))
     ready = ds_condition(cp, namespace, "vectors", "Ready")
-    assert ready["status"] == "False"
-    assert "not served locally" in ready["message"]
+    assert (ready["status"], ready["reason"]) == ("False", "Unreachable")
+    assert ds_condition(cp, namespace, "vectors", "Reachable")["status"] == "False"
     assert get_json(cp, "statefulset", "vectors", "-n", namespace)["status"].get("readyReplicas") == 1
 
 

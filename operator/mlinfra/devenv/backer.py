@@ -11,9 +11,11 @@ them. Qdrant has no server binary here: its entry says so, and the store's statu
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import os
+import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,7 +137,7 @@ class Backer:
         if cm.returncode != 0 or not password:
             return False  # the operator has not rendered it yet
         files: dict[str, str] = json.loads(cm.stdout).get("data") or {}
-        config_hash = str(hash((tuple(sorted(files.items())), password)))
+        config_hash = hashlib.sha256(json.dumps([files, password], sort_keys=True).encode()).hexdigest()[:16]
         current = self.backed.get(key)
         if current and current.replicas == replicas and current.config_hash == config_hash:
             return False
@@ -143,7 +145,10 @@ class Backer:
             log.info("backer: %s changed (replicas %d -> %d); restarting its servers", key, current.replicas, replicas)
             current.stack.close()
         backed = Backed(key, engine, replicas, config_hash)
-        workdir = self.workdir / ns / name
+        # Short and fresh: PostgreSQL's socket path must stay under 107 bytes, and a failed earlier
+        # attempt must not leave a half-initialised data directory behind.
+        workdir = self.workdir / hashlib.sha1(f"{key}/{config_hash}/{replicas}".encode()).hexdigest()[:10]
+        shutil.rmtree(workdir, ignore_errors=True)
         try:
             backed.entry = self._start(backed, engine, name, workdir, files, password)
         except BaseException:

@@ -20,8 +20,10 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# Process-group ids of every process started by this interpreter, for leak checks.
+# Process-group ids of every process started by this interpreter, for leak checks, and the pids of their
+# descendants seen when they were stopped (which may have left the group with setsid()).
 STARTED: list[int] = []
+STARTED_CHILDREN: list[int] = []
 
 _PR_SET_PDEATHSIG = 1
 
@@ -113,12 +115,19 @@ class Proc:
             return "(no log)"
 
     def signal(self, sig: int) -> None:
-        """Send ``sig`` to the whole process group (no-op if it is gone)."""
+        """Send ``sig`` to the process group and to every descendant: PostgreSQL's backends each call
+        setsid(), so the group alone does not reach them (a SIGSTOP would freeze only the postmaster)."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.popen.pid, sig)
+        for pid in descendants(self.popen.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM the process group, wait, then SIGKILL whatever is left of it."""
+        tree = descendants(self.popen.pid)
+        STARTED_CHILDREN.extend(tree)
+        self.signal(signal.SIGCONT)  # a paused server cannot handle SIGTERM
         self.signal(signal.SIGTERM)
         try:
             self.popen.wait(timeout)
@@ -126,6 +135,9 @@ class Proc:
             log.warning("%s did not stop within %.0fs; killing it", self.name, timeout)
         # The leader may be gone while group members (forked children) linger.
         self.signal(signal.SIGKILL)
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(5)
         deadline = time.monotonic() + 5
@@ -133,24 +145,52 @@ class Proc:
             time.sleep(0.05)
 
 
+def _stat(pid_dir: Path) -> list[str] | None:
+    try:
+        # After the command name (which may contain spaces): state, ppid, pgrp, ...
+        return (pid_dir / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def descendants(pid: int) -> list[int]:
+    """Live descendants of ``pid`` (children, grandchildren, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat(entry)
+            if fields is not None and fields[0] != "Z":
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    fields = _stat(Path(f"/proc/{pid}"))
+    return fields is not None and fields[0] != "Z"
+
+
 def group_alive(pgid: int) -> bool:
     """True while any process of the process group ``pgid`` still exists (zombies excluded)."""
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # fields[0] is the state, fields[2] the process group id.
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            return True
+        if entry.name.isdigit():
+            fields = _stat(entry)
+            # fields[0] is the state, fields[2] the process group id.
+            if fields is not None and fields[0] != "Z" and int(fields[2]) == pgid:
+                return True
     return False
 
 
 def leaked(pgids: Sequence[int] | None = None) -> list[int]:
-    """Process groups started here that still have live members."""
-    return [p for p in (STARTED if pgids is None else pgids) if group_alive(p)]
+    """Process groups started here that still have live members, and stopped descendants still alive."""
+    groups = [p for p in (STARTED if pgids is None else pgids) if group_alive(p)]
+    children = [p for p in STARTED_CHILDREN if pid_alive(p)] if pgids is None else []
+    return groups + children
 
 
 class ProcStack:

@@ -84,7 +84,7 @@ def _credentials(body: Mapping[str, Any], ds: api.DataStore) -> tuple[str, str]:
     refs = secret["metadata"].get("ownerReferences") or []
     if not any(r.get("uid") == owner["uid"] for r in refs):
         objects.merge_patch("Secret", ns, secret_name, {"metadata": {"ownerReferences": [owner]}})
-    missing = [key for key in names.credentials_keys(ds.spec.engine) if not _decode(secret, key)]
+    missing = [key for key in names.credentials_keys(ds.spec.engine) if _decode(secret, key) is None]
     if missing:
         raise StoreProblem(Problem(SECRET_NOT_FOUND, f"Secret {secret_name!r} lacks the key(s) {', '.join(missing)}; "
                                    "delete it to have new credentials generated", stalled=True))
