@@ -28,7 +28,7 @@ test: venv tools lint
 
 lint: venv
 	@echo "== ruff and mypy"
-	@$(VENV)/bin/ruff check operator tests e2e bench conftest.py
+	@$(VENV)/bin/ruff check $(wildcard operator tests e2e bench) conftest.py
 	@$(VENV)/bin/mypy
 
 unit: venv

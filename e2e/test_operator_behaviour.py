@@ -66,12 +66,14 @@ def test_reapplying_the_same_manifest_is_a_no_op(control_plane: ControlPlane, op
     time.sleep(3)
     before = get_json(cp, "datastore", "gitops", "-n", namespace)
     cp.kubectl(*apply, input=manifest)
-    after = get_json(cp, "datastore", "gitops", "-n", namespace)
+    after = get_json(cp, "datastore", "gitops", "-n", namespace, "--show-managed-fields")
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
     diff = cp.kubectl("diff", "--server-side", "--field-manager=argocd-controller", "-f", "-", input=manifest,
                       check=False)
     assert diff.returncode == 0, diff.stdout
 
+    managers = {entry["manager"] for entry in after["metadata"]["managedFields"]}
+    assert len(managers) > 1  # the operator's status and finalizer writes are there too
     for entry in after["metadata"]["managedFields"]:
         fields = json.dumps(entry.get("fieldsV1", {}))
         if entry["manager"] == "argocd-controller":
