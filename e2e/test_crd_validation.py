@@ -20,7 +20,7 @@ import yaml
 
 pytestmark = pytest.mark.e2e
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[1]
 NAMESPACE = "mlinfra-crd-validation"
 PLURALS = ("datastores", "featureviews", "modelregistries", "vectorindexes")
 
