@@ -374,6 +374,9 @@ def test_postgres_pods_bootstrap_then_run_the_rendered_config() -> None:
                             "-c", "hba_file=/etc/mlinfra/pg_hba.conf", "-c", "cluster_name=$(POD_NAME)"]
     env = {v["name"]: v for v in main["env"]}
     assert env["PGDATA"]["value"] == "/var/lib/postgresql/data/pgdata"
+    # SIGTERM would be a "smart" shutdown waiting for clients: stop fast within the grace period.
+    assert main["lifecycle"]["preStop"]["exec"]["command"] == ["pg_ctl", "stop", "-m", "fast", "-w", "-t", "50"]
+    assert pod["terminationGracePeriodSeconds"] == 60
     assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     [initdb] = [v for v in pod["volumes"] if v["name"] == "initdb"]
     assert initdb["configMap"]["items"] == [{"key": "init-primary.sh", "path": "10-replication-role.sh",
