@@ -42,7 +42,7 @@ def operator(control_plane: ControlPlane, operator_account: str, backer: Backer,
 def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
     slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
     # Parametrized tests share a prefix: a hash of the node id keeps their namespaces apart.
-    name = f"t-{slug}-{hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:6]}"
+    name = f"t-{slug}-{hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:6]}"
     control_plane.kubectl("create", "namespace", name)
     procs.wait_until("the default ServiceAccount", lambda: control_plane.kubectl(
         "get", "sa", "default", "-n", name, check=False).returncode == 0, 60)

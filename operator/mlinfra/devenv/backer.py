@@ -147,7 +147,7 @@ class Backer:
         backed = Backed(key, engine, replicas, config_hash)
         # Short and fresh: PostgreSQL's socket path must stay under 107 bytes, and a failed earlier
         # attempt must not leave a half-initialised data directory behind.
-        workdir = self.workdir / hashlib.sha1(f"{key}/{config_hash}/{replicas}".encode()).hexdigest()[:10]
+        workdir = self.workdir / hashlib.sha256(f"{key}/{config_hash}/{replicas}".encode()).hexdigest()[:10]
         shutil.rmtree(workdir, ignore_errors=True)
         try:
             backed.entry = self._start(backed, engine, name, workdir, files, password)

@@ -131,7 +131,8 @@ def _wait_ready(kubectl: Callable[..., Any], names: list[str], timeout: float) -
         items = json.loads(kubectl("get", "datastores", "-n", NAMESPACE, "-o", "json").stdout)["items"]
         ready = sorted(
             i["metadata"]["name"] for i in items
-            if any(c["type"] == "Ready" and c["status"] == "True" for c in (i.get("status") or {}).get("conditions", []))
+            if any(c["type"] == "Ready" and c["status"] == "True"
+                   for c in (i.get("status") or {}).get("conditions", []))
         )
         line = f"   Ready: {len([n for n in ready if n in names])}/{len(names)}  {', '.join(ready)}"
         if line != last:

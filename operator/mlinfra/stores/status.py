@@ -68,7 +68,7 @@ def quantized_lag(lag_bytes: int | None, lag_seconds: float | None) -> dict[str,
     if lag_bytes is not None:
         out["lagBytes"] = lag_bytes // LAG_BYTES_STEP * LAG_BYTES_STEP
     if lag_seconds is not None:
-        out["lagSeconds"] = 0 if out.get("lagBytes") == 0 else int(round(float(lag_seconds)))
+        out["lagSeconds"] = 0 if out.get("lagBytes") == 0 else round(float(lag_seconds))
     return out
 
 
