@@ -164,3 +164,27 @@ def test_unreachable_store_reports_why_without_secrets(control_plane: ControlPla
     assert (ready_cond["status"], ready_cond["reason"]) == ("False", "Unreachable")
     assert ready_cond["message"]
     assert password not in yaml.safe_dump(ds["status"])
+
+
+def test_spec_the_schema_cannot_refuse_is_stalled(control_plane: ControlPlane, operator: OperatorProcess,
+                                                  redis_cluster: RedisCluster, namespace: str) -> None:
+    """A port above 65535 passes the schema's pattern; the operator reports InvalidSpec and a Warning."""
+    cp = control_plane
+    credentials(cp, namespace, "creds", "default", redis_cluster.password)
+    cp.apply([external(namespace, "badport", "redis", 99999, "creds")])
+
+    def stalled() -> bool:
+        return condition(get_json(cp, "datastore", "badport", "-n", namespace), "Stalled").get("status") == "True"
+
+    wait_for("Stalled=True", stalled, 60)
+    ds = get_json(cp, "datastore", "badport", "-n", namespace)
+    assert condition(ds, "Stalled")["reason"] == "InvalidSpec"
+    assert "99999" in condition(ds, "Stalled")["message"]
+    assert condition(ds, "Ready")["status"] == "False"
+    events = get_json(cp, "events", "-n", namespace, "--field-selector", "involvedObject.name=badport")["items"]
+    assert any(e["type"] == "Warning" and e["reason"] == "InvalidSpec" for e in events)
+    # Fixing the spec recovers the store.
+    cp.kubectl("patch", "datastore", "badport", "-n", namespace, "--type=merge",
+               "-p", f'{{"spec":{{"external":{{"endpoint":"127.0.0.1:{redis_cluster.primary.port}"}}}}}}')
+    ready(cp, namespace, "badport")
+    assert condition(get_json(cp, "datastore", "badport", "-n", namespace), "Stalled")["status"] == "False"

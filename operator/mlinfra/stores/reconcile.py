@@ -117,12 +117,17 @@ def _external(ds: api.DataStore) -> connection.ConnectionInfo:
         ca_ref = ext.tls.ca_secret_ref
         ca = _read_secret_key(ns, ca_ref.name, ca_ref.key, "spec.external.tls.caSecretRef")
     engine = ds.spec.engine
-    host, port = endpoints.split_endpoint(ext.endpoint, connection.default_port(engine))
-    return connection.ConnectionInfo(
-        engine=engine, host=host, port=port, username=username, password=password,
-        database=ext.database or connection.DEFAULT_DATABASES[engine],
-        tls=bool(ext.tls and ext.tls.enabled), ca_cert=ca,
-    )
+    try:
+        host, port = endpoints.split_endpoint(ext.endpoint, connection.default_port(engine))
+        return connection.ConnectionInfo(
+            engine=engine, host=host, port=port, username=username, password=password,
+            database=ext.database or connection.DEFAULT_DATABASES[engine],
+            tls=bool(ext.tls and ext.tls.enabled), ca_cert=ca,
+        )
+    except ValueError as exc:
+        # What the schema cannot say (a port above 65535): the message names the field, never a secret.
+        raise StoreProblem(Problem(INVALID_SPEC, f"spec.external.endpoint {ext.endpoint!r}: {exc}",
+                                   stalled=True)) from None
 
 
 def reconcile(body: Mapping[str, Any]) -> Applied:
