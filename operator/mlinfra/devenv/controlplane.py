@@ -180,6 +180,9 @@ class ControlPlane:
             f"--root-ca-file={pki.ca.cert}",
             f"--service-account-private-key-file={pki.sa_key}",
             "--use-service-account-credentials=true",
+            # kwok renews the fake nodes' leases; on a loaded 2-core machine a renewal can come late, and
+            # the default 50 s grace would mark nodes NotReady and every pod on them unready for good.
+            "--node-monitor-grace-period=5m",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             f"--cluster-signing-cert-file={pki.ca.cert}", f"--cluster-signing-key-file={pki.ca.key}",
         ], logs / "kube-controller-manager.log"))

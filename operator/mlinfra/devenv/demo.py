@@ -72,6 +72,7 @@ def run(state_dir: Path, once: bool = False, timeout: float = 300) -> int:
     platform = Platform(workdir=state_dir / "run")
     stack = procs.ProcStack()
     backer: Backer | None = None
+    keep = False
     try:
         with procs.stopping_on_signals():
             print("== starting the local platform: etcd, kube-apiserver, controller-manager, scheduler, kwok; "
@@ -108,6 +109,9 @@ def run(state_dir: Path, once: bool = False, timeout: float = 300) -> int:
             print("observed replication (from the live servers):\n" + lag_report(items), flush=True)
             print(f"\noperator metrics: {operator.metrics_url}", flush=True)
             if once:
+                if not ok:
+                    keep = True
+                    print(f"logs kept in {platform.workdir}", flush=True)
                 return 0 if ok else 1
             print(f"\nrunning; in another shell:  export KUBECONFIG={cp.kubeconfig}\n"
                   f"kubectl: {cp.tools.kubectl}\nCtrl-C stops everything.", flush=True)
@@ -121,7 +125,8 @@ def run(state_dir: Path, once: bool = False, timeout: float = 300) -> int:
             backer.stop()
         stack.close()
         platform.stop()
-        platform.remove()
+        if not keep:
+            platform.remove()
 
 
 def _wait_ready(kubectl: Callable[..., Any], names: list[str], timeout: float) -> bool:

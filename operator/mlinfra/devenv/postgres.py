@@ -6,11 +6,14 @@ unprivileged user ``PG_USER`` (created on first use, also by ``.ci/run``).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import secrets
+import shutil
 import signal
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,7 +74,10 @@ class PostgresServer:
 
     @property
     def socket_dir(self) -> Path:
-        return self.workdir / "sock"
+        # Short, whatever the work dir: a Unix socket path must stay under 108 bytes, and pytest's and the
+        # demo's temporary directories are deep. Derived from the work dir, so it is stable and unique.
+        digest = hashlib.sha256(str(self.workdir.resolve()).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"mlinfra-pg-{digest}"
 
     def dsn(self, dbname: str = "postgres", user: str | None = None, password: str | None = None) -> str:
         return (f"host=127.0.0.1 port={self.port} dbname={dbname} user={user or self.user} "
@@ -90,6 +96,7 @@ class PostgresServer:
         self.socket_dir.mkdir(exist_ok=True)
         _opened_for(self.workdir)
         _own(self.workdir, uid, gid)
+        _own(self.socket_dir, uid, gid)
         return uid, gid
 
     def _tool(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
@@ -132,6 +139,10 @@ class PostgresServer:
 
     def start(self, stack: procs.ProcStack) -> PostgresServer:
         uid, gid = _run_as()
+        self.socket_dir.mkdir(exist_ok=True)
+        _own(self.socket_dir, uid, gid)
+        sock = self.socket_dir
+        stack.callback(lambda: shutil.rmtree(sock, ignore_errors=True))
         self.proc = stack.add(procs.Proc(f"postgres-{self.name}", [
             str(tools.which("postgres")), "-D", str(self.datadir),
             "-c", f"port={self.port}", "-c", "listen_addresses=127.0.0.1",
