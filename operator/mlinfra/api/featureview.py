@@ -32,7 +32,9 @@ ColumnName = Annotated[
 ]
 
 EntityType = Literal["string", "int32", "int64"]
-FeatureType = Literal["string", "int32", "int64", "float32", "float64", "bool", "timestamp", "bytes"]
+FeatureType = Literal[
+    "string", "int32", "int64", "float32", "float64", "bool", "timestamp", "bytes", "float32_list"
+]
 
 
 class Entity(base.SpecModel):
@@ -47,7 +49,8 @@ class Feature(base.SpecModel):
 
     name: ColumnName = pydantic.Field(description="Column and field name of the feature.")
     type: FeatureType = pydantic.Field(
-        description="Value type: string, int32, int64, float32, float64, bool, timestamp or bytes. "
+        description="Value type: string, int32, int64, float32, float64, bool, timestamp, bytes or float32_list "
+        "(an embedding; real[] offline). "
         "Changing it is refused (Stalled, reason ImmutableFieldChange)."
     )
     description: str | None = pydantic.Field(
