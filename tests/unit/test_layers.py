@@ -19,7 +19,7 @@ ALLOWED: dict[str, set[str]] = {
     "features": {"api", "engines", "k8s", "stores", "config", "metrics"},
     "registry": {"api", "engines", "k8s", "stores", "config", "metrics"},
     "vectors": {"api", "engines", "k8s", "stores", "config", "metrics"},
-    "client": {"api", "engines"},
+    "client": {"api", "engines", "features"},
     "handlers": {"api", "engines", "k8s", "stores", "features", "registry", "vectors", "config", "metrics"},
     "run": {"handlers", "config", "metrics"},
     "devenv": {"api", "engines", "k8s"},
