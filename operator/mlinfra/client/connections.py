@@ -107,7 +107,7 @@ def from_kubernetes(namespace: str, datastore: str) -> ConnectionInfo:
         config.load_kube_config()  # type: ignore[no-untyped-call]
     with client.ApiClient() as api:
         secret = client.CoreV1Api(api).read_namespaced_secret(names.connection_secret(datastore), namespace)
-    data: dict[str, str] = dict(secret.data or {})
+    data = {str(key): str(value) for key, value in (secret.data or {}).items()}
     return ConnectionInfo.from_secret_base64(data)
 
 
