@@ -18,6 +18,7 @@ class Settings:
     health_port: int = 8080
     metrics_port: int = 9090
     log_format: Literal["json", "plain"] = "json"
+    job_image: str = "ghcr.io/mlinfra/mlinfra-operator:0.1.0"  # the image sync Jobs run (the operator's own)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -28,6 +29,7 @@ class Settings:
             "probe_timeout": float(env.get("MLINFRA_PROBE_TIMEOUT", cls.probe_timeout)),
             "endpoint_map": Path(env["MLINFRA_ENDPOINT_MAP"]) if env.get("MLINFRA_ENDPOINT_MAP") else None,
             "log_format": "plain" if env.get("MLINFRA_LOG_FORMAT") == "plain" else "json",
+            "job_image": env.get("MLINFRA_JOB_IMAGE", cls.job_image),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
