@@ -72,7 +72,7 @@ def pod_spec(fv: api.FeatureView, image: str) -> dict[str, Any]:
             "volumeMounts": [
                 {"name": "offline-conn", "mountPath": OFFLINE_DIR, "readOnly": True},
                 {"name": "online-conn", "mountPath": ONLINE_DIR, "readOnly": True},
-                {"name": "tmp", "mountPath": "/tmp"},
+                {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir: the root filesystem is read-only
             ],
             "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
             "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
