@@ -99,16 +99,23 @@ def from_kubernetes(namespace: str, datastore: str) -> ConnectionInfo:
 
     Uses in-cluster credentials when running in a Pod, else the kubeconfig (``KUBECONFIG``).
     """
-    from kubernetes import client, config  # optional: only this function needs it
+    from kubernetes import client  # optional: only the Kubernetes readers need it
+
+    load_kube_config()
+    with client.ApiClient() as api:
+        secret = client.CoreV1Api(api).read_namespaced_secret(names.connection_secret(datastore), namespace)
+    data = {str(key): str(value) for key, value in (secret.data or {}).items()}
+    return ConnectionInfo.from_secret_base64(data)
+
+
+def load_kube_config() -> None:
+    """Credentials for the Kubernetes API: the Pod's service account, else the kubeconfig (``KUBECONFIG``)."""
+    from kubernetes import config
 
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
-    with client.ApiClient() as api:
-        secret = client.CoreV1Api(api).read_namespaced_secret(names.connection_secret(datastore), namespace)
-    data = {str(key): str(value) for key, value in (secret.data or {}).items()}
-    return ConnectionInfo.from_secret_base64(data)
 
 
 def resolve(source: ConnectionSource) -> ConnectionInfo:
