@@ -35,7 +35,7 @@ from __future__ import annotations
 import datetime
 import math
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, get_args
 from urllib import parse
 
@@ -207,30 +207,65 @@ def decode_event_ts(raw: bytes | str) -> datetime.datetime:
 # -- values -----------------------------------------------------------------------------------------------
 
 
+def _encode_string(value: Any) -> bytes:
+    if not isinstance(value, str):
+        raise TypeError(f"string feature: expected str, got {type(value).__name__}")
+    return value.encode()
+
+
+def _encode_int(value: Any) -> bytes:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"integer feature: expected int, got {type(value).__name__}")
+    return str(value).encode()
+
+
+def _encode_float(value: Any) -> bytes:
+    return repr(float(value)).encode()
+
+
+def _encode_bool(value: Any) -> bytes:
+    return b"1" if value else b"0"
+
+
+def _encode_timestamp(value: Any) -> bytes:
+    if not isinstance(value, datetime.datetime):
+        raise TypeError(f"timestamp feature: expected datetime, got {type(value).__name__}")
+    return to_utc(value).isoformat(timespec="microseconds").encode()
+
+
+def _encode_bytes(value: Any) -> bytes:
+    return bytes(value)
+
+
+def _encode_float32_list(value: Any) -> bytes:
+    floats = [math.nan if v is None else float(v) for v in value]
+    return struct.pack(f"<{len(floats)}f", *floats)
+
+
+_ENCODERS: dict[str, Callable[[Any], bytes]] = {
+    "string": _encode_string,
+    "int32": _encode_int,
+    "int64": _encode_int,
+    "float32": _encode_float,
+    "float64": _encode_float,
+    "bool": _encode_bool,
+    "timestamp": _encode_timestamp,
+    "bytes": _encode_bytes,
+    "float32_list": _encode_float32_list,
+}
+
+
+def encoder(type_: str) -> Callable[[Any], bytes]:
+    """The encoding function of one type (for hot loops: look it up once per column)."""
+    try:
+        return _ENCODERS[type_]
+    except KeyError:
+        raise ValueError(f"unknown feature type {type_!r}") from None
+
+
 def encode_value(type_: str, value: Any) -> bytes:
     """One non-NULL value as the bytes of its hash field (see the module table)."""
-    if type_ == "string":
-        if not isinstance(value, str):
-            raise TypeError(f"string feature: expected str, got {type(value).__name__}")
-        return value.encode()
-    if type_ in ("int32", "int64"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{type_} feature: expected int, got {type(value).__name__}")
-        return str(value).encode()
-    if type_ in ("float32", "float64"):
-        return repr(float(value)).encode()
-    if type_ == "bool":
-        return b"1" if value else b"0"
-    if type_ == "timestamp":
-        if not isinstance(value, datetime.datetime):
-            raise TypeError(f"timestamp feature: expected datetime, got {type(value).__name__}")
-        return to_utc(value).isoformat(timespec="microseconds").encode()
-    if type_ == "bytes":
-        return bytes(value)
-    if type_ == "float32_list":
-        floats = [math.nan if v is None else float(v) for v in value]
-        return struct.pack(f"<{len(floats)}f", *floats)
-    raise ValueError(f"unknown feature type {type_!r}")
+    return encoder(type_)(value)
 
 
 def decode_value(type_: str, raw: bytes | str | None) -> Any:

@@ -1,0 +1,238 @@
+"""The offline table of a FeatureView and the operator's bookkeeping schema, created and evolved idempotently.
+
+Called by the FeatureView reconcile (handlers) and by the materializer before each run. Evolution rules:
+
+- an added feature adds a nullable column (with the feature's description as the column comment);
+- a removed feature keeps its column: data users wrote is never dropped, it just stops being served;
+- a changed feature type, a changed entity (name, type or order) or an operator column of the wrong type is
+  refused with :class:`ImmutableFieldChange` and nothing is changed.
+
+Entities are read back from the operator's index on ``(entities..., event_timestamp DESC)``; a pre-existing
+table without that index is accepted when its entity columns have the right types (the index is then added).
+Every change runs in one transaction under an advisory lock per table, so concurrent reconciles and sync jobs
+cannot race on ``CREATE``/``ALTER``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import psycopg
+from psycopg import sql
+
+from mlinfra.api import featureview
+from mlinfra.features import layout
+
+REASON = "ImmutableFieldChange"
+_BOOKKEEPING_LOCK = "mlinfra:bookkeeping"
+_OPERATOR_COLUMNS = {layout.EVENT_TIMESTAMP: "timestamp with time zone", layout.CREATED_AT: "timestamp with time zone"}
+
+
+class ImmutableFieldChange(Exception):
+    """The spec changes what cannot change in place: a column's type or the entities. Nothing was changed."""
+
+    reason = REASON
+
+    def __init__(self, changes: Sequence[str]) -> None:
+        self.changes = tuple(changes)
+        super().__init__("; ".join(self.changes))
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What :func:`plan` decided for an existing table: columns to add, columns kept, refusals."""
+
+    add: tuple[tuple[str, str], ...]  # (column, SQL type)
+    retained: tuple[str, ...]  # columns of removed features, kept
+    refusals: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class SchemaResult:
+    """The outcome of :func:`ensure_offline_table`."""
+
+    table: str  # schema.table
+    created: bool
+    added: tuple[str, ...]
+    retained: tuple[str, ...]
+
+
+def index_name(table: str, suffix: str) -> str:
+    """``{table}_{suffix}`` within PostgreSQL's 63-byte identifier limit."""
+    return f"{table[: 63 - len(suffix) - 1]}_{suffix}"
+
+
+def plan(
+    spec: featureview.FeatureViewSpec, existing: Mapping[str, str], indexed_entities: Sequence[str] | None
+) -> Plan:
+    """Compare the spec with the table's columns (``name -> SQL type``) and its entity index (if any).
+
+    Pure: the decision of :func:`ensure_offline_table`, unit-tested without a database.
+    """
+    refusals: list[str] = []
+    wanted_entities = [entity.name for entity in spec.entities]
+    if indexed_entities is not None and list(indexed_entities) != wanted_entities:
+        refusals.append(
+            f"entities changed: the table is keyed by ({', '.join(indexed_entities)}), "
+            f"the spec asks for ({', '.join(wanted_entities)})"
+        )
+    for entity in spec.entities:
+        want = layout.sql_type(entity.type)
+        have = existing.get(entity.name)
+        if have is None:
+            if indexed_entities is None:
+                refusals.append(f"entity column {entity.name} ({want}) is missing from the existing table")
+        elif have != want:
+            refusals.append(f"entity column {entity.name}: type {have} in the table, {want} in the spec")
+    for name, want in _OPERATOR_COLUMNS.items():
+        have = existing.get(name)
+        if have is not None and have != want:
+            refusals.append(f"column {name}: type {have} in the table, {want} expected")
+    add: list[tuple[str, str]] = [(n, t) for n, t in _OPERATOR_COLUMNS.items() if n not in existing]
+    for feature in spec.features:
+        want = layout.sql_type(feature.type)
+        have = existing.get(feature.name)
+        if have is None:
+            add.append((feature.name, want))
+        elif have != want:
+            refusals.append(f"feature column {feature.name}: type {have} in the table, {want} in the spec")
+    known = {e.name for e in spec.entities} | {f.name for f in spec.features} | set(_OPERATOR_COLUMNS)
+    retained = tuple(sorted(name for name in existing if name not in known))
+    return Plan(add=tuple(add), retained=retained, refusals=tuple(refusals))
+
+
+def _lock(conn: psycopg.Connection[tuple[object, ...]], key: str) -> None:
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
+
+
+def ensure_bookkeeping(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """Create the ``mlinfra`` schema with ``sync_runs`` and ``watermarks`` if absent."""
+    with conn.transaction():
+        _lock(conn, _BOOKKEEPING_LOCK)
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {layout.BOOKKEEPING_SCHEMA}")
+        conn.execute(
+            f"""CREATE TABLE IF NOT EXISTS {layout.SYNC_RUNS} (
+                id bigserial PRIMARY KEY,
+                namespace text NOT NULL,
+                view text NOT NULL,
+                start_time timestamptz NOT NULL,
+                end_time timestamptz,
+                rows bigint,
+                watermark timestamptz,
+                outcome text NOT NULL,
+                error text)"""
+        )
+        conn.execute(
+            f"CREATE INDEX IF NOT EXISTS sync_runs_view_idx ON {layout.SYNC_RUNS} (namespace, view, id DESC)"
+        )
+        # watermark: newest event time materialized (status onlineWatermark); ingested_through: the
+        # created_at high-water mark the next run reads from (see materialize.py for the semantics).
+        conn.execute(
+            f"""CREATE TABLE IF NOT EXISTS {layout.WATERMARKS} (
+                namespace text NOT NULL,
+                view text NOT NULL,
+                watermark timestamptz,
+                ingested_through timestamptz,
+                updated_at timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (namespace, view))"""
+        )
+
+
+def _columns(conn: psycopg.Connection[tuple[object, ...]], schema: str, table: str) -> dict[str, str] | None:
+    rows = conn.execute(
+        "SELECT column_name, data_type, udt_name FROM information_schema.columns "
+        "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+        (schema, table),
+    ).fetchall()
+    if not rows:
+        exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}"."{table}"',)).fetchone()
+        return {} if exists and exists[0] else None
+    return {str(name): layout.sql_type_from_information_schema(str(dt), str(udt)) for name, dt, udt in rows}
+
+
+def _indexed_entities(conn: psycopg.Connection[tuple[object, ...]], schema: str, table: str) -> list[str] | None:
+    rows = conn.execute(
+        """SELECT a.attname
+           FROM pg_index i
+           JOIN pg_class c ON c.oid = i.indexrelid
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+           CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+           WHERE n.nspname = %s AND c.relname = %s
+           ORDER BY k.ord""",
+        (schema, index_name(table, "entity_event_idx")),
+    ).fetchall()
+    if not rows:
+        return None
+    names = [str(row[0]) for row in rows]
+    return names[:-1] if names[-1] == layout.EVENT_TIMESTAMP else names
+
+
+def ensure_offline_table(
+    conn: psycopg.Connection[tuple[object, ...]], spec: featureview.FeatureViewSpec, view: str
+) -> SchemaResult:
+    """Create or evolve the offline table of ``spec``; raise :class:`ImmutableFieldChange` (nothing changed).
+
+    ``conn`` must be in autocommit mode (each step is its own transaction).
+    """
+    schema, table = layout.offline_table(view, spec.offline.schema_name, spec.offline.table)
+    ident = sql.Identifier(schema, table)
+    created = False
+    with conn.transaction():
+        _lock(conn, f"mlinfra:table:{schema}.{table}")
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        existing = _columns(conn, schema, table)
+        if existing is None:
+            columns = [
+                sql.SQL("{} {} NOT NULL").format(sql.Identifier(e.name), sql.SQL(layout.sql_type(e.type)))
+                for e in spec.entities
+            ] + [
+                sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(layout.sql_type(f.type)))
+                for f in spec.features
+            ] + [
+                sql.SQL("{} timestamptz NOT NULL").format(sql.Identifier(layout.EVENT_TIMESTAMP)),
+                sql.SQL("{} timestamptz NOT NULL DEFAULT now()").format(sql.Identifier(layout.CREATED_AT)),
+            ]
+            conn.execute(sql.SQL("CREATE TABLE {} ({})").format(ident, sql.SQL(", ").join(columns)))
+            created = True
+            decision = Plan(add=(), retained=(), refusals=())
+        else:
+            decision = plan(spec, existing, _indexed_entities(conn, schema, table))
+            if decision.refusals:
+                raise ImmutableFieldChange([f"{schema}.{table}: {r}" for r in decision.refusals])
+            for name, type_ in decision.add:
+                default = sql.SQL(" NOT NULL DEFAULT now()") if name == layout.CREATED_AT else sql.SQL("")
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}{}").format(
+                        ident, sql.Identifier(name), sql.SQL(type_), default
+                    )
+                )
+        keys = [sql.Identifier(e.name) for e in spec.entities]
+        conn.execute(
+            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({}, {} DESC)").format(
+                sql.Identifier(index_name(table, "entity_event_idx")),
+                ident,
+                sql.SQL(", ").join(keys),
+                sql.Identifier(layout.EVENT_TIMESTAMP),
+            )
+        )
+        # Incremental runs select by ingestion time (materialize.py).
+        conn.execute(
+            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
+                sql.Identifier(index_name(table, "created_at_idx")), ident, sql.Identifier(layout.CREATED_AT)
+            )
+        )
+        for feature in spec.features:
+            if feature.description is not None:
+                conn.execute(
+                    sql.SQL("COMMENT ON COLUMN {} IS {}").format(
+                        sql.Identifier(schema, table, feature.name), sql.Literal(feature.description)
+                    )
+                )
+    return SchemaResult(
+        table=layout.qualified_name(schema, table),
+        created=created,
+        added=tuple(name for name, _ in decision.add),
+        retained=decision.retained,
+    )
