@@ -1,4 +1,4 @@
-"""The ``mlinfra`` command line: ``version``, ``crds`` and ``dev`` (the local test platform) for now."""
+"""The ``mlinfra`` command line: ``version``, ``crds``, ``run``, ``sync`` (materialization jobs) and ``dev``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from mlinfra.devenv import cli as devenv_cli
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="mlinfra-operator command line.")
 app.add_typer(devenv_cli.app, name="dev")
+sync_app = typer.Typer(no_args_is_help=True, help="One sync run, as the operator's Jobs run it.")
+app.add_typer(sync_app, name="sync")
 
 
 @app.command()
@@ -82,3 +84,20 @@ def demo(
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     workdir = state_dir or pathlib.Path(tempfile.mkdtemp(prefix="mlinfra-demo-"))
     raise typer.Exit(demo_mod.run(workdir, once=once, timeout=timeout))
+
+
+@sync_app.command("featureview")
+def sync_featureview(
+    target: Annotated[str, typer.Argument(help="NAMESPACE/NAME of the FeatureView.")],
+    file: Annotated[
+        pathlib.Path | None,
+        typer.Option("--file", "-f", help="Read the FeatureView from this YAML/JSON file, not the API server."),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Rows per batch (default: spec.materialization.batchSize).")
+    ] = None,
+) -> None:
+    """Materialize a FeatureView offline -> online once; prints a one-line JSON summary."""
+    from mlinfra.features import sync_cli
+
+    raise typer.Exit(sync_cli.run(target, file=file, batch_size=batch_size))

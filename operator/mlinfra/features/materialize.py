@@ -1,0 +1,339 @@
+"""Materialization: copy the latest value per entity of a FeatureView from PostgreSQL into Redis.
+
+Called by ``mlinfra sync featureview NS/NAME`` (the CronJob / on-demand Job) and by the benchmark.
+
+Semantics (docs/featureview.md says the same for users):
+
+- **What is read.** Rows *ingested* since the last successful run — ``created_at > ingested_through - overlap``
+  — and not older than the TTL (``event_timestamp > now - ttl``); of those, the latest per entity
+  (``DISTINCT ON`` entities, newest ``event_timestamp``, ties broken by newest ``created_at``). Selecting by
+  ingestion time rather than event time means late data (a row arriving after the watermark with an older
+  event time) is not skipped: it is read, and written if it is newer than what is online. The overlap
+  (default 5 minutes) re-reads rows whose ``created_at`` (the inserting transaction's start time) is older
+  than a row already seen because their transaction committed later; a writing transaction open longer than
+  the overlap can still be missed by incremental runs.
+- **How it is written.** One Lua script call per chunk of keys, pipelined: per key, if the hash's
+  ``_event_ts`` is newer than the row's, nothing happens (an older event never overwrites a newer one);
+  otherwise the hash is replaced (``DEL`` + ``HSET``: NULL and removed features disappear) and expires at
+  ``event time + ttl``. Replaying a row is a no-op, so writes are idempotent.
+- **What is committed.** Only after every write succeeded, in one transaction: ``mlinfra.watermarks``
+  (``watermark`` = newest event time read, ``ingested_through`` = newest ``created_at`` read) and the run's
+  ``mlinfra.sync_runs`` row (``Succeeded``). A run killed half way commits nothing; the rerun reads the same
+  rows again and the guarded writes make the result exact. A failure is recorded as ``Failed`` with its error.
+- **Concurrency.** One run per view at a time (a session advisory lock); a run finding the lock taken fails
+  with :class:`SyncInProgress`. ``Running`` rows left by killed runs are closed as ``Failed`` by the next run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+import redis
+from psycopg import sql
+
+from mlinfra.api import common, featureview
+from mlinfra.features import layout, schema
+
+_RUNS = sql.Identifier(layout.BOOKKEEPING_SCHEMA, layout.SYNC_RUNS_TABLE)
+_MARKS = sql.Identifier(layout.BOOKKEEPING_SCHEMA, layout.WATERMARKS_TABLE)
+
+DEFAULT_OVERLAP = datetime.timedelta(minutes=5)
+SCRIPT_CHUNK = 500  # keys per script call; a batch is sent as one pipeline of chunks
+_MAX_ERROR = 1024
+
+# KEYS: the hashes. ARGV per key: event_ts (µs), expire_at (ms, 0 = never), field count, fields/values...
+# Returns how many hashes were written (the rest held a newer event).
+WRITE_SCRIPT = """
+local a = 1
+local written = 0
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local ts = tonumber(ARGV[a])
+  local expire_at = tonumber(ARGV[a + 1])
+  local n = tonumber(ARGV[a + 2])
+  local first = a + 3
+  a = first + 2 * n
+  local current = redis.call('HGET', key, '_event_ts')
+  if (not current) or tonumber(current) <= ts then
+    redis.call('DEL', key)
+    redis.call('HSET', key, '_event_ts', ARGV[first - 3], unpack(ARGV, first, a - 1))
+    if expire_at > 0 then
+      redis.call('PEXPIREAT', key, expire_at)
+    end
+    written = written + 1
+  end
+end
+return written
+"""
+
+
+class SyncInProgress(RuntimeError):
+    """Another materialization of the same view holds the lock."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Watermarks:
+    """The committed progress of a view: newest event time materialized, newest ``created_at`` read."""
+
+    watermark: datetime.datetime | None = None
+    ingested_through: datetime.datetime | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """One run, as recorded in ``mlinfra.sync_runs``."""
+
+    run_id: int
+    namespace: str
+    view: str
+    start_time: datetime.datetime
+    end_time: datetime.datetime
+    rows: int  # rows read (latest per entity) and sent to Redis
+    written: int  # hashes replaced (rows - written held a newer event online)
+    batches: int
+    watermark: datetime.datetime | None
+    outcome: common.SyncOutcome
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON-able one-line summary the CLI prints."""
+        return {
+            "featureView": f"{self.namespace}/{self.view}",
+            "outcome": self.outcome,
+            "runId": self.run_id,
+            "rows": self.rows,
+            "written": self.written,
+            "batches": self.batches,
+            "watermark": self.watermark.isoformat() if self.watermark else None,
+            "startTime": self.start_time.isoformat(),
+            "endTime": self.end_time.isoformat(),
+        }
+
+
+BatchHook = Callable[[int, int], None]  # (batches done, rows done), called after each batch was written
+
+
+def read_watermarks(conn: psycopg.Connection[tuple[Any, ...]], namespace: str, view: str) -> Watermarks:
+    """The committed watermarks of a view (empty before its first successful run)."""
+    row = conn.execute(
+        sql.SQL(
+            "SELECT watermark, ingested_through FROM {marks} WHERE namespace = %s AND view = %s"
+        ).format(marks=_MARKS),
+        (namespace, view),
+    ).fetchone()
+    return Watermarks(*row) if row else Watermarks()
+
+
+def select_latest(
+    spec: featureview.FeatureViewSpec, view: str, with_ttl: bool
+) -> tuple[sql.Composed, sql.Composed]:
+    """The two queries of a run: (bounds: max event time and created_at read, latest row per entity).
+
+    Parameters: ``since`` (created_at lower bound, exclusive) and, with a TTL, ``cutoff`` (event time lower
+    bound, exclusive).
+    """
+    schema_name, table = layout.offline_table(view, spec.offline.schema_name, spec.offline.table)
+    ident = sql.Identifier(schema_name, table)
+    entities = [sql.Identifier(e.name) for e in spec.entities]
+    features = [sql.Identifier(f.name) for f in spec.features]
+    ts, created = sql.Identifier(layout.EVENT_TIMESTAMP), sql.Identifier(layout.CREATED_AT)
+    ttl = sql.SQL(" AND {} > %(cutoff)s").format(ts) if with_ttl else sql.SQL("")
+    bounds = sql.SQL("SELECT max({ts}), max({created}) FROM {t} WHERE {created} > %(since)s").format(
+        ts=ts, created=created, t=ident
+    )
+    latest = sql.SQL(
+        "SELECT DISTINCT ON ({keys}) {cols} FROM {t} WHERE {created} > %(since)s{ttl} "
+        "ORDER BY {keys}, {ts} DESC, {created} DESC"
+    ).format(
+        keys=sql.SQL(", ").join(entities),
+        cols=sql.SQL(", ").join([*entities, *features, ts]),
+        t=ident,
+        created=created,
+        ttl=ttl,
+        ts=ts,
+    )
+    return bounds, latest
+
+
+def _ttl(spec: featureview.FeatureViewSpec) -> datetime.timedelta | None:
+    return common.parse_duration(spec.online.ttl) if spec.online.ttl else None
+
+
+class _Writer:
+    """Encodes rows ``(entities..., features..., event_timestamp)`` and writes them with the guard script."""
+
+    def __init__(self, spec: featureview.FeatureViewSpec, online: redis.Redis, namespace: str, view: str) -> None:
+        self.online = online
+        self.script = online.register_script(WRITE_SCRIPT)
+        self.prefix = layout.key_prefix(namespace, view)
+        self.n_entities = len(spec.entities)
+        self.names = [f.name.encode() for f in spec.features]
+        self.encoders = [layout.encoder(f.type) for f in spec.features]
+        ttl = _ttl(spec)
+        self.ttl_ms = int(ttl.total_seconds() * 1000) if ttl else 0
+
+    def write(self, rows: Sequence[Sequence[Any]]) -> int:
+        pipe = self.online.pipeline(transaction=False)
+        n_ent, names, encoders = self.n_entities, self.names, self.encoders
+        for start in range(0, len(rows), SCRIPT_CHUNK):
+            keys: list[str] = []
+            args: list[Any] = []
+            for row in rows[start : start + SCRIPT_CHUNK]:
+                keys.append(self.prefix + layout.entity_key(row[:n_ent]))
+                micros = layout.event_ts_micros(row[-1])
+                fields: list[bytes] = []
+                for name, enc, value in zip(names, encoders, row[n_ent:-1], strict=True):
+                    if value is not None:
+                        fields.append(name)
+                        fields.append(enc(value))
+                expire_at = micros // 1000 + self.ttl_ms if self.ttl_ms else 0
+                args.append(micros)
+                args.append(expire_at)
+                args.append(len(fields) // 2)
+                args.extend(fields)
+            self.script(keys=keys, args=args, client=pipe)
+        return sum(int(n) for n in pipe.execute())
+
+
+def _start_run(conn: psycopg.Connection[tuple[Any, ...]], namespace: str, view: str) -> tuple[int, datetime.datetime]:
+    with conn.transaction():
+        conn.execute(
+            sql.SQL(
+                "UPDATE {runs} SET outcome = 'Failed', end_time = now(), "
+                "error = 'abandoned: the run ended without recording an outcome (killed?)' "
+                "WHERE namespace = %s AND view = %s AND outcome = 'Running'"
+            ).format(runs=_RUNS),
+            (namespace, view),
+        )
+        row = conn.execute(
+            sql.SQL(
+                "INSERT INTO {runs} (namespace, view, start_time, outcome) "
+                "VALUES (%s, %s, clock_timestamp(), 'Running') RETURNING id, start_time"
+            ).format(runs=_RUNS),
+            (namespace, view),
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), row[1]
+
+
+def _fail_run(conn: psycopg.Connection[tuple[Any, ...]], run_id: int, error: BaseException) -> None:
+    message = f"{type(error).__name__}: {error}"[:_MAX_ERROR]
+    conn.execute(
+        sql.SQL(
+            "UPDATE {runs} SET outcome = 'Failed', end_time = clock_timestamp(), error = %s WHERE id = %s"
+        ).format(runs=_RUNS),
+        (message, run_id),
+    )
+
+
+def materialize(
+    spec: featureview.FeatureViewSpec,
+    offline: psycopg.Connection[tuple[Any, ...]],
+    online: redis.Redis,
+    namespace: str,
+    name: str,
+    batch_size: int | None = None,
+    now: datetime.datetime | None = None,
+    overlap: datetime.timedelta = DEFAULT_OVERLAP,
+    on_batch: BatchHook | None = None,
+) -> Result:
+    """Run one materialization of the view ``namespace/name`` (see the module docstring).
+
+    ``offline`` must be an autocommit connection; ``batch_size`` defaults to the spec's (1000); ``now`` (for
+    the TTL cutoff) to the current time. Raises on failure, after recording it in ``mlinfra.sync_runs``.
+    """
+    size = batch_size or (spec.materialization.batch_size if spec.materialization else 1000)
+    schema.ensure_bookkeeping(offline)
+    schema.ensure_offline_table(offline, spec, name)
+    lock_key = f"mlinfra:sync:{namespace}/{name}"
+    got = offline.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (lock_key,)).fetchone()
+    if not (got and got[0]):
+        raise SyncInProgress(f"another materialization of {namespace}/{name} is running")
+    try:
+        run_id, start_time = _start_run(offline, namespace, name)
+        try:
+            return _run(spec, offline, online, namespace, name, size, now, overlap, on_batch, run_id, start_time)
+        except BaseException as error:
+            try:
+                _fail_run(offline, run_id, error)
+            except psycopg.Error as record_error:  # the original error matters more
+                error.add_note(f"recording the failure in {layout.SYNC_RUNS} failed too: {record_error}")
+            raise
+    finally:
+        offline.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (lock_key,))
+
+
+def _run(
+    spec: featureview.FeatureViewSpec,
+    offline: psycopg.Connection[tuple[Any, ...]],
+    online: redis.Redis,
+    namespace: str,
+    name: str,
+    size: int,
+    now: datetime.datetime | None,
+    overlap: datetime.timedelta,
+    on_batch: BatchHook | None,
+    run_id: int,
+    start_time: datetime.datetime,
+) -> Result:
+    previous = read_watermarks(offline, namespace, name)
+    since = (
+        previous.ingested_through - overlap
+        if previous.ingested_through
+        else datetime.datetime(1, 1, 1, tzinfo=datetime.UTC)
+    )
+    ttl = _ttl(spec)
+    params: dict[str, Any] = {"since": since}
+    if ttl is not None:
+        params["cutoff"] = layout.to_utc(now or datetime.datetime.now(datetime.UTC)) - ttl
+    bounds_query, latest_query = select_latest(spec, name, with_ttl=ttl is not None)
+    writer = _Writer(spec, online, namespace, name)
+    rows = written = batches = 0
+    with offline.transaction():
+        # One snapshot for the bounds and the rows: what is committed is exactly what was read.
+        offline.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        bounds = offline.execute(bounds_query, params).fetchone()
+        max_event, max_created = bounds if bounds else (None, None)
+        with offline.cursor(name=f"mlinfra_sync_{run_id}") as cursor:
+            cursor.itersize = size
+            cursor.execute(latest_query, params)
+            while batch := cursor.fetchmany(size):
+                written += writer.write(batch)
+                rows += len(batch)
+                batches += 1
+                if on_batch is not None:
+                    on_batch(batches, rows)
+    watermark = max((w for w in (previous.watermark, max_event) if w is not None), default=None)
+    ingested = max((w for w in (previous.ingested_through, max_created) if w is not None), default=None)
+    with offline.transaction():
+        offline.execute(
+            sql.SQL(
+                "INSERT INTO {marks} (namespace, view, watermark, ingested_through) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (namespace, view) DO UPDATE SET "
+                "watermark = EXCLUDED.watermark, ingested_through = EXCLUDED.ingested_through, updated_at = now()"
+            ).format(marks=_MARKS),
+            (namespace, name, watermark, ingested),
+        )
+        row = offline.execute(
+            sql.SQL(
+                "UPDATE {runs} SET outcome = 'Succeeded', end_time = clock_timestamp(), rows = %s, "
+                "watermark = %s WHERE id = %s RETURNING end_time"
+            ).format(runs=_RUNS),
+            (rows, watermark, run_id),
+        ).fetchone()
+    assert row is not None
+    return Result(
+        run_id=run_id,
+        namespace=namespace,
+        view=name,
+        start_time=start_time,
+        end_time=row[0],
+        rows=rows,
+        written=written,
+        batches=batches,
+        watermark=watermark,
+        outcome="Succeeded",
+    )

@@ -1,0 +1,130 @@
+"""``mlinfra sync featureview NAMESPACE/NAME``: one materialization run, as the CronJob/Job runs it.
+
+Called by :mod:`mlinfra.cli`. The FeatureView comes from the Kubernetes API (or ``--file`` for local runs
+and tests). Each store's connection comes, in order, from:
+
+1. a mounted connection Secret directory (one file per key): ``MLINFRA_OFFLINE_CONN_DIR`` and
+   ``MLINFRA_ONLINE_CONN_DIR`` — how the Job gets them;
+2. the DataStore's published ``<name>-conn`` Secret read through the Kubernetes API.
+
+Prints one JSON line (the run summary, or ``{"outcome": "Failed", "error": ...}``) and returns the exit
+code: 0 on success, 1 when the run failed (recorded in ``mlinfra.sync_runs`` when it got that far), 2 when
+it could not start (bad target, missing FeatureView or connection).
+
+Test hook: ``MLINFRA_SYNC_PAUSE_AFTER_BATCHES=N`` makes the run print ``paused after batch N`` on stderr
+and sleep after its N-th batch was written, so a test can kill it between batches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+import time
+from typing import Any
+
+import pydantic
+import yaml
+
+from mlinfra.api import featureview
+from mlinfra.engines import connection
+from mlinfra.features import connect, materialize
+from mlinfra.k8s import objects
+from mlinfra.stores import reconcile as stores
+
+OFFLINE_DIR_ENV = "MLINFRA_OFFLINE_CONN_DIR"
+ONLINE_DIR_ENV = "MLINFRA_ONLINE_CONN_DIR"
+PAUSE_ENV = "MLINFRA_SYNC_PAUSE_AFTER_BATCHES"
+
+EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
+
+
+class Unusable(Exception):
+    """The run cannot start: the message says what is missing."""
+
+
+def parse_target(target: str) -> tuple[str, str]:
+    """``NAMESPACE/NAME`` -> ``(namespace, name)``."""
+    namespace, sep, name = target.partition("/")
+    if not sep or not namespace or not name or "/" in name:
+        raise Unusable(f"expected NAMESPACE/NAME, got {target!r}")
+    return namespace, name
+
+
+def load_view(namespace: str, name: str, file: pathlib.Path | None = None) -> featureview.FeatureView:
+    """The FeatureView from ``file`` (YAML or JSON) or from the Kubernetes API."""
+    if file is not None:
+        body: Any = yaml.safe_load(file.read_text())
+    else:
+        try:
+            body = objects.get("FeatureView", namespace, name)
+        except objects.NotFound:
+            raise Unusable(f"FeatureView {namespace}/{name} not found") from None
+    try:
+        return featureview.FeatureView.model_validate(body)
+    except pydantic.ValidationError as exc:
+        raise Unusable(f"FeatureView {namespace}/{name} is invalid: {exc.error_count()} errors: {exc}") from None
+
+
+def read_conn_dir(directory: pathlib.Path) -> connection.ConnectionInfo:
+    """A connection Secret mounted as a directory (one file per key; ``..data`` links are skipped)."""
+    data = {
+        path.name: path.read_bytes()
+        for path in directory.iterdir()
+        if not path.name.startswith(".") and path.is_file()
+    }
+    return connection.ConnectionInfo.from_secret_data(data)
+
+
+def resolve_connection(env: str, namespace: str, datastore: str) -> connection.ConnectionInfo:
+    """The store's connection: the mounted directory named by ``env``, else its published Secret."""
+    directory = os.environ.get(env)
+    if directory:
+        return read_conn_dir(pathlib.Path(directory))
+    info = stores.connection_from_secret(namespace, datastore)
+    if info is None:
+        raise Unusable(f"DataStore {namespace}/{datastore} has no connection Secret yet")
+    return info
+
+
+def _pause_hook() -> materialize.BatchHook | None:
+    after = int(os.environ.get(PAUSE_ENV) or 0)
+    if after <= 0:
+        return None
+
+    def hook(batches: int, rows: int) -> None:
+        if batches == after:
+            print(f"paused after batch {batches} ({rows} rows)", file=sys.stderr, flush=True)
+            time.sleep(3600)
+
+    return hook
+
+
+def _emit(summary: dict[str, Any]) -> None:
+    print(json.dumps(summary, sort_keys=True), flush=True)
+
+
+def run(target: str, file: pathlib.Path | None = None, batch_size: int | None = None) -> int:
+    """One materialization of ``target``; prints the JSON summary line; returns the exit code."""
+    try:
+        namespace, name = parse_target(target)
+        view = load_view(namespace, name, file)
+        offline_info = resolve_connection(OFFLINE_DIR_ENV, namespace, view.spec.offline.store_ref.name)
+        online_info = resolve_connection(ONLINE_DIR_ENV, namespace, view.spec.online.store_ref.name)
+    except (Unusable, ValueError, OSError, objects.ApiError) as error:
+        _emit({"featureView": target, "outcome": "Failed", "error": str(error)})
+        return EXIT_UNUSABLE
+    online = connect.redis_client(online_info)
+    try:
+        with connect.postgres(offline_info) as offline:
+            result = materialize.materialize(
+                view.spec, offline, online, namespace, name, batch_size=batch_size, on_batch=_pause_hook()
+            )
+    except Exception as error:
+        _emit({"featureView": target, "outcome": "Failed", "error": f"{type(error).__name__}: {error}"})
+        return EXIT_FAILED
+    finally:
+        online.close()
+    _emit(result.summary())
+    return EXIT_OK
