@@ -167,7 +167,6 @@ class _Writer:
 
     def __init__(self, spec: featureview.FeatureViewSpec, online: redis.Redis, namespace: str, view: str) -> None:
         self.online = online
-        self.script = online.register_script(WRITE_SCRIPT)
         self.prefix = layout.key_prefix(namespace, view)
         self.n_entities = len(spec.entities)
         self.names = [f.name.encode() for f in spec.features]
@@ -176,13 +175,15 @@ class _Writer:
         self.ttl_ms = int(ttl.total_seconds() * 1000) if ttl else 0
 
     def write(self, rows: Sequence[Sequence[Any]]) -> int:
-        pipe = self.online.pipeline(transaction=False)
-        n_ent, names, encoders = self.n_entities, self.names, self.encoders
+        """Write one batch: one ``EVAL`` per chunk of keys, all chunks pipelined on one connection."""
+        n_ent, names, encoders, prefix = self.n_entities, self.names, self.encoders, self.prefix
+        commands: list[bytes] = []
         for start in range(0, len(rows), SCRIPT_CHUNK):
-            keys: list[str] = []
-            args: list[Any] = []
-            for row in rows[start : start + SCRIPT_CHUNK]:
-                keys.append(self.prefix + layout.entity_key(row[:n_ent]))
+            chunk = rows[start : start + SCRIPT_CHUNK]
+            keys: list[bytes] = []
+            args: list[bytes] = []
+            for row in chunk:
+                keys.append((prefix + layout.entity_key(row[:n_ent])).encode())
                 micros = layout.event_ts_micros(row[-1])
                 fields: list[bytes] = []
                 for name, enc, value in zip(names, encoders, row[n_ent:-1], strict=True):
@@ -190,12 +191,38 @@ class _Writer:
                         fields.append(name)
                         fields.append(enc(value))
                 expire_at = micros // 1000 + self.ttl_ms if self.ttl_ms else 0
-                args.append(micros)
-                args.append(expire_at)
-                args.append(len(fields) // 2)
+                args.append(b"%d" % micros)
+                args.append(b"%d" % expire_at)
+                args.append(b"%d" % (len(fields) // 2))
                 args.extend(fields)
-            self.script(keys=keys, args=args, client=pipe)
-        return sum(int(n) for n in pipe.execute())
+            commands.append(_pack([b"EVAL", _SCRIPT, b"%d" % len(keys), *keys, *args]))
+        return sum(int(n) for n in self._send(commands))
+
+    def _send(self, commands: list[bytes]) -> list[Any]:
+        # redis-py's own packing costs more than everything else of a run: the commands are packed above
+        # (every argument is already bytes) and pipelined on one pooled connection.
+        pool = self.online.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command(commands)  # type: ignore[no-untyped-call]
+            replies = [conn.read_response() for _ in commands]
+        except BaseException:
+            conn.disconnect()  # type: ignore[no-untyped-call]
+            raise
+        finally:
+            pool.release(conn)
+        errors = [reply for reply in replies if isinstance(reply, Exception)]
+        if errors:
+            raise errors[0]
+        return replies
+
+
+_SCRIPT = WRITE_SCRIPT.encode()
+
+
+def _pack(args: list[bytes]) -> bytes:
+    """One command in the Redis protocol (RESP2 array of bulk strings)."""
+    return b"*%d\r\n" % len(args) + b"".join([b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in args])
 
 
 def _start_run(conn: psycopg.Connection[tuple[Any, ...]], namespace: str, view: str) -> tuple[int, datetime.datetime]:

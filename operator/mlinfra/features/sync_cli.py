@@ -36,6 +36,7 @@ from mlinfra.stores import reconcile as stores
 OFFLINE_DIR_ENV = "MLINFRA_OFFLINE_CONN_DIR"
 ONLINE_DIR_ENV = "MLINFRA_ONLINE_CONN_DIR"
 PAUSE_ENV = "MLINFRA_SYNC_PAUSE_AFTER_BATCHES"
+SPEC_ENV = "MLINFRA_FEATUREVIEW_SPEC"  # the spec as JSON, set by the operator in the Job (features.jobs)
 
 EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
 
@@ -54,8 +55,13 @@ def parse_target(target: str) -> tuple[str, str]:
 
 def load_view(namespace: str, name: str, file: pathlib.Path | None = None) -> featureview.FeatureView:
     """The FeatureView from ``file`` (YAML or JSON) or from the Kubernetes API."""
+    spec_json = os.environ.get(SPEC_ENV)
     if file is not None:
         body: Any = yaml.safe_load(file.read_text())
+    elif spec_json:
+        # In the sync Job: the operator passes the spec, so the pod needs no Kubernetes API access.
+        body = {"kind": "FeatureView", "metadata": {"name": name, "namespace": namespace},
+                "spec": json.loads(spec_json)}
     else:
         try:
             body = objects.get("FeatureView", namespace, name)
