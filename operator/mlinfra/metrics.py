@@ -23,6 +23,12 @@ DATASTORE_LAG_SECONDS = Gauge("mlinfra_datastore_replication_lag_seconds",
                               "Replication lag of a member, seconds.", ["namespace", "name", "member"])
 
 
+FEATUREVIEW_FRESHNESS_LAG = Gauge(
+    "mlinfra_featureview_freshness_lag_seconds",
+    "Newest offline event time minus the newest event time materialized online (0 when caught up).",
+    ["namespace", "name"])
+
+
 @contextmanager
 def reconciling(controller: str) -> Iterator[None]:
     """Count and time one reconciliation; an exception counts as an error (and is re-raised)."""
@@ -61,3 +67,9 @@ def forget_datastore(namespace: str, name: str) -> None:
         for labels in list(gauge._metrics):
             if labels[0] == namespace and labels[1] == name:
                 gauge.remove(*labels)
+
+
+def forget_featureview(namespace: str, name: str) -> None:
+    for labels in list(FEATUREVIEW_FRESHNESS_LAG._metrics):
+        if labels == (namespace, name):
+            FEATUREVIEW_FRESHNESS_LAG.remove(*labels)

@@ -14,11 +14,12 @@ from typing import Any
 
 from mlinfra.api import featureview as api
 from mlinfra.engines import names as store_names
+from mlinfra.features import sync_cli
 
 SYNC_REQUESTED_ANNOTATION = "mlinfra.io/sync-requested-at"
 OFFLINE_DIR = "/var/run/mlinfra/offline"
 ONLINE_DIR = "/var/run/mlinfra/online"
-SPEC_ENV = "MLINFRA_FEATUREVIEW_SPEC"
+SPEC_ENV = sync_cli.SPEC_ENV
 COMPONENT = "materialization"
 # CronJob names may not exceed 52 characters: the controller appends an 11-character suffix to its Jobs.
 _MAX_CRONJOB_NAME = 52

@@ -9,9 +9,10 @@ from __future__ import annotations
 import kopf
 
 from mlinfra.config import Settings
-from mlinfra.handlers import datastore, startup
+from mlinfra.handlers import datastore, featureview, startup
 
 
 def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
     startup.register(registry, settings)
     datastore.register(registry, settings)
+    featureview.register(registry, settings)

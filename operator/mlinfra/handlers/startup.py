@@ -12,6 +12,7 @@ from mlinfra.config import Settings
 
 GROUP, VERSION = "mlinfra.io", "v1alpha1"
 FINALIZER = "mlinfra.io/finalizer"
+STORAGE_PREFIX = "kopf.mlinfra.io"
 ARGOCD_TRACKING = ("metadata", "annotations", "argocd.argoproj.io/tracking-id")
 
 _last_activity = time.monotonic()
@@ -27,10 +28,12 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.finalizer = FINALIZER
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="mlinfra.io")
+        # Kopf ignores every annotation under its storage prefix when it diffs: with "mlinfra.io" it would
+        # never see users' own mlinfra.io/sync-requested-at. Its bookkeeping lives under kopf.mlinfra.io.
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=STORAGE_PREFIX)
         # Argo CD's tracking annotation must not look like a spec change.
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix="mlinfra.io", key="last-handled-configuration", ignored_fields=[ARGOCD_TRACKING])
+            prefix=STORAGE_PREFIX, key="last-handled-configuration", ignored_fields=[ARGOCD_TRACKING])
         # Only warnings become Kubernetes Events: every handler's INFO line as an Event is noise and API writes.
         settings.posting.level = logging.WARNING
         settings.execution.default_backoff = 10

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlinfra.engines.connection import ConnectionInfo
+
 ENV = "MLINFRA_ENDPOINT_MAP"
 
 
@@ -89,3 +91,11 @@ def default_map() -> EndpointMap:
     if _default is None:
         _default = EndpointMap.from_env()
     return _default
+
+
+def resolve(conn: ConnectionInfo, namespace: str, name: str, emap: EndpointMap | None = None) -> ConnectionInfo:
+    """``conn`` of the managed store ``namespace/name``, redirected by the endpoint map when it has an entry."""
+    override = (emap or default_map()).lookup(namespace, name, conn.port)
+    if override is None or override.unserved:
+        return conn
+    return conn.with_endpoint(override.host, override.port)

@@ -1,0 +1,131 @@
+"""FeatureView status as a pure function of what reconcile applied and the timer observed.
+
+``Ready``: the offline table is in place, both stores are Ready, and the last materialization did not fail.
+``FreshnessSLOMet`` is separate (a stale view is usable, and Argo CD health reports it as Degraded).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mlinfra.api import common
+from mlinfra.api import featureview as api
+from mlinfra.features import freshness as fresh_mod
+from mlinfra.k8s import conditions
+from mlinfra.k8s.conditions import Cond
+from mlinfra.stores.status import Problem
+
+OWNED = ("observedGeneration", "offlineTable", "onlineKeyPattern", "lastMaterialization", "freshness", "conditions")
+
+
+@dataclass(frozen=True)
+class Facts:
+    generation: int | None
+    problem: Problem | None = None
+    offline_table: str | None = None
+    online_key_pattern: str | None = None
+    schema_message: str = ""
+    freshness: fresh_mod.Freshness | None = None
+    last_run: common.SyncRun | None = None
+    job_failed: str | None = None
+    max_lag: datetime.timedelta | None = None
+
+
+def _iso(value: datetime.datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _run(run: common.SyncRun) -> dict[str, Any]:
+    data = run.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def _freshness(value: fresh_mod.Freshness) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if value.source_watermark is not None:
+        out["sourceWatermark"] = _iso(value.source_watermark)
+    if value.online_watermark is not None:
+        out["onlineWatermark"] = _iso(value.online_watermark)
+    if value.lag_seconds is not None:
+        # Whole seconds: sub-second jitter is not information and would rewrite status.
+        out["lagSeconds"] = round(value.lag_seconds)
+    return out
+
+
+def compute(facts: Facts, previous: Mapping[str, Any] | None) -> dict[str, Any]:
+    prev = (previous or {}).get("conditions")
+    status: dict[str, Any] = {"observedGeneration": facts.generation}
+    p = facts.problem
+    if p is not None:
+        schema_cond = (Cond("SchemaApplied", "False", p.reason, p.message)
+                       if p.reason in ("ImmutableFieldChange", "InvalidSpec")
+                       else Cond("SchemaApplied", "Unknown", p.reason, "waiting for the stores"))
+        conds = [
+            Cond("Ready", "False", p.reason, p.message),
+            Cond("Reconciling", "False" if p.stalled else "True", p.reason, "" if p.stalled else p.message),
+            Cond("Stalled", "True" if p.stalled else "False", p.reason if p.stalled else "Ready",
+                 p.message if p.stalled else ""),
+            schema_cond,
+        ]
+        for key in ("offlineTable", "onlineKeyPattern"):
+            if (previous or {}).get(key):
+                status[key] = previous[key]  # type: ignore[index]
+        status["conditions"] = conditions.merge(prev, conds, facts.generation)
+        return status
+
+    if facts.offline_table:
+        status["offlineTable"] = facts.offline_table
+    if facts.online_key_pattern:
+        status["onlineKeyPattern"] = facts.online_key_pattern
+    if facts.last_run is not None:
+        status["lastMaterialization"] = _run(facts.last_run)
+    if facts.freshness is not None:
+        status["freshness"] = _freshness(facts.freshness)
+
+    run = facts.last_run
+    if facts.job_failed and (run is None or run.outcome != "Failed"):
+        materialized = Cond("Materialized", "False", "JobFailed", facts.job_failed)
+    elif run is None:
+        materialized = Cond("Materialized", "Unknown", "NeverRun", "no materialization has run yet")
+    elif run.outcome == "Failed":
+        materialized = Cond("Materialized", "False", "SyncFailed", "the last materialization failed")
+    elif run.outcome == "Running":
+        materialized = Cond("Materialized", "Unknown", "Running", "a materialization is running")
+    else:
+        materialized = Cond("Materialized", "True", "Succeeded", f"{run.rows or 0} rows in the last run")
+
+    if facts.max_lag is None:
+        slo = Cond("FreshnessSLOMet", "True", "NoObjective", "spec.freshness.maxLag is not set")
+    elif facts.freshness is None or facts.freshness.lag_seconds is None:
+        slo = Cond("FreshnessSLOMet", "Unknown", "NoData", "no offline events yet")
+    else:
+        met = fresh_mod.slo_met(facts.freshness, facts.max_lag)
+        lag = round(facts.freshness.lag_seconds)
+        budget = int(facts.max_lag.total_seconds())
+        slo = (Cond("FreshnessSLOMet", "True", "WithinObjective", f"lag {lag}s <= {budget}s") if met
+               else Cond("FreshnessSLOMet", "False", "FreshnessSLOBreached", f"lag {lag}s > {budget}s"))
+
+    failed = materialized.status == "False"
+    ready = (Cond("Ready", "False", materialized.reason, materialized.message) if failed
+             else Cond("Ready", "True", "Ready", f"{facts.offline_table} -> {facts.online_key_pattern}"))
+    conds = [
+        ready,
+        Cond("Reconciling", "False", "Ready", ""),
+        Cond("Stalled", "False", "Ready", ""),
+        Cond("SchemaApplied", "True", "TableReady", facts.schema_message),
+        materialized,
+        slo,
+    ]
+    status["conditions"] = conditions.merge(prev, conds, facts.generation)
+    return status
+
+
+def max_lag(fv: api.FeatureView) -> datetime.timedelta | None:
+    if fv.spec.freshness is None:
+        return None
+    return common.parse_duration(fv.spec.freshness.max_lag)
