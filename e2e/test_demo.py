@@ -15,7 +15,11 @@ def test_demo_brings_the_samples_to_ready(tmp_path: Path) -> None:
                              "--timeout", "240"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
-    assert "Ready: 6/6" in out
+    assert "datastores Ready: 6/6" in out
+    assert "featureviews Ready: 1/1" in out
+    # The FeatureView loop: rows offline, sync now, an online read with the SDK returning typed values.
+    assert "user_id=1: {'clicks_7d': 45, 'ctr_7d': 0.13, 'country': 'DE'}" in out
+    assert "user_id=4: None" in out
     for name in ("online-store", "offline-store", "lineage-graph", "shared-redis", "shared-postgres", "shared-neo4j"):
         assert f"datastore.mlinfra.io/{name}" in out
     assert "observed replication" in out

@@ -22,7 +22,8 @@ ALLOWED: dict[str, set[str]] = {
     "client": {"api", "engines", "features"},
     "handlers": {"api", "engines", "k8s", "stores", "features", "registry", "vectors", "config", "metrics"},
     "run": {"handlers", "config", "metrics"},
-    "devenv": {"api", "engines", "k8s"},
+    # The development platform drives the product end to end (the demo reads features with the SDK).
+    "devenv": {"api", "engines", "k8s", "stores", "features", "client"},
     "cli": {"*"},
     "__main__": {"cli"},
     "__init__": set(),

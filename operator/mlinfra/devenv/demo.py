@@ -9,8 +9,13 @@ Secrets are created from the local servers' generated passwords. Ctrl-C stops ev
 
 from __future__ import annotations
 
+import base64
+import datetime
 import json
 import logging
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,19 +23,27 @@ from typing import Any
 
 import yaml
 
+from mlinfra.api.featureview import FeatureView
+from mlinfra.client import FeatureStore
+from mlinfra.client.connections import from_directory
 from mlinfra.devenv import operator as op_mod
 from mlinfra.devenv import procs, tools
 from mlinfra.devenv.backer import Backer
+from mlinfra.devenv.controlplane import ControlPlane
 from mlinfra.devenv.platform import Platform
+from mlinfra.features import connect
+from mlinfra.features.jobs import SYNC_REQUESTED_ANNOTATION, ondemand_job_name
+from mlinfra.stores import endpoints
+from mlinfra.stores.endpoints import EndpointMap
 
 log = logging.getLogger(__name__)
 NAMESPACE = "mlinfra-demo"
 
 
-def samples() -> list[dict[str, Any]]:
+def samples(pattern: str = "datastore-*.yaml") -> list[dict[str, Any]]:
     folder = tools.repo_root() / "manifests" / "samples"
     docs: list[dict[str, Any]] = []
-    for path in sorted(folder.glob("datastore-*.yaml")):
+    for path in sorted(folder.glob(pattern)):
         docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
     return docs
 
@@ -104,6 +117,15 @@ def run(state_dir: Path, once: bool = False, timeout: float = 300) -> int:
             # Qdrant has no server binary here: its managed store reports that, it is never Ready locally.
             expected = [d["metadata"]["name"] for d in docs if d["spec"]["engine"] != "qdrant"]
             ok = _wait_ready(cp.kubectl, expected, timeout)
+            if ok:
+                views = samples("featureview-*.yaml")
+                for doc in views:
+                    doc["metadata"]["namespace"] = NAMESPACE
+                cp.apply(views, field_manager="mlinfra-demo")
+                print("== FeatureView user-activity: apply, insert rows offline, sync now, read online", flush=True)
+                ok = _wait_ready(cp.kubectl, [v["metadata"]["name"] for v in views], timeout, "featureviews")
+                if ok:
+                    print(feature_loop(cp, backer.map_path, tmp=platform.workdir / "sync"), flush=True)
             items = json.loads(cp.kubectl("get", "datastores", "-n", NAMESPACE, "-o", "json").stdout)["items"]
             print("\n$ kubectl get mlinfra -n mlinfra-demo -o wide\n" + table(cp.kubectl), flush=True)
             print("observed replication (from the live servers):\n" + lag_report(items), flush=True)
@@ -129,17 +151,18 @@ def run(state_dir: Path, once: bool = False, timeout: float = 300) -> int:
             platform.remove()
 
 
-def _wait_ready(kubectl: Callable[..., Any], names: list[str], timeout: float) -> bool:
+def _wait_ready(kubectl: Callable[..., Any], names: list[str], timeout: float, plural: str = "datastores") -> bool:
     deadline = time.monotonic() + timeout
     last = ""
+    ready: list[str] = []
     while time.monotonic() < deadline:
-        items = json.loads(kubectl("get", "datastores", "-n", NAMESPACE, "-o", "json").stdout)["items"]
+        items = json.loads(kubectl("get", plural, "-n", NAMESPACE, "-o", "json").stdout)["items"]
         ready = sorted(
             i["metadata"]["name"] for i in items
             if any(c["type"] == "Ready" and c["status"] == "True"
                    for c in (i.get("status") or {}).get("conditions", []))
         )
-        line = f"   Ready: {len([n for n in ready if n in names])}/{len(names)}  {', '.join(ready)}"
+        line = f"   {plural} Ready: {len([n for n in ready if n in names])}/{len(names)}  {', '.join(ready)}"
         if line != last:
             print(line, flush=True)
             last = line
@@ -148,3 +171,59 @@ def _wait_ready(kubectl: Callable[..., Any], names: list[str], timeout: float) -
         time.sleep(2)
     print(f"   not Ready after {timeout:.0f}s: {sorted(set(names) - set(ready))}", flush=True)
     return False
+
+
+def feature_loop(cp: ControlPlane, endpoint_map: Path, tmp: Path, view: str = "user-activity") -> str:
+    """The FeatureView loop a user runs: rows offline, "sync now", then an online read with the SDK."""
+    fv = json.loads(cp.kubectl("get", "featureview", view, "-n", NAMESPACE, "-o", "json").stdout)
+    spec = FeatureView.model_validate(fv).spec
+    conns = {}
+    for role, ref in (("offline", spec.offline.store_ref.name), ("online", spec.online.store_ref.name)):
+        secret = json.loads(cp.kubectl("get", "secret", f"{ref}-conn", "-n", NAMESPACE, "-o", "json").stdout)
+        directory = tmp / role
+        directory.mkdir(parents=True, exist_ok=True)
+        for key, value in secret["data"].items():
+            (directory / key).write_bytes(base64.b64decode(value))
+        conns[role] = (directory, ref)
+    emap = EndpointMap(endpoint_map)
+    offline = endpoints.resolve(from_directory(conns["offline"][0]), NAMESPACE, conns["offline"][1], emap)
+    online = endpoints.resolve(from_directory(conns["online"][0]), NAMESPACE, conns["online"][1], emap)
+    now = datetime.datetime.now(datetime.UTC)
+    rows = [(1, 42, 0.12, "DE", 30), (1, 45, 0.13, "DE", 5), (2, 7, 0.05, "FR", 10), (3, 19, 0.31, "JP", 2)]
+    with connect.postgres(offline) as conn:
+        for uid, clicks, ctr, country, age in rows:
+            conn.execute(f"INSERT INTO {fv['status']['offlineTable']} "  # noqa: S608 - the operator's table name
+                         "(user_id, clicks_7d, ctr_7d, country, event_timestamp) VALUES (%s, %s, %s, %s, %s)",
+                         (uid, clicks, ctr, country, now - datetime.timedelta(minutes=age)))
+    requested = now.isoformat()
+    cp.kubectl("annotate", "featureview", view, "-n", NAMESPACE, f"{SYNC_REQUESTED_ANNOTATION}={requested}",
+               "--overwrite")
+    job = ondemand_job_name(view, requested)
+    procs.wait_until("the sync Job", lambda: cp.kubectl("get", "job", job, "-n", NAMESPACE,
+                                                        check=False).returncode == 0, 60)
+    # kwok's Pods run nothing: run the Job's container command here, with its environment and mounts.
+    container = json.loads(cp.kubectl("get", "job", job, "-n", NAMESPACE, "-o", "json").stdout)[
+        "spec"]["template"]["spec"]["containers"][0]
+    env = {**os.environ, **{e["name"]: e["value"] for e in container["env"]},
+           "MLINFRA_OFFLINE_CONN_DIR": str(conns["offline"][0]), "MLINFRA_ONLINE_CONN_DIR": str(conns["online"][0]),
+           "MLINFRA_ENDPOINT_MAP": str(endpoint_map)}
+    env.pop("KUBECONFIG", None)
+    run = subprocess.run([sys.executable, "-m", "mlinfra", *container["args"]], env=env, capture_output=True,
+                         text=True, timeout=300)
+    if run.returncode != 0:
+        return f"sync failed: {run.stderr[-2000:]}"
+    store = FeatureStore([FeatureView.model_validate(fv)], online=online, offline=offline, namespace=NAMESPACE)
+    try:
+        values = store.get_online_features(view, [1, 2, 3, 4])
+    finally:
+        store.close()
+    procs.wait_until("the run in status", lambda: json.loads(cp.kubectl(
+        "get", "featureview", view, "-n", NAMESPACE, "-o", "json").stdout)["status"].get(
+        "lastMaterialization", {}).get("outcome") == "Succeeded", 60)
+    st = json.loads(cp.kubectl("get", "featureview", view, "-n", NAMESPACE, "-o", "json").stdout)["status"]
+    lines = [f"$ mlinfra sync featureview {NAMESPACE}/{view}   (the Job's command)", run.stdout.strip(),
+             "online read (mlinfra.client.FeatureStore.get_online_features, user_id 1..4):"]
+    lines += [f"   user_id={uid}: {value}" for uid, value in zip([1, 2, 3, 4], values, strict=True)]
+    lines.append(f"status.lastMaterialization: {st['lastMaterialization']}")
+    lines.append(f"status.freshness: {st.get('freshness')}")
+    return "\n".join(lines)

@@ -31,6 +31,7 @@ from mlinfra.api import featureview
 from mlinfra.engines import connection
 from mlinfra.features import connect, materialize
 from mlinfra.k8s import objects
+from mlinfra.stores import endpoints
 from mlinfra.stores import reconcile as stores
 
 OFFLINE_DIR_ENV = "MLINFRA_OFFLINE_CONN_DIR"
@@ -87,11 +88,14 @@ def resolve_connection(env: str, namespace: str, datastore: str) -> connection.C
     """The store's connection: the mounted directory named by ``env``, else its published Secret."""
     directory = os.environ.get(env)
     if directory:
-        return read_conn_dir(pathlib.Path(directory))
-    info = stores.connection_from_secret(namespace, datastore)
-    if info is None:
-        raise Unusable(f"DataStore {namespace}/{datastore} has no connection Secret yet")
-    return info
+        info = read_conn_dir(pathlib.Path(directory))
+    else:
+        found = stores.connection_from_secret(namespace, datastore)
+        if found is None:
+            raise Unusable(f"DataStore {namespace}/{datastore} has no connection Secret yet")
+        info = found
+    # Development only (off unless MLINFRA_ENDPOINT_MAP is set): a managed store served on this host.
+    return endpoints.resolve(info, namespace, datastore)
 
 
 def _pause_hook() -> materialize.BatchHook | None:
