@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -141,18 +140,8 @@ def expect_engine(info: ConnectionInfo, engine: connection.Engine, role: str) ->
 
 
 def _redis_kwargs(info: ConnectionInfo, timeout: float) -> dict[str, Any]:
-    return {
-        "host": info.host,
-        "port": info.port,
-        "db": int(info.database or 0),
-        "username": info.username or None,
-        "password": info.password or None,
-        "ssl": info.tls,
-        "ssl_ca_data": info.ca_cert,
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-        "decode_responses": False,  # feature values are decoded by the feature layout, bytes included
-    }
+    # Replies stay bytes: feature values are decoded by the feature layout, bytes included.
+    return connection.redis_kwargs(info, timeout)
 
 
 def redis_client(info: ConnectionInfo, timeout: float = 5.0) -> redis_lib.Redis:
@@ -169,22 +158,7 @@ def redis_async_client(info: ConnectionInfo, timeout: float = 5.0) -> redis_asyn
 def _postgres_params(info: ConnectionInfo, timeout: float) -> Iterator[dict[str, Any]]:
     """libpq parameters; a CA certificate goes through a private temporary file, read at connect time."""
     expect_engine(info, "postgres", "offline")
-    params: dict[str, Any] = {
-        "host": info.host,
-        "port": info.port,
-        "user": info.username or None,
-        "password": info.password or None,
-        "dbname": info.database or None,
-        "connect_timeout": max(1, int(timeout)),
-        "application_name": _APPLICATION_NAME,
-        "sslmode": "require" if info.tls else "prefer",
-    }
-    with contextlib.ExitStack() as stack:
-        if info.tls and info.ca_cert:
-            ca = stack.enter_context(tempfile.NamedTemporaryFile("w", suffix=".crt"))
-            ca.write(info.ca_cert)
-            ca.flush()
-            params.update(sslmode="verify-full", sslrootcert=ca.name)
+    with connection.libpq_params(info, timeout, _APPLICATION_NAME) as params:
         yield params
 
 

@@ -12,9 +12,12 @@ from the ``password`` key.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
-from collections.abc import Mapping
-from typing import get_args
+import math
+import tempfile
+from collections.abc import Iterator, Mapping
+from typing import Any, get_args
 from urllib import parse
 
 from mlinfra.api import datastore
@@ -187,3 +190,47 @@ def _require(values: Mapping[str, str], key: str) -> str:
     if not value:
         raise ValueError(f"connection secret: key {key!r} is missing or empty")
     return value
+
+
+# --- driver parameters: the one translation of a ConnectionInfo into client settings --------------------
+
+
+def redis_kwargs(info: ConnectionInfo, timeout: float) -> dict[str, Any]:
+    """Keyword arguments of ``redis.Redis`` / ``redis.asyncio.Redis`` (replies stay bytes)."""
+    return {
+        "host": info.host,
+        "port": info.port,
+        "db": int(info.database or 0),
+        "username": info.username or None,
+        "password": info.password or None,
+        "ssl": info.tls,
+        "ssl_ca_data": info.ca_cert,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+    }
+
+
+@contextlib.contextmanager
+def libpq_params(info: ConnectionInfo, connect_timeout: float, application_name: str,
+                 **extra: Any) -> Iterator[dict[str, Any]]:
+    """psycopg/libpq connection parameters. With TLS and a CA the server is verified (``verify-full``);
+    the CA goes through a private temporary file that lives as long as the context (libpq reads it at
+    connect time)."""
+    params: dict[str, Any] = {
+        "host": info.host,
+        "port": info.port,
+        "user": info.username or None,
+        "password": info.password or None,
+        "dbname": info.database or None,
+        "connect_timeout": max(1, math.ceil(connect_timeout)),  # libpq takes whole seconds
+        "application_name": application_name,
+        "sslmode": "require" if info.tls else "prefer",
+        **extra,
+    }
+    with contextlib.ExitStack() as stack:
+        if info.tls and info.ca_cert:
+            ca = stack.enter_context(tempfile.NamedTemporaryFile("w", suffix=".crt"))
+            ca.write(info.ca_cert)
+            ca.flush()
+            params.update(sslmode="verify-full", sslrootcert=ca.name)
+        yield params

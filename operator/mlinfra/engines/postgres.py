@@ -18,10 +18,8 @@ The row interpretation is pure (``standby_member``, ``lag_seconds``, ``parse_ver
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import socket
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -101,25 +99,9 @@ def probe(conn: connection.ConnectionInfo, timeout: float = 5.0) -> observation.
 
 @contextlib.contextmanager
 def _connect(conn: connection.ConnectionInfo, timeout: float) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
-    params: dict[str, Any] = {
-        "host": conn.host,
-        "port": conn.port,
-        "user": conn.username or None,
-        "password": conn.password or None,
-        "dbname": conn.database or None,
-        "connect_timeout": max(1, math.ceil(timeout)),  # libpq: whole seconds, covers the startup and auth
-        "application_name": "mlinfra-probe",
-        "options": f"-c statement_timeout={int(timeout * 1000)}",
-        "sslmode": "require" if conn.tls else "prefer",
-        "autocommit": True,
-    }
-    with contextlib.ExitStack() as stack:
-        if conn.tls and conn.ca_cert:
-            ca = stack.enter_context(tempfile.NamedTemporaryFile("w", suffix=".crt"))
-            ca.write(conn.ca_cert)
-            ca.flush()
-            params.update(sslmode="verify-full", sslrootcert=ca.name)
-        pg = stack.enter_context(psycopg.connect(**params))
+    with connection.libpq_params(conn, timeout, "mlinfra-probe", autocommit=True,
+                                 options=f"-c statement_timeout={int(timeout * 1000)}") as params, \
+            psycopg.connect(**params) as pg:
         yield pg
 
 

@@ -66,15 +66,7 @@ def probe(conn: connection.ConnectionInfo, timeout: float = 5.0) -> observation.
 
 def _client(conn: connection.ConnectionInfo, timeout: float) -> redis_lib.Redis:
     return redis_lib.Redis(
-        host=conn.host,
-        port=conn.port,
-        db=int(conn.database or 0),
-        username=conn.username or None,
-        password=conn.password or None,
-        ssl=conn.tls,
-        ssl_ca_data=conn.ca_cert,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
+        **connection.redis_kwargs(conn, timeout),
         # One attempt: a probe reports what it sees now; the observing timer is the retry loop.
         retry=redis_retry.Retry(redis_backoff.NoBackoff(), 0),
         decode_responses=True,

@@ -18,7 +18,7 @@ from mlinfra.features import connect, freshness, jobs, layout, schema
 from mlinfra.k8s import conditions, objects
 from mlinfra.stores import endpoints
 from mlinfra.stores import reconcile as store_reconcile
-from mlinfra.stores.status import INVALID_SPEC, Problem
+from mlinfra.stores.status import Problem, invalid_spec
 
 STORE_NOT_FOUND = "StoreNotFound"
 STORE_NOT_READY = "StoreNotReady"
@@ -36,10 +36,7 @@ def parse(body: Mapping[str, Any]) -> api.FeatureView:
     try:
         return api.FeatureView.model_validate(dict(body))
     except pydantic.ValidationError as exc:
-        details = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False)
-        )
-        raise FeatureViewProblem(Problem(INVALID_SPEC, f"invalid spec: {details}", stalled=True)) from None
+        raise FeatureViewProblem(invalid_spec(exc)) from None
 
 
 def store_connection(namespace: str, ref: str, engine: str, role: str,

@@ -19,7 +19,7 @@ from mlinfra.api import datastore as api
 from mlinfra.engines import connection, names, render
 from mlinfra.k8s import objects
 from mlinfra.stores import endpoints
-from mlinfra.stores.status import INVALID_SPEC, SECRET_NOT_FOUND, Problem
+from mlinfra.stores.status import INVALID_SPEC, SECRET_NOT_FOUND, Problem, invalid_spec
 
 
 class StoreProblem(Exception):
@@ -35,10 +35,7 @@ def parse(body: Mapping[str, Any]) -> api.DataStore:
     try:
         return api.DataStore.model_validate(dict(body))
     except pydantic.ValidationError as exc:
-        details = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False)
-        )
-        raise StoreProblem(Problem(INVALID_SPEC, f"invalid spec: {details}", stalled=True)) from None
+        raise StoreProblem(invalid_spec(exc)) from None
 
 
 @dataclass(frozen=True)

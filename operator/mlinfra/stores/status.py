@@ -12,9 +12,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import pydantic
+
 from mlinfra.engines import observation as obs
 from mlinfra.k8s import conditions
 from mlinfra.k8s.conditions import Cond
+
+
+def invalid_spec(exc: pydantic.ValidationError) -> Problem:
+    """What the API server let through but the model refuses: InvalidSpec, naming each field."""
+    details = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+                        for err in exc.errors(include_url=False))
+    return Problem(INVALID_SPEC, f"invalid spec: {details}", stalled=True)
 
 
 @dataclass(frozen=True)
