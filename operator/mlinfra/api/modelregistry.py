@@ -44,6 +44,10 @@ class LineageSync(base.SpecModel):
 
     interval: common.Duration = pydantic.Field(default="30s", description="Time between sync passes.")
     batch_size: int = pydantic.Field(default=500, ge=1, le=10000, description="Events per transaction.")
+    max_lag: common.Duration = pydantic.Field(
+        default="5m",
+        description="LineageInSync turns False when the oldest pending outbox event is older than this.",
+    )
 
 
 LINEAGE_SYNC_NEEDS_STORE = base.Cel(
