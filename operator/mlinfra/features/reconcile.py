@@ -15,21 +15,15 @@ import pydantic
 from mlinfra.api import featureview as api
 from mlinfra.engines import connection
 from mlinfra.features import connect, freshness, jobs, layout, schema
-from mlinfra.k8s import conditions, objects
-from mlinfra.stores import endpoints
-from mlinfra.stores import reconcile as store_reconcile
-from mlinfra.stores.status import Problem, invalid_spec
+from mlinfra.k8s import objects
+from mlinfra.stores import endpoints, refs
+from mlinfra.stores.status import Problem, ProblemError, invalid_spec
 
-STORE_NOT_FOUND = "StoreNotFound"
-STORE_NOT_READY = "StoreNotReady"
-WRONG_ENGINE = "WrongEngine"
 IMMUTABLE_FIELD_CHANGE = schema.REASON
 
 
-class FeatureViewProblem(Exception):
-    def __init__(self, problem: Problem) -> None:
-        super().__init__(problem.message)
-        self.problem = problem
+class FeatureViewProblem(ProblemError):
+    """The FeatureView cannot be served as specified."""
 
 
 def parse(body: Mapping[str, Any]) -> api.FeatureView:
@@ -37,26 +31,6 @@ def parse(body: Mapping[str, Any]) -> api.FeatureView:
         return api.FeatureView.model_validate(dict(body))
     except pydantic.ValidationError as exc:
         raise FeatureViewProblem(invalid_spec(exc)) from None
-
-
-def store_connection(namespace: str, ref: str, engine: str, role: str,
-                     emap: endpoints.EndpointMap) -> connection.ConnectionInfo:
-    """The connection of the DataStore ``ref`` (which must be a Ready ``engine`` store)."""
-    ds = objects.get_or_none("DataStore", namespace, ref)
-    if ds is None:
-        raise FeatureViewProblem(Problem(STORE_NOT_FOUND, f"{role}: DataStore {ref!r} not found in namespace "
-                                         f"{namespace!r}", stalled=False))
-    actual = ds.get("spec", {}).get("engine")
-    if actual != engine:
-        raise FeatureViewProblem(Problem(WRONG_ENGINE, f"{role}: DataStore {ref!r} is a {actual} store; "
-                                         f"a {engine} store is required", stalled=True))
-    ready = conditions.get((ds.get("status") or {}).get("conditions"), "Ready")
-    conn = store_reconcile.connection_from_secret(namespace, ref)
-    if ready is None or ready.get("status") != "True" or conn is None:
-        why = (ready or {}).get("message") or "not observed yet"
-        raise FeatureViewProblem(Problem(STORE_NOT_READY, f"{role}: DataStore {ref!r} is not Ready: {why}",
-                                         stalled=False))
-    return endpoints.resolve(conn, namespace, ref, emap) if ds["spec"].get("managed") else conn
 
 
 @dataclass(frozen=True)
@@ -68,8 +42,8 @@ class Stores:
 def resolve_stores(fv: api.FeatureView, emap: endpoints.EndpointMap) -> Stores:
     ns = fv.metadata.namespace or "default"
     return Stores(
-        offline=store_connection(ns, fv.spec.offline.store_ref.name, "postgres", "spec.offline.storeRef", emap),
-        online=store_connection(ns, fv.spec.online.store_ref.name, "redis", "spec.online.storeRef", emap),
+        offline=refs.connection_of(ns, fv.spec.offline.store_ref.name, "postgres", "spec.offline.storeRef", emap),
+        online=refs.connection_of(ns, fv.spec.online.store_ref.name, "redis", "spec.online.storeRef", emap),
     )
 
 

@@ -13,7 +13,7 @@ from mlinfra.config import Settings
 from mlinfra.features import jobs, reconcile, status
 from mlinfra.handlers import startup
 from mlinfra.stores import endpoints
-from mlinfra.stores.status import Problem
+from mlinfra.stores.status import Problem, ProblemError
 
 PLURAL = "featureviews"
 
@@ -58,7 +58,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
             try:
                 applied = reconcile.reconcile(body, settings.job_image, emap)
                 observe_into(body, patch, applied)
-            except reconcile.FeatureViewProblem as exc:
+            except ProblemError as exc:
                 write_status(body, patch, _problem(body, exc.problem))
                 kopf.warn(body, reason=exc.problem.reason, message=exc.problem.message)
                 if exc.problem.stalled:
@@ -71,7 +71,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
             return
         try:
             name = reconcile.request_sync(body, settings.job_image, str(new))
-        except reconcile.FeatureViewProblem as exc:
+        except ProblemError as exc:
             raise kopf.PermanentError(exc.problem.message) from None
         logger.info("sync requested at %s: Job %s", new, name)
 
@@ -87,7 +87,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
                                         schema_message=next((c.get("message", "") for c in st.get("conditions", [])
                                                              if c["type"] == "SchemaApplied"), ""))
             observe_into(body, patch, applied)
-        except reconcile.FeatureViewProblem as exc:
+        except ProblemError as exc:
             # A store went away or is unhealthy: say so (the handler retries the rest when it is back).
             write_status(body, patch, _problem(body, exc.problem))
 

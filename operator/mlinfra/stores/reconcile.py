@@ -19,15 +19,11 @@ from mlinfra.api import datastore as api
 from mlinfra.engines import connection, names, render
 from mlinfra.k8s import objects
 from mlinfra.stores import endpoints
-from mlinfra.stores.status import INVALID_SPEC, SECRET_NOT_FOUND, Problem, invalid_spec
+from mlinfra.stores.status import INVALID_SPEC, SECRET_NOT_FOUND, Problem, ProblemError, invalid_spec
 
 
-class StoreProblem(Exception):
-    """The store cannot be served as specified; carries the Problem the status will show."""
-
-    def __init__(self, problem: Problem) -> None:
-        super().__init__(problem.message)
-        self.problem = problem
+class StoreProblem(ProblemError):
+    """The DataStore cannot be served as specified."""
 
 
 def parse(body: Mapping[str, Any]) -> api.DataStore:

@@ -19,6 +19,14 @@ from mlinfra.k8s import conditions
 from mlinfra.k8s.conditions import Cond
 
 
+class ProblemError(Exception):
+    """A resource cannot be served as specified; carries the Problem its status will show."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.message)
+        self.problem = problem
+
+
 def invalid_spec(exc: pydantic.ValidationError) -> Problem:
     """What the API server let through but the model refuses: InvalidSpec, naming each field."""
     details = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
