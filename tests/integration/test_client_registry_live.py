@@ -12,10 +12,12 @@ from typing import Any
 import psycopg
 import pytest
 
+from mlinfra.client import lineage as lineage_client
 from mlinfra.client import registry
+from mlinfra.devenv.neo4j import Neo4jServer
 from mlinfra.devenv.postgres import PostgresCluster
 from mlinfra.engines import connection
-from mlinfra.registry import migrate, roles
+from mlinfra.registry import lineage, migrate, roles
 
 pytestmark = pytest.mark.integration
 
@@ -183,3 +185,52 @@ def test_refused_calls_write_nothing(postgres_cluster: PostgresCluster,
         reg.remove_alias("refusals", "champion")
         with pytest.raises(registry.NotFound):
             reg.get_version(("refusals", "champion"))
+
+
+def test_lineage_queries_after_the_sync(postgres_cluster: PostgresCluster, neo4j_server: Neo4jServer,
+                                        database: tuple[str, connection.ConnectionInfo]) -> None:
+    """Runs after the scripted history (same module database): sync the outbox, then ask the graph."""
+    name, _ = database
+    with neo4j_server.driver() as driver:
+        driver.execute_query("MATCH (n) DETACH DELETE n")
+        lineage.ensure_schema(driver)
+        with postgres_cluster.primary.connect(name) as conn:
+            lineage.sync(conn, driver, batch_size=7)
+        graph = connection.ConnectionInfo.for_engine("neo4j", "127.0.0.1", neo4j_server.password,
+                                                     port=neo4j_server.port, username=neo4j_server.user)
+        DL, FV = lineage_client.DatasetLink, lineage_client.FeatureViewRef
+        VL, DEP = lineage_client.VersionLink, lineage_client.DeploymentRef
+        with lineage_client.Lineage(graph.to_secret_data()) as graph_queries:
+            up = graph_queries.upstream("churn", 1)
+            assert up.datasets == {DL("events", "2024-05", "TRAINED_ON"), DL("holdout", "", "EVALUATED_ON")}
+            assert up.trained_on == {DL("events", "2024-05", "TRAINED_ON")}
+            assert up.feature_views == {FV("ml", "user-stats")}
+            assert graph_queries.upstream("churn", 2) == lineage_client.Upstream(
+                frozenset({DL("events", "2024-05", "TRAINED_ON")}),
+                frozenset({FV("ml", "user-stats"), FV("ml", "sessions")}))
+            with pytest.raises(LookupError, match="no version 7 of model 'churn'"):
+                graph_queries.upstream("churn", 7)
+
+            events = graph_queries.downstream_of_dataset("events")
+            assert events.versions == {VL("churn", 1, "TRAINED_ON"), VL("churn", 2, "TRAINED_ON")}
+            assert {(d.model, d.version, d.environment, d.retired) for d in events.deployments} == {
+                ("churn", 2, "prod", False)}
+            assert graph_queries.downstream_of_dataset("events", "2023-01").versions == frozenset()
+            holdout = graph_queries.downstream_of_dataset("holdout", "")
+            assert holdout.versions == {VL("churn", 1, "EVALUATED_ON"), VL("ranker", 1, "TRAINED_ON")}
+            assert {(d.model, d.environment) for d in holdout.deployments} == {("ranker", "staging")}
+            assert holdout.models == {"churn", "ranker"}
+
+            sessions = graph_queries.downstream_of_feature_view("ml", "sessions")
+            assert sessions.versions == {VL("churn", 2, "USES_FEATURE"), VL("ranker", 1, "USES_FEATURE")}
+            assert {(d.model, d.version, d.environment) for d in sessions.deployments} == {
+                ("churn", 2, "prod"), ("ranker", 1, "staging")}
+            assert all(isinstance(d, DEP) for d in sessions.deployments)
+            user_stats = graph_queries.downstream_of_feature_view("ml", "user-stats")
+            assert user_stats.versions == {VL("churn", 1, "USES_FEATURE"), VL("churn", 2, "USES_FEATURE")}
+            assert graph_queries.downstream_of_feature_view("other", "sessions") == lineage_client.Downstream(
+                frozenset(), frozenset())
+        # A driver passed in stays open (the caller owns it).
+        with lineage_client.Lineage(driver) as graph_queries:
+            assert graph_queries.upstream("ranker", 1).trained_on == {DL("holdout", "", "TRAINED_ON")}
+        driver.verify_connectivity()

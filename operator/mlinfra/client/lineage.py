@@ -1,0 +1,198 @@
+"""Lineage questions on a ModelRegistry's Neo4j graph: what trained a model version, what a dataset or a
+FeatureView feeds.
+
+The graph is built by the registry's lineage sync from the outbox (``mlinfra.registry.lineage``); this module
+only reads it (read transactions, so a read-only user or a read replica is enough). Answers are frozen
+dataclasses in frozensets: compare them as sets, sort them for display.
+
+The graph (``(:Model)-[:HAS_VERSION]->(:ModelVersion)-[:TRAINED_ON|EVALUATED_ON]->(:Dataset)``,
+``(:ModelVersion)-[:USES_FEATURE]->(:FeatureView)``, ``(:Deployment)-[:DEPLOYS]->(:ModelVersion)``) is the
+sync's; the client layer may not import
+``mlinfra.registry`` (tests/unit/test_layers.py), so the Cypher here is checked against the sync by the
+integration tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import tempfile
+from typing import Any, LiteralString
+
+import neo4j
+
+from mlinfra.client import connections
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class VersionRef:
+    model: str
+    version: int
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class DatasetLink:
+    """A dataset and how the version used it (TRAINED_ON or EVALUATED_ON)."""
+
+    name: str
+    version: str
+    relation: str
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class FeatureViewRef:
+    namespace: str
+    name: str
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class VersionLink:
+    """A model version and how it used the dataset or FeatureView asked about."""
+
+    model: str
+    version: int
+    relation: str
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class DeploymentRef:
+    id: int
+    model: str
+    version: int
+    environment: str
+    retired: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Upstream:
+    """What went into a model version."""
+
+    datasets: frozenset[DatasetLink]
+    feature_views: frozenset[FeatureViewRef]
+
+    @property
+    def trained_on(self) -> frozenset[DatasetLink]:
+        return frozenset(d for d in self.datasets if d.relation == "TRAINED_ON")
+
+
+@dataclasses.dataclass(frozen=True)
+class Downstream:
+    """What a dataset or a FeatureView feeds: model versions, and the deployments of those versions."""
+
+    versions: frozenset[VersionLink]
+    deployments: frozenset[DeploymentRef]
+
+    @property
+    def models(self) -> frozenset[str]:
+        return frozenset(v.model for v in self.versions)
+
+
+# -- Cypher: the graph model of mlinfra.registry.lineage ---------------------------------------------------
+
+UPSTREAM_DATASETS: LiteralString = """
+MATCH (:Model {name: $model})-[:HAS_VERSION]->(mv:ModelVersion {version: $version})
+      -[r:TRAINED_ON|EVALUATED_ON]->(d:Dataset)
+RETURN d.name AS name, d.version AS version, type(r) AS relation
+"""
+UPSTREAM_FEATURE_VIEWS: LiteralString = """
+MATCH (:Model {name: $model})-[:HAS_VERSION]->(mv:ModelVersion {version: $version})-[:USES_FEATURE]->(f:FeatureView)
+RETURN f.namespace AS namespace, f.name AS name
+"""
+VERSION_EXISTS: LiteralString = """
+MATCH (:Model {name: $model})-[:HAS_VERSION]->(mv:ModelVersion {version: $version}) RETURN count(mv) AS n
+"""
+DATASET_VERSIONS: LiteralString = """
+MATCH (m:Model)-[:HAS_VERSION]->(mv:ModelVersion)-[r:TRAINED_ON|EVALUATED_ON]->(d:Dataset {name: $name})
+WHERE $version IS NULL OR d.version = $version
+RETURN mv.id AS id, m.name AS model, mv.version AS version, type(r) AS relation
+"""
+FEATURE_VIEW_VERSIONS: LiteralString = """
+MATCH (m:Model)-[:HAS_VERSION]->(mv:ModelVersion)-[r:USES_FEATURE]->(:FeatureView {namespace: $namespace, name: $name})
+RETURN mv.id AS id, m.name AS model, mv.version AS version, type(r) AS relation
+"""
+DEPLOYMENTS_OF: LiteralString = """
+MATCH (m:Model)-[:HAS_VERSION]->(mv:ModelVersion)<-[:DEPLOYS]-(dep:Deployment)
+WHERE mv.id IN $ids
+RETURN dep.id AS id, m.name AS model, mv.version AS version, dep.environment AS environment,
+       dep.retired_at IS NOT NULL AS retired
+"""
+
+
+class Lineage:
+    """Read-only lineage queries on the registry's Neo4j graph.
+
+    ``graph``: a ``neo4j.Driver`` (kept open: the caller owns it), or the lineage store's connection (a
+    ``ConnectionInfo``, its mounted Secret directory or a dict of its keys; the driver is then opened here and
+    closed by :meth:`close`, or ``with``). ``database``: the Neo4j database (default: the connection's).
+    """
+
+    def __init__(self, graph: neo4j.Driver | connections.ConnectionSource, *, database: str | None = None,
+                 timeout: float = 10.0) -> None:
+        self._stack = contextlib.ExitStack()
+        if isinstance(graph, neo4j.Driver):
+            self.driver = graph
+            self.database = database
+        else:
+            info = connections.expect_engine(connections.resolve(graph), "neo4j", "lineage")
+            self.driver = self._stack.enter_context(open_driver(info, timeout, self._stack))
+            self.database = database or info.database or None
+
+    def upstream(self, model: str, version: int) -> Upstream:
+        """The datasets (with TRAINED_ON / EVALUATED_ON) and FeatureViews behind ``model`` version ``version``.
+
+        Raises LookupError when the graph has no such version (unknown, or not synced yet).
+        """
+        params = {"model": model, "version": version}
+        if self._read(VERSION_EXISTS, params)[0]["n"] == 0:
+            raise LookupError(f"the lineage graph has no version {version} of model {model!r} (unknown, or not "
+                              "synced yet)")
+        datasets = frozenset(DatasetLink(r["name"], r["version"], r["relation"])
+                             for r in self._read(UPSTREAM_DATASETS, params))
+        views = frozenset(FeatureViewRef(r["namespace"], r["name"]) for r in self._read(UPSTREAM_FEATURE_VIEWS, params))
+        return Upstream(datasets, views)
+
+    def downstream_of_dataset(self, name: str, version: str | None = None) -> Downstream:
+        """The model versions trained or evaluated on dataset ``name`` (any version, or only ``version``;
+        ``''`` is the unversioned one) and their deployments. Empty for an unknown dataset."""
+        return self._downstream(self._read(DATASET_VERSIONS, {"name": name, "version": version}))
+
+    def downstream_of_feature_view(self, namespace: str, name: str) -> Downstream:
+        """The model versions using the FeatureView ``namespace/name`` and their deployments."""
+        return self._downstream(self._read(FEATURE_VIEW_VERSIONS, {"namespace": namespace, "name": name}))
+
+    def _downstream(self, rows: list[dict[str, Any]]) -> Downstream:
+        versions = frozenset(VersionLink(r["model"], r["version"], r["relation"]) for r in rows)
+        ids = sorted({r["id"] for r in rows})
+        deployments = frozenset(DeploymentRef(r["id"], r["model"], r["version"], r["environment"], r["retired"])
+                                for r in self._read(DEPLOYMENTS_OF, {"ids": ids})) if ids else frozenset()
+        return Downstream(versions, deployments)
+
+    def _read(self, query: LiteralString, params: dict[str, Any]) -> list[dict[str, Any]]:
+        records, _, _ = self.driver.execute_query(query, params, database_=self.database,
+                                                  routing_=neo4j.RoutingControl.READ)
+        return [record.data() for record in records]
+
+    def close(self) -> None:
+        """Close the driver if this object opened it."""
+        self._stack.close()
+
+    def __enter__(self) -> Lineage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_driver(info: connections.ConnectionInfo, timeout: float, stack: contextlib.ExitStack) -> neo4j.Driver:
+    """A Neo4j driver for a neo4j connection; a CA certificate goes through a private temporary file that
+    lives as long as ``stack``."""
+    options: dict[str, Any] = {"connection_timeout": timeout, "connection_acquisition_timeout": timeout}
+    if info.tls and info.ca_cert:
+        ca = stack.enter_context(tempfile.NamedTemporaryFile("w", suffix=".crt"))  # noqa: SIM115 - closed by stack
+        ca.write(info.ca_cert)
+        ca.flush()
+        uri = f"bolt://{info.endpoint}"
+        options.update(encrypted=True, trusted_certificates=neo4j.TrustCustomCAs(ca.name))
+    else:
+        uri = f"{'bolt+s' if info.tls else 'bolt'}://{info.endpoint}"
+    return neo4j.GraphDatabase.driver(uri, auth=(info.username or "neo4j", info.password), **options)
