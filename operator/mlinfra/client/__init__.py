@@ -10,5 +10,8 @@ See docs/client.md.
 
 from mlinfra.client.features import FeatureStore, View
 from mlinfra.client.features_async import AsyncFeatureStore
+from mlinfra.client.lineage import Lineage
+from mlinfra.client.registry import Registry
 
 __all__ = ["AsyncFeatureStore", "FeatureStore", "View"]
+__all__ += ["Lineage", "Registry"]
