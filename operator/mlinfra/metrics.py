@@ -29,6 +29,13 @@ FEATUREVIEW_FRESHNESS_LAG = Gauge(
     ["namespace", "name"])
 
 
+REGISTRY_PENDING_EVENTS = Gauge("mlinfra_modelregistry_lineage_pending_events",
+                                "Outbox events not yet in the lineage graph.", ["namespace", "name"])
+REGISTRY_LINEAGE_LAG = Gauge("mlinfra_modelregistry_lineage_lag_seconds",
+                             "Age of the oldest outbox event not yet in the lineage graph (0 when none).",
+                             ["namespace", "name"])
+
+
 @contextmanager
 def reconciling(controller: str) -> Iterator[None]:
     """Count and time one reconciliation; an exception counts as an error (and is re-raised)."""
@@ -73,3 +80,10 @@ def forget_featureview(namespace: str, name: str) -> None:
     for labels in list(FEATUREVIEW_FRESHNESS_LAG._metrics):
         if labels == (namespace, name):
             FEATUREVIEW_FRESHNESS_LAG.remove(*labels)
+
+
+def forget_registry(namespace: str, name: str) -> None:
+    for gauge in (REGISTRY_PENDING_EVENTS, REGISTRY_LINEAGE_LAG):
+        for labels in list(gauge._metrics):
+            if labels == (namespace, name):
+                gauge.remove(*labels)

@@ -9,10 +9,11 @@ from __future__ import annotations
 import kopf
 
 from mlinfra.config import Settings
-from mlinfra.handlers import datastore, featureview, startup
+from mlinfra.handlers import datastore, featureview, modelregistry, startup
 
 
 def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
     startup.register(registry, settings)
     datastore.register(registry, settings)
     featureview.register(registry, settings)
+    modelregistry.register(registry, settings)

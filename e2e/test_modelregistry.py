@@ -1,0 +1,137 @@
+"""ModelRegistry on the real control plane with the operator running, over real PostgreSQL and Neo4j."""
+
+from __future__ import annotations
+
+import base64
+import signal
+from typing import Any
+
+import psycopg
+import pytest
+
+from e2e_support import condition, get_json, wait_for
+from mlinfra.devenv.controlplane import ControlPlane
+from mlinfra.devenv.neo4j import Neo4jServer
+from mlinfra.devenv.operator import OperatorProcess
+from mlinfra.devenv.postgres import PostgresCluster
+from mlinfra.registry import migrate
+
+
+def stores(cp: ControlPlane, ns: str, pg: PostgresCluster, graph: Neo4jServer) -> None:
+    for name, user, password in (("pg-creds", "postgres", pg.password), ("neo-creds", "neo4j", graph.password)):
+        cp.kubectl("create", "secret", "generic", name, "-n", ns, f"--from-literal=username={user}",
+                   f"--from-literal=password={password}")
+    cp.apply([
+        {"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore", "metadata": {"name": "meta", "namespace": ns},
+         "spec": {"engine": "postgres", "external": {"endpoint": f"127.0.0.1:{pg.primary.port}",
+                                                    "credentialsSecretRef": {"name": "pg-creds"}}}},
+        {"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore", "metadata": {"name": "graph", "namespace": ns},
+         "spec": {"engine": "neo4j", "external": {"endpoint": f"127.0.0.1:{graph.port}",
+                                                 "credentialsSecretRef": {"name": "neo-creds"}}}},
+    ])
+
+
+def registry(ns: str, name: str, database: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "mlinfra.io/v1alpha1", "kind": "ModelRegistry", "metadata": {"name": name, "namespace": ns},
+            "spec": {"metadataStoreRef": {"name": "meta"}, "lineageStoreRef": {"name": "graph"},
+                     "database": database, "lineageSync": {"interval": "2s", "batchSize": 50, "maxLag": "20s"},
+                     **spec}}
+
+
+def mr_condition(cp: ControlPlane, ns: str, name: str, type_: str) -> dict[str, Any]:
+    return condition(get_json(cp, "modelregistry", name, "-n", ns), type_)
+
+
+def secret_conn(cp: ControlPlane, ns: str, name: str) -> str:
+    data = {k: base64.b64decode(v).decode() for k, v in get_json(cp, "secret", name, "-n", ns)["data"].items()}
+    assert {"engine", "host", "port", "username", "password", "database", "uri", "tls"} <= set(data)
+    return (f"host={data['host']} port={data['port']} dbname={data['database']} user={data['username']} "
+            f"password={data['password']}")
+
+
+def test_registry_schema_roles_and_lineage(control_plane: ControlPlane, operator: OperatorProcess,
+                                           postgres_cluster: PostgresCluster, neo4j_server: Neo4jServer,
+                                           namespace: str) -> None:
+    cp = control_plane
+    stores(cp, namespace, postgres_cluster, neo4j_server)
+    database = f"reg_{namespace[-6:]}"
+    cp.apply([registry(namespace, "models", database)])
+    wait_for("ModelRegistry Ready", lambda: mr_condition(cp, namespace, "models", "Ready").get("status") == "True",
+             120)
+    st = get_json(cp, "modelregistry", "models", "-n", namespace)["status"]
+    assert st["schemaVersion"] == migrate.latest_version()
+    assert mr_condition(cp, namespace, "models", "SchemaApplied")["status"] == "True"
+
+    # Least privilege, with the credentials the operator generated.
+    with psycopg.connect(secret_conn(cp, namespace, st["writerSecret"]), autocommit=True) as writer:
+        for model in ("churn", "fraud", "ranking"):
+            writer.execute("INSERT INTO registry.registered_models (name) VALUES (%s)", (model,))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            writer.execute("DELETE FROM registry.audit_log")
+    with psycopg.connect(secret_conn(cp, namespace, st["readerSecret"]), autocommit=True) as reader:
+        assert reader.execute("SELECT count(*) FROM registry.registered_models").fetchone() == (3,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            reader.execute("INSERT INTO registry.registered_models (name) VALUES ('nope')")
+
+    # The outbox drains into the graph; status follows.
+    def synced() -> bool:
+        s = get_json(cp, "modelregistry", "models", "-n", namespace)["status"]
+        return s.get("lineage", {}).get("pendingEvents") == 0 and s.get("lineage", {}).get("nodes", 0) >= 3
+
+    wait_for("outbox synced", synced, 90)
+    st = get_json(cp, "modelregistry", "models", "-n", namespace)["status"]
+    assert st["counts"]["registeredModels"] == 3
+    with neo4j_server.driver() as driver:
+        records, _, _ = driver.execute_query("MATCH (m:Model) RETURN m.name AS name")
+    assert {"churn", "fraud", "ranking"} <= {r["name"] for r in records}
+    assert mr_condition(cp, namespace, "models", "LineageInSync")["status"] == "True"
+    assert "mlinfra_modelregistry_lineage_pending_events" in operator.metrics()
+
+    # Stopping Neo4j: LineageInSync turns False with a reason, and recovers.
+    assert neo4j_server.proc is not None
+    neo4j_server.proc.signal(signal.SIGSTOP)
+    try:
+        with psycopg.connect(secret_conn(cp, namespace, st["writerSecret"]), autocommit=True) as writer:
+            writer.execute("INSERT INTO registry.registered_models (name) VALUES ('while-down')")
+        wait_for("LineageInSync=False", lambda: mr_condition(cp, namespace, "models", "LineageInSync")
+                 .get("status") == "False", 120)
+        assert mr_condition(cp, namespace, "models", "LineageInSync")["reason"] in (
+            "LineageStoreUnavailable", "LineageLagging")
+    finally:
+        neo4j_server.proc.signal(signal.SIGCONT)
+    wait_for("LineageInSync=True again", lambda: mr_condition(cp, namespace, "models", "LineageInSync")
+             .get("status") == "True", 120)
+    assert get_json(cp, "modelregistry", "models", "-n", namespace)["status"]["lineage"]["pendingEvents"] == 0
+
+
+@pytest.mark.parametrize(("spec", "reason"), [
+    ({"lineageStoreRef": {"name": "meta"}, "metadataStoreRef": {"name": "graph"}}, "WrongEngine"),
+    ({"metadataStoreRef": {"name": "missing"}}, "StoreNotFound"),
+    ({"schemaVersion": 999}, "InvalidSpec"),
+])
+def test_bad_registry_specs_say_what_to_fix(control_plane: ControlPlane, operator: OperatorProcess,
+                                            postgres_cluster: PostgresCluster, neo4j_server: Neo4jServer,
+                                            namespace: str, spec: dict[str, Any], reason: str) -> None:
+    cp = control_plane
+    stores(cp, namespace, postgres_cluster, neo4j_server)
+    cp.apply([registry(namespace, "bad", f"reg_{namespace[-6:]}", **spec)])
+    wait_for(f"Ready=False {reason}", lambda: mr_condition(cp, namespace, "bad", "Ready").get("reason") == reason,
+             90)
+    assert mr_condition(cp, namespace, "bad", "Ready")["message"]
+
+
+def test_downgrade_is_refused(control_plane: ControlPlane, operator: OperatorProcess,
+                              postgres_cluster: PostgresCluster, neo4j_server: Neo4jServer, namespace: str) -> None:
+    cp = control_plane
+    stores(cp, namespace, postgres_cluster, neo4j_server)
+    cp.apply([registry(namespace, "pinned", f"reg_{namespace[-6:]}")])
+    wait_for("Ready", lambda: mr_condition(cp, namespace, "pinned", "Ready").get("status") == "True", 120)
+    cp.kubectl("patch", "modelregistry", "pinned", "-n", namespace, "--type=merge", "-p",
+               '{"spec":{"schemaVersion":1}}')
+    wait_for("Stalled", lambda: mr_condition(cp, namespace, "pinned", "Stalled").get("status") == "True", 60)
+    stalled = mr_condition(cp, namespace, "pinned", "Stalled")
+    assert stalled["reason"] == "InvalidSpec"
+    assert "downgrade" in stalled["message"]
+    # Nothing was undone: the schema stays at the newest version.
+    assert get_json(cp, "modelregistry", "pinned", "-n", namespace)["status"]["schemaVersion"] == \
+        migrate.latest_version()
