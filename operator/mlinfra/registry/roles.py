@@ -22,7 +22,7 @@ from psycopg import pq, sql
 
 # Tables the writer may only read: written by triggers or by the operator.
 APPEND_ONLY_TABLES = ("audit_log",)
-TRIGGER_OR_OPERATOR_TABLES = ("audit_log", "outbox", "schema_migrations")
+TRIGGER_OR_OPERATOR_TABLES = ("audit_log", "outbox", "schema_migrations", "lineage_sync_state")
 
 _LOCK_KEY = int.from_bytes(hashlib.sha256(b"mlinfra.registry.roles").digest()[:8], "big", signed=True)
 

@@ -1,0 +1,72 @@
+"""What the ModelRegistry status reports, read from the registry database and the graph.
+
+Small functions over open connections, no writes; the handlers turn the results into status.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import Any
+
+import neo4j
+import psycopg
+
+from mlinfra.registry import migrate
+
+
+@dataclasses.dataclass(frozen=True)
+class Outbox:
+    pending_events: int
+    oldest_pending_age_seconds: float | None
+    last_sync_time: datetime | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Counts:
+    registered_models: int
+    model_versions: int
+    datasets: int
+    deployments: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Graph:
+    nodes: int
+    relationships: int
+
+
+def schema_version(conn: psycopg.Connection[Any]) -> int:
+    """The applied migration, 0 before the first."""
+    return migrate.applied_version(conn)
+
+
+def outbox(conn: psycopg.Connection[Any]) -> Outbox:
+    """Pending events, the age of the oldest (None with none pending) and the end of the last sync pass
+    (``lineage_sync_state`` from migration 3, else the newest ``processed_at``)."""
+    row = conn.execute(
+        "SELECT count(*), extract(epoch FROM clock_timestamp() - min(created_at)) "
+        "FROM registry.outbox WHERE processed_at IS NULL").fetchone()
+    pending, age = (int(row[0]), float(row[1]) if row[1] is not None else None) if row else (0, None)
+    if conn.execute("SELECT to_regclass('registry.lineage_sync_state') IS NOT NULL").fetchone() == (True,):
+        last = conn.execute("SELECT max(last_sync_at) FROM registry.lineage_sync_state").fetchone()
+    else:
+        last = conn.execute("SELECT max(processed_at) FROM registry.outbox").fetchone()
+    return Outbox(pending, max(age, 0.0) if age is not None else None, last[0] if last else None)
+
+
+def counts(conn: psycopg.Connection[Any]) -> Counts:
+    """Rows of the main tables (exact counts: registries are small)."""
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM registry.registered_models), (SELECT count(*) FROM registry.model_versions), "
+        "(SELECT count(*) FROM registry.datasets), (SELECT count(*) FROM registry.deployments)").fetchone()
+    assert row is not None
+    return Counts(*(int(v) for v in row))
+
+
+def graph(driver: neo4j.Driver, database: str | None = None) -> Graph:
+    """Node and relationship counts of the lineage graph (from the count store: constant time)."""
+    with driver.session(database=database) as session:
+        nodes = session.run("MATCH (n) RETURN count(n) AS c").single(strict=True)["c"]
+        rels = session.run("MATCH ()-[r]->() RETURN count(r) AS c").single(strict=True)["c"]
+    return Graph(int(nodes), int(rels))
