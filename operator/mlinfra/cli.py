@@ -101,3 +101,16 @@ def sync_featureview(
     from mlinfra.features import sync_cli
 
     raise typer.Exit(sync_cli.run(target, file=file, batch_size=batch_size))
+
+
+@sync_app.command("modelregistry")
+def sync_modelregistry(
+    target: Annotated[str, typer.Argument(help="NAMESPACE/NAME of the ModelRegistry.")],
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Events per batch (default: spec.lineageSync.batchSize).")
+    ] = None,
+) -> None:
+    """Drain a ModelRegistry's outbox into its lineage graph once; prints a one-line JSON summary."""
+    from mlinfra.registry import sync_cli as registry_sync_cli
+
+    raise typer.Exit(registry_sync_cli.run(target, batch_size=batch_size))

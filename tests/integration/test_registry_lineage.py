@@ -196,3 +196,33 @@ def test_constraints_exist(driver: neo4j.Driver) -> None:
     got = {(r["labelsOrTypes"][0], r["properties"][0]) for r in rows}
     assert got >= {("Model", "id"), ("ModelVersion", "id"), ("Dataset", "id"), ("FeatureView", "key"),
                    ("Deployment", "id")}
+
+
+def test_sync_cli_from_mounted_dirs(pg: Conn, driver: neo4j.Driver, database: str, tmp_path: Any,
+                                    postgres_cluster: PostgresCluster, neo4j_server: Neo4jServer,
+                                    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from mlinfra.engines import connection
+    from mlinfra.registry import sync_cli
+
+    script(pg)
+    infos = {
+        "pg": connection.ConnectionInfo.for_engine("postgres", "127.0.0.1", postgres_cluster.password,
+                                                   port=postgres_cluster.primary.port),
+        "neo": connection.ConnectionInfo.for_engine("neo4j", "127.0.0.1", neo4j_server.password,
+                                                    port=neo4j_server.port),
+    }
+    for key, info in infos.items():
+        (tmp_path / key).mkdir()
+        for k, v in info.to_secret_data().items():
+            (tmp_path / key / k).write_text(v)
+    monkeypatch.setenv(sync_cli.METADATA_DIR_ENV, str(tmp_path / "pg"))
+    monkeypatch.setenv(sync_cli.LINEAGE_DIR_ENV, str(tmp_path / "neo"))
+    monkeypatch.setenv(sync_cli.SPEC_ENV, json.dumps({
+        "metadataStoreRef": {"name": "pg"}, "lineageStoreRef": {"name": "neo"}, "database": database}))
+    assert sync_cli.run("ml/registry", batch_size=3) == sync_cli.EXIT_OK
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["outcome"] == "Synced" and summary["events"] > 0
+    assert observe.outbox(pg).pending_events == 0
+    assert sync_cli.run("no-slash") == sync_cli.EXIT_UNUSABLE

@@ -1,0 +1,135 @@
+"""``mlinfra sync modelregistry NAMESPACE/NAME``: one lineage sync pass, as the CronJob runs it.
+
+Called by :mod:`mlinfra.cli`. The spec comes from ``MLINFRA_MODELREGISTRY_SPEC`` (JSON, set by the operator
+in the Job) or from the Kubernetes API. Each store's connection comes from a mounted connection Secret
+directory (``MLINFRA_METADATA_CONN_DIR``, ``MLINFRA_LINEAGE_CONN_DIR``) or else from the DataStore's
+``<name>-conn`` Secret through the API. The registry database is ``spec.database``, else the Secret's.
+
+Prints one JSON line and returns the exit code: 0 synced, 1 the sync failed, 2 it could not start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import pathlib
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import neo4j
+import psycopg
+import pydantic
+
+from mlinfra.api import modelregistry
+from mlinfra.engines import connection
+from mlinfra.k8s import objects
+from mlinfra.registry import lineage
+from mlinfra.stores import endpoints
+from mlinfra.stores import reconcile as stores
+
+METADATA_DIR_ENV = "MLINFRA_METADATA_CONN_DIR"
+LINEAGE_DIR_ENV = "MLINFRA_LINEAGE_CONN_DIR"
+SPEC_ENV = "MLINFRA_MODELREGISTRY_SPEC"
+
+EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
+
+
+class Unusable(Exception):
+    """The pass cannot start: the message says what is missing."""
+
+
+def parse_target(target: str) -> tuple[str, str]:
+    """``NAMESPACE/NAME`` -> ``(namespace, name)``."""
+    namespace, sep, name = target.partition("/")
+    if not sep or not namespace or not name or "/" in name:
+        raise Unusable(f"expected NAMESPACE/NAME, got {target!r}")
+    return namespace, name
+
+
+def load_spec(namespace: str, name: str) -> modelregistry.ModelRegistrySpec:
+    spec_json = os.environ.get(SPEC_ENV)
+    try:
+        if spec_json:
+            return modelregistry.ModelRegistrySpec.model_validate(json.loads(spec_json))
+        try:
+            body = objects.get("ModelRegistry", namespace, name)
+        except objects.NotFound:
+            raise Unusable(f"ModelRegistry {namespace}/{name} not found") from None
+        return modelregistry.ModelRegistry.model_validate(body).spec
+    except pydantic.ValidationError as exc:
+        raise Unusable(f"ModelRegistry {namespace}/{name} is invalid: {exc}") from None
+
+
+def resolve_connection(env: str, namespace: str, datastore: str) -> connection.ConnectionInfo:
+    """The mounted directory named by ``env`` (one file per key), else the DataStore's published Secret."""
+    directory = os.environ.get(env)
+    if directory:
+        data = {p.name: p.read_bytes() for p in pathlib.Path(directory).iterdir()
+                if not p.name.startswith(".") and p.is_file()}
+        info = connection.ConnectionInfo.from_secret_data(data)
+    else:
+        found = stores.connection_from_secret(namespace, datastore)
+        if found is None:
+            raise Unusable(f"DataStore {namespace}/{datastore} has no connection Secret yet")
+        info = found
+    return endpoints.resolve(info, namespace, datastore)
+
+
+@contextlib.contextmanager
+def postgres(info: connection.ConnectionInfo, database: str | None) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to the registry database."""
+    if database:
+        info = dataclasses.replace(info, database=database)
+    with connection.libpq_params(info, 10, "mlinfra-lineage-sync", autocommit=True) as params, \
+            psycopg.connect(**params) as conn:
+        yield conn
+
+
+@contextlib.contextmanager
+def neo4j_driver(info: connection.ConnectionInfo) -> Iterator[neo4j.Driver]:
+    """A driver for the lineage store (TLS verified against ``ca.crt`` when given)."""
+    auth = (info.username or "neo4j", info.password)
+    with contextlib.ExitStack() as stack:
+        options: dict[str, Any] = {"connection_timeout": 10}
+        if info.tls and info.ca_cert:
+            ca = stack.enter_context(tempfile.NamedTemporaryFile("w", suffix=".crt"))
+            ca.write(info.ca_cert)
+            ca.flush()
+            options.update(encrypted=True, trusted_certificates=neo4j.TrustCustomCAs(ca.name))
+            uri = f"bolt://{info.endpoint}"
+        else:
+            uri = f"{'bolt+s' if info.tls else 'bolt'}://{info.endpoint}"
+        yield stack.enter_context(neo4j.GraphDatabase.driver(uri, auth=auth, **options))
+
+
+def run(target: str, batch_size: int | None = None) -> int:
+    """One sync pass of ``target``; prints the JSON summary line; returns the exit code."""
+    try:
+        namespace, name = parse_target(target)
+        spec = load_spec(namespace, name)
+        if spec.lineage_store_ref is None:
+            raise Unusable(f"ModelRegistry {namespace}/{name} has no spec.lineageStoreRef: nothing to sync")
+        pg_info = resolve_connection(METADATA_DIR_ENV, namespace, spec.metadata_store_ref.name)
+        graph_info = resolve_connection(LINEAGE_DIR_ENV, namespace, spec.lineage_store_ref.name)
+    except Unusable as exc:
+        _emit({"outcome": "Unusable", "error": str(exc)})
+        return EXIT_UNUSABLE
+    size = batch_size or (spec.lineage_sync.batch_size if spec.lineage_sync else 500)
+    try:
+        with postgres(pg_info, spec.database) as conn, neo4j_driver(graph_info) as driver:
+            lineage.ensure_schema(driver)
+            result = lineage.sync(conn, driver, batch_size=size)
+    except (psycopg.Error, neo4j.exceptions.Neo4jError, neo4j.exceptions.DriverError, OSError) as exc:
+        _emit({"outcome": "Failed", "error": f"{type(exc).__name__}: {exc}"})
+        return EXIT_FAILED
+    _emit({"outcome": "Synced", "events": result.events, "batches": result.batches,
+           "lastEventId": result.last_event_id, "seconds": round(result.seconds, 3),
+           "finishedAt": result.finished_at.isoformat()})
+    return EXIT_OK
+
+
+def _emit(summary: dict[str, Any]) -> None:
+    print(json.dumps(summary, sort_keys=True), flush=True)
