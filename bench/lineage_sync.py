@@ -58,7 +58,7 @@ def main() -> None:
             lineage.ensure_schema(driver)
             fill(conn, args.events)
             row = conn.execute("SELECT count(*) FROM registry.outbox").fetchone()
-            total = int(row[0]) if row else 0
+            total = int(str(row[0])) if row else 0
             print(f"outbox events: {total}, batch size {args.batch_size}")
 
             started = time.monotonic()
