@@ -26,11 +26,14 @@ import yaml
 from mlinfra.api.featureview import FeatureView
 from mlinfra.client import FeatureStore
 from mlinfra.client.connections import from_directory
+from mlinfra.client.lineage import Lineage
+from mlinfra.client.registry import Registry
 from mlinfra.devenv import operator as op_mod
 from mlinfra.devenv import procs, tools
 from mlinfra.devenv.backer import Backer
 from mlinfra.devenv.controlplane import ControlPlane
 from mlinfra.devenv.platform import Platform
+from mlinfra.engines.connection import ConnectionInfo
 from mlinfra.features import connect
 from mlinfra.features.jobs import SYNC_REQUESTED_ANNOTATION, ondemand_job_name
 from mlinfra.stores import endpoints
@@ -126,6 +129,15 @@ def run(state_dir: Path, once: bool = False, timeout: float = 300) -> int:
                 ok = _wait_ready(cp.kubectl, [v["metadata"]["name"] for v in views], timeout, "featureviews")
                 if ok:
                     print(feature_loop(cp, backer.map_path, tmp=platform.workdir / "sync"), flush=True)
+                    registries = samples("modelregistry-*.yaml")
+                    for doc in registries:
+                        doc["metadata"]["namespace"] = NAMESPACE
+                    cp.apply(registries, field_manager="mlinfra-demo")
+                    print("== ModelRegistry models: migrations, roles, register a model version, lineage", flush=True)
+                    ok = _wait_ready(cp.kubectl, [r["metadata"]["name"] for r in registries], timeout,
+                                     "modelregistries")
+                    if ok:
+                        print(registry_loop(cp, backer.map_path), flush=True)
             items = json.loads(cp.kubectl("get", "datastores", "-n", NAMESPACE, "-o", "json").stdout)["items"]
             print("\n$ kubectl get mlinfra -n mlinfra-demo -o wide\n" + table(cp.kubectl), flush=True)
             print("observed replication (from the live servers):\n" + lag_report(items), flush=True)
@@ -227,3 +239,47 @@ def feature_loop(cp: ControlPlane, endpoint_map: Path, tmp: Path, view: str = "u
     lines.append(f"status.lastMaterialization: {st['lastMaterialization']}")
     lines.append(f"status.freshness: {st.get('freshness')}")
     return "\n".join(lines)
+
+
+def _secret_data(cp: ControlPlane, name: str) -> dict[str, str]:
+    secret = json.loads(cp.kubectl("get", "secret", name, "-n", NAMESPACE, "-o", "json").stdout)
+    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
+def registry_loop(cp: ControlPlane, endpoint_map: Path, name: str = "models") -> str:
+    """Register a model version trained on a dataset with the user-activity features, then ask the graph."""
+    mr = json.loads(cp.kubectl("get", "modelregistry", name, "-n", NAMESPACE, "-o", "json").stdout)
+    emap = EndpointMap(endpoint_map)
+    meta_ref = mr["spec"]["metadataStoreRef"]["name"]
+    graph_ref = mr["spec"]["lineageStoreRef"]["name"]
+    writer = endpoints.resolve(ConnectionInfo.from_secret_data(_secret_data(cp, mr["status"]["writerSecret"])),
+                               NAMESPACE, meta_ref, emap)
+    graph = endpoints.resolve(ConnectionInfo.from_secret_data(_secret_data(cp, f"{graph_ref}-conn")),
+                              NAMESPACE, graph_ref, emap)
+    with Registry(writer) as reg:
+        reg.register_model("churn", "Predicts churn from user activity", exist_ok=True)
+        version = reg.create_version("churn", stage="staging", aliases=("candidate",))
+        reg.log_params(version, {"max_depth": 6, "learning_rate": 0.1})
+        reg.log_metrics(version, {"auc": 0.87})
+        dataset = reg.register_dataset("sessions-2026-11", "s3://ml/sessions/2026-11/", exist_ok=True)
+        reg.link_dataset(version, dataset, "TRAINED_ON")
+        reg.link_feature_view(version, NAMESPACE, "user-activity")
+        reg.record_deployment(version, "staging")
+
+    def synced() -> bool:
+        st = json.loads(cp.kubectl("get", "modelregistry", name, "-n", NAMESPACE, "-o", "json").stdout)["status"]
+        return bool(st.get("lineage", {}).get("pendingEvents") == 0 and st["lineage"].get("nodes"))
+
+    procs.wait_until("the lineage graph", synced, 120)
+    with Lineage(graph) as lineage:
+        up = lineage.upstream("churn", version.version)
+        down = lineage.downstream_of_feature_view(NAMESPACE, "user-activity")
+    st = json.loads(cp.kubectl("get", "modelregistry", name, "-n", NAMESPACE, "-o", "json").stdout)["status"]
+    return "\n".join([
+        f"registered churn v{version.version} (trained on sessions-2026-11, uses user-activity), deployed to staging",
+        f"status: schemaVersion={st['schemaVersion']} counts={st.get('counts')} lineage={st.get('lineage')}",
+        f"upstream of churn v{version.version}: datasets={sorted(d.name for d in up.datasets)} "
+        f"featureViews={sorted(f'{f.namespace}/{f.name}' for f in up.feature_views)}",
+        f"downstream of feature view user-activity: models={sorted(down.models)} "
+        f"deployments={sorted(d.environment for d in down.deployments)}",
+    ])

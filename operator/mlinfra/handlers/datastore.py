@@ -10,25 +10,14 @@ import kopf
 
 from mlinfra import metrics
 from mlinfra.config import Settings
-from mlinfra.handlers import startup
+from mlinfra.handlers import startup, statuswrite
 from mlinfra.stores import endpoints, observe, reconcile, status
 
 PLURAL = "datastores"
-OWNED = ("observedGeneration", "mode", "endpoint", "connectionSecret", "version", "members", "replication",
-         "capabilities", "conditions")
 
 
 def write_status(body: kopf.Body, patch: kopf.Patch, new: dict[str, Any]) -> bool:
-    """Put ``new`` into the patch when it differs from the stored status; False when nothing changed."""
-    old = dict(body.get("status") or {})
-    if not status.changed(old, new):
-        return False
-    for key in OWNED:
-        if key in new:
-            patch.status[key] = new[key]
-        elif old.get(key) is not None:
-            patch.status[key] = None
-    return True
+    return statuswrite.write_status(body, patch, new, status.OWNED)
 
 
 def _problem_status(body: Mapping[str, Any], problem: status.Problem) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import kopf
 from mlinfra import metrics
 from mlinfra.config import Settings
 from mlinfra.features import jobs, reconcile, status
-from mlinfra.handlers import startup
+from mlinfra.handlers import startup, statuswrite
 from mlinfra.stores import endpoints
 from mlinfra.stores.status import Problem, ProblemError
 
@@ -19,12 +19,7 @@ PLURAL = "featureviews"
 
 
 def write_status(body: kopf.Body, patch: kopf.Patch, new: dict[str, Any]) -> None:
-    old = dict(body.get("status") or {})
-    for key in status.OWNED:
-        if key in new and old.get(key) != new[key]:
-            patch.status[key] = new[key]
-        elif key not in new and old.get(key) is not None:
-            patch.status[key] = None
+    statuswrite.write_status(body, patch, new, status.OWNED)
 
 
 def _problem(body: Mapping[str, Any], problem: Problem) -> dict[str, Any]:

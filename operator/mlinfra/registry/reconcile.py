@@ -90,7 +90,8 @@ def postgres(info: connection.ConnectionInfo, database: str) -> Iterator[psycopg
 
 def neo4j_driver(info: connection.ConnectionInfo) -> neo4j.Driver:
     return neo4j.GraphDatabase.driver(info.uri, auth=(info.username, info.password), connection_timeout=5,
-                                      connection_acquisition_timeout=10, max_transaction_retry_time=5)
+                                      connection_acquisition_timeout=10, max_transaction_retry_time=5,
+                                      notifications_min_severity="OFF")
 
 
 def ensure_database(stores: Stores) -> None:

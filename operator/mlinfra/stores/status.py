@@ -15,7 +15,7 @@ from typing import Any, Literal
 import pydantic
 
 from mlinfra.engines import observation as obs
-from mlinfra.k8s import conditions
+from mlinfra.k8s import conditions, patches
 from mlinfra.k8s.conditions import Cond
 
 
@@ -204,11 +204,9 @@ def compute(facts: Facts, previous: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def changed(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
-    """Whether ``new`` differs from the stored status (fields we do not own are ignored)."""
-    prev = dict(previous or {})
-    return any(prev.get(k) != v for k, v in new.items()) or any(
-        k not in new and prev.get(k) is not None for k in _OWNED)
+    """Whether ``new`` differs from the stored status in any field this module owns."""
+    return bool(patches.status_patch(previous, new, OWNED))
 
 
-_OWNED = ("observedGeneration", "mode", "endpoint", "connectionSecret", "version", "members", "replication",
-          "capabilities", "conditions")
+OWNED = ("observedGeneration", "mode", "endpoint", "connectionSecret", "version", "members", "replication",
+         "capabilities", "conditions")
