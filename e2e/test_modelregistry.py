@@ -135,3 +135,45 @@ def test_downgrade_is_refused(control_plane: ControlPlane, operator: OperatorPro
     # Nothing was undone: the schema stays at the newest version.
     assert get_json(cp, "modelregistry", "pinned", "-n", namespace)["status"]["schemaVersion"] == \
         migrate.latest_version()
+
+
+def test_scheduled_lineage_sync_runs_as_a_cronjob(control_plane: ControlPlane, operator: OperatorProcess,
+                                                  postgres_cluster: PostgresCluster, neo4j_server: Neo4jServer,
+                                                  namespace: str, tmp_path: Any) -> None:
+    """With spec.lineageSync.schedule the operator owns a CronJob and only observes; the Job's command,
+    run as a process against the real stores, drains the outbox."""
+    import os
+    import subprocess
+    import sys
+
+    from mlinfra.registry import jobs
+
+    cp = control_plane
+    stores(cp, namespace, postgres_cluster, neo4j_server)
+    spec = registry(namespace, "cron", f"reg_{namespace[-6:]}")
+    spec["spec"]["lineageSync"]["schedule"] = "*/10 * * * *"
+    cp.apply([spec])
+    wait_for("Ready", lambda: mr_condition(cp, namespace, "cron", "Ready").get("status") == "True", 120)
+    st = get_json(cp, "modelregistry", "cron", "-n", namespace)["status"]
+    with psycopg.connect(secret_conn(cp, namespace, st["writerSecret"]), autocommit=True) as writer:
+        writer.execute("INSERT INTO registry.registered_models (name) VALUES ('scheduled')")
+    wait_for("an event pending", lambda: get_json(cp, "modelregistry", "cron", "-n", namespace)["status"]
+             .get("lineage", {}).get("pendingEvents", 0) >= 1, 60)
+
+    cron = get_json(cp, "cronjob", jobs.cronjob_name("cron"), "-n", namespace)
+    assert cron["spec"]["schedule"] == "*/10 * * * *"
+    container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["sync", "modelregistry", f"{namespace}/cron"]
+    env = {**os.environ, **{e["name"]: e["value"] for e in container["env"]}}
+    for mount, secret in ((jobs.METADATA_DIR, "meta-conn"), (jobs.LINEAGE_DIR, "graph-conn")):
+        directory = tmp_path / mount.rsplit("/", 1)[-1]
+        directory.mkdir()
+        for key, value in get_json(cp, "secret", secret, "-n", namespace)["data"].items():
+            (directory / key).write_bytes(base64.b64decode(value))
+        env[next(e["name"] for e in container["env"] if e["value"] == mount)] = str(directory)
+    env.pop("KUBECONFIG", None)
+    run = subprocess.run([sys.executable, "-m", "mlinfra", *container["args"]], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    wait_for("outbox drained by the Job's command", lambda: get_json(cp, "modelregistry", "cron", "-n", namespace)
+             ["status"]["lineage"]["pendingEvents"] == 0, 60)

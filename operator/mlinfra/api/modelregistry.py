@@ -44,6 +44,11 @@ class LineageSync(base.SpecModel):
 
     interval: common.Duration = pydantic.Field(default="30s", description="Time between sync passes.")
     batch_size: int = pydantic.Field(default=500, ge=1, le=10000, description="Events per transaction.")
+    schedule: common.CronSchedule | None = pydantic.Field(
+        default=None,
+        description="Run the sync as a CronJob on this schedule (`mlinfra sync modelregistry`) instead of "
+        "inside the operator every interval; for registries whose outbox is too busy for the operator.",
+    )
     max_lag: common.Duration = pydantic.Field(
         default="5m",
         description="LineageInSync turns False when the oldest pending outbox event is older than this.",

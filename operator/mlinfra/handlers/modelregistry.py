@@ -37,10 +37,12 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
     def sync_and_observe(body: kopf.Body, patch: kopf.Patch, memo: Any, force: bool) -> None:
         mr = reconcile.parse(body)
         stores = reconcile.resolve_stores(mr, emap)
-        interval = common.parse_duration((mr.spec.lineage_sync or api.LineageSync()).interval)
+        sync = mr.spec.lineage_sync or api.LineageSync()
+        interval = common.parse_duration(sync.interval)
         problem = stores.lineage_problem
         last = getattr(memo, "last_lineage_sync", 0.0)
-        if force or time.monotonic() - last >= interval.total_seconds():
+        # With a schedule the CronJob syncs; the operator only observes.
+        if sync.schedule is None and (force or time.monotonic() - last >= interval.total_seconds()):
             problem = reconcile.sync_lineage(mr, stores)
             memo.last_lineage_sync = time.monotonic()
         facts = reconcile.observe(mr, stores, problem)
@@ -57,7 +59,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         startup.touch()
         with metrics.reconciling("modelregistry"):
             try:
-                reconcile.reconcile(body, emap)
+                reconcile.reconcile(body, emap, settings.job_image)
                 sync_and_observe(body, patch, memo, force=True)
             except ProblemError as exc:
                 write_status(body, patch, _problem(body, exc.problem))

@@ -26,7 +26,7 @@ from mlinfra.api import modelregistry as api
 from mlinfra.engines import connection
 from mlinfra.engines import names as store_names
 from mlinfra.k8s import objects
-from mlinfra.registry import lineage, migrate, roles, status
+from mlinfra.registry import jobs, lineage, migrate, roles, status
 from mlinfra.registry import observe as observe_mod
 from mlinfra.stores import endpoints, refs
 from mlinfra.stores import reconcile as store_reconcile
@@ -131,7 +131,7 @@ class Applied:
     reader_secret: str
 
 
-def reconcile(body: Mapping[str, Any], emap: endpoints.EndpointMap) -> tuple[Applied, Stores]:
+def reconcile(body: Mapping[str, Any], emap: endpoints.EndpointMap, job_image: str) -> tuple[Applied, Stores]:
     mr = parse(body)
     stores = resolve_stores(mr, emap)
     ensure_database(stores)
@@ -141,6 +141,11 @@ def reconcile(body: Mapping[str, Any], emap: endpoints.EndpointMap) -> tuple[App
         version = migrate.apply(conn, mr.spec.schema_version)
         roles.ensure_roles(conn, stores.database, writer[0], writer[1], reader[0], reader[1])
     name = mr.metadata.name
+    cron = jobs.cronjob(mr, job_image, objects.owner_reference(body))
+    if cron is not None:
+        objects.apply(cron)
+    else:
+        objects.delete("CronJob", mr.metadata.namespace or "default", jobs.cronjob_name(name))
     return Applied(version, secret_name(name, "writer"), secret_name(name, "reader")), stores
 
 
