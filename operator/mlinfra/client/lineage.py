@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import tempfile
 from typing import Any, LiteralString
 
 import neo4j
 
 from mlinfra.client import connections
+from mlinfra.engines import connection
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -134,7 +134,7 @@ class Lineage:
             self.database = database
         else:
             info = connections.expect_engine(connections.resolve(graph), "neo4j", "lineage")
-            self.driver = self._stack.enter_context(open_driver(info, timeout, self._stack))
+            self.driver = open_driver(info, timeout, self._stack)
             self.database = database or info.database or None
 
     def upstream(self, model: str, version: int) -> Upstream:
@@ -184,18 +184,5 @@ class Lineage:
 
 
 def open_driver(info: connections.ConnectionInfo, timeout: float, stack: contextlib.ExitStack) -> neo4j.Driver:
-    """A Neo4j driver for a neo4j connection; a CA certificate goes through a private temporary file that
-    lives as long as ``stack``."""
-    # Queries name relationship types that may not exist yet (no EVALUATED_ON link so far): the server's
-    # "does not exist" notifications are expected, not worth a warning in the user's log.
-    options: dict[str, Any] = {"connection_timeout": timeout, "connection_acquisition_timeout": timeout,
-                               "notifications_min_severity": "OFF"}
-    if info.tls and info.ca_cert:
-        ca = stack.enter_context(tempfile.NamedTemporaryFile("w", suffix=".crt"))  # noqa: SIM115 - closed by stack
-        ca.write(info.ca_cert)
-        ca.flush()
-        uri = f"bolt://{info.endpoint}"
-        options.update(encrypted=True, trusted_certificates=neo4j.TrustCustomCAs(ca.name))
-    else:
-        uri = f"{'bolt+s' if info.tls else 'bolt'}://{info.endpoint}"
-    return neo4j.GraphDatabase.driver(uri, auth=(info.username or "neo4j", info.password), **options)
+    """A Neo4j driver for a neo4j connection, closed (with its CA file) when ``stack`` closes."""
+    return stack.enter_context(connection.neo4j_driver(info, timeout))

@@ -20,6 +20,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any, get_args
 from urllib import parse
 
+import neo4j
+
 from mlinfra.api import datastore
 
 Engine = datastore.Engine
@@ -234,3 +236,24 @@ def libpq_params(info: ConnectionInfo, connect_timeout: float, application_name:
             ca.flush()
             params.update(sslmode="verify-full", sslrootcert=ca.name)
         yield params
+
+
+@contextlib.contextmanager
+def neo4j_driver(info: ConnectionInfo, timeout: float, **options: Any) -> Iterator[neo4j.Driver]:
+    """A Neo4j driver (closed on exit). With TLS and a CA the server is verified against it (the CA goes
+    through a private temporary file); ``options`` are the driver's own settings."""
+    settings: dict[str, Any] = {"connection_timeout": timeout, "connection_acquisition_timeout": timeout,
+                                # Queries may name labels or relationship types that do not exist yet:
+                                # the server's notifications about it are expected, not warnings.
+                                "notifications_min_severity": "OFF", **options}
+    with contextlib.ExitStack() as stack:
+        if info.tls and info.ca_cert:
+            ca = stack.enter_context(tempfile.NamedTemporaryFile("w", suffix=".crt"))
+            ca.write(info.ca_cert)
+            ca.flush()
+            uri = f"bolt://{info.endpoint}"
+            settings.update(encrypted=True, trusted_certificates=neo4j.TrustCustomCAs(ca.name))
+        else:
+            uri = f"{'bolt+s' if info.tls else 'bolt'}://{info.endpoint}"
+        yield stack.enter_context(neo4j.GraphDatabase.driver(uri, auth=(info.username or "neo4j", info.password),
+                                                             **settings))

@@ -14,7 +14,6 @@ only talks to the server.
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -59,24 +58,8 @@ def probe(conn: connection.ConnectionInfo, timeout: float = 5.0) -> observation.
 
 @contextlib.contextmanager
 def _driver(conn: connection.ConnectionInfo, timeout: float) -> Iterator[neo4j_lib.Driver]:
-    options: dict[str, Any] = {
-        "connection_timeout": timeout,
-        "connection_acquisition_timeout": timeout,
-        # One attempt: a probe reports what it sees now; the observing timer is the retry loop.
-        "max_transaction_retry_time": 0,
-        "max_connection_pool_size": 1,
-    }
-    auth = (conn.username or "neo4j", conn.password)
-    with contextlib.ExitStack() as stack:
-        if conn.tls and conn.ca_cert:
-            ca = stack.enter_context(tempfile.NamedTemporaryFile("w", suffix=".crt"))
-            ca.write(conn.ca_cert)
-            ca.flush()
-            uri = f"bolt://{conn.endpoint}"
-            options.update(encrypted=True, trusted_certificates=neo4j_lib.TrustCustomCAs(ca.name))
-        else:
-            uri = f"{'bolt+s' if conn.tls else 'bolt'}://{conn.endpoint}"
-        driver = stack.enter_context(neo4j_lib.GraphDatabase.driver(uri, auth=auth, **options))
+    # One attempt: a probe reports what it sees now; the observing timer is the retry loop.
+    with connection.neo4j_driver(conn, timeout, max_transaction_retry_time=0, max_connection_pool_size=1) as driver:
         yield driver
 
 

@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import re
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ from mlinfra.api import modelregistry as api
 from mlinfra.engines import connection
 from mlinfra.engines import names as store_names
 from mlinfra.k8s import objects
-from mlinfra.registry import jobs, lineage, migrate, roles, status
+from mlinfra.registry import jobs, lineage, migrate, roles, status, sync_cli
 from mlinfra.registry import observe as observe_mod
 from mlinfra.stores import endpoints, refs
 from mlinfra.stores import reconcile as store_reconcile
@@ -79,19 +79,13 @@ def resolve_stores(mr: api.ModelRegistry, emap: endpoints.EndpointMap) -> Stores
     return Stores(metadata, published, database, lineage, problem)
 
 
-@contextlib.contextmanager
-def postgres(info: connection.ConnectionInfo, database: str) -> Iterator[psycopg.Connection[Any]]:
-    target = connection.ConnectionInfo(info.engine, info.host, info.port, info.username, info.password,
-                                       database, info.tls, info.ca_cert)
-    with connection.libpq_params(target, 10, "mlinfra-operator", autocommit=True) as params, \
-            psycopg.connect(**params) as conn:
-        yield conn
+def postgres(info: connection.ConnectionInfo,
+             database: str) -> contextlib.AbstractContextManager[psycopg.Connection[Any]]:
+    return sync_cli.postgres(info, database)
 
 
-def neo4j_driver(info: connection.ConnectionInfo) -> neo4j.Driver:
-    return neo4j.GraphDatabase.driver(info.uri, auth=(info.username, info.password), connection_timeout=5,
-                                      connection_acquisition_timeout=10, max_transaction_retry_time=5,
-                                      notifications_min_severity="OFF")
+def neo4j_driver(info: connection.ConnectionInfo) -> contextlib.AbstractContextManager[neo4j.Driver]:
+    return connection.neo4j_driver(info, 5, max_transaction_retry_time=5)
 
 
 def ensure_database(stores: Stores) -> None:

@@ -15,7 +15,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -91,18 +90,8 @@ def postgres(info: connection.ConnectionInfo, database: str | None) -> Iterator[
 @contextlib.contextmanager
 def neo4j_driver(info: connection.ConnectionInfo) -> Iterator[neo4j.Driver]:
     """A driver for the lineage store (TLS verified against ``ca.crt`` when given)."""
-    auth = (info.username or "neo4j", info.password)
-    with contextlib.ExitStack() as stack:
-        options: dict[str, Any] = {"connection_timeout": 10}
-        if info.tls and info.ca_cert:
-            ca = stack.enter_context(tempfile.NamedTemporaryFile("w", suffix=".crt"))
-            ca.write(info.ca_cert)
-            ca.flush()
-            options.update(encrypted=True, trusted_certificates=neo4j.TrustCustomCAs(ca.name))
-            uri = f"bolt://{info.endpoint}"
-        else:
-            uri = f"{'bolt+s' if info.tls else 'bolt'}://{info.endpoint}"
-        yield stack.enter_context(neo4j.GraphDatabase.driver(uri, auth=auth, **options))
+    with connection.neo4j_driver(info, 10) as driver:
+        yield driver
 
 
 def run(target: str, batch_size: int | None = None) -> int:
