@@ -105,7 +105,7 @@ def test_registry_schema_roles_and_lineage(control_plane: ControlPlane, operator
 
 
 @pytest.mark.parametrize(("spec", "reason"), [
-    ({"lineageStoreRef": {"name": "meta"}, "metadataStoreRef": {"name": "graph"}}, "WrongEngine"),
+    ({"lineageStoreRef": {"name": "meta-copy"}}, "WrongEngine"),  # a lineage store that is not neo4j
     ({"metadataStoreRef": {"name": "missing"}}, "StoreNotFound"),
     ({"schemaVersion": 999}, "InvalidSpec"),
 ])
@@ -114,7 +114,13 @@ def test_bad_registry_specs_say_what_to_fix(control_plane: ControlPlane, operato
                                             namespace: str, spec: dict[str, Any], reason: str) -> None:
     cp = control_plane
     stores(cp, namespace, postgres_cluster, neo4j_server)
-    cp.apply([registry(namespace, "bad", f"reg_{namespace[-6:]}", **spec)])
+    cp.apply([{"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore",
+               "metadata": {"name": "meta-copy", "namespace": namespace},
+               "spec": {"engine": "postgres", "external": {"endpoint": f"127.0.0.1:{postgres_cluster.primary.port}",
+                                                          "credentialsSecretRef": {"name": "pg-creds"}}}}])
+    body = registry(namespace, "bad", f"reg_{namespace[-6:]}")
+    body["spec"].update(spec)
+    cp.apply([body])
     wait_for(f"Ready=False {reason}", lambda: mr_condition(cp, namespace, "bad", "Ready").get("reason") == reason,
              90)
     assert mr_condition(cp, namespace, "bad", "Ready")["message"]
