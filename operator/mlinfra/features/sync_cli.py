@@ -28,30 +28,18 @@ import pydantic
 import yaml
 
 from mlinfra.api import featureview
-from mlinfra.engines import connection
 from mlinfra.features import connect, materialize
 from mlinfra.k8s import objects
-from mlinfra.stores import endpoints
-from mlinfra.stores import reconcile as stores
+from mlinfra.stores import jobconn
 
 OFFLINE_DIR_ENV = "MLINFRA_OFFLINE_CONN_DIR"
 ONLINE_DIR_ENV = "MLINFRA_ONLINE_CONN_DIR"
 PAUSE_ENV = "MLINFRA_SYNC_PAUSE_AFTER_BATCHES"
 SPEC_ENV = "MLINFRA_FEATUREVIEW_SPEC"  # the spec as JSON, set by the operator in the Job (features.jobs)
 
-EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
-
-
-class Unusable(Exception):
-    """The run cannot start: the message says what is missing."""
-
-
-def parse_target(target: str) -> tuple[str, str]:
-    """``NAMESPACE/NAME`` -> ``(namespace, name)``."""
-    namespace, sep, name = target.partition("/")
-    if not sep or not namespace or not name or "/" in name:
-        raise Unusable(f"expected NAMESPACE/NAME, got {target!r}")
-    return namespace, name
+EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = jobconn.EXIT_OK, jobconn.EXIT_FAILED, jobconn.EXIT_UNUSABLE
+Unusable = jobconn.Unusable
+parse_target = jobconn.parse_target
 
 
 def load_view(namespace: str, name: str, file: pathlib.Path | None = None) -> featureview.FeatureView:
@@ -74,28 +62,10 @@ def load_view(namespace: str, name: str, file: pathlib.Path | None = None) -> fe
         raise Unusable(f"FeatureView {namespace}/{name} is invalid: {exc.error_count()} errors: {exc}") from None
 
 
-def read_conn_dir(directory: pathlib.Path) -> connection.ConnectionInfo:
-    """A connection Secret mounted as a directory (one file per key; ``..data`` links are skipped)."""
-    data = {
-        path.name: path.read_bytes()
-        for path in directory.iterdir()
-        if not path.name.startswith(".") and path.is_file()
-    }
-    return connection.ConnectionInfo.from_secret_data(data)
+read_conn_dir = jobconn.read_conn_dir
 
 
-def resolve_connection(env: str, namespace: str, datastore: str) -> connection.ConnectionInfo:
-    """The store's connection: the mounted directory named by ``env``, else its published Secret."""
-    directory = os.environ.get(env)
-    if directory:
-        info = read_conn_dir(pathlib.Path(directory))
-    else:
-        found = stores.connection_from_secret(namespace, datastore)
-        if found is None:
-            raise Unusable(f"DataStore {namespace}/{datastore} has no connection Secret yet")
-        info = found
-    # Development only (off unless MLINFRA_ENDPOINT_MAP is set): a managed store served on this host.
-    return endpoints.resolve(info, namespace, datastore)
+resolve_connection = jobconn.resolve_connection
 
 
 def _pause_hook() -> materialize.BatchHook | None:

@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import pathlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,26 +25,15 @@ from mlinfra.api import modelregistry
 from mlinfra.engines import connection
 from mlinfra.k8s import objects
 from mlinfra.registry import lineage
-from mlinfra.stores import endpoints
-from mlinfra.stores import reconcile as stores
+from mlinfra.stores import jobconn
 
 METADATA_DIR_ENV = "MLINFRA_METADATA_CONN_DIR"
 LINEAGE_DIR_ENV = "MLINFRA_LINEAGE_CONN_DIR"
 SPEC_ENV = "MLINFRA_MODELREGISTRY_SPEC"
 
-EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
-
-
-class Unusable(Exception):
-    """The pass cannot start: the message says what is missing."""
-
-
-def parse_target(target: str) -> tuple[str, str]:
-    """``NAMESPACE/NAME`` -> ``(namespace, name)``."""
-    namespace, sep, name = target.partition("/")
-    if not sep or not namespace or not name or "/" in name:
-        raise Unusable(f"expected NAMESPACE/NAME, got {target!r}")
-    return namespace, name
+EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = jobconn.EXIT_OK, jobconn.EXIT_FAILED, jobconn.EXIT_UNUSABLE
+Unusable = jobconn.Unusable
+parse_target = jobconn.parse_target
 
 
 def load_spec(namespace: str, name: str) -> modelregistry.ModelRegistrySpec:
@@ -62,19 +50,7 @@ def load_spec(namespace: str, name: str) -> modelregistry.ModelRegistrySpec:
         raise Unusable(f"ModelRegistry {namespace}/{name} is invalid: {exc}") from None
 
 
-def resolve_connection(env: str, namespace: str, datastore: str) -> connection.ConnectionInfo:
-    """The mounted directory named by ``env`` (one file per key), else the DataStore's published Secret."""
-    directory = os.environ.get(env)
-    if directory:
-        data = {p.name: p.read_bytes() for p in pathlib.Path(directory).iterdir()
-                if not p.name.startswith(".") and p.is_file()}
-        info = connection.ConnectionInfo.from_secret_data(data)
-    else:
-        found = stores.connection_from_secret(namespace, datastore)
-        if found is None:
-            raise Unusable(f"DataStore {namespace}/{datastore} has no connection Secret yet")
-        info = found
-    return endpoints.resolve(info, namespace, datastore)
+resolve_connection = jobconn.resolve_connection
 
 
 @contextlib.contextmanager
