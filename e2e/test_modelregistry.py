@@ -75,8 +75,10 @@ def test_registry_schema_roles_and_lineage(control_plane: ControlPlane, operator
 
     # The outbox drains into the graph; status follows.
     def synced() -> bool:
+        # The counts first: until they show the new rows, "0 pending" may be an older observation.
         s = get_json(cp, "modelregistry", "models", "-n", namespace)["status"]
-        return s.get("lineage", {}).get("pendingEvents") == 0 and s.get("lineage", {}).get("nodes", 0) >= 3
+        return (s.get("counts", {}).get("registeredModels") == 3 and s.get("lineage", {}).get("pendingEvents") == 0
+                and s.get("lineage", {}).get("nodes", 0) >= 3)
 
     wait_for("outbox synced", synced, 90)
     st = get_json(cp, "modelregistry", "models", "-n", namespace)["status"]
@@ -101,7 +103,9 @@ def test_registry_schema_roles_and_lineage(control_plane: ControlPlane, operator
         neo4j_server.proc.signal(signal.SIGCONT)
     wait_for("LineageInSync=True again", lambda: mr_condition(cp, namespace, "models", "LineageInSync")
              .get("status") == "True", 120)
-    assert get_json(cp, "modelregistry", "models", "-n", namespace)["status"]["lineage"]["pendingEvents"] == 0
+    wait_for("the event written while Neo4j was down synced", lambda: get_json(
+        cp, "modelregistry", "models", "-n", namespace)["status"]["lineage"]["pendingEvents"] == 0
+        and get_json(cp, "modelregistry", "models", "-n", namespace)["status"]["counts"]["registeredModels"] == 4, 90)
 
 
 @pytest.mark.parametrize(("spec", "reason"), [
