@@ -1,0 +1,289 @@
+"""A VectorIndex's collection as code: the alias users query, the physical collection behind it, its settings.
+
+The alias ``spec.collection`` points at a physical collection ``<alias>-<hash>``, the hash covering the
+immutable settings (size, distance, datatype): a change of those gives a new name, so a rebuild never
+overwrites the live collection (:mod:`mlinfra.vectors.rebuild`). :func:`ensure` creates what is missing,
+updates mutable settings (HNSW, quantization) in place and reports what it changed (drift repair), reconciles
+payload indexes, and reports — never applies — an immutable change.
+
+Ownership: the payload indexes this operator created are recorded in the collection's metadata
+(:data:`OWNED_INDEXES_KEY`); only those are ever dropped.
+
+qdrant-client's local mode keeps vector parameters and metadata but neither HNSW, quantization nor payload
+indexes (it reports Qdrant's defaults). There the settings last applied, recorded in the metadata
+(:data:`APPLIED_KEY`), stand in for the observed ones: spec changes are applied and reported, but a change
+made by hand outside the operator is only visible against a real server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+from qdrant_client import QdrantClient
+from qdrant_client.http import models
+
+from mlinfra.api import vectorindex
+from mlinfra.engines import qdrant as qdrant_engine
+
+OWNED_INDEXES_KEY = "mlinfra.io/payload-indexes"
+APPLIED_KEY = "mlinfra.io/applied"
+IMMUTABLE_KEY = "mlinfra.io/immutable"
+
+DISTANCES = {
+    "Cosine": models.Distance.COSINE,
+    "Euclid": models.Distance.EUCLID,
+    "Dot": models.Distance.DOT,
+    "Manhattan": models.Distance.MANHATTAN,
+}
+DATATYPES = {"float32": models.Datatype.FLOAT32, "float16": models.Datatype.FLOAT16, "uint8": models.Datatype.UINT8}
+INDEX_TYPES = {
+    "keyword": models.PayloadSchemaType.KEYWORD,
+    "integer": models.PayloadSchemaType.INTEGER,
+    "float": models.PayloadSchemaType.FLOAT,
+    "bool": models.PayloadSchemaType.BOOL,
+    "geo": models.PayloadSchemaType.GEO,
+    "datetime": models.PayloadSchemaType.DATETIME,
+    "text": models.PayloadSchemaType.TEXT,
+    "uuid": models.PayloadSchemaType.UUID,
+}
+
+
+class CollectionError(Exception):
+    """The collection cannot be managed as asked (e.g. a plain collection already carries the alias's name)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """What :func:`ensure` found and did."""
+
+    alias: str
+    collection: str  # the physical collection the alias points at after ensure
+    target: str  # the physical collection the spec asks for (differs from collection when a rebuild is due)
+    created: bool = False
+    changes: tuple[str, ...] = ()  # mutable settings changed in place, e.g. "hnsw.m: 8 -> 16"
+    indexes_created: tuple[str, ...] = ()
+    indexes_dropped: tuple[str, ...] = ()
+    index_conflicts: tuple[str, ...] = ()  # spec'd fields a foreign index of another type already holds
+    rebuild_reasons: tuple[str, ...] = ()  # immutable differences, e.g. "vectors.size: 3 -> 4"
+
+    @property
+    def rebuild_needed(self) -> bool:
+        return bool(self.rebuild_reasons)
+
+
+# --- pure: names and desired settings -------------------------------------------------------------------
+
+
+def immutable_settings(spec: vectorindex.VectorIndexSpec) -> dict[str, Any]:
+    return {"size": spec.vectors.size, "distance": spec.vectors.distance, "datatype": spec.vectors.datatype}
+
+
+def physical_name(spec: vectorindex.VectorIndexSpec) -> str:
+    """``<alias>-<8 hex digits of the immutable settings' hash>``."""
+    digest = hashlib.sha256(json.dumps(immutable_settings(spec), sort_keys=True).encode()).hexdigest()
+    return f"{spec.collection}-{digest[:8]}"
+
+
+def desired_hnsw(spec: vectorindex.VectorIndexSpec) -> dict[str, int]:
+    """The HNSW fields the spec sets (omitted ones are Qdrant's business)."""
+    if spec.hnsw is None:
+        return {}
+    values = {"m": spec.hnsw.m, "ef_construct": spec.hnsw.ef_construct}
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def desired_quantization(spec: vectorindex.VectorIndexSpec) -> dict[str, Any] | None:
+    q = spec.quantization
+    if q is None:
+        return None
+    return {"type": q.type, "quantile": q.quantile, "compression": q.compression, "always_ram": q.always_ram}
+
+
+def quantization_config(
+    desired: dict[str, Any] | None,
+) -> models.ScalarQuantization | models.ProductQuantization | models.BinaryQuantization | None:
+    if desired is None:
+        return None
+    if desired["type"] == "scalar":
+        return models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
+            type=models.ScalarType.INT8, quantile=desired["quantile"], always_ram=desired["always_ram"]))
+    if desired["type"] == "product":
+        return models.ProductQuantization(product=models.ProductQuantizationConfig(
+            compression=models.CompressionRatio(desired["compression"]), always_ram=desired["always_ram"]))
+    return models.BinaryQuantization(binary=models.BinaryQuantizationConfig(always_ram=desired["always_ram"]))
+
+
+def observed_quantization(config: Any) -> dict[str, Any] | None:
+    """A server's quantization config in the spec's terms (None: no quantization)."""
+    if isinstance(config, models.ScalarQuantization):
+        return {"type": "scalar", "quantile": config.scalar.quantile, "compression": None,
+                "always_ram": config.scalar.always_ram}
+    if isinstance(config, models.ProductQuantization):
+        return {"type": "product", "quantile": None, "compression": str(config.product.compression.value),
+                "always_ram": config.product.always_ram}
+    if isinstance(config, models.BinaryQuantization):
+        return {"type": "binary", "quantile": None, "compression": None, "always_ram": config.binary.always_ram}
+    return None
+
+
+def hnsw_changes(desired: dict[str, int], observed: dict[str, Any]) -> list[str]:
+    return [f"hnsw.{key}: {observed.get(key)} -> {value}" for key, value in sorted(desired.items())
+            if observed.get(key) != value]
+
+
+def quantization_changes(desired: dict[str, Any] | None, observed: dict[str, Any] | None) -> list[str]:
+    if desired is None:
+        return [] if observed is None else [f"quantization: {observed['type']} -> none"]
+    if observed is None:
+        return [f"quantization: none -> {desired['type']}"]
+    # Fields the spec leaves out are Qdrant's defaults: not compared.
+    return [f"quantization.{key}: {observed.get(key)} -> {value}" for key, value in desired.items()
+            if value is not None and observed.get(key) != value]
+
+
+def immutable_reasons(spec: vectorindex.VectorIndexSpec, params: models.VectorParams | Any) -> list[str]:
+    """Differences between the spec and a collection's vector parameters that only a rebuild can apply."""
+    if not isinstance(params, models.VectorParams):
+        return ["vectors: the collection has named or no vectors; expected one unnamed vector"]
+    reasons = []
+    if params.size != spec.vectors.size:
+        reasons.append(f"vectors.size: {params.size} -> {spec.vectors.size}")
+    if params.distance != DISTANCES[spec.vectors.distance]:
+        reasons.append(f"vectors.distance: {params.distance.value} -> {spec.vectors.distance}")
+    datatype = params.datatype.value if params.datatype is not None else "float32"
+    if datatype != spec.vectors.datatype:
+        reasons.append(f"vectors.datatype: {datatype} -> {spec.vectors.datatype}")
+    return reasons
+
+
+# --- I/O ---------------------------------------------------------------------------------------------------
+
+
+def alias_target(client: QdrantClient, alias: str) -> str | None:
+    """The collection ``alias`` points at, or None."""
+    for description in client.get_aliases().aliases:
+        if description.alias_name == alias:
+            return str(description.collection_name)
+    return None
+
+
+def create(client: QdrantClient, spec: vectorindex.VectorIndexSpec, name: str) -> None:
+    """Create the physical collection ``name`` with all of the spec's settings (no alias, no indexes)."""
+    hnsw = desired_hnsw(spec)
+    quantization = desired_quantization(spec)
+    client.create_collection(
+        name,
+        vectors_config=models.VectorParams(
+            size=spec.vectors.size,
+            distance=DISTANCES[spec.vectors.distance],
+            datatype=DATATYPES[spec.vectors.datatype],
+            on_disk=spec.vectors.on_disk,
+        ),
+        hnsw_config=models.HnswConfigDiff(**hnsw) if hnsw else None,
+        quantization_config=quantization_config(quantization),
+        shard_number=spec.shards,
+        replication_factor=spec.replication_factor,
+        metadata={APPLIED_KEY: {"hnsw": hnsw, "quantization": quantization},
+                  IMMUTABLE_KEY: immutable_settings(spec), OWNED_INDEXES_KEY: {}},
+    )
+
+
+def point_alias(client: QdrantClient, alias: str, collection: str, previous: str | None) -> None:
+    """Point ``alias`` at ``collection`` in one atomic change (dropping it from ``previous`` first)."""
+    operations: list[Any] = []
+    if previous is not None:
+        operations.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)))
+    operations.append(models.CreateAliasOperation(
+        create_alias=models.CreateAlias(collection_name=collection, alias_name=alias)))
+    client.update_collection_aliases(change_aliases_operations=operations)
+
+
+def ensure(client: QdrantClient, spec: vectorindex.VectorIndexSpec) -> Result:
+    """Make the alias, its collection and the mutable settings match ``spec``; report an immutable change."""
+    alias, target = spec.collection, physical_name(spec)
+    current = alias_target(client, alias)
+    created = False
+    if current is None:
+        if client.collection_exists(alias):
+            raise CollectionError(f"a collection named {alias!r} exists and is not an alias: the operator "
+                                  "does not adopt it; rename it or choose another spec.collection")
+        if not client.collection_exists(target):  # else: created by a run that stopped before the alias
+            create(client, spec, target)
+            created = True
+        point_alias(client, alias, target, None)
+        current = target
+    info = client.get_collection(current)
+    reasons = immutable_reasons(spec, info.config.params.vectors)
+    changes = _apply_mutable(client, spec, current, info)
+    made, dropped, conflicts = reconcile_indexes(client, spec, current, info)
+    return Result(alias=alias, collection=current, target=target, created=created, changes=tuple(changes),
+                  indexes_created=made, indexes_dropped=dropped, index_conflicts=conflicts,
+                  rebuild_reasons=tuple(reasons))
+
+
+def _metadata(info: models.CollectionInfo) -> dict[str, Any]:
+    return dict(info.config.metadata or {})
+
+
+def _apply_mutable(client: QdrantClient, spec: vectorindex.VectorIndexSpec, name: str,
+                   info: models.CollectionInfo) -> list[str]:
+    hnsw, quantization = desired_hnsw(spec), desired_quantization(spec)
+    if qdrant_engine.is_local_mode(client):
+        applied = _metadata(info).get(APPLIED_KEY) or {}
+        observed_hnsw, observed_q = applied.get("hnsw") or {}, applied.get("quantization")
+    else:
+        observed_hnsw = info.config.hnsw_config.model_dump()
+        observed_q = observed_quantization(info.config.quantization_config)
+    hnsw_diff = hnsw_changes(hnsw, observed_hnsw)
+    q_diff = quantization_changes(quantization, observed_q)
+    if not hnsw_diff and not q_diff:
+        return []
+    q_config: Any = None
+    if q_diff:
+        q_config = quantization_config(quantization) if quantization is not None else models.Disabled.DISABLED
+    client.update_collection(
+        name,
+        hnsw_config=models.HnswConfigDiff(**hnsw) if hnsw_diff else None,
+        quantization_config=q_config,
+        metadata={APPLIED_KEY: {"hnsw": hnsw, "quantization": quantization}},
+    )
+    return hnsw_diff + q_diff
+
+
+def reconcile_indexes(client: QdrantClient, spec: vectorindex.VectorIndexSpec, name: str,
+                      info: models.CollectionInfo) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """Create the spec's missing payload indexes, drop owned ones the spec no longer lists.
+
+    Returns ``(created, dropped, conflicts)``; a conflict is a spec'd field that a foreign index of another
+    type holds: left alone, never dropped.
+    """
+    desired = {index.field: index.type for index in spec.payload_indexes or ()}
+    owned: dict[str, str] = dict(_metadata(info).get(OWNED_INDEXES_KEY) or {})
+    if qdrant_engine.is_local_mode(client):
+        observed = dict(owned)  # local mode keeps no payload indexes: what we created stands for them
+    else:
+        observed = {field: str(getattr(schema.data_type, "value", schema.data_type))
+                    for field, schema in (info.payload_schema or {}).items()}
+    created, dropped, conflicts = [], [], []
+    for field in sorted(owned.keys() - desired.keys()):
+        if field in observed:
+            client.delete_payload_index(name, field, wait=True)
+        del owned[field]
+        dropped.append(field)
+    for field, kind in sorted(desired.items()):
+        if observed.get(field) == kind:
+            continue
+        if field in observed and field not in owned:
+            conflicts.append(f"{field}: a {observed[field]} index not created by the operator")
+            continue
+        if field in observed:
+            client.delete_payload_index(name, field, wait=True)
+        client.create_payload_index(name, field, INDEX_TYPES[kind], wait=True)
+        owned[field] = kind
+        created.append(field)
+    if created or dropped:
+        client.update_collection(name, metadata={OWNED_INDEXES_KEY: owned})
+    return tuple(created), tuple(dropped), tuple(conflicts)

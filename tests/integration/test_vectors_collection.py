@@ -1,0 +1,108 @@
+"""vectors.collection against Qdrant: local mode here, a real server when QDRANT_URL is set (recorded per test
+as the ``qdrant`` property: ``real-server`` or ``local-mode``)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import pytest
+from qdrant_client import QdrantClient, models
+
+from mlinfra.api import vectorindex
+from mlinfra.devenv import qdrant as devenv_qdrant
+from mlinfra.vectors import collection
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant")]
+
+
+@pytest.fixture(autouse=True)
+def _which_qdrant(record_property: Any) -> None:
+    which = "real-server" if devenv_qdrant.is_real_server() else "local-mode"
+    record_property("qdrant", which)
+    print(f"qdrant: {which}")
+
+
+def spec(**overrides: Any) -> vectorindex.VectorIndexSpec:
+    body: dict[str, Any] = {"storeRef": {"name": "qdrant"}, "collection": "docs",
+                            "vectors": {"size": 4, "distance": "Cosine"}}
+    body.update(overrides)
+    return vectorindex.VectorIndexSpec.model_validate(body)
+
+
+def test_create_points_the_alias_at_a_hashed_physical_collection(qdrant: QdrantClient) -> None:
+    s = spec(hnsw={"m": 8}, payloadIndexes=[{"field": "lang", "type": "keyword"}])
+    result = collection.ensure(qdrant, s)
+    assert result.created and not result.rebuild_needed
+    assert result.collection == collection.physical_name(s) and result.collection.startswith("docs-")
+    assert collection.alias_target(qdrant, "docs") == result.collection
+    assert result.indexes_created == ("lang",)
+    params = qdrant.get_collection("docs").config.params.vectors
+    assert isinstance(params, models.VectorParams)
+    assert (params.size, params.distance) == (4, models.Distance.COSINE)
+    again = collection.ensure(qdrant, s)
+    assert (again.created, again.changes, again.indexes_created, again.indexes_dropped) == (False, (), (), ())
+
+
+def test_mutable_change_is_applied_in_place_and_reported(qdrant: QdrantClient) -> None:
+    first = collection.ensure(qdrant, spec(hnsw={"m": 8}))
+    result = collection.ensure(qdrant, spec(hnsw={"m": 16, "efConstruct": 200},
+                                            quantization={"type": "scalar", "quantile": 0.99}))
+    assert result.collection == first.collection and not result.created
+    assert "hnsw.m: 8 -> 16" in result.changes
+    assert "quantization: none -> scalar" in result.changes
+    assert collection.ensure(qdrant, spec(hnsw={"m": 16, "efConstruct": 200},
+                                          quantization={"type": "scalar", "quantile": 0.99})).changes == ()
+    removed = collection.ensure(qdrant, spec(hnsw={"m": 16, "efConstruct": 200}))
+    assert removed.changes == ("quantization: scalar -> none",)
+
+
+def test_drift_made_by_hand_is_repaired(qdrant: QdrantClient) -> None:
+    if not devenv_qdrant.is_real_server():
+        pytest.skip("local mode keeps no HNSW settings: a change by hand is not observable (set QDRANT_URL)")
+    s = spec(hnsw={"m": 8})
+    name = collection.ensure(qdrant, s).collection
+    qdrant.update_collection(name, hnsw_config=models.HnswConfigDiff(m=32))
+    result = collection.ensure(qdrant, s)
+    assert result.changes == ("hnsw.m: 32 -> 8",)
+    assert qdrant.get_collection(name).config.hnsw_config.m == 8
+
+
+def test_immutable_change_is_reported_not_applied(qdrant: QdrantClient) -> None:
+    before = collection.ensure(qdrant, spec())
+    result = collection.ensure(qdrant, spec(vectors={"size": 8, "distance": "Dot"}))
+    assert result.rebuild_needed and result.collection == before.collection != result.target
+    assert result.rebuild_reasons == ("vectors.size: 4 -> 8", "vectors.distance: Cosine -> Dot")
+    assert collection.alias_target(qdrant, "docs") == before.collection
+    assert not qdrant.collection_exists(result.target)
+
+
+def test_payload_index_reconcile_never_drops_a_foreign_index(qdrant: QdrantClient) -> None:
+    name = collection.ensure(qdrant, spec(payloadIndexes=[{"field": "lang", "type": "keyword"},
+                                                          {"field": "year", "type": "integer"}])).collection
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qdrant.create_payload_index(name, "team", models.PayloadSchemaType.KEYWORD, wait=True)  # by hand
+    deleted: list[str] = []
+    original = qdrant.delete_payload_index
+
+    def spy(collection_name: str, field_name: str, **kwargs: Any) -> Any:
+        deleted.append(field_name)
+        return original(collection_name, field_name, **kwargs)
+
+    qdrant.delete_payload_index = spy  # type: ignore[method-assign]
+    result = collection.ensure(qdrant, spec(payloadIndexes=[{"field": "lang", "type": "keyword"}]))
+    assert result.indexes_dropped == ("year",) and result.indexes_created == ()
+    assert "team" not in deleted
+    result = collection.ensure(qdrant, spec())
+    assert result.indexes_dropped == ("lang",)
+    assert "team" not in deleted
+    if devenv_qdrant.is_real_server():
+        assert set(qdrant.get_collection(name).payload_schema) == {"team"}
+
+
+def test_a_plain_collection_with_the_alias_name_is_not_adopted(qdrant: QdrantClient) -> None:
+    qdrant.create_collection("docs", vectors_config=models.VectorParams(size=4, distance=models.Distance.COSINE))
+    with pytest.raises(collection.CollectionError, match="not an alias"):
+        collection.ensure(qdrant, spec())
