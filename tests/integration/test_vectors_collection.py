@@ -11,7 +11,7 @@ from qdrant_client import QdrantClient, models
 
 from mlinfra.api import vectorindex
 from mlinfra.devenv import qdrant as devenv_qdrant
-from mlinfra.vectors import collection
+from mlinfra.vectors import collection, rebuild
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant")]
@@ -106,3 +106,51 @@ def test_a_plain_collection_with_the_alias_name_is_not_adopted(qdrant: QdrantCli
     qdrant.create_collection("docs", vectors_config=models.VectorParams(size=4, distance=models.Distance.COSINE))
     with pytest.raises(collection.CollectionError, match="not an alias"):
         collection.ensure(qdrant, spec())
+
+
+def _fill(client: QdrantClient, count: int, size: int) -> Any:
+    def backfill(name: str) -> int:
+        client.upsert(name, points=[models.PointStruct(id=i, vector=[float(i + 1)] * size, payload={"i": i})
+                                    for i in range(count)], wait=True)
+        return count
+    return backfill
+
+
+def test_rebuild_swaps_the_alias_after_verification_and_keeps_the_previous(qdrant: QdrantClient) -> None:
+    old = collection.ensure(qdrant, spec()).collection
+    _fill(qdrant, 3, 4)(old)
+    new_spec = spec(vectors={"size": 8, "distance": "Dot"}, payloadIndexes=[{"field": "i", "type": "integer"}])
+    seen: list[str | None] = []
+
+    def backfill(name: str) -> int:
+        seen.append(collection.alias_target(qdrant, "docs"))  # still the old one while filling
+        return int(_fill(qdrant, 5, 8)(name))
+
+    result = rebuild.rebuild(qdrant, new_spec, backfill, expected_count=5)
+    assert seen == [old]
+    assert (result.previous, result.active, result.points) == (old, collection.physical_name(new_spec), 5)
+    assert collection.alias_target(qdrant, "docs") == result.active
+    assert qdrant.count("docs", exact=True).count == 5
+    assert qdrant.count(old, exact=True).count == 3  # kept for rollback
+    after = collection.ensure(qdrant, new_spec)
+    assert not after.rebuild_needed and after.collection == result.active and after.indexes_created == ()
+
+
+@pytest.mark.parametrize("failure", ["raises", "short"])
+def test_failed_backfill_keeps_the_old_alias(qdrant: QdrantClient, failure: str) -> None:
+    old = collection.ensure(qdrant, spec()).collection
+    new_spec = spec(vectors={"size": 8, "distance": "Cosine"})
+
+    def backfill(name: str) -> int:
+        _fill(qdrant, 2, 8)(name)
+        if failure == "raises":
+            raise RuntimeError("source went away")
+        return 2
+
+    with pytest.raises(rebuild.BackfillFailed, match="alias 'docs' left on") as info:
+        rebuild.rebuild(qdrant, new_spec, backfill, expected_count=4)
+    assert info.value.reason == "BackfillFailed"
+    assert collection.alias_target(qdrant, "docs") == old
+    # A retry starts from an empty collection and succeeds.
+    result = rebuild.rebuild(qdrant, new_spec, _fill(qdrant, 4, 8), expected_count=4)
+    assert result.previous == old and qdrant.count("docs", exact=True).count == 4
