@@ -38,11 +38,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
             try:
                 applied = reconcile.reconcile(body)
             except reconcile.StoreProblem as exc:
-                write_status(body, patch, _problem_status(body, exc.problem))
-                kopf.warn(body, reason=exc.problem.reason, message=exc.problem.message)
-                if exc.problem.stalled:
-                    raise kopf.PermanentError(exc.problem.message) from None
-                raise kopf.TemporaryError(exc.problem.message, delay=30) from None
+                statuswrite.fail(body, patch, exc.problem, _problem_status(body, exc.problem), status.OWNED, 30)
             ds = reconcile.parse(body)
             new = status.compute(observe.facts(body, ds, applied, emap, settings.probe_timeout), body.get("status"))
             write_status(body, patch, new)

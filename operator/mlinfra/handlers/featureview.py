@@ -54,11 +54,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
                 applied = reconcile.reconcile(body, settings.job_image, emap)
                 observe_into(body, patch, applied)
             except ProblemError as exc:
-                write_status(body, patch, _problem(body, exc.problem))
-                kopf.warn(body, reason=exc.problem.reason, message=exc.problem.message)
-                if exc.problem.stalled:
-                    raise kopf.PermanentError(exc.problem.message) from None
-                raise kopf.TemporaryError(exc.problem.message, delay=15) from None
+                statuswrite.fail(body, patch, exc.problem, _problem(body, exc.problem), status.OWNED, 15)
 
     @kopf.on.field(*res, field=("metadata", "annotations", jobs.SYNC_REQUESTED_ANNOTATION), registry=registry)
     def sync_now(body: kopf.Body, new: Any, logger: kopf.Logger, **_: Any) -> None:

@@ -62,11 +62,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
                 reconcile.reconcile(body, emap, settings.job_image)
                 sync_and_observe(body, patch, memo, force=True)
             except ProblemError as exc:
-                write_status(body, patch, _problem(body, exc.problem))
-                kopf.warn(body, reason=exc.problem.reason, message=exc.problem.message)
-                if exc.problem.stalled:
-                    raise kopf.PermanentError(exc.problem.message) from None
-                raise kopf.TemporaryError(exc.problem.message, delay=15) from None
+                statuswrite.fail(body, patch, exc.problem, _problem(body, exc.problem), status.OWNED, 15)
 
     @kopf.timer(*res, interval=settings.observe_interval, initial_delay=settings.observe_interval,
                 registry=registry)

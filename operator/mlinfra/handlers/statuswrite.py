@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NoReturn
 
 import kopf
 
 from mlinfra.k8s import patches
+from mlinfra.stores.status import Problem
 
 
 def write_status(body: kopf.Body, patch: kopf.Patch, new: dict[str, Any], owned: Iterable[str]) -> bool:
@@ -16,3 +17,14 @@ def write_status(body: kopf.Body, patch: kopf.Patch, new: dict[str, Any], owned:
     for key, value in diff.items():
         patch.status[key] = value
     return bool(diff)
+
+
+def fail(body: kopf.Body, patch: kopf.Patch, problem: Problem, problem_status: dict[str, Any],
+         owned: Iterable[str], retry_delay: float) -> NoReturn:
+    """Report ``problem`` (status, a Warning event) and end the handler the way Kopf should treat it:
+    a spec only the user can fix is not retried; anything else is retried after ``retry_delay``."""
+    write_status(body, patch, problem_status, owned)
+    kopf.warn(body, reason=problem.reason, message=problem.message)
+    if problem.stalled:
+        raise kopf.PermanentError(problem.message)
+    raise kopf.TemporaryError(problem.message, delay=retry_delay)
