@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 import mlinfra
-from mlinfra import crdgen
+from mlinfra import apidocs, crdgen
 from mlinfra.devenv import cli as devenv_cli
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="mlinfra-operator command line.")
@@ -36,7 +36,7 @@ def crds(
     """Generate the CRDs from the API models into crds/ and charts/mlinfra-operator/crds/."""
     base = root or crdgen.repo_root()
     if check:
-        stale = crdgen.stale(base)
+        stale = crdgen.stale(base) + ([base / apidocs.PATH] if apidocs.stale(base) else [])
         if stale:
             names = ", ".join(str(path.relative_to(base)) for path in stale)
             typer.echo(f"stale CRD files (run `mlinfra crds` and commit them): {names}", err=True)
@@ -45,6 +45,8 @@ def crds(
         return
     for path in crdgen.write(base):
         typer.echo(f"wrote {path.relative_to(base)}")
+    if apidocs.write(base):
+        typer.echo(f"wrote {apidocs.PATH}")
 
 
 @app.command()

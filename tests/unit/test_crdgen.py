@@ -13,7 +13,7 @@ import pytest
 import yaml
 from typer import testing
 
-from mlinfra import api, cli, crdgen
+from mlinfra import api, apidocs, cli, crdgen
 from mlinfra.api import base
 
 pytestmark = pytest.mark.unit
@@ -192,6 +192,9 @@ def checkout(tmp_path: pathlib.Path) -> pathlib.Path:
     """A copy of the committed CRD directories."""
     for directory in crdgen.TARGET_DIRS:
         shutil.copytree(ROOT / directory, tmp_path / directory)
+    # The API reference is generated and checked with the CRDs.
+    (tmp_path / apidocs.PATH).parent.mkdir(parents=True)
+    shutil.copy(ROOT / apidocs.PATH, tmp_path / apidocs.PATH)
     return tmp_path
 
 

@@ -15,6 +15,7 @@ ALLOWED: dict[str, set[str]] = {
     "engines": {"api"},
     "k8s": {"api"},
     "crdgen": {"api"},
+    "apidocs": {"api", "crdgen"},
     "stores": {"api", "engines", "k8s"},
     "features": {"api", "engines", "k8s", "stores", "config", "metrics"},
     "registry": {"api", "engines", "k8s", "stores", "config", "metrics"},
