@@ -88,11 +88,20 @@ def outbox(conn: psycopg.Connection[Any]) -> list[str]:
     return [row[0] for row in conn.execute("SELECT event_type FROM registry.outbox ORDER BY id").fetchall()]
 
 
-def test_scripted_history_rows_audit_log_and_outbox(postgres_cluster: PostgresCluster,
-                                                   database: tuple[str, connection.ConnectionInfo]) -> None:
-    name, writer = database
+@pytest.fixture(scope="module")
+def history(database: tuple[str, connection.ConnectionInfo]) -> dict[str, Any]:
+    """The scripted history, written once per module: every test that reads it can also run alone."""
+    _, writer = database
     with registry.Registry(writer.to_secret_data()) as reg:
-        made = script(reg)
+        return script(reg)
+
+
+def test_scripted_history_rows_audit_log_and_outbox(postgres_cluster: PostgresCluster,
+                                                   database: tuple[str, connection.ConnectionInfo],
+                                                   history: dict[str, Any]) -> None:
+    name, writer = database
+    made = history
+    with registry.Registry(writer.to_secret_data()) as reg:
         assert made["v1"].version == 1 and made["v1"].aliases == ("candidate",)
         assert made["v2"].version == 2 and made["v2"].stage == "none"
         assert made["champion"].stage == "production" and made["champion"].aliases == ("champion",)
@@ -188,8 +197,9 @@ def test_refused_calls_write_nothing(postgres_cluster: PostgresCluster,
 
 
 def test_lineage_queries_after_the_sync(postgres_cluster: PostgresCluster, neo4j_server: Neo4jServer,
-                                        database: tuple[str, connection.ConnectionInfo]) -> None:
-    """Runs after the scripted history (same module database): sync the outbox, then ask the graph."""
+                                        database: tuple[str, connection.ConnectionInfo],
+                                        history: dict[str, Any]) -> None:
+    """The scripted history synced from the outbox into the graph, then asked."""
     name, _ = database
     with neo4j_server.driver() as driver:
         driver.execute_query("MATCH (n) DETACH DELETE n")
