@@ -36,6 +36,15 @@ REGISTRY_LINEAGE_LAG = Gauge("mlinfra_modelregistry_lineage_lag_seconds",
                              ["namespace", "name"])
 
 
+VECTORINDEX_POINTS = Gauge("mlinfra_vectorindex_points", "Points in the collection the alias points at.",
+                           ["namespace", "name"])
+VECTORINDEX_SYNC_LAG = Gauge("mlinfra_vectorindex_sync_lag_seconds",
+                             "Newest source change time minus the newest one indexed (0 when caught up).",
+                             ["namespace", "name"])
+VECTORINDEX_ROWS_BEHIND = Gauge("mlinfra_vectorindex_rows_behind", "Source rows changed since the last sync.",
+                                ["namespace", "name"])
+
+
 @contextmanager
 def reconciling(controller: str) -> Iterator[None]:
     """Count and time one reconciliation; an exception counts as an error (and is re-raised)."""
@@ -84,6 +93,13 @@ def forget_featureview(namespace: str, name: str) -> None:
 
 def forget_registry(namespace: str, name: str) -> None:
     for gauge in (REGISTRY_PENDING_EVENTS, REGISTRY_LINEAGE_LAG):
+        for labels in list(gauge._metrics):
+            if labels == (namespace, name):
+                gauge.remove(*labels)
+
+
+def forget_vectorindex(namespace: str, name: str) -> None:
+    for gauge in (VECTORINDEX_POINTS, VECTORINDEX_SYNC_LAG, VECTORINDEX_ROWS_BEHIND):
         for labels in list(gauge._metrics):
             if labels == (namespace, name):
                 gauge.remove(*labels)
