@@ -84,6 +84,21 @@ class Quantization(base.SpecModel):
         return self
 
 
+class Optimizers(base.SpecModel):
+    """Segment optimizer thresholds; changed in place. Qdrant's defaults apply to omitted fields."""
+
+    indexing_threshold: int | None = pydantic.Field(
+        default=None, ge=0, le=1_000_000_000,
+        description="Kilobytes of vectors per segment before an HNSW index is built; 0 disables indexing.",
+    )
+    memmap_threshold: int | None = pydantic.Field(
+        default=None, ge=0, le=1_000_000_000, description="Kilobytes per segment before it is memory-mapped."
+    )
+    default_segment_number: int | None = pydantic.Field(
+        default=None, ge=0, le=64, description="Target number of segments; 0 lets Qdrant choose."
+    )
+
+
 class PayloadIndex(base.SpecModel):
     """An index on one payload field; only indexes the operator created are ever dropped."""
 
@@ -121,6 +136,11 @@ class IndexSync(base.SpecModel):
     schedule: common.CronSchedule = pydantic.Field(description="When to run, e.g. '*/10 * * * *'.")
     batch_size: int = pydantic.Field(default=500, ge=1, le=10000, description="Points per upsert batch.")
     suspend: bool = pydantic.Field(default=False, description="Pause scheduled runs.")
+    max_lag: common.Duration | None = pydantic.Field(
+        default=None,
+        description="Index lag SLO: Synced is False (reason LagExceeded) while the collection is further behind "
+        "its source table than this, e.g. '30m'. Omitted: any lag only reports Behind.",
+    )
 
 
 SYNC_NEEDS_SOURCE = base.Cel(
@@ -145,15 +165,24 @@ class VectorIndexSpec(base.SpecModel):
     vectors: Vectors = pydantic.Field(description="Vector parameters.")
     hnsw: Hnsw | None = pydantic.Field(default=None, description="HNSW parameters.")
     quantization: Quantization | None = pydantic.Field(default=None, description="Quantization; none when omitted.")
+    optimizers: Optimizers | None = pydantic.Field(default=None, description="Optimizer thresholds.")
     shards: int | None = pydantic.Field(default=None, ge=1, le=64, description="Shards; Qdrant's default when omitted.")
     replication_factor: int | None = pydantic.Field(
         default=None, ge=1, le=10, description="Copies of each shard; Qdrant's default when omitted."
+    )
+    on_disk_payload: bool | None = pydantic.Field(
+        default=None, description="Keep payloads on disk (read on demand); Qdrant's default when omitted."
     )
     payload_indexes: list[PayloadIndex] | None = pydantic.Field(
         default=None, max_length=64, description="Payload indexes.", json_schema_extra=base.list_map("field")
     )
     source: Source | None = pydantic.Field(default=None, description="Source table; none when omitted.")
     sync: IndexSync | None = pydantic.Field(default=None, description="Scheduled sync from source.")
+    previous_collection_retention: common.Duration | None = pydantic.Field(
+        default=None,
+        description="How long the collection replaced by a rebuild is kept for rollback, e.g. '72h'; '0s' "
+        "deletes it right after the alias swap. Omitted: kept until the next rebuild replaces it.",
+    )
 
     @pydantic.model_validator(mode="after")
     def _check(self) -> VectorIndexSpec:

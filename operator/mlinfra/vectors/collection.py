@@ -95,6 +95,16 @@ def desired_hnsw(spec: vectorindex.VectorIndexSpec) -> dict[str, int]:
     return {key: value for key, value in values.items() if value is not None}
 
 
+def desired_optimizers(spec: vectorindex.VectorIndexSpec) -> dict[str, int]:
+    """The optimizer thresholds the spec sets (omitted ones are Qdrant's business)."""
+    if spec.optimizers is None:
+        return {}
+    values = {"indexing_threshold": spec.optimizers.indexing_threshold,
+              "memmap_threshold": spec.optimizers.memmap_threshold,
+              "default_segment_number": spec.optimizers.default_segment_number}
+    return {key: value for key, value in values.items() if value is not None}
+
+
 def desired_quantization(spec: vectorindex.VectorIndexSpec) -> dict[str, Any] | None:
     q = spec.quantization
     if q is None:
@@ -129,8 +139,8 @@ def observed_quantization(config: Any) -> dict[str, Any] | None:
     return None
 
 
-def hnsw_changes(desired: dict[str, int], observed: dict[str, Any]) -> list[str]:
-    return [f"hnsw.{key}: {observed.get(key)} -> {value}" for key, value in sorted(desired.items())
+def hnsw_changes(desired: dict[str, int], observed: dict[str, Any], prefix: str = "hnsw") -> list[str]:
+    return [f"{prefix}.{key}: {observed.get(key)} -> {value}" for key, value in sorted(desired.items())
             if observed.get(key) != value]
 
 
@@ -174,6 +184,7 @@ def create(client: QdrantClient, spec: vectorindex.VectorIndexSpec, name: str) -
     """Create the physical collection ``name`` with all of the spec's settings (no alias, no indexes)."""
     hnsw = desired_hnsw(spec)
     quantization = desired_quantization(spec)
+    optimizers = desired_optimizers(spec)
     client.create_collection(
         name,
         vectors_config=models.VectorParams(
@@ -184,9 +195,11 @@ def create(client: QdrantClient, spec: vectorindex.VectorIndexSpec, name: str) -
         ),
         hnsw_config=models.HnswConfigDiff(**hnsw) if hnsw else None,
         quantization_config=quantization_config(quantization),
+        optimizers_config=models.OptimizersConfigDiff(**optimizers) if optimizers else None,
         shard_number=spec.shards,
         replication_factor=spec.replication_factor,
-        metadata={APPLIED_KEY: {"hnsw": hnsw, "quantization": quantization},
+        on_disk_payload=spec.on_disk_payload,
+        metadata={APPLIED_KEY: {"hnsw": hnsw, "quantization": quantization, "optimizers": optimizers},
                   IMMUTABLE_KEY: immutable_settings(spec), OWNED_INDEXES_KEY: {}},
     )
 
@@ -230,16 +243,19 @@ def _metadata(info: models.CollectionInfo) -> dict[str, Any]:
 
 def _apply_mutable(client: QdrantClient, spec: vectorindex.VectorIndexSpec, name: str,
                    info: models.CollectionInfo) -> list[str]:
-    hnsw, quantization = desired_hnsw(spec), desired_quantization(spec)
+    hnsw, quantization, optimizers = desired_hnsw(spec), desired_quantization(spec), desired_optimizers(spec)
     if qdrant_engine.is_local_mode(client):
         applied = _metadata(info).get(APPLIED_KEY) or {}
         observed_hnsw, observed_q = applied.get("hnsw") or {}, applied.get("quantization")
+        observed_opt = applied.get("optimizers") or {}
     else:
         observed_hnsw = info.config.hnsw_config.model_dump()
         observed_q = observed_quantization(info.config.quantization_config)
+        observed_opt = info.config.optimizer_config.model_dump()
     hnsw_diff = hnsw_changes(hnsw, observed_hnsw)
     q_diff = quantization_changes(quantization, observed_q)
-    if not hnsw_diff and not q_diff:
+    opt_diff = hnsw_changes(optimizers, observed_opt, prefix="optimizers")
+    if not hnsw_diff and not q_diff and not opt_diff:
         return []
     q_config: Any = None
     if q_diff:
@@ -248,9 +264,10 @@ def _apply_mutable(client: QdrantClient, spec: vectorindex.VectorIndexSpec, name
         name,
         hnsw_config=models.HnswConfigDiff(**hnsw) if hnsw_diff else None,
         quantization_config=q_config,
-        metadata={APPLIED_KEY: {"hnsw": hnsw, "quantization": quantization}},
+        optimizers_config=models.OptimizersConfigDiff(**optimizers) if opt_diff else None,
+        metadata={APPLIED_KEY: {"hnsw": hnsw, "quantization": quantization, "optimizers": optimizers}},
     )
-    return hnsw_diff + q_diff
+    return hnsw_diff + q_diff + opt_diff
 
 
 def reconcile_indexes(client: QdrantClient, spec: vectorindex.VectorIndexSpec, name: str,
