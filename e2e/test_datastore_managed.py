@@ -4,6 +4,7 @@ local servers started from what the operator rendered (the backer), so they reac
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import pytest
@@ -91,16 +92,22 @@ def test_scaling_changes_the_statefulset_and_the_members(control_plane: ControlP
              ["spec"]["replicas"] == 1)
 
 
-def test_managed_qdrant_says_it_is_not_served_locally(control_plane: ControlPlane, operator: OperatorProcess,
-                                                      backer: Backer, namespace: str) -> None:
+def test_managed_qdrant_is_served_by_local_mode_and_says_so(control_plane: ControlPlane,
+                                                             operator: OperatorProcess, backer: Backer,
+                                                             namespace: str) -> None:
     cp = control_plane
-    cp.apply([managed(namespace, "vectors", "qdrant", 1)])
+    cp.apply([managed(namespace, "vectors", "qdrant", 1), managed(namespace, "cluster", "qdrant", 2)])
+    wait_ready(cp, namespace, "vectors")
+    st = get_json(cp, "datastore", "vectors", "-n", namespace)["status"]
+    # No server here: the status names the client library's local mode instead of a version.
+    assert "local-mode" in json.dumps(st)
+    assert [m["name"] for m in st["members"]] == ["vectors-0"]
+    # Two peers would be a cluster, which local mode cannot be: never Ready, and it says why.
     wait_for("Ready=False saying why", lambda: "not served locally" in ds_condition(
-        cp, namespace, "vectors", "Ready").get("message", ""))
-    ready = ds_condition(cp, namespace, "vectors", "Ready")
+        cp, namespace, "cluster", "Ready").get("message", ""))
+    ready = ds_condition(cp, namespace, "cluster", "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "Unreachable")
-    assert ds_condition(cp, namespace, "vectors", "Reachable")["status"] == "False"
-    assert get_json(cp, "statefulset", "vectors", "-n", namespace)["status"].get("readyReplicas") == 1
+    assert ds_condition(cp, namespace, "cluster", "Reachable")["status"] == "False"
 
 
 @pytest.mark.parametrize("policy", ["Retain", "Delete"])

@@ -5,7 +5,12 @@ from what the operator rendered into the cluster: the engine config from the ``<
 and the password from the generated ``<name>-credentials`` Secret, one server per replica, replicas
 following the primary (Redis ``replicaof``, PostgreSQL ``pg_basebackup`` + streaming). It then writes the
 operator's endpoint map (``mlinfra.stores.endpoints``) so an operator running outside the cluster reaches
-them. Qdrant has no server binary here: its entry says so, and the store's status reports it honestly.
+them.
+
+Qdrant has no server binary here. A managed Qdrant store with one replica is served by qdrant-client's
+local mode on a directory (``localPath`` in the map; every mlinfra process opens it through
+``engines.qdrant.open_client``, which serialises access), and its status says "local-mode". More replicas
+would be a cluster, which local mode cannot be: such a store's entry says so and it is never Ready.
 """
 
 from __future__ import annotations
@@ -29,8 +34,8 @@ from mlinfra.devenv.redis import start_redis
 
 log = logging.getLogger(__name__)
 
-QDRANT_UNSERVED = ("not served locally: no Qdrant server binary can be obtained on this platform, so "
-                   "nothing answers for this managed store's pods")
+QDRANT_UNSERVED = ("not served locally: no Qdrant server binary can be obtained on this platform and "
+                   "qdrant-client's local mode is a single member; set replicas: 1 to use it here")
 # Lines of a rendered config that only make sense inside the container (paths, the container's own
 # addresses); the local server's own settings replace them.
 _REDIS_LOCAL_ONLY = ("dir ", "port ", "bind ", "include ", "replicaof ", "logfile ", "pidfile ", "unixsocket")
@@ -128,9 +133,18 @@ class Backer:
         engine = ds["spec"]["engine"]
         replicas = int(ds["spec"]["managed"].get("replicas") or 1)
         if engine == "qdrant":
-            if key in self.backed:
+            current = self.backed.get(key)
+            if current is not None and current.replicas == replicas:
                 return False
-            self.backed[key] = Backed(key, engine, replicas, "", entry={"unserved": QDRANT_UNSERVED})
+            if replicas > 1:
+                entry: dict[str, Any] = {"unserved": QDRANT_UNSERVED}
+            else:
+                # The directory outlives replica changes, like a PVC.
+                path = self.workdir / f"qdrant-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+                path.mkdir(parents=True, exist_ok=True)
+                entry = {"localPath": str(path), "members": {f"{name}-0": "local-mode"},
+                         "aliases": {"local-mode": f"{name}-0"}}
+            self.backed[key] = Backed(key, engine, replicas, "", entry=entry)
             return True
         cm = self.cp.kubectl("get", "configmap", f"{name}-config", "-n", ns, "-o", "json", check=False)
         password = self._secret_value(ns, f"{name}-credentials", "password")

@@ -55,6 +55,9 @@ class ConnectionInfo:
     database: str
     tls: bool
     ca_cert: str | None = None
+    # Development only, never in a Secret: qdrant-client local mode on this directory instead of a server
+    # (set by the endpoint map of the local platform, where no Qdrant server binary exists).
+    local_path: str | None = None
 
     def __post_init__(self) -> None:
         if self.engine not in get_args(Engine):

@@ -16,7 +16,12 @@ call the client.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import math
+import os
+import time
+from collections.abc import Iterator
 from urllib import parse
 
 import httpx
@@ -27,6 +32,7 @@ from qdrant_client.http import models
 from mlinfra.engines import connection, observation
 
 LOCAL_MODE = "local-mode"
+LOCAL_LOCK_FILE = ".mlinfra.lock"
 LOCAL_NOTE = ("qdrant-client local mode: no server, no cluster and no server version; "
               "the store is observed through the client library only")
 STANDALONE_NOTE = "Qdrant cluster mode is disabled: a single server, no shard replication"
@@ -37,17 +43,59 @@ ShardReplica = tuple[int, int, str]  # (shard id, peer id, replica state)
 _ERRORS = (qdrant_errors.ApiException, httpx.HTTPError, OSError, ValueError)
 
 
+class LocalBusy(Exception):
+    """Another process kept the local-mode directory locked for longer than we wait."""
+
+
+@contextlib.contextmanager
+def _local_lock(path: str, wait: float) -> Iterator[None]:
+    # qdrant-client loads a local directory *before* taking its own lock, so a process could read files
+    # another one is writing. Every mlinfra process (operator, sync job, demo) takes this lock first.
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, LOCAL_LOCK_FILE), "a+") as handle:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LocalBusy(f"qdrant local-mode directory {path} stayed locked for {wait:.0f} s") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def open_client(conn: connection.ConnectionInfo, timeout: float = 30.0) -> Iterator[QdrantClient]:
+    """A client for ``conn``, closed on exit: the server's HTTP API (the password is the API key), or, on the
+    local development platform (``conn.local_path``), qdrant-client local mode on that directory — held
+    exclusively for the duration of the block, so keep blocks short."""
+    if conn.local_path:
+        with _local_lock(conn.local_path, wait=max(timeout, 30.0)):
+            client = QdrantClient(path=conn.local_path)
+            try:
+                yield client
+            finally:
+                client.close()
+        return
+    client = QdrantClient(url=conn.uri, api_key=conn.password or None, timeout=max(1, math.ceil(timeout)),
+                          check_compatibility=False)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
 def probe(conn: connection.ConnectionInfo, timeout: float = 5.0) -> observation.Observation:
     """Observe the Qdrant server at ``conn`` (HTTP API; the password is the API key). Never raises on failure."""
     try:
-        client = QdrantClient(url=conn.uri, api_key=conn.password or None, timeout=max(1, math.ceil(timeout)),
-                              check_compatibility=False)
-    except _ERRORS as exc:
+        with open_client(conn, timeout) as client:
+            return probe_client(client, conn.endpoint, conn)
+    except (*_ERRORS, LocalBusy, RuntimeError) as exc:
         return observation.Observation.unreachable(observation.error_message(exc, conn))
-    try:
-        return probe_client(client, conn.endpoint, conn)
-    finally:
-        client.close()
 
 
 def probe_client(client: QdrantClient, name: str = LOCAL_MODE,

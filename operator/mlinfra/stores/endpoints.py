@@ -8,13 +8,15 @@ by ``MLINFRA_ENDPOINT_MAP`` (off by default)::
     {"<namespace>/<datastore>": {"endpoint": "127.0.0.1:6379",
                                  "members": {"<pod name>": "127.0.0.1:6379", ...},
                                  "aliases": {"<member name the engine reports>": "<pod name>"},
-                                 "unserved": "<why it cannot be served locally>"}}
+                                 "unserved": "<why it cannot be served locally>",
+                                 "localPath": "<Qdrant only: a qdrant-client local-mode directory>"}}
 
 The file is re-read whenever it changes, so it can be written after the operator started.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -34,6 +36,12 @@ class Override:
     members: dict[str, str] = field(default_factory=dict)  # pod name -> host:port
     aliases: dict[str, str] = field(default_factory=dict)  # name the engine reports -> pod name
     unserved: str | None = None
+    local_path: str | None = None  # Qdrant only: served by qdrant-client local mode on this directory
+
+    def apply(self, conn: ConnectionInfo) -> ConnectionInfo:
+        """``conn`` redirected to this local endpoint (or local-mode directory)."""
+        moved = conn.with_endpoint(self.host, self.port)
+        return dataclasses.replace(moved, local_path=self.local_path) if self.local_path else moved
 
 
 def split_endpoint(endpoint: str, default_port: int) -> tuple[str, int]:
@@ -80,7 +88,8 @@ class EndpointMap:
             return None
         host, port = split_endpoint(str(entry.get("endpoint", "127.0.0.1")), default_port)
         return Override(host=host, port=port, members=dict(entry.get("members", {})),
-                        aliases=dict(entry.get("aliases", {})), unserved=entry.get("unserved"))
+                        aliases=dict(entry.get("aliases", {})), unserved=entry.get("unserved"),
+                        local_path=entry.get("localPath"))
 
 
 _default: EndpointMap | None = None
@@ -98,4 +107,4 @@ def resolve(conn: ConnectionInfo, namespace: str, name: str, emap: EndpointMap |
     override = (emap or default_map()).lookup(namespace, name, conn.port)
     if override is None or override.unserved:
         return conn
-    return conn.with_endpoint(override.host, override.port)
+    return override.apply(conn)

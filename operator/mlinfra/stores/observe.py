@@ -44,7 +44,7 @@ def facts(body: Mapping[str, Any], ds: api.DataStore, applied: Applied,
         if override is not None:
             member_names.update({addr: pod for pod, addr in override.members.items()})
             member_names.update(override.aliases)
-            conn = conn.with_endpoint(override.host, override.port)
+            conn = override.apply(conn)
         if override is not None and override.unserved:
             obs = _unreachable(override.unserved)
         else:
