@@ -133,7 +133,7 @@ def test_helm_lint_strict(sets: list[str]) -> None:
 def test_chart_metadata() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["apiVersion"] == "v2"
-    assert chart["version"] == "0.1.0"
+    assert chart["version"] == "0.2.0"
     assert chart["appVersion"] == "0.1.0"
     assert chart["kubeVersion"] == ">=1.29.0-0"
 
@@ -155,7 +155,7 @@ def test_default_rendering_has_exactly_the_expected_objects() -> None:
         assert labels["app.kubernetes.io/instance"] == RELEASE
         assert labels["app.kubernetes.io/version"] == _app_version()
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
-        assert labels["helm.sh/chart"] == "mlinfra-operator-0.1.0"
+        assert labels["helm.sh/chart"] == "mlinfra-operator-0.2.0"
 
 
 # --- the Deployment ------------------------------------------------------------------------------------------
