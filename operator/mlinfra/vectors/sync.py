@@ -1,6 +1,7 @@
 """Copy a VectorIndex's source table (PostgreSQL, ``real[]`` vectors) into its Qdrant collection.
 
-Called by the sync job (``mlinfra sync vectorindex NS/NAME``, not wired yet) and by a rebuild's backfill.
+Called by the sync job (``mlinfra sync vectorindex NS/NAME``, :mod:`mlinfra.vectors.sync_cli`) and by a
+rebuild's backfill (:func:`snapshot_backfill`).
 
 - **What is read.** Rows after the committed watermark in ``(updatedAt, id::text)`` order, ``batchSize`` at a
   time (keyset pagination: ties on ``updatedAt`` never split or skip rows).
@@ -23,7 +24,7 @@ import dataclasses
 import datetime
 import decimal
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -32,6 +33,7 @@ from qdrant_client import QdrantClient
 from qdrant_client.http import models
 
 from mlinfra.api import vectorindex
+from mlinfra.vectors import source as source_mod
 
 BOOKKEEPING_SCHEMA = "mlinfra"
 WATERMARKS = sql.Identifier(BOOKKEEPING_SCHEMA, "vector_watermarks")
@@ -93,11 +95,12 @@ def _deleted(source: vectorindex.Source) -> sql.Composable:
     return sql.SQL("coalesce({}, false)").format(sql.Identifier(source.deleted_column))
 
 
-def select_changed(source: vectorindex.Source, after: bool) -> sql.Composed:
+def select_changed(source: vectorindex.Source, after: bool,
+                   shape: source_mod.SourceShape | None = None) -> sql.Composed:
     """Rows ``(id, id::text, vector, updated_at, deleted, *payload)`` after ``(%(ts)s, %(id)s)`` when
     ``after``, in watermark order, at most ``%(limit)s``."""
     ident, updated = sql.Identifier(source.id_column), sql.Identifier(source.updated_at_column)
-    columns = [ident, sql.SQL("{}::text").format(ident), sql.Identifier(source.vector_column), updated,
+    columns = [ident, sql.SQL("{}::text").format(ident), source_mod.vector_expression(source, shape), updated,
                _deleted(source)] + [sql.Identifier(c) for c in source.payload_columns or ()]
     where = sql.SQL("WHERE ({}, {}::text) > (%(ts)s, %(id)s) ").format(updated, ident) if after else sql.SQL("")
     return sql.SQL("SELECT {} FROM {} {}ORDER BY {}, {}::text LIMIT %(limit)s").format(
@@ -137,10 +140,11 @@ def vector_problem(vector: Any, size: int) -> str | None:
     return None
 
 
-def _batches(conn: Conn, source: vectorindex.Source, start: Watermark, size: int) -> Iterator[list[tuple[Any, ...]]]:
+def _batches(conn: Conn, source: vectorindex.Source, start: Watermark, size: int,
+             shape: source_mod.SourceShape | None = None) -> Iterator[list[tuple[Any, ...]]]:
     mark = start
     while True:
-        query = select_changed(source, after=mark.updated_at is not None)
+        query = select_changed(source, after=mark.updated_at is not None, shape=shape)
         rows = conn.execute(query, {"ts": mark.updated_at, "id": mark.last_id or "", "limit": size}).fetchall()
         if not rows:
             return
@@ -177,8 +181,12 @@ def _write(client: QdrantClient, collection: str, spec: vectorindex.VectorIndexS
 
 
 def sync(conn: Conn, client: QdrantClient, spec: vectorindex.VectorIndexSpec, namespace: str, name: str, *,
-         full: bool = False, collection: str | None = None) -> SyncResult:
-    """One sync run into ``collection`` (default: the alias). ``conn`` must be in autocommit mode."""
+         full: bool = False, collection: str | None = None, shape: source_mod.SourceShape | None = None,
+         on_batch: Callable[[int, int], None] | None = None) -> SyncResult:
+    """One sync run into ``collection`` (default: the alias). ``conn`` must be in autocommit mode.
+
+    ``on_batch(batches, rows)`` is called after each committed batch (progress, and the tests' kill hook).
+    """
     if spec.source is None:
         raise ValueError("spec.source is not set: there is nothing to sync from")
     target = collection or spec.collection
@@ -187,12 +195,14 @@ def sync(conn: Conn, client: QdrantClient, spec: vectorindex.VectorIndexSpec, na
     mark = read_watermark(conn, namespace, name)
     rows = upserted = deleted = batches = 0
     bad: list[tuple[str, str]] = []
-    for batch in _batches(conn, spec.source, mark, batch_size):
+    for batch in _batches(conn, spec.source, mark, batch_size, shape):
         written, gone, problems = _write(client, target, spec, batch)
         mark = Watermark(batch[-1][3], batch[-1][1])
         _commit_watermark(conn, namespace, name, mark)  # only after Qdrant acknowledged (wait=True)
         rows, upserted, deleted, batches = rows + len(batch), upserted + written, deleted + gone, batches + 1
         bad += problems
+        if on_batch is not None:
+            on_batch(batches, rows)
     removed = remove_orphans(conn, client, spec, target) if full else 0
     return SyncResult(rows=rows, upserted=upserted, deleted=deleted, removed=removed, batches=batches,
                       bad_rows=tuple(bad), watermark=mark)
@@ -241,12 +251,46 @@ def backfill(conn: Conn, client: QdrantClient, spec: vectorindex.VectorIndexSpec
     return written
 
 
-def expected_count(conn: Conn, spec: vectorindex.VectorIndexSpec) -> int:
+@dataclasses.dataclass(frozen=True)
+class Backfill:
+    written: int  # points written
+    expected: int  # live rows with a usable vector in the same snapshot: what the collection must hold
+    watermark: Watermark  # the last row read: incremental syncs continue after it
+
+
+def snapshot_backfill(conn: Conn, client: QdrantClient, spec: vectorindex.VectorIndexSpec, collection: str,
+                      shape: source_mod.SourceShape | None = None) -> Backfill:
+    """Copy every live row into ``collection`` and count the expected points, both in one REPEATABLE READ
+    snapshot: rows written meanwhile change neither, so the count check stays exact under writes (the
+    incremental sync picks those rows up after the returned watermark)."""
+    if spec.source is None:
+        raise ValueError("spec.source is not set: there is nothing to backfill from")
+    previous = conn.isolation_level
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    try:
+        with conn.transaction():
+            written, mark = 0, Watermark()
+            for batch in _batches(conn, spec.source, Watermark(), spec.sync.batch_size if spec.sync else 500, shape):
+                written += _write(client, collection, spec, batch)[0]
+                mark = Watermark(batch[-1][3], batch[-1][1])
+            expected = expected_count(conn, spec, shape)
+    finally:
+        conn.isolation_level = previous
+    return Backfill(written=written, expected=expected, watermark=mark)
+
+
+def commit_watermark(conn: Conn, namespace: str, name: str, mark: Watermark) -> None:
+    """Set the index's watermark (after a rebuild swapped in a collection filled up to ``mark``)."""
+    ensure_bookkeeping(conn)
+    _commit_watermark(conn, namespace, name, mark)
+
+
+def expected_count(conn: Conn, spec: vectorindex.VectorIndexSpec, shape: source_mod.SourceShape | None = None) -> int:
     """Live rows with a vector of the right size: the points a complete collection holds."""
     if spec.source is None:
         raise ValueError("spec.source is not set")
     source = spec.source
-    vector = sql.Identifier(source.vector_column)
+    vector = source_mod.vector_expression(source, shape)
     query = sql.SQL("SELECT count(*) FROM {} WHERE NOT {} AND cardinality({}) = %s "
                     "AND array_position({}, NULL) IS NULL").format(_table(source), _deleted(source), vector, vector)
     row = conn.execute(query, (spec.vectors.size,)).fetchone()
@@ -269,3 +313,36 @@ def rows_behind(conn: Conn, spec: vectorindex.VectorIndexSpec, namespace: str, n
             _table(source), updated, ident)
         row = conn.execute(query, (mark.updated_at, mark.last_id or "")).fetchone()
     return int(row[0]) if row else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """How far the collection is behind its source table (``status.sync``)."""
+
+    source_watermark: datetime.datetime | None  # newest change time in the source table
+    index_watermark: datetime.datetime | None  # newest change time committed into the collection
+    rows_behind: int
+
+    @property
+    def lag_seconds(self) -> float | None:
+        """sourceWatermark - indexWatermark; 0 when nothing is behind (an idle table is not late)."""
+        if self.rows_behind == 0:
+            return 0.0
+        if self.source_watermark is None:
+            return None
+        if self.index_watermark is None:
+            return None  # never synced: no meaningful lag figure, rowsBehind says it
+        return max(0.0, (self.source_watermark - self.index_watermark).total_seconds())
+
+
+def progress(conn: Conn, spec: vectorindex.VectorIndexSpec, namespace: str, name: str) -> Progress:
+    if spec.source is None:
+        raise ValueError("spec.source is not set")
+    row = conn.execute(sql.SQL("SELECT max({}) FROM {}").format(
+        sql.Identifier(spec.source.updated_at_column), _table(spec.source))).fetchone()
+    newest = row[0] if row else None
+    if isinstance(newest, datetime.datetime) and newest.tzinfo is None:
+        newest = newest.replace(tzinfo=datetime.UTC)
+    behind = rows_behind(conn, spec, namespace, name)
+    mark = read_watermark(conn, namespace, name)
+    return Progress(source_watermark=newest, index_watermark=mark.updated_at, rows_behind=behind)
