@@ -88,6 +88,84 @@ def demo(
     raise typer.Exit(demo_mod.run(workdir, once=once, timeout=timeout))
 
 
+@app.command()
+def status(
+    namespace: Annotated[
+        str | None,
+        typer.Option("--namespace", "-n", help="Namespace to show (default: the kubeconfig's current one)."),
+    ] = None,
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Every namespace.")] = False,
+    output: Annotated[str, typer.Option("--output", "-o", help="text, or json (docs/observability.md).")] = "text",
+    color: Annotated[
+        bool | None, typer.Option("--color/--no-color", help="Colour (default: when stdout is a terminal).")
+    ] = None,
+) -> None:
+    """Every mlinfra resource as a tree of DataStores and their dependents, from .status (read access suffices)."""
+    import datetime
+    import os
+    import sys
+
+    import urllib3
+    from kubernetes import client as kube
+    from kubernetes import config as kubeconfig
+
+    from mlinfra import statusview
+    from mlinfra.k8s import client, resources
+
+    if output not in ("text", "json"):
+        raise typer.BadParameter("must be text or json", param_hint="--output")
+    scope = None if all_namespaces else (namespace or _current_namespace())
+    try:
+        # CustomObjectsApi, not k8s.objects.list_: that one lists within a namespace only, and -A needs the
+        # cluster-wide list. The client (and so the kubeconfig or in-cluster account) is the shared one.
+        api = kube.CustomObjectsApi(client.api_client())
+        listed: dict[str, list[dict[str, object]]] = {}
+        for kind in statusview.KINDS:
+            group, version = resources.KINDS[kind].api_version.split("/")
+            plural = resources.KINDS[kind].plural
+            try:
+                body = (api.list_cluster_custom_object(group, version, plural) if scope is None
+                        else api.list_namespaced_custom_object(group, version, scope, plural))
+            except kube.ApiException as exc:
+                if exc.status != 404:  # 404: this kind's CRD is not installed, so there is none of it
+                    raise
+                body = {}
+            listed[kind] = list(body.get("items") or []) if isinstance(body, dict) else []
+    except kube.ApiException as exc:
+        where = "all namespaces" if scope is None else f"namespace {scope}"
+        typer.echo(f"error: listing mlinfra resources in {where}: {exc.status} {exc.reason}", err=True)
+        raise typer.Exit(1) from None
+    except kubeconfig.ConfigException as exc:
+        typer.echo(f"error: no Kubernetes credentials: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except urllib3.exceptions.HTTPError as exc:
+        typer.echo(f"error: cannot reach the Kubernetes API server: {exc}", err=True)
+        raise typer.Exit(1) from None
+    trees = statusview.build(listed)
+    if output == "json":
+        typer.echo(statusview.render_json(trees))
+        return
+    if color is None:
+        color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    typer.echo(statusview.render_text(trees, color=color, now=datetime.datetime.now(datetime.UTC)), nl=False)
+
+
+def _current_namespace() -> str:
+    """The namespace kubectl would use: the pod's own in a cluster, else the kubeconfig context's, else default."""
+    import os
+
+    from kubernetes import config as kubeconfig
+
+    in_pod = pathlib.Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and in_pod.is_file():
+        return in_pod.read_text().strip()
+    try:
+        _, active = kubeconfig.list_kube_config_contexts()  # type: ignore[no-untyped-call]
+    except (kubeconfig.ConfigException, OSError):
+        return "default"
+    return str((active or {}).get("context", {}).get("namespace") or "default")
+
+
 @sync_app.command("featureview")
 def sync_featureview(
     target: Annotated[str, typer.Argument(help="NAMESPACE/NAME of the FeatureView.")],
