@@ -27,6 +27,11 @@ FEATUREVIEW_FRESHNESS_LAG = Gauge(
     "mlinfra_featureview_freshness_lag_seconds",
     "Newest offline event time minus the newest event time materialized online (0 when caught up).",
     ["namespace", "name"])
+# The objectives as gauges, so one alert rule compares each object's lag with its own spec: `lag > max_lag`
+# matches the two series on namespace and name.
+FEATUREVIEW_FRESHNESS_MAX_LAG = Gauge(
+    "mlinfra_featureview_freshness_max_lag_seconds",
+    "spec.freshness.maxLag: the freshness objective (no series when the view has none).", ["namespace", "name"])
 
 
 REGISTRY_PENDING_EVENTS = Gauge("mlinfra_modelregistry_lineage_pending_events",
@@ -34,6 +39,8 @@ REGISTRY_PENDING_EVENTS = Gauge("mlinfra_modelregistry_lineage_pending_events",
 REGISTRY_LINEAGE_LAG = Gauge("mlinfra_modelregistry_lineage_lag_seconds",
                              "Age of the oldest outbox event not yet in the lineage graph (0 when none).",
                              ["namespace", "name"])
+REGISTRY_LINEAGE_MAX_LAG = Gauge("mlinfra_modelregistry_lineage_max_lag_seconds",
+                                 "spec.lineageSync.maxLag: the lineage objective.", ["namespace", "name"])
 
 
 VECTORINDEX_POINTS = Gauge("mlinfra_vectorindex_points", "Points in the collection the alias points at.",
@@ -43,17 +50,23 @@ VECTORINDEX_SYNC_LAG = Gauge("mlinfra_vectorindex_sync_lag_seconds",
                              ["namespace", "name"])
 VECTORINDEX_ROWS_BEHIND = Gauge("mlinfra_vectorindex_rows_behind", "Source rows changed since the last sync.",
                                 ["namespace", "name"])
+VECTORINDEX_SYNC_MAX_LAG = Gauge("mlinfra_vectorindex_sync_max_lag_seconds",
+                                 "spec.sync.maxLag: the sync objective (no series when the index has none).",
+                                 ["namespace", "name"])
 
 
 @contextmanager
 def reconciling(controller: str) -> Iterator[None]:
     """Count and time one reconciliation; an exception counts as an error (and is re-raised)."""
     start = time.monotonic()
+    # The error series exist at 0 from the first reconciliation on: rate() needs a sample before the first
+    # error, or an alert on it would miss that error.
+    errors, failed = RECONCILE_ERRORS.labels(controller), RECONCILE.labels(controller, "error")
     try:
         yield
     except Exception:
-        RECONCILE.labels(controller, "error").inc()
-        RECONCILE_ERRORS.labels(controller).inc()
+        failed.inc()
+        errors.inc()
         raise
     else:
         RECONCILE.labels(controller, "success").inc()
@@ -86,20 +99,30 @@ def forget_datastore(namespace: str, name: str) -> None:
 
 
 def forget_featureview(namespace: str, name: str) -> None:
-    for labels in list(FEATUREVIEW_FRESHNESS_LAG._metrics):
-        if labels == (namespace, name):
-            FEATUREVIEW_FRESHNESS_LAG.remove(*labels)
+    for gauge in (FEATUREVIEW_FRESHNESS_LAG, FEATUREVIEW_FRESHNESS_MAX_LAG):
+        for labels in list(gauge._metrics):
+            if labels == (namespace, name):
+                gauge.remove(*labels)
+
+
+def set_objective(gauge: Gauge, namespace: str, name: str, seconds: float | None) -> None:
+    """Export an object's lag objective; None (no objective in its spec) removes the series, so an alert
+    never compares against an objective that was deleted."""
+    if seconds is not None:
+        gauge.labels(namespace, name).set(seconds)
+    elif (namespace, name) in gauge._metrics:
+        gauge.remove(namespace, name)
 
 
 def forget_registry(namespace: str, name: str) -> None:
-    for gauge in (REGISTRY_PENDING_EVENTS, REGISTRY_LINEAGE_LAG):
+    for gauge in (REGISTRY_PENDING_EVENTS, REGISTRY_LINEAGE_LAG, REGISTRY_LINEAGE_MAX_LAG):
         for labels in list(gauge._metrics):
             if labels == (namespace, name):
                 gauge.remove(*labels)
 
 
 def forget_vectorindex(namespace: str, name: str) -> None:
-    for gauge in (VECTORINDEX_POINTS, VECTORINDEX_SYNC_LAG, VECTORINDEX_ROWS_BEHIND):
+    for gauge in (VECTORINDEX_POINTS, VECTORINDEX_SYNC_LAG, VECTORINDEX_ROWS_BEHIND, VECTORINDEX_SYNC_MAX_LAG):
         for labels in list(gauge._metrics):
             if labels == (namespace, name):
                 gauge.remove(*labels)

@@ -40,9 +40,13 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
             freshness=observed.freshness, last_run=observed.last_run, job_failed=observed.job_failed,
             max_lag=status.max_lag(fv)), body.get("status"))
         write_status(body, patch, new)
+        ns, name = fv.metadata.namespace or "", fv.metadata.name
         lag = observed.freshness.lag_seconds
         if lag is not None:
-            metrics.FEATUREVIEW_FRESHNESS_LAG.labels(fv.metadata.namespace or "", fv.metadata.name).set(lag)
+            metrics.FEATUREVIEW_FRESHNESS_LAG.labels(ns, name).set(lag)
+        objective = status.max_lag(fv)
+        metrics.set_objective(metrics.FEATUREVIEW_FRESHNESS_MAX_LAG, ns, name,
+                              objective.total_seconds() if objective is not None else None)
 
     @kopf.on.resume(*res, registry=registry)
     @kopf.on.create(*res, registry=registry)

@@ -51,6 +51,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
             ns, name = mr.metadata.namespace or "", mr.metadata.name
             metrics.REGISTRY_PENDING_EVENTS.labels(ns, name).set(facts.pending_events)
             metrics.REGISTRY_LINEAGE_LAG.labels(ns, name).set(facts.oldest_pending_age or 0)
+            metrics.REGISTRY_LINEAGE_MAX_LAG.labels(ns, name).set(facts.max_lag.total_seconds())
 
     @kopf.on.resume(*res, registry=registry)
     @kopf.on.create(*res, registry=registry)
