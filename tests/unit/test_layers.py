@@ -16,6 +16,7 @@ ALLOWED: dict[str, set[str]] = {
     "k8s": {"api"},
     "crdgen": {"api"},
     "apidocs": {"api", "crdgen"},
+    "argocd": {"api"},
     "stores": {"api", "engines", "k8s"},
     "features": {"api", "engines", "k8s", "stores", "config", "metrics"},
     "registry": {"api", "engines", "k8s", "stores", "config", "metrics"},
