@@ -21,6 +21,7 @@ from typing import Any, get_args
 from urllib import parse
 
 import neo4j
+import psycopg
 
 from mlinfra.api import datastore
 
@@ -239,6 +240,15 @@ def libpq_params(info: ConnectionInfo, connect_timeout: float, application_name:
             ca.flush()
             params.update(sslmode="verify-full", sslrootcert=ca.name)
         yield params
+
+
+@contextlib.contextmanager
+def postgres(info: ConnectionInfo, application_name: str = "mlinfra-sync",
+             connect_timeout: int = 10) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+    """An autocommit PostgreSQL connection (TLS verified against ``ca.crt`` when given), closed on exit."""
+    with libpq_params(info, connect_timeout, application_name, autocommit=True) as params, \
+            psycopg.connect(**params) as conn:
+        yield conn
 
 
 @contextlib.contextmanager

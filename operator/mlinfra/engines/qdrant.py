@@ -41,6 +41,9 @@ LAG_NOTE = "Qdrant reports shard replica states, not lag: see the collections' r
 ShardReplica = tuple[int, int, str]  # (shard id, peer id, replica state)
 
 _ERRORS = (qdrant_errors.ApiException, httpx.HTTPError, OSError, ValueError)
+# What a client call can raise when the store is unreachable or refuses (RuntimeError: a local-mode directory
+# opened by a process that does not use open_client's lock).
+CLIENT_ERRORS: tuple[type[Exception], ...] = (*_ERRORS, RuntimeError)
 
 
 class LocalBusy(Exception):

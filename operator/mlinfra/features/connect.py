@@ -5,24 +5,12 @@ Used by the materializer's CLI, freshness checks and the benchmark; the client S
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from typing import Any
-
-import psycopg
 import redis
 
 from mlinfra.engines import connection
 
-
-@contextlib.contextmanager
-def postgres(
-    info: connection.ConnectionInfo, application_name: str = "mlinfra-sync", connect_timeout: int = 10
-) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
-    """An autocommit connection to the offline store (TLS verified against ``ca.crt`` when given)."""
-    with connection.libpq_params(info, connect_timeout, application_name, autocommit=True) as params, \
-            psycopg.connect(**params) as conn:
-        yield conn
+# One implementation for every kind (vectors and registry use it too).
+postgres = connection.postgres
 
 
 def redis_client(info: connection.ConnectionInfo, timeout: float = 30.0) -> redis.Redis:

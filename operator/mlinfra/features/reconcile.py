@@ -15,7 +15,7 @@ import pydantic
 from mlinfra.api import featureview as api
 from mlinfra.engines import connection
 from mlinfra.features import connect, freshness, jobs, layout, schema
-from mlinfra.k8s import objects
+from mlinfra.k8s import jobstatus, objects
 from mlinfra.stores import endpoints, refs
 from mlinfra.stores.status import Problem, ProblemError, invalid_spec
 
@@ -101,17 +101,5 @@ def observe(fv: api.FeatureView, stores: Stores) -> Observed:
     with connect.postgres(stores.offline, application_name="mlinfra-operator") as conn:
         fresh = freshness.compute(conn, fv.spec, ns, name)
         last = freshness.last_run(conn, ns, name)
-    return Observed(freshness=fresh, last_run=last, job_failed=_newest_job_failure(ns, name))
-
-
-def _newest_job_failure(namespace: str, view: str) -> str | None:
-    """A sync Job that failed before it could record a run (e.g. it could not start) is reported too."""
-    items = objects.list_("Job", namespace, {"mlinfra.io/featureview": view})
-    if not items:
-        return None
-    newest = max(items, key=lambda j: j["metadata"].get("creationTimestamp", ""))
-    for cond in (newest.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "Failed" and cond.get("status") == "True":
-            why = f"{cond.get('reason', '')} {cond.get('message', '')}".strip()
-            return f"Job {newest['metadata']['name']} failed: {why}"
-    return None
+    failed = jobstatus.newest_failure(ns, {"mlinfra.io/featureview": name})
+    return Observed(freshness=fresh, last_run=last, job_failed=failed)

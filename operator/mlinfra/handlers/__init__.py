@@ -9,7 +9,7 @@ from __future__ import annotations
 import kopf
 
 from mlinfra.config import Settings
-from mlinfra.handlers import datastore, featureview, modelregistry, startup
+from mlinfra.handlers import datastore, featureview, modelregistry, startup, vectorindex
 
 
 def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
@@ -17,3 +17,4 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
     datastore.register(registry, settings)
     featureview.register(registry, settings)
     modelregistry.register(registry, settings)
+    vectorindex.register(registry, settings)

@@ -88,9 +88,10 @@ def delete(kind: str, namespace: str | None, name: str) -> bool:
     return True
 
 
-def merge_patch(kind: str, namespace: str | None, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(_call("PATCH", resources.KINDS[kind].path(namespace, name), body=dict(patch),
-                      content_type="application/merge-patch+json"))
+def merge_patch(kind: str, namespace: str | None, name: str, patch: Mapping[str, Any],
+                subresource: str | None = None) -> dict[str, Any]:
+    path = resources.KINDS[kind].path(namespace, name) + (f"/{subresource}" if subresource else "")
+    return dict(_call("PATCH", path, body=dict(patch), content_type="application/merge-patch+json"))
 
 
 def create(obj: Mapping[str, Any]) -> dict[str, Any] | None:

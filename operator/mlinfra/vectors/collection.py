@@ -18,6 +18,7 @@ made by hand outside the operator is only visible against a real server.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import json
 from typing import Any
@@ -31,6 +32,7 @@ from mlinfra.engines import qdrant as qdrant_engine
 OWNED_INDEXES_KEY = "mlinfra.io/payload-indexes"
 APPLIED_KEY = "mlinfra.io/applied"
 IMMUTABLE_KEY = "mlinfra.io/immutable"
+PREVIOUS_KEY = "mlinfra.io/previous"  # {name, swappedAt} of the collection a rebuild replaced
 
 DISTANCES = {
     "Cosine": models.Distance.COSINE,
@@ -304,3 +306,38 @@ def reconcile_indexes(client: QdrantClient, spec: vectorindex.VectorIndexSpec, n
     if created or dropped:
         client.update_collection(name, metadata={OWNED_INDEXES_KEY: owned})
     return tuple(created), tuple(dropped), tuple(conflicts)
+
+
+def previous_of(info: models.CollectionInfo) -> tuple[str | None, datetime.datetime | None]:
+    """The collection a rebuild replaced with this one, and when (from this collection's metadata)."""
+    record = _metadata(info).get(PREVIOUS_KEY) or {}
+    name, when = record.get("name"), record.get("swappedAt")
+    try:
+        swapped = datetime.datetime.fromisoformat(when) if isinstance(when, str) else None
+    except ValueError:
+        swapped = None
+    return (str(name) if name else None), swapped
+
+
+def is_ours(client: QdrantClient, alias: str, name: str) -> bool:
+    """A physical collection this operator made for ``alias`` (its name and metadata say so)."""
+    if not name.startswith(f"{alias}-") or not client.collection_exists(name):
+        return False
+    return IMMUTABLE_KEY in _metadata(client.get_collection(name))
+
+
+def prune_previous(client: QdrantClient, spec: vectorindex.VectorIndexSpec, active: str,
+                   retention: datetime.timedelta | None, now: datetime.datetime) -> str | None:
+    """Delete the collection the last rebuild replaced once ``retention`` has passed; its name, or None.
+
+    Only a collection this operator created for this alias is ever deleted, never the live one.
+    """
+    if retention is None:
+        return None
+    previous, swapped = previous_of(client.get_collection(active))
+    if previous is None or previous == active or swapped is None or now - swapped < retention:
+        return None
+    if not is_ours(client, spec.collection, previous):
+        return None
+    client.delete_collection(previous)
+    return previous

@@ -11,6 +11,7 @@ next attempt.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from collections.abc import Callable
 
 from qdrant_client import QdrantClient
@@ -36,11 +37,12 @@ class RebuildResult:
 
 
 def rebuild(client: QdrantClient, spec: vectorindex.VectorIndexSpec, backfill: Callable[[str], int],
-            expected_count: int) -> RebuildResult:
+            expected_count: int | Callable[[], int]) -> RebuildResult:
     """Build ``spec``'s physical collection beside the live one, fill, verify, swap the alias.
 
     ``backfill(new_collection)`` writes the points (waiting for Qdrant's acknowledgement) and returns how
-    many it wrote; ``expected_count`` is the number of points the source holds.
+    many it wrote; ``expected_count`` is the number of points the source holds (or a function giving it after
+    the backfill, when the backfill counts in its own snapshot).
     """
     alias, target = spec.collection, collection.physical_name(spec)
     previous = collection.alias_target(client, alias)
@@ -56,8 +58,14 @@ def rebuild(client: QdrantClient, spec: vectorindex.VectorIndexSpec, backfill: C
     except Exception as exc:
         raise BackfillFailed(f"backfill of {target!r} failed: {exc}; alias {alias!r} left on {previous!r}") from exc
     points = client.count(target, exact=True).count
+    if callable(expected_count):
+        expected_count = expected_count()
     if points != expected_count:
         raise BackfillFailed(f"backfill of {target!r} wrote {written} points, the collection holds {points}, "
                              f"the source has {expected_count}; alias {alias!r} left on {previous!r}")
     collection.point_alias(client, alias, target, previous)
+    if previous is not None:
+        # Recorded on the collection itself, so status and retention read it from Qdrant, not from memory.
+        client.update_collection(target, metadata={collection.PREVIOUS_KEY: {
+            "name": previous, "swappedAt": datetime.datetime.now(datetime.UTC).isoformat()}})
     return RebuildResult(alias=alias, active=target, previous=previous, points=points)

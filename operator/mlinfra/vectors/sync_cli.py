@@ -1,0 +1,122 @@
+"""``mlinfra sync vectorindex NAMESPACE/NAME``: one sync run from the source table into the collection, as the
+CronJob/Job runs it.
+
+The VectorIndex comes from ``MLINFRA_VECTORINDEX_SPEC`` (set by the operator in the Job), ``--file``, or the
+Kubernetes API. Connections: the mounted Secret directories ``MLINFRA_SOURCE_CONN_DIR`` (PostgreSQL) and
+``MLINFRA_QDRANT_CONN_DIR``, else the DataStores' published Secrets (see :mod:`mlinfra.stores.jobconn`).
+
+The run holds the index's advisory lock (a concurrent run exits with code 2, doing nothing), records itself in
+``mlinfra.vector_sync_runs``, writes into the collection the alias points at, and prints one JSON line.
+Exit codes: 0 success (bad rows are reported, not fatal), 1 the run failed, 2 it could not start.
+
+Test hook: ``MLINFRA_SYNC_PAUSE_AFTER_BATCHES=N`` prints ``paused after batch N`` on stderr and sleeps after
+the N-th committed batch, so a test can kill the run between batches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pydantic
+import yaml
+
+from mlinfra.api import vectorindex
+from mlinfra.engines import connection
+from mlinfra.engines import qdrant as qdrant_engine
+from mlinfra.k8s import objects
+from mlinfra.stores import jobconn
+from mlinfra.vectors import runs, source, sync
+
+SOURCE_DIR_ENV = "MLINFRA_SOURCE_CONN_DIR"
+QDRANT_DIR_ENV = "MLINFRA_QDRANT_CONN_DIR"
+SPEC_ENV = "MLINFRA_VECTORINDEX_SPEC"
+PAUSE_ENV = "MLINFRA_SYNC_PAUSE_AFTER_BATCHES"
+MAX_BAD_ROWS_SHOWN = 20
+
+
+def load_index(namespace: str, name: str, file: pathlib.Path | None = None) -> vectorindex.VectorIndex:
+    spec_json = os.environ.get(SPEC_ENV)
+    if file is not None:
+        body: Any = yaml.safe_load(file.read_text())
+    elif spec_json:
+        body = {"kind": "VectorIndex", "metadata": {"name": name, "namespace": namespace},
+                "spec": json.loads(spec_json)}
+    else:
+        try:
+            body = objects.get("VectorIndex", namespace, name)
+        except objects.NotFound:
+            raise jobconn.Unusable(f"VectorIndex {namespace}/{name} not found") from None
+    try:
+        return vectorindex.VectorIndex.model_validate(body)
+    except pydantic.ValidationError as exc:
+        raise jobconn.Unusable(f"VectorIndex {namespace}/{name} is invalid: {exc.error_count()} errors: "
+                               f"{exc}") from None
+
+
+def _pause_hook() -> Callable[[int, int], None] | None:
+    after = int(os.environ.get(PAUSE_ENV) or 0)
+    if after <= 0:
+        return None
+
+    def hook(batches: int, rows: int) -> None:
+        if batches == after:
+            print(f"paused after batch {batches} ({rows} rows)", file=sys.stderr, flush=True)
+            time.sleep(3600)
+
+    return hook
+
+
+def _emit(summary: dict[str, Any]) -> None:
+    print(json.dumps(summary, sort_keys=True, default=str), flush=True)
+
+
+def run(target: str, file: pathlib.Path | None = None, full: bool = False) -> int:
+    """One sync of ``target``; prints the JSON summary line; returns the exit code."""
+    try:
+        namespace, name = jobconn.parse_target(target)
+        index = load_index(namespace, name, file)
+        spec = index.spec
+        if spec.source is None:
+            raise jobconn.Unusable(f"VectorIndex {target} has no spec.source: there is nothing to sync from")
+        pg_info = jobconn.resolve_connection(SOURCE_DIR_ENV, namespace, spec.source.store_ref.name)
+        qdrant_info = jobconn.resolve_connection(QDRANT_DIR_ENV, namespace, spec.store_ref.name)
+    except (jobconn.Unusable, ValueError, OSError, objects.ApiError) as error:
+        _emit({"vectorIndex": target, "outcome": "Failed", "error": str(error)})
+        return jobconn.EXIT_UNUSABLE
+    try:
+        with connection.postgres(pg_info, application_name="mlinfra-vector-sync") as conn:
+            runs.ensure_table(conn)
+            with runs.exclusive(conn, namespace, name):
+                run_id = runs.start(conn, namespace, name)
+                try:
+                    shape = source.inspect(conn, spec.source)
+                    with qdrant_engine.open_client(qdrant_info) as client:
+                        result = sync.sync(conn, client, spec, namespace, name, full=full, shape=shape,
+                                           on_batch=_pause_hook())
+                except Exception as error:
+                    message = f"{type(error).__name__}: {error}"
+                    runs.finish(conn, run_id, rows=0, upserted=0, deleted=0, bad_rows=0, watermark=None,
+                                error=message)
+                    _emit({"vectorIndex": target, "outcome": "Failed", "error": message})
+                    return jobconn.EXIT_FAILED
+                runs.finish(conn, run_id, rows=result.rows, upserted=result.upserted,
+                            deleted=result.deleted + result.removed, bad_rows=len(result.bad_rows),
+                            watermark=result.watermark.updated_at)
+    except runs.RunInProgress as error:
+        _emit({"vectorIndex": target, "outcome": "Skipped", "error": str(error)})
+        return jobconn.EXIT_UNUSABLE
+    except Exception as error:
+        _emit({"vectorIndex": target, "outcome": "Failed", "error": f"{type(error).__name__}: {error}"})
+        return jobconn.EXIT_FAILED
+    _emit({"vectorIndex": target, "outcome": "Succeeded", "rows": result.rows, "upserted": result.upserted,
+           "deleted": result.deleted, "removed": result.removed, "batches": result.batches,
+           "badRows": len(result.bad_rows),
+           "badRowIds": [{"id": key, "problem": why} for key, why in result.bad_rows[:MAX_BAD_ROWS_SHOWN]],
+           "watermark": result.watermark.updated_at.isoformat() if result.watermark.updated_at else None})
+    return jobconn.EXIT_OK
