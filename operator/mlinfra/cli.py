@@ -183,6 +183,23 @@ def sync_featureview(
     raise typer.Exit(sync_cli.run(target, file=file, batch_size=batch_size))
 
 
+@sync_app.command("vectorindex")
+def sync_vectorindex(
+    target: Annotated[str, typer.Argument(help="NAMESPACE/NAME of the VectorIndex.")],
+    file: Annotated[
+        pathlib.Path | None,
+        typer.Option("--file", "-f", help="Read the VectorIndex from this YAML/JSON file, not the API server."),
+    ] = None,
+    full: Annotated[
+        bool, typer.Option("--full", help="Also delete points whose source row is gone (hard deletes).")
+    ] = False,
+) -> None:
+    """Copy changed rows of a VectorIndex's source table into its collection once; prints a JSON summary."""
+    from mlinfra.vectors import sync_cli as vector_sync_cli
+
+    raise typer.Exit(vector_sync_cli.run(target, file=file, full=full))
+
+
 @sync_app.command("modelregistry")
 def sync_modelregistry(
     target: Annotated[str, typer.Argument(help="NAMESPACE/NAME of the ModelRegistry.")],

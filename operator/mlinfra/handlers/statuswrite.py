@@ -28,3 +28,9 @@ def fail(body: kopf.Body, patch: kopf.Patch, problem: Problem, problem_status: d
     if problem.stalled:
         raise kopf.PermanentError(problem.message)
     raise kopf.TemporaryError(problem.message, delay=retry_delay)
+
+
+def announce(body: kopf.Body, reason: str, message: str) -> None:
+    """A Normal Event for something the operator *did* (created, repaired, rebuilt). kopf.info would be
+    dropped: posting.level is WARNING so that Kopf's own INFO log lines do not become Events."""
+    kopf.event(body, type="Normal", reason=reason, message=message)

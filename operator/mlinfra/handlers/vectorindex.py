@@ -43,26 +43,26 @@ def _lock(memo: Any) -> threading.Lock:
 def _announce(body: kopf.Body, applied: reconcile.Applied, drift: bool) -> None:
     ensured = applied.ensured
     if ensured.created:
-        kopf.info(body, reason="CollectionCreated", message=f"created {ensured.collection} behind alias "
-                  f"{ensured.alias}")
+        statuswrite.announce(body, "CollectionCreated",
+                             f"created {ensured.collection} behind alias {ensured.alias}")
     if ensured.changes:
-        kopf.info(body, reason="DriftRepaired" if drift else "SettingsUpdated",
-                  message=("changed by hand, restored: " if drift else "updated in place: ")
-                  + "; ".join(ensured.changes))
+        statuswrite.announce(body, "DriftRepaired" if drift else "SettingsUpdated",
+                             ("changed by hand, restored: " if drift else "updated in place: ")
+                             + "; ".join(ensured.changes))
     if ensured.indexes_created or ensured.indexes_dropped:
-        kopf.info(body, reason="PayloadIndexesReconciled",
-                  message=f"created {list(ensured.indexes_created)}, dropped {list(ensured.indexes_dropped)}")
+        statuswrite.announce(body, "PayloadIndexesReconciled",
+                             f"created {list(ensured.indexes_created)}, dropped {list(ensured.indexes_dropped)}")
     if ensured.index_conflicts:
         kopf.warn(body, reason="PayloadIndexConflict", message="; ".join(ensured.index_conflicts))
     if applied.rebuilt is not None:
         r = applied.rebuilt
-        kopf.info(body, reason="Rebuilt", message=f"alias {r.alias} moved from {r.previous} to {r.active} "
-                  f"({r.points} points, count verified against the source)")
+        statuswrite.announce(body, "Rebuilt", f"alias {r.alias} moved from {r.previous} to {r.active} "
+                             f"({r.points} points, count verified against the source)")
     if applied.pruned:
-        kopf.info(body, reason="PreviousCollectionDeleted",
-                  message=f"deleted {applied.pruned}: spec.previousCollectionRetention passed")
+        statuswrite.announce(body, "PreviousCollectionDeleted",
+                             f"deleted {applied.pruned}: spec.previousCollectionRetention passed")
     if applied.watermark_reset:
-        kopf.info(body, reason="WatermarkReset", message="new empty collection: the next sync copies every row")
+        statuswrite.announce(body, "WatermarkReset", "new empty collection: the next sync copies every row")
 
 
 def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
@@ -105,7 +105,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
 
         def rebuilding(found: collection.Result) -> None:
             why = ", ".join(found.rebuild_reasons)
-            kopf.info(body, reason="Rebuilding", message=f"{why}: building {found.target} beside {found.collection}")
+            statuswrite.announce(body, "Rebuilding", f"{why}: building {found.target} beside {found.collection}")
             # Written now, not with the handler's patch at the end: the rebuild may take minutes.
             new = status.compute(status.Facts(generation=generation, rebuilding=why), body.get("status"))
             objects.merge_patch(KIND, body["metadata"]["namespace"], body["metadata"]["name"],
