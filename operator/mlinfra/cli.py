@@ -147,7 +147,9 @@ def status(
         return
     if color is None:
         color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    typer.echo(statusview.render_text(trees, color=color, now=datetime.datetime.now(datetime.UTC)), nl=False)
+    # color= too: click strips ANSI codes from output that is not a terminal, which would undo --color.
+    typer.echo(statusview.render_text(trees, color=color, now=datetime.datetime.now(datetime.UTC)), nl=False,
+               color=color)
 
 
 def _current_namespace() -> str:
