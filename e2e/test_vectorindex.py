@@ -164,6 +164,24 @@ def test_vectorindex_sync_rebuild_and_query(control_plane: ControlPlane, operato
         hits = client.query_points(name, query=rows[77], limit=3, with_payload=True).points
     assert hits[0].id == 77 and hits[0].payload == {"title": "doc 77", "lang": "en"}
 
+    # Drift by hand: the alias deleted -> the timer restores it and says so.
+    with qdrant_engine.open_client(qdrant_conn(cp, ns, backer)) as client:
+        client.update_collection_aliases(change_aliases_operations=[
+            models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=name))])
+    wait_for("DriftRepaired event", lambda: any(e.startswith(f"DriftRepaired: changed by hand, restored: alias "
+                                                             f"{name}: missing -> {first}")
+                                                for e in events(cp, ns, name)), 60)
+    # The whole collection deleted by hand: recreated empty, and the watermark reset so the next sync
+    # copies every row again (rowsBehind shows it) instead of believing it is caught up.
+    with qdrant_engine.open_client(qdrant_conn(cp, ns, backer)) as client:
+        client.delete_collection(first)
+    wait_for("recreated, all rows behind", lambda: vi(cp, ns, name)["status"]["sync"].get("rowsBehind") == 150
+             and vi(cp, ns, name)["status"].get("points") == 0, 60)
+    assert any(e.startswith("WatermarkReset") for e in events(cp, ns, name))
+    summary = run_job_command(cp, ns, pod, backer, tmp_path / "run3")
+    assert summary["upserted"] == 149 and summary["deleted"] == 1
+    wait_for("restored", lambda: vi(cp, ns, name)["status"].get("points") == 149, 60)
+
     # An immutable change (distance) rebuilds blue/green: new collection, backfilled, verified, alias moved.
     cp.kubectl("patch", "vectorindex", name, "-n", ns, "--type=merge",
                "-p", json.dumps({"spec": {"vectors": {"size": DIM, "distance": "Dot"}}}))

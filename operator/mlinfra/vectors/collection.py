@@ -221,18 +221,22 @@ def ensure(client: QdrantClient, spec: vectorindex.VectorIndexSpec) -> Result:
     alias, target = spec.collection, physical_name(spec)
     current = alias_target(client, alias)
     created = False
+    repaired: list[str] = []
     if current is None:
         if client.collection_exists(alias):
             raise CollectionError(f"a collection named {alias!r} exists and is not an alias: the operator "
                                   "does not adopt it; rename it or choose another spec.collection")
-        if not client.collection_exists(target):  # else: created by a run that stopped before the alias
+        if not client.collection_exists(target):
             create(client, spec, target)
             created = True
+        elif _metadata(client.get_collection(target)).get(OWNED_INDEXES_KEY) is not None:
+            # Ours, with the alias gone: deleted by hand (or a run stopped between create and alias).
+            repaired.append(f"alias {alias}: missing -> {target}")
         point_alias(client, alias, target, None)
         current = target
     info = client.get_collection(current)
     reasons = immutable_reasons(spec, info.config.params.vectors)
-    changes = _apply_mutable(client, spec, current, info)
+    changes = repaired + _apply_mutable(client, spec, current, info)
     made, dropped, conflicts = reconcile_indexes(client, spec, current, info)
     return Result(alias=alias, collection=current, target=target, created=created, changes=tuple(changes),
                   indexes_created=made, indexes_dropped=dropped, index_conflicts=conflicts,
