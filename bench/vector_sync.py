@@ -18,6 +18,7 @@ Run: ``.venv/bin/python bench/vector_sync.py --rows 20000 --naive-rows 5000`` (s
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -118,7 +119,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
     client, which = open_qdrant(args.local_path)
-    print(f"qdrant: {which}")
+    print(f"qdrant: {which}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the start")
     if not devenv_qdrant.is_real_server():
         print("caveat: local mode is qdrant-client's in-process Python implementation (no network, no server, no "
               "HNSW graph built): these figures are our code + PostgreSQL + that implementation, not a Qdrant "
@@ -148,7 +149,7 @@ def main() -> None:
         print(f"(c) pre-built points, batch {sizes[0]}: {n:>5} rows in {secs:7.2f}s = {raw:>8,.0f} rows/s "
               "(no PostgreSQL)")
         print(f"vectors.sync (batch {sizes[0]}) = {rates[0] / naive:.1f}x one upsert per row, "
-              f"{rates[0] / raw:.2f} of the Qdrant-side ceiling")
+              f"{rates[0] / raw:.2f} of the Qdrant-side ceiling; load average {os.getloadavg()[0]:.1f} at the end")
     client.close()
 
 
