@@ -32,12 +32,17 @@ def helm(cp: ControlPlane, *args: str, check: bool = True) -> subprocess.Complet
     return result
 
 
+def chart_dir() -> Path:
+    """The working tree's chart."""
+    return tools.repo_root() / "charts" / "mlinfra-operator"
+
+
 def install_chart(cp: ControlPlane, release: str = RELEASE, namespace: str = NAMESPACE,
-                  extra: tuple[str, ...] = ()) -> str:
-    """``helm upgrade --install`` the chart (CRDs included); returns the operator's ServiceAccount name."""
-    chart = tools.repo_root() / "charts" / "mlinfra-operator"
-    helm(cp, "upgrade", "--install", release, str(chart), "--namespace", namespace, "--create-namespace",
-         "--wait", "--timeout", "3m", *extra)
+                  extra: tuple[str, ...] = (), chart: Path | None = None) -> str:
+    """``helm upgrade --install`` the chart (CRDs included on a first install) — the working tree's, or
+    ``chart`` (a directory or a packaged ``.tgz``); returns the operator's ServiceAccount name."""
+    helm(cp, "upgrade", "--install", release, str(chart or chart_dir()), "--namespace", namespace,
+         "--create-namespace", "--wait", "--timeout", "3m", *extra)
     accounts = json.loads(cp.kubectl("get", "serviceaccounts", "-n", namespace, "-l",
                                      f"app.kubernetes.io/instance={release}", "-o", "json").stdout)["items"]
     if len(accounts) != 1:
@@ -81,7 +86,10 @@ class OperatorProcess:
 
 
 def start_operator(stack: procs.ProcStack, kubeconfig: Path, workdir: Path, endpoint_map: Path | None,
-                   observe_interval: float = 2.0, extra_env: dict[str, str] | None = None) -> OperatorProcess:
+                   observe_interval: float = 2.0, extra_env: dict[str, str] | None = None,
+                   namespaces: tuple[str, ...] = ()) -> OperatorProcess:
+    """``mlinfra run`` as the identity of ``kubeconfig``, logging to ``workdir/operator.log``; cluster-wide,
+    or watching only ``namespaces`` (``--namespace``, as the chart's ``watchNamespaces`` renders it)."""
     health, metrics = procs.free_port(), procs.free_port()
     env = {
         "KUBECONFIG": str(kubeconfig),
@@ -94,6 +102,7 @@ def start_operator(stack: procs.ProcStack, kubeconfig: Path, workdir: Path, endp
     env.pop("MLINFRA_REPO", None)
     proc = stack.add(procs.Proc("mlinfra-operator", [
         sys.executable, "-m", "mlinfra", "run", f"--health-port={health}", f"--metrics-port={metrics}",
+        *(f"--namespace={ns}" for ns in namespaces),
     ], workdir / "operator.log", env={**os.environ, **env}))
     op = OperatorProcess(proc, health, metrics)
     procs.wait_until("the operator's /healthz", lambda: bool(op.healthz() is not None), 60, proc)
