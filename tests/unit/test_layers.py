@@ -25,7 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "handlers": {"api", "engines", "k8s", "stores", "features", "registry", "vectors", "config", "metrics"},
     "run": {"handlers", "config", "metrics"},
     # The development platform drives the product end to end (the demo reads features with the SDK).
-    "devenv": {"api", "engines", "k8s", "stores", "features", "client"},
+    "devenv": {"api", "engines", "k8s", "stores", "features", "vectors", "client"},
     # Pure rendering of `mlinfra status`: plain dicts in, text out (the CLI fetches).
     "statusview": set(),
     "cli": {"*"},

@@ -33,11 +33,13 @@ from mlinfra.devenv import procs, tools
 from mlinfra.devenv.backer import Backer
 from mlinfra.devenv.controlplane import ControlPlane
 from mlinfra.devenv.platform import Platform
+from mlinfra.engines import qdrant as qdrant_engine
 from mlinfra.engines.connection import ConnectionInfo
 from mlinfra.features import connect
 from mlinfra.features.jobs import SYNC_REQUESTED_ANNOTATION, ondemand_job_name
 from mlinfra.stores import endpoints
 from mlinfra.stores.endpoints import EndpointMap
+from mlinfra.vectors import sample as vector_sample
 
 log = logging.getLogger(__name__)
 NAMESPACE = "mlinfra-demo"
@@ -117,9 +119,8 @@ def run(state_dir: Path, once: bool = False, timeout: float = 300) -> int:
                                f"--from-literal=username={secret[1]}", f"--from-literal=password={secret[2]}")
                 docs.append(doc)
             cp.apply(docs, field_manager="mlinfra-demo")
-            # Qdrant has no server binary here: its managed store reports that, it is never Ready locally.
-            expected = [d["metadata"]["name"] for d in docs if d["spec"]["engine"] != "qdrant"]
-            ok = _wait_ready(cp.kubectl, expected, timeout)
+            # The managed Qdrant store is served by qdrant-client local mode (no server binary here).
+            ok = _wait_ready(cp.kubectl, [d["metadata"]["name"] for d in docs], timeout)
             if ok:
                 views = samples("featureview-*.yaml")
                 for doc in views:
@@ -138,6 +139,17 @@ def run(state_dir: Path, once: bool = False, timeout: float = 300) -> int:
                                      "modelregistries")
                     if ok:
                         print(registry_loop(cp, backer.map_path), flush=True)
+                        indexes = samples("vectorindex-*.yaml")
+                        for doc in indexes:
+                            doc["metadata"]["namespace"] = NAMESPACE
+                            load_vector_source(cp, backer.map_path, doc)
+                        cp.apply(indexes, field_manager="mlinfra-demo")
+                        print("== VectorIndex docs: 2,000 documents with 384-d embeddings, sync now, query "
+                              "through the alias", flush=True)
+                        ok = _wait_ready(cp.kubectl, [i["metadata"]["name"] for i in indexes], timeout,
+                                         "vectorindexes")
+                        if ok:
+                            print(vector_loop(cp, backer.map_path, platform.workdir / "vector-sync"), flush=True)
             items = json.loads(cp.kubectl("get", "datastores", "-n", NAMESPACE, "-o", "json").stdout)["items"]
             print("\n$ kubectl get mlinfra -n mlinfra-demo -o wide\n" + table(cp.kubectl), flush=True)
             print("observed replication (from the live servers):\n" + lag_report(items), flush=True)
@@ -238,6 +250,84 @@ def feature_loop(cp: ControlPlane, endpoint_map: Path, tmp: Path, view: str = "u
     lines += [f"   user_id={uid}: {value}" for uid, value in zip([1, 2, 3, 4], values, strict=True)]
     lines.append(f"status.lastMaterialization: {st['lastMaterialization']}")
     lines.append(f"status.freshness: {st.get('freshness')}")
+    return "\n".join(lines)
+
+
+def run_job_command(cp: ControlPlane, job: str, endpoint_map: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
+    """kwok's Pods run nothing: run a Job's container here, with its args, its environment and its Secret
+    volumes written out as directories (the endpoint map reaches the locally served stores)."""
+    pod = json.loads(cp.kubectl("get", "job", job, "-n", NAMESPACE, "-o", "json").stdout)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {**os.environ, **{e["name"]: e["value"] for e in container["env"]}, endpoints.ENV: str(endpoint_map)}
+    for volume in pod.get("volumes", []):
+        if "secret" not in volume:
+            continue
+        mount = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == volume["name"])
+        directory = tmp / volume["name"]
+        directory.mkdir(parents=True, exist_ok=True)
+        for key, value in _secret_data(cp, volume["secret"]["secretName"]).items():
+            (directory / key).write_text(value)
+        for var in (e["name"] for e in container["env"] if e["value"] == mount):
+            env[var] = str(directory)
+    env.pop("KUBECONFIG", None)
+    return subprocess.run([sys.executable, "-m", "mlinfra", *container["args"]], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def load_vector_source(cp: ControlPlane, endpoint_map: Path, index: dict[str, Any]) -> None:
+    """The sample's source table in its PostgreSQL store, as the application owning it would create it."""
+    ref = index["spec"]["source"]["storeRef"]["name"]
+    pg = endpoints.resolve(ConnectionInfo.from_secret_data(_secret_data(cp, f"{ref}-conn")), NAMESPACE, ref,
+                           EndpointMap(endpoint_map))
+    with connect.postgres(pg) as conn:
+        if conn.execute("SELECT to_regclass('public.doc_embeddings')").fetchone() == (None,):
+            vector_sample.create_table(conn)
+            vector_sample.load(conn)
+
+
+def vector_loop(cp: ControlPlane, endpoint_map: Path, tmp: Path, name: str = "docs") -> str:
+    """The VectorIndex loop: a source table of 384-d embeddings, "sync now", a similarity query via the alias."""
+    doc = json.loads(cp.kubectl("get", "vectorindex", name, "-n", NAMESPACE, "-o", "json").stdout)
+    spec = doc["spec"]
+    emap = EndpointMap(endpoint_map)
+    src_ref, q_ref = spec["source"]["storeRef"]["name"], spec["storeRef"]["name"]
+    pg = endpoints.resolve(ConnectionInfo.from_secret_data(_secret_data(cp, f"{src_ref}-conn")), NAMESPACE,
+                           src_ref, emap)
+    qdrant = endpoints.resolve(ConnectionInfo.from_secret_data(_secret_data(cp, f"{q_ref}-conn")), NAMESPACE,
+                               q_ref, emap)
+    procs.wait_until("rowsBehind in status", lambda: json.loads(cp.kubectl(
+        "get", "vectorindex", name, "-n", NAMESPACE, "-o", "json").stdout)["status"].get("sync", {}).get(
+        "rowsBehind", 0) > 0, 60)
+    before = json.loads(cp.kubectl("get", "vectorindex", name, "-n", NAMESPACE, "-o", "json").stdout)["status"]
+    requested = datetime.datetime.now(datetime.UTC).isoformat()
+    cp.kubectl("annotate", "vectorindex", name, "-n", NAMESPACE, f"{SYNC_REQUESTED_ANNOTATION}={requested}",
+               "--overwrite")
+    job = ondemand_job_name(name, requested)
+    procs.wait_until("the sync Job", lambda: cp.kubectl("get", "job", job, "-n", NAMESPACE,
+                                                        check=False).returncode == 0, 60)
+    run = run_job_command(cp, job, endpoint_map, tmp)
+    if run.returncode != 0:
+        return f"sync failed: {run.stdout[-1000:]} {run.stderr[-2000:]}"
+
+    def caught_up() -> bool:
+        st = json.loads(cp.kubectl("get", "vectorindex", name, "-n", NAMESPACE, "-o", "json").stdout)["status"]
+        return bool(st.get("sync", {}).get("rowsBehind") == 0 and st.get("points"))
+
+    procs.wait_until("the index caught up in status", caught_up, 90)
+    st = json.loads(cp.kubectl("get", "vectorindex", name, "-n", NAMESPACE, "-o", "json").stdout)["status"]
+    query_text = "hnsw quantization"
+    query = vector_sample.embed_query(query_text)
+    with qdrant_engine.open_client(qdrant) as client:
+        hits = client.query_points(spec["collection"], query=query, limit=3, with_payload=True).points
+    with connect.postgres(pg) as conn:
+        exact = vector_sample.brute_force_top_k(conn, "doc_embeddings", query, 3)
+    lines = [f"status before the sync: rowsBehind={before['sync'].get('rowsBehind')} points={before.get('points')}",
+             f"$ mlinfra sync vectorindex {NAMESPACE}/{name}   (the Job's command)", run.stdout.strip(),
+             f"status: activeCollection={st['activeCollection']} points={st['points']} sync={st['sync']}",
+             f"query {query_text!r} through the alias {spec['collection']!r} (top 3):"]
+    lines += [f"   id={h.id} score={h.score:.3f} {h.payload}" for h in hits]
+    same = [h.id for h in hits] == [i for i, _ in exact]
+    lines.append(f"brute force over the source rows gives the same ids: {same}")
     return "\n".join(lines)
 
 

@@ -25,9 +25,9 @@ def fail(body: kopf.Body, patch: kopf.Patch, problem: Problem, problem_status: d
     a spec only the user can fix is not retried; anything else is retried after ``retry_delay``."""
     write_status(body, patch, problem_status, owned)
     kopf.warn(body, reason=problem.reason, message=problem.message)
-    if problem.stalled:
+    if problem.stalled and problem.recheck is None:
         raise kopf.PermanentError(problem.message)
-    raise kopf.TemporaryError(problem.message, delay=retry_delay)
+    raise kopf.TemporaryError(problem.message, delay=problem.recheck or retry_delay)
 
 
 def announce(body: kopf.Body, reason: str, message: str) -> None:

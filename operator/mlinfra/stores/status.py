@@ -42,6 +42,9 @@ class Problem:
     reason: str
     message: str
     stalled: bool
+    # Stalled on something outside the spec that the user fixes elsewhere (a source table's columns): looked
+    # at again every ``recheck`` seconds instead of waiting for a spec change.
+    recheck: float | None = None
 
 
 # Reason constants, so that tests, docs and health checks agree on them.

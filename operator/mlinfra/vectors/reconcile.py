@@ -28,6 +28,7 @@ IMMUTABLE_WITHOUT_SOURCE = "ImmutableFieldChange"
 COLLECTION_CONFLICT = "CollectionConflict"
 BACKFILL_FAILED = rebuild.BACKFILL_FAILED
 QDRANT_ERROR = "QdrantError"
+SOURCE_RECHECK = 30.0  # seconds between looks at a source table that is missing or lacks columns
 QDRANT_FAILURES: tuple[type[Exception], ...] = (qdrant_engine.LocalBusy, *qdrant_engine.CLIENT_ERRORS)
 
 
@@ -70,7 +71,8 @@ def _source_shape(vi: api.VectorIndex, stores: Stores) -> source.SourceShape | N
         with connection.postgres(stores.source, application_name="mlinfra-operator") as conn:
             return source.inspect(conn, vi.spec.source)
     except source.SourceInvalid as exc:
-        raise ProblemError(Problem(INVALID_SPEC, str(exc), stalled=True)) from None
+        # The table is the user's, not the spec's: fixed by a migration, so looked at again, not given up on.
+        raise ProblemError(Problem(INVALID_SPEC, str(exc), stalled=True, recheck=SOURCE_RECHECK)) from None
 
 
 def _qdrant_problem(exc: Exception, conn: connection.ConnectionInfo) -> ProblemError:
@@ -204,7 +206,7 @@ def observe(vi: api.VectorIndex, stores: Stores) -> Observed:
                 progress = sync.progress(conn, spec, ns, name)
                 last = runs.last(conn, ns, name)
         except source.SourceInvalid as exc:
-            raise ProblemError(Problem(INVALID_SPEC, str(exc), stalled=True)) from None
+            raise ProblemError(Problem(INVALID_SPEC, str(exc), stalled=True, recheck=SOURCE_RECHECK)) from None
     return Observed(active=active, previous=previous, points=points, indexed_vectors=indexed,
                     collection_status=status, optimizer_error=optimizer_error, replicas=replicas,
                     progress=progress, last_run=last, job_failed=jobstatus.newest_failure(ns, {jobs.KIND_LABEL: name}))
