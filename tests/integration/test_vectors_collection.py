@@ -154,3 +154,15 @@ def test_failed_backfill_keeps_the_old_alias(qdrant: QdrantClient, failure: str)
     # A retry starts from an empty collection and succeeds.
     result = rebuild.rebuild(qdrant, new_spec, _fill(qdrant, 4, 8), expected_count=4)
     assert result.previous == old and qdrant.count("docs", exact=True).count == 4
+
+
+def test_collection_params_change_in_place_and_shards_need_a_rebuild(qdrant: QdrantClient) -> None:
+    first = spec(replicationFactor=1, onDiskPayload=False)
+    collection.ensure(qdrant, first)
+    changed = collection.ensure(qdrant, spec(replicationFactor=2, onDiskPayload=True))
+    assert set(changed.changes) == {"params.replication_factor: 1 -> 2", "params.on_disk_payload: False -> True"}
+    assert not changed.rebuild_needed
+    assert collection.ensure(qdrant, spec(replicationFactor=2, onDiskPayload=True)).changes == ()
+    resharded = collection.ensure(qdrant, spec(replicationFactor=2, onDiskPayload=True, shards=2))
+    assert resharded.rebuild_reasons == ("shards: default -> 2",)
+    assert resharded.target != resharded.collection

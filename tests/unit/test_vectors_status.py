@@ -135,3 +135,13 @@ def test_cronjob_only_with_a_schedule_and_a_source() -> None:
     assert pod["containers"][0]["args"] == ["sync", "vectorindex", "ml/docs"]
     assert {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v} == {"pg-conn", "vectors-conn"}
     assert pod["automountServiceAccountToken"] is False
+
+
+def test_hard_deletes_make_every_run_a_full_one() -> None:
+    owner = {"apiVersion": "mlinfra.io/v1alpha1", "kind": "VectorIndex", "name": "docs", "uid": "u"}
+    spec = index(source=src().model_dump(by_alias=True, exclude_none=True),
+                 sync={"schedule": "*/5 * * * *", "hardDeletes": True})
+    cron = jobs.cronjob(spec, "img", owner)
+    assert cron is not None
+    args = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args == ["sync", "vectorindex", "ml/docs", "--full"]

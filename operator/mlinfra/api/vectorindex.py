@@ -136,6 +136,11 @@ class IndexSync(base.SpecModel):
     schedule: common.CronSchedule = pydantic.Field(description="When to run, e.g. '*/10 * * * *'.")
     batch_size: int = pydantic.Field(default=500, ge=1, le=10000, description="Points per upsert batch.")
     suspend: bool = pydantic.Field(default=False, description="Pause scheduled runs.")
+    hard_deletes: bool = pydantic.Field(
+        default=False,
+        description="Also remove points whose row was deleted outright (DELETE, not deletedColumn). Each run "
+        "then compares every point id with the table: slower on large collections.",
+    )
     max_lag: common.Duration | None = pydantic.Field(
         default=None,
         description="Index lag SLO: Synced is False (reason LagExceeded) while the collection is further behind "

@@ -80,7 +80,11 @@ class Result:
 
 
 def immutable_settings(spec: vectorindex.VectorIndexSpec) -> dict[str, Any]:
-    return {"size": spec.vectors.size, "distance": spec.vectors.distance, "datatype": spec.vectors.datatype}
+    settings: dict[str, Any] = {"size": spec.vectors.size, "distance": spec.vectors.distance,
+                                "datatype": spec.vectors.datatype}
+    if spec.shards is not None:  # only when set, so that names of collections without it stay the same
+        settings["shards"] = spec.shards
+    return settings
 
 
 def physical_name(spec: vectorindex.VectorIndexSpec) -> str:
@@ -105,6 +109,20 @@ def desired_optimizers(spec: vectorindex.VectorIndexSpec) -> dict[str, int]:
               "memmap_threshold": spec.optimizers.memmap_threshold,
               "default_segment_number": spec.optimizers.default_segment_number}
     return {key: value for key, value in values.items() if value is not None}
+
+
+def desired_params(spec: vectorindex.VectorIndexSpec) -> dict[str, Any]:
+    """Collection parameters Qdrant changes in place (the spec's set ones)."""
+    values = {"replication_factor": spec.replication_factor, "on_disk_payload": spec.on_disk_payload,
+              "vectors_on_disk": spec.vectors.on_disk}
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def observed_params(params: models.CollectionParams) -> dict[str, Any]:
+    vectors = params.vectors
+    return {"replication_factor": params.replication_factor, "on_disk_payload": params.on_disk_payload,
+            # Unset means in memory.
+            "vectors_on_disk": bool(vectors.on_disk) if isinstance(vectors, models.VectorParams) else None}
 
 
 def desired_quantization(spec: vectorindex.VectorIndexSpec) -> dict[str, Any] | None:
@@ -201,7 +219,8 @@ def create(client: QdrantClient, spec: vectorindex.VectorIndexSpec, name: str) -
         shard_number=spec.shards,
         replication_factor=spec.replication_factor,
         on_disk_payload=spec.on_disk_payload,
-        metadata={APPLIED_KEY: {"hnsw": hnsw, "quantization": quantization, "optimizers": optimizers},
+        metadata={APPLIED_KEY: {"hnsw": hnsw, "quantization": quantization, "optimizers": optimizers,
+                                "params": desired_params(spec)},
                   IMMUTABLE_KEY: immutable_settings(spec), OWNED_INDEXES_KEY: {}},
     )
 
@@ -236,6 +255,10 @@ def ensure(client: QdrantClient, spec: vectorindex.VectorIndexSpec) -> Result:
         current = target
     info = client.get_collection(current)
     reasons = immutable_reasons(spec, info.config.params.vectors)
+    created_shards = (_metadata(info).get(IMMUTABLE_KEY) or {}).get("shards")
+    if spec.shards is not None and created_shards != spec.shards:
+        # Qdrant cannot reshard a collection in place: a rebuild creates one with the new shard count.
+        reasons.append(f"shards: {created_shards or 'default'} -> {spec.shards}")
     changes = repaired + _apply_mutable(client, spec, current, info)
     made, dropped, conflicts = reconcile_indexes(client, spec, current, info)
     return Result(alias=alias, collection=current, target=target, created=created, changes=tuple(changes),
@@ -250,18 +273,22 @@ def _metadata(info: models.CollectionInfo) -> dict[str, Any]:
 def _apply_mutable(client: QdrantClient, spec: vectorindex.VectorIndexSpec, name: str,
                    info: models.CollectionInfo) -> list[str]:
     hnsw, quantization, optimizers = desired_hnsw(spec), desired_quantization(spec), desired_optimizers(spec)
+    params = desired_params(spec)
     if qdrant_engine.is_local_mode(client):
         applied = _metadata(info).get(APPLIED_KEY) or {}
         observed_hnsw, observed_q = applied.get("hnsw") or {}, applied.get("quantization")
         observed_opt = applied.get("optimizers") or {}
+        observed_p = applied.get("params") or {}
     else:
         observed_hnsw = info.config.hnsw_config.model_dump()
         observed_q = observed_quantization(info.config.quantization_config)
         observed_opt = info.config.optimizer_config.model_dump()
+        observed_p = observed_params(info.config.params)
     hnsw_diff = hnsw_changes(hnsw, observed_hnsw)
     q_diff = quantization_changes(quantization, observed_q)
     opt_diff = hnsw_changes(optimizers, observed_opt, prefix="optimizers")
-    if not hnsw_diff and not q_diff and not opt_diff:
+    p_diff = hnsw_changes(params, observed_p, prefix="params")
+    if not hnsw_diff and not q_diff and not opt_diff and not p_diff:
         return []
     q_config: Any = None
     if q_diff:
@@ -271,9 +298,15 @@ def _apply_mutable(client: QdrantClient, spec: vectorindex.VectorIndexSpec, name
         hnsw_config=models.HnswConfigDiff(**hnsw) if hnsw_diff else None,
         quantization_config=q_config,
         optimizers_config=models.OptimizersConfigDiff(**optimizers) if opt_diff else None,
-        metadata={APPLIED_KEY: {"hnsw": hnsw, "quantization": quantization, "optimizers": optimizers}},
+        collection_params=models.CollectionParamsDiff(
+            replication_factor=params.get("replication_factor"),
+            on_disk_payload=params.get("on_disk_payload")) if p_diff else None,
+        vectors_config={"": models.VectorParamsDiff(on_disk=params["vectors_on_disk"])}
+        if p_diff and "vectors_on_disk" in params else None,
+        metadata={APPLIED_KEY: {"hnsw": hnsw, "quantization": quantization, "optimizers": optimizers,
+                                "params": params}},
     )
-    return hnsw_diff + q_diff + opt_diff
+    return hnsw_diff + q_diff + opt_diff + p_diff
 
 
 def reconcile_indexes(client: QdrantClient, spec: vectorindex.VectorIndexSpec, name: str,

@@ -26,7 +26,9 @@ def sync_job(vi: api.VectorIndex) -> syncjobs.SyncJob:
     ns, name = vi.metadata.namespace or "default", vi.metadata.name
     return syncjobs.SyncJob(
         kind_label=KIND_LABEL, owner_name=name, namespace=ns,
-        args=("sync", "vectorindex", f"{ns}/{name}"), spec_env=sync_cli.SPEC_ENV,
+        args=("sync", "vectorindex", f"{ns}/{name}", *(("--full",) if vi.spec.sync and vi.spec.sync.hard_deletes
+                                                         else ())),
+        spec_env=sync_cli.SPEC_ENV,
         spec=vi.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
         mounts=(
             syncjobs.Mount("source-conn", store_names.connection_secret(vi.spec.source.store_ref.name),
