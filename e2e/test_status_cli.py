@@ -1,10 +1,10 @@
 """`mlinfra status` against the real control plane, with the operator and real stores behind it.
 
-Managed PostgreSQL and Redis (served by the backer), an external Neo4j, FeatureViews and a ModelRegistry on
-them, one FeatureView whose online store does not exist. The CLI runs as a subprocess, as a user would run
-it, and its output is compared, resource by resource, with the objects' .status read from the API server at
-the same resourceVersions. Then the same as a ServiceAccount that only has the read-only RBAC the chart
-aggregates into `view`.
+Managed PostgreSQL, Redis and Qdrant (served by the backer), an external Neo4j, FeatureViews, a ModelRegistry
+and a VectorIndex on them, one FeatureView whose online store does not exist. The CLI runs as a subprocess,
+as a user would run it, and its output is compared, resource by resource, with the objects' .status read
+from the API server at the same resourceVersions. Then the same as a ServiceAccount that only has the
+read-only RBAC the chart aggregates into `view`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ from mlinfra.devenv.controlplane import ControlPlane
 from mlinfra.devenv.neo4j import Neo4jServer
 from mlinfra.devenv.operator import OperatorProcess
 
-PLURALS = {"DataStore": "datastores", "FeatureView": "featureviews", "ModelRegistry": "modelregistries"}
+PLURALS = {"DataStore": "datastores", "FeatureView": "featureviews", "ModelRegistry": "modelregistries",
+           "VectorIndex": "vectorindexes"}
 
 # Every resource of the scene: kind, name, and the stores it must be listed under with the role each plays.
 # DataStores are the roots (no stores above them).
@@ -33,9 +35,11 @@ RESOURCES: list[tuple[str, str, dict[str, list[str]]]] = [
     ("DataStore", "offline", {}),
     ("DataStore", "online", {}),
     ("DataStore", "graph", {}),
+    ("DataStore", "vectors", {}),
     ("FeatureView", "clicks", {"offline": ["offline"], "online": ["online"]}),
     ("FeatureView", "orphan", {"offline": ["offline"], "missing-cache": ["online"]}),
     ("ModelRegistry", "models", {"offline": ["metadata"], "graph": ["lineage"]}),
+    ("VectorIndex", "docs", {"vectors": ["index"]}),
 ]
 # What the scene is known to look like once settled, independent of how the CLI computes anything.
 FACTS: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
@@ -44,11 +48,15 @@ FACTS: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
     ("DataStore", "online", {"ready": "True"},
      {"engine": "redis", "mode": "managed", "readyReplicas": 2, "desiredReplicas": 2}),
     ("DataStore", "graph", {"ready": "True"}, {"engine": "neo4j", "mode": "external"}),
+    ("DataStore", "vectors", {"ready": "True"}, {"engine": "qdrant", "mode": "managed"}),
     ("FeatureView", "clicks", {"ready": "True", "lastSync": None},
      {"lagSeconds": 0, "lastMaterialization": None}),
     ("FeatureView", "orphan", {"ready": "False", "reason": "StoreNotFound"}, {}),
     # Nothing pending: no oldest pending event, so no lag figure.
     ("ModelRegistry", "models", {"ready": "True"}, {"pendingEvents": 0, "lagSeconds": None}),
+    # No source table: an empty collection, and no sync figures at all.
+    ("VectorIndex", "docs", {"ready": "True", "lastSync": None},
+     {"points": 0, "rowsBehind": None, "lagSeconds": None, "lastRun": None}),
 ]
 
 
@@ -72,6 +80,7 @@ def scene(cp: ControlPlane, ns: str, graph: Neo4jServer) -> None:
     cp.apply([
         managed(ns, "offline", "postgres", 2),
         managed(ns, "online", "redis", 2),
+        managed(ns, "vectors", "qdrant", 1),  # served by qdrant-client's local mode (see the backer)
         {"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore", "metadata": {"name": "graph", "namespace": ns},
          "spec": {"engine": "neo4j", "external": {"endpoint": f"127.0.0.1:{graph.port}",
                                                  "credentialsSecretRef": {"name": "neo-creds"}}}},
@@ -80,6 +89,9 @@ def scene(cp: ControlPlane, ns: str, graph: Neo4jServer) -> None:
         {"apiVersion": "mlinfra.io/v1alpha1", "kind": "ModelRegistry", "metadata": {"name": "models", "namespace": ns},
          "spec": {"metadataStoreRef": {"name": "offline"}, "lineageStoreRef": {"name": "graph"},
                   "database": f"reg_{ns[-6:]}", "lineageSync": {"interval": "2s", "maxLag": "5m"}}},
+        {"apiVersion": "mlinfra.io/v1alpha1", "kind": "VectorIndex", "metadata": {"name": "docs", "namespace": ns},
+         "spec": {"storeRef": {"name": "vectors"}, "collection": f"docs_{ns[-6:]}",
+                  "vectors": {"size": 4, "distance": "Cosine"}}},
     ])
 
 
@@ -90,6 +102,9 @@ def settled(cp: ControlPlane, ns: str) -> bool:
         if ready.get("status") != expected["ready"]:
             return False
         if "reason" in expected and ready.get("reason") != expected["reason"]:
+            return False
+    for store in ("offline", "online"):  # Ready needs the primary; the replica may still be catching up
+        if (objs[("DataStore", store)]["status"].get("replication") or {}).get("readyReplicas") != 2:
             return False
     registry = objs[("ModelRegistry", "models")]["status"]
     return (registry.get("lineage", {}).get("lastSyncTime") is not None
@@ -113,15 +128,19 @@ def consistent_run(cp: ControlPlane, ns: str, kubeconfig: Path,
                    *args: str) -> tuple[str, dict[tuple[str, str], dict[str, Any]]]:
     """The CLI's stdout and the objects as they were while it ran: retried until no object changed
     (resourceVersion) between a read before and a read after the run."""
-    for _ in range(20):
+    changed: list[tuple[str, str]] = []
+    for _ in range(60):  # status changes when something observed changes: right after settling, that is often
         before = objects(cp, ns)
         run = mlinfra_status(kubeconfig, *args)
         assert run.returncode == 0, run.stderr
         after = objects(cp, ns)
-        if {k: o["metadata"]["resourceVersion"] for k, o in before.items()} == \
-                {k: o["metadata"]["resourceVersion"] for k, o in after.items()}:
+        changed = [k for k in after if before.get(k, {}).get("metadata", {}).get("resourceVersion")
+                   != after[k]["metadata"]["resourceVersion"]]
+        if not changed:
             return run.stdout, after
-    raise AssertionError("the objects kept changing while `mlinfra status` ran")
+        time.sleep(0.5)
+    raise AssertionError(f"objects kept changing while `mlinfra status` ran: {changed} "
+                         f"{[after[k].get('status') for k in changed]}")
 
 
 # --- what .status says, written out per kind: the JSON contract of docs/observability.md -------------------------
@@ -142,6 +161,13 @@ def expected_entry(obj: dict[str, Any]) -> dict[str, Any]:
         figures = {"lagSeconds": (st.get("freshness") or {}).get("lagSeconds"),
                    "lastMaterialization": {k: run.get(k) for k in ("outcome", "startTime", "endTime", "rows")}
                    if run else None}
+        last = (run.get("endTime") or run.get("startTime")) if run else None
+    elif kind == "VectorIndex":
+        sync = st.get("sync") or {}
+        run = sync.get("lastRun")
+        figures = {"points": st.get("points"), "rowsBehind": sync.get("rowsBehind"),
+                   "lagSeconds": sync.get("lagSeconds"),
+                   "lastRun": {k: run.get(k) for k in ("outcome", "startTime", "endTime", "rows")} if run else None}
         last = (run.get("endTime") or run.get("startTime")) if run else None
     else:
         lineage = st.get("lineage") or {}
@@ -185,7 +211,7 @@ def check_json(stdout: str, objs: dict[tuple[str, str], dict[str, Any]], ns: str
             assert entry == want, (kind, name, store)
     [tree] = [t for t in doc["namespaces"] if t["namespace"] == ns]
     assert [(s["name"], s["missing"]) for s in tree["stores"]] == [
-        ("graph", False), ("offline", False), ("online", False), ("missing-cache", True)]
+        ("graph", False), ("offline", False), ("online", False), ("vectors", False), ("missing-cache", True)]
     for kind, name, top, figures in FACTS:
         entry = found[(kind, name)].get("root") or next(iter(found[(kind, name)].values()))
         assert {k: entry[k] for k in top} == top, (kind, name)
@@ -222,6 +248,8 @@ def test_status_matches_the_objects(control_plane: ControlPlane, operator: Opera
                 assert f"engine={obj['spec']['engine']} mode={obj['status']['mode']}" in row
                 if rep:
                     assert f"replicas={rep['readyReplicas']}/{rep['desiredReplicas']}" in row
+            if kind == "VectorIndex":
+                assert f"points={obj['status']['points']} rowsBehind=- lag=- lastRun=never [index]" in row
             if kind == "ModelRegistry":
                 lineage = obj["status"]["lineage"]
                 assert f"pending={lineage['pendingEvents']}" in row
