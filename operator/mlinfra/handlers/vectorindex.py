@@ -93,8 +93,8 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
             if progress.lag_seconds is not None:
                 metrics.VECTORINDEX_SYNC_LAG.labels(ns, name).set(progress.lag_seconds)
         limit = status.max_lag(vi)
-        if limit is not None:
-            metrics.VECTORINDEX_SYNC_MAX_LAG.labels(ns, name).set(limit.total_seconds())
+        metrics.set_objective(metrics.VECTORINDEX_SYNC_MAX_LAG, ns, name,
+                              limit.total_seconds() if limit is not None else None)
 
     @kopf.on.resume(*res, registry=registry)
     @kopf.on.create(*res, registry=registry)
