@@ -52,6 +52,18 @@ def test_fake_nodes_are_ready(control_plane: ControlPlane) -> None:
         assert ready == "True", node["metadata"]["name"]
 
 
+def test_fake_nodes_renew_their_leases(control_plane: ControlPlane) -> None:
+    """As kubelets do: without renewals the node controller marks every node (and pod) NotReady once its grace
+    period passes, which a long test session or `make demo` outlives."""
+    def renewals() -> dict[str, str]:
+        leases = get(control_plane, "leases", "-n", "kube-node-lease")["items"]
+        return {lease["metadata"]["name"]: lease["spec"].get("renewTime", "") for lease in leases}
+
+    first = renewals()
+    assert set(first) == {n["metadata"]["name"] for n in get(control_plane, "nodes")["items"]}
+    wait("every lease renewed again", lambda: all(renewals()[name] > first[name] for name in first), 90)
+
+
 CRD = {
     "apiVersion": "apiextensions.k8s.io/v1",
     "kind": "CustomResourceDefinition",

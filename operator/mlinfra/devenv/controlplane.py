@@ -199,6 +199,11 @@ class ControlPlane:
         self._stack.add(procs.Proc("kwok", [
             str(t.kwok), f"--kubeconfig={self.kubeconfig}", "--manage-all-nodes=true",
             f"--config={t.kwok_stages}", "--node-ip=127.0.0.1", "--cidr=10.244.0.0/16",
+            # Renew the fake nodes' Leases, as kubelets do: kwok's heartbeat stage patches node status only
+            # every 10-20 minutes, assuming leases. Without them the node controller marks every node NotReady
+            # once the grace period passes, and with it every pod NotReady for good (kwok's pod-ready stage
+            # does not run again).
+            "--node-lease-duration-seconds=40",
         ], logs / "kwok.log"))
 
         self.apply([STORAGE_CLASS] + [fake_node(f"kwok-node-{i}", f"zone-{'abc'[i % 3]}")
