@@ -34,12 +34,6 @@ class Facts:
     max_lag: datetime.timedelta | None = None
 
 
-def _iso(value: datetime.datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
-
-
 def _run(run: common.SyncRun) -> dict[str, Any]:
     data = run.model_dump(mode="json", by_alias=True, exclude_none=True)
     return {k: v for k, v in data.items() if v is not None}
@@ -48,9 +42,9 @@ def _run(run: common.SyncRun) -> dict[str, Any]:
 def _freshness(value: fresh_mod.Freshness) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if value.source_watermark is not None:
-        out["sourceWatermark"] = _iso(value.source_watermark)
+        out["sourceWatermark"] = conditions.iso_utc(value.source_watermark)
     if value.online_watermark is not None:
-        out["onlineWatermark"] = _iso(value.online_watermark)
+        out["onlineWatermark"] = conditions.iso_utc(value.online_watermark)
     if value.lag_seconds is not None:
         # Whole seconds: sub-second jitter is not information and would rewrite status.
         out["lagSeconds"] = round(value.lag_seconds)

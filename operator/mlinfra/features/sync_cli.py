@@ -18,14 +18,8 @@ and sleep after its N-th batch was written, so a test can kill it between batche
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import sys
-import time
 from typing import Any
-
-import pydantic
-import yaml
 
 from mlinfra.api import featureview
 from mlinfra.features import connect, materialize
@@ -34,7 +28,7 @@ from mlinfra.stores import jobconn
 
 OFFLINE_DIR_ENV = "MLINFRA_OFFLINE_CONN_DIR"
 ONLINE_DIR_ENV = "MLINFRA_ONLINE_CONN_DIR"
-PAUSE_ENV = "MLINFRA_SYNC_PAUSE_AFTER_BATCHES"
+PAUSE_ENV = jobconn.PAUSE_ENV
 SPEC_ENV = "MLINFRA_FEATUREVIEW_SPEC"  # the spec as JSON, set by the operator in the Job (features.jobs)
 
 EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = jobconn.EXIT_OK, jobconn.EXIT_FAILED, jobconn.EXIT_UNUSABLE
@@ -43,42 +37,14 @@ parse_target = jobconn.parse_target
 
 
 def load_view(namespace: str, name: str, file: pathlib.Path | None = None) -> featureview.FeatureView:
-    """The FeatureView from ``file`` (YAML or JSON) or from the Kubernetes API."""
-    spec_json = os.environ.get(SPEC_ENV)
-    if file is not None:
-        body: Any = yaml.safe_load(file.read_text())
-    elif spec_json:
-        # In the sync Job: the operator passes the spec, so the pod needs no Kubernetes API access.
-        body = {"kind": "FeatureView", "metadata": {"name": name, "namespace": namespace},
-                "spec": json.loads(spec_json)}
-    else:
-        try:
-            body = objects.get("FeatureView", namespace, name)
-        except objects.NotFound:
-            raise Unusable(f"FeatureView {namespace}/{name} not found") from None
-    try:
-        return featureview.FeatureView.model_validate(body)
-    except pydantic.ValidationError as exc:
-        raise Unusable(f"FeatureView {namespace}/{name} is invalid: {exc.error_count()} errors: {exc}") from None
+    """The FeatureView from ``file`` (YAML or JSON), the Job's spec variable, or the Kubernetes API."""
+    return jobconn.load_resource(featureview.FeatureView, "FeatureView", SPEC_ENV, namespace, name, file)
 
 
 read_conn_dir = jobconn.read_conn_dir
 
 
 resolve_connection = jobconn.resolve_connection
-
-
-def _pause_hook() -> materialize.BatchHook | None:
-    after = int(os.environ.get(PAUSE_ENV) or 0)
-    if after <= 0:
-        return None
-
-    def hook(batches: int, rows: int) -> None:
-        if batches == after:
-            print(f"paused after batch {batches} ({rows} rows)", file=sys.stderr, flush=True)
-            time.sleep(3600)
-
-    return hook
 
 
 def _emit(summary: dict[str, Any]) -> None:
@@ -99,7 +65,7 @@ def run(target: str, file: pathlib.Path | None = None, batch_size: int | None = 
     try:
         with connect.postgres(offline_info) as offline:
             result = materialize.materialize(
-                view.spec, offline, online, namespace, name, batch_size=batch_size, on_batch=_pause_hook()
+                view.spec, offline, online, namespace, name, batch_size=batch_size, on_batch=jobconn.pause_hook()
             )
     except Exception as error:
         _emit({"featureView": target, "outcome": "Failed", "error": f"{type(error).__name__}: {error}"})

@@ -10,8 +10,8 @@ import kopf
 
 from mlinfra import metrics
 from mlinfra.config import Settings
-from mlinfra.features import jobs, reconcile, status
-from mlinfra.handlers import startup, statuswrite
+from mlinfra.features import reconcile, status
+from mlinfra.handlers import startup, statuswrite, syncnow
 from mlinfra.stores import endpoints
 from mlinfra.stores.status import Problem, ProblemError
 
@@ -60,15 +60,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
             except ProblemError as exc:
                 statuswrite.fail(body, patch, exc.problem, _problem(body, exc.problem), status.OWNED, 15)
 
-    @kopf.on.field(*res, field=("metadata", "annotations", jobs.SYNC_REQUESTED_ANNOTATION), registry=registry)
-    def sync_now(body: kopf.Body, new: Any, logger: kopf.Logger, **_: Any) -> None:
-        if not new:
-            return
-        try:
-            name = reconcile.request_sync(body, settings.job_image, str(new))
-        except ProblemError as exc:
-            raise kopf.PermanentError(exc.problem.message) from None
-        logger.info("sync requested at %s: Job %s", new, name)
+    syncnow.register(registry, res, reconcile.request_sync, settings.job_image)
 
     @kopf.timer(*res, interval=settings.observe_interval, initial_delay=settings.observe_interval,
                 registry=registry)

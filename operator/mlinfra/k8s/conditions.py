@@ -24,6 +24,11 @@ class Cond:
     message: str = ""
 
 
+def iso_utc(value: datetime.datetime) -> str:
+    """A status timestamp: RFC 3339 in UTC with ``Z``, microseconds kept (watermarks compare exactly)."""
+    return value.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
 def now() -> str:
     return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 

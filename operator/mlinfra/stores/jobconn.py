@@ -3,14 +3,26 @@ DataStores' connections — mounted Secret directories inside a Job, the publish
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pydantic
+import yaml
 
 from mlinfra.engines import connection
+from mlinfra.k8s import objects
 from mlinfra.stores import endpoints
 from mlinfra.stores import reconcile as store_reconcile
 
 EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
+PAUSE_ENV = "MLINFRA_SYNC_PAUSE_AFTER_BATCHES"
+
+Model = TypeVar("Model", bound=pydantic.BaseModel)
 
 
 class Unusable(Exception):
@@ -44,3 +56,38 @@ def resolve_connection(env: str, namespace: str, datastore: str) -> connection.C
         info = found
     # Development only (off unless MLINFRA_ENDPOINT_MAP is set): a managed store served on this host.
     return endpoints.resolve(info, namespace, datastore)
+
+
+def load_resource(model: type[Model], kind: str, spec_env: str, namespace: str, name: str,
+                  file: pathlib.Path | None = None) -> Model:
+    """The resource from ``file`` (YAML or JSON), from the spec the operator put in ``spec_env`` (in the
+    Job, so the pod needs no Kubernetes API access), or from the Kubernetes API."""
+    spec_json = os.environ.get(spec_env)
+    if file is not None:
+        body: Any = yaml.safe_load(file.read_text())
+    elif spec_json:
+        body = {"kind": kind, "metadata": {"name": name, "namespace": namespace}, "spec": json.loads(spec_json)}
+    else:
+        try:
+            body = objects.get(kind, namespace, name)
+        except objects.NotFound:
+            raise Unusable(f"{kind} {namespace}/{name} not found") from None
+    try:
+        return model.model_validate(body)
+    except pydantic.ValidationError as exc:
+        raise Unusable(f"{kind} {namespace}/{name} is invalid: {exc.error_count()} errors: {exc}") from None
+
+
+def pause_hook() -> Callable[[int, int], None] | None:
+    """Test hook: with ``MLINFRA_SYNC_PAUSE_AFTER_BATCHES=N`` the run prints ``paused after batch N`` on
+    stderr and sleeps after its N-th committed batch, so a test can kill it between batches."""
+    after = int(os.environ.get(PAUSE_ENV) or 0)
+    if after <= 0:
+        return None
+
+    def hook(batches: int, rows: int) -> None:
+        if batches == after:
+            print(f"paused after batch {batches} ({rows} rows)", file=sys.stderr, flush=True)
+            time.sleep(3600)
+
+    return hook

@@ -51,18 +51,12 @@ class Facts:
     max_lag: datetime.timedelta | None = None
 
 
-def _iso(value: datetime.datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
-
-
 def _sync(facts: Facts) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if facts.source_watermark is not None:
-        out["sourceWatermark"] = _iso(facts.source_watermark)
+        out["sourceWatermark"] = conditions.iso_utc(facts.source_watermark)
     if facts.index_watermark is not None:
-        out["indexWatermark"] = _iso(facts.index_watermark)
+        out["indexWatermark"] = conditions.iso_utc(facts.index_watermark)
     if facts.rows_behind is not None:
         out["rowsBehind"] = facts.rows_behind
     if facts.lag_seconds is not None:

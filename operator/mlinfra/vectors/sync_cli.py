@@ -16,15 +16,8 @@ the N-th committed batch, so a test can kill the run between batches.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import sys
-import time
-from collections.abc import Callable
 from typing import Any
-
-import pydantic
-import yaml
 
 from mlinfra.api import vectorindex
 from mlinfra.engines import connection
@@ -36,40 +29,12 @@ from mlinfra.vectors import runs, source, sync
 SOURCE_DIR_ENV = "MLINFRA_SOURCE_CONN_DIR"
 QDRANT_DIR_ENV = "MLINFRA_QDRANT_CONN_DIR"
 SPEC_ENV = "MLINFRA_VECTORINDEX_SPEC"
-PAUSE_ENV = "MLINFRA_SYNC_PAUSE_AFTER_BATCHES"
+PAUSE_ENV = jobconn.PAUSE_ENV
 MAX_BAD_ROWS_SHOWN = 20
 
 
 def load_index(namespace: str, name: str, file: pathlib.Path | None = None) -> vectorindex.VectorIndex:
-    spec_json = os.environ.get(SPEC_ENV)
-    if file is not None:
-        body: Any = yaml.safe_load(file.read_text())
-    elif spec_json:
-        body = {"kind": "VectorIndex", "metadata": {"name": name, "namespace": namespace},
-                "spec": json.loads(spec_json)}
-    else:
-        try:
-            body = objects.get("VectorIndex", namespace, name)
-        except objects.NotFound:
-            raise jobconn.Unusable(f"VectorIndex {namespace}/{name} not found") from None
-    try:
-        return vectorindex.VectorIndex.model_validate(body)
-    except pydantic.ValidationError as exc:
-        raise jobconn.Unusable(f"VectorIndex {namespace}/{name} is invalid: {exc.error_count()} errors: "
-                               f"{exc}") from None
-
-
-def _pause_hook() -> Callable[[int, int], None] | None:
-    after = int(os.environ.get(PAUSE_ENV) or 0)
-    if after <= 0:
-        return None
-
-    def hook(batches: int, rows: int) -> None:
-        if batches == after:
-            print(f"paused after batch {batches} ({rows} rows)", file=sys.stderr, flush=True)
-            time.sleep(3600)
-
-    return hook
+    return jobconn.load_resource(vectorindex.VectorIndex, "VectorIndex", SPEC_ENV, namespace, name, file)
 
 
 def _emit(summary: dict[str, Any]) -> None:
@@ -98,7 +63,7 @@ def run(target: str, file: pathlib.Path | None = None, full: bool = False) -> in
                     shape = source.inspect(conn, spec.source)
                     with qdrant_engine.open_client(qdrant_info) as client:
                         result = sync.sync(conn, client, spec, namespace, name, full=full, shape=shape,
-                                           on_batch=_pause_hook())
+                                           on_batch=jobconn.pause_hook())
                 except Exception as error:
                     message = f"{type(error).__name__}: {error}"
                     runs.finish(conn, run_id, rows=0, upserted=0, deleted=0, bad_rows=0, watermark=None,
