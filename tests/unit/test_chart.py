@@ -10,24 +10,21 @@ from __future__ import annotations
 
 import functools
 import json
-import pathlib
 import re
-import subprocess
 from collections.abc import Iterable
 from typing import Any
 
+import chart_support
 import pytest
 import yaml
 
-from mlinfra.devenv import tools
-
 pytestmark = pytest.mark.unit
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "mlinfra-operator"
+ROOT = chart_support.ROOT
+CHART = chart_support.CHART
 BASE = ROOT / "manifests" / "base"
-RELEASE = "mlinfra-operator"
-NAMESPACE = "mlinfra-system"
+RELEASE, NAMESPACE = chart_support.RELEASE, chart_support.NAMESPACE
+_tools, _run, _helm, _render = chart_support.find_tools, chart_support.run, chart_support.helm, chart_support.render
 HELM_ONLY_LABELS = ("helm.sh/chart", "app.kubernetes.io/managed-by")
 
 KINDS = ["datastores", "featureviews", "modelregistries", "vectorindexes"]
@@ -51,35 +48,6 @@ OPERATOR_RULES = [
 ]
 VIEW_VERBS = ["get", "list", "watch"]
 EDIT_VERBS = [*VIEW_VERBS, "create", "update", "patch", "delete", "deletecollection"]
-
-
-@functools.cache
-def _tools() -> tools.Tools:
-    found = tools.find_tools()
-    if not (found.helm.exists() and found.kubectl.exists()):
-        pytest.skip(f"helm/kubectl not built: run `make tools` ({found.helm}, {found.kubectl})")
-    return found
-
-
-def _run(args: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
-    if check and proc.returncode != 0:
-        pytest.fail(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def _helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    # Without --kube-version a source-built helm assumes v1.20, below the chart's kubeVersion.
-    t = _tools()
-    return _run([str(t.helm), *args, "--kube-version", t.kubernetes_version], check=check)
-
-
-@functools.cache
-def _render(*sets: str) -> list[dict[str, Any]]:
-    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE]
-    for item in sets:
-        args += ["--set-json" if item.startswith("json:") else "--set", item.removeprefix("json:")]
-    return [doc for doc in yaml.safe_load_all(_helm(*args).stdout) if doc]
 
 
 @functools.cache
@@ -295,6 +263,16 @@ def test_aggregated_user_roles() -> None:
     (["watchNamespaces={Not_A_Namespace}"], "/watchNamespaces"),
     (["image.digest=latest"], "/image/digest"),
     (["networkPolicy.enable=true"], "enable"),
+    # The monitoring values (prometheusRule, grafanaDashboard; see test_chart_monitoring.py).
+    (["prometheusRule.featureViewFreshness.for=5 minutes"], "/prometheusRule/featureViewFreshness/for"),
+    (["prometheusRule.reconcileErrors.window=soon"], "/prometheusRule/reconcileErrors/window"),
+    (["prometheusRule.dataStoreReplicationLag.thresholdSeconds=-1"],
+     "/prometheusRule/dataStoreReplicationLag/thresholdSeconds"),
+    (["prometheusRule.dataStoreDown.severity="], "/prometheusRule/dataStoreDown/severity"),
+    (["prometheusRule.enabled=maybe"], "/prometheusRule/enabled"),
+    (["prometheusRule.dataStoreDown.threshold=1"], "threshold"),
+    (["grafanaDashboard.namespace=Not_A_Namespace"], "/grafanaDashboard/namespace"),
+    (["grafanaDashboard.folder=x"], "folder"),
 ])
 def test_schema_rejects_bad_values(sets: list[str], complaint: str) -> None:
     args = ["template", RELEASE, str(CHART)]

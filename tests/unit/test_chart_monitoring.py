@@ -8,59 +8,28 @@ e2e/test_metrics_catalog.py; here the names are checked against the operator's m
 
 from __future__ import annotations
 
-import functools
 import json
-import pathlib
 import re
-import subprocess
 from typing import Any
 
+import chart_support
 import prometheus_client
 import promql_parser
 import pytest
-import yaml
 
 from mlinfra import metrics
-from mlinfra.devenv import tools
 
 pytestmark = pytest.mark.unit
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "mlinfra-operator"
+CHART, RELEASE, NAMESPACE = chart_support.CHART, chart_support.RELEASE, chart_support.NAMESPACE
 DASHBOARD = CHART / "dashboards" / "mlinfra.json"
-RELEASE = "mlinfra-operator"
-NAMESPACE = "mlinfra-system"
+_helm, _render = chart_support.helm, chart_support.render
 # What Prometheus accepts as a duration in `for:` and in range selectors.
 DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
 # The names e2e/test_metrics_catalog.py extracts with a regex; here cross-checked against the parser.
 NAME = re.compile(r"\b(?:mlinfra|controller_runtime)_[A-Za-z0-9_]*[A-Za-z0-9]\b")
 # Grafana's variables are not PromQL: replaced by what Grafana would put there before parsing.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$namespace": ".*"}
-
-
-@functools.cache
-def _tools() -> tools.Tools:
-    found = tools.find_tools()
-    if not found.helm.exists():
-        pytest.skip(f"helm not built: run `make tools` ({found.helm})")
-    return found
-
-
-def _helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    t = _tools()
-    proc = subprocess.run([str(t.helm), *args, "--kube-version", t.kubernetes_version], capture_output=True,
-                          text=True, timeout=120, check=False)
-    if check and proc.returncode != 0:
-        pytest.fail(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
-    return proc
-
-
-@functools.cache
-def _render(*sets: str) -> list[dict[str, Any]]:
-    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE]
-    for item in sets:
-        args += ["--set-json" if item.startswith("json:") else "--set", item.removeprefix("json:")]
-    return [doc for doc in yaml.safe_load_all(_helm(*args).stdout) if doc]
 
 
 def _rule_doc(*sets: str) -> dict[str, Any]:
@@ -215,30 +184,6 @@ def test_alerts_can_be_switched_off_and_empty_groups_go() -> None:
     assert set(rules) == set(ALERTS) - {"MlinfraFeatureViewFreshnessSLOBreached"}
     health_off = _rule_doc("prometheusRule.dataStoreDown.enabled=false", "prometheusRule.reconcileErrors.enabled=false")
     assert [g["name"] for g in health_off["spec"]["groups"]] == ["mlinfra.objectives"]
-
-
-@pytest.mark.parametrize(("sets", "complaint"), [
-    (["prometheusRule.featureViewFreshness.for=5 minutes"], "/prometheusRule/featureViewFreshness/for"),
-    (["prometheusRule.reconcileErrors.window=soon"], "/prometheusRule/reconcileErrors/window"),
-    (["prometheusRule.dataStoreReplicationLag.thresholdSeconds=-1"],
-     "/prometheusRule/dataStoreReplicationLag/thresholdSeconds"),
-    (["prometheusRule.dataStoreDown.severity="], "/prometheusRule/dataStoreDown/severity"),
-    (["prometheusRule.enabled=maybe"], "/prometheusRule/enabled"),
-    (["prometheusRule.dataStoreDown.threshold=1"], "threshold"),
-    (["grafanaDashboard.namespace=Not_A_Namespace"], "/grafanaDashboard/namespace"),
-    (["grafanaDashboard.folder=x"], "folder"),
-])
-def test_schema_rejects_bad_values(sets: list[str], complaint: str) -> None:
-    args = ["template", RELEASE, str(CHART)]
-    for item in sets:
-        args += ["--set", item]
-    proc = _helm(*args, check=False)
-    assert proc.returncode != 0, f"{sets} was accepted"
-    assert "values don't meet the specifications of the schema" in proc.stderr
-    assert complaint in proc.stderr
-
-
-# --- the dashboard ----------------------------------------------------------------------------------------------
 
 
 def _dashboard() -> dict[str, Any]:
