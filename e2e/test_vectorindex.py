@@ -22,7 +22,7 @@ from mlinfra.devenv.postgres import PostgresCluster
 from mlinfra.engines import connection
 from mlinfra.engines import qdrant as qdrant_engine
 from mlinfra.stores import endpoints
-from mlinfra.vectors import jobs, sync_cli
+from mlinfra.vectors import jobs
 
 DIM = 8
 
@@ -258,4 +258,3 @@ def test_vectorindex_bad_input_is_reported(control_plane: ControlPlane, operator
     bad["spec"]["payloadIndexes"] = [{"field": "lang", "type": "blob"}]
     out = cp.kubectl("apply", "-f", "-", input=json.dumps(bad), check=False)
     assert out.returncode != 0 and "Unsupported value: \"blob\"" in out.stderr
-    assert sync_cli.SPEC_ENV == "MLINFRA_VECTORINDEX_SPEC"
