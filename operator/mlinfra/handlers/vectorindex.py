@@ -69,9 +69,11 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
     emap = endpoints.EndpointMap(settings.endpoint_map)
     res = (startup.GROUP, startup.VERSION, PLURAL)
 
-    def observe_into(body: kopf.Body, patch: kopf.Patch, stores: reconcile.Stores | None = None) -> None:
+    def observe_into(body: kopf.Body, patch: kopf.Patch, repair: bool = False) -> None:
         vi = reconcile.parse(body)
-        observed = reconcile.observe(vi, stores or reconcile.resolve_stores(vi, emap))
+        applied, observed = reconcile.observe(vi, reconcile.resolve_stores(vi, emap), repair=repair)
+        if applied is not None:
+            _announce(body, applied, drift=True)
         progress = observed.progress
         new = status.compute(status.Facts(
             generation=body["metadata"].get("generation"), active=observed.active, previous=observed.previous,
@@ -133,12 +135,9 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         if not lock.acquire(blocking=False):
             return  # a reconcile (perhaps a rebuild) is running: it writes status when done
         try:
-            vi = reconcile.parse(body)
-            stores = reconcile.resolve_stores(vi, emap)
-            # Drift repair and retention; rebuilds follow spec changes only (the reconcile handler).
-            applied = reconcile.ensure_collection(vi, stores, None, allow_rebuild=False)
-            _announce(body, applied, drift=True)
-            observe_into(body, patch, stores)
+            # Drift repair and retention, then observation; rebuilds follow spec changes only (the reconcile
+            # handler).
+            observe_into(body, patch, repair=True)
         except ProblemError as exc:
             write_status(body, patch, _problem(body, exc.problem))
         finally:

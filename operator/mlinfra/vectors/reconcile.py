@@ -101,39 +101,43 @@ def reconcile(body: Mapping[str, Any], job_image: str, emap: endpoints.EndpointM
 def ensure_collection(vi: api.VectorIndex, stores: Stores, shape: source.SourceShape | None,
                       on_rebuild: Callable[[collection.Result], None] | None = None,
                       now: datetime.datetime | None = None, allow_rebuild: bool = False) -> Applied:
-    """The collection part of :func:`reconcile`; the timer calls it too (drift repair, retention) but never
-    rebuilds from there (``allow_rebuild=False``): rebuilds follow spec changes only."""
+    """The collection part of :func:`reconcile`; the timer runs it too, through :func:`observe` (drift repair,
+    retention), but never rebuilds from there (``allow_rebuild=False``): rebuilds follow spec changes only."""
+    try:
+        with qdrant_engine.open_client(stores.qdrant) as client:
+            return _ensure_in(client, vi, stores, shape, on_rebuild, now, allow_rebuild)
+    except QDRANT_FAILURES as exc:
+        raise _qdrant_problem(exc, stores.qdrant) from None
+
+
+def _ensure_in(client: QdrantClient, vi: api.VectorIndex, stores: Stores, shape: source.SourceShape | None,
+               on_rebuild: Callable[[collection.Result], None] | None, now: datetime.datetime | None,
+               allow_rebuild: bool) -> Applied:
     spec, ns, name = vi.spec, vi.metadata.namespace or "default", vi.metadata.name
     retention = (common.parse_duration(spec.previous_collection_retention)
                  if spec.previous_collection_retention else None)
     moment = now or datetime.datetime.now(datetime.UTC)
     try:
-        with qdrant_engine.open_client(stores.qdrant) as client:
-            try:
-                ensured = collection.ensure(client, spec)
-            except collection.CollectionError as exc:
-                raise ProblemError(Problem(COLLECTION_CONFLICT, str(exc), stalled=True)) from None
-            rebuilt, reset = None, False
-            if ensured.created and stores.source is not None:
-                _reset_watermark(stores.source, ns, name)
-                reset = True
-            if ensured.rebuild_needed:
-                if spec.source is None or stores.source is None:
-                    changes = ", ".join(ensured.rebuild_reasons)
-                    raise ProblemError(Problem(IMMUTABLE_WITHOUT_SOURCE, (
-                        f"{changes} needs a rebuild into a new collection, and without spec.source there is "
-                        f"nothing to backfill it from: nothing was changed, {ensured.collection!r} still serves "
-                        f"the alias; revert the change, or add spec.source"), stalled=True))
-                if allow_rebuild:
-                    if on_rebuild is not None:
-                        on_rebuild(ensured)
-                    rebuilt = _rebuild(client, vi, stores.source, shape)
-            active = rebuilt.active if rebuilt else ensured.collection
-            pruned = collection.prune_previous(client, spec, active, retention, moment)
-    except ProblemError:
-        raise
-    except QDRANT_FAILURES as exc:
-        raise _qdrant_problem(exc, stores.qdrant) from None
+        ensured = collection.ensure(client, spec)
+    except collection.CollectionError as exc:
+        raise ProblemError(Problem(COLLECTION_CONFLICT, str(exc), stalled=True)) from None
+    rebuilt, reset = None, False
+    if ensured.created and stores.source is not None:
+        _reset_watermark(stores.source, ns, name)
+        reset = True
+    if ensured.rebuild_needed:
+        if spec.source is None or stores.source is None:
+            changes = ", ".join(ensured.rebuild_reasons)
+            raise ProblemError(Problem(IMMUTABLE_WITHOUT_SOURCE, (
+                f"{changes} needs a rebuild into a new collection, and without spec.source there is "
+                f"nothing to backfill it from: nothing was changed, {ensured.collection!r} still serves "
+                f"the alias; revert the change, or add spec.source"), stalled=True))
+        if allow_rebuild:
+            if on_rebuild is not None:
+                on_rebuild(ensured)
+            rebuilt = _rebuild(client, vi, stores.source, shape)
+    active = rebuilt.active if rebuilt else ensured.collection
+    pruned = collection.prune_previous(client, spec, active, retention, moment)
     return Applied(ensured=ensured, rebuilt=rebuilt, pruned=pruned, watermark_reset=reset)
 
 
@@ -178,10 +182,15 @@ class Observed:
     job_failed: str | None
 
 
-def observe(vi: api.VectorIndex, stores: Stores) -> Observed:
+def observe(vi: api.VectorIndex, stores: Stores, repair: bool = False) -> tuple[Applied | None, Observed]:
+    """The collection and the sync as they are; with ``repair`` (the timer) drift is repaired and retention
+    applied first, in the same client session (local mode loads the whole directory per session)."""
     spec, ns, name = vi.spec, vi.metadata.namespace or "default", vi.metadata.name
+    applied = None
     try:
         with qdrant_engine.open_client(stores.qdrant) as client:
+            if repair:
+                applied = _ensure_in(client, vi, stores, None, None, None, allow_rebuild=False)
             active = collection.alias_target(client, spec.collection)
             previous = points = indexed = status = optimizer_error = None
             replicas: list[qdrant_engine.ShardReplica] | None = None
@@ -207,9 +216,10 @@ def observe(vi: api.VectorIndex, stores: Stores) -> Observed:
                 last = runs.last(conn, ns, name)
         except source.SourceInvalid as exc:
             raise ProblemError(Problem(INVALID_SPEC, str(exc), stalled=True, recheck=SOURCE_RECHECK)) from None
-    return Observed(active=active, previous=previous, points=points, indexed_vectors=indexed,
-                    collection_status=status, optimizer_error=optimizer_error, replicas=replicas,
-                    progress=progress, last_run=last, job_failed=jobstatus.newest_failure(ns, {jobs.KIND_LABEL: name}))
+    failed = jobstatus.newest_failure(ns, {jobs.KIND_LABEL: name})
+    return applied, Observed(active=active, previous=previous, points=points, indexed_vectors=indexed,
+                             collection_status=status, optimizer_error=optimizer_error, replicas=replicas,
+                             progress=progress, last_run=last, job_failed=failed)
 
 
 def request_sync(body: Mapping[str, Any], job_image: str, requested_at: str) -> str:
