@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STATE  ?= $(HOME)/.cache/mlinfra/cluster
 PYTEST_ARGS ?=
 
-.PHONY: test lint unit integration e2e venv tools cluster-up cluster-down demo lock clean
+.PHONY: test lint unit integration e2e venv system-deps tools cluster-up cluster-down demo lock clean
 
 ## venv: the virtualenv with the locked dependencies (uv installs them in seconds).
 venv: $(VENV)/.installed
@@ -17,12 +17,18 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	@$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
 	@touch $@
 
+## system-deps: the Debian packages of e2e/tools/debian-packages.txt; installs the missing ones as root,
+## otherwise stops with the apt-get command to run (a warm check takes milliseconds).
+system-deps:
+	@bash e2e/tools/system-deps.sh
+
 ## tools: kube-apiserver & co., etcd, kwok, helm (Go) and Neo4j (Maven), cached in ~/.cache/mlinfra.
-tools:
+tools: system-deps
+	@command -v go >/dev/null || { echo "go is not installed: the Kubernetes tools are built from Go modules (Go >= 1.26; Debian's golang is too old)" >&2; exit 1; }
 	@bash e2e/tools/build.sh
 
 ## test: lint, then every tier (unit, integration, e2e) against the real platform.
-test: venv tools lint
+test: system-deps venv tools lint
 	@echo "== pytest: unit, integration and e2e tiers"
 	@$(PY) -m pytest -m "unit or integration or e2e" $(PYTEST_ARGS)
 
@@ -33,13 +39,13 @@ lint: venv
 
 unit: venv
 	@$(PY) -m pytest -m unit $(PYTEST_ARGS)
-integration: venv tools
+integration: system-deps venv tools
 	@$(PY) -m pytest -m integration $(PYTEST_ARGS)
-e2e: venv tools
+e2e: system-deps venv tools
 	@$(PY) -m pytest -m e2e $(PYTEST_ARGS)
 
 ## cluster-up / cluster-down: keep the platform running in the background for manual use.
-cluster-up: venv tools
+cluster-up: system-deps venv tools
 	@mkdir -p $(STATE) && rm -f $(STATE)/env
 	@echo "== starting the platform in the background (log: $(STATE)/up.log)"
 	@nohup $(VENV)/bin/mlinfra dev up --state-dir $(STATE) > $(STATE)/up.log 2>&1 &
@@ -48,7 +54,7 @@ cluster-down:
 	@$(VENV)/bin/mlinfra dev down --state-dir $(STATE)
 
 ## demo: platform + chart + operator + manifests/samples/ becoming Ready (Ctrl-C stops everything).
-demo: venv tools
+demo: system-deps venv tools
 	@$(VENV)/bin/mlinfra demo
 
 ## lock: re-resolve requirements.lock from pyproject.toml.

@@ -89,6 +89,39 @@ def ensure_tools() -> Tools:
     return tools
 
 
+# The package of e2e/tools/debian-packages.txt that brings each system binary the platform runs, so that a
+# missing one is reported with the command that fixes it (a test keeps the two lists consistent).
+DEBIAN_PACKAGE_OF = {
+    "redis-server": "redis-server",
+    "redis-cli": "redis-server",  # redis-tools, a dependency of redis-server
+    "initdb": "postgresql",
+    "pg_ctl": "postgresql",
+    "postgres": "postgresql",
+    "pg_basebackup": "postgresql",
+    "psql": "postgresql",
+    "java": "openjdk-17-jdk-headless",
+    "mvn": "maven",
+    "containerd": "containerd",
+    "containerd-shim-runc-v2": "containerd",
+    "ctr": "containerd",
+    "runc": "runc",
+    "bridge": "containernetworking-plugins",
+    "host-local": "containernetworking-plugins",
+    "loopback": "containernetworking-plugins",
+    "portmap": "containernetworking-plugins",
+    "mmdebstrap": "mmdebstrap",
+    "buildah": "buildah",
+    "umoci": "umoci",
+    "skopeo": "skopeo",
+    "socat": "socat",
+    "iptables": "iptables",
+    "ip": "iproute2",
+    "conntrack": "conntrack",
+    "nsenter": "util-linux",
+    "gcc": "gcc",
+}
+
+
 def which(name: str) -> Path:
     """A system binary (Debian packages), also looking where Debian hides PostgreSQL's server tools."""
     found = shutil.which(name)
@@ -96,4 +129,9 @@ def which(name: str) -> Path:
         return Path(found)
     for candidate in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True):
         return candidate
-    raise FileNotFoundError(f"{name} not found: install the Debian package (see .ci/run)")
+    package = DEBIAN_PACKAGE_OF.get(name)
+    if package:
+        raise FileNotFoundError(f"{name} not found: run `sudo apt-get install {package}`, or `make system-deps`"
+                                " (as root it installs every Debian package the platform needs)")
+    raise FileNotFoundError(f"{name} not found: install the Debian package that provides it; `make system-deps`"
+                            " checks those the platform needs (e2e/tools/debian-packages.txt)")
