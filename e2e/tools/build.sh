@@ -4,7 +4,7 @@
 # pinned version or its wrapper module changes (the key includes a hash of the wrapper's go.mod/go.sum or
 # pom.xml), so a warm run takes seconds. Nothing built here is ever committed.
 #
-# Usage: e2e/tools/build.sh [kube|etcd|kwok|helm|neo4j ...]   (no argument: all of them)
+# Usage: e2e/tools/build.sh [kube|etcd|kwok|helm|neo4j|coredns ...]   (no argument: all of them)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -21,7 +21,8 @@ log() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 # key DIR FILES... -> short content hash of a wrapper's pinned inputs
 key() {
   local dir=$1; shift
-  (cd "$dir" && cat "$@" 2>/dev/null) | sha256sum | cut -c1-10
+  local f
+  (cd "$dir" && for f in "$@"; do [ ! -f "$f" ] || cat "$f"; done) | sha256sum | cut -c1-10
 }
 
 # Runs a command that prints one line per compiled package (go build -v), showing a heartbeat with the
@@ -47,7 +48,7 @@ with_progress() {
 build_go() {
   local name=$1 version=$2 ldflags=$3; shift 3
   local dir=$here/$name k stamp missing=0 spec
-  k=$(key "$dir" go.mod go.sum)
+  k=$(key "$dir" go.mod go.sum main.go)
   stamp=$bin/.$name-$version-$k
   for spec in "$@"; do [ -x "$bin/${spec#*:}-$version" ] || missing=1; done
   if [ -f "$stamp" ] && [ $missing = 0 ]; then
@@ -89,7 +90,9 @@ build_kube() {
     k8s.io/kubernetes/cmd/kube-apiserver:kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager:kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler:kube-scheduler \
-    k8s.io/kubernetes/cmd/kubectl:kubectl
+    k8s.io/kubernetes/cmd/kubectl:kubectl \
+    k8s.io/kubernetes/cmd/kubelet:kubelet \
+    k8s.io/kubernetes/cmd/kube-proxy:kube-proxy
 }
 
 build_etcd() {
@@ -122,6 +125,12 @@ build_helm() {
     helm.sh/helm/v3/cmd/helm:helm
 }
 
+# CoreDNS for the real node's cluster DNS: a main of our own (e2e/tools/coredns) linking only the plugins used.
+build_coredns() {
+  build_go coredns "$COREDNS_VERSION" "-X github.com/coredns/coredns/coremain.GitCommit=${COREDNS_VERSION}" \
+    mlinfra.io/e2e/tools/coredns:coredns
+}
+
 build_neo4j() {
   local dir=$here/neo4j k stamp jar
   k=$(key "$dir" pom.xml src/main/java/io/mlinfra/e2e/Neo4jServer.java)
@@ -144,7 +153,7 @@ build_neo4j() {
 }
 
 tools=("$@")
-[ ${#tools[@]} -gt 0 ] || tools=(etcd kwok helm neo4j kube)
+[ ${#tools[@]} -gt 0 ] || tools=(etcd kwok helm neo4j kube coredns)
 for t in "${tools[@]}"; do
   "build_$t"
 done

@@ -49,10 +49,14 @@ class Tools:
     helm: Path
     neo4j_classpath: str
     kubernetes_version: str
+    kubelet: Path
+    kube_proxy: Path
+    coredns: Path
 
     def missing(self) -> list[str]:
         paths = [self.etcd, self.kube_apiserver, self.kube_controller_manager, self.kube_scheduler,
-                 self.kubectl, self.kwok, self.kwok_stages, self.helm]
+                 self.kubectl, self.kwok, self.kwok_stages, self.helm, self.kubelet, self.kube_proxy,
+                 self.coredns]
         gone = [str(p) for p in paths if not p.exists()]
         if not self.neo4j_classpath:
             gone.append("neo4j classpath")
@@ -75,6 +79,9 @@ def find_tools() -> Tools:
         helm=b / f"helm-{v['HELM_VERSION']}",
         neo4j_classpath=neo[-1].read_text().strip() if neo else "",
         kubernetes_version=k8s,
+        kubelet=b / f"kubelet-{k8s}",
+        kube_proxy=b / f"kube-proxy-{k8s}",
+        coredns=b / f"coredns-{v['COREDNS_VERSION']}",
     )
 
 
