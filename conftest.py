@@ -9,7 +9,8 @@ import pytest
 pytest_plugins = ["mlinfra.devenv.pytest_plugin"]
 
 _ROOT = Path(__file__).parent
-_TIERS = {"tests/unit": "unit", "tests/integration": "integration", "e2e": "e2e"}
+# The most specific prefix first: e2e/real/ is its own tier (Pods on the real node), not e2e.
+_TIERS = {"tests/unit": "unit", "tests/integration": "integration", "e2e/real": "real", "e2e": "e2e"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -18,3 +19,4 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for prefix, marker in _TIERS.items():
             if rel.startswith(prefix + "/"):
                 item.add_marker(marker)
+                break

@@ -1,6 +1,6 @@
 """A real Kubernetes control plane on loopback: etcd, kube-apiserver, controller-manager, scheduler, kwok.
 
-kwok plays the kubelets: its Stages make Pods on the fake Nodes Running/Ready, Job Pods Succeeded and PVCs
+kwok plays the kubelets of the fake nodes: its Stages make their Pods Running/Ready, Job Pods Succeeded and PVCs
 Bound (default StorageClass ``kwok-volume``). Nothing runs inside those Pods; the data plane is served by
 the real local databases of this package.
 """
@@ -67,7 +67,7 @@ def fake_node(name: str, zone: str) -> dict[str, Any]:
         "kind": "Node",
         "metadata": {
             "name": name,
-            # kwok manages every node (--manage-all-nodes); no fake taint, so Pods need no toleration.
+            # kwok manages the nodes with this annotation; no fake taint, so Pods need no toleration.
             "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
             "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
                        "kubernetes.io/arch": "amd64", "type": "kwok", "topology.kubernetes.io/zone": zone},
@@ -84,6 +84,7 @@ class ControlPlane:
     """
 
     def __init__(self, workdir: Path | None = None, nodes: int = 3) -> None:
+        """``nodes``: how many kwok (fake) nodes; 0 starts no kwok, for a platform of real nodes."""
         self._own_dir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="mlinfra-cp-"))
         self.nodes = nodes
@@ -127,6 +128,8 @@ class ControlPlane:
             "admin": ("mlinfra-admin", "system:masters"),
             "controller-manager": ("system:kube-controller-manager", None),
             "scheduler": ("system:kube-scheduler", None),
+            # The API server's identity towards kubelets (logs, exec): kubelets reject anonymous calls.
+            "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", "system:masters"),
         })
 
         etcd_port, etcd_peer = procs.free_port(), procs.free_port()
@@ -155,6 +158,11 @@ class ControlPlane:
             f"--service-account-signing-key-file={pki.sa_key}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--authorization-mode=Node,RBAC",
+            # A real node's kubelet may change only its own Node and the Pods bound to it.
+            "--enable-admission-plugins=NodeRestriction",
+            f"--kubelet-client-certificate={pki.clients['apiserver-kubelet-client'].cert}",
+            f"--kubelet-client-key={pki.clients['apiserver-kubelet-client'].key}",
+            "--kubelet-preferred-address-types=InternalIP",
             "--allow-privileged=true",
             # No kubelets and no kube-proxy: the "kubernetes" Service endpoints are not reconciled.
             "--endpoint-reconciler-type=none",
@@ -196,8 +204,13 @@ class ControlPlane:
             "--leader-elect=false",
         ], logs / "kube-scheduler.log"))
 
+        if self.nodes == 0:  # a platform of real nodes only (mlinfra.devenv.realnode)
+            self._wait_for_default_service_account()
+            return
         self._stack.add(procs.Proc("kwok", [
-            str(t.kwok), f"--kubeconfig={self.kubeconfig}", "--manage-all-nodes=true",
+            str(t.kwok), f"--kubeconfig={self.kubeconfig}",
+            # Only its own fake nodes: on a real node kwok would fake the status of Pods that really run.
+            "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
             f"--config={t.kwok_stages}", "--node-ip=127.0.0.1", "--cidr=10.244.0.0/16",
             # Renew the fake nodes' Leases, as kubelets do: kwok's heartbeat stage patches node status only
             # every 10-20 minutes, assuming leases. Without them the node controller marks every node NotReady
@@ -209,6 +222,9 @@ class ControlPlane:
         self.apply([STORAGE_CLASS] + [fake_node(f"kwok-node-{i}", f"zone-{'abc'[i % 3]}")
                                       for i in range(self.nodes)])
         self.wait_for("nodes Ready", self._nodes_ready, 120)
+        self._wait_for_default_service_account()
+
+    def _wait_for_default_service_account(self) -> None:
         # Pods can only be created once the ServiceAccount controller has made "default/default".
         self.wait_for("the default ServiceAccount",
                       lambda: self.kubectl("get", "serviceaccount", "default", "-n", "default",

@@ -51,6 +51,46 @@ class Pki:
     clients: dict[str, CertPair]
 
 
+def _issue(directory: Path, ca: CertPair, stem: str, cn: str, org: str | None, server: bool,
+           extra_sans: tuple[str, ...] = ()) -> CertPair:
+    """A certificate signed by the CA in ``ca`` (client, or server for 127.0.0.1/localhost + ``extra_sans``)."""
+    ca_cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
+    key = _key()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn, org))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + _VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(
+            [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False)
+    )
+    if server:
+        names: list[x509.GeneralName] = [x509.DNSName(n) for n in (
+            "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc")]
+        ips = ("127.0.0.1", "10.0.0.1", *extra_sans)
+        names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    pair = CertPair(directory / f"{stem}.crt", directory / f"{stem}.key")
+    pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(pair.key, key)
+    return pair
+
+
+def issue_client(directory: Path, stem: str, cn: str, org: str | None) -> CertPair:
+    """A client certificate from the CA that ``create_pki`` wrote into ``directory`` (e.g. a kubelet's
+    ``system:node:<name>`` in group ``system:nodes``, issued when the node joins, not with the control plane)."""
+    return _issue(directory, CertPair(directory / "ca.crt", directory / "ca.key"), stem, cn, org, server=False)
+
+
 def create_pki(directory: Path, clients: dict[str, tuple[str, str | None]]) -> Pki:
     """Write a CA, a serving cert for 127.0.0.1/localhost, service-account keys and client certs.
 
@@ -79,38 +119,8 @@ def create_pki(directory: Path, clients: dict[str, tuple[str, str | None]]) -> P
     ca.cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     _write_key(ca.key, ca_key)
 
-    def issue(stem: str, cn: str, org: str | None, server: bool) -> CertPair:
-        key = _key()
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(cn, org))
-            .issuer_name(ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now)
-            .not_valid_after(now + _VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
-                critical=False)
-        )
-        if server:
-            builder = builder.add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"),
-                x509.DNSName("kubernetes"),
-                x509.DNSName("kubernetes.default"),
-                x509.DNSName("kubernetes.default.svc"),
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
-            ]), critical=False)
-        cert = builder.sign(ca_key, hashes.SHA256())
-        pair = CertPair(directory / f"{stem}.crt", directory / f"{stem}.key")
-        pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        _write_key(pair.key, key)
-        return pair
-
-    serving = issue("apiserver", "kube-apiserver", None, server=True)
-    issued = {stem: issue(stem, cn, org, server=False) for stem, (cn, org) in clients.items()}
+    serving = _issue(directory, ca, "apiserver", "kube-apiserver", None, server=True)
+    issued = {stem: _issue(directory, ca, stem, cn, org, server=False) for stem, (cn, org) in clients.items()}
 
     sa = _key()
     sa_key, sa_pub = directory / "sa.key", directory / "sa.pub"

@@ -7,6 +7,7 @@ run if any process started by the fixtures is still alive.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,11 +65,14 @@ def qdrant() -> Iterator[QdrantClient]:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # Session fixtures are finalized by now: anything still alive was leaked by the platform.
-    left = procs.leaked()
+    left: list[object] = list(procs.leaked())
+    nodes = sys.modules.get("mlinfra.devenv.realnode")
+    if nodes is not None:  # real nodes were started: their shims, mounts, network and cgroups too
+        left += [item for layout in nodes.STARTED for item in nodes.leftovers(layout)]
     if left:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        message = f"platform processes still running after the session: process groups {left}"
+        message = f"platform processes or node resources still there after the session: {left}"
         if reporter is not None:
             reporter.write_line(message, red=True)
         log.error(message)
