@@ -268,7 +268,7 @@ def test_network_policy_only_when_asked(engine: str) -> None:
 
 @pytest.mark.parametrize(("engine", "files"), [
     ("redis", {"redis.conf", "entrypoint.sh"}),
-    ("postgres", {"postgresql.conf", "pg_hba.conf", "bootstrap.sh", "init-primary.sh"}),
+    ("postgres", {"postgresql.conf", "pg_hba.conf", "start.sh", "bootstrap.sh", "init-primary.sh"}),
     ("neo4j", {"neo4j.conf"}),
     ("qdrant", {"config.yaml", "entrypoint.sh"}),
 ])
@@ -370,17 +370,45 @@ def test_postgres_pods_bootstrap_then_run_the_rendered_config() -> None:
     [init] = pod["initContainers"]
     assert init["command"] == ["bash", "/etc/mlinfra/bootstrap.sh"]
     [main] = pod["containers"]
-    assert main["args"] == ["postgres", "-c", "config_file=/etc/mlinfra/postgresql.conf",
-                            "-c", "hba_file=/etc/mlinfra/pg_hba.conf", "-c", "cluster_name=$(POD_NAME)"]
+    assert main["command"] == ["bash", "/etc/mlinfra/start.sh"]
+    assert "args" not in main
     env = {v["name"]: v for v in main["env"]}
     assert env["PGDATA"]["value"] == "/var/lib/postgresql/data/pgdata"
     # SIGTERM would be a "smart" shutdown waiting for clients: stop fast within the grace period.
     assert main["lifecycle"]["preStop"]["exec"]["command"] == ["pg_ctl", "stop", "-m", "fast", "-w", "-t", "50"]
     assert pod["terminationGracePeriodSeconds"] == 60
     assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
-    [initdb] = [v for v in pod["volumes"] if v["name"] == "initdb"]
-    assert initdb["configMap"]["items"] == [{"key": "init-primary.sh", "path": "10-replication-role.sh",
-                                             "mode": 0o555}]
+    # The official image's initdb convention is gone: start.sh runs init-primary.sh itself.
+    assert not any("docker-entrypoint" in json.dumps(v) for v in pod["volumes"])
+
+
+def test_postgres_start_script_runs_initdb_and_the_rendered_config() -> None:
+    files = render.render_config_files(store("postgres", 3))
+    start = files["start.sh"]
+    assert "default_pgdata=/var/lib/postgresql/data/pgdata\n" in start
+    assert "default_config_dir=/etc/mlinfra\n" in start
+    assert "default_run_dir=/run/mlinfra\n" in start
+    assert '--pwfile="$pwfile"' in start
+    # The auth methods initdb writes agree with the rendered pg_hba.conf.
+    assert "--auth-local=scram-sha-256 --auth-host=scram-sha-256" in start
+    assert [line.split()[-1] for line in files["pg_hba.conf"].splitlines() if line and not line.startswith("#")] \
+        == ["scram-sha-256"] * 3
+    assert 'bash "${config_dir}/init-primary.sh"' in start
+    assert 'exec postgres -D "$pgdata" "${server_args[@]}"' in start
+    assert '"cluster_name=${pod}"' in start
+
+
+def test_postgres_socket_directory_is_a_writable_volume() -> None:
+    # The server's uid must be able to create its socket there whatever the image's ownership of the path.
+    pod = sts_of(render.render_managed(store("postgres", 3)))["spec"]["template"]["spec"]
+    [main] = pod["containers"]
+    mounts = {m["mountPath"]: m["name"] for m in main["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    conf = render.render_config_files(store("postgres", 3))["postgresql.conf"]
+    assert f"unix_socket_directories = '{render.PG_SOCKET_DIR}'" in conf.splitlines()
+    assert volumes[mounts[render.PG_SOCKET_DIR]]["emptyDir"] == {"medium": "Memory", "sizeLimit": "1Mi"}
+    # The initdb password file goes to a memory-backed directory, never to the data volume.
+    assert volumes[mounts["/run/mlinfra"]]["emptyDir"]["medium"] == "Memory"
 
 
 # --- determinism and the template rails -----------------------------------------------------------------

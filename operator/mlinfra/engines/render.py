@@ -13,7 +13,9 @@ manifests are parsed and labelled in code, with labels from ``names``, never the
 
 Replication topology: pod 0 is the primary (redis, postgres) or the first peer (qdrant); pods > 0
 ``replicaof`` pod 0 (redis ``entrypoint.sh``), bootstrap from it with ``pg_basebackup`` and stream
-(postgres ``bootstrap.sh``), or join its cluster (qdrant ``entrypoint.sh``). Neo4j Community is one pod.
+(postgres ``bootstrap.sh``, then ``start.sh``), or join its cluster (qdrant ``entrypoint.sh``). Postgres
+pod 0 initialises its cluster itself (``start.sh``: initdb, then ``init-primary.sh``). Neo4j Community is
+one pod.
 
 Called by the DataStore reconciler (``mlinfra.stores``), which applies the objects with server-side apply
 and owner references, and by the local platform and the integration tests (``render_config_files``).
@@ -37,6 +39,9 @@ from mlinfra.api import datastore
 from mlinfra.engines import names
 
 CONFIG_DIR = "/etc/mlinfra"
+# Where PostgreSQL's unix socket lives in the pods: Debian's default (the official image's too), so psql and
+# pg_isready run in a pod find the server without -h.
+PG_SOCKET_DIR = "/var/run/postgresql"
 DEFAULT_STORAGE_SIZE = "10Gi"
 CONFIG_HASH_ANNOTATION = "mlinfra.io/config-hash"
 
@@ -74,7 +79,7 @@ PROFILES: Mapping[datastore.Engine, Profile] = {
     "postgres": Profile(
         image="postgres:{version}", default_version="15", ports=(Port("postgres", 5432),),
         client_ports=("postgres",), primary_only=True, uid=999, data_dir="/var/lib/postgresql/data",
-        files=("postgresql.conf", "pg_hba.conf", "bootstrap.sh", "init-primary.sh"),
+        files=("postgresql.conf", "pg_hba.conf", "start.sh", "bootstrap.sh", "init-primary.sh"),
         # Standbys that fall behind by more than this need a new base backup: be generous.
         defaults={"wal_keep_size": "1GB"},
     ),
@@ -243,6 +248,7 @@ def _context(ds: datastore.DataStore) -> dict[str, Any]:
         "uid": profile.uid,
         "data_dir": profile.data_dir,
         "pgdata": f"{profile.data_dir}/pgdata",
+        "pg_socket_dir": PG_SOCKET_DIR,
         "config_dir": CONFIG_DIR,
         "run_dir": "/run/mlinfra",
         "data_volume": names.DATA_VOLUME,
@@ -292,8 +298,8 @@ def _qdrant_config(rendered: str, values: list[tuple[str, str]]) -> str:
 
 def render_config_files(ds: datastore.DataStore) -> dict[str, str]:
     """The ConfigMap's files, name -> content: the engine config (redis.conf; postgresql.conf and
-    pg_hba.conf; neo4j.conf; config.yaml) and the scripts the pods run (entrypoint.sh; bootstrap.sh and
-    init-primary.sh)."""
+    pg_hba.conf; neo4j.conf; config.yaml) and the scripts the pods run (entrypoint.sh; start.sh,
+    bootstrap.sh and init-primary.sh)."""
     context = _context(ds)
     engine = ds.spec.engine
     files = {}
