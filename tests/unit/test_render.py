@@ -223,25 +223,25 @@ def test_no_secret_in_the_rendered_objects(engine: str, replicas: int) -> None:
         if isinstance(node, dict) and "env" in node:
             for var in node["env"]:
                 if any(word in var["name"] for word in ("PASSWORD", "API_KEY", "AUTH")):
-                    ref = var.get("valueFrom", {}).get("secretKeyRef")
-                    if ref is None:  # only a reference to another variable, expanded by the kubelet
-                        assert var["value"] == "neo4j/$(MLINFRA_NEO4J_PASSWORD)"
-                    else:
-                        assert ref["name"] == "feats-credentials"
-                        secret_refs.append(ref["key"])
+                    ref = var["valueFrom"]["secretKeyRef"]
+                    assert ref["name"] == "feats-credentials"
+                    secret_refs.append(ref["key"])
     assert set(secret_refs) == set(names.credentials_keys(store(engine).spec.engine)) - {names.USERNAME_KEY}
-    # Nor a literal value assigned to a password anywhere (config files, scripts, args): only $VARIABLES.
-    literal = re.compile(r"(?i)(password|requirepass|masterauth|api_key)[\s=:]+['\"]?(?![$?%'\"`-])\S{6,}")
+    # Nor a literal value assigned to a password anywhere (config files, scripts, args): only $VARIABLES
+    # (or an @file of neo4j-admin's, named by one).
+    literal = re.compile(r"(?i)(password|requirepass|masterauth|api_key)[\s=:]+['\"]?(?![$?%'\"`@-])\S{6,}")
     for node in walk(objects):
         if isinstance(node, str):
             for line in node.splitlines():
                 assert line.lstrip().startswith("#") or not literal.search(line), line
 
 
-def test_neo4j_password_variable_does_not_become_a_setting() -> None:
-    # The neo4j image writes every NEO4J_* variable into neo4j.conf; only NEO4J_AUTH is exempt.
+def test_neo4j_pod_relies_on_no_convention_of_the_official_image() -> None:
+    # NEO4J_AUTH and NEO4J_* settings are read by the official image's entrypoint only, which never runs;
+    # the password reaches start.sh as MLINFRA_NEO4J_PASSWORD.
     [main] = sts_of(render.render_managed(store("neo4j")))["spec"]["template"]["spec"]["containers"]
-    assert [v["name"] for v in main["env"] if v["name"].startswith("NEO4J_")] == ["NEO4J_AUTH"]
+    assert [v["name"] for v in main["env"]] == ["MLINFRA_NEO4J_PASSWORD"]
+    assert "/conf" not in {m["mountPath"] for m in main["volumeMounts"]}
 
 
 # --- PDB, NetworkPolicy ---------------------------------------------------------------------------------
@@ -269,7 +269,7 @@ def test_network_policy_only_when_asked(engine: str) -> None:
 @pytest.mark.parametrize(("engine", "files"), [
     ("redis", {"redis.conf", "entrypoint.sh"}),
     ("postgres", {"postgresql.conf", "pg_hba.conf", "start.sh", "bootstrap.sh", "init-primary.sh"}),
-    ("neo4j", {"neo4j.conf"}),
+    ("neo4j", {"neo4j.conf", "start.sh"}),
     ("qdrant", {"config.yaml", "entrypoint.sh"}),
 ])
 def test_config_map_holds_the_config_files(engine: str, files: set[str]) -> None:
@@ -409,6 +409,39 @@ def test_postgres_socket_directory_is_a_writable_volume() -> None:
     assert volumes[mounts[render.PG_SOCKET_DIR]]["emptyDir"] == {"medium": "Memory", "sizeLimit": "1Mi"}
     # The initdb password file goes to a memory-backed directory, never to the data volume.
     assert volumes[mounts["/run/mlinfra"]]["emptyDir"]["medium"] == "Memory"
+
+
+def test_neo4j_start_script_owns_the_config_and_the_initial_password() -> None:
+    pod = sts_of(render.render_managed(store("neo4j")))["spec"]["template"]["spec"]
+    [main] = pod["containers"]
+    assert main["command"] == ["bash", "/etc/mlinfra/start.sh"]
+    mounts = {m["mountPath"]: m["name"] for m in main["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts["/etc/mlinfra"]]["configMap"] == {"name": "feats-config"}
+    assert volumes[mounts["/run/mlinfra"]]["emptyDir"]["medium"] == "Memory"
+    files = render.render_config_files(store("neo4j"))
+    start, conf = files["start.sh"], files["neo4j.conf"].splitlines()
+    assert "default_config=/etc/mlinfra/neo4j.conf\n" in start
+    assert 'export NEO4J_CONF="${run_dir}/conf"' in start
+    # The password reaches neo4j-admin in an argument file, never as an argument.
+    assert 'neo4j-admin dbms set-initial-password "@${argfile}"' in start
+    assert start.rstrip().endswith("exec neo4j console")
+    # What the script assumes about the rendered config.
+    assert "server.directories.data=/data" in conf
+    assert "server.directories.run=/run/mlinfra/neo4j" in conf
+    assert "dbms.usage_report.enabled=false" in conf
+
+
+@pytest.mark.parametrize(("engine", "replicas"), CASES)
+def test_every_engine_starts_with_a_rendered_script(engine: str, replicas: int) -> None:
+    """The pods never depend on an image's entrypoint: the command is one of the ConfigMap's scripts."""
+    objects = render.render_managed(store(engine, replicas))
+    data = by_kind(objects)["ConfigMap", "feats-config"]["data"]
+    for container in containers(sts_of(objects)):
+        shell, script = container["command"]
+        assert shell == "bash"
+        assert script.startswith(render.CONFIG_DIR + "/")
+        assert script.removeprefix(render.CONFIG_DIR + "/") in data
 
 
 # --- determinism and the template rails -----------------------------------------------------------------

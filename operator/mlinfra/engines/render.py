@@ -11,6 +11,11 @@ scripts). Every ``{{ value }}`` must go through a quoting filter (``tojson`` in 
 environment refuses to output an unquoted value, and ``StrictUndefined`` refuses a missing one. Rendered
 manifests are parsed and labelled in code, with labels from ``names``, never the DataStore's own.
 
+Start-up belongs to the operator's scripts, not to the image's entrypoint: each pod's command is a rendered
+script (``entrypoint.sh``, or ``start.sh`` for postgres and neo4j), so any image that holds the engine's
+binaries runs the same way (Qdrant's script still execs the image's ``/qdrant/entrypoint.sh``). What each
+image must contain: docs/datastore-images.md.
+
 Replication topology: pod 0 is the primary (redis, postgres) or the first peer (qdrant); pods > 0
 ``replicaof`` pod 0 (redis ``entrypoint.sh``), bootstrap from it with ``pg_basebackup`` and stream
 (postgres ``bootstrap.sh``, then ``start.sh``), or join its cluster (qdrant ``entrypoint.sh``). Postgres
@@ -85,7 +90,8 @@ PROFILES: Mapping[datastore.Engine, Profile] = {
     ),
     "neo4j": Profile(
         image="neo4j:{version}-community", default_version="5.26", ports=(Port("bolt", 7687), Port("http", 7474)),
-        client_ports=("bolt", "http"), primary_only=False, uid=7474, data_dir="/data", files=("neo4j.conf",),
+        client_ports=("bolt", "http"), primary_only=False, uid=7474, data_dir="/data",
+        files=("neo4j.conf", "start.sh"),
     ),
     "qdrant": Profile(
         image="qdrant/qdrant:v{version}", default_version="1.13.6",
@@ -299,7 +305,7 @@ def _qdrant_config(rendered: str, values: list[tuple[str, str]]) -> str:
 def render_config_files(ds: datastore.DataStore) -> dict[str, str]:
     """The ConfigMap's files, name -> content: the engine config (redis.conf; postgresql.conf and
     pg_hba.conf; neo4j.conf; config.yaml) and the scripts the pods run (entrypoint.sh; start.sh,
-    bootstrap.sh and init-primary.sh)."""
+    bootstrap.sh and init-primary.sh; start.sh)."""
     context = _context(ds)
     engine = ds.spec.engine
     files = {}
