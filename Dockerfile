@@ -6,9 +6,12 @@
 #   docker build -t ghcr.io/mlinfra/mlinfra-operator:0.1.0 .
 #
 # The base image is pinned by tag; pin it by digest too (python:3.11.17-slim-bookworm@sha256:...) where the
-# build has registry access to resolve it.
+# build has registry access to resolve it. BASE_IMAGE exists for builds without a registry (the local platform
+# builds this file on its own Debian python image, see docs/images.md); leave it alone otherwise.
 
-FROM python:3.11.17-slim-bookworm AS builder
+ARG BASE_IMAGE=python:3.11.17-slim-bookworm
+
+FROM ${BASE_IMAGE} AS builder
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -26,7 +29,7 @@ COPY operator/ operator/
 RUN pip install --no-cache-dir --constraint requirements.lock .
 
 
-FROM python:3.11.17-slim-bookworm
+FROM ${BASE_IMAGE}
 
 ARG VERSION=0.1.0
 ARG REVISION=unknown

@@ -43,6 +43,24 @@ def _stages() -> list[list[tuple[str, str]]]:
     return stages
 
 
+def _global_args() -> dict[str, str]:
+    """Defaults of the ARGs declared before the first FROM (the only ones a FROM line can use)."""
+    defaults: dict[str, str] = {}
+    for keyword, args in _instructions(DOCKERFILE.read_text()):
+        if keyword == "FROM":
+            break
+        if keyword == "ARG":
+            name, _, default = args.partition("=")
+            defaults[name] = default
+    return defaults
+
+
+def _base_image(stage: list[tuple[str, str]]) -> str:
+    """The stage's FROM image as a build without --build-arg sees it."""
+    image = stage[0][1].split()[0]
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: _global_args().get(m.group(1) or m.group(2), ""), image)
+
+
 def _args(stage: list[tuple[str, str]], keyword: str) -> list[str]:
     return [args for kw, args in stage if kw == keyword]
 
@@ -61,7 +79,7 @@ def test_multi_stage_with_a_pinned_slim_python_base() -> None:
     stages = _stages()
     assert len(stages) >= 2
     for stage in stages:
-        image = stage[0][1].split()[0]
+        image = _base_image(stage)
         assert BASE_IMAGE.match(image), f"base image not pinned to python:3.11.x-slim-bookworm: {image}"
     builder_name = stages[0][0][1].split()[-1]
     assert "COPY" in [kw for kw, _ in stages[-1]]
