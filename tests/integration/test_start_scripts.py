@@ -13,6 +13,7 @@ runs, a sampler reads every /proc/*/cmdline.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 import shutil
@@ -144,8 +145,6 @@ class PgPod:
     runs: int = 0
 
     def __post_init__(self) -> None:
-        # A unix socket path must stay under 108 bytes: pytest's temporary directories are too deep.
-        self.socket_dir = Path(tempfile.mkdtemp(prefix="mlinfra-pgs-"))
         self.uid, self.gid = pgdev._run_as()  # PostgreSQL refuses to run as root: the devenv's user then
 
     @property
@@ -163,6 +162,12 @@ class PgPod:
     @property
     def run_dir(self) -> Path:
         return self.workdir / "run"
+
+    @property
+    def socket_dir(self) -> Path:
+        # A unix socket path must stay under 108 bytes: pytest's temporary directories are too deep.
+        digest = hashlib.sha256(str(self.workdir.resolve()).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"mlinfra-pgs-{digest}"
 
     @property
     def log(self) -> Path:
@@ -186,15 +191,19 @@ class PgPod:
     def prepare(self) -> None:
         (self.workdir / "volume").mkdir(parents=True, exist_ok=True)
         self.run_dir.mkdir(exist_ok=True)
+        self.socket_dir.mkdir(exist_ok=True)
         _hand_over(self.workdir, self.uid, self.gid)
         _hand_over(self.socket_dir, self.uid, self.gid)
 
     def run(self, script: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """A script that ends by itself (bootstrap.sh, a start.sh that must refuse), as the server's user."""
         self.prepare()
-        return subprocess.run(["bash", str(self.files[script])], capture_output=True, text=True, timeout=300,
-                              env={**os.environ, **self.env(), **(env or {})}, cwd=self.workdir,
-                              user=self.uid, group=self.gid)
+        try:
+            return subprocess.run(["bash", str(self.files[script])], capture_output=True, text=True, timeout=300,
+                                  env={**os.environ, **self.env(), **(env or {})}, cwd=self.workdir,
+                                  user=self.uid, group=self.gid)
+        finally:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
 
     def start(self, stack: procs.ProcStack) -> PgPod:
         self.prepare()
