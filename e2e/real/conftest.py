@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mlinfra.devenv import operator as op_mod
 from mlinfra.devenv import procs
 from mlinfra.devenv.controlplane import ControlPlane
 from mlinfra.devenv.realnode import RealNode
@@ -39,3 +40,17 @@ def real_ns(real_cp: ControlPlane, real_node: RealNode, request: pytest.FixtureR
     pods = real_cp.kubectl("get", "pods", "-n", name, "-o", "wide", check=False)
     print(f"--- Pods in {name} at teardown ---\n{pods.stdout}{pods.stderr}")
     real_cp.kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.fixture(scope="session")
+def real_operator(real_cp: ControlPlane, real_node: RealNode) -> str:
+    """The chart installed with the operator image built from our Dockerfile: the operator runs as the
+    chart's Deployment, in a Pod on the real node. Returns the release's namespace."""
+    repo, tag = real_node.image("operator").rsplit(":", 1)
+    op_mod.install_chart(real_cp, extra=(
+        "--set", f"image.repository={repo}", "--set", f"image.tag={tag}", "--set", "image.pullPolicy=Never",
+        "--set", "logFormat=plain",
+        # Observe every 2 s instead of 15 s: the tests wait for status to follow the Pods.
+        "--set-json", 'extraEnv=[{"name": "MLINFRA_OBSERVE_INTERVAL", "value": "2"}]',
+    ))
+    return op_mod.NAMESPACE

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mlinfra.api import datastore as api
-from mlinfra.engines import names, observation, probe
+from mlinfra.engines import names, observation, probe, render
 from mlinfra.k8s import objects
 from mlinfra.stores import endpoints, status
 from mlinfra.stores.reconcile import Applied
@@ -40,6 +40,10 @@ def facts(body: Mapping[str, Any], ds: api.DataStore, applied: Applied,
             if ip:
                 member_names[ip] = pod_name
                 member_names[f"{ip}:{conn.port}"] = pod_name
+        if render.PROFILES[ds.spec.engine].primary_only or managed.replicas == 1:
+            # The probe reaches the server through the client Service, which selects pod 0 only: the
+            # member the engine reports by that address is pod 0.
+            member_names[f"{conn.host}:{conn.port}"] = names.pod(name, 0)
         override = (endpoint_map or endpoints.default_map()).lookup(ns, name, conn.port)
         if override is not None:
             member_names.update({addr: pod for pod, addr in override.members.items()})

@@ -1,0 +1,123 @@
+"""Managed stores on the real node, reconciled by the operator running as the chart's Pod: the operator's
+own scripts start the engines in their containers, replicas find pod 0 through the headless Service's DNS
+name, and status comes from those Pods."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from mlinfra.devenv import procs
+from mlinfra.devenv.controlplane import ControlPlane
+from mlinfra.devenv.realnode import RealNode
+
+
+def datastore(ns: str, name: str, engine: str, image: str, replicas: int) -> dict[str, Any]:
+    return {"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore", "metadata": {"name": name, "namespace": ns},
+            "spec": {"engine": engine, "deletionPolicy": "Retain",
+                     "managed": {"replicas": replicas, "image": image, "storage": {"size": "256Mi"}}}}
+
+
+def get(cp: ControlPlane, ns: str, kind: str, name: str) -> dict[str, Any]:
+    return dict(json.loads(cp.kubectl("get", kind, name, "-n", ns, "-o", "json").stdout))
+
+
+def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), {})
+
+
+def ready(cp: ControlPlane, ns: str, name: str) -> bool:
+    ds = get(cp, ns, "datastore", name)
+    return bool(condition(ds, "Ready").get("status") == "True"
+                and ds["status"].get("observedGeneration") == ds["metadata"]["generation"])
+
+
+def secret(cp: ControlPlane, ns: str, name: str) -> dict[str, str]:
+    data = get(cp, ns, "secret", name)["data"]
+    return {k: base64.b64decode(v).decode() for k, v in data.items()}
+
+
+def members_ok(cp: ControlPlane, ns: str, name: str) -> bool:
+    """Status names both Pods, pod 0 the primary and pod 1 a streaming replica with a measured lag."""
+    st = get(cp, ns, "datastore", name)["status"]
+    members = {m["name"]: m for m in st.get("members", [])}
+    return (set(members) == {f"{name}-0", f"{name}-1"}
+            and members[f"{name}-0"]["role"] == "primary" and members[f"{name}-0"]["ready"]
+            and members[f"{name}-1"]["role"] == "replica" and members[f"{name}-1"]["ready"]
+            and members[f"{name}-1"].get("lagBytes") is not None
+            and st["replication"]["readyReplicas"] == 2
+            and condition(get(cp, ns, "datastore", name), "Replicating").get("status") == "True")
+
+
+def in_pod(cp: ControlPlane, ns: str, pod: str, container: str, secret_env: str, secret_value: str,
+           *argv: str) -> str:
+    """Run ``argv`` in the container with one secret in its environment, passed on stdin: never on a
+    command line (ours or the container's)."""
+    script = f'read -r {secret_env}; export {secret_env}; exec "$@"'
+    return cp.kubectl("exec", "-i", "-n", ns, pod, "-c", container, "--", "sh", "-c", script, "sh", *argv,
+                      input=secret_value + "\n").stdout.strip()
+
+
+def redis_cli(cp: ControlPlane, ns: str, pod: str, password: str, *args: str) -> str:
+    return in_pod(cp, ns, pod, "redis", "REDISCLI_AUTH", password, "redis-cli", *args)
+
+
+def test_managed_redis_replicates_between_real_pods(real_cp: ControlPlane, real_node: RealNode,
+                                                    real_operator: str, real_ns: str) -> None:
+    ns = real_ns
+    real_cp.apply([datastore(ns, "cache", "redis", real_node.image("redis"), 2)], field_manager="test")
+    procs.wait_until("DataStore cache Ready", lambda: ready(real_cp, ns, "cache"), 240)
+
+    procs.wait_until("both members in status", lambda: members_ok(real_cp, ns, "cache"), 60)
+    pods = {p["metadata"]["name"]: p for p in json.loads(real_cp.kubectl(
+        "get", "pods", "-n", ns, "-o", "json").stdout)["items"]}
+    for name in ("cache-0", "cache-1"):
+        assert pods[name]["spec"]["nodeName"] == real_node.name
+        assert pods[name]["status"]["phase"] == "Running"
+        # Our entrypoint script is the container's command, not the image's.
+        assert pods[name]["spec"]["containers"][0]["command"][0] == "bash"
+
+    password = secret(real_cp, ns, "cache-conn")["password"]
+    # Written on the primary through the client Service's name, read on the replica Pod.
+    host = secret(real_cp, ns, "cache-conn")["host"]
+    assert redis_cli(real_cp, ns, "cache-0", password, "-h", host, "SET", "greeting", "hello") == "OK"
+    procs.wait_until("the key on the replica", lambda: redis_cli(
+        real_cp, ns, "cache-1", password, "GET", "greeting") == "hello", 30)
+    info = redis_cli(real_cp, ns, "cache-1", password, "INFO", "replication")
+    assert "role:slave" in info and "master_link_status:up" in info
+    # The replica found its primary through the headless Service's per-pod DNS name.
+    assert f"master_host:cache-0.cache-hl.{ns}.svc" in info
+
+
+def test_managed_postgres_standby_streams_and_survives_the_loss_of_pod_0(
+        real_cp: ControlPlane, real_node: RealNode, real_operator: str, real_ns: str) -> None:
+    ns = real_ns
+    real_cp.apply([datastore(ns, "pg", "postgres", real_node.image("postgres"), 2)], field_manager="test")
+    procs.wait_until("DataStore pg Ready", lambda: ready(real_cp, ns, "pg"), 300)
+    procs.wait_until("both members in status", lambda: members_ok(real_cp, ns, "pg"), 60)
+
+    conn = secret(real_cp, ns, "pg-conn")
+    user, password, host = conn["username"], conn["password"], conn["host"]
+    def sql(pod: str, statement: str, via_service: bool = False) -> str:
+        return in_pod(real_cp, ns, pod, "postgres", "PGPASSWORD", password, "psql", "-X", "-A", "-t", "-v",
+                      "ON_ERROR_STOP=1", "-U", user, "-d", conn["database"], "-c", statement,
+                      "-h", host if via_service else "127.0.0.1")
+
+    # Written on the primary through the client Service's DNS name, read on the standby Pod.
+    sql("pg-1", "CREATE TABLE t (id int primary key, v text); INSERT INTO t VALUES (1, 'before')",
+        via_service=True)
+    procs.wait_until("the row on the standby", lambda: sql("pg-1", "SELECT v FROM t WHERE id = 1") == "before", 30)
+    assert sql("pg-1", "SELECT pg_is_in_recovery()") == "t"
+    assert sql("pg-0", "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "1"
+
+    # pod 0 lost: the StatefulSet recreates it on the same volume; nothing written before is lost and the
+    # standby streams again.
+    old_uid = get(real_cp, ns, "pod", "pg-0")["metadata"]["uid"]
+    real_cp.kubectl("delete", "pod", "pg-0", "-n", ns, "--wait=false")
+    procs.wait_until("a new pg-0", lambda: get(real_cp, ns, "pod", "pg-0")["metadata"]["uid"] != old_uid, 60)
+    procs.wait_until("DataStore pg Ready again", lambda: ready(real_cp, ns, "pg") and members_ok(real_cp, ns, "pg"),
+                     240)
+    assert sql("pg-0", "SELECT v FROM t WHERE id = 1") == "before"
+    sql("pg-0", "INSERT INTO t VALUES (2, 'after')", via_service=True)
+    procs.wait_until("the new row on the standby", lambda: sql("pg-1", "SELECT count(*) FROM t") == "2", 60)
