@@ -37,8 +37,9 @@ def real_ns(real_cp: ControlPlane, real_node: RealNode, request: pytest.FixtureR
     procs.wait_until("the default ServiceAccount", lambda: real_cp.kubectl(
         "get", "sa", "default", "-n", name, check=False).returncode == 0, 60)
     yield name
-    pods = real_cp.kubectl("get", "pods", "-n", name, "-o", "wide", check=False)
-    print(f"--- Pods in {name} at teardown ---\n{pods.stdout}{pods.stderr}")
+    for what in (("pods", "-o", "wide"), ("controllerrevisions",), ("events", "--sort-by=.lastTimestamp")):
+        out = real_cp.kubectl("get", *what, "-n", name, check=False)
+        print(f"--- {what[0]} in {name} at teardown ---\n{out.stdout}{out.stderr}")
     real_cp.kubectl("delete", "namespace", name, "--wait=false")
 
 

@@ -116,6 +116,7 @@ def test_managed_postgres_standby_streams_and_survives_the_loss_of_pod_0(
     old_uid = get(real_cp, ns, "pod", "pg-0")["metadata"]["uid"]
     real_cp.kubectl("delete", "pod", "pg-0", "-n", ns, "--wait=false")
     procs.wait_until("a new pg-0", lambda: get(real_cp, ns, "pod", "pg-0")["metadata"]["uid"] != old_uid, 60)
+    real_cp.kubectl("wait", "-n", ns, "--for=condition=Ready", "--timeout=180s", "pod/pg-0")
     procs.wait_until("DataStore pg Ready again", lambda: ready(real_cp, ns, "pg") and members_ok(real_cp, ns, "pg"),
                      240)
     assert sql("pg-0", "SELECT v FROM t WHERE id = 1") == "before"
