@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STATE  ?= $(HOME)/.cache/mlinfra/cluster
 PYTEST_ARGS ?=
 
-.PHONY: test lint unit integration e2e venv system-deps tools cluster-up cluster-down demo lock clean
+.PHONY: test lint unit integration e2e real venv system-deps tools cluster-up cluster-down demo lock clean
 
 ## venv: the virtualenv with the locked dependencies (uv installs them in seconds).
 venv: $(VENV)/.installed
@@ -27,10 +27,10 @@ tools: system-deps
 	@command -v go >/dev/null || { echo "go is not installed: the Kubernetes tools are built from Go modules (Go >= 1.26; Debian's golang is too old)" >&2; exit 1; }
 	@bash e2e/tools/build.sh
 
-## test: lint, then every tier (unit, integration, e2e) against the real platform.
+## test: lint, then every tier (unit, integration, e2e, real) against the real platform.
 test: system-deps venv tools lint
-	@echo "== pytest: unit, integration and e2e tiers"
-	@$(PY) -m pytest -m "unit or integration or e2e" $(PYTEST_ARGS)
+	@echo "== pytest: unit, integration, e2e and real (Pods on a real node) tiers"
+	@$(PY) -m pytest -m "unit or integration or e2e or real" $(PYTEST_ARGS)
 
 lint: venv
 	@echo "== ruff and mypy"
@@ -43,6 +43,8 @@ integration: system-deps venv tools
 	@$(PY) -m pytest -m integration $(PYTEST_ARGS)
 e2e: system-deps venv tools
 	@$(PY) -m pytest -m e2e $(PYTEST_ARGS)
+real: system-deps venv tools
+	@$(PY) -m pytest -m real $(PYTEST_ARGS)
 
 ## cluster-up / cluster-down: keep the platform running in the background for manual use.
 cluster-up: system-deps venv tools

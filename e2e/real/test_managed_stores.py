@@ -4,63 +4,13 @@ name, and status comes from those Pods."""
 
 from __future__ import annotations
 
-import base64
 import json
-from typing import Any
+
+from real_support import datastore, get, in_pod, members_ok, ready, redis_cli, secret
 
 from mlinfra.devenv import procs
 from mlinfra.devenv.controlplane import ControlPlane
 from mlinfra.devenv.realnode import RealNode
-
-
-def datastore(ns: str, name: str, engine: str, image: str, replicas: int) -> dict[str, Any]:
-    return {"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore", "metadata": {"name": name, "namespace": ns},
-            "spec": {"engine": engine, "deletionPolicy": "Retain",
-                     "managed": {"replicas": replicas, "image": image, "storage": {"size": "256Mi"}}}}
-
-
-def get(cp: ControlPlane, ns: str, kind: str, name: str) -> dict[str, Any]:
-    return dict(json.loads(cp.kubectl("get", kind, name, "-n", ns, "-o", "json").stdout))
-
-
-def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
-    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), {})
-
-
-def ready(cp: ControlPlane, ns: str, name: str) -> bool:
-    ds = get(cp, ns, "datastore", name)
-    return bool(condition(ds, "Ready").get("status") == "True"
-                and ds["status"].get("observedGeneration") == ds["metadata"]["generation"])
-
-
-def secret(cp: ControlPlane, ns: str, name: str) -> dict[str, str]:
-    data = get(cp, ns, "secret", name)["data"]
-    return {k: base64.b64decode(v).decode() for k, v in data.items()}
-
-
-def members_ok(cp: ControlPlane, ns: str, name: str) -> bool:
-    """Status names both Pods, pod 0 the primary and pod 1 a streaming replica with a measured lag."""
-    st = get(cp, ns, "datastore", name)["status"]
-    members = {m["name"]: m for m in st.get("members", [])}
-    return (set(members) == {f"{name}-0", f"{name}-1"}
-            and members[f"{name}-0"]["role"] == "primary" and members[f"{name}-0"]["ready"]
-            and members[f"{name}-1"]["role"] == "replica" and members[f"{name}-1"]["ready"]
-            and members[f"{name}-1"].get("lagBytes") is not None
-            and st["replication"]["readyReplicas"] == 2
-            and condition(get(cp, ns, "datastore", name), "Replicating").get("status") == "True")
-
-
-def in_pod(cp: ControlPlane, ns: str, pod: str, container: str, secret_env: str, secret_value: str,
-           *argv: str) -> str:
-    """Run ``argv`` in the container with one secret in its environment, passed on stdin: never on a
-    command line (ours or the container's)."""
-    script = f'read -r {secret_env}; export {secret_env}; exec "$@"'
-    return cp.kubectl("exec", "-i", "-n", ns, pod, "-c", container, "--", "sh", "-c", script, "sh", *argv,
-                      input=secret_value + "\n").stdout.strip()
-
-
-def redis_cli(cp: ControlPlane, ns: str, pod: str, password: str, *args: str) -> str:
-    return in_pod(cp, ns, pod, "redis", "REDISCLI_AUTH", password, "redis-cli", *args)
 
 
 def test_managed_redis_replicates_between_real_pods(real_cp: ControlPlane, real_node: RealNode,
