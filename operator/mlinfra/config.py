@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +20,9 @@ class Settings:
     metrics_port: int = 9090
     log_format: Literal["json", "plain"] = "json"
     job_image: str = "ghcr.io/mlinfra/mlinfra-operator:0.1.0"  # the image sync Jobs run (the operator's own)
+    # Default image per engine for managed stores without spec.managed.image (a mirror, or locally built
+    # images); "{version}" is replaced by the store's version. Empty: the engines' public images.
+    engine_images: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -30,6 +34,25 @@ class Settings:
             "endpoint_map": Path(env["MLINFRA_ENDPOINT_MAP"]) if env.get("MLINFRA_ENDPOINT_MAP") else None,
             "log_format": "plain" if env.get("MLINFRA_LOG_FORMAT") == "plain" else "json",
             "job_image": env.get("MLINFRA_JOB_IMAGE", cls.job_image),
+            "engine_images": parse_engine_images(env.get("MLINFRA_ENGINE_IMAGES", "")),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+
+ENGINES = ("redis", "postgres", "neo4j", "qdrant")
+
+
+def parse_engine_images(value: str) -> dict[str, str]:
+    """``MLINFRA_ENGINE_IMAGES``: comma-separated ``engine=image`` pairs, e.g.
+    ``redis=mirror.local/redis:{version},postgres=mirror.local/postgres:{version}``. Refused at start-up (a
+    clear error, not a silent default) when an engine is unknown or an image is empty."""
+    images: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        engine, sep, image = item.partition("=")
+        engine, image = engine.strip(), image.strip()
+        if not sep or engine not in ENGINES or not image or any(c.isspace() for c in image):
+            raise ValueError(f"MLINFRA_ENGINE_IMAGES: {item!r} is not <engine>=<image> with engine one of "
+                             f"{', '.join(ENGINES)}")
+        images[engine] = image
+    return images

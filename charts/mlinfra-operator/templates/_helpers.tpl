@@ -59,3 +59,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .Values.image.repository $tag }}
 {{- end }}
 {{- end }}
+
+{{/* MLINFRA_ENGINE_IMAGES: the engineImages map as "engine=image" pairs, sorted by engine. */}}
+{{- define "mlinfra-operator.engineImages" -}}
+{{- $pairs := list -}}
+{{- range $engine, $image := .Values.engineImages -}}
+{{- $pairs = append $pairs (printf "%s=%s" $engine $image) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}

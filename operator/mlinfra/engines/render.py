@@ -212,10 +212,13 @@ def version(ds: datastore.DataStore) -> str:
     return _managed(ds).version or PROFILES[ds.spec.engine].default_version
 
 
-def image(ds: datastore.DataStore) -> str:
-    """The container image: ``spec.managed.image``, else the engine's image for :func:`version`."""
+def image(ds: datastore.DataStore, defaults: Mapping[str, str] | None = None) -> str:
+    """The container image: ``spec.managed.image``; else the operator's default image for the engine
+    (``defaults``, from its settings: e.g. a mirror registry), else the engine's public image. A default may
+    contain ``{version}``, replaced by :func:`version`."""
     managed = _managed(ds)
-    return managed.image or PROFILES[ds.spec.engine].image.format(version=version(ds))
+    template = (defaults or {}).get(ds.spec.engine) or PROFILES[ds.spec.engine].image
+    return managed.image or template.replace("{version}", version(ds))
 
 
 def settings(ds: datastore.DataStore) -> list[tuple[str, str]]:
@@ -232,7 +235,7 @@ def settings(ds: datastore.DataStore) -> list[tuple[str, str]]:
     return sorted(merged.items())
 
 
-def _context(ds: datastore.DataStore) -> dict[str, Any]:
+def _context(ds: datastore.DataStore, images: Mapping[str, str] | None = None) -> dict[str, Any]:
     managed = _managed(ds)
     profile = PROFILES[ds.spec.engine]
     name, ns = ds.metadata.name, names.namespace(ds)
@@ -243,7 +246,7 @@ def _context(ds: datastore.DataStore) -> dict[str, Any]:
         "namespace": ns,
         "engine": ds.spec.engine,
         "replicas": managed.replicas,
-        "image": image(ds),
+        "image": image(ds, images),
         "resources": managed.resources.model_dump(by_alias=True, exclude_none=True) if managed.resources else {},
         "storage_size": storage.size if storage else DEFAULT_STORAGE_SIZE,
         "storage_class_name": storage.storage_class_name if storage else None,
@@ -348,13 +351,14 @@ def _statefulset(ds: datastore.DataStore, context: Mapping[str, Any]) -> dict[st
     return sts
 
 
-def render_managed(ds: datastore.DataStore) -> list[dict[str, Any]]:
+def render_managed(ds: datastore.DataStore, images: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """Every object of the managed store ``ds`` except the credentials and connection Secrets: ConfigMap,
     headless and client Services, StatefulSet, PodDisruptionBudget (more than one replica) and
-    NetworkPolicy (``spec.managed.networkPolicy``). Same input, same output, in this order."""
+    NetworkPolicy (``spec.managed.networkPolicy``). Same input, same output, in this order. ``images``: the
+    operator's default image per engine (see :func:`image`)."""
     managed = _managed(ds)
     files = render_config_files(ds)
-    context = {**_context(ds), "files": files, "config_hash": config_hash(files)}
+    context = {**_context(ds, images), "files": files, "config_hash": config_hash(files)}
     objects = [
         _render_yaml("common/configmap.yaml.j2", context),
         _render_yaml("common/headless-service.yaml.j2", context),

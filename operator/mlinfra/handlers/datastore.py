@@ -36,7 +36,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         startup.touch()
         with metrics.reconciling("datastore"):
             try:
-                applied = reconcile.reconcile(body)
+                applied = reconcile.reconcile(body, settings.engine_images)
             except reconcile.StoreProblem as exc:
                 statuswrite.fail(body, patch, exc.problem, _problem_status(body, exc.problem), status.OWNED, 30)
             ds = reconcile.parse(body)
@@ -78,7 +78,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         # Server-side apply of unchanged children is a no-op for the API server (no write, no new
         # resourceVersion); children edited by hand are put back.
         with contextlib.suppress(reconcile.StoreProblem):
-            reconcile.reconcile(body)
+            reconcile.reconcile(body, settings.engine_images)
 
     @kopf.on.delete(*res, registry=registry)
     def delete_datastore(body: kopf.Body, **_: Any) -> None:

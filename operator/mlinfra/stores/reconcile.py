@@ -84,10 +84,10 @@ def _credentials(body: Mapping[str, Any], ds: api.DataStore) -> tuple[str, str]:
     return _decode(secret, names.USERNAME_KEY) or username, str(_decode(secret, names.PASSWORD_KEY))
 
 
-def _managed(body: Mapping[str, Any], ds: api.DataStore) -> connection.ConnectionInfo:
+def _managed(body: Mapping[str, Any], ds: api.DataStore, images: Mapping[str, str] | None) -> connection.ConnectionInfo:
     username, password = _credentials(body, ds)
     owner = objects.owner_reference(body)
-    for obj in render.render_managed(ds):
+    for obj in render.render_managed(ds, images):
         obj.setdefault("metadata", {})["ownerReferences"] = [owner]
         objects.apply(obj)
     engine = ds.spec.engine
@@ -123,10 +123,11 @@ def _external(ds: api.DataStore) -> connection.ConnectionInfo:
                                    stalled=True)) from None
 
 
-def reconcile(body: Mapping[str, Any]) -> Applied:
-    """Apply the desired state of the DataStore ``body``; raises StoreProblem for what the user must fix."""
+def reconcile(body: Mapping[str, Any], images: Mapping[str, str] | None = None) -> Applied:
+    """Apply the desired state of the DataStore ``body``; raises StoreProblem for what the user must fix.
+    ``images``: the operator's default image per engine (``Settings.engine_images``)."""
     ds = parse(body)
-    conn = _managed(body, ds) if ds.spec.managed is not None else _external(ds)
+    conn = _managed(body, ds, images) if ds.spec.managed is not None else _external(ds)
     ns = ds.metadata.namespace or "default"
     secret_name = names.connection_secret(ds.metadata.name)
     objects.apply({
