@@ -102,6 +102,8 @@ class RealNode:
         t = self.cp.tools
         self.images = images_mod.build_images(list(self.image_names), progress=log.info)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        for what in reap_stale():
+            log.warning("removed the leftover of a node whose run was killed: %s", what)
         slot = netns.claim_slot()
         layout = self.layout = NodeLayout(self.name, slot, self.workdir)
         STARTED.append(layout)
@@ -244,6 +246,49 @@ def leftovers(layout: NodeLayout) -> list[str]:
     left += netns.leftovers(layout)
     left += [f"cgroup {d}" for d in _cgroup_dirs(layout.cgroup_root)]
     return left
+
+
+def _net_members(inode: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "ns" / "net").stat().st_ino == inode:
+                    members.append(int(entry.name))
+    return members
+
+
+def reap_stale(min_age: float = 120.0) -> list[str]:
+    """Remove what a killed run left of its node (pytest killed by a signal runs no teardown): a node
+    namespace in which only containerd shims live — its kubelet and containerd are gone — and that is older
+    than ``min_age`` (a node being set up has no processes for a moment). Its shims and their containers
+    are killed, its mounts unmounted, its namespace, link and cgroups deleted."""
+    reaped = []
+    for path in sorted(netns.NETNS_DIR.glob("mlinfra-node-*")):
+        with contextlib.suppress(OSError, ValueError):
+            if time.time() - path.stat().st_mtime < min_age:
+                continue
+            slot = int(path.name.rsplit("-", 1)[1])
+            members = _net_members(path.stat().st_ino)
+            argvs = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") for pid in members}
+            if any(b"containerd-shim" not in argv[0] for argv in argvs.values()):
+                continue  # a live node
+            sockets = {argv[argv.index(b"-address") + 1].decode() for argv in argvs.values() if b"-address" in argv}
+            for pid in members:
+                for child in procs.descendants(pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(child, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            # The socket is <node workdir>/containerd/containerd.sock.
+            workdirs = {Path(sock).parent.parent for sock in sockets}
+            for workdir in workdirs:
+                _unmount_under(workdir)
+            layout = NodeLayout("stale", slot, next(iter(workdirs), Path("/nonexistent")))
+            netns.teardown(layout)
+            _remove_cgroups(layout.cgroup_root)
+            reaped.append(f"{path.name} ({len(members)} shims, {', '.join(map(str, workdirs)) or 'no workdir'})")
+    return reaped
 
 
 def _storage_class() -> dict[str, Any]:
