@@ -77,9 +77,10 @@ def test_services_route_and_cluster_dns_resolves_from_another_pod(real_cp: Contr
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web-hl", "namespace": ns},
          "spec": {"clusterIP": "None", "selector": {"app": "web"}, "ports": [{"port": 8080}]}},
     ])
-    pods = start_pods(real_cp, ns,
-                      pod("web-0", real_node.image(PY), server, {"app": "web"}, "web-0", "web-hl"),
-                      pod("client", real_node.image(PY), ["sleep", "3600"]))
+    web = pod("web-0", real_node.image(PY), server, {"app": "web"}, "web-0", "web-hl")
+    # Ready once it listens: the Service's endpoint (and kube-proxy's rule) follows readiness.
+    web["spec"]["containers"][0]["readinessProbe"] = {"tcpSocket": {"port": 8080}, "periodSeconds": 1}
+    pods = start_pods(real_cp, ns, web, pod("client", real_node.image(PY), ["sleep", "3600"]))
     web_ip = pods["web-0"]["status"]["podIP"]
     cluster_ip = json.loads(real_cp.kubectl("get", "svc", "web", "-n", ns, "-o", "json").stdout)["spec"]["clusterIP"]
 
@@ -93,8 +94,10 @@ def test_services_route_and_cluster_dns_resolves_from_another_pod(real_cp: Contr
     assert lookup("web") == cluster_ip  # the search path of the pod's own namespace
     # The ClusterIP routes (kube-proxy's DNAT) to the pod behind it.
     fetch = "import urllib.request, sys; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
-    body = real_cp.kubectl("exec", "-n", ns, "client", "--", "python3", "-c", fetch, "http://web/").stdout
-    assert body.strip() == "served-by-web-0"
+    def body() -> str:
+        return real_cp.kubectl("exec", "-n", ns, "client", "--", "python3", "-c", fetch, "http://web/").stdout
+    # kube-proxy programs the rule a moment after the endpoint turns ready.
+    procs.wait_until("the ClusterIP answering", lambda: body().strip() == "served-by-web-0", 30)
     # Names outside the cluster are not resolved (and nothing is forwarded off the machine).
     nx = real_cp.kubectl("exec", "-n", ns, "client", "--", "python3", "-c", resolve, "pypi.org", check=False)
     assert nx.returncode != 0 and "Name or service not known" in nx.stderr + nx.stdout
