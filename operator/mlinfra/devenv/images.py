@@ -2,7 +2,8 @@
 
 The real node (kubelet + containerd, ``mlinfra.devenv.realnode``) can pull nothing from a container registry,
 so every image its pods run is built here: the pod sandbox (``pause``, our own ``e2e/images/pause.c``), the
-engines (``redis``, ``postgres``: Debian bookworm rootfs from ``mmdebstrap``), ``python`` (the stand-in for
+engines (``redis``, ``postgres``: Debian bookworm rootfs from ``mmdebstrap``; ``neo4j``: the same with Java 17,
+plus Neo4j's jars from the tools cache and our launchers), ``python`` (the stand-in for
 the Dockerfile's ``python:3.11.x-slim-bookworm`` base) and ``operator`` (our own Dockerfile, built by
 ``buildah`` on top of the local ``python`` image). Each one is a docker-archive tarball that
 ``ctr -n k8s.io images import`` accepts, tagged ``localhost/mlinfra/<name>:<version>-<key>``, where ``key``
@@ -12,8 +13,8 @@ hashes the build's inputs: a changed input gives a new reference, so pods can us
 Callers: ``realnode`` (imports the archives into its containerd), ``tests/integration/test_images.py``, and by
 hand ``python -m mlinfra.devenv.images [NAME...]`` (prints ``name ref archive`` lines). Archives are cached
 in ``cache_dir()/images/<name>-<key>.tar``; a warm call of all of them takes about a second. See
-docs/images.md. Building needs root (mmdebstrap's root mode, chroot, buildah) and the Debian packages
-``mmdebstrap``, ``gcc``/``libc6-dev`` and ``buildah``.
+docs/images.md. Building needs root (mmdebstrap's root mode, chroot, buildah), the Debian packages
+``mmdebstrap``, ``gcc``/``libc6-dev`` and ``buildah``, and for ``neo4j`` the jars of ``make tools``.
 """
 
 from __future__ import annotations
@@ -40,14 +41,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from mlinfra.api.datastore import Engine
-from mlinfra.devenv.tools import cache_dir, repo_root
+from mlinfra.devenv.tools import cache_dir, find_tools, repo_root
 from mlinfra.engines.render import PROFILES
 
 # Bump when the way an image is built changes in a way its inputs below do not show (a new mmdebstrap option,
 # another image config field, ...): every image then gets a new key, hence a new reference.
 RECIPE = "2"
 
-IMAGES: tuple[str, ...] = ("pause", "redis", "postgres", "python", "operator")
+IMAGES: tuple[str, ...] = ("pause", "redis", "postgres", "python", "neo4j", "operator")
 
 REGISTRY = "localhost/mlinfra"
 SUITE = "bookworm"
@@ -80,7 +81,7 @@ class ImageBuildError(RuntimeError):
 
 @dataclass(frozen=True)
 class Image:
-    name: str  # "pause", "redis", "postgres", "python", "operator"
+    name: str  # "pause", "redis", "postgres", "python", "neo4j", "operator"
     ref: str  # "localhost/mlinfra/redis:7.0.15-<10 hex>"
     archive: Path  # docker-archive tar in cache_dir()/images/
 
@@ -99,6 +100,24 @@ class _Debian:
     hook: str | None = None  # e2e/images/<hook>: more customisation, run after the service user's
 
 
+@dataclass(frozen=True)
+class _Neo4j(_Debian):
+    """The Debian image with Java, plus Neo4j, which is no Debian package (a subclass: the other images' keys,
+    which hash ``repr(spec)``, stay as they were).
+
+    No registry reachable here serves Neo4j's distribution tarball, but ``e2e/tools/build.sh`` fetches its jars
+    from Maven Central (``find_tools().neo4j_classpath``). They become ``home``/lib; ``home``/bin/neo4j and
+    neo4j-admin are copies of ``e2e/images/neo4j.launcher.sh``, which starts Neo4j's own bootloader the way
+    the distribution's scripts do. No package creates the service user: the build adds it with the uid.
+    """
+
+    home: str = "/var/lib/neo4j"  # NEO4J_HOME: root's, read-only to the server (but run/)
+    launchers: tuple[str, ...] = ("neo4j", "neo4j-admin")
+    empty_dirs: tuple[str, ...] = ("conf", "import", "plugins")  # under home, root's
+    links: tuple[tuple[str, str], ...] = (("data", "/data"), ("logs", "/logs"))  # under home, as the official
+    # image has them: a plain `neo4j console` with no neo4j.conf writes to the same places as the pods
+
+
 _DEBIAN: Mapping[str, _Debian] = {
     "redis": _Debian(
         version_of="redis-server", env=(f"PATH={_DEFAULT_PATH}", "LANG=C.UTF-8"), cmd=("redis-server",),
@@ -115,6 +134,15 @@ _DEBIAN: Mapping[str, _Debian] = {
         hook="postgres.hook.sh",
     ),
     "python": _Debian(version_of="python3.11", env=(f"PATH={_DEFAULT_PATH}", "LANG=C.UTF-8"), cmd=("python3",)),
+    # The pods run start.sh (docs/datastore-images.md); Cmd is for running the image by hand.
+    "neo4j": _Neo4j(
+        version_of="openjdk-17-jre-headless",
+        env=(f"PATH=/var/lib/neo4j/bin:{_DEFAULT_PATH}", "LANG=C.UTF-8", "NEO4J_HOME=/var/lib/neo4j"),
+        cmd=("neo4j", "console"), workdir="/var/lib/neo4j", engine="neo4j", service_user="neo4j",
+        # start.sh's run directory (the pod mounts memory there), the data and logs volumes' mount points,
+        # and NEO4J_HOME/run (server.directories.run when no rendered neo4j.conf says otherwise).
+        dirs=("/data:0750", "/logs", "/run/mlinfra:0700", "/var/lib/neo4j/run"),
+    ),
 }
 
 
@@ -237,7 +265,23 @@ def _key(name: str, built: Mapping[str, Image]) -> str:
             add("service-user.sh", (images / "service-user.sh").read_bytes())
         if spec.hook is not None:
             add(spec.hook, (images / spec.hook).read_bytes())
+        if isinstance(spec, _Neo4j):
+            add("neo4j.launcher.sh", (images / "neo4j.launcher.sh").read_bytes())
+            # The jars' names hold their versions; a size catches a jar rebuilt under the same name.
+            add("jars", "\n".join(f"{jar.name} {jar.stat().st_size}" for jar in _neo4j_jars()[1]).encode())
     return digest.hexdigest()[:_KEY_HEX]
+
+
+def _neo4j_jars() -> tuple[str, list[Path]]:
+    """(Neo4j's version, its jars): the dependency directory of the tools cache's Neo4j classpath."""
+    classpath = find_tools().neo4j_classpath  # never builds the tools: another run may be building them
+    dirs = [Path(entry[:-2]) for entry in classpath.split(os.pathsep) if entry.endswith("/*")]
+    jars = sorted(jar for d in dirs if d.is_dir() for jar in d.glob("*.jar"))
+    versions = [m.group(1) for jar in jars if (m := re.fullmatch(r"neo4j-([0-9]+(?:\.[0-9]+)+)\.jar", jar.name))]
+    if len(versions) != 1:
+        raise ImageBuildError("the neo4j image needs the Neo4j jars of the tools cache (run `make tools`, or "
+                              f"e2e/tools/build.sh neo4j); found {len(jars)} jars in {dirs or classpath!r}")
+    return versions[0], jars
 
 
 def _operator_sources(root: Path) -> list[Path]:
@@ -293,20 +337,33 @@ def _build_debian(name: str, spec: _Debian, key: str, work: Path, tmp: Path, ste
     version_file = work / "version"
     hooks: list[str] = []
     uid: int | None = None
+    version: str | None = None
     if spec.engine is not None:
         if spec.service_user is None:
             raise ValueError(f"image {name}: an engine image names its service user")
         uid = PROFILES[spec.engine].uid
+        if isinstance(spec, _Neo4j):
+            hooks.append(_add_user_hook(spec.service_user, uid, spec.home))
         hooks.append(" ".join(["sh", shlex.quote(str(images / "service-user.sh")), '"$1"',
                                shlex.quote(spec.service_user), str(uid), *map(shlex.quote, spec.dirs)]))
+    if isinstance(spec, _Neo4j):
+        version, jars = _neo4j_jars()
+        staged = _stage_neo4j_home(spec, jars, work / "neo4j-home")
+        # sync-in: mmdebstrap's own copy into the chroot (symlinks stay links, never followed on the host).
+        hooks += [f"chroot \"$1\" mkdir -p {shlex.quote(spec.home)}",
+                  f"sync-in {shlex.quote(str(staged))} {shlex.quote(spec.home)}"]
     if spec.hook is not None:
         hooks.append(f'sh {shlex.quote(str(images / spec.hook))} "$1"')
     hooks.append(f"chroot \"$1\" dpkg-query -W -f='${{Version}}' {shlex.quote(spec.version_of)}"
                  f" > {shlex.quote(str(version_file))}")
     rootfs = work / "rootfs.tar"
+    # Java's postinst registers alternatives whose man-page links live in /usr/share/man/man1, which the dpkg
+    # excludes leave uncreated: update-alternatives then fails ("error creating symbolic link").
+    before_packages = ['mkdir -p "$1/usr/share/man/man1"'] if isinstance(spec, _Neo4j) else []
     command = [
         str(mmdebstrap), "--variant=minbase", "--mode=root", "--format=tar",
         f"--include={','.join(packages)}",
+        *(f"--essential-hook={hook}" for hook in before_packages),
         # The package registry may serve a snapshot whose Release files are past their Valid-Until.
         "--aptopt=Acquire::Check-Valid-Until \"false\"",
         # Keep what the hooks create under /run (e.g. /var/run/postgresql): mmdebstrap empties it by default,
@@ -321,7 +378,8 @@ def _build_debian(name: str, spec: _Debian, key: str, work: Path, tmp: Path, ste
     ]
     with steps.step(f"mmdebstrap {SUITE} minbase + {' '.join(packages)}"):
         _run(command, steps, timeout=_MMDEBSTRAP_TIMEOUT)
-    version = _upstream_version(version_file.read_text())
+    if version is None:
+        version = _upstream_version(version_file.read_text())
     if spec.service_user is not None and uid is not None:
         _check_passwd(rootfs, spec.service_user, uid)
     ref = f"{REGISTRY}/{name}:{version}-{key}"
@@ -332,6 +390,35 @@ def _build_debian(name: str, spec: _Debian, key: str, work: Path, tmp: Path, ste
     with steps.step("docker-archive"):
         _write_docker_archive(tmp, ref, rootfs, config)
     return ref
+
+
+def _add_user_hook(user: str, uid: int, home: str) -> str:
+    """A customize hook adding ``user`` and its group with ``uid`` (no package of the image creates them)."""
+    q = shlex.quote
+    taken = " || ".join(f'chroot "$1" getent {db} {q(key)} >/dev/null'
+                        for db, key in (("passwd", user), ("passwd", str(uid)), ("group", user), ("group", str(uid))))
+    return (f'if {taken}; then echo "{user} or id {uid} is taken in the image" >&2; exit 1; fi; '
+            f'echo {q(f"{user}:x:{uid}:")} >> "$1/etc/group"; '
+            f'echo {q(f"{user}:x:{uid}:{uid}:{user}:{home}:/usr/sbin/nologin")} >> "$1/etc/passwd"')
+
+
+def _stage_neo4j_home(spec: _Neo4j, jars: Sequence[Path], staged: Path) -> Path:
+    """NEO4J_HOME as the image holds it, owned by root: lib/ (the jars), bin/ (the launchers), the empty
+    directories and the links. Copied into the rootfs by mmdebstrap's sync-in."""
+    lib, bin_dir = staged / "lib", staged / "bin"
+    for directory in (staged, lib, bin_dir, *(staged / d for d in spec.empty_dirs)):
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o755)
+    for jar in jars:
+        shutil.copyfile(jar, lib / jar.name)
+        (lib / jar.name).chmod(0o644)
+    launcher = _inputs_dir() / "neo4j.launcher.sh"
+    for name in spec.launchers:
+        shutil.copyfile(launcher, bin_dir / name)
+        (bin_dir / name).chmod(0o755)
+    for link, target in spec.links:
+        (staged / link).symlink_to(target)
+    return staged
 
 
 def _build_operator(key: str, python: Image, work: Path, tmp: Path, steps: _Steps) -> str:

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 FORWARD_PORT = 6443
 STORAGE_CLASS = "real-local"
-NODE_IMAGES = ("pause", "redis", "postgres", "python", "operator")
+NODE_IMAGES = ("pause", "redis", "postgres", "python", "neo4j", "operator")
 _CGROUP_FS = Path("/sys/fs/cgroup")
 
 # Layouts of nodes started by this interpreter, for the session's leak check.
