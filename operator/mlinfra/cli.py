@@ -76,16 +76,20 @@ def demo(
     once: Annotated[bool, typer.Option(help="Exit after the samples are Ready (exit 1 if they are not).")] = False,
     state_dir: Annotated[pathlib.Path | None, typer.Option(help="Working directory (default: a temp dir).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the samples to become Ready.")] = 300,
+    real_node: Annotated[bool, typer.Option(
+        help="Run the samples as real Pods on a real node (needs root; Qdrant left out).")] = False,
 ) -> None:
     """The local platform, the operator and the sample resources becoming Ready (Ctrl-C stops it)."""
     import logging
     import tempfile
 
     from mlinfra.devenv import demo as demo_mod
+    from mlinfra.devenv import realdemo
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     workdir = state_dir or pathlib.Path(tempfile.mkdtemp(prefix="mlinfra-demo-"))
-    raise typer.Exit(demo_mod.run(workdir, once=once, timeout=timeout))
+    run = realdemo.run if real_node else demo_mod.run
+    raise typer.Exit(run(workdir, once=once, timeout=timeout))
 
 
 @app.command()

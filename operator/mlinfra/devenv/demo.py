@@ -138,7 +138,7 @@ def run(state_dir: Path, once: bool = False, timeout: float = 300) -> int:
                     ok = _wait_ready(cp.kubectl, [r["metadata"]["name"] for r in registries], timeout,
                                      "modelregistries")
                     if ok:
-                        print(registry_loop(cp, backer.map_path), flush=True)
+                        print(registry_loop(cp, via_endpoint_map(backer.map_path)), flush=True)
                         indexes = samples("vectorindex-*.yaml")
                         for doc in indexes:
                             doc["metadata"]["namespace"] = NAMESPACE
@@ -336,16 +336,21 @@ def _secret_data(cp: ControlPlane, name: str) -> dict[str, str]:
     return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
 
 
-def registry_loop(cp: ControlPlane, endpoint_map: Path, name: str = "models") -> str:
-    """Register a model version trained on a dataset with the user-activity features, then ask the graph."""
-    mr = json.loads(cp.kubectl("get", "modelregistry", name, "-n", NAMESPACE, "-o", "json").stdout)
+def via_endpoint_map(endpoint_map: Path) -> Callable[[ConnectionInfo, str], ConnectionInfo]:
+    """How this host reaches a store of the kwok platform: the endpoint map the backer writes."""
     emap = EndpointMap(endpoint_map)
+    return lambda conn, store: endpoints.resolve(conn, NAMESPACE, store, emap)
+
+
+def registry_loop(cp: ControlPlane, reach: Callable[[ConnectionInfo, str], ConnectionInfo],
+                  name: str = "models") -> str:
+    """Register a model version trained on a dataset with the user-activity features, then ask the graph.
+    ``reach(conn, store)``: how this host reaches the DataStore ``store`` whose Secret gave ``conn``."""
+    mr = json.loads(cp.kubectl("get", "modelregistry", name, "-n", NAMESPACE, "-o", "json").stdout)
     meta_ref = mr["spec"]["metadataStoreRef"]["name"]
     graph_ref = mr["spec"]["lineageStoreRef"]["name"]
-    writer = endpoints.resolve(ConnectionInfo.from_secret_data(_secret_data(cp, mr["status"]["writerSecret"])),
-                               NAMESPACE, meta_ref, emap)
-    graph = endpoints.resolve(ConnectionInfo.from_secret_data(_secret_data(cp, f"{graph_ref}-conn")),
-                              NAMESPACE, graph_ref, emap)
+    writer = reach(ConnectionInfo.from_secret_data(_secret_data(cp, mr["status"]["writerSecret"])), meta_ref)
+    graph = reach(ConnectionInfo.from_secret_data(_secret_data(cp, f"{graph_ref}-conn")), graph_ref)
     with Registry(writer) as reg:
         reg.register_model("churn", "Predicts churn from user activity", exist_ok=True)
         version = reg.create_version("churn", stage="staging", aliases=("candidate",))
