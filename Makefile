@@ -55,7 +55,8 @@ cluster-up: system-deps venv tools
 cluster-down:
 	@$(VENV)/bin/mlinfra dev down --state-dir $(STATE)
 
-## demo: platform + chart + operator + manifests/samples/ becoming Ready (Ctrl-C stops everything).
+## demo: control plane + real node + chart (the operator as a Pod) + manifests/samples/ Ready as real Pods
+## (Ctrl-C stops everything). `mlinfra demo --kwok`: the same on fake nodes, with Qdrant and the VectorIndex loop.
 demo: system-deps venv tools
 	@$(VENV)/bin/mlinfra demo
 

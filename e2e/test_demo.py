@@ -1,4 +1,5 @@
-"""`make demo` stays true: the README's first command brings the samples to Ready and cleans up."""
+"""The kwok demo (`mlinfra demo --kwok`) stays true: every sample Ready, the VectorIndex loop on Qdrant's
+local mode included, and it cleans up. `make demo` itself runs on the real node: e2e/real/test_demo_real.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from mlinfra.devenv import procs
 
 def test_demo_brings_the_samples_to_ready(tmp_path: Path) -> None:
     before = set(procs.descendants(1))
-    result = subprocess.run([sys.executable, "-m", "mlinfra", "demo", "--once", "--state-dir", str(tmp_path),
+    result = subprocess.run([sys.executable, "-m", "mlinfra", "demo", "--kwok", "--once", "--state-dir", str(tmp_path),
                              "--timeout", "240"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout

@@ -76,10 +76,12 @@ def demo(
     once: Annotated[bool, typer.Option(help="Exit after the samples are Ready (exit 1 if they are not).")] = False,
     state_dir: Annotated[pathlib.Path | None, typer.Option(help="Working directory (default: a temp dir).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the samples to become Ready.")] = 300,
-    real_node: Annotated[bool, typer.Option(
-        help="Run the samples as real Pods on a real node (needs root; Qdrant left out).")] = False,
+    kwok: Annotated[bool, typer.Option(
+        help="On kwok's fake nodes instead of a real node: stores served by local servers, the operator and "
+             "the Jobs' commands on this host, Qdrant (local mode) and the VectorIndex loop included.")] = False,
 ) -> None:
-    """The local platform, the operator and the sample resources becoming Ready (Ctrl-C stops it)."""
+    """The local platform, the operator and the sample resources becoming Ready (Ctrl-C stops it): as real
+    Pods on a real node (needs root; the Qdrant sample is left out: no server binary here), or ``--kwok``."""
     import logging
     import tempfile
 
@@ -88,7 +90,7 @@ def demo(
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     workdir = state_dir or pathlib.Path(tempfile.mkdtemp(prefix="mlinfra-demo-"))
-    run = realdemo.run if real_node else demo_mod.run
+    run = demo_mod.run if kwok else realdemo.run
     raise typer.Exit(run(workdir, once=once, timeout=timeout))
 
 

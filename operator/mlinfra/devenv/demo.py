@@ -1,4 +1,5 @@
-"""``mlinfra demo`` (``make demo``): the whole product on this machine, from nothing to Ready.
+"""``mlinfra demo --kwok``: the whole product on kwok's fake nodes, from nothing to Ready (``make demo`` runs
+on a real node: :mod:`mlinfra.devenv.realdemo`).
 
 Starts the local platform (control plane + real Redis, PostgreSQL, Neo4j), installs the Helm chart, runs
 the operator as the chart's ServiceAccount, serves managed stores with real local servers, applies

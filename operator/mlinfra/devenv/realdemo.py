@@ -1,4 +1,4 @@
-"""``mlinfra demo --real-node``: the samples on a real node, every store, Job and the operator a real Pod.
+"""``mlinfra demo`` (``make demo``): the samples on a real node, every store, Job and the operator a real Pod.
 
 The control plane with one real node (``mlinfra.devenv.realnode``), the chart installed with the operator
 image built from our Dockerfile and the locally built engine images as its ``engineImages``; the managed
@@ -10,13 +10,15 @@ primary Pod's address (the host routes the node's pod range), as ``kubectl port-
 
 Qdrant is left out: no Qdrant server binary can be obtained here, and qdrant-client's local mode (what the
 kwok demo serves the Qdrant sample with) cannot run inside a Pod of the operator. The kwok demo (``mlinfra
-demo`` without ``--real-node``) still runs the VectorIndex loop.
+demo --kwok``, :mod:`mlinfra.devenv.demo`) still runs the VectorIndex loop.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -101,6 +103,10 @@ def feature_loop(cp: ControlPlane, view: str = "user-activity") -> str:
 
 def run(state_dir: Path, once: bool = False, timeout: float = 300) -> int:
     """Run the demo on a real node; ``once`` stops after printing (exit code 1 when a sample is not Ready)."""
+    if os.geteuid() != 0:
+        print("the real node needs root (network namespaces, containerd, mounts): run `sudo make demo`, or "
+              "`mlinfra demo --kwok` for the demo on fake nodes", file=sys.stderr, flush=True)
+        return 2
     stack = procs.ProcStack()
     cp = ControlPlane(state_dir / "kube", nodes=0)
     node = RealNode(cp, state_dir / "node")
