@@ -45,12 +45,12 @@ def _get(cp: ControlPlane, kind: str, name: str, ns: str = NAMESPACE) -> dict[st
     return dict(json.loads(cp.kubectl("get", kind, name, "-n", ns, "-o", "json").stdout))
 
 
-def reach(cp: ControlPlane) -> Callable[[ConnectionInfo, str], ConnectionInfo]:
+def reach(cp: ControlPlane, namespace: str = NAMESPACE) -> Callable[[ConnectionInfo, str], ConnectionInfo]:
     """From this host: a managed store at its pod 0's IP (the primary), an external one as it is."""
     def resolve(conn: ConnectionInfo, store: str) -> ConnectionInfo:
-        if _get(cp, "datastore", store)["spec"].get("managed") is None:
+        if _get(cp, "datastore", store, namespace)["spec"].get("managed") is None:
             return conn
-        ip = _get(cp, "pod", f"{store}-0")["status"]["podIP"]
+        ip = _get(cp, "pod", f"{store}-0", namespace)["status"]["podIP"]
         return replace(conn, host=ip)
     return resolve
 
