@@ -39,6 +39,19 @@ def test_managed_redis_replicates_between_real_pods(real_cp: ControlPlane, real_
     # The replica found its primary through the headless Service's per-pod DNS name.
     assert f"master_host:cache-0.cache-hl.{ns}.svc" in info
 
+    # pod 0 lost: recreated on its volume (Redis saves on SIGTERM), the key is still there on both members,
+    # and the replica follows the new pod 0 (a new IP behind the same DNS name).
+    old_uid = get(real_cp, ns, "pod", "cache-0")["metadata"]["uid"]
+    real_cp.kubectl("delete", "pod", "cache-0", "-n", ns, "--wait=false")
+    procs.wait_until("a new cache-0", lambda: get(real_cp, ns, "pod", "cache-0")["metadata"]["uid"] != old_uid, 60)
+    real_cp.kubectl("wait", "-n", ns, "--for=condition=Ready", "--timeout=120s", "pod/cache-0")
+    assert redis_cli(real_cp, ns, "cache-0", password, "GET", "greeting") == "hello"
+    # The replica notices a vanished primary address only at repl-timeout (60 s by default).
+    procs.wait_until("the replica streaming from the new pod 0", lambda: members_ok(real_cp, ns, "cache"), 150)
+    assert redis_cli(real_cp, ns, "cache-0", password, "SET", "after", "1") == "OK"
+    procs.wait_until("a new key on the replica", lambda: redis_cli(
+        real_cp, ns, "cache-1", password, "GET", "after") == "1", 30)
+
 
 def test_managed_postgres_standby_streams_and_survives_the_loss_of_pod_0(
         real_cp: ControlPlane, real_node: RealNode, real_operator: str, real_ns: str) -> None:
