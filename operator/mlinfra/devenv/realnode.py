@@ -99,6 +99,9 @@ class RealNode:
 
     # -- start ----------------------------------------------------------------------------------------
     def _start(self) -> None:
+        if os.geteuid() != 0:
+            raise procs.StartupError("the real node needs root (network namespaces, containerd, mounts, cgroups): "
+                                     "run the real tier and `make demo` as root")
         t = self.cp.tools
         self.images = images_mod.build_images(list(self.image_names), progress=log.info)
         self.workdir.mkdir(parents=True, exist_ok=True)
