@@ -12,7 +12,6 @@ from mlinfra.devenv import netns, procs
 
 
 def test_the_demo_runs_the_samples_as_real_pods(tmp_path: Path) -> None:
-    namespaces_before = set(netns.NETNS_DIR.glob("mlinfra-node-*"))
     before = set(procs.descendants(1))
     result = subprocess.run([sys.executable, "-m", "mlinfra", "demo", "--once", "--state-dir", str(tmp_path),
                              "--timeout", "300"], capture_output=True, text=True, timeout=1200)
@@ -36,5 +35,7 @@ def test_the_demo_runs_the_samples_as_real_pods(tmp_path: Path) -> None:
     leftovers = [p for p in set(procs.descendants(1)) - before
                  if procs.pid_alive(p) and str(tmp_path).encode() in Path(f"/proc/{p}/cmdline").read_bytes()]
     assert leftovers == []
-    assert set(netns.NETNS_DIR.glob("mlinfra-node-*")) <= namespaces_before
+    used = re.search(r"network namespace (mlinfra-node-\d+)", out)
+    assert used, out[:2000]
+    assert not (netns.NETNS_DIR / used.group(1)).exists()
     assert not [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(tmp_path) in line]

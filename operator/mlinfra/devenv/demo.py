@@ -214,12 +214,7 @@ def feature_loop(cp: ControlPlane, endpoint_map: Path, tmp: Path, view: str = "u
     offline = endpoints.resolve(from_directory(conns["offline"][0]), NAMESPACE, conns["offline"][1], emap)
     online = endpoints.resolve(from_directory(conns["online"][0]), NAMESPACE, conns["online"][1], emap)
     now = datetime.datetime.now(datetime.UTC)
-    rows = [(1, 42, 0.12, "DE", 30), (1, 45, 0.13, "DE", 5), (2, 7, 0.05, "FR", 10), (3, 19, 0.31, "JP", 2)]
-    with connect.postgres(offline) as conn:
-        for uid, clicks, ctr, country, age in rows:
-            conn.execute(f"INSERT INTO {fv['status']['offlineTable']} "  # noqa: S608 - the operator's table name
-                         "(user_id, clicks_7d, ctr_7d, country, event_timestamp) VALUES (%s, %s, %s, %s, %s)",
-                         (uid, clicks, ctr, country, now - datetime.timedelta(minutes=age)))
+    insert_offline_rows(offline, fv["status"]["offlineTable"], now)
     requested = now.isoformat()
     cp.kubectl("annotate", "featureview", view, "-n", NAMESPACE, f"{SYNC_REQUESTED_ANNOTATION}={requested}",
                "--overwrite")
@@ -237,21 +232,37 @@ def feature_loop(cp: ControlPlane, endpoint_map: Path, tmp: Path, view: str = "u
                          text=True, timeout=300)
     if run.returncode != 0:
         return f"sync failed: {run.stderr[-2000:]}"
-    store = FeatureStore([FeatureView.model_validate(fv)], online=online, offline=offline, namespace=NAMESPACE)
-    try:
-        values = store.get_online_features(view, [1, 2, 3, 4])
-    finally:
-        store.close()
+    read = read_online(fv, online, offline)
     procs.wait_until("the run in status", lambda: json.loads(cp.kubectl(
         "get", "featureview", view, "-n", NAMESPACE, "-o", "json").stdout)["status"].get(
         "lastMaterialization", {}).get("outcome") == "Succeeded", 60)
     st = json.loads(cp.kubectl("get", "featureview", view, "-n", NAMESPACE, "-o", "json").stdout)["status"]
-    lines = [f"$ mlinfra sync featureview {NAMESPACE}/{view}   (the Job's command)", run.stdout.strip(),
-             "online read (mlinfra.client.FeatureStore.get_online_features, user_id 1..4):"]
-    lines += [f"   user_id={uid}: {value}" for uid, value in zip([1, 2, 3, 4], values, strict=True)]
+    lines = [f"$ mlinfra sync featureview {NAMESPACE}/{view}   (the Job's command)", run.stdout.strip(), *read]
     lines.append(f"status.lastMaterialization: {st['lastMaterialization']}")
     lines.append(f"status.freshness: {st.get('freshness')}")
     return "\n".join(lines)
+
+
+def insert_offline_rows(offline: ConnectionInfo, table: str, now: datetime.datetime) -> None:
+    """The sample view's activity rows, written the way the application owning the offline table would."""
+    rows = [(1, 42, 0.12, "DE", 30), (1, 45, 0.13, "DE", 5), (2, 7, 0.05, "FR", 10), (3, 19, 0.31, "JP", 2)]
+    with connect.postgres(offline) as conn:
+        for uid, clicks, ctr, country, age in rows:
+            conn.execute(f"INSERT INTO {table} "  # noqa: S608 - the operator's table name
+                         "(user_id, clicks_7d, ctr_7d, country, event_timestamp) VALUES (%s, %s, %s, %s, %s)",
+                         (uid, clicks, ctr, country, now - datetime.timedelta(minutes=age)))
+
+
+def read_online(fv: dict[str, Any], online: ConnectionInfo, offline: ConnectionInfo) -> list[str]:
+    """The SDK's online read of user_id 1..4 (4 has no rows), as the lines the demo prints."""
+    keys = [1, 2, 3, 4]
+    store = FeatureStore([FeatureView.model_validate(fv)], online=online, offline=offline, namespace=NAMESPACE)
+    try:
+        values = store.get_online_features(fv["metadata"]["name"], keys)
+    finally:
+        store.close()
+    return ["online read (mlinfra.client.FeatureStore.get_online_features, user_id 1..4):",
+            *(f"   user_id={uid}: {value}" for uid, value in zip(keys, values, strict=True))]
 
 
 def run_job_command(cp: ControlPlane, job: str, endpoint_map: Path, tmp: Path) -> subprocess.CompletedProcess[str]:

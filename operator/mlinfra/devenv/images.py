@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from mlinfra.api.datastore import Engine
+from mlinfra.devenv import mounts
 from mlinfra.devenv.tools import cache_dir, find_tools, repo_root
 from mlinfra.engines.render import PROFILES
 
@@ -637,23 +638,11 @@ def _archive_ref(archive: Path) -> str | None:
     return None
 
 
-def _mounts_under(path: Path) -> list[str]:
-    prefix = str(path.resolve()) + "/"
-    found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        mountpoint = line.split()[4].replace("\\040", " ")
-        if mountpoint.startswith(prefix):
-            found.append(mountpoint)
-    return found
-
-
 def _remove_tree(path: Path) -> None:
     """rm -rf, after unmounting whatever a killed build left mounted below it (never delete through a mount)."""
     if not path.exists():
         return
-    for mountpoint in sorted(_mounts_under(path), key=len, reverse=True):
-        subprocess.run(["umount", "-l", mountpoint], check=False, timeout=60, capture_output=True)
-    left = _mounts_under(path)
+    left = mounts.unmount_under(path)
     if left:
         raise ImageBuildError(f"cannot clean {path}: still mounted below it: {left}")
     shutil.rmtree(path)

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from mlinfra.api.featureview import FeatureView
-from mlinfra.client import FeatureStore
 from mlinfra.devenv import demo as kwok_demo
 from mlinfra.devenv import operator as op_mod
 from mlinfra.devenv import procs
@@ -34,7 +33,6 @@ from mlinfra.devenv.controlplane import ControlPlane
 from mlinfra.devenv.platform import Platform
 from mlinfra.devenv.realnode import RealNode
 from mlinfra.engines.connection import ConnectionInfo
-from mlinfra.features import connect
 from mlinfra.features.jobs import SYNC_REQUESTED_ANNOTATION, ondemand_job_name
 
 NAMESPACE = kwok_demo.NAMESPACE
@@ -64,12 +62,7 @@ def feature_loop(cp: ControlPlane, view: str = "user-activity") -> str:
     offline = to(ConnectionInfo.from_secret_data(kwok_demo._secret_data(cp, f"{offline_ref}-conn")), offline_ref)
     online = to(ConnectionInfo.from_secret_data(kwok_demo._secret_data(cp, f"{online_ref}-conn")), online_ref)
     now = datetime.datetime.now(datetime.UTC)
-    rows = [(1, 42, 0.12, "DE", 30), (1, 45, 0.13, "DE", 5), (2, 7, 0.05, "FR", 10), (3, 19, 0.31, "JP", 2)]
-    with connect.postgres(offline) as conn:
-        for uid, clicks, ctr, country, age in rows:
-            conn.execute(f"INSERT INTO {fv['status']['offlineTable']} "  # noqa: S608 - the operator's table name
-                         "(user_id, clicks_7d, ctr_7d, country, event_timestamp) VALUES (%s, %s, %s, %s, %s)",
-                         (uid, clicks, ctr, country, now - datetime.timedelta(minutes=age)))
+    kwok_demo.insert_offline_rows(offline, fv["status"]["offlineTable"], now)
     requested = now.isoformat()
     cp.kubectl("annotate", "featureview", view, "-n", NAMESPACE, f"{SYNC_REQUESTED_ANNOTATION}={requested}",
                "--overwrite")
@@ -85,18 +78,12 @@ def feature_loop(cp: ControlPlane, view: str = "user-activity") -> str:
     pods = json.loads(cp.kubectl("get", "pods", "-n", NAMESPACE, "-l", f"job-name={job}", "-o", "json").stdout)
     pod = pods["items"][-1]
     log = cp.kubectl("logs", "-n", NAMESPACE, pod["metadata"]["name"]).stdout.strip()
-    store = FeatureStore([FeatureView.model_validate(fv)], online=online, offline=offline, namespace=NAMESPACE)
-    try:
-        values = store.get_online_features(view, [1, 2, 3, 4])
-    finally:
-        store.close()
+    read = kwok_demo.read_online(fv, online, offline)
     procs.wait_until("the run in status", lambda: _get(cp, "featureview", view)["status"].get(
         "lastMaterialization", {}).get("outcome") == "Succeeded", 60)
     st = _get(cp, "featureview", view)["status"]
     lines = [f"Job {job}: Pod {pod['metadata']['name']} on node {pod['spec']['nodeName']}, "
-             f"{pod['status']['phase']}; its log:", log,
-             "online read (mlinfra.client.FeatureStore.get_online_features, user_id 1..4):"]
-    lines += [f"   user_id={uid}: {value}" for uid, value in zip([1, 2, 3, 4], values, strict=True)]
+             f"{pod['status']['phase']}; its log:", log, *read]
     lines.append(f"status.lastMaterialization: {st['lastMaterialization']}")
     return "\n".join(lines)
 
@@ -119,10 +106,12 @@ def run(state_dir: Path, once: bool = False, timeout: float = 300) -> int:
             print("== starting a real node: kubelet, kube-proxy, containerd + runc + CNI, CoreDNS; building and "
                   "importing the images (the first run builds them: a few minutes)", flush=True)
             node.start()
+            assert node.layout is not None
+            print(f"   node {node.name} Ready: network namespace {node.layout.netns}, Pods in "
+                  f"{node.layout.pod_cidr}", flush=True)
             print("== starting the servers of the external samples on this host: Redis + replica, "
                   "PostgreSQL + standby, Neo4j", flush=True)
             host.start()
-            assert node.layout is not None
             forwarded = _forward_host_servers(stack, host, node.layout.host_ip, state_dir / "logs")
             print("== installing the Helm chart: the operator as a Pod, from our Dockerfile's image", flush=True)
             repo, tag = node.image("operator").rsplit(":", 1)

@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from mlinfra.devenv import images as images_mod
-from mlinfra.devenv import netns, nodeconfig, pki, procs
+from mlinfra.devenv import mounts, netns, nodeconfig, pki, procs
 from mlinfra.devenv.controlplane import SERVICE_CIDR, ControlPlane
 from mlinfra.devenv.nodeconfig import NodeLayout
 
@@ -220,7 +220,7 @@ class RealNode:
         if self.layout is None:
             return
         self._kill_containers()
-        _unmount_under(self.workdir)
+        mounts.unmount_under(self.workdir)
         netns.teardown(self.layout)
         _remove_cgroups(self.layout.cgroup_root)
 
@@ -245,7 +245,7 @@ class RealNode:
 def leftovers(layout: NodeLayout) -> list[str]:
     """Whatever of a stopped node still exists: shims and containers, mounts, network, cgroups."""
     left = [f"shim pid {pid}" for pid in _shims(str(layout.containerd_socket))]
-    left += [f"mount {m}" for m in _mounts_under(layout.workdir)]
+    left += [f"mount {m}" for m in mounts.under(layout.workdir)]
     left += netns.leftovers(layout)
     left += [f"cgroup {d}" for d in _cgroup_dirs(layout.cgroup_root)]
     return left
@@ -286,7 +286,7 @@ def reap_stale(min_age: float = 120.0) -> list[str]:
             # The socket is <node workdir>/containerd/containerd.sock.
             workdirs = {Path(sock).parent.parent for sock in sockets}
             for workdir in workdirs:
-                _unmount_under(workdir)
+                mounts.unmount_under(workdir)
             layout = NodeLayout("stale", slot, next(iter(workdirs), Path("/nonexistent")))
             netns.teardown(layout)
             _remove_cgroups(layout.cgroup_root)
@@ -329,19 +329,3 @@ def _shims(socket: str) -> list[int]:
             if argv and b"containerd-shim" in argv[0] and socket.encode() in argv:
                 found.append(int(entry.name))
     return found
-
-
-def _mounts_under(directory: Path) -> list[str]:
-    prefix = str(directory.resolve()).rstrip("/") + "/"
-    points = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].replace("\\040", " ")
-        if point.startswith(prefix):
-            points.append(point)
-    return points
-
-
-def _unmount_under(directory: Path) -> None:
-    # Deepest first; lazily, so a mount still referenced by a dying process is detached anyway.
-    for point in sorted(set(_mounts_under(directory)), key=lambda p: p.count("/"), reverse=True):
-        subprocess.run(["umount", "-l", point], capture_output=True, timeout=30)
