@@ -40,6 +40,12 @@ def real_ns(real_cp: ControlPlane, real_node: RealNode, request: pytest.FixtureR
     for what in (("pods", "-o", "wide"), ("controllerrevisions",), ("events", "--sort-by=.lastTimestamp")):
         out = real_cp.kubectl("get", *what, "-n", name, check=False)
         print(f"--- {what[0]} in {name} at teardown ---\n{out.stdout}{out.stderr}")
+    pods = real_cp.kubectl("get", "pods", "-n", name, "-o", "name", check=False).stdout.split()
+    for pod in pods:  # the last lines each container wrote, the previous run's too (a crash loop's reason)
+        for previous in ("--previous", ""):
+            out = real_cp.kubectl("logs", "-n", name, pod, "--all-containers", "--tail=25", previous, check=False)
+            if out.stdout.strip():
+                print(f"--- logs {previous or '(current)'} of {pod} ---\n{out.stdout}")
     real_cp.kubectl("delete", "namespace", name, "--wait=false")
 
 

@@ -5,6 +5,8 @@ its Service's name, and a Bolt client on the host reaches it at the Pod's addres
 
 from __future__ import annotations
 
+import time
+
 import neo4j
 import pytest
 from real_support import condition, datastore, get, ready, secret
@@ -70,3 +72,7 @@ def test_managed_neo4j_answers_bolt_with_the_generated_password(real_cp: Control
     with neo4j.GraphDatabase.driver(uri, auth=(conn["username"], conn["password"] + "-wrong"),
                                     connection_timeout=10) as driver, pytest.raises(neo4j.exceptions.AuthError):
         driver.execute_query("RETURN 1 AS one")
+    # Its liveness probe (HTTP on 7474, after the startup probe) passes: the server is not restarted.
+    time.sleep(75)
+    status = get(real_cp, ns, "pod", "graph-0")["status"]["containerStatuses"][0]
+    assert status["restartCount"] == 0 and status["ready"], status
