@@ -21,6 +21,7 @@ import psycopg
 import pytest
 import redis as redis_lib
 import yaml
+from rendered_support import NAME, NAMESPACE, store, write_files
 
 from mlinfra.api.datastore import DataStore
 from mlinfra.devenv import procs, tools
@@ -31,26 +32,8 @@ from mlinfra.engines import names, render
 
 pytestmark = pytest.mark.integration
 
-NAME, NAMESPACE = "feats", "ml"
 
 
-def _store(engine: str, replicas: int, config: dict[str, str]) -> DataStore:
-    return DataStore.model_validate({
-        "metadata": {"name": NAME, "namespace": NAMESPACE},
-        "spec": {"engine": engine, "managed": {"replicas": replicas, "config": config}},
-    })
-
-
-def _write_files(directory: Path, files: dict[str, str]) -> dict[str, Path]:
-    """The ConfigMap's files on disk, world-readable like a ConfigMap volume."""
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name, text in files.items():
-        path = directory / name
-        path.write_text(text)
-        path.chmod(0o644)
-        paths[name] = path
-    return paths
 
 
 # --- redis ----------------------------------------------------------------------------------------------
@@ -81,8 +64,8 @@ def _redis_pod(stack: procs.ProcStack, root: Path, files: dict[str, Path], ordin
 
 
 def test_rendered_redis_primary_and_replica(tmp_path: Path) -> None:
-    ds = _store("redis", 3, REDIS_CONFIG)
-    files = _write_files(tmp_path / "config", render.render_config_files(ds))
+    ds = store("redis", 3, REDIS_CONFIG)
+    files = write_files(tmp_path / "config", render.render_config_files(ds))
     password = secrets.token_urlsafe(24)
     with procs.ProcStack() as stack:
         primary = _redis_pod(stack, tmp_path, files, 0, password)
@@ -119,7 +102,7 @@ def test_rendered_redis_primary_and_replica(tmp_path: Path) -> None:
 
 
 def test_rendered_redis_entrypoint_refuses_a_hostname_without_ordinal(tmp_path: Path) -> None:
-    files = _write_files(tmp_path, render.render_config_files(_store("redis", 1, {})))
+    files = write_files(tmp_path, render.render_config_files(store("redis", 1, {})))
     result = subprocess.run(["bash", str(files["entrypoint.sh"])], capture_output=True, text=True, timeout=30,
                             env={**os.environ, "HOSTNAME": "not-a-pod", "REDIS_PASSWORD": "x"})
     assert result.returncode == 1
@@ -147,8 +130,8 @@ def _path_env() -> str:
 def pg_primary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgPrimary]:
     """Pod 0: initdb, the rendered postgresql.conf and pg_hba.conf, and the rendered init-primary.sh."""
     root = tmp_path_factory.mktemp("pg-rendered")
-    rendered = render.render_config_files(_store("postgres", 3, PG_CONFIG))
-    files = _write_files(root / "config", rendered)
+    rendered = render.render_config_files(store("postgres", 3, PG_CONFIG))
+    files = write_files(root / "config", rendered)
     password, replication_password = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     with procs.ProcStack() as stack:
         server = PostgresServer(root / names.pod(NAME, 0), names.pod(NAME, 0), password,
@@ -279,7 +262,7 @@ ALL = [("redis", 3), ("postgres", 3), ("neo4j", 1), ("qdrant", 3)]
 
 @pytest.mark.parametrize(("engine", "replicas"), ALL)
 def test_rendered_scripts_are_valid_bash(engine: str, replicas: int, tmp_path: Path) -> None:
-    files = _write_files(tmp_path, render.render_config_files(_store(engine, replicas, {})))
+    files = write_files(tmp_path, render.render_config_files(store(engine, replicas, {})))
     scripts = [path for name, path in files.items() if name.endswith(".sh")]
     for script in scripts:
         result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
@@ -288,7 +271,7 @@ def test_rendered_scripts_are_valid_bash(engine: str, replicas: int, tmp_path: P
 
 def test_rendered_redis_entrypoint_defaults_to_pod_0_in_the_cluster(tmp_path: Path) -> None:
     """Without overrides a replica pod follows pod 0's DNS name on the standard port, with the pod's paths."""
-    files = _write_files(tmp_path / "config", render.render_config_files(_store("redis", 3, {})))
+    files = write_files(tmp_path / "config", render.render_config_files(store("redis", 3, {})))
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     (fake_bin / "redis-server").write_text('#!/bin/sh\ncat "$1"\n')  # prints the runtime config it is given
@@ -309,7 +292,7 @@ def test_rendered_redis_entrypoint_defaults_to_pod_0_in_the_cluster(tmp_path: Pa
 ])
 def test_rendered_qdrant_entrypoint_joins_pod_0(ordinal: int, args: list[str], tmp_path: Path) -> None:
     """Qdrant's server cannot be run here: the image's entrypoint is replaced by one that prints its arguments."""
-    files = _write_files(tmp_path / "config", render.render_config_files(_store("qdrant", 3, {})))
+    files = write_files(tmp_path / "config", render.render_config_files(store("qdrant", 3, {})))
     home = tmp_path / "qdrant"
     home.mkdir()
     (home / "entrypoint.sh").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')

@@ -29,37 +29,19 @@ from typing import Any
 import neo4j
 import psycopg
 import pytest
+from rendered_support import NAME, store, write_files
 
-from mlinfra.api.datastore import DataStore
 from mlinfra.devenv import postgres as pgdev
 from mlinfra.devenv import procs, tools
 from mlinfra.engines import names, render
 
 pytestmark = pytest.mark.integration
 
-NAME, NAMESPACE = "feats", "ml"
 # Not "postgres": the script must take the superuser's name from POSTGRES_USER.
 SUPERUSER = "feats_admin"
 PG_CONFIG = {"shared_buffers": "32MB", "max_connections": "40"}
 
 
-def _store(engine: str, replicas: int, config: dict[str, str]) -> DataStore:
-    return DataStore.model_validate({
-        "metadata": {"name": NAME, "namespace": NAMESPACE},
-        "spec": {"engine": engine, "managed": {"replicas": replicas, "config": config}},
-    })
-
-
-def _write_files(directory: Path, files: dict[str, str]) -> dict[str, Path]:
-    """The ConfigMap's files on disk, world-readable like a ConfigMap volume."""
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name, text in files.items():
-        path = directory / name
-        path.write_text(text)
-        path.chmod(0o644)
-        paths[name] = path
-    return paths
 
 
 def _password() -> str:
@@ -243,7 +225,7 @@ class FirstBoot:
 def primary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FirstBoot]:
     """Pod 0, started by its start.sh on an empty volume, with every command line watched meanwhile."""
     root = tmp_path_factory.mktemp("pg-start")
-    files = _write_files(root / "config", render.render_config_files(_store("postgres", 3, PG_CONFIG)))
+    files = write_files(root / "config", render.render_config_files(store("postgres", 3, PG_CONFIG)))
     pod = PgPod(root, files, 0, _password(), _password())
     with procs.ProcStack() as stack:
         with ArgvWatch() as argv:
@@ -352,7 +334,7 @@ def test_restart_with_a_cluster_skips_initdb(primary: FirstBoot) -> None:
 
 
 def test_pod_1_without_a_bootstrapped_volume_refuses_to_start(tmp_path: Path) -> None:
-    files = _write_files(tmp_path / "config", render.render_config_files(_store("postgres", 3, {})))
+    files = write_files(tmp_path / "config", render.render_config_files(store("postgres", 3, {})))
     pod = PgPod(tmp_path, files, 1, "unused", "unused")
     result = pod.run("start.sh")
     assert result.returncode == 1
@@ -361,7 +343,7 @@ def test_pod_1_without_a_bootstrapped_volume_refuses_to_start(tmp_path: Path) ->
 
 
 def test_a_volume_holding_something_else_is_left_alone(tmp_path: Path) -> None:
-    files = _write_files(tmp_path / "config", render.render_config_files(_store("postgres", 1, {})))
+    files = write_files(tmp_path / "config", render.render_config_files(store("postgres", 1, {})))
     pod = PgPod(tmp_path, files, 0, "unused", "unused")
     pod.pgdata.mkdir(parents=True)
     (pod.pgdata / "something").write_text("not a cluster")
@@ -386,7 +368,7 @@ def _neo4j_env(root: Path, files: dict[str, Path], password: str) -> dict[str, s
 
 def test_neo4j_start_script_with_stand_in_commands(tmp_path: Path) -> None:
     """The script's own logic, with neo4j-admin and neo4j replaced by scripts that record what they got."""
-    files = _write_files(tmp_path / "config", render.render_config_files(_store("neo4j", 1, {})))
+    files = write_files(tmp_path / "config", render.render_config_files(store("neo4j", 1, {})))
     bin_dir = tmp_path / "home" / "bin"
     bin_dir.mkdir(parents=True)
     record = tmp_path / "record"
@@ -467,10 +449,10 @@ def test_neo4j_start_script_on_neo4j(tmp_path: Path) -> None:
     if not any(jar.name.startswith("neo4j-command-line-") for jar in jars):
         pytest.skip("the Neo4j jars are not built (make tools)")
     _neo4j_home(tmp_path / "home", jars)
-    ds = _store("neo4j", 1, {"server.memory.heap.max_size": "512m", "server.memory.pagecache.size": "64m"})
+    ds = store("neo4j", 1, {"server.memory.heap.max_size": "512m", "server.memory.pagecache.size": "64m"})
     bolt, http = procs.free_port(), procs.free_port()
     rendered = render.render_config_files(ds)
-    files = _write_files(tmp_path / "config", {**rendered, "neo4j.conf": _local_neo4j_conf(
+    files = write_files(tmp_path / "config", {**rendered, "neo4j.conf": _local_neo4j_conf(
         rendered["neo4j.conf"], tmp_path, bolt, http)})
     password = _password()
     with procs.ProcStack() as stack, ArgvWatch() as argv:
