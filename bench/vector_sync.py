@@ -1,6 +1,6 @@
 """Benchmark: VectorIndex sync, PostgreSQL ``real[]`` -> Qdrant (prints figures; asserts nothing).
 
-100k rows x 384-d by default (``--rows`` scales it): the sample table of ``mlinfra.vectors.sample`` (synthetic
+100k rows x 384-d by default (``--rows`` scales it): the sample table of ``mlinfra.devenv.vector_sample`` (synthetic
 embeddings, see its docstring) in a PostgreSQL the script starts itself, into Qdrant: qdrant-client's local
 mode (in process, in memory; ``--local-path DIR`` for its on-disk variant), or the real server at
 ``QDRANT_URL`` (``QDRANT_API_KEY`` optional). The output says which. All in one run:
@@ -30,8 +30,9 @@ from qdrant_client.http import models
 from mlinfra.api import vectorindex
 from mlinfra.devenv import procs
 from mlinfra.devenv import qdrant as devenv_qdrant
+from mlinfra.devenv import vector_sample as sample
 from mlinfra.devenv.postgres import start_postgres
-from mlinfra.vectors import collection, sample, sync
+from mlinfra.vectors import collection, sync
 
 TABLE = "bench_docs"
 NAMESPACE = "bench"

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from e2e_support import get_json, wait_for
-from mlinfra import argocd
+from mlinfra.build import argocd
 from mlinfra.devenv.controlplane import ControlPlane
 
 ROOT = argocd.repo_root()

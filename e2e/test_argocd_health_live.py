@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from e2e_support import condition, get_json, wait_for
-from mlinfra import argocd
+from mlinfra.build import argocd
 from mlinfra.devenv import procs
 from mlinfra.devenv.backer import Backer
 from mlinfra.devenv.controlplane import ControlPlane

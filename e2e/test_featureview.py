@@ -48,6 +48,10 @@ def fv_condition(cp: ControlPlane, ns: str, name: str, type_: str) -> dict[str, 
     return condition(get_json(cp, "featureview", name, "-n", ns), type_)
 
 
+def events(cp: ControlPlane, ns: str, name: str) -> list[dict[str, Any]]:
+    return list(get_json(cp, "events", "-n", ns, "--field-selector", f"involvedObject.name={name}")["items"])
+
+
 def mounted(cp: ControlPlane, ns: str, secret: str, directory: Path) -> Path:
     """What a Secret volume would show the Job's pod: one file per key."""
     directory.mkdir(parents=True)
@@ -69,8 +73,13 @@ def test_featureview_schema_jobs_sync_and_freshness(control_plane: ControlPlane,
     st = fv["status"]
     assert st["offlineTable"] == f"public.{table}"
     assert st["onlineKeyPattern"] == layout.key_pattern(namespace, name)
-    assert fv_condition(cp, namespace, name, "SchemaApplied")["status"] == "True"
+    schema_applied = fv_condition(cp, namespace, name, "SchemaApplied")
+    assert (schema_applied["status"], schema_applied["message"]) == ("True", f"table public.{table} up to date")
     assert fv_condition(cp, namespace, name, "Materialized")["reason"] == "NeverRun"
+    # What the operator did to the table is an event (the status says what the table is).
+    wait_for("the TableCreated event", lambda: [(e["type"], e["message"]) for e in events(cp, namespace, name)
+                                                if e["reason"] == "TableCreated"]
+             == [("Normal", f"table public.{table} created")], 30)
 
     # The offline table exists in the real PostgreSQL with the spec's columns.
     with postgres_cluster.primary.connect() as conn:

@@ -19,9 +19,8 @@ from mlinfra.devenv.backer import Backer
 from mlinfra.devenv.controlplane import ControlPlane
 from mlinfra.devenv.operator import OperatorProcess
 from mlinfra.devenv.postgres import PostgresCluster
-from mlinfra.engines import connection
+from mlinfra.engines import connection, endpoints
 from mlinfra.engines import qdrant as qdrant_engine
-from mlinfra.stores import endpoints
 from mlinfra.vectors import jobs
 
 DIM = 8
@@ -99,7 +98,7 @@ def run_job_command(cp: ControlPlane, ns: str, pod: dict[str, Any], backer: Back
 def qdrant_conn(cp: ControlPlane, ns: str, backer: Backer) -> connection.ConnectionInfo:
     data = get_json(cp, "secret", "vectors-conn", "-n", ns)["data"]
     info = connection.ConnectionInfo.from_secret_base64(data)
-    return endpoints.resolve(info, ns, "vectors", endpoints.EndpointMap(backer.map_path))
+    return endpoints.EndpointMap(backer.map_path).resolve(info, ns, "vectors")
 
 
 def events(cp: ControlPlane, ns: str, name: str) -> list[str]:

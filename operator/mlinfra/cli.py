@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 import mlinfra
-from mlinfra import apidocs, crdgen
 from mlinfra.devenv import cli as devenv_cli
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="mlinfra-operator command line.")
@@ -34,6 +33,8 @@ def crds(
     ] = None,
 ) -> None:
     """Generate the CRDs from the API models into crds/ and charts/mlinfra-operator/crds/."""
+    from mlinfra.build import apidocs, crdgen  # build-time only: `mlinfra run` never loads the generators
+
     base = root or crdgen.repo_root()
     if check:
         stale = crdgen.stale(base) + ([base / apidocs.PATH] if apidocs.stale(base) else [])
@@ -122,7 +123,7 @@ def status(
         raise typer.BadParameter("must be text or json", param_hint="--output")
     scope = None if all_namespaces else (namespace or _current_namespace())
     try:
-        # CustomObjectsApi, not k8s.objects.list_: that one lists within a namespace only, and -A needs the
+        # CustomObjectsApi, not k8s.objects.Kube.list_: that one lists within a namespace only, and -A needs the
         # cluster-wide list. The client (and so the kubeconfig or in-cluster account) is the shared one.
         api = kube.CustomObjectsApi(client.api_client())
         listed: dict[str, list[dict[str, object]]] = {}

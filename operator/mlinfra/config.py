@@ -15,7 +15,7 @@ class Settings:
     observe_interval: float = 15.0  # seconds between observations of each store
     drift_interval: float = 300.0  # seconds between re-applies of children (drift correction)
     probe_timeout: float = 5.0
-    endpoint_map: Path | None = None  # development only: see mlinfra.stores.endpoints
+    endpoint_map: Path | None = None  # development only: see mlinfra.engines.endpoints
     health_port: int = 8080
     metrics_port: int = 9090
     log_format: Literal["json", "plain"] = "json"

@@ -12,9 +12,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from mlinfra import problems
 from mlinfra.devenv.postgres import PostgresCluster
 from mlinfra.registry import migrate, roles
-from mlinfra.stores import status
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -100,13 +100,13 @@ def test_pinned_version_stops_there(db: tuple[str, Conn]) -> None:
 def test_downgrade_and_unknown_target_are_invalid_spec(db: tuple[str, Conn]) -> None:
     _, conn = db
     migrate.apply(conn, 2)
-    with pytest.raises(status.ProblemError) as err:
+    with pytest.raises(problems.ProblemError) as err:
         migrate.apply(conn, 1)
-    assert err.value.problem.reason == status.INVALID_SPEC
+    assert err.value.problem.reason == problems.INVALID_SPEC
     assert "never downgrade" in err.value.problem.message
-    with pytest.raises(status.ProblemError) as err:
+    with pytest.raises(problems.ProblemError) as err:
         migrate.apply(conn, migrate.latest_version() + 1)
-    assert err.value.problem.reason == status.INVALID_SPEC
+    assert err.value.problem.reason == problems.INVALID_SPEC
     assert migrate.applied_version(conn) == 2
 
 
@@ -115,7 +115,7 @@ def test_tampered_migration_is_refused(db: tuple[str, Conn]) -> None:
     migrate.apply(conn, 1)
     shipped = migrate.shipped()
     tampered = [dataclasses.replace(shipped[0], sql=shipped[0].sql + "\n-- edited\n"), *shipped[1:]]
-    with pytest.raises(status.ProblemError) as err:
+    with pytest.raises(problems.ProblemError) as err:
         migrate.apply(conn, "latest", migrations=tampered)
     assert err.value.problem.reason == migrate.MIGRATION_CHECKSUM_MISMATCH
     assert err.value.problem.stalled

@@ -17,8 +17,9 @@ from qdrant_client import QdrantClient, models
 
 from mlinfra.api import vectorindex
 from mlinfra.devenv import qdrant as devenv_qdrant
+from mlinfra.devenv import vector_sample as sample
 from mlinfra.devenv.postgres import PostgresCluster
-from mlinfra.vectors import collection, sample, sync
+from mlinfra.vectors import collection, sync
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant"),

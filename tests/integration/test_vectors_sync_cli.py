@@ -23,9 +23,8 @@ import yaml
 
 from mlinfra.devenv import qdrant as devenv_qdrant
 from mlinfra.devenv.postgres import PostgresCluster
-from mlinfra.engines import connection
+from mlinfra.engines import connection, endpoints
 from mlinfra.engines import qdrant as qdrant_engine
-from mlinfra.stores import endpoints
 from mlinfra.vectors import collection, runs, sync_cli
 from mlinfra.vectors import sync as vsync
 
@@ -88,7 +87,7 @@ def setup(postgres_cluster: PostgresCluster, tmp_path: Path) -> Iterator[Setup]:
         emap = tmp_path / "endpoint-map.json"
         emap.write_text(json.dumps({f"{NS}/vectors": {"localPath": str(tmp_path / "qdrant")}}))
         env[endpoints.ENV] = str(emap)
-        q_info = endpoints.resolve(q_info, NS, "vectors", endpoints.EndpointMap(emap))
+        q_info = endpoints.EndpointMap(emap).resolve(q_info, NS, "vectors")
     env[sync_cli.QDRANT_DIR_ENV] = str(write_conn_dir(tmp_path / "qdrant-conn", dataclasses.replace(
         q_info, local_path=None)))
     spec_file = tmp_path / "vi.yaml"

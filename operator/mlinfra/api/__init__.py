@@ -1,6 +1,6 @@
 """The API of mlinfra-operator (group ``mlinfra.io``, version ``v1alpha1``): pydantic models, one module per kind.
 
-These models are the single source of truth: ``mlinfra.crdgen`` generates the CRDs from them, and the
+These models are the single source of truth: ``mlinfra.build.crdgen`` generates the CRDs from them, and the
 handlers parse custom resource bodies with them. This package imports nothing else from ``mlinfra``.
 """
 

@@ -3,7 +3,7 @@
 Every kind module builds on these: ``SpecModel`` for user-written objects (unknown fields are errors),
 ``StatusModel`` for what the operator writes, ``Resource`` for a whole custom resource body, and
 ``Cel`` to attach a ``x-kubernetes-validations`` rule to a type, a field or a model. Nothing here talks to
-Kubernetes; ``mlinfra.crdgen`` turns the models into CRDs and the handlers parse bodies with them.
+Kubernetes; ``mlinfra.build.crdgen`` turns the models into CRDs and the handlers parse bodies with them.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ import psycopg
 import redis as redis_lib
 from psycopg import sql
 
-from mlinfra.api import common, featureview
+from mlinfra.api import base, common, featureview
 from mlinfra.client import connections
 from mlinfra.features import layout
 
@@ -284,7 +284,7 @@ def fetch_featureview(namespace: str, name: str) -> featureview.FeatureView:
     crd = featureview.FeatureView.crd_info
     with client.ApiClient() as api:
         body = client.CustomObjectsApi(api).get_namespaced_custom_object(
-            "mlinfra.io", "v1alpha1", namespace, crd.plural, name
+            base.GROUP, base.VERSION, namespace, crd.plural, name
         )
     return featureview.FeatureView.model_validate(body)
 

@@ -8,7 +8,7 @@ dataclasses in frozensets: compare them as sets, sort them for display.
 The graph (``(:Model)-[:HAS_VERSION]->(:ModelVersion)-[:TRAINED_ON|EVALUATED_ON]->(:Dataset)``,
 ``(:ModelVersion)-[:USES_FEATURE]->(:FeatureView)``, ``(:Deployment)-[:DEPLOYS]->(:ModelVersion)``) is the
 sync's; the client layer may not import
-``mlinfra.registry`` (tests/unit/test_layers.py), so the Cypher here is checked against the sync by the
+``mlinfra.registry`` (tests/unit/build/test_layers.py), so the Cypher here is checked against the sync by the
 integration tests.
 """
 

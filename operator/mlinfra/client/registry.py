@@ -6,7 +6,7 @@ public call is one transaction, so the triggers of the schema write the audit lo
 sync's input) together with the change, or not at all.
 
 This module knows the table and column names of that schema but never creates or alters it (the operator
-applies the migrations). The client layer may not import ``mlinfra.registry`` (tests/unit/test_layers.py), so
+applies the migrations). The client layer may not import ``mlinfra.registry`` (tests/unit/build/test_layers.py), so
 the SQL here is checked against the migrations by the integration tests.
 
 Lineage queries on the graph are in :mod:`mlinfra.client.lineage`.

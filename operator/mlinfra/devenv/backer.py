@@ -4,7 +4,7 @@ For every managed DataStore in the cluster (redis, postgres, neo4j) the backer s
 from what the operator rendered into the cluster: the engine config from the ``<name>-config`` ConfigMap
 and the password from the generated ``<name>-credentials`` Secret, one server per replica, replicas
 following the primary (Redis ``replicaof``, PostgreSQL ``pg_basebackup`` + streaming). It then writes the
-operator's endpoint map (``mlinfra.stores.endpoints``) so an operator running outside the cluster reaches
+operator's endpoint map (``mlinfra.engines.endpoints``) so an operator running outside the cluster reaches
 them.
 
 Qdrant has no server binary here. A managed Qdrant store with one replica is served by qdrant-client's

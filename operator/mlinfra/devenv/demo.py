@@ -30,17 +30,15 @@ from mlinfra.client.connections import from_directory
 from mlinfra.client.lineage import Lineage
 from mlinfra.client.registry import Registry
 from mlinfra.devenv import operator as op_mod
-from mlinfra.devenv import procs, tools
+from mlinfra.devenv import procs, tools, vector_sample
 from mlinfra.devenv.backer import Backer
 from mlinfra.devenv.controlplane import ControlPlane
 from mlinfra.devenv.platform import Platform
+from mlinfra.engines import connection, endpoints
 from mlinfra.engines import qdrant as qdrant_engine
 from mlinfra.engines.connection import ConnectionInfo
-from mlinfra.features import connect
+from mlinfra.engines.endpoints import EndpointMap
 from mlinfra.features.jobs import SYNC_REQUESTED_ANNOTATION, ondemand_job_name
-from mlinfra.stores import endpoints
-from mlinfra.stores.endpoints import EndpointMap
-from mlinfra.vectors import sample as vector_sample
 
 log = logging.getLogger(__name__)
 NAMESPACE = "mlinfra-demo"
@@ -211,8 +209,8 @@ def feature_loop(cp: ControlPlane, endpoint_map: Path, tmp: Path, view: str = "u
             (directory / key).write_bytes(base64.b64decode(value))
         conns[role] = (directory, ref)
     emap = EndpointMap(endpoint_map)
-    offline = endpoints.resolve(from_directory(conns["offline"][0]), NAMESPACE, conns["offline"][1], emap)
-    online = endpoints.resolve(from_directory(conns["online"][0]), NAMESPACE, conns["online"][1], emap)
+    offline = emap.resolve(from_directory(conns["offline"][0]), NAMESPACE, conns["offline"][1])
+    online = emap.resolve(from_directory(conns["online"][0]), NAMESPACE, conns["online"][1])
     now = datetime.datetime.now(datetime.UTC)
     insert_offline_rows(offline, fv["status"]["offlineTable"], now)
     requested = now.isoformat()
@@ -246,7 +244,7 @@ def feature_loop(cp: ControlPlane, endpoint_map: Path, tmp: Path, view: str = "u
 def insert_offline_rows(offline: ConnectionInfo, table: str, now: datetime.datetime) -> None:
     """The sample view's activity rows, written the way the application owning the offline table would."""
     rows = [(1, 42, 0.12, "DE", 30), (1, 45, 0.13, "DE", 5), (2, 7, 0.05, "FR", 10), (3, 19, 0.31, "JP", 2)]
-    with connect.postgres(offline) as conn:
+    with connection.postgres(offline) as conn:
         for uid, clicks, ctr, country, age in rows:
             conn.execute(f"INSERT INTO {table} "  # noqa: S608 - the operator's table name
                          "(user_id, clicks_7d, ctr_7d, country, event_timestamp) VALUES (%s, %s, %s, %s, %s)",
@@ -289,9 +287,9 @@ def run_job_command(cp: ControlPlane, job: str, endpoint_map: Path, tmp: Path) -
 def load_vector_source(cp: ControlPlane, endpoint_map: Path, index: dict[str, Any]) -> None:
     """The sample's source table in its PostgreSQL store, as the application owning it would create it."""
     ref = index["spec"]["source"]["storeRef"]["name"]
-    pg = endpoints.resolve(ConnectionInfo.from_secret_data(_secret_data(cp, f"{ref}-conn")), NAMESPACE, ref,
-                           EndpointMap(endpoint_map))
-    with connect.postgres(pg) as conn:
+    pg = EndpointMap(endpoint_map).resolve(
+        ConnectionInfo.from_secret_data(_secret_data(cp, f"{ref}-conn")), NAMESPACE, ref)
+    with connection.postgres(pg) as conn:
         if conn.execute("SELECT to_regclass('public.doc_embeddings')").fetchone() == (None,):
             vector_sample.create_table(conn)
             vector_sample.load(conn)
@@ -303,10 +301,8 @@ def vector_loop(cp: ControlPlane, endpoint_map: Path, tmp: Path, name: str = "do
     spec = doc["spec"]
     emap = EndpointMap(endpoint_map)
     src_ref, q_ref = spec["source"]["storeRef"]["name"], spec["storeRef"]["name"]
-    pg = endpoints.resolve(ConnectionInfo.from_secret_data(_secret_data(cp, f"{src_ref}-conn")), NAMESPACE,
-                           src_ref, emap)
-    qdrant = endpoints.resolve(ConnectionInfo.from_secret_data(_secret_data(cp, f"{q_ref}-conn")), NAMESPACE,
-                               q_ref, emap)
+    pg = emap.resolve(ConnectionInfo.from_secret_data(_secret_data(cp, f"{src_ref}-conn")), NAMESPACE, src_ref)
+    qdrant = emap.resolve(ConnectionInfo.from_secret_data(_secret_data(cp, f"{q_ref}-conn")), NAMESPACE, q_ref)
     procs.wait_until("rowsBehind in status", lambda: json.loads(cp.kubectl(
         "get", "vectorindex", name, "-n", NAMESPACE, "-o", "json").stdout)["status"].get("sync", {}).get(
         "rowsBehind", 0) > 0, 60)
@@ -331,7 +327,7 @@ def vector_loop(cp: ControlPlane, endpoint_map: Path, tmp: Path, name: str = "do
     query = vector_sample.embed_query(query_text)
     with qdrant_engine.open_client(qdrant) as client:
         hits = client.query_points(spec["collection"], query=query, limit=3, with_payload=True).points
-    with connect.postgres(pg) as conn:
+    with connection.postgres(pg) as conn:
         exact = vector_sample.brute_force_top_k(conn, "doc_embeddings", query, 3)
     lines = [f"status before the sync: rowsBehind={before['sync'].get('rowsBehind')} points={before.get('points')}",
              f"$ mlinfra sync vectorindex {NAMESPACE}/{name}   (the Job's command)", run.stdout.strip(),
@@ -351,7 +347,7 @@ def _secret_data(cp: ControlPlane, name: str) -> dict[str, str]:
 def via_endpoint_map(endpoint_map: Path) -> Callable[[ConnectionInfo, str], ConnectionInfo]:
     """How this host reaches a store of the kwok platform: the endpoint map the backer writes."""
     emap = EndpointMap(endpoint_map)
-    return lambda conn, store: endpoints.resolve(conn, NAMESPACE, store, emap)
+    return lambda conn, store: emap.resolve(conn, NAMESPACE, store)
 
 
 def registry_loop(cp: ControlPlane, reach: Callable[[ConnectionInfo, str], ConnectionInfo],

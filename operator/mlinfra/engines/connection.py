@@ -22,6 +22,7 @@ from urllib import parse
 
 import neo4j
 import psycopg
+import redis
 
 from mlinfra.api import datastore
 
@@ -140,7 +141,7 @@ class ConnectionInfo:
 
         ``uri`` is derived, so it is not read. Errors name the offending key, never a value of the password.
         """
-        values = {key: _text(key, value) for key, value in data.items()}
+        values = {key: text(key, value) for key, value in data.items()}
         engine = _require(values, "engine")
         if engine not in get_args(Engine):
             raise ValueError(f"connection secret: key 'engine' must be one of {', '.join(get_args(Engine))}")
@@ -166,7 +167,7 @@ class ConnectionInfo:
     @classmethod
     def from_secret_base64(cls, data: Mapping[str, str]) -> ConnectionInfo:
         """Parse a Secret's ``data`` as the Kubernetes API returns it (base64-encoded values)."""
-        return cls.from_secret_data({key: base64.b64decode(value) for key, value in data.items()})
+        return cls.from_secret_data(decode_secret_data(data))
 
     def __repr__(self) -> str:
         return (
@@ -182,7 +183,24 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-def _text(key: str, value: str | bytes) -> str:
+def split_endpoint(endpoint: str, default_port: int) -> tuple[str, int]:
+    """``host:port`` (or ``[v6]:port``, or a bare host) into its parts."""
+    if endpoint.startswith("["):
+        host, _, rest = endpoint[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else default_port
+    host, sep, port = endpoint.rpartition(":")
+    if not sep:
+        return endpoint, default_port
+    return host, int(port)
+
+
+def decode_secret_data(data: Mapping[str, str]) -> dict[str, bytes]:
+    """A Secret's ``data`` as the Kubernetes API returns it (base64 values), decoded: the one decoder."""
+    return {key: base64.b64decode(value) for key, value in data.items()}
+
+
+def text(key: str, value: str | bytes) -> str:
+    """A Secret value as text; a value that is not UTF-8 is an error naming the key (never the value)."""
     if isinstance(value, bytes):
         try:
             return value.decode("utf-8")
@@ -243,12 +261,20 @@ def libpq_params(info: ConnectionInfo, connect_timeout: float, application_name:
 
 
 @contextlib.contextmanager
-def postgres(info: ConnectionInfo, application_name: str = "mlinfra-sync",
-             connect_timeout: int = 10) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
-    """An autocommit PostgreSQL connection (TLS verified against ``ca.crt`` when given), closed on exit."""
+def postgres(info: ConnectionInfo, application_name: str = "mlinfra-sync", connect_timeout: int = 10,
+             database: str | None = None) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+    """The one way to open a PostgreSQL connection: autocommit, TLS verified against ``ca.crt`` when given,
+    closed on exit; ``database`` instead of the connection's own when given."""
+    if database:
+        info = dataclasses.replace(info, database=database)
     with libpq_params(info, connect_timeout, application_name, autocommit=True) as params, \
             psycopg.connect(**params) as conn:
         yield conn
+
+
+def redis_client(info: ConnectionInfo, timeout: float = 30.0) -> redis.Redis:
+    """The one way to open a synchronous Redis client; replies stay bytes (hash fields are binary)."""
+    return redis.Redis(**redis_kwargs(info, timeout))
 
 
 @contextlib.contextmanager

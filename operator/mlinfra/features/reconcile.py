@@ -1,36 +1,29 @@
-"""Reconcile a FeatureView: resolve its two DataStores, apply the offline schema, own the sync CronJob.
+"""Reconcile and observe a FeatureView: its two DataStores, the offline table, the sync CronJob; the status
+from what the offline store and the sync Jobs show.
 
-No Kopf here (handlers/featureview.py calls it). Problems the user must act on are raised as
-``stores.status.Problem`` wrapped in ``FeatureViewProblem``; the status function turns them into conditions.
+No Kopf here (handlers/featureview.py wires it through handlers.kind). What ``reconcile`` did to the table
+is posted as events; ``observe`` reads the table as it is (read only) and never the object's own status.
+Problems the user must act on are raised as ``ProblemError``; ``status.problem_status`` shows them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import pydantic
-
+from mlinfra import metrics, problems
 from mlinfra.api import featureview as api
+from mlinfra.context import Context, Obj
 from mlinfra.engines import connection
-from mlinfra.features import connect, freshness, jobs, layout, schema
-from mlinfra.k8s import jobstatus, objects
-from mlinfra.stores import endpoints, refs
-from mlinfra.stores.status import Problem, ProblemError, invalid_spec
+from mlinfra.features import freshness, jobs, layout, schema, status
+from mlinfra.k8s import jobstatus
+from mlinfra.problems import Problem, ProblemError
+from mlinfra.stores import refs
 
-IMMUTABLE_FIELD_CHANGE = schema.REASON
-
-
-class FeatureViewProblem(ProblemError):
-    """The FeatureView cannot be served as specified."""
-
-
-def parse(body: Mapping[str, Any]) -> api.FeatureView:
-    try:
-        return api.FeatureView.model_validate(dict(body))
-    except pydantic.ValidationError as exc:
-        raise FeatureViewProblem(invalid_spec(exc)) from None
+IMMUTABLE_FIELD_CHANGE = problems.IMMUTABLE_FIELD_CHANGE
+TABLE_MISSING, COLUMNS_MISSING = schema.TABLE_MISSING, schema.COLUMNS_MISSING
+APPLICATION_NAME = "mlinfra-operator"
+JOB_LABEL = "mlinfra.io/featureview"
 
 
 @dataclass(frozen=True)
@@ -39,67 +32,76 @@ class Stores:
     online: connection.ConnectionInfo
 
 
-def resolve_stores(fv: api.FeatureView, emap: endpoints.EndpointMap) -> Stores:
-    ns = fv.metadata.namespace or "default"
+def stores(ctx: Context, obj: Obj[api.FeatureView]) -> Stores:
+    """Both DataStores, checked (exist, right engine, Ready) and reachable by the operator."""
+    spec = obj.model.spec
     return Stores(
-        offline=refs.connection_of(ns, fv.spec.offline.store_ref.name, "postgres", "spec.offline.storeRef", emap),
-        online=refs.connection_of(ns, fv.spec.online.store_ref.name, "redis", "spec.online.storeRef", emap),
+        offline=refs.connection_of(ctx, obj.namespace, spec.offline.store_ref.name, "postgres",
+                                   "spec.offline.storeRef"),
+        online=refs.connection_of(ctx, obj.namespace, spec.online.store_ref.name, "redis", "spec.online.storeRef"),
     )
 
 
-@dataclass(frozen=True)
-class Applied:
-    offline_table: str
-    online_key_pattern: str
-    schema_message: str
-
-
-def reconcile(body: Mapping[str, Any], job_image: str, emap: endpoints.EndpointMap) -> Applied:
-    fv = parse(body)
-    stores = resolve_stores(fv, emap)
+def reconcile(ctx: Context, obj: Obj[api.FeatureView]) -> None:
+    """Create or evolve the offline table and the bookkeeping schema; apply (or remove) the sync CronJob."""
+    fv = obj.model
+    offline = stores(ctx, obj).offline
     try:
-        with connect.postgres(stores.offline, application_name="mlinfra-operator") as conn:
+        with connection.postgres(offline, application_name=APPLICATION_NAME) as conn:
             schema.ensure_bookkeeping(conn)
-            result = schema.ensure_offline_table(conn, fv.spec, fv.metadata.name)
+            result = schema.ensure_offline_table(conn, fv.spec, obj.name)
     except schema.ImmutableFieldChange as exc:
-        raise FeatureViewProblem(Problem(IMMUTABLE_FIELD_CHANGE, f"refused, nothing was changed: {exc}",
-                                         stalled=True)) from None
-    owner = objects.owner_reference(body)
-    cron = jobs.cronjob(fv, job_image, owner)
-    ns = fv.metadata.namespace or "default"
-    if cron is not None:
-        objects.apply(cron)
-    else:
-        objects.delete("CronJob", ns, jobs.cronjob_name(fv.metadata.name))
-    parts = [f"table {result.table}" + (" created" if result.created else " up to date")]
+        raise ProblemError(Problem(IMMUTABLE_FIELD_CHANGE, f"refused, nothing was changed: {exc}",
+                                   stalled=True)) from None
+    if result.created:
+        obj.report.event("TableCreated", f"table {result.table} created")
     if result.added:
-        parts.append(f"added columns {', '.join(result.added)}")
-    if result.retained:
-        parts.append(f"kept columns of removed features {', '.join(result.retained)} (not served)")
-    return Applied(offline_table=result.table,
-                   online_key_pattern=layout.key_pattern(ns, fv.metadata.name),
-                   schema_message="; ".join(parts))
+        obj.report.event("ColumnsAdded", f"table {result.table}: added columns {', '.join(result.added)}")
+    cron = jobs.cronjob(fv, ctx.settings.job_image, obj.owner_reference())
+    if cron is not None:
+        ctx.kube.apply(cron)
+    elif ctx.kube.delete("CronJob", obj.namespace, jobs.cronjob_name(obj.name)):
+        obj.report.event("CronJobDeleted", f"CronJob {jobs.cronjob_name(obj.name)} deleted: "
+                         "spec.materialization is not set")
 
 
-def request_sync(body: Mapping[str, Any], job_image: str, requested_at: str) -> str:
+def request_sync(ctx: Context, obj: Obj[api.FeatureView], requested_at: str) -> str:
     """Start the one-off Job for a ``mlinfra.io/sync-requested-at`` value (idempotent); its name."""
-    fv = parse(body)
-    job = jobs.ondemand_job(fv, job_image, objects.owner_reference(body), requested_at)
-    objects.create(job)
+    job = jobs.ondemand_job(obj.model, ctx.settings.job_image, obj.owner_reference(), requested_at)
+    ctx.kube.create(job)
     return str(job["metadata"]["name"])
 
 
-@dataclass(frozen=True)
-class Observed:
-    freshness: freshness.Freshness
-    last_run: Any  # common.SyncRun | None
-    job_failed: str | None  # the newest sync Job failed, and why
+def schema_message(table: schema.TableState) -> str:
+    """SchemaApplied's message for a table in place; raises the Problem of a table that is not."""
+    if not table.exists:
+        raise ProblemError(Problem(TABLE_MISSING, f"table {table.table} does not exist", stalled=False))
+    if table.missing:
+        raise ProblemError(Problem(COLUMNS_MISSING, f"table {table.table} lacks columns "
+                                   f"{', '.join(table.missing)}", stalled=False))
+    parts = [f"table {table.table} up to date"]
+    if table.retained:
+        parts.append(f"kept columns of removed features {', '.join(table.retained)} (not served)")
+    return "; ".join(parts)
 
 
-def observe(fv: api.FeatureView, stores: Stores) -> Observed:
-    ns, name = fv.metadata.namespace or "default", fv.metadata.name
-    with connect.postgres(stores.offline, application_name="mlinfra-operator") as conn:
+def observe(ctx: Context, obj: Obj[api.FeatureView]) -> dict[str, Any]:
+    """The status from the stores, the offline table as it is, the last run and the newest sync Job; records
+    the freshness metrics."""
+    fv, ns, name = obj.model, obj.namespace, obj.name
+    offline = stores(ctx, obj).offline
+    with connection.postgres(offline, application_name=APPLICATION_NAME) as conn:
+        message = schema_message(schema.inspect_offline_table(conn, fv.spec, name))
         fresh = freshness.compute(conn, fv.spec, ns, name)
         last = freshness.last_run(conn, ns, name)
-    failed = jobstatus.newest_failure(ns, {"mlinfra.io/featureview": name})
-    return Observed(freshness=fresh, last_run=last, job_failed=failed)
+    failed = jobstatus.newest_failure(ctx.kube, ns, {JOB_LABEL: name})
+    objective = status.max_lag(fv)
+    if fresh.lag_seconds is not None:
+        metrics.FEATUREVIEW_FRESHNESS_LAG.labels(ns, name).set(fresh.lag_seconds)
+    metrics.set_objective(metrics.FEATUREVIEW_FRESHNESS_MAX_LAG, ns, name,
+                          objective.total_seconds() if objective is not None else None)
+    schema_name, table = layout.offline_table(name, fv.spec.offline.schema_name, fv.spec.offline.table)
+    return status.compute(status.Facts(
+        generation=obj.generation, offline_table=layout.qualified_name(schema_name, table),
+        online_key_pattern=layout.key_pattern(ns, name), schema_message=message, freshness=fresh,
+        last_run=last, job_failed=failed, max_lag=objective), obj.status)

@@ -25,6 +25,10 @@ from mlinfra.api import featureview
 from mlinfra.features import layout
 
 REASON = "ImmutableFieldChange"
+# The offline table as observed is not what the spec asks for (dropped or altered by hand): the reconcile
+# applies it again.
+TABLE_MISSING = "TableMissing"
+COLUMNS_MISSING = "ColumnsMissing"
 _BOOKKEEPING_LOCK = "mlinfra:bookkeeping"
 _OPERATOR_COLUMNS = {layout.EVENT_TIMESTAMP: "timestamp with time zone", layout.CREATED_AT: "timestamp with time zone"}
 
@@ -56,6 +60,16 @@ class SchemaResult:
     created: bool
     added: tuple[str, ...]
     retained: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class TableState:
+    """The offline table as it is (:func:`inspect_offline_table`), compared with the spec."""
+
+    table: str  # schema.table
+    exists: bool
+    missing: tuple[str, ...]  # columns the spec (or the operator) needs that the table lacks
+    retained: tuple[str, ...]  # columns of removed features, kept (not served)
 
 
 def index_name(table: str, suffix: str) -> str:
@@ -167,6 +181,21 @@ def _indexed_entities(conn: psycopg.Connection[tuple[object, ...]], schema: str,
         return None
     names = [str(row[0]) for row in rows]
     return names[:-1] if names[-1] == layout.EVENT_TIMESTAMP else names
+
+
+def inspect_offline_table(
+    conn: psycopg.Connection[tuple[object, ...]], spec: featureview.FeatureViewSpec, view: str
+) -> TableState:
+    """The offline table of ``spec`` as it is, read only: whether it exists, the columns it lacks, and the
+    columns of removed features it keeps (by the same rules as :func:`ensure_offline_table`)."""
+    schema, table = layout.offline_table(view, spec.offline.schema_name, spec.offline.table)
+    name = layout.qualified_name(schema, table)
+    existing = _columns(conn, schema, table)
+    if existing is None:
+        return TableState(table=name, exists=False, missing=(), retained=())
+    wanted = [e.name for e in spec.entities] + [f.name for f in spec.features] + list(_OPERATOR_COLUMNS)
+    return TableState(table=name, exists=True, missing=tuple(n for n in wanted if n not in existing),
+                      retained=plan(spec, existing, None).retained)
 
 
 def ensure_offline_table(

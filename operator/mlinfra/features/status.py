@@ -1,4 +1,4 @@
-"""FeatureView status as a pure function of what reconcile applied and the timer observed.
+"""FeatureView status as a pure function of what observe found (the offline table, the stores, the runs).
 
 ``Ready``: the offline table is in place, both stores are Ready, and the last materialization did not fail.
 ``FreshnessSLOMet`` is separate (a stale view is usable, and Argo CD health reports it as Degraded).
@@ -11,14 +11,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mlinfra import problems
 from mlinfra.api import common
 from mlinfra.api import featureview as api
 from mlinfra.features import freshness as fresh_mod
+from mlinfra.features import schema
 from mlinfra.k8s import conditions
 from mlinfra.k8s.conditions import Cond
-from mlinfra.stores.status import Problem
+from mlinfra.problems import Problem
 
 OWNED = ("observedGeneration", "offlineTable", "onlineKeyPattern", "lastMaterialization", "freshness", "conditions")
+# Problems about the offline table itself (SchemaApplied False); any other leaves the schema Unknown.
+SCHEMA_REASONS = (problems.IMMUTABLE_FIELD_CHANGE, problems.INVALID_SPEC, schema.TABLE_MISSING, schema.COLUMNS_MISSING)
 
 
 @dataclass(frozen=True)
@@ -51,25 +55,23 @@ def _freshness(value: fresh_mod.Freshness) -> dict[str, Any]:
     return out
 
 
+def problem_status(body: Mapping[str, Any], problem: Problem) -> dict[str, Any]:
+    """The status of a FeatureView that cannot be served: the kstatus triple, SchemaApplied, and the table and
+    key pattern the previous status showed (still where the data is)."""
+    return compute(Facts(generation=body["metadata"].get("generation"), problem=problem), body.get("status"))
+
+
 def compute(facts: Facts, previous: Mapping[str, Any] | None) -> dict[str, Any]:
     prev = (previous or {}).get("conditions")
     status: dict[str, Any] = {"observedGeneration": facts.generation}
     p = facts.problem
     if p is not None:
-        schema_cond = (Cond("SchemaApplied", "False", p.reason, p.message)
-                       if p.reason in ("ImmutableFieldChange", "InvalidSpec")
+        schema_cond = (Cond("SchemaApplied", "False", p.reason, p.message) if p.reason in SCHEMA_REASONS
                        else Cond("SchemaApplied", "Unknown", p.reason, "waiting for the stores"))
-        conds = [
-            Cond("Ready", "False", p.reason, p.message),
-            Cond("Reconciling", "False" if p.stalled else "True", p.reason, "" if p.stalled else p.message),
-            Cond("Stalled", "True" if p.stalled else "False", p.reason if p.stalled else "Ready",
-                 p.message if p.stalled else ""),
-            schema_cond,
-        ]
         for key in ("offlineTable", "onlineKeyPattern"):
             if (previous or {}).get(key):
                 status[key] = previous[key]  # type: ignore[index]
-        status["conditions"] = conditions.merge(prev, conds, facts.generation)
+        status["conditions"] = conditions.merge(prev, [*problems.summary(p), schema_cond], facts.generation)
         return status
 
     if facts.offline_table:
@@ -108,9 +110,7 @@ def compute(facts: Facts, previous: Mapping[str, Any] | None) -> dict[str, Any]:
     ready = (Cond("Ready", "False", materialized.reason, materialized.message) if failed
              else Cond("Ready", "True", "Ready", f"{facts.offline_table} -> {facts.online_key_pattern}"))
     conds = [
-        ready,
-        Cond("Reconciling", "False", "Ready", ""),
-        Cond("Stalled", "False", "Ready", ""),
+        *problems.settled(ready),
         Cond("SchemaApplied", "True", "TableReady", facts.schema_message),
         materialized,
         slo,

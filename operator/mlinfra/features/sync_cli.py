@@ -22,29 +22,30 @@ import pathlib
 from typing import Any
 
 from mlinfra.api import featureview
-from mlinfra.features import connect, materialize
+from mlinfra.engines import connection
+from mlinfra.features import materialize
 from mlinfra.k8s import objects
-from mlinfra.stores import jobconn
+from mlinfra.stores import sync_command
 
 OFFLINE_DIR_ENV = "MLINFRA_OFFLINE_CONN_DIR"
 ONLINE_DIR_ENV = "MLINFRA_ONLINE_CONN_DIR"
-PAUSE_ENV = jobconn.PAUSE_ENV
+PAUSE_ENV = sync_command.PAUSE_ENV
 SPEC_ENV = "MLINFRA_FEATUREVIEW_SPEC"  # the spec as JSON, set by the operator in the Job (features.jobs)
 
-EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = jobconn.EXIT_OK, jobconn.EXIT_FAILED, jobconn.EXIT_UNUSABLE
-Unusable = jobconn.Unusable
-parse_target = jobconn.parse_target
+EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = sync_command.EXIT_OK, sync_command.EXIT_FAILED, sync_command.EXIT_UNUSABLE
+Unusable = sync_command.Unusable
+parse_target = sync_command.parse_target
 
 
 def load_view(namespace: str, name: str, file: pathlib.Path | None = None) -> featureview.FeatureView:
     """The FeatureView from ``file`` (YAML or JSON), the Job's spec variable, or the Kubernetes API."""
-    return jobconn.load_resource(featureview.FeatureView, "FeatureView", SPEC_ENV, namespace, name, file)
+    return sync_command.load_resource(featureview.FeatureView, "FeatureView", SPEC_ENV, namespace, name, file)
 
 
-read_conn_dir = jobconn.read_conn_dir
+read_conn_dir = sync_command.read_conn_dir
 
 
-resolve_connection = jobconn.resolve_connection
+resolve_connection = sync_command.resolve_connection
 
 
 def _emit(summary: dict[str, Any]) -> None:
@@ -61,11 +62,11 @@ def run(target: str, file: pathlib.Path | None = None, batch_size: int | None = 
     except (Unusable, ValueError, OSError, objects.ApiError) as error:
         _emit({"featureView": target, "outcome": "Failed", "error": str(error)})
         return EXIT_UNUSABLE
-    online = connect.redis_client(online_info)
+    online = connection.redis_client(online_info)
     try:
-        with connect.postgres(offline_info) as offline:
+        with connection.postgres(offline_info) as offline:
             result = materialize.materialize(
-                view.spec, offline, online, namespace, name, batch_size=batch_size, on_batch=jobconn.pause_hook()
+                view.spec, offline, online, namespace, name, batch_size=batch_size, on_batch=sync_command.pause_hook()
             )
     except Exception as error:
         _emit({"featureView": target, "outcome": "Failed", "error": f"{type(error).__name__}: {error}"})

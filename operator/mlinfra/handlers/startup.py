@@ -8,9 +8,10 @@ from typing import Any
 
 import kopf
 
+from mlinfra.api import base
 from mlinfra.config import Settings
 
-GROUP, VERSION = "mlinfra.io", "v1alpha1"
+GROUP, VERSION = base.GROUP, base.VERSION
 FINALIZER = "mlinfra.io/finalizer"
 STORAGE_PREFIX = "kopf.mlinfra.io"
 ARGOCD_TRACKING = ("metadata", "annotations", "argocd.argoproj.io/tracking-id")

@@ -1,17 +1,21 @@
-"""The one place handlers put a computed status into Kopf's patch: only what changed, nothing when idle."""
+"""The one path every status write takes: only the fields a kind owns that changed, nothing when idle.
+
+Most writes go into Kopf's patch (applied when the handler returns); ``write_now`` is for progress that must
+show while a long handler still runs (a rebuild).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, NoReturn
 
 import kopf
 
-from mlinfra.k8s import patches
-from mlinfra.stores.status import Problem
+from mlinfra.k8s import objects, patches
+from mlinfra.problems import Problem
 
 
-def write_status(body: kopf.Body, patch: kopf.Patch, new: dict[str, Any], owned: Iterable[str]) -> bool:
+def write_status(body: kopf.Body, patch: kopf.Patch, new: Mapping[str, Any], owned: Iterable[str]) -> bool:
     """Patch the ``owned`` status fields that differ from the stored ones; False when nothing changed."""
     diff = patches.status_patch(body.get("status"), new, owned)
     for key, value in diff.items():
@@ -19,7 +23,15 @@ def write_status(body: kopf.Body, patch: kopf.Patch, new: dict[str, Any], owned:
     return bool(diff)
 
 
-def fail(body: kopf.Body, patch: kopf.Patch, problem: Problem, problem_status: dict[str, Any],
+def write_now(kube: objects.Kube, body: Mapping[str, Any], new: Mapping[str, Any], owned: Iterable[str]) -> None:
+    """Write the changed ``owned`` fields of ``new`` at once, through the status subresource."""
+    diff = patches.status_patch(body.get("status"), new, owned)
+    if diff:
+        meta = body["metadata"]
+        kube.merge_patch(body["kind"], meta["namespace"], meta["name"], {"status": diff}, subresource="status")
+
+
+def fail(body: kopf.Body, patch: kopf.Patch, problem: Problem, problem_status: Mapping[str, Any],
          owned: Iterable[str], retry_delay: float) -> NoReturn:
     """Report ``problem`` (status, a Warning event) and end the handler the way Kopf should treat it:
     a spec only the user can fix is not retried; anything else is retried after ``retry_delay``."""

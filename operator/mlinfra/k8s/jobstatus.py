@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from mlinfra.k8s import objects
 
 
-def newest_failure(namespace: str, labels: Mapping[str, str]) -> str | None:
+def newest_failure(kube: objects.Kube, namespace: str, labels: Mapping[str, str]) -> str | None:
     """``Job <name> failed: <reason> <message>`` when the newest Job with ``labels`` failed, else None."""
-    items = objects.list_("Job", namespace, labels)
+    items = kube.list_("Job", namespace, labels)
     if not items:
         return None
     newest = max(items, key=lambda j: j["metadata"].get("creationTimestamp", ""))

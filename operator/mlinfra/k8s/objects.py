@@ -1,7 +1,8 @@
 """Reading and writing Kubernetes objects: server-side apply (so drift is corrected), get, list, delete.
 
-Plain ``def`` functions on the synchronous client: Kopf runs sync handlers in its thread pool, so the
-event loop is never blocked.
+:class:`Kube` is the one client the operator's code holds (through its context, ``mlinfra.context``); plain
+``def`` methods on the synchronous client, since Kopf runs sync handlers in its thread pool and the event
+loop is never blocked. The fast test tier swaps it for an in-memory one with the same methods.
 """
 
 from __future__ import annotations
@@ -27,83 +28,81 @@ class ApiError(RuntimeError):
         self.status = status
 
 
-def _call(method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None,
-          content_type: str = "application/json") -> Any:
-    api = client.api_client()
-    method_, url, headers, body_, _ = api.param_serialize(
-        method, path, query_params=query or [], body=body,
-        header_params={"Accept": "application/json", "Content-Type": content_type},
-        auth_settings=["BearerToken"],
-    )
-    resp = api.call_api(method_, url, header_params=headers, body=body_, _request_timeout=30)
-    raw: bytes = resp.read()  # type: ignore[no-untyped-call]
-    if resp.status == 404:
-        raise NotFound(path)
-    if resp.status >= 400:
+class Kube:
+    """The Kubernetes API as the operator uses it (the process-wide client of ``k8s.client``)."""
+
+    def _call(self, method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None,
+              content_type: str = "application/json") -> Any:
+        api = client.api_client()
+        method_, url, headers, body_, _ = api.param_serialize(
+            method, path, query_params=query or [], body=body,
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            auth_settings=["BearerToken"],
+        )
+        resp = api.call_api(method_, url, header_params=headers, body=body_, _request_timeout=30)
+        raw: bytes = resp.read()  # type: ignore[no-untyped-call]
+        if resp.status == 404:
+            raise NotFound(path)
+        if resp.status >= 400:
+            try:
+                message = json.loads(raw).get("message", "")
+            except ValueError:
+                message = raw[:500].decode(errors="replace") if raw else ""
+            raise ApiError(resp.status, message)
+        return json.loads(raw) if raw else {}
+
+    def apply(self, obj: Mapping[str, Any], field_manager: str = FIELD_MANAGER,
+              force: bool = True) -> dict[str, Any]:
+        """Server-side apply ``obj``; returns the object as stored. ``force`` takes over fields that another
+        manager set by hand, which is how drift gets corrected."""
+        meta = obj["metadata"]
+        kind = resources.kind_of(dict(obj))
+        path = kind.path(meta.get("namespace"), meta["name"])
+        query = [("fieldManager", field_manager)] + ([("force", "true")] if force else [])
+        result = self._call("PATCH", path, body=dict(obj), query=query,
+                            content_type="application/apply-patch+yaml")
+        return dict(result)
+
+    def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any]:
+        return dict(self._call("GET", resources.KINDS[kind].path(namespace, name)))
+
+    def get_or_none(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         try:
-            message = json.loads(raw).get("message", "")
-        except ValueError:
-            message = raw[:500].decode(errors="replace") if raw else ""
-        raise ApiError(resp.status, message)
-    return json.loads(raw) if raw else {}
-
-
-def apply(obj: Mapping[str, Any], field_manager: str = FIELD_MANAGER, force: bool = True) -> dict[str, Any]:
-    """Server-side apply ``obj``; returns the object as stored. ``force`` takes over fields that another
-    manager set by hand, which is how drift gets corrected."""
-    meta = obj["metadata"]
-    kind = resources.kind_of(dict(obj))
-    path = kind.path(meta.get("namespace"), meta["name"])
-    query = [("fieldManager", field_manager)] + ([("force", "true")] if force else [])
-    result = _call("PATCH", path, body=dict(obj), query=query,
-                   content_type="application/apply-patch+yaml")
-    return dict(result)
-
-
-def get(kind: str, namespace: str | None, name: str) -> dict[str, Any]:
-    return dict(_call("GET", resources.KINDS[kind].path(namespace, name)))
-
-
-def get_or_none(kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
-    try:
-        return get(kind, namespace, name)
-    except NotFound:
-        return None
-
-
-def list_(kind: str, namespace: str | None, labels: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-    query = []
-    if labels:
-        query.append(("labelSelector", ",".join(f"{k}={v}" for k, v in sorted(labels.items()))))
-    return list(_call("GET", resources.KINDS[kind].path(namespace), query=query).get("items", []))
-
-
-def delete(kind: str, namespace: str | None, name: str) -> bool:
-    """Delete (background propagation); False when it was already gone."""
-    try:
-        _call("DELETE", resources.KINDS[kind].path(namespace, name),
-              body={"propagationPolicy": "Background"})
-    except NotFound:
-        return False
-    return True
-
-
-def merge_patch(kind: str, namespace: str | None, name: str, patch: Mapping[str, Any],
-                subresource: str | None = None) -> dict[str, Any]:
-    path = resources.KINDS[kind].path(namespace, name) + (f"/{subresource}" if subresource else "")
-    return dict(_call("PATCH", path, body=dict(patch), content_type="application/merge-patch+json"))
-
-
-def create(obj: Mapping[str, Any]) -> dict[str, Any] | None:
-    """Create ``obj``; None when it already exists (create-once objects, e.g. generated credentials)."""
-    meta = obj["metadata"]
-    kind = resources.kind_of(dict(obj))
-    try:
-        return dict(_call("POST", kind.path(meta.get("namespace")), body=dict(obj)))
-    except ApiError as exc:
-        if exc.status == 409:
+            return self.get(kind, namespace, name)
+        except NotFound:
             return None
-        raise
+
+    def list_(self, kind: str, namespace: str | None,
+              labels: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+        query = []
+        if labels:
+            query.append(("labelSelector", ",".join(f"{k}={v}" for k, v in sorted(labels.items()))))
+        return list(self._call("GET", resources.KINDS[kind].path(namespace), query=query).get("items", []))
+
+    def delete(self, kind: str, namespace: str | None, name: str) -> bool:
+        """Delete (background propagation); False when it was already gone."""
+        try:
+            self._call("DELETE", resources.KINDS[kind].path(namespace, name),
+                       body={"propagationPolicy": "Background"})
+        except NotFound:
+            return False
+        return True
+
+    def merge_patch(self, kind: str, namespace: str | None, name: str, patch: Mapping[str, Any],
+                    subresource: str | None = None) -> dict[str, Any]:
+        path = resources.KINDS[kind].path(namespace, name) + (f"/{subresource}" if subresource else "")
+        return dict(self._call("PATCH", path, body=dict(patch), content_type="application/merge-patch+json"))
+
+    def create(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create ``obj``; None when it already exists (create-once objects, e.g. generated credentials)."""
+        meta = obj["metadata"]
+        kind = resources.kind_of(dict(obj))
+        try:
+            return dict(self._call("POST", kind.path(meta.get("namespace")), body=dict(obj)))
+        except ApiError as exc:
+            if exc.status == 409:
+                return None
+            raise
 
 
 def owner_reference(owner: Mapping[str, Any], controller: bool = True) -> dict[str, Any]:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from mlinfra import api
+from mlinfra.api import base
+
 
 class Kind(NamedTuple):
     api_version: str
@@ -33,10 +36,8 @@ KINDS: dict[str, Kind] = {
     "NetworkPolicy": Kind("networking.k8s.io/v1", "networkpolicies"),
     "Job": Kind("batch/v1", "jobs"),
     "CronJob": Kind("batch/v1", "cronjobs"),
-    "DataStore": Kind("mlinfra.io/v1alpha1", "datastores"),
-    "FeatureView": Kind("mlinfra.io/v1alpha1", "featureviews"),
-    "ModelRegistry": Kind("mlinfra.io/v1alpha1", "modelregistries"),
-    "VectorIndex": Kind("mlinfra.io/v1alpha1", "vectorindexes"),
+    # The operator's own kinds, named by their models.
+    **{model.crd_info.kind: Kind(base.API_VERSION, model.crd_info.plural) for model in api.KINDS},
 }
 
 

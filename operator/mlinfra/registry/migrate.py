@@ -21,7 +21,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg import pq
 
-from mlinfra.stores import status
+from mlinfra.problems import INVALID_SPEC, Problem, ProblemError
 
 SCHEMA = "registry"
 MIGRATIONS_TABLE = "registry.schema_migrations"
@@ -88,11 +88,11 @@ def resolve_target(target: Target, migrations: Sequence[Migration]) -> int:
     if target == "latest":
         return newest
     if not isinstance(target, int) or target < 1:
-        raise status.ProblemError(status.Problem(
-            status.INVALID_SPEC, f"spec.schemaVersion must be 'latest' or a number >= 1, got {target!r}", True))
+        raise ProblemError(Problem(
+            INVALID_SPEC, f"spec.schemaVersion must be 'latest' or a number >= 1, got {target!r}", True))
     if target > newest:
-        raise status.ProblemError(status.Problem(
-            status.INVALID_SPEC,
+        raise ProblemError(Problem(
+            INVALID_SPEC,
             f"spec.schemaVersion {target} does not exist: this operator ships migrations up to {newest}", True))
     return target
 
@@ -107,12 +107,12 @@ def plan(applied: dict[int, str], migrations: Sequence[Migration], target: Targe
     for version in sorted(applied):
         shipped_one = by_version.get(version)
         if shipped_one is None:
-            raise status.ProblemError(status.Problem(
+            raise ProblemError(Problem(
                 SCHEMA_NEWER_THAN_OPERATOR,
                 f"the database has migration {version} applied; this operator ships up to {len(migrations)}",
                 True))
         if shipped_one.checksum != applied[version]:
-            raise status.ProblemError(status.Problem(
+            raise ProblemError(Problem(
                 MIGRATION_CHECKSUM_MISMATCH,
                 f"migration {shipped_one.filename} changed after it was applied (checksum "
                 f"{applied[version][:12]}... recorded, {shipped_one.checksum[:12]}... shipped); "
@@ -121,8 +121,8 @@ def plan(applied: dict[int, str], migrations: Sequence[Migration], target: Targe
     wanted = resolve_target(target, migrations)
     current = max(applied, default=0)
     if wanted < current:
-        raise status.ProblemError(status.Problem(
-            status.INVALID_SPEC,
+        raise ProblemError(Problem(
+            INVALID_SPEC,
             f"spec.schemaVersion {wanted} is below the applied version {current}: migrations never downgrade",
             True))
     return [m for m in migrations if current < m.version <= wanted]

@@ -1,6 +1,7 @@
 """What the ModelRegistry status reports, read from the registry database and the graph.
 
-Small functions over open connections, no writes; the handlers turn the results into status.
+Small functions over open connections, no writes; ``registry.reconcile.observe`` turns the results into
+status (and decides from the outbox whether an in-process lineage sync pass is due).
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ class Outbox:
     pending_events: int
     oldest_pending_age_seconds: float | None
     last_sync_time: datetime | None
+    # By the database's clock, like the ages above: how long ago ``last_sync_time`` was (None: never).
+    seconds_since_sync: float | None = None
+    # True when every sync pass is recorded (``lineage_sync_state``), even one that found nothing to do;
+    # before migration 3 only passes that processed events leave a trace (``processed_at``).
+    records_passes: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,16 +49,19 @@ def schema_version(conn: psycopg.Connection[Any]) -> int:
 
 def outbox(conn: psycopg.Connection[Any]) -> Outbox:
     """Pending events, the age of the oldest (None with none pending) and the end of the last sync pass
-    (``lineage_sync_state`` from migration 3, else the newest ``processed_at``)."""
+    (``lineage_sync_state`` from migration 3, else the newest ``processed_at``) with its age."""
     row = conn.execute(
         "SELECT count(*), extract(epoch FROM clock_timestamp() - min(created_at)) "
         "FROM registry.outbox WHERE processed_at IS NULL").fetchone()
     pending, age = (int(row[0]), float(row[1]) if row[1] is not None else None) if row else (0, None)
-    if conn.execute("SELECT to_regclass('registry.lineage_sync_state') IS NOT NULL").fetchone() == (True,):
-        last = conn.execute("SELECT max(last_sync_at) FROM registry.lineage_sync_state").fetchone()
-    else:
-        last = conn.execute("SELECT max(processed_at) FROM registry.outbox").fetchone()
-    return Outbox(pending, max(age, 0.0) if age is not None else None, last[0] if last else None)
+    records = conn.execute("SELECT to_regclass('registry.lineage_sync_state') IS NOT NULL").fetchone() == (True,)
+    column, table = ("last_sync_at", "lineage_sync_state") if records else ("processed_at", "outbox")
+    last = conn.execute(
+        f"SELECT max({column}), extract(epoch FROM clock_timestamp() - max({column})) "  # noqa: S608 - constants
+        f"FROM registry.{table}").fetchone()
+    since = float(last[1]) if last and last[1] is not None else None
+    return Outbox(pending, max(age, 0.0) if age is not None else None, last[0] if last else None,
+                  max(since, 0.0) if since is not None else None, records)
 
 
 def counts(conn: psycopg.Connection[Any]) -> Counts:

@@ -1,43 +1,41 @@
-"""Reconcile a ModelRegistry: its database, the migrations, the writer/reader roles and their Secrets,
-and the lineage graph's constraints. No Kopf here (handlers/modelregistry.py calls it).
+"""Reconcile and observe a ModelRegistry: its database, the migrations, the writer/reader roles and their
+Secrets, the lineage-sync CronJob, and the in-process lineage sync; the status from what the databases show.
+No Kopf here (handlers/modelregistry.py wires it).
 
 Role names are global to a PostgreSQL server, so they carry the namespace: two registries called
 ``models`` in two namespaces on one server never share credentials.
+
+Without ``spec.lineageSync.schedule`` the operator drains the outbox itself: once per reconcile, and on
+observation whenever a pass is due, i.e. ``spec.lineageSync.interval`` has passed since the last one the
+registry database recorded (``registry.lineage_sync_state``; before migration 3, which records every pass,
+only passes that synced events leave a trace, so a pass is due only with events pending).
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
+import datetime
 import hashlib
 import re
-import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import neo4j
 import psycopg
-import pydantic
 from psycopg import sql
 
+from mlinfra import metrics
 from mlinfra.api import common
 from mlinfra.api import modelregistry as api
+from mlinfra.context import Context, Obj
 from mlinfra.engines import connection
 from mlinfra.engines import names as store_names
-from mlinfra.k8s import objects
-from mlinfra.registry import jobs, lineage, migrate, roles, status, sync_cli
+from mlinfra.problems import ProblemError
+from mlinfra.registry import jobs, lineage, migrate, roles, status
 from mlinfra.registry import observe as observe_mod
-from mlinfra.stores import endpoints, refs
-from mlinfra.stores import reconcile as store_reconcile
-from mlinfra.stores.status import ProblemError, invalid_spec
+from mlinfra.stores import credentials, refs
 
-
-def parse(body: Mapping[str, Any]) -> api.ModelRegistry:
-    try:
-        return api.ModelRegistry.model_validate(dict(body))
-    except pydantic.ValidationError as exc:
-        raise ProblemError(invalid_spec(exc)) from None
+APPLICATION_NAME = "mlinfra-operator"
 
 
 def role_name(namespace: str, name: str, kind: str) -> str:
@@ -59,97 +57,87 @@ class Stores:
     published: connection.ConnectionInfo  # as published for apps (in-cluster host)
     database: str
     lineage: connection.ConnectionInfo | None
-    lineage_problem: str | None
+    lineage_problem: str | None  # why the lineage store cannot be used now (it only delays the graph)
 
 
-def resolve_stores(mr: api.ModelRegistry, emap: endpoints.EndpointMap) -> Stores:
-    ns = mr.metadata.namespace or "default"
-    ref = mr.spec.metadata_store_ref.name
-    metadata = refs.connection_of(ns, ref, "postgres", "spec.metadataStoreRef", emap)
-    published = store_reconcile.connection_from_secret(ns, ref) or metadata
-    database = mr.spec.database or metadata.database or "postgres"
-    lineage, problem = None, None
-    if mr.spec.lineage_store_ref is not None:
+def resolve_stores(ctx: Context, obj: Obj[api.ModelRegistry]) -> Stores:
+    """The registry's stores; a missing or not Ready metadata store, or a lineage store of the wrong engine,
+    raises ProblemError. A lineage store that is missing or not Ready only becomes ``lineage_problem``."""
+    spec, ns = obj.model.spec, obj.namespace
+    ref = spec.metadata_store_ref.name
+    metadata = refs.connection_of(ctx, ns, ref, "postgres", "spec.metadataStoreRef")
+    published = refs.published_connection(ctx, ns, ref) or metadata
+    database = spec.database or metadata.database or "postgres"
+    graph, problem = None, None
+    if spec.lineage_store_ref is not None:
         try:
-            lineage = refs.connection_of(ns, mr.spec.lineage_store_ref.name, "neo4j", "spec.lineageStoreRef", emap)
+            graph = refs.connection_of(ctx, ns, spec.lineage_store_ref.name, "neo4j", "spec.lineageStoreRef")
         except ProblemError as exc:
             if exc.problem.stalled:  # a wrong engine is the user's to fix
                 raise
             problem = exc.problem.message  # a lineage store that is down only delays the graph
-    return Stores(metadata, published, database, lineage, problem)
+    return Stores(metadata, published, database, graph, problem)
 
 
-def postgres(info: connection.ConnectionInfo,
-             database: str) -> contextlib.AbstractContextManager[psycopg.Connection[Any]]:
-    return sync_cli.postgres(info, database)
+def _postgres(info: connection.ConnectionInfo,
+              database: str) -> contextlib.AbstractContextManager[psycopg.Connection[Any]]:
+    return connection.postgres(info, APPLICATION_NAME, database=database)
 
 
-def neo4j_driver(info: connection.ConnectionInfo) -> contextlib.AbstractContextManager[neo4j.Driver]:
+def _neo4j(info: connection.ConnectionInfo) -> contextlib.AbstractContextManager[neo4j.Driver]:
     return connection.neo4j_driver(info, 5, max_transaction_retry_time=5)
 
 
-def ensure_database(stores: Stores) -> None:
+def _ensure_database(stores: Stores) -> bool:
+    """Create the registry's database when it is not the store's own; True when it was created."""
     if stores.database == (stores.metadata.database or "postgres"):
-        return
-    with postgres(stores.metadata, stores.metadata.database or "postgres") as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (stores.database,)).fetchone()
-        if not exists:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(stores.database)))
+        return False
+    with _postgres(stores.metadata, stores.metadata.database or "postgres") as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (stores.database,)).fetchone():
+            return False
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(stores.database)))
+    return True
 
 
-def _credentials(body: Mapping[str, Any], mr: api.ModelRegistry, stores: Stores, kind: str) -> tuple[str, str]:
-    """The role name and password of ``kind`` (writer/reader): generated once, kept in the Secret
-    ``<name>-<kind>`` in the connection-Secret format (host, port, database of the registry)."""
-    ns, name = mr.metadata.namespace or "default", mr.metadata.name
+def _credentials(ctx: Context, obj: Obj[api.ModelRegistry], stores: Stores, kind: str) -> tuple[str, str]:
+    """The role name and password of ``kind`` (writer/reader): the password generated once, kept in the
+    Secret ``<name>-<kind>`` in the connection-Secret format (host, port, database of the registry)."""
+    ns, name = obj.namespace, obj.name
     user = role_name(ns, name, kind)
-    existing = objects.get_or_none("Secret", ns, secret_name(name, kind))
-    raw = ((existing or {}).get("data") or {}).get("password")
-    password = base64.b64decode(raw).decode() if raw else secrets.token_urlsafe(24)
-    info = connection.ConnectionInfo("postgres", stores.published.host, stores.published.port, user, password,
-                                     stores.database, stores.published.tls, stores.published.ca_cert)
-    objects.apply({
+    labels = {"app.kubernetes.io/managed-by": store_names.MANAGED_BY, "mlinfra.io/modelregistry": name}
+    owner = obj.owner_reference()
+    password = credentials.ensure(ctx.kube, ns, secret_name(name, kind), fixed={}, generated=("password",),
+                                  labels=labels, owner=owner)["password"]
+    pub = stores.published
+    info = connection.ConnectionInfo("postgres", pub.host, pub.port, user, password, stores.database, pub.tls,
+                                     pub.ca_cert)
+    ctx.kube.apply({
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-        "metadata": {"name": secret_name(name, kind), "namespace": ns,
-                     "labels": {"app.kubernetes.io/managed-by": store_names.MANAGED_BY,
-                                "mlinfra.io/modelregistry": name},
-                     "ownerReferences": [objects.owner_reference(body)]},
+        "metadata": {"name": secret_name(name, kind), "namespace": ns, "labels": labels,
+                     "ownerReferences": [owner]},
         "stringData": info.to_secret_data(),
     })
     return user, password
 
 
-@dataclass(frozen=True)
-class Applied:
-    schema_version: int
-    writer_secret: str
-    reader_secret: str
+def _syncs_in_process(mr: api.ModelRegistry) -> bool:
+    """With a lineage store and no schedule the operator syncs; with a schedule the CronJob does."""
+    return mr.spec.lineage_store_ref is not None and (mr.spec.lineage_sync or api.LineageSync()).schedule is None
 
 
-def reconcile(body: Mapping[str, Any], emap: endpoints.EndpointMap, job_image: str) -> tuple[Applied, Stores]:
-    mr = parse(body)
-    stores = resolve_stores(mr, emap)
-    ensure_database(stores)
-    writer = _credentials(body, mr, stores, "writer")
-    reader = _credentials(body, mr, stores, "reader")
-    with postgres(stores.metadata, stores.database) as conn:
-        version = migrate.apply(conn, mr.spec.schema_version)
-        roles.ensure_roles(conn, stores.database, writer[0], writer[1], reader[0], reader[1])
-    name = mr.metadata.name
-    cron = jobs.cronjob(mr, job_image, objects.owner_reference(body))
-    if cron is not None:
-        objects.apply(cron)
-    else:
-        objects.delete("CronJob", mr.metadata.namespace or "default", jobs.cronjob_name(name))
-    return Applied(version, secret_name(name, "writer"), secret_name(name, "reader")), stores
+def sync_due(outbox: observe_mod.Outbox, interval: datetime.timedelta) -> bool:
+    """Whether an in-process sync pass is due, from what the registry database recorded of the last one."""
+    if not outbox.records_passes and outbox.pending_events == 0:
+        return False  # nothing to sync, and a pass would leave no trace to time the next one by
+    return outbox.seconds_since_sync is None or outbox.seconds_since_sync >= interval.total_seconds()
 
 
-def sync_lineage(mr: api.ModelRegistry, stores: Stores) -> str | None:
+def _sync_lineage(mr: api.ModelRegistry, graph: connection.ConnectionInfo,
+                  conn: psycopg.Connection[Any]) -> str | None:
     """One pass of the outbox -> graph sync (constraints first); the error text when it could not run."""
-    if stores.lineage is None:
-        return stores.lineage_problem
-    batch = mr.spec.lineage_sync.batch_size if mr.spec.lineage_sync else api.LineageSync().batch_size
+    batch = (mr.spec.lineage_sync or api.LineageSync()).batch_size
     try:
-        with neo4j_driver(stores.lineage) as driver, postgres(stores.metadata, stores.database) as conn:
+        with _neo4j(graph) as driver:
             lineage.ensure_schema(driver)
             lineage.sync(conn, driver, batch_size=batch, max_batches=20, lock_timeout_seconds=5)
     except (neo4j.exceptions.Neo4jError, neo4j.exceptions.DriverError, OSError) as exc:
@@ -157,22 +145,58 @@ def sync_lineage(mr: api.ModelRegistry, stores: Stores) -> str | None:
     return None
 
 
-def observe(mr: api.ModelRegistry, stores: Stores, lineage_problem: str | None) -> status.Facts:
-    with postgres(stores.metadata, stores.database) as conn:
+def reconcile(ctx: Context, obj: Obj[api.ModelRegistry]) -> None:
+    """Database, migrations, roles and their Secrets, the CronJob (or none), and one lineage sync pass when
+    the operator syncs in process (what it could not sync, observe reports)."""
+    mr, ns, name = obj.model, obj.namespace, obj.name
+    stores = resolve_stores(ctx, obj)
+    if _ensure_database(stores):
+        obj.report.event("DatabaseCreated", f"created database {stores.database!r}")
+    writer = _credentials(ctx, obj, stores, "writer")
+    reader = _credentials(ctx, obj, stores, "reader")
+    with _postgres(stores.metadata, stores.database) as conn:
+        before = migrate.applied_version(conn)
+        version = migrate.apply(conn, mr.spec.schema_version)
+        roles.ensure_roles(conn, stores.database, writer[0], writer[1], reader[0], reader[1])
+    if version != before:
+        obj.report.event("Migrated", f"schema version {before} -> {version}")
+    cron = jobs.cronjob(mr, ctx.settings.job_image, obj.owner_reference())
+    if cron is not None:
+        ctx.kube.apply(cron)
+    else:
+        ctx.kube.delete("CronJob", ns, jobs.cronjob_name(name))
+    if _syncs_in_process(mr) and stores.lineage is not None:
+        with _postgres(stores.metadata, stores.database) as conn:
+            _sync_lineage(mr, stores.lineage, conn)
+
+
+def observe(ctx: Context, obj: Obj[api.ModelRegistry]) -> dict[str, Any]:
+    """The status from the registry database and the graph, after a lineage sync pass if one is due; records
+    the lineage metrics."""
+    mr, ns, name = obj.model, obj.namespace, obj.name
+    stores = resolve_stores(ctx, obj)
+    sync = mr.spec.lineage_sync or api.LineageSync()
+    lineage_problem = stores.lineage_problem
+    with _postgres(stores.metadata, stores.database) as conn:
+        if (_syncs_in_process(mr) and stores.lineage is not None
+                and sync_due(observe_mod.outbox(conn), common.parse_duration(sync.interval))):
+            lineage_problem = _sync_lineage(mr, stores.lineage, conn)
         version = observe_mod.schema_version(conn)
         counts = observe_mod.counts(conn)
         outbox = observe_mod.outbox(conn)
     graph = None
     if stores.lineage is not None and lineage_problem is None:
         try:
-            with neo4j_driver(stores.lineage) as driver:
+            with _neo4j(stores.lineage) as driver:
                 graph = observe_mod.graph(driver)
         except (neo4j.exceptions.Neo4jError, neo4j.exceptions.DriverError, OSError) as exc:
             lineage_problem = f"lineage store: {type(exc).__name__}: {exc}"[:1024]
-    sync = mr.spec.lineage_sync or api.LineageSync()
-    name = mr.metadata.name
-    return status.Facts(
-        generation=mr.metadata.generation, schema_version=version,
+    max_lag = common.parse_duration(sync.max_lag)
+    metrics.REGISTRY_PENDING_EVENTS.labels(ns, name).set(outbox.pending_events)
+    metrics.REGISTRY_LINEAGE_LAG.labels(ns, name).set(outbox.oldest_pending_age_seconds or 0)
+    metrics.REGISTRY_LINEAGE_MAX_LAG.labels(ns, name).set(max_lag.total_seconds())
+    facts = status.Facts(
+        generation=obj.generation, schema_version=version,
         writer_secret=secret_name(name, "writer"), reader_secret=secret_name(name, "reader"),
         counts={"registeredModels": counts.registered_models, "modelVersions": counts.model_versions,
                 "datasets": counts.datasets, "deployments": counts.deployments},
@@ -180,4 +204,5 @@ def observe(mr: api.ModelRegistry, stores: Stores, lineage_problem: str | None) 
         pending_events=outbox.pending_events, oldest_pending_age=outbox.oldest_pending_age_seconds,
         last_sync_time=outbox.last_sync_time,
         nodes=graph.nodes if graph else None, relationships=graph.relationships if graph else None,
-        max_lag=common.parse_duration(sync.max_lag))
+        max_lag=max_lag)
+    return status.compute(facts, obj.status)

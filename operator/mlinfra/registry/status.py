@@ -1,4 +1,4 @@
-"""ModelRegistry status as a pure function of what reconcile applied and the timer observed.
+"""ModelRegistry status as a pure function of what reconcile applied and observe saw in the databases.
 
 ``Ready``: the schema is at the requested version and the access Secrets exist. ``LineageInSync``: no outbox
 event waits longer than ``spec.lineageSync.maxLag`` (``NotApplicable`` without a lineage store).
@@ -11,9 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlinfra import problems
 from mlinfra.k8s import conditions
 from mlinfra.k8s.conditions import Cond
-from mlinfra.stores.status import Problem
+from mlinfra.problems import Problem
 
 OWNED = ("observedGeneration", "schemaVersion", "lineage", "counts", "readerSecret", "writerSecret", "conditions")
 
@@ -21,7 +22,6 @@ OWNED = ("observedGeneration", "schemaVersion", "lineage", "counts", "readerSecr
 @dataclass(frozen=True)
 class Facts:
     generation: int | None
-    problem: Problem | None = None
     schema_version: int | None = None
     reader_secret: str | None = None
     writer_secret: str | None = None
@@ -57,25 +57,24 @@ def _lineage(f: Facts) -> dict[str, Any]:
     return out
 
 
+def problem_status(body: Mapping[str, Any], problem: Problem) -> dict[str, Any]:
+    """The status of a registry that cannot be served: the summary, ``SchemaApplied`` (Unknown while the
+    operator keeps trying), and the schema version and Secrets already reported (they still exist)."""
+    generation = body["metadata"].get("generation")
+    previous: Mapping[str, Any] = body.get("status") or {}
+    status: dict[str, Any] = {"observedGeneration": generation}
+    for key in ("schemaVersion", "readerSecret", "writerSecret"):
+        if previous.get(key) is not None:
+            status[key] = previous[key]
+    p = problem
+    conds = [*problems.summary(p), Cond("SchemaApplied", "False" if p.stalled else "Unknown", p.reason, p.message)]
+    status["conditions"] = conditions.merge(previous.get("conditions"), conds, generation)
+    return status
+
+
 def compute(f: Facts, previous: Mapping[str, Any] | None) -> dict[str, Any]:
     prev = (previous or {}).get("conditions")
-    status: dict[str, Any] = {"observedGeneration": f.generation}
-    p = f.problem
-    if p is not None:
-        for key in ("schemaVersion", "readerSecret", "writerSecret"):
-            if (previous or {}).get(key) is not None:
-                status[key] = previous[key]  # type: ignore[index]
-        conds = [
-            Cond("Ready", "False", p.reason, p.message),
-            Cond("Reconciling", "False" if p.stalled else "True", p.reason, "" if p.stalled else p.message),
-            Cond("Stalled", "True" if p.stalled else "False", p.reason if p.stalled else "Ready",
-                 p.message if p.stalled else ""),
-            Cond("SchemaApplied", "False" if p.stalled else "Unknown", p.reason, p.message),
-        ]
-        status["conditions"] = conditions.merge(prev, conds, f.generation)
-        return status
-
-    status["schemaVersion"] = f.schema_version
+    status: dict[str, Any] = {"observedGeneration": f.generation, "schemaVersion": f.schema_version}
     if f.reader_secret:
         status["readerSecret"] = f.reader_secret
     if f.writer_secret:
@@ -98,9 +97,7 @@ def compute(f: Facts, previous: Mapping[str, Any] | None) -> dict[str, Any]:
     else:
         in_sync = Cond("LineageInSync", "True", "InSync", f"{f.pending_events or 0} events pending")
     conds = [
-        Cond("Ready", "True", "Ready", f"schema version {f.schema_version}"),
-        Cond("Reconciling", "False", "Ready", ""),
-        Cond("Stalled", "False", "Ready", ""),
+        *problems.settled(Cond("Ready", "True", problems.READY, f"schema version {f.schema_version}")),
         Cond("SchemaApplied", "True", "Migrated", f"schema version {f.schema_version}"),
         in_sync,
     ]

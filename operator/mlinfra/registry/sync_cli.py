@@ -10,11 +10,8 @@ Prints one JSON line and returns the exit code: 0 synced, 1 the sync failed, 2 i
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import neo4j
@@ -25,15 +22,15 @@ from mlinfra.api import modelregistry
 from mlinfra.engines import connection
 from mlinfra.k8s import objects
 from mlinfra.registry import lineage
-from mlinfra.stores import jobconn
+from mlinfra.stores import sync_command
 
 METADATA_DIR_ENV = "MLINFRA_METADATA_CONN_DIR"
 LINEAGE_DIR_ENV = "MLINFRA_LINEAGE_CONN_DIR"
 SPEC_ENV = "MLINFRA_MODELREGISTRY_SPEC"
 
-EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = jobconn.EXIT_OK, jobconn.EXIT_FAILED, jobconn.EXIT_UNUSABLE
-Unusable = jobconn.Unusable
-parse_target = jobconn.parse_target
+EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = sync_command.EXIT_OK, sync_command.EXIT_FAILED, sync_command.EXIT_UNUSABLE
+Unusable = sync_command.Unusable
+parse_target = sync_command.parse_target
 
 
 def load_spec(namespace: str, name: str) -> modelregistry.ModelRegistrySpec:
@@ -42,7 +39,7 @@ def load_spec(namespace: str, name: str) -> modelregistry.ModelRegistrySpec:
         if spec_json:
             return modelregistry.ModelRegistrySpec.model_validate(json.loads(spec_json))
         try:
-            body = objects.get("ModelRegistry", namespace, name)
+            body = objects.Kube().get("ModelRegistry", namespace, name)
         except objects.NotFound:
             raise Unusable(f"ModelRegistry {namespace}/{name} not found") from None
         return modelregistry.ModelRegistry.model_validate(body).spec
@@ -50,24 +47,7 @@ def load_spec(namespace: str, name: str) -> modelregistry.ModelRegistrySpec:
         raise Unusable(f"ModelRegistry {namespace}/{name} is invalid: {exc}") from None
 
 
-resolve_connection = jobconn.resolve_connection
-
-
-@contextlib.contextmanager
-def postgres(info: connection.ConnectionInfo, database: str | None) -> Iterator[psycopg.Connection[Any]]:
-    """An autocommit connection to the registry database."""
-    if database:
-        info = dataclasses.replace(info, database=database)
-    with connection.libpq_params(info, 10, "mlinfra-lineage-sync", autocommit=True) as params, \
-            psycopg.connect(**params) as conn:
-        yield conn
-
-
-@contextlib.contextmanager
-def neo4j_driver(info: connection.ConnectionInfo) -> Iterator[neo4j.Driver]:
-    """A driver for the lineage store (TLS verified against ``ca.crt`` when given)."""
-    with connection.neo4j_driver(info, 10) as driver:
-        yield driver
+resolve_connection = sync_command.resolve_connection
 
 
 def run(target: str, batch_size: int | None = None) -> int:
@@ -84,7 +64,8 @@ def run(target: str, batch_size: int | None = None) -> int:
         return EXIT_UNUSABLE
     size = batch_size or (spec.lineage_sync.batch_size if spec.lineage_sync else 500)
     try:
-        with postgres(pg_info, spec.database) as conn, neo4j_driver(graph_info) as driver:
+        with connection.postgres(pg_info, "mlinfra-lineage-sync", database=spec.database) as conn, \
+                connection.neo4j_driver(graph_info, 10) as driver:
             lineage.ensure_schema(driver)
             result = lineage.sync(conn, driver, batch_size=size)
     except (psycopg.Error, neo4j.exceptions.Neo4jError, neo4j.exceptions.DriverError, OSError) as exc:

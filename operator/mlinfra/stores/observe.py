@@ -1,29 +1,32 @@
 """Observe a DataStore: the StatefulSet and Pods (managed) and the live server (both modes).
 
-Called by the observing timer and right after a reconcile; the facts it returns go to ``status.compute``.
+Called by the observing timer and right after a reconcile: reads the published connection, builds the
+Facts, computes the status (``status.compute``) and records the store's metrics.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
+from mlinfra import metrics
 from mlinfra.api import datastore as api
-from mlinfra.engines import names, observation, probe, render
-from mlinfra.k8s import objects
-from mlinfra.stores import endpoints, status
-from mlinfra.stores.reconcile import Applied
+from mlinfra.context import Context, Obj
+from mlinfra.engines import connection, names, observation, probe, render
+from mlinfra.problems import SECRET_NOT_FOUND, Problem, ProblemError
+from mlinfra.stores import connsecret, status
 
 
 def _unreachable(message: str) -> observation.Observation:
     return observation.Observation(reachable=False, error=message)
 
 
-def facts(body: Mapping[str, Any], ds: api.DataStore, applied: Applied,
-          endpoint_map: endpoints.EndpointMap | None = None, timeout: float = 5.0) -> status.Facts:
-    ns, name = ds.metadata.namespace or "default", ds.metadata.name
+def facts(ctx: Context, obj: Obj[api.DataStore], conn: connection.ConnectionInfo) -> status.Facts:
+    """What is observed of the store published as ``conn``."""
+    ds = obj.model
+    ns, name = obj.namespace, obj.name
     managed = ds.spec.managed
-    conn = applied.conn
+    endpoint = f"{conn.host}:{conn.port}"
+    timeout = ctx.settings.probe_timeout
     member_names: dict[str, str] = {}
     ready_pods: int | None = None
     pod_names: list[str] = []
@@ -31,9 +34,9 @@ def facts(body: Mapping[str, Any], ds: api.DataStore, applied: Applied,
     obs: observation.Observation
     if managed is not None:
         desired = managed.replicas
-        sts = objects.get_or_none("StatefulSet", ns, names.statefulset(name))
+        sts = ctx.kube.get_or_none("StatefulSet", ns, names.statefulset(name))
         ready_pods = int(((sts or {}).get("status") or {}).get("readyReplicas") or 0)
-        for pod in objects.list_("Pod", ns, names.selector_labels(ds)):
+        for pod in ctx.kube.list_("Pod", ns, names.selector_labels(ds)):
             pod_name = pod["metadata"]["name"]
             pod_names.append(pod_name)
             ip = (pod.get("status") or {}).get("podIP")
@@ -44,7 +47,8 @@ def facts(body: Mapping[str, Any], ds: api.DataStore, applied: Applied,
             # The probe reaches the server through the client Service, which selects pod 0 only: the
             # member the engine reports by that address is pod 0.
             member_names[f"{conn.host}:{conn.port}"] = names.pod(name, 0)
-        override = (endpoint_map or endpoints.default_map()).lookup(ns, name, conn.port)
+        # Development only: a managed store served by local servers (see engines.endpoints).
+        override = ctx.endpoints.lookup(ns, name, conn.port)
         if override is not None:
             member_names.update({addr: pod for pod, addr in override.members.items()})
             member_names.update(override.aliases)
@@ -56,14 +60,29 @@ def facts(body: Mapping[str, Any], ds: api.DataStore, applied: Applied,
     else:
         obs = probe.probe(conn, timeout=timeout)
     return status.Facts(
-        generation=body["metadata"].get("generation"),
+        generation=obj.generation,
         engine=ds.spec.engine,
         mode="managed" if managed is not None else "external",
-        endpoint=applied.endpoint,
-        connection_secret=applied.connection_secret,
+        endpoint=endpoint,
+        connection_secret=names.connection_secret(name),
         desired_replicas=desired,
         ready_pods=ready_pods,
         pod_names=sorted(pod_names),
         observation=obs,
         member_names=member_names,
     )
+
+
+def observe(ctx: Context, obj: Obj[api.DataStore]) -> dict[str, Any]:
+    """The DataStore's whole new status, from the published connection, Kubernetes and the live server."""
+    conn = connsecret.read_connection(ctx.kube, obj.namespace, obj.name)
+    if conn is None:
+        # Only after the Secret was deleted by hand (a reconcile publishes it before the first observation):
+        # clients cannot connect until the next reconcile (the drift timer) publishes it again.
+        secret = names.connection_secret(obj.name)
+        raise ProblemError(Problem(SECRET_NOT_FOUND, f"connection Secret {secret!r} not found in namespace "
+                                   f"{obj.namespace!r}: it is published again at the next reconcile",
+                                   stalled=False))
+    new = status.compute(facts(ctx, obj, conn), obj.status)
+    metrics.record_datastore(obj.namespace, obj.name, obj.model.spec.engine, new)
+    return new

@@ -12,45 +12,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import pydantic
-
+from mlinfra import problems
 from mlinfra.engines import observation as obs
 from mlinfra.k8s import conditions, patches
 from mlinfra.k8s.conditions import Cond
-
-
-class ProblemError(Exception):
-    """A resource cannot be served as specified; carries the Problem its status will show."""
-
-    def __init__(self, problem: Problem) -> None:
-        super().__init__(problem.message)
-        self.problem = problem
-
-
-def invalid_spec(exc: pydantic.ValidationError) -> Problem:
-    """What the API server let through but the model refuses: InvalidSpec, naming each field."""
-    details = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-                        for err in exc.errors(include_url=False))
-    return Problem(INVALID_SPEC, f"invalid spec: {details}", stalled=True)
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Why the store cannot be served: a reason constant, a message for the user, and whether only a
-    spec change can fix it (Stalled) or it may resolve by itself (a Secret created later)."""
-
-    reason: str
-    message: str
-    stalled: bool
-    # Stalled on something outside the spec that the user fixes elsewhere (a source table's columns): looked
-    # at again every ``recheck`` seconds instead of waiting for a spec change.
-    recheck: float | None = None
-
+from mlinfra.problems import READY, Problem
 
 # Reason constants, so that tests, docs and health checks agree on them.
-READY = "Ready"
-INVALID_SPEC = "InvalidSpec"
-SECRET_NOT_FOUND = "SecretNotFound"  # noqa: S105 - a reason, not a secret
 PROVISIONING = "Provisioning"
 UNREACHABLE = "Unreachable"
 NOT_SERVED_LOCALLY = "NotServedLocally"
@@ -162,10 +130,7 @@ def compute(facts: Facts, previous: Mapping[str, Any] | None) -> dict[str, Any]:
     p = facts.problem
     if p is not None:
         conds = [
-            Cond("Ready", "False", p.reason, p.message),
-            Cond("Reconciling", "False" if p.stalled else "True", p.reason, "" if p.stalled else p.message),
-            Cond("Stalled", "True" if p.stalled else "False", p.reason if p.stalled else READY,
-                 p.message if p.stalled else ""),
+            *problems.summary(p),
             Cond("Reachable", "Unknown", p.reason, "not checked until the problem is fixed"),
             Cond("Replicating", "Unknown", p.reason, "not checked until the problem is fixed"),
         ]
@@ -191,19 +156,31 @@ def compute(facts: Facts, previous: Mapping[str, Any] | None) -> dict[str, Any]:
         reachable = Cond("Reachable", "False", UNREACHABLE, o.error or "the server does not answer")
     replicating = _replicating(facts, members)
 
+    reconciling: Cond | None
     if provisioning:
         msg = f"{facts.ready_pods or 0}/{facts.desired_replicas} members ready"
         ready = Cond("Ready", "False", PROVISIONING, msg)
         reconciling = Cond("Reconciling", "True", PROVISIONING, msg)
     elif o is not None and o.reachable:
         ready = Cond("Ready", "True", READY, f"{facts.engine} {o.version or ''} reachable at {facts.endpoint}".strip())
-        reconciling = Cond("Reconciling", "False", READY, "")
+        reconciling = None
     else:
         ready = Cond("Ready", "False", reachable.reason, reachable.message)
         reconciling = Cond("Reconciling", "False", reachable.reason, "")
-    conds = [ready, reconciling, Cond("Stalled", "False", READY, ""), reachable, replicating]
+    conds = [*problems.settled(ready, reconciling), reachable, replicating]
     status["conditions"] = conditions.merge(prev_conditions, conds, facts.generation)
     return status
+
+
+def problem_status(body: Mapping[str, Any], problem: Problem) -> dict[str, Any]:
+    """The status of a DataStore with a problem. Engine and mode come from the raw body's spec: the problem
+    may be that the model refuses it."""
+    spec = body.get("spec") or {}
+    mode: Literal["managed", "external"] | None = (
+        "managed" if spec.get("managed") else "external" if spec.get("external") else None)
+    facts = Facts(generation=body["metadata"].get("generation"), engine=str(spec.get("engine")), mode=mode,
+                  problem=problem)
+    return compute(facts, body.get("status"))
 
 
 def changed(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:

@@ -2,27 +2,29 @@
 (creating it, repairing drift, rebuilding blue/green on an immutable change), prune the previous collection
 when its retention ran out, own the sync CronJob; and observe the collection and the sync.
 
-No Kopf here (handlers/vectorindex.py calls it). What the user must act on is raised as a ``Problem``.
+No Kopf here (handlers/vectorindex.py wires it through ``handlers.kind``). What the user must act on is
+raised as a ``Problem``; what the operator did is posted through the object's reporter as events.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-import pydantic
 from qdrant_client import QdrantClient
 
+from mlinfra import metrics
 from mlinfra.api import common
 from mlinfra.api import vectorindex as api
+from mlinfra.context import Context, Obj, Reporter
 from mlinfra.engines import connection
 from mlinfra.engines import qdrant as qdrant_engine
-from mlinfra.k8s import jobstatus, objects
-from mlinfra.stores import endpoints, refs
-from mlinfra.stores.status import INVALID_SPEC, Problem, ProblemError, invalid_spec
-from mlinfra.vectors import collection, jobs, rebuild, runs, source, sync
+from mlinfra.k8s import jobstatus
+from mlinfra.problems import INVALID_SPEC, Problem, ProblemError
+from mlinfra.stores import refs
+from mlinfra.vectors import collection, jobs, rebuild, runs, source, status, sync
 
 IMMUTABLE_WITHOUT_SOURCE = "ImmutableFieldChange"
 COLLECTION_CONFLICT = "CollectionConflict"
@@ -32,36 +34,55 @@ SOURCE_RECHECK = 30.0  # seconds between looks at a source table that is missing
 QDRANT_FAILURES: tuple[type[Exception], ...] = (qdrant_engine.LocalBusy, *qdrant_engine.CLIENT_ERRORS)
 
 
-def parse(body: Mapping[str, Any]) -> api.VectorIndex:
-    try:
-        return api.VectorIndex.model_validate(dict(body))
-    except pydantic.ValidationError as exc:
-        raise ProblemError(invalid_spec(exc)) from None
-
-
 @dataclasses.dataclass(frozen=True)
 class Stores:
     qdrant: connection.ConnectionInfo
     source: connection.ConnectionInfo | None
 
 
-def resolve_stores(vi: api.VectorIndex, emap: endpoints.EndpointMap) -> Stores:
+def resolve_stores(ctx: Context, vi: api.VectorIndex) -> Stores:
     ns = vi.metadata.namespace or "default"
-    qdrant = refs.connection_of(ns, vi.spec.store_ref.name, "qdrant", "spec.storeRef", emap)
+    qdrant = refs.connection_of(ctx, ns, vi.spec.store_ref.name, "qdrant", "spec.storeRef")
     pg = None
     if vi.spec.source is not None:
-        pg = refs.connection_of(ns, vi.spec.source.store_ref.name, "postgres", "spec.source.storeRef", emap)
+        pg = refs.connection_of(ctx, ns, vi.spec.source.store_ref.name, "postgres", "spec.source.storeRef")
     return Stores(qdrant=qdrant, source=pg)
 
 
 @dataclasses.dataclass(frozen=True)
 class Applied:
-    """What one reconcile found and did (the handler turns it into events)."""
+    """What one pass over the collection found and did (posted as events by :func:`announce`)."""
 
     ensured: collection.Result
     rebuilt: rebuild.RebuildResult | None = None
     pruned: str | None = None
     watermark_reset: bool = False  # a new empty collection: the next sync copies every row
+
+
+def announce(report: Reporter, applied: Applied, drift: bool) -> None:
+    """Events for what ``applied`` did; ``drift``: found by an observation (changed by hand), not a spec
+    change. A payload-index conflict is a standing state, warned about by each observation (which always
+    follows a reconcile), so once per handler run as before."""
+    ensured = applied.ensured
+    if ensured.created:
+        report.event("CollectionCreated", f"created {ensured.collection} behind alias {ensured.alias}")
+    if ensured.changes:
+        report.event("DriftRepaired" if drift else "SettingsUpdated",
+                     ("changed by hand, restored: " if drift else "updated in place: ") + "; ".join(ensured.changes))
+    if ensured.indexes_created or ensured.indexes_dropped:
+        report.event("PayloadIndexesReconciled",
+                     f"created {list(ensured.indexes_created)}, dropped {list(ensured.indexes_dropped)}")
+    if ensured.index_conflicts and drift:
+        report.warning("PayloadIndexConflict", "; ".join(ensured.index_conflicts))
+    if applied.rebuilt is not None:
+        r = applied.rebuilt
+        report.event("Rebuilt", f"alias {r.alias} moved from {r.previous} to {r.active} "
+                     f"({r.points} points, count verified against the source)")
+    if applied.pruned:
+        report.event("PreviousCollectionDeleted",
+                     f"deleted {applied.pruned}: spec.previousCollectionRetention passed")
+    if applied.watermark_reset:
+        report.event("WatermarkReset", "new empty collection: the next sync copies every row")
 
 
 def _source_shape(vi: api.VectorIndex, stores: Stores) -> source.SourceShape | None:
@@ -81,42 +102,40 @@ def _qdrant_problem(exc: Exception, conn: connection.ConnectionInfo) -> ProblemE
     return ProblemError(Problem(QDRANT_ERROR, f"qdrant: {observation.error_message(exc, conn)}", stalled=False))
 
 
-def reconcile(body: Mapping[str, Any], job_image: str, emap: endpoints.EndpointMap,
-              on_rebuild: Callable[[collection.Result], None] | None = None,
-              now: datetime.datetime | None = None) -> Applied:
-    """Make everything match the spec. ``on_rebuild`` is called before a rebuild starts (status, event)."""
-    vi = parse(body)
-    stores = resolve_stores(vi, emap)
+def reconcile(ctx: Context, obj: Obj[api.VectorIndex]) -> None:
+    """Make everything match the spec: the collection (rebuilt blue/green when an immutable setting
+    changed), the previous collection's retention, the sync CronJob."""
+    vi = obj.model
+    stores = resolve_stores(ctx, vi)
     shape = _source_shape(vi, stores)
-    applied = ensure_collection(vi, stores, shape, on_rebuild, now, allow_rebuild=True)
-    owner = objects.owner_reference(body)
-    cron = jobs.cronjob(vi, job_image, owner)
-    if cron is not None:
-        objects.apply(cron)
-    else:
-        objects.delete("CronJob", vi.metadata.namespace or "default", jobs.cronjob_name(vi.metadata.name))
-    return applied
 
+    def rebuilding(found: collection.Result) -> None:
+        why = ", ".join(found.rebuild_reasons)
+        obj.report.event("Rebuilding", f"{why}: building {found.target} beside {found.collection}")
+        # Written now, not with the status at the end: the rebuild may take minutes.
+        obj.report.status_now(status.compute(status.Facts(generation=obj.generation, rebuilding=why),
+                                             obj.status))
 
-def ensure_collection(vi: api.VectorIndex, stores: Stores, shape: source.SourceShape | None,
-                      on_rebuild: Callable[[collection.Result], None] | None = None,
-                      now: datetime.datetime | None = None, allow_rebuild: bool = False) -> Applied:
-    """The collection part of :func:`reconcile`; the timer runs it too, through :func:`observe` (drift repair,
-    retention), but never rebuilds from there (``allow_rebuild=False``): rebuilds follow spec changes only."""
     try:
         with qdrant_engine.open_client(stores.qdrant) as client:
-            return _ensure_in(client, vi, stores, shape, on_rebuild, now, allow_rebuild)
+            applied = _ensure_in(client, vi, stores, shape, rebuilding, allow_rebuild=True)
     except QDRANT_FAILURES as exc:
         raise _qdrant_problem(exc, stores.qdrant) from None
+    announce(obj.report, applied, drift=False)
+    cron = jobs.cronjob(vi, ctx.settings.job_image, obj.owner_reference())
+    if cron is not None:
+        ctx.kube.apply(cron)
+    else:
+        ctx.kube.delete("CronJob", obj.namespace, jobs.cronjob_name(obj.name))
 
 
 def _ensure_in(client: QdrantClient, vi: api.VectorIndex, stores: Stores, shape: source.SourceShape | None,
-               on_rebuild: Callable[[collection.Result], None] | None, now: datetime.datetime | None,
-               allow_rebuild: bool) -> Applied:
+               on_rebuild: Callable[[collection.Result], None] | None, allow_rebuild: bool) -> Applied:
+    """The collection part of :func:`reconcile`; :func:`observe` runs it too (drift repair, retention) but
+    never rebuilds from there (``allow_rebuild=False``)."""
     spec, ns, name = vi.spec, vi.metadata.namespace or "default", vi.metadata.name
     retention = (common.parse_duration(spec.previous_collection_retention)
                  if spec.previous_collection_retention else None)
-    moment = now or datetime.datetime.now(datetime.UTC)
     try:
         ensured = collection.ensure(client, spec)
     except collection.CollectionError as exc:
@@ -137,7 +156,8 @@ def _ensure_in(client: QdrantClient, vi: api.VectorIndex, stores: Stores, shape:
                 on_rebuild(ensured)
             rebuilt = _rebuild(client, vi, stores.source, shape)
     active = rebuilt.active if rebuilt else ensured.collection
-    pruned = collection.prune_previous(client, spec, active, retention, moment)
+    pruned = collection.prune_previous(client, spec, active, retention,
+                                           datetime.datetime.now(datetime.UTC))
     return Applied(ensured=ensured, rebuilt=rebuilt, pruned=pruned, watermark_reset=reset)
 
 
@@ -168,31 +188,19 @@ def _rebuild(client: QdrantClient, vi: api.VectorIndex, pg: connection.Connectio
     return result
 
 
-@dataclasses.dataclass(frozen=True)
-class Observed:
-    active: str | None
-    previous: str | None
-    points: int | None
-    indexed_vectors: int | None
-    collection_status: str | None
-    optimizer_error: str | None
-    replicas: list[qdrant_engine.ShardReplica] | None  # None: not observable (local mode)
-    progress: sync.Progress | None
-    last_run: common.SyncRun | None
-    job_failed: str | None
-
-
-def observe(vi: api.VectorIndex, stores: Stores, repair: bool = False) -> tuple[Applied | None, Observed]:
-    """The collection and the sync as they are; with ``repair`` (the timer) drift is repaired and retention
-    applied first, in the same client session (local mode loads the whole directory per session)."""
-    spec, ns, name = vi.spec, vi.metadata.namespace or "default", vi.metadata.name
-    applied = None
+def observe(ctx: Context, obj: Obj[api.VectorIndex]) -> dict[str, Any]:
+    """The new status: drift made by hand repaired and the previous collection's retention applied first
+    (never a rebuild: rebuilds follow spec changes, in :func:`reconcile`), in the same client session (local
+    mode loads the whole directory per session), then the collection and the sync as they are. Records the
+    kind's metrics."""
+    vi = obj.model
+    spec, ns, name = vi.spec, obj.namespace, obj.name
+    stores = resolve_stores(ctx, vi)
     try:
         with qdrant_engine.open_client(stores.qdrant) as client:
-            if repair:
-                applied = _ensure_in(client, vi, stores, None, None, None, allow_rebuild=False)
+            applied = _ensure_in(client, vi, stores, None, None, allow_rebuild=False)
             active = collection.alias_target(client, spec.collection)
-            previous = points = indexed = status = optimizer_error = None
+            previous = points = indexed = collection_status = optimizer_error = None
             replicas: list[qdrant_engine.ShardReplica] | None = None
             if active is not None:
                 info = client.get_collection(active)
@@ -200,13 +208,13 @@ def observe(vi: api.VectorIndex, stores: Stores, repair: bool = False) -> tuple[
                 previous = prev_name if prev_name and client.collection_exists(prev_name) else None
                 points = info.points_count
                 indexed = info.indexed_vectors_count
-                status = str(getattr(info.status, "value", info.status))
-                opt = info.optimizer_status
-                optimizer_error = getattr(opt, "error", None)
+                collection_status = str(getattr(info.status, "value", info.status))
+                optimizer_error = getattr(info.optimizer_status, "error", None)
                 if not qdrant_engine.is_local_mode(client):
                     replicas = qdrant_engine.collection_replicas(client, active)
     except QDRANT_FAILURES as exc:
         raise _qdrant_problem(exc, stores.qdrant) from None
+    announce(obj.report, applied, drift=True)
     progress = last = None
     if spec.source is not None and stores.source is not None:
         try:
@@ -216,18 +224,34 @@ def observe(vi: api.VectorIndex, stores: Stores, repair: bool = False) -> tuple[
                 last = runs.last(conn, ns, name)
         except source.SourceInvalid as exc:
             raise ProblemError(Problem(INVALID_SPEC, str(exc), stalled=True, recheck=SOURCE_RECHECK)) from None
-    failed = jobstatus.newest_failure(ns, {jobs.KIND_LABEL: name})
-    return applied, Observed(active=active, previous=previous, points=points, indexed_vectors=indexed,
-                             collection_status=status, optimizer_error=optimizer_error, replicas=replicas,
-                             progress=progress, last_run=last, job_failed=failed)
+    limit = status.max_lag(vi)
+    new = status.compute(status.Facts(
+        generation=obj.generation, active=active, previous=previous, points=points, indexed_vectors=indexed,
+        collection_status=collection_status, optimizer_error=optimizer_error, replicas=replicas,
+        has_source=spec.source is not None,
+        source_watermark=progress.source_watermark if progress else None,
+        index_watermark=progress.index_watermark if progress else None,
+        rows_behind=progress.rows_behind if progress else None,
+        lag_seconds=progress.lag_seconds if progress else None,
+        last_run=last, job_failed=jobstatus.newest_failure(ctx.kube, ns, {jobs.KIND_LABEL: name}),
+        max_lag=limit), obj.status)
+    if points is not None:
+        metrics.VECTORINDEX_POINTS.labels(ns, name).set(points)
+    if progress is not None:
+        metrics.VECTORINDEX_ROWS_BEHIND.labels(ns, name).set(progress.rows_behind)
+        if progress.lag_seconds is not None:
+            metrics.VECTORINDEX_SYNC_LAG.labels(ns, name).set(progress.lag_seconds)
+    metrics.set_objective(metrics.VECTORINDEX_SYNC_MAX_LAG, ns, name,
+                          limit.total_seconds() if limit is not None else None)
+    return new
 
 
-def request_sync(body: Mapping[str, Any], job_image: str, requested_at: str) -> str:
+def request_sync(ctx: Context, obj: Obj[api.VectorIndex], requested_at: str) -> str:
     """Start the one-off Job for a ``mlinfra.io/sync-requested-at`` value (idempotent); its name."""
-    vi = parse(body)
+    vi = obj.model
     if vi.spec.source is None:
         raise ProblemError(Problem(INVALID_SPEC, "sync requested, but spec.source is not set: there is "
                                    "nothing to sync from", stalled=True))
-    job = jobs.ondemand_job(vi, job_image, objects.owner_reference(body), requested_at)
-    objects.create(job)
+    job = jobs.ondemand_job(vi, ctx.settings.job_image, obj.owner_reference(), requested_at)
+    ctx.kube.create(job)
     return str(job["metadata"]["name"])

@@ -1,4 +1,4 @@
-"""VectorIndex status as a pure function of what reconcile did and the timer observed.
+"""VectorIndex status as a pure function of what reconcile did and the observation found.
 
 ``Ready``: the alias resolves to a usable collection, the spec is realized (no rebuild pending or failed) and
 the last sync did not fail. ``Synced`` is separate: an index behind its source still answers queries
@@ -13,11 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mlinfra import problems
 from mlinfra.api import common
 from mlinfra.api import vectorindex as api
 from mlinfra.k8s import conditions
 from mlinfra.k8s.conditions import Cond
-from mlinfra.stores.status import Problem
+from mlinfra.problems import Problem
 from mlinfra.vectors import rebuild
 
 OWNED = ("observedGeneration", "activeCollection", "previousCollection", "points", "indexedVectors",
@@ -32,7 +33,6 @@ REBUILDING, IDLE = "Rebuilding", "Idle"
 @dataclass(frozen=True)
 class Facts:
     generation: int | None
-    problem: Problem | None = None
     rebuilding: str | None = None  # why a rebuild is running now (set just before it starts)
     active: str | None = None
     previous: str | None = None
@@ -77,10 +77,20 @@ def _reindexing_kept(prev: Any) -> Cond:
     return Cond("Reindexing", "False", IDLE, "")
 
 
+def problem_status(body: Mapping[str, Any], problem: Problem) -> dict[str, Any]:
+    """The status of a VectorIndex that cannot be served: what was observed last is kept; ``Reindexing``
+    says ``BackfillFailed`` when a rebuild failed (the alias stayed), else keeps what it said."""
+    previous, generation = body.get("status"), body["metadata"].get("generation")
+    prev = (previous or {}).get("conditions")
+    reindexing = (Cond("Reindexing", "False", rebuild.BACKFILL_FAILED, problem.message)
+                  if problem.reason == rebuild.BACKFILL_FAILED else _reindexing_kept(prev))
+    return {"observedGeneration": generation, **_kept(previous),
+            "conditions": conditions.merge(prev, [*problems.summary(problem), reindexing], generation)}
+
+
 def compute(facts: Facts, previous: Mapping[str, Any] | None) -> dict[str, Any]:
     prev = (previous or {}).get("conditions")
     status: dict[str, Any] = {"observedGeneration": facts.generation}
-    p = facts.problem
     if facts.rebuilding is not None:
         status.update(_kept(previous))
         conds = [
@@ -89,19 +99,6 @@ def compute(facts: Facts, previous: Mapping[str, Any] | None) -> dict[str, Any]:
             Cond("Reconciling", "True", REBUILDING, facts.rebuilding),
             Cond("Stalled", "False", REBUILDING, ""),
             Cond("Reindexing", "True", REBUILDING, facts.rebuilding),
-        ]
-        status["conditions"] = conditions.merge(prev, conds, facts.generation)
-        return status
-    if p is not None:
-        status.update(_kept(previous))
-        reindexing = (Cond("Reindexing", "False", rebuild.BACKFILL_FAILED, p.message)
-                      if p.reason == rebuild.BACKFILL_FAILED else _reindexing_kept(prev))
-        conds = [
-            Cond("Ready", "False", p.reason, p.message),
-            Cond("Reconciling", "False" if p.stalled else "True", p.reason, "" if p.stalled else p.message),
-            Cond("Stalled", "True" if p.stalled else "False", p.reason if p.stalled else "Ready",
-                 p.message if p.stalled else ""),
-            reindexing,
         ]
         status["conditions"] = conditions.merge(prev, conds, facts.generation)
         return status
@@ -137,14 +134,7 @@ def compute(facts: Facts, previous: Mapping[str, Any] | None) -> dict[str, Any]:
     if reindexing.reason == IDLE:
         reindexing = Cond("Reindexing", "False", IDLE,
                           f"previous collection {facts.previous} kept for rollback" if facts.previous else "")
-    conds = [
-        ready,
-        Cond("Reconciling", "False", "Ready", ""),
-        Cond("Stalled", "False", "Ready", ""),
-        collection,
-        synced,
-        reindexing,
-    ]
+    conds = [*problems.settled(ready), collection, synced, reindexing]
     status["conditions"] = conditions.merge(prev, conds, facts.generation)
     return status
 

@@ -3,7 +3,7 @@ CronJob/Job runs it.
 
 The VectorIndex comes from ``MLINFRA_VECTORINDEX_SPEC`` (set by the operator in the Job), ``--file``, or the
 Kubernetes API. Connections: the mounted Secret directories ``MLINFRA_SOURCE_CONN_DIR`` (PostgreSQL) and
-``MLINFRA_QDRANT_CONN_DIR``, else the DataStores' published Secrets (see :mod:`mlinfra.stores.jobconn`).
+``MLINFRA_QDRANT_CONN_DIR``, else the DataStores' published Secrets (see :mod:`mlinfra.stores.sync_command`).
 
 The run holds the index's advisory lock (a concurrent run exits with code 2, doing nothing), records itself in
 ``mlinfra.vector_sync_runs``, writes into the collection the alias points at, and prints one JSON line.
@@ -23,18 +23,18 @@ from mlinfra.api import vectorindex
 from mlinfra.engines import connection
 from mlinfra.engines import qdrant as qdrant_engine
 from mlinfra.k8s import objects
-from mlinfra.stores import jobconn
+from mlinfra.stores import sync_command
 from mlinfra.vectors import runs, source, sync
 
 SOURCE_DIR_ENV = "MLINFRA_SOURCE_CONN_DIR"
 QDRANT_DIR_ENV = "MLINFRA_QDRANT_CONN_DIR"
 SPEC_ENV = "MLINFRA_VECTORINDEX_SPEC"
-PAUSE_ENV = jobconn.PAUSE_ENV
+PAUSE_ENV = sync_command.PAUSE_ENV
 MAX_BAD_ROWS_SHOWN = 20
 
 
 def load_index(namespace: str, name: str, file: pathlib.Path | None = None) -> vectorindex.VectorIndex:
-    return jobconn.load_resource(vectorindex.VectorIndex, "VectorIndex", SPEC_ENV, namespace, name, file)
+    return sync_command.load_resource(vectorindex.VectorIndex, "VectorIndex", SPEC_ENV, namespace, name, file)
 
 
 def _emit(summary: dict[str, Any]) -> None:
@@ -44,16 +44,16 @@ def _emit(summary: dict[str, Any]) -> None:
 def run(target: str, file: pathlib.Path | None = None, full: bool = False) -> int:
     """One sync of ``target``; prints the JSON summary line; returns the exit code."""
     try:
-        namespace, name = jobconn.parse_target(target)
+        namespace, name = sync_command.parse_target(target)
         index = load_index(namespace, name, file)
         spec = index.spec
         if spec.source is None:
-            raise jobconn.Unusable(f"VectorIndex {target} has no spec.source: there is nothing to sync from")
-        pg_info = jobconn.resolve_connection(SOURCE_DIR_ENV, namespace, spec.source.store_ref.name)
-        qdrant_info = jobconn.resolve_connection(QDRANT_DIR_ENV, namespace, spec.store_ref.name)
-    except (jobconn.Unusable, ValueError, OSError, objects.ApiError) as error:
+            raise sync_command.Unusable(f"VectorIndex {target} has no spec.source: there is nothing to sync from")
+        pg_info = sync_command.resolve_connection(SOURCE_DIR_ENV, namespace, spec.source.store_ref.name)
+        qdrant_info = sync_command.resolve_connection(QDRANT_DIR_ENV, namespace, spec.store_ref.name)
+    except (sync_command.Unusable, ValueError, OSError, objects.ApiError) as error:
         _emit({"vectorIndex": target, "outcome": "Failed", "error": str(error)})
-        return jobconn.EXIT_UNUSABLE
+        return sync_command.EXIT_UNUSABLE
     try:
         with connection.postgres(pg_info, application_name="mlinfra-vector-sync") as conn:
             runs.ensure_table(conn)
@@ -63,25 +63,25 @@ def run(target: str, file: pathlib.Path | None = None, full: bool = False) -> in
                     shape = source.inspect(conn, spec.source)
                     with qdrant_engine.open_client(qdrant_info) as client:
                         result = sync.sync(conn, client, spec, namespace, name, full=full, shape=shape,
-                                           on_batch=jobconn.pause_hook())
+                                           on_batch=sync_command.pause_hook())
                 except Exception as error:
                     message = f"{type(error).__name__}: {error}"
                     runs.finish(conn, run_id, rows=0, upserted=0, deleted=0, bad_rows=0, watermark=None,
                                 error=message)
                     _emit({"vectorIndex": target, "outcome": "Failed", "error": message})
-                    return jobconn.EXIT_FAILED
+                    return sync_command.EXIT_FAILED
                 runs.finish(conn, run_id, rows=result.rows, upserted=result.upserted,
                             deleted=result.deleted + result.removed, bad_rows=len(result.bad_rows),
                             watermark=result.watermark.updated_at)
     except runs.RunInProgress as error:
         _emit({"vectorIndex": target, "outcome": "Skipped", "error": str(error)})
-        return jobconn.EXIT_UNUSABLE
+        return sync_command.EXIT_UNUSABLE
     except Exception as error:
         _emit({"vectorIndex": target, "outcome": "Failed", "error": f"{type(error).__name__}: {error}"})
-        return jobconn.EXIT_FAILED
+        return sync_command.EXIT_FAILED
     _emit({"vectorIndex": target, "outcome": "Succeeded", "rows": result.rows, "upserted": result.upserted,
            "deleted": result.deleted, "removed": result.removed, "batches": result.batches,
            "badRows": len(result.bad_rows),
            "badRowIds": [{"id": key, "problem": why} for key, why in result.bad_rows[:MAX_BAD_ROWS_SHOWN]],
            "watermark": result.watermark.updated_at.isoformat() if result.watermark.updated_at else None})
-    return jobconn.EXIT_OK
+    return sync_command.EXIT_OK

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from mlinfra import argocd
+from mlinfra.build import argocd
 
 ROOT = argocd.repo_root()
 SAMPLES = ROOT / "manifests" / "samples"

@@ -1,5 +1,6 @@
-"""What every ``mlinfra sync ...`` command shares: its target, its exit codes, and how it finds the
-DataStores' connections — mounted Secret directories inside a Job, the published Secrets otherwise."""
+"""The support every ``mlinfra sync ...`` command (the sync Jobs' entry points) shares: its target, its exit
+codes, and how it finds the DataStores' connections — mounted Secret directories inside a Job, the
+published Secrets otherwise."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from typing import Any, TypeVar
 import pydantic
 import yaml
 
+from mlinfra.config import Settings
+from mlinfra.context import Context
 from mlinfra.engines import connection
 from mlinfra.k8s import objects
-from mlinfra.stores import endpoints
-from mlinfra.stores import reconcile as store_reconcile
+from mlinfra.stores import connsecret
 
 EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
 PAUSE_ENV = "MLINFRA_SYNC_PAUSE_AFTER_BATCHES"
@@ -50,12 +52,12 @@ def resolve_connection(env: str, namespace: str, datastore: str) -> connection.C
     if directory:
         info = read_conn_dir(pathlib.Path(directory))
     else:
-        found = store_reconcile.connection_from_secret(namespace, datastore)
+        found = connsecret.read_connection(objects.Kube(), namespace, datastore)
         if found is None:
             raise Unusable(f"DataStore {namespace}/{datastore} has no connection Secret yet")
         info = found
     # Development only (off unless MLINFRA_ENDPOINT_MAP is set): a managed store served on this host.
-    return endpoints.resolve(info, namespace, datastore)
+    return Context.from_settings(Settings.from_env()).reach(info, namespace, datastore)
 
 
 def load_resource(model: type[Model], kind: str, spec_env: str, namespace: str, name: str,
@@ -69,7 +71,7 @@ def load_resource(model: type[Model], kind: str, spec_env: str, namespace: str, 
         body = {"kind": kind, "metadata": {"name": name, "namespace": namespace}, "spec": json.loads(spec_json)}
     else:
         try:
-            body = objects.get(kind, namespace, name)
+            body = objects.Kube().get(kind, namespace, name)
         except objects.NotFound:
             raise Unusable(f"{kind} {namespace}/{name} not found") from None
     try:

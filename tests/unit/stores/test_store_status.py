@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from mlinfra.engines.observation import MemberObservation, Observation
+from mlinfra.problems import Problem
 from mlinfra.stores import status
-from mlinfra.stores.status import Facts, Problem
+from mlinfra.stores.status import Facts
 
 
 def conds(st: dict[str, Any]) -> dict[str, tuple[str, str]]:

@@ -10,8 +10,9 @@ import pathlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from mlinfra import api, crdgen
+from mlinfra import api
 from mlinfra.api import base
+from mlinfra.build import crdgen
 
 PATH = pathlib.Path("docs") / "api-reference.md"
 HEADER = """# API reference (mlinfra.io/v1alpha1)

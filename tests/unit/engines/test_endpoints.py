@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mlinfra.stores import endpoints
+from mlinfra.engines import connection, endpoints
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -16,7 +16,7 @@ from mlinfra.stores import endpoints
     ("bare-host", ("bare-host", 1234)),
 ])
 def test_split_endpoint(text: str, expected: tuple[str, int]) -> None:
-    assert endpoints.split_endpoint(text, 1234) == expected
+    assert connection.split_endpoint(text, 1234) == expected
 
 
 def test_map_is_reloaded_when_the_file_changes(tmp_path: Path) -> None:

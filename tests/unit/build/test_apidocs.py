@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from mlinfra import api, apidocs, crdgen
+from mlinfra import api
+from mlinfra.build import apidocs, crdgen
 
 
 def test_committed_reference_is_up_to_date() -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from mlinfra.problems import ProblemError
 from mlinfra.registry import lineage, migrate, sync_cli
 from mlinfra.registry.jobs import cronjob, cronjob_name
-from mlinfra.stores.status import ProblemError
 
 M = [migrate.Migration(1, "core", "select 1"), migrate.Migration(2, "more", "select 2"),
      migrate.Migration(3, "most", "select 3")]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlinfra.engines.connection import ConnectionInfo
+from mlinfra.engines.connection import ConnectionInfo, split_endpoint
 
 ENV = "MLINFRA_ENDPOINT_MAP"
 
@@ -42,17 +42,6 @@ class Override:
         """``conn`` redirected to this local endpoint (or local-mode directory)."""
         moved = conn.with_endpoint(self.host, self.port)
         return dataclasses.replace(moved, local_path=self.local_path) if self.local_path else moved
-
-
-def split_endpoint(endpoint: str, default_port: int) -> tuple[str, int]:
-    """``host:port`` (or ``[v6]:port``, or a bare host) into its parts."""
-    if endpoint.startswith("["):
-        host, _, rest = endpoint[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else default_port
-    host, sep, port = endpoint.rpartition(":")
-    if not sep:
-        return endpoint, default_port
-    return host, int(port)
 
 
 class EndpointMap:
@@ -91,20 +80,9 @@ class EndpointMap:
                         aliases=dict(entry.get("aliases", {})), unserved=entry.get("unserved"),
                         local_path=entry.get("localPath"))
 
-
-_default: EndpointMap | None = None
-
-
-def default_map() -> EndpointMap:
-    global _default
-    if _default is None:
-        _default = EndpointMap.from_env()
-    return _default
-
-
-def resolve(conn: ConnectionInfo, namespace: str, name: str, emap: EndpointMap | None = None) -> ConnectionInfo:
-    """``conn`` of the managed store ``namespace/name``, redirected by the endpoint map when it has an entry."""
-    override = (emap or default_map()).lookup(namespace, name, conn.port)
-    if override is None or override.unserved:
-        return conn
-    return override.apply(conn)
+    def resolve(self, conn: ConnectionInfo, namespace: str, name: str) -> ConnectionInfo:
+        """``conn`` of the managed store ``namespace/name``, redirected when the map has an entry for it."""
+        override = self.lookup(namespace, name, conn.port)
+        if override is None or override.unserved:
+            return conn
+        return override.apply(conn)

@@ -1,5 +1,5 @@
 """manifests/samples/vectorindex-docs.yaml: valid for the model, and consistent with the sample DataStores,
-the sample table of mlinfra.vectors.sample and the samples' kustomization."""
+the sample table of mlinfra.devenv.vector_sample and the samples' kustomization."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 import yaml
 
 from mlinfra.api import vectorindex
-from mlinfra.vectors import sample
+from mlinfra.devenv import vector_sample as sample
 
 pytestmark = pytest.mark.unit
 
-SAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "samples"
+SAMPLES = Path(__file__).resolve().parents[3] / "manifests" / "samples"
 MANIFEST = SAMPLES / "vectorindex-docs.yaml"
 
 

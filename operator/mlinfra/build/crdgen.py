@@ -233,8 +233,8 @@ def render_dir(directory: str) -> dict[str, str]:
 
 
 def repo_root() -> pathlib.Path:
-    """The repository this module lives in (operator/mlinfra/crdgen.py), else the working directory."""
-    candidate = pathlib.Path(__file__).resolve().parents[2]
+    """The repository this module lives in (operator/mlinfra/build/crdgen.py), else the working directory."""
+    candidate = pathlib.Path(__file__).resolve().parents[3]
     return candidate if (candidate / "pyproject.toml").is_file() else pathlib.Path.cwd()
 
 

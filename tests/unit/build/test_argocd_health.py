@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 import yaml
 
-from mlinfra import argocd
+from mlinfra.build import argocd
 from mlinfra.handlers import startup
 
 ROOT = argocd.repo_root()
-FIXTURES = Path(__file__).parent / "fixtures" / "argocd"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "argocd"
 EXPECTED = {"ready": "Healthy", "progressing": "Progressing", "degraded": "Degraded", "suspended": "Suspended"}
 KINDS = ("DataStore", "FeatureView", "ModelRegistry", "VectorIndex")
 NAME = re.compile(r"^(datastore|featureview|modelregistry|vectorindex)-(ready|progressing|degraded|suspended)"
@@ -230,7 +230,7 @@ def test_there_is_one_script_per_kind_of_the_api() -> None:
 
 
 def test_generated_files_are_up_to_date() -> None:
-    assert argocd.stale(ROOT) == [], "run `python -m mlinfra.argocd` and commit manifests/argocd/"
+    assert argocd.stale(ROOT) == [], "run `python -m mlinfra.build.argocd` and commit manifests/argocd/"
     assert argocd.main(["--check"]) == 0
 
 

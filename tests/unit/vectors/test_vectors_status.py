@@ -9,7 +9,7 @@ import pytest
 
 from mlinfra.api import common
 from mlinfra.api import vectorindex as api
-from mlinfra.stores.status import Problem
+from mlinfra.problems import Problem
 from mlinfra.vectors import jobs, source, status
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
@@ -45,14 +45,26 @@ def healthy(**extra: Any) -> status.Facts:
     (healthy(collection_status="yellow"), {"Ready": ("True", "Ready"), "CollectionReady": ("True", "Ready")}),
     (status.Facts(generation=3, rebuilding="vectors.size: 3 -> 4"),
      {"Ready": ("False", "Rebuilding"), "Reconciling": ("True", "Rebuilding"), "Reindexing": ("True", "Rebuilding")}),
-    (status.Facts(generation=3, problem=Problem("BackfillFailed", "count mismatch", stalled=False)),
-     {"Ready": ("False", "BackfillFailed"), "Reindexing": ("False", "BackfillFailed"),
-      "Reconciling": ("True", "BackfillFailed"), "Stalled": ("False", "Ready")}),
-    (status.Facts(generation=3, problem=Problem("InvalidSpec", "column x missing", stalled=True)),
-     {"Ready": ("False", "InvalidSpec"), "Stalled": ("True", "InvalidSpec"), "Reconciling": ("False", "InvalidSpec")}),
 ])
 def test_conditions(facts: status.Facts, expected: dict[str, tuple[str, str]]) -> None:
     got = conds(status.compute(facts, None))
+    for type_, value in expected.items():
+        assert got[type_] == value, type_
+
+
+@pytest.mark.parametrize(("problem", "expected"), [
+    (Problem("BackfillFailed", "count mismatch", stalled=False),
+     {"Ready": ("False", "BackfillFailed"), "Reindexing": ("False", "BackfillFailed"),
+      "Reconciling": ("True", "BackfillFailed"), "Stalled": ("False", "Ready")}),
+    (Problem("InvalidSpec", "column x missing", stalled=True),
+     {"Ready": ("False", "InvalidSpec"), "Stalled": ("True", "InvalidSpec"), "Reconciling": ("False", "InvalidSpec"),
+      "Reindexing": ("False", "Idle")}),
+])
+def test_problem_conditions(problem: Problem, expected: dict[str, tuple[str, str]]) -> None:
+    st = status.problem_status({"metadata": {"generation": 3}}, problem)
+    assert st["observedGeneration"] == 3
+    got = conds(st)
+    assert list(got) == ["Ready", "Reconciling", "Stalled", "Reindexing"]
     for type_, value in expected.items():
         assert got[type_] == value, type_
 
@@ -76,7 +88,8 @@ def test_fields_and_observed_generation() -> None:
 
 def test_a_problem_keeps_what_was_observed_and_a_fix_clears_backfill_failed() -> None:
     ok = status.compute(healthy(), None)
-    failed = status.compute(status.Facts(generation=4, problem=Problem("BackfillFailed", "x", stalled=False)), ok)
+    failed = status.problem_status({"metadata": {"generation": 4}, "status": ok},
+                                   Problem("BackfillFailed", "x", stalled=False))
     assert failed["activeCollection"] == "docs-1a2b3c4d" and failed["points"] == 10
     again = status.compute(healthy(generation=4), failed)
     assert conds(again)["Reindexing"] == ("False", "Idle")

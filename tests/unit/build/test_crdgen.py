@@ -13,8 +13,9 @@ import pytest
 import yaml
 from typer import testing
 
-from mlinfra import api, apidocs, cli, crdgen
+from mlinfra import api, cli
 from mlinfra.api import base
+from mlinfra.build import apidocs, crdgen
 
 pytestmark = pytest.mark.unit
 

@@ -1,0 +1,269 @@
+"""FeatureView reconcile/observe/problem paths against the in-memory Kubernetes API (no databases: the
+PostgreSQL steps are replaced where a test needs to get past them)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+from collections.abc import Iterator
+from typing import Any
+
+import kopf
+import pytest
+from fakekube import FakeKube
+
+from mlinfra import metrics, problems
+from mlinfra.api import featureview as api
+from mlinfra.context import Context, Obj, Recorder
+from mlinfra.engines import connection, names
+from mlinfra.features import freshness, jobs, reconcile, schema, status
+from mlinfra.problems import Problem, ProblemError
+
+pytestmark = pytest.mark.unit
+
+NS, VIEW = "team", "clicks"
+
+
+def view_body(materialization: bool = True, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "entities": [{"name": "user_id", "type": "int64"}],
+        "features": [{"name": "clicks", "type": "int64"}],
+        "offline": {"storeRef": {"name": "offline"}},
+        "online": {"storeRef": {"name": "online"}},
+        "freshness": {"maxLag": "10m"}}
+    if materialization:
+        spec["materialization"] = {"schedule": "*/5 * * * *"}
+    body: dict[str, Any] = {"apiVersion": "mlinfra.io/v1alpha1", "kind": "FeatureView",
+                            "metadata": {"name": VIEW, "namespace": NS, "uid": "fv-uid", "generation": 3},
+                            "spec": spec}
+    if previous is not None:
+        body["status"] = previous
+    return body
+
+
+def obj_of(body: dict[str, Any]) -> Obj[api.FeatureView]:
+    return Obj(body, problems.parse(api.FeatureView, body), Recorder())
+
+
+def put_store(kube: FakeKube, name: str, engine: str, ready: bool = True) -> None:
+    kube.put({"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore", "metadata": {"name": name, "namespace": NS},
+              "spec": {"engine": engine, "external": {"endpoint": f"{name}.example:1"}},
+              "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False",
+                                         "reason": "Ready" if ready else "Unreachable",
+                                         "message": "" if ready else "connection refused"}]}})
+    info = connection.ConnectionInfo(engine=engine, host=f"{name}.example", port=1, username="u",  # type: ignore[arg-type]
+                                     password="p", database="db" if engine == "postgres" else "0", tls=False)
+    kube.put({"apiVersion": "v1", "kind": "Secret",
+              "metadata": {"name": names.connection_secret(name), "namespace": NS},
+              "stringData": info.to_secret_data()})
+
+
+def problem_of(call: Any) -> Problem:
+    with pytest.raises(ProblemError) as caught:
+        call()
+    return caught.value.problem
+
+
+# --- store references ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("step", [reconcile.reconcile, reconcile.observe])
+def test_a_missing_offline_store_is_not_stalled_and_names_the_field(ctx: Context, step: Any) -> None:
+    p = problem_of(lambda: step(ctx, obj_of(view_body())))
+    assert (p.reason, p.stalled) == (problems.STORE_NOT_FOUND, False)
+    assert p.message.startswith("spec.offline.storeRef: DataStore 'offline' not found")
+
+
+def test_a_missing_online_store_names_the_online_field(ctx: Context, kube: FakeKube) -> None:
+    put_store(kube, "offline", "postgres")
+    p = problem_of(lambda: reconcile.reconcile(ctx, obj_of(view_body())))
+    assert (p.reason, p.stalled) == (problems.STORE_NOT_FOUND, False)
+    assert p.message.startswith("spec.online.storeRef: DataStore 'online' not found")
+
+
+def test_a_store_of_the_wrong_engine_stalls(ctx: Context, kube: FakeKube) -> None:
+    put_store(kube, "offline", "redis")
+    p = problem_of(lambda: reconcile.reconcile(ctx, obj_of(view_body())))
+    assert (p.reason, p.stalled) == (problems.WRONG_ENGINE, True)
+    assert "spec.offline.storeRef" in p.message and "postgres store is required" in p.message
+
+
+def test_a_store_not_ready_is_waited_for(ctx: Context, kube: FakeKube) -> None:
+    put_store(kube, "offline", "postgres")
+    put_store(kube, "online", "redis", ready=False)
+    p = problem_of(lambda: reconcile.observe(ctx, obj_of(view_body())))
+    assert (p.reason, p.stalled) == (problems.STORE_NOT_READY, False)
+    assert p.message == "spec.online.storeRef: DataStore 'online' is not Ready: connection refused"
+    assert kube.writes == []
+
+
+# --- "sync now" ---------------------------------------------------------------------------------------------
+
+
+def test_a_sync_request_creates_one_job_once(ctx: Context, kube: FakeKube) -> None:
+    obj = obj_of(view_body())
+    first = reconcile.request_sync(ctx, obj, "now-1")
+    second = reconcile.request_sync(ctx, obj, "now-1")
+    assert first == second == jobs.ondemand_job_name(VIEW, "now-1")
+    assert kube.writes == [("create", "Job", NS, first)]
+    job = kube.get("Job", NS, first)
+    assert job["metadata"]["ownerReferences"][0]["uid"] == "fv-uid"
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "example.test/mlinfra:1"
+    assert reconcile.request_sync(ctx, obj, "now-2") != first
+
+
+# --- reconcile: what it did, as events ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def no_database() -> Iterator[None]:
+    yield None
+
+
+@pytest.fixture
+def stores_ready(kube: FakeKube, monkeypatch: pytest.MonkeyPatch) -> None:
+    put_store(kube, "offline", "postgres")
+    put_store(kube, "online", "redis")
+    monkeypatch.setattr(connection, "postgres", lambda *a, **k: no_database())
+    monkeypatch.setattr(schema, "ensure_bookkeeping", lambda conn: None)
+
+
+def test_reconcile_posts_what_it_did_to_the_table_and_applies_the_cronjob(
+        ctx: Context, kube: FakeKube, stores_ready: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    results = iter([schema.SchemaResult("public.clicks", created=True, added=(), retained=()),
+                    schema.SchemaResult("public.clicks", created=False, added=("ctr", "views"), retained=()),
+                    schema.SchemaResult("public.clicks", created=False, added=(), retained=())])
+    monkeypatch.setattr(schema, "ensure_offline_table", lambda conn, spec, view: next(results))
+    events = []
+    for _ in range(3):
+        obj = obj_of(view_body())
+        reconcile.reconcile(ctx, obj)
+        events.append(obj.report.events)  # type: ignore[attr-defined]
+    assert events == [[("Normal", "TableCreated", "table public.clicks created")],
+                      [("Normal", "ColumnsAdded", "table public.clicks: added columns ctr, views")],
+                      []]
+    cron = kube.get("CronJob", NS, jobs.cronjob_name(VIEW))
+    assert cron["metadata"]["ownerReferences"][0]["uid"] == "fv-uid"
+    assert kube.writes == [("apply", "CronJob", NS, jobs.cronjob_name(VIEW))]  # idempotent afterwards
+
+
+def test_reconcile_refuses_an_immutable_change_and_removes_an_unscheduled_cronjob(
+        ctx: Context, kube: FakeKube, stores_ready: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(conn: Any, spec: Any, view: str) -> schema.SchemaResult:
+        raise schema.ImmutableFieldChange(["public.clicks: feature column clicks: type bigint in the table, text"])
+
+    monkeypatch.setattr(schema, "ensure_offline_table", refuse)
+    p = problem_of(lambda: reconcile.reconcile(ctx, obj_of(view_body())))
+    assert (p.reason, p.stalled) == ("ImmutableFieldChange", True)
+    assert p.message.startswith("refused, nothing was changed: public.clicks: feature column clicks")
+
+    monkeypatch.setattr(schema, "ensure_offline_table",
+                        lambda conn, spec, view: schema.SchemaResult("public.clicks", False, (), ()))
+    reconcile.reconcile(ctx, obj_of(view_body()))
+    obj = obj_of(view_body(materialization=False))
+    reconcile.reconcile(ctx, obj)
+    assert kube.kinds("CronJob") == []
+    assert [e[1] for e in obj.report.events] == ["CronJobDeleted"]  # type: ignore[attr-defined]
+
+
+# --- observe: the table as it is, never the object's own status ------------------------------------------
+
+
+def test_observe_reports_the_table_from_postgres_and_the_spec_not_from_status(
+        ctx: Context, stores_ready: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(schema, "inspect_offline_table", lambda conn, spec, view: schema.TableState(
+        "public.clicks", exists=True, missing=(), retained=("old_a", "old_b")))
+    monkeypatch.setattr(freshness, "compute", lambda conn, spec, ns, view: freshness.Freshness(
+        source_watermark=None, online_watermark=None, lag_seconds=42.0))
+    monkeypatch.setattr(freshness, "last_run", lambda conn, ns, view: None)
+    stale = {"offlineTable": "elsewhere.x", "onlineKeyPattern": "wrong",
+             "conditions": [{"type": "SchemaApplied", "status": "True", "reason": "TableReady",
+                             "message": "table public.clicks created", "lastTransitionTime": "2026-01-01T00:00:00Z",
+                             "observedGeneration": 3}]}
+    new = reconcile.observe(ctx, obj_of(view_body(previous=stale)))
+    assert new["offlineTable"] == "public.clicks"
+    assert new["onlineKeyPattern"] == f"fv:{NS}:{VIEW}:*"
+    cond = {c["type"]: c for c in new["conditions"]}
+    assert cond["SchemaApplied"]["message"] == \
+        "table public.clicks up to date; kept columns of removed features old_a, old_b (not served)"
+    assert cond["SchemaApplied"]["lastTransitionTime"] == "2026-01-01T00:00:00Z"  # no flip: kept
+    assert [cond[t]["status"] for t in ("Ready", "Reconciling", "Stalled")] == ["True", "False", "False"]
+    assert metrics.FEATUREVIEW_FRESHNESS_LAG.labels(NS, VIEW)._value.get() == 42.0
+    assert metrics.FEATUREVIEW_FRESHNESS_MAX_LAG.labels(NS, VIEW)._value.get() == 600.0
+    metrics.forget_featureview(NS, VIEW)
+
+
+@pytest.mark.parametrize(("state", "reason", "message"), [
+    (schema.TableState("public.clicks", exists=False, missing=(), retained=()), "TableMissing",
+     "table public.clicks does not exist"),
+    (schema.TableState("public.clicks", exists=True, missing=("clicks", "created_at"), retained=()),
+     "ColumnsMissing", "table public.clicks lacks columns clicks, created_at"),
+])
+def test_a_table_dropped_or_altered_by_hand_is_for_the_reconcile_to_reapply(
+        ctx: Context, stores_ready: None, monkeypatch: pytest.MonkeyPatch, state: schema.TableState, reason: str,
+        message: str) -> None:
+    monkeypatch.setattr(schema, "inspect_offline_table", lambda conn, spec, view: state)
+    p = problem_of(lambda: reconcile.observe(ctx, obj_of(view_body())))
+    assert (p.reason, p.message, p.stalled) == (reason, message, False)
+    cond = {c["type"]: c for c in status.problem_status(view_body(), p)["conditions"]}
+    assert (cond["SchemaApplied"]["status"], cond["SchemaApplied"]["reason"]) == ("False", reason)
+    assert (cond["Reconciling"]["status"], cond["Stalled"]["status"]) == ("True", "False")
+
+
+# --- problem status -----------------------------------------------------------------------------------------
+
+
+def triple(st: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    return [(c["type"], c["status"], c["reason"], c["message"]) for c in st["conditions"]]
+
+
+def test_problem_status_keeps_the_table_shown_and_says_why() -> None:
+    previous = {"offlineTable": "public.clicks", "onlineKeyPattern": f"fv:{NS}:{VIEW}:*"}
+    waiting = status.problem_status(view_body(previous=previous),
+                                    Problem("StoreNotReady", "spec.online.storeRef: down", stalled=False))
+    assert waiting["observedGeneration"] == 3
+    assert (waiting["offlineTable"], waiting["onlineKeyPattern"]) == (previous["offlineTable"],
+                                                                     previous["onlineKeyPattern"])
+    assert triple(waiting) == [
+        ("Ready", "False", "StoreNotReady", "spec.online.storeRef: down"),
+        ("Reconciling", "True", "StoreNotReady", "spec.online.storeRef: down"),
+        ("Stalled", "False", "Ready", ""),
+        ("SchemaApplied", "Unknown", "StoreNotReady", "waiting for the stores")]
+
+    refused = status.problem_status(view_body(), Problem("ImmutableFieldChange", "refused", stalled=True))
+    assert "offlineTable" not in refused
+    assert triple(refused) == [
+        ("Ready", "False", "ImmutableFieldChange", "refused"),
+        ("Reconciling", "False", "ImmutableFieldChange", ""),
+        ("Stalled", "True", "ImmutableFieldChange", "refused"),
+        ("SchemaApplied", "False", "ImmutableFieldChange", "refused")]
+
+
+def test_an_invalid_spec_is_a_stalled_problem_with_schema_not_applied() -> None:
+    body = view_body()
+    body["spec"]["features"] = "not a list"
+    p = problem_of(lambda: problems.parse(api.FeatureView, body))
+    st = status.problem_status(body, p)
+    assert triple(st)[2][:3] == ("Stalled", "True", "InvalidSpec")
+    assert triple(st)[3][:3] == ("SchemaApplied", "False", "InvalidSpec")
+
+
+# --- the handler: wiring only -------------------------------------------------------------------------------
+
+
+def test_the_handler_wires_the_package_into_the_one_shape(ctx: Context) -> None:
+    from mlinfra.handlers import featureview as handler
+    from mlinfra.handlers import kind
+
+    k = handler.KIND
+    assert (k.model, k.owned, k.reconcile, k.observe, k.problem_status, k.request_sync, k.forget, k.retry_delay,
+            k.drift_timer) == (
+        api.FeatureView, status.OWNED, reconcile.reconcile, reconcile.observe, status.problem_status,
+        reconcile.request_sync, metrics.forget_featureview, 15, True)
+    registry = kopf.OperatorRegistry()
+    kind.register(registry, ctx, handler.KIND)
+    assert registry._changing.get_all_handlers() and registry._spawning.get_all_handlers()
+
+
+def test_max_lag_is_the_spec_objective() -> None:
+    assert status.max_lag(obj_of(view_body()).model) == datetime.timedelta(minutes=10)

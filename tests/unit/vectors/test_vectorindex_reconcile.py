@@ -1,0 +1,213 @@
+"""vectors.reconcile against the in-memory Kubernetes API: store references, "sync now", and a whole
+reconcile + observation of an index without a source on qdrant-client's local mode (no server)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+from fakekube import FakeKube
+from prometheus_client import REGISTRY
+from qdrant_client import models
+
+from mlinfra import metrics, problems
+from mlinfra.api import vectorindex as api
+from mlinfra.config import Settings
+from mlinfra.context import Context, Obj, Recorder
+from mlinfra.engines import connection, endpoints
+from mlinfra.engines import qdrant as qdrant_engine
+from mlinfra.handlers import kind
+from mlinfra.handlers import vectorindex as handler
+from mlinfra.k8s import syncjobs
+from mlinfra.problems import Problem, ProblemError
+from mlinfra.vectors import collection, jobs, reconcile, status
+
+NS, NAME = "ml", "docs"
+
+
+def body(**spec: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {"storeRef": {"name": "vectors"}, "collection": "docs",
+                              "vectors": {"size": 4, "distance": "Cosine"}}
+    values.update(spec)
+    return {"apiVersion": "mlinfra.io/v1alpha1", "kind": "VectorIndex",
+            "metadata": {"name": NAME, "namespace": NS, "uid": "vi-uid", "generation": 1}, "spec": values}
+
+
+def obj_of(b: dict[str, Any]) -> Obj[api.VectorIndex]:
+    return Obj(b, problems.parse(api.VectorIndex, b), Recorder())
+
+
+def events(o: Obj[api.VectorIndex]) -> list[tuple[str, str, str]]:
+    assert isinstance(o.report, Recorder)
+    return o.report.events
+
+
+def put_store(kube: FakeKube, name: str, engine: str, ready: str | None = "True", message: str = "") -> None:
+    ds: dict[str, Any] = {"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore",
+                          "metadata": {"name": name, "namespace": NS}, "spec": {"engine": engine, "managed": True}}
+    if ready is not None:
+        ds["status"] = {"conditions": [{"type": "Ready", "status": ready, "reason": "R", "message": message}]}
+    kube.put(ds)
+    info = connection.ConnectionInfo.for_engine(engine, host=f"{name}.{NS}.svc", password="pw")  # type: ignore[arg-type]
+    kube.put({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{name}-conn", "namespace": NS},
+              "stringData": info.to_secret_data()})
+
+
+def problem_of(fn: Any, ctx: Context, o: Obj[api.VectorIndex]) -> Problem:
+    with pytest.raises(ProblemError) as raised:
+        fn(ctx, o)
+    return raised.value.problem
+
+
+SOURCE = {"storeRef": {"name": "pg"}, "table": "docs", "idColumn": "id", "vectorColumn": "embedding",
+          "updatedAtColumn": "updated_at"}
+
+
+@pytest.mark.parametrize("step", [reconcile.reconcile, reconcile.observe], ids=["reconcile", "observe"])
+@pytest.mark.parametrize(("stores", "spec", "expected"), [
+    ([], {}, Problem(problems.STORE_NOT_FOUND, "spec.storeRef: DataStore 'vectors' not found in namespace 'ml'",
+                     stalled=False)),
+    ([("vectors", "redis", "True", "")], {},
+     Problem(problems.WRONG_ENGINE, "spec.storeRef: DataStore 'vectors' is a redis store; a qdrant store is "
+             "required", stalled=True)),
+    ([("vectors", "qdrant", None, "")], {},
+     Problem(problems.STORE_NOT_READY, "spec.storeRef: DataStore 'vectors' is not Ready: not observed yet",
+             stalled=False)),
+    ([("vectors", "qdrant", "False", "0/1 pods ready")], {},
+     Problem(problems.STORE_NOT_READY, "spec.storeRef: DataStore 'vectors' is not Ready: 0/1 pods ready",
+             stalled=False)),
+    ([("vectors", "qdrant", "True", "")], {"source": SOURCE},
+     Problem(problems.STORE_NOT_FOUND, "spec.source.storeRef: DataStore 'pg' not found in namespace 'ml'",
+             stalled=False)),
+    ([("vectors", "qdrant", "True", ""), ("pg", "qdrant", "True", "")], {"source": SOURCE},
+     Problem(problems.WRONG_ENGINE, "spec.source.storeRef: DataStore 'pg' is a qdrant store; a postgres store "
+             "is required", stalled=True)),
+])
+def test_store_references_become_problems(ctx: Context, kube: FakeKube, step: Any,
+                                          stores: list[tuple[str, str, str | None, str]], spec: dict[str, Any],
+                                          expected: Problem) -> None:
+    for name, engine, ready, message in stores:
+        put_store(kube, name, engine, ready, message)
+    o = obj_of(body(**spec))
+    assert problem_of(step, ctx, o) == expected
+    assert kube.writes == [] and events(o) == []
+
+
+def test_sync_now_without_a_source_is_stalled(ctx: Context, kube: FakeKube) -> None:
+    problem = problem_of(lambda c, o: reconcile.request_sync(c, o, "2026-01-01T00:00:00Z"), ctx, obj_of(body()))
+    assert problem == Problem(problems.INVALID_SPEC, "sync requested, but spec.source is not set: there is "
+                              "nothing to sync from", stalled=True)
+    assert kube.writes == []
+
+
+def test_sync_now_starts_one_job_per_request(ctx: Context, kube: FakeKube) -> None:
+    o = obj_of(body(source=SOURCE))
+    first = reconcile.request_sync(ctx, o, "2026-01-01T00:00:00Z")
+    again = reconcile.request_sync(ctx, o, "2026-01-01T00:00:00Z")
+    assert first == again == syncjobs.ondemand_job_name(NAME, "2026-01-01T00:00:00Z")
+    assert kube.writes == [("create", "Job", NS, first)]
+    job = kube.get("Job", NS, first)
+    assert job["metadata"]["labels"][jobs.KIND_LABEL] == NAME
+    assert job["metadata"]["ownerReferences"][0]["uid"] == "vi-uid"
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "example.test/mlinfra:1"
+    assert reconcile.request_sync(ctx, o, "2026-01-02T00:00:00Z") != first
+    assert len(kube.kinds("Job")) == 2
+
+
+@pytest.fixture
+def local_ctx(kube: FakeKube, tmp_path: Path) -> Context:
+    """A managed, Ready qdrant DataStore ``vectors`` served by local mode on a directory under tmp_path."""
+    put_store(kube, "vectors", "qdrant")
+    emap = tmp_path / "endpoints.json"
+    emap.write_text(json.dumps({f"{NS}/vectors": {"endpoint": "127.0.0.1:6333",
+                                                   "localPath": str(tmp_path / "qdrant")}}))
+    return Context(settings=Settings(job_image="example.test/mlinfra:1"), kube=kube,
+                   endpoints=endpoints.EndpointMap(emap))
+
+
+def gauge(name: str) -> float | None:
+    return REGISTRY.get_sample_value(name, {"namespace": NS, "name": NAME})
+
+
+def test_reconcile_and_observe_an_index_without_source_on_local_mode(local_ctx: Context, kube: FakeKube) -> None:
+    # A CronJob left from when the spec had a source and a schedule: the spec no longer asks for one.
+    kube.put({"apiVersion": "batch/v1", "kind": "CronJob",
+              "metadata": {"name": jobs.cronjob_name(NAME), "namespace": NS}, "spec": {}})
+    b = body()
+    physical = collection.physical_name(api.VectorIndex.model_validate(b).spec)
+    o = obj_of(b)
+    reconcile.reconcile(local_ctx, o)
+    assert events(o) == [("Normal", "CollectionCreated", f"created {physical} behind alias docs")]
+    assert kube.writes == [("delete", "CronJob", NS, jobs.cronjob_name(NAME))]
+    assert o.report.statuses == []  # type: ignore[attr-defined]  # no rebuild: nothing written early
+
+    try:
+        st = reconcile.observe(local_ctx, o)
+        assert events(o) == [("Normal", "CollectionCreated", f"created {physical} behind alias docs")]
+        assert st == status.compute(status.Facts(generation=1, active=physical, points=0, indexed_vectors=0,
+                                                 collection_status="green"), None)
+        conds = {c["type"]: (c["status"], c["reason"], c["message"]) for c in st["conditions"]}
+        assert conds["Ready"] == ("True", "Ready", f"0 points in {physical}")
+        assert conds["Synced"] == ("True", "NoSource", "no spec.source: points are written by clients")
+        assert (st["activeCollection"], st["points"]) == (physical, 0)
+        assert "replicas" not in st and "sync" not in st  # local mode: not observable; no source
+        assert gauge("mlinfra_vectorindex_points") == 0
+        assert gauge("mlinfra_vectorindex_sync_max_lag_seconds") is None
+    finally:
+        metrics.forget_vectorindex(NS, NAME)
+
+    # Reconciled again (a resume): nothing to do, nothing said, nothing written.
+    again = obj_of(dict(b, status=st))
+    reconcile.reconcile(local_ctx, again)
+    metrics.forget_vectorindex(NS, NAME)
+    assert events(again) == []
+    assert kube.writes == [("delete", "CronJob", NS, jobs.cronjob_name(NAME))]
+
+
+def test_observe_repairs_an_alias_deleted_by_hand(local_ctx: Context) -> None:
+    b = body()
+    reconcile.reconcile(local_ctx, obj_of(b))
+    physical = collection.physical_name(api.VectorIndex.model_validate(b).spec)
+    conn = local_ctx.endpoints.resolve(connection.ConnectionInfo.for_engine("qdrant", host="x", password="pw"),
+                                       NS, "vectors")
+    with qdrant_engine.open_client(conn) as client:
+        client.update_collection_aliases(change_aliases_operations=[
+            models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name="docs"))])
+    o = obj_of(b)
+    try:
+        st = reconcile.observe(local_ctx, o)
+    finally:
+        metrics.forget_vectorindex(NS, NAME)
+    assert events(o) == [("Normal", "DriftRepaired", f"changed by hand, restored: alias docs: missing -> {physical}")]
+    assert st["activeCollection"] == physical
+
+
+def test_an_immutable_change_without_source_is_refused(local_ctx: Context) -> None:
+    reconcile.reconcile(local_ctx, obj_of(body()))
+    o = obj_of(body(vectors={"size": 8, "distance": "Cosine"}))
+    problem = problem_of(reconcile.reconcile, local_ctx, o)
+    assert (problem.reason, problem.stalled) == ("ImmutableFieldChange", True)
+    assert problem.message.startswith("vectors.size: 4 -> 8 needs a rebuild into a new collection")
+    assert events(o) == []
+    st = status.problem_status(o.body, problem)
+    assert [c["type"] for c in st["conditions"]] == ["Ready", "Reconciling", "Stalled", "Reindexing"]
+
+
+def test_the_handler_is_wiring_of_the_package(ctx: Context) -> None:
+    assert handler.KIND.model is api.VectorIndex and handler.KIND.owned == status.OWNED
+    assert handler.KIND.reconcile is reconcile.reconcile and handler.KIND.observe is reconcile.observe
+    assert handler.KIND.problem_status is status.problem_status
+    assert handler.KIND.request_sync is reconcile.request_sync
+    assert handler.KIND.delete is None  # the collections hold users' vectors: never dropped
+    registry = kopf.OperatorRegistry()
+    kind.register(registry, ctx, handler.KIND)
+    changing = registry._changing.get_all_handlers()
+    assert {(h.selector.group, h.selector.version, h.selector.any_name) for h in changing  # type: ignore[union-attr]
+            } == {("mlinfra.io", "v1alpha1", "vectorindexes")}
+    # The handler ids Kopf keys its progress annotations by stay those of the handlers this shape replaced.
+    ids = {str(h.id).split("/")[0] for h in [*changing, *registry._spawning.get_all_handlers()]}
+    assert ids == {f"register.<locals>.{n}" for n in ("reconcile_vectorindex", "observe_vectorindex",
+                                                       "delete_vectorindex", "sync_now")}
