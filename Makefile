@@ -33,8 +33,9 @@ test: system-deps venv tools lint
 	@$(PY) -m pytest -m "unit or integration or e2e or real" $(PYTEST_ARGS)
 
 lint: venv
-	@echo "== ruff and mypy"
+	@echo "== ruff (lint and format) and mypy"
 	@$(VENV)/bin/ruff check $(wildcard operator tests e2e bench) conftest.py
+	@$(VENV)/bin/ruff format --check $(wildcard operator tests e2e bench) conftest.py
 	@$(VENV)/bin/mypy
 
 unit: venv

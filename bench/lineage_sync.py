@@ -32,16 +32,24 @@ def fill(conn: psycopg.Connection[Any], events: int) -> None:
     models = max(1, events // 10)
     x = conn.execute
     x("INSERT INTO registry.registered_models (name) SELECT 'm' || i FROM generate_series(1, %s) i", (models,))
-    x("INSERT INTO registry.model_versions (model_id, version) SELECT id, v FROM registry.registered_models, "
-      "generate_series(1, 2) v")
+    x(
+        "INSERT INTO registry.model_versions (model_id, version) SELECT id, v FROM registry.registered_models, "
+        "generate_series(1, 2) v"
+    )
     x("INSERT INTO registry.datasets (name) SELECT 'd' || i FROM generate_series(1, %s) i", (models,))
-    x("INSERT INTO registry.model_version_datasets (model_version_id, dataset_id, relation) "
-      "SELECT mv.id, d.id, 'TRAINED_ON' FROM registry.model_versions mv JOIN registry.datasets d "
-      "ON d.id = mv.model_id")
-    x("INSERT INTO registry.model_version_features (model_version_id, feature_view_namespace, feature_view_name) "
-      "SELECT id, 'ml', 'view' || (id % 100) FROM registry.model_versions")
-    x("INSERT INTO registry.deployments (model_version_id, environment) "
-      "SELECT id, 'prod' FROM registry.model_versions WHERE version = 2")
+    x(
+        "INSERT INTO registry.model_version_datasets (model_version_id, dataset_id, relation) "
+        "SELECT mv.id, d.id, 'TRAINED_ON' FROM registry.model_versions mv JOIN registry.datasets d "
+        "ON d.id = mv.model_id"
+    )
+    x(
+        "INSERT INTO registry.model_version_features (model_version_id, feature_view_namespace, feature_view_name) "
+        "SELECT id, 'ml', 'view' || (id % 100) FROM registry.model_versions"
+    )
+    x(
+        "INSERT INTO registry.deployments (model_version_id, environment) "
+        "SELECT id, 'prod' FROM registry.model_versions WHERE version = 2"
+    )
 
 
 def main() -> None:
@@ -64,21 +72,31 @@ def main() -> None:
             started = time.monotonic()
             result = lineage.sync(conn, driver, batch_size=args.batch_size)
             batched = time.monotonic() - started
-            print(f"(a) batched UNWIND sync: {result.events} events in {batched:.1f}s = "
-                  f"{result.events / batched:,.0f} events/s ({result.batches} batches)")
+            print(
+                f"(a) batched UNWIND sync: {result.events} events in {batched:.1f}s = "
+                f"{result.events / batched:,.0f} events/s ({result.batches} batches)"
+            )
 
             with driver.session() as session:  # CALL ... IN TRANSACTIONS needs an implicit transaction
                 session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS").consume()
             limit = args.baseline_events or total
-            conn.execute("UPDATE registry.outbox SET processed_at = NULL WHERE id IN "
-                         "(SELECT id FROM registry.outbox ORDER BY id LIMIT %s)", (limit,))
-            conn.execute("UPDATE registry.outbox SET processed_at = now() WHERE id NOT IN "
-                         "(SELECT id FROM registry.outbox ORDER BY id LIMIT %s)", (limit,))
+            conn.execute(
+                "UPDATE registry.outbox SET processed_at = NULL WHERE id IN "
+                "(SELECT id FROM registry.outbox ORDER BY id LIMIT %s)",
+                (limit,),
+            )
+            conn.execute(
+                "UPDATE registry.outbox SET processed_at = now() WHERE id NOT IN "
+                "(SELECT id FROM registry.outbox ORDER BY id LIMIT %s)",
+                (limit,),
+            )
             started = time.monotonic()
             result = lineage.sync(conn, driver, batch_size=args.batch_size, one_by_one=True)
             single = time.monotonic() - started
-            print(f"(b) one transaction per event: {result.events} events in {single:.1f}s = "
-                  f"{result.events / single:,.0f} events/s")
+            print(
+                f"(b) one transaction per event: {result.events} events in {single:.1f}s = "
+                f"{result.events / single:,.0f} events/s"
+            )
             print(f"speed-up: {(total / batched) / (result.events / single):.1f}x")
 
 

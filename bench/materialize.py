@@ -117,8 +117,9 @@ def main() -> None:
         secs, n = bench_raw(client, args.rows, args.batch_size)
         raw = n / secs
         print(f"(c) raw pipelined:    {n:>9} rows in {secs:7.2f}s = {raw:>10,.0f} rows/s (no PostgreSQL)")
-        print(f"materializer = {ours / naive:.1f}x naive (goal >= 10x), "
-              f"{ours / raw:.2f} of the raw ceiling (goal >= 0.5)")
+        print(
+            f"materializer = {ours / naive:.1f}x naive (goal >= 10x), {ours / raw:.2f} of the raw ceiling (goal >= 0.5)"
+        )
         client.close()
 
 

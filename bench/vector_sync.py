@@ -39,13 +39,24 @@ NAMESPACE = "bench"
 
 
 def spec(alias: str, batch_size: int) -> vectorindex.VectorIndexSpec:
-    return vectorindex.VectorIndexSpec.model_validate({
-        "storeRef": {"name": "vectors"}, "collection": alias, "vectors": {"size": sample.DIM, "distance": "Cosine"},
-        "hnsw": {"m": 16},
-        "source": {"storeRef": {"name": "pg"}, "table": TABLE, "idColumn": "id", "vectorColumn": "embedding",
-                   "payloadColumns": ["title", "lang"], "updatedAtColumn": "updated_at", "deletedColumn": "deleted"},
-        "sync": {"schedule": "*/10 * * * *", "batchSize": batch_size},
-    })
+    return vectorindex.VectorIndexSpec.model_validate(
+        {
+            "storeRef": {"name": "vectors"},
+            "collection": alias,
+            "vectors": {"size": sample.DIM, "distance": "Cosine"},
+            "hnsw": {"m": 16},
+            "source": {
+                "storeRef": {"name": "pg"},
+                "table": TABLE,
+                "idColumn": "id",
+                "vectorColumn": "embedding",
+                "payloadColumns": ["title", "lang"],
+                "updatedAtColumn": "updated_at",
+                "deletedColumn": "deleted",
+            },
+            "sync": {"schedule": "*/10 * * * *", "batchSize": batch_size},
+        }
+    )
 
 
 def open_qdrant(local_path: str | None) -> tuple[QdrantClient, str]:
@@ -59,8 +70,9 @@ def open_qdrant(local_path: str | None) -> tuple[QdrantClient, str]:
 def drop(client: QdrantClient, alias: str) -> None:
     physical = collection.alias_target(client, alias)
     if physical is not None:
-        client.update_collection_aliases(change_aliases_operations=[
-            models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))])
+        client.update_collection_aliases(
+            change_aliases_operations=[models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))]
+        )
         client.delete_collection(physical)
 
 
@@ -85,8 +97,9 @@ def bench_naive(conn: Any, client: QdrantClient, rows: int) -> tuple[float, int,
     with conn.transaction(), conn.cursor(name="naive") as cur:
         cur.execute(f"SELECT id, embedding, title, lang FROM {TABLE} ORDER BY id LIMIT %s", (rows,))  # noqa: S608
         for key, vector, title, lang in cur:
-            point = models.PointStruct(id=key, vector=[float(v) for v in vector], payload={"title": title,
-                                                                                            "lang": lang})
+            point = models.PointStruct(
+                id=key, vector=[float(v) for v in vector], payload={"title": title, "lang": lang}
+            )
             client.upsert(s.collection, points=[point], wait=True)
             n += 1
     secs = time.perf_counter() - started
@@ -99,11 +112,13 @@ def bench_raw(client: QdrantClient, rows: int, batch_size: int) -> tuple[float, 
     s = spec("bench-raw", batch_size)
     drop(client, s.collection)
     collection.ensure(client, s)
-    prebuilt = [models.PointStruct(id=d.id, vector=d.embedding.tolist(), payload={"title": d.title, "lang": d.lang})
-                for d in sample.documents(rows, seed=1)]
+    prebuilt = [
+        models.PointStruct(id=d.id, vector=d.embedding.tolist(), payload={"title": d.title, "lang": d.lang})
+        for d in sample.documents(rows, seed=1)
+    ]
     started = time.perf_counter()
     for start in range(0, rows, batch_size):
-        client.upsert(s.collection, points=prebuilt[start:start + batch_size], wait=True)
+        client.upsert(s.collection, points=prebuilt[start : start + batch_size], wait=True)
     secs = time.perf_counter() - started
     drop(client, s.collection)
     return secs, rows
@@ -112,19 +127,27 @@ def bench_raw(client: QdrantClient, rows: int, batch_size: int) -> tuple[float, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rows", type=int, default=100_000, help="Source rows (384-d vectors each).")
-    parser.add_argument("--batch-sizes", default="500,100,2000",
-                        help="Sync batch sizes to time, comma-separated; the first is the baseline for ratios.")
+    parser.add_argument(
+        "--batch-sizes",
+        default="500,100,2000",
+        help="Sync batch sizes to time, comma-separated; the first is the baseline for ratios.",
+    )
     parser.add_argument("--naive-rows", type=int, default=10_000, help="Rows timed for the naive loop (slow).")
-    parser.add_argument("--local-path", default=None,
-                        help="Local mode on disk in this directory instead of in memory (ignored with QDRANT_URL).")
+    parser.add_argument(
+        "--local-path",
+        default=None,
+        help="Local mode on disk in this directory instead of in memory (ignored with QDRANT_URL).",
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
     client, which = open_qdrant(args.local_path)
     print(f"qdrant: {which}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the start")
     if not devenv_qdrant.is_real_server():
-        print("caveat: local mode is qdrant-client's in-process Python implementation (no network, no server, no "
-              "HNSW graph built): these figures are our code + PostgreSQL + that implementation, not a Qdrant "
-              "server's throughput. Set QDRANT_URL to measure against a real server.")
+        print(
+            "caveat: local mode is qdrant-client's in-process Python implementation (no network, no server, no "
+            "HNSW graph built): these figures are our code + PostgreSQL + that implementation, not a Qdrant "
+            "server's throughput. Set QDRANT_URL to measure against a real server."
+        )
     with tempfile.TemporaryDirectory(prefix="mlinfra-bench-") as tmp, procs.ProcStack() as stack:
         pg = start_postgres(stack, Path(tmp) / "pg", standbys=0)
         with pg.primary.connect() as conn:
@@ -137,20 +160,27 @@ def main() -> None:
             for size in sizes:
                 secs, n, points = bench_ours(conn, client, size)
                 rates.append(n / secs)
-                print(f"(a) vectors.sync, batch {size:>5}: {n:>8} rows in {secs:7.2f}s = {n / secs:>8,.0f} rows/s "
-                      f"({points} points)")
+                print(
+                    f"(a) vectors.sync, batch {size:>5}: {n:>8} rows in {secs:7.2f}s = {n / secs:>8,.0f} rows/s "
+                    f"({points} points)"
+                )
             naive_rows = min(args.naive_rows, args.rows)
             secs, n, points = bench_naive(conn, client, naive_rows)
             naive = n / secs
             subset = f" (a subset: {n} of {args.rows} rows)" if n < args.rows else ""
-            print(f"(b) one upsert per row:     {n:>8} rows in {secs:7.2f}s = {naive:>8,.0f} rows/s "
-                  f"({points} points){subset}")
+            print(
+                f"(b) one upsert per row:     {n:>8} rows in {secs:7.2f}s = {naive:>8,.0f} rows/s "
+                f"({points} points){subset}"
+            )
         secs, n = bench_raw(client, args.rows, sizes[0])
         raw = n / secs
-        print(f"(c) pre-built points, batch {sizes[0]}: {n:>5} rows in {secs:7.2f}s = {raw:>8,.0f} rows/s "
-              "(no PostgreSQL)")
-        print(f"vectors.sync (batch {sizes[0]}) = {rates[0] / naive:.1f}x one upsert per row, "
-              f"{rates[0] / raw:.2f} of the Qdrant-side ceiling; load average {os.getloadavg()[0]:.1f} at the end")
+        print(
+            f"(c) pre-built points, batch {sizes[0]}: {n:>5} rows in {secs:7.2f}s = {raw:>8,.0f} rows/s (no PostgreSQL)"
+        )
+        print(
+            f"vectors.sync (batch {sizes[0]}) = {rates[0] / naive:.1f}x one upsert per row, "
+            f"{rates[0] / raw:.2f} of the Qdrant-side ceiling; load average {os.getloadavg()[0]:.1f} at the end"
+        )
     client.close()
 
 

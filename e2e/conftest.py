@@ -30,10 +30,12 @@ def backer(control_plane: ControlPlane, operator_account: str, devenv_dir: Path)
 
 
 @pytest.fixture(scope="session")
-def operator(control_plane: ControlPlane, operator_account: str, backer: Backer,
-             devenv_dir: Path) -> Iterator[op_mod.OperatorProcess]:
-    kubeconfig = op_mod.service_account_kubeconfig(control_plane, op_mod.NAMESPACE, operator_account,
-                                                   devenv_dir / "operator.kubeconfig")
+def operator(
+    control_plane: ControlPlane, operator_account: str, backer: Backer, devenv_dir: Path
+) -> Iterator[op_mod.OperatorProcess]:
+    kubeconfig = op_mod.service_account_kubeconfig(
+        control_plane, op_mod.NAMESPACE, operator_account, devenv_dir / "operator.kubeconfig"
+    )
     with procs.ProcStack() as stack:
         yield op_mod.start_operator(stack, kubeconfig, devenv_dir, backer.map_path, observe_interval=2.0)
 
@@ -44,8 +46,11 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> It
     # Parametrized tests share a prefix: a hash of the node id keeps their namespaces apart.
     name = f"t-{slug}-{hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:6]}"
     control_plane.kubectl("create", "namespace", name)
-    procs.wait_until("the default ServiceAccount", lambda: control_plane.kubectl(
-        "get", "sa", "default", "-n", name, check=False).returncode == 0, 60)
+    procs.wait_until(
+        "the default ServiceAccount",
+        lambda: control_plane.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0,
+        60,
+    )
     yield name
     # Shown by pytest only when the test failed: what the operator had written.
     dump = control_plane.kubectl("get", "datastores", "-n", name, "-o", "yaml", check=False)

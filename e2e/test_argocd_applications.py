@@ -35,16 +35,27 @@ def application_crd(control_plane: ControlPlane) -> Iterator[ControlPlane]:
     cp = control_plane
     cp.kubectl("apply", "--server-side", "--field-manager=argocd-e2e", "-f", str(FIXTURES / "application-crd.yaml"))
     established = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
-    wait_for("the Application CRD Established", lambda: cp.kubectl(
-        "get", "crd", "applications.argoproj.io", "-o", established, check=False).stdout == "True", 60)
+    wait_for(
+        "the Application CRD Established",
+        lambda: cp.kubectl("get", "crd", "applications.argoproj.io", "-o", established, check=False).stdout == "True",
+        60,
+    )
     if cp.kubectl("get", "namespace", NAMESPACE, check=False).returncode != 0:
         cp.kubectl("create", "namespace", NAMESPACE)
     yield cp
 
 
 def dry_run(cp: ControlPlane, doc: dict[str, Any]) -> tuple[int, str]:
-    result = cp.kubectl("apply", "--server-side", "--dry-run=server", "--field-manager=argocd-e2e", "-f", "-",
-                        input=yaml.safe_dump(doc), check=False)
+    result = cp.kubectl(
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "--field-manager=argocd-e2e",
+        "-f",
+        "-",
+        input=yaml.safe_dump(doc),
+        check=False,
+    )
     return result.returncode, result.stdout + result.stderr
 
 
@@ -66,20 +77,25 @@ def test_application_validates_against_argo_cds_schema(application_crd: ControlP
     assert code == 0, out
     assert "(server dry run)" in out
     # Nothing was pruned: what the server would store is what the file says (no field silently dropped).
-    stored = application_crd.kubectl("apply", "--server-side", "--dry-run=server", "--field-manager=argocd-e2e",
-                                     "-o", "json", "-f", str(path))
+    stored = application_crd.kubectl(
+        "apply", "--server-side", "--dry-run=server", "--field-manager=argocd-e2e", "-o", "json", "-f", str(path)
+    )
     assert json.loads(stored.stdout)["spec"] == doc["spec"]
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    # The schema's types are enforced: a list given as a string.
-    (lambda d: d["spec"]["syncPolicy"].update(syncOptions="ServerSideApply=true"), "syncOptions"),
-    (lambda d: d["spec"]["syncPolicy"]["retry"].update(limit="ten"), "limit"),
-    # A required field missing.
-    (lambda d: d["spec"].pop("destination"), "destination"),
-    # A misspelt field (strict field validation): it would otherwise be dropped without a word.
-    (lambda d: d["spec"]["syncPolicy"].update(automatd={"prune": True}), "automatd"),
-], ids=["syncOptions-string", "retry-limit-string", "no-destination", "unknown-field"])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # The schema's types are enforced: a list given as a string.
+        (lambda d: d["spec"]["syncPolicy"].update(syncOptions="ServerSideApply=true"), "syncOptions"),
+        (lambda d: d["spec"]["syncPolicy"]["retry"].update(limit="ten"), "limit"),
+        # A required field missing.
+        (lambda d: d["spec"].pop("destination"), "destination"),
+        # A misspelt field (strict field validation): it would otherwise be dropped without a word.
+        (lambda d: d["spec"]["syncPolicy"].update(automatd={"prune": True}), "automatd"),
+    ],
+    ids=["syncOptions-string", "retry-limit-string", "no-destination", "unknown-field"],
+)
 def test_an_invalid_application_is_rejected(application_crd: ControlPlane, change: Any, message: str) -> None:
     doc = yaml.safe_load((ROOT / "manifests" / "argocd" / "resources-application.yaml").read_text())
     assert dry_run(application_crd, doc)[0] == 0
@@ -95,14 +111,31 @@ def test_health_snippet_merges_into_an_existing_argocd_cm(application_crd: Contr
     keeps them. Server-side apply would not: kubectl hands the install's keys to the new field manager and
     the apply then removes them, which the last part shows."""
     cp = application_crd
-    install = {"apiVersion": "v1", "kind": "ConfigMap",
-               "metadata": {"name": "argocd-cm", "namespace": NAMESPACE,
-                            "labels": {"app.kubernetes.io/name": "argocd-cm", "app.kubernetes.io/part-of": "argocd"}},
-               "data": {"resource.customizations.ignoreResourceUpdates.all": "jsonPointers:\n  - /status\n",
-                        "timeout.reconciliation": "180s"}}
+    install = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "argocd-cm",
+            "namespace": NAMESPACE,
+            "labels": {"app.kubernetes.io/name": "argocd-cm", "app.kubernetes.io/part-of": "argocd"},
+        },
+        "data": {
+            "resource.customizations.ignoreResourceUpdates.all": "jsonPointers:\n  - /status\n",
+            "timeout.reconciliation": "180s",
+        },
+    }
     cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(install))
-    cp.kubectl("-n", NAMESPACE, "patch", "configmap", "argocd-cm", "--type", "merge",
-               "--patch-file", str(ROOT / argocd.SNIPPET))
+    cp.kubectl(
+        "-n",
+        NAMESPACE,
+        "patch",
+        "configmap",
+        "argocd-cm",
+        "--type",
+        "merge",
+        "--patch-file",
+        str(ROOT / argocd.SNIPPET),
+    )
     data = get_json(cp, "configmap", "argocd-cm", "-n", NAMESPACE)["data"]
     snippet = yaml.safe_load((ROOT / argocd.SNIPPET).read_text())["data"]
     assert data == {**install["data"], **snippet}

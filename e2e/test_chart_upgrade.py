@@ -54,22 +54,44 @@ VIEW = "clicks"
 
 def resources(ns: str) -> list[dict[str, Any]]:
     def store(name: str, engine: str, replicas: int) -> dict[str, Any]:
-        return {"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore", "metadata": {"name": name, "namespace": ns},
-                "spec": {"engine": engine, "managed": {"replicas": replicas, "storage": {"size": "1Gi"}}}}
+        return {
+            "apiVersion": "mlinfra.io/v1alpha1",
+            "kind": "DataStore",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"engine": engine, "managed": {"replicas": replicas, "storage": {"size": "1Gi"}}},
+        }
 
-    return [store("offline", "postgres", 1), store("online", "redis", 2), {
-        "apiVersion": "mlinfra.io/v1alpha1", "kind": "FeatureView", "metadata": {"name": VIEW, "namespace": ns},
-        "spec": {"entities": [{"name": "user_id", "type": "int64"}],
-                 "features": [{"name": "clicks", "type": "int64"}, {"name": "ctr", "type": "float64"}],
-                 "offline": {"storeRef": {"name": "offline"}, "table": VIEW},
-                 "online": {"storeRef": {"name": "online"}, "ttl": "24h"},
-                 "materialization": {"schedule": "*/5 * * * *"}, "freshness": {"maxLag": "1h"}}}]
+    return [
+        store("offline", "postgres", 1),
+        store("online", "redis", 2),
+        {
+            "apiVersion": "mlinfra.io/v1alpha1",
+            "kind": "FeatureView",
+            "metadata": {"name": VIEW, "namespace": ns},
+            "spec": {
+                "entities": [{"name": "user_id", "type": "int64"}],
+                "features": [{"name": "clicks", "type": "int64"}, {"name": "ctr", "type": "float64"}],
+                "offline": {"storeRef": {"name": "offline"}, "table": VIEW},
+                "online": {"storeRef": {"name": "online"}, "ttl": "24h"},
+                "materialization": {"schedule": "*/5 * * * *"},
+                "freshness": {"maxLag": "1h"},
+            },
+        },
+    ]
 
 
 def vector_index_with_a_field_new_in_0_2_0(ns: str) -> dict[str, Any]:
-    return {"apiVersion": "mlinfra.io/v1alpha1", "kind": "VectorIndex", "metadata": {"name": "docs", "namespace": ns},
-            "spec": {"storeRef": {"name": "vectors"}, "collection": "docs",
-                     "vectors": {"size": 4, "distance": "Cosine"}, "previousCollectionRetention": "72h"}}
+    return {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": "VectorIndex",
+        "metadata": {"name": "docs", "namespace": ns},
+        "spec": {
+            "storeRef": {"name": "vectors"},
+            "collection": "docs",
+            "vectors": {"size": 4, "distance": "Cosine"},
+            "previousCollectionRetention": "72h",
+        },
+    }
 
 
 def dry_run(cp: ControlPlane, obj: dict[str, Any]) -> subprocess.CompletedProcess[str]:
@@ -93,8 +115,10 @@ def write_data(cp: ControlPlane, ns: str, backer: Backer) -> None:
     now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
     with connection.postgres(conn(cp, ns, "offline", backer)) as pg:
         for uid, clicks, age in ((1, 10, 30), (1, 11, 20), (2, 5, 10)):
-            pg.execute(f"insert into public.{VIEW} (user_id, clicks, ctr, event_timestamp) "
-                       "values (%s, %s, %s, %s)", (uid, clicks, clicks / 100, now - datetime.timedelta(minutes=age)))
+            pg.execute(
+                f"insert into public.{VIEW} (user_id, clicks, ctr, event_timestamp) values (%s, %s, %s, %s)",
+                (uid, clicks, clicks / 100, now - datetime.timedelta(minutes=age)),
+            )
         pg.execute("create table public.upgrade_canary (note text primary key)")
         pg.execute("insert into public.upgrade_canary values ('written before the upgrade')")
     kv = connection.redis_client(conn(cp, ns, "online", backer))
@@ -110,29 +134,41 @@ def text(value: bytes | str) -> str:
 
 def read_data(cp: ControlPlane, ns: str, backer: Backer) -> dict[str, Any]:
     with connection.postgres(conn(cp, ns, "offline", backer)) as pg:
-        offline = pg.execute(f"select user_id, clicks, ctr, event_timestamp, created_at from public.{VIEW} "
-                             "order by user_id, event_timestamp").fetchall()
+        offline = pg.execute(
+            f"select user_id, clicks, ctr, event_timestamp, created_at from public.{VIEW} "
+            "order by user_id, event_timestamp"
+        ).fetchall()
         canary = pg.execute("select note from public.upgrade_canary").fetchall()
         runs = pg.execute("select count(*) from mlinfra.sync_runs").fetchone()
     kv = connection.redis_client(conn(cp, ns, "online", backer))
     try:
-        online = {text(key): {text(f): text(v) for f, v in kv.hgetall(key).items()}
-                  for key in sorted(kv.scan_iter(match=layout.key_pattern(ns, VIEW)))}
+        online = {
+            text(key): {text(f): text(v) for f, v in kv.hgetall(key).items()}
+            for key in sorted(kv.scan_iter(match=layout.key_pattern(ns, VIEW)))
+        }
         kv_canary = text(kv.get("upgrade:canary") or b"")
     finally:
         kv.close()
-    return {"offline": [tuple(map(str, row)) for row in offline], "offline canary": canary,
-            "sync runs": runs, "online": online, "online canary": kv_canary}
+    return {
+        "offline": [tuple(map(str, row)) for row in offline],
+        "offline canary": canary,
+        "sync runs": runs,
+        "online": online,
+        "online canary": kv_canary,
+    }
 
 
 def materialize(cp: ControlPlane, ns: str, backer: Backer, tmp: Path) -> None:
-    """"Sync now": the annotation makes the Job; its command runs here (kwok's Pods run nothing)."""
+    """ "Sync now": the annotation makes the Job; its command runs here (kwok's Pods run nothing)."""
     cp.kubectl("annotate", "featureview", VIEW, "-n", ns, f"{jobs.SYNC_REQUESTED_ANNOTATION}=before-upgrade")
     job = jobs.ondemand_job_name(VIEW, "before-upgrade")
     wait_for("the on-demand Job", lambda: cp.kubectl("get", "job", job, "-n", ns, check=False).returncode == 0, 60)
     container = get_json(cp, "job", job, "-n", ns)["spec"]["template"]["spec"]["containers"][0]
-    env = {**os.environ, **{e["name"]: e["value"] for e in container["env"] if "value" in e},
-           "MLINFRA_ENDPOINT_MAP": str(backer.map_path)}
+    env = {
+        **os.environ,
+        **{e["name"]: e["value"] for e in container["env"] if "value" in e},
+        "MLINFRA_ENDPOINT_MAP": str(backer.map_path),
+    }
     for role, store in (("OFFLINE", "offline"), ("ONLINE", "online")):
         directory = tmp / role.lower()
         directory.mkdir(parents=True)
@@ -140,11 +176,18 @@ def materialize(cp: ControlPlane, ns: str, backer: Backer, tmp: Path) -> None:
             (directory / key).write_bytes(base64.b64decode(value))
         env[f"MLINFRA_{role}_CONN_DIR"] = str(directory)
     env.pop("KUBECONFIG", None)  # the Job's pod has no API access
-    run = subprocess.run([sys.executable, "-m", "mlinfra", *container["args"]], env=env, capture_output=True,
-                         text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", "mlinfra", *container["args"]], env=env, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stderr
-    wait_for("the run in status", lambda: get_json(cp, "featureview", VIEW, "-n", ns)["status"].get(
-        "lastMaterialization", {}).get("outcome") == "Succeeded", 60)
+    wait_for(
+        "the run in status",
+        lambda: (
+            get_json(cp, "featureview", VIEW, "-n", ns)["status"].get("lastMaterialization", {}).get("outcome")
+            == "Succeeded"
+        ),
+        60,
+    )
 
 
 # --- what must survive the upgrade ---------------------------------------------------------------------------
@@ -160,35 +203,46 @@ def snapshot(cp: ControlPlane, ns: str) -> dict[str, Any]:
     for obj in get_json(cp, CHILD_KINDS, "-n", ns)["items"]:
         meta = obj["metadata"]
         objects[f"{obj['kind']}/{meta['name']}"] = {
-            "uid": meta["uid"], "resourceVersion": meta["resourceVersion"],
-            "owners": sorted((r["kind"], r["name"], r["uid"], bool(r.get("controller")))
-                             for r in meta.get("ownerReferences") or []),
-            "data": digest(obj.get("data")), "volumeName": (obj.get("spec") or {}).get("volumeName")}
+            "uid": meta["uid"],
+            "resourceVersion": meta["resourceVersion"],
+            "owners": sorted(
+                (r["kind"], r["name"], r["uid"], bool(r.get("controller"))) for r in meta.get("ownerReferences") or []
+            ),
+            "data": digest(obj.get("data")),
+            "volumeName": (obj.get("spec") or {}).get("volumeName"),
+        }
     crs: dict[str, Any] = {}
     for kind in KINDS:
         for obj in get_json(cp, kind, "-n", ns)["items"]:
             meta = obj["metadata"]
             crs[f"{obj['kind']}/{meta['name']}"] = {
-                "uid": meta["uid"], "generation": meta["generation"], "finalizers": meta.get("finalizers"),
+                "uid": meta["uid"],
+                "generation": meta["generation"],
+                "finalizers": meta.get("finalizers"),
                 "annotations": meta.get("annotations"),  # Kopf's last-handled configuration among them
-                "status": obj.get("status")}
+                "status": obj.get("status"),
+            }
     return {"objects": objects, "crs": crs}
 
 
 def changes(old: Any, new: Any, path: str = "") -> list[str]:
     """Where two JSON values differ, as ``path: old -> new`` lines (lists of conditions keyed by type)."""
-    if isinstance(old, list) and isinstance(new, list) and all(isinstance(x, dict) and "type" in x
-                                                                 for x in old + new):
+    if isinstance(old, list) and isinstance(new, list) and all(isinstance(x, dict) and "type" in x for x in old + new):
         old, new = {x["type"]: x for x in old}, {x["type"]: x for x in new}
     if isinstance(old, dict) and isinstance(new, dict):
-        return [line for key in sorted(set(old) | set(new), key=str)
-                for line in changes(old.get(key), new.get(key), f"{path}.{key}")]
+        return [
+            line
+            for key in sorted(set(old) | set(new), key=str)
+            for line in changes(old.get(key), new.get(key), f"{path}.{key}")
+        ]
     return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
 
 
 def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str, str, int]]:
-    return {c["type"]: (c["status"], c["reason"], c["lastTransitionTime"], c["observedGeneration"])
-            for c in status.get("conditions") or []}
+    return {
+        c["type"]: (c["status"], c["reason"], c["lastTransitionTime"], c["observedGeneration"])
+        for c in status.get("conditions") or []
+    }
 
 
 def kopf_outcomes(log_path: Path, ns: str) -> dict[str, list[str]]:
@@ -217,8 +271,9 @@ def operator_pods(cp: ControlPlane) -> list[tuple[str, str]]:
     return [(p["metadata"]["uid"], p["metadata"]["labels"]["helm.sh/chart"]) for p in pods]
 
 
-def start_operator(cp: ControlPlane, stack: procs.ProcStack, account: str, workdir: Path,
-                   backer: Backer) -> op_mod.OperatorProcess:
+def start_operator(
+    cp: ControlPlane, stack: procs.ProcStack, account: str, workdir: Path, backer: Backer
+) -> op_mod.OperatorProcess:
     """The operator as the release's Deployment would run it: its ServiceAccount (a fresh token, as a new
     pod gets), its ``--namespace`` arguments."""
     workdir.mkdir()
@@ -228,11 +283,16 @@ def start_operator(cp: ControlPlane, stack: procs.ProcStack, account: str, workd
 
 def observed_up(op: op_mod.OperatorProcess, ns: str) -> bool:
     """This process (its gauges start empty) has itself observed both stores up and the view's freshness."""
-    samples = {(s.name, s.labels.get("namespace"), s.labels.get("name")): s.value
-               for family in parser.text_string_to_metric_families(op.metrics()) for s in family.samples}
-    return (samples.get(("mlinfra_datastore_up", ns, "offline")) == 1.0
-            and samples.get(("mlinfra_datastore_up", ns, "online")) == 1.0
-            and ("mlinfra_featureview_freshness_lag_seconds", ns, VIEW) in samples)
+    samples = {
+        (s.name, s.labels.get("namespace"), s.labels.get("name")): s.value
+        for family in parser.text_string_to_metric_families(op.metrics())
+        for s in family.samples
+    }
+    return (
+        samples.get(("mlinfra_datastore_up", ns, "offline")) == 1.0
+        and samples.get(("mlinfra_datastore_up", ns, "online")) == 1.0
+        and ("mlinfra_featureview_freshness_lag_seconds", ns, VIEW) in samples
+    )
 
 
 # --- the test ------------------------------------------------------------------------------------------------
@@ -243,8 +303,11 @@ def cluster(tmp_path: Path) -> Iterator[ControlPlane]:
     """A fresh control plane with the namespace of the resources."""
     with ControlPlane(tmp_path / "kube") as cp:
         cp.kubectl("create", "namespace", TEAM)
-        wait_for("the default ServiceAccount", lambda: cp.kubectl(
-            "get", "sa", "default", "-n", TEAM, check=False).returncode == 0, 60)
+        wait_for(
+            "the default ServiceAccount",
+            lambda: cp.kubectl("get", "sa", "default", "-n", TEAM, check=False).returncode == 0,
+            60,
+        )
         yield cp
 
 
@@ -273,16 +336,23 @@ def test_helm_upgrade_from_the_previous_chart_keeps_live_resources(cluster: Cont
             wait_for(f"{kind} {name} Ready", functools.partial(ready, cp, ns, kind, name), 240)
         write_data(cp, ns, backer)
         materialize(cp, ns, backer, tmp_path / "sync")
-        wait_for("the view fresh", lambda: condition(get_json(cp, "featureview", VIEW, "-n", ns),
-                                                     "FreshnessSLOMet").get("status") == "True", 60)
+        wait_for(
+            "the view fresh",
+            lambda: condition(get_json(cp, "featureview", VIEW, "-n", ns), "FreshnessSLOMet").get("status") == "True",
+            60,
+        )
         created = kopf_outcomes(tmp_path / "operator-0.1.0" / "operator.log", ns)
         assert {key: outcomes[0] for key, outcomes in created.items()} == {
-            key: "Creation" for key in snapshot(cp, ns)["crs"]}  # the "sync now" annotation was an update
+            key: "Creation" for key in snapshot(cp, ns)["crs"]
+        }  # the "sync now" annotation was an update
         servers = {key: [p.pid for p in b.stack.procs] for key, b in backer.backed.items()}
         before, data_before = snapshot(cp, ns), read_data(cp, ns, backer)
         assert data_before["online"] and data_before["online canary"] == "written before the upgrade"
-        for owner, child in (("DataStore/offline", "StatefulSet/offline"), ("DataStore/online", "StatefulSet/online"),
-                             (f"FeatureView/{VIEW}", f"CronJob/{jobs.cronjob_name(VIEW)}")):
+        for owner, child in (
+            ("DataStore/offline", "StatefulSet/offline"),
+            ("DataStore/online", "StatefulSet/online"),
+            (f"FeatureView/{VIEW}", f"CronJob/{jobs.cronjob_name(VIEW)}"),
+        ):
             kind, name = owner.split("/")
             assert before["objects"][child]["owners"] == [(kind, name, before["crs"][owner]["uid"], True)], child
         assert sum(key.startswith("PersistentVolumeClaim/") for key in before["objects"]) == 3
@@ -291,8 +361,19 @@ def test_helm_upgrade_from_the_previous_chart_keeps_live_resources(cluster: Cont
         started = time.monotonic()
         cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(op_mod.chart_dir() / "crds"))
         crds_done = time.monotonic()
-        op_mod.helm(cp, "upgrade", RELEASE, str(op_mod.chart_dir()), "--namespace", NAMESPACE,
-                    "--values", str(values), "--wait", "--timeout", "3m")
+        op_mod.helm(
+            cp,
+            "upgrade",
+            RELEASE,
+            str(op_mod.chart_dir()),
+            "--namespace",
+            NAMESPACE,
+            "--values",
+            str(values),
+            "--wait",
+            "--timeout",
+            "3m",
+        )
         helm_done = time.monotonic()
         before_stack.close()  # Recreate: the old pod stops, then the new one starts
         after_stack = cleanup.enter_context(procs.ProcStack())
@@ -304,15 +385,19 @@ def test_helm_upgrade_from_the_previous_chart_keeps_live_resources(cluster: Cont
             kind, name = key.split("/")
             assert ready(cp, ns, kind.lower(), name), key
         finished = time.monotonic()
-        print(f"upgrade 0.1.0 -> working tree: CRDs {crds_done - started:.1f}s, helm upgrade "
-              f"{helm_done - crds_done:.1f}s, operator restart until resumed and observed {finished - helm_done:.1f}s"
-              f"; {finished - started:.1f}s in all")
+        print(
+            f"upgrade 0.1.0 -> working tree: CRDs {crds_done - started:.1f}s, helm upgrade "
+            f"{helm_done - crds_done:.1f}s, operator restart until resumed and observed {finished - helm_done:.1f}s"
+            f"; {finished - started:.1f}s in all"
+        )
 
         # The release: two revisions, the new CRDs served.
         history = json.loads(op_mod.helm(cp, "history", RELEASE, "-n", NAMESPACE, "-o", "json").stdout)
         chart_version = yaml.safe_load((op_mod.chart_dir() / "Chart.yaml").read_text())["version"]
         assert [(h["revision"], h["chart"], h["status"]) for h in history] == [
-            (1, "mlinfra-operator-0.1.0", "superseded"), (2, f"mlinfra-operator-{chart_version}", "deployed")]
+            (1, "mlinfra-operator-0.1.0", "superseded"),
+            (2, f"mlinfra-operator-{chart_version}", "deployed"),
+        ]
         assert dry_run(cp, vector_index_with_a_field_new_in_0_2_0(ns)).returncode == 0
         # The pod template changed, so in a cluster the Deployment replaced the operator pod (Recreate).
         new_pods = operator_pods(cp)
@@ -328,11 +413,13 @@ def test_helm_upgrade_from_the_previous_chart_keeps_live_resources(cluster: Cont
         assert after["objects"] == before["objects"]
         for key, cr in before["crs"].items():
             new = after["crs"][key]
-            assert {k: new[k] for k in ("uid", "generation", "finalizers", "annotations")} == \
-                {k: cr[k] for k in ("uid", "generation", "finalizers", "annotations")}, key
+            assert {k: new[k] for k in ("uid", "generation", "finalizers", "annotations")} == {
+                k: cr[k] for k in ("uid", "generation", "finalizers", "annotations")
+            }, key
             assert conditions(new["status"]) == conditions(cr["status"]), key  # no flip, no new transition
         # Status exactly as it was (SchemaApplied says what the table is, "up to date", before and after).
         assert {key: changes(cr["status"], after["crs"][key]["status"]) for key, cr in before["crs"].items()} == {
-            key: [] for key in before["crs"]}
+            key: [] for key in before["crs"]
+        }
         assert {key: [p.pid for p in b.stack.procs] for key, b in backer.backed.items()} == servers
         assert read_data(cp, ns, backer) == data_before

@@ -27,8 +27,10 @@ def wait(what: str, check: Any, timeout: float = 60) -> None:
 def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Any:
     name = ("t-" + request.node.name.replace("_", "-").lower()[:40]).rstrip("-")
     control_plane.kubectl("create", "namespace", name)
-    wait("default ServiceAccount", lambda: control_plane.kubectl(
-        "get", "sa", "default", "-n", name, check=False).returncode == 0)
+    wait(
+        "default ServiceAccount",
+        lambda: control_plane.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0,
+    )
     yield name
     control_plane.kubectl("delete", "namespace", name, "--wait=false")
 
@@ -55,6 +57,7 @@ def test_fake_nodes_are_ready(control_plane: ControlPlane) -> None:
 def test_fake_nodes_renew_their_leases(control_plane: ControlPlane) -> None:
     """As kubelets do: without renewals the node controller marks every node (and pod) NotReady once its grace
     period passes, which a long test session or `make demo` outlives."""
+
     def renewals() -> dict[str, str]:
         leases = get(control_plane, "leases", "-n", "kube-node-lease")["items"]
         return {lease["metadata"]["name"]: lease["spec"].get("renewTime", "") for lease in leases}
@@ -72,34 +75,53 @@ CRD = {
         "group": "example.mlinfra.io",
         "names": {"kind": "Widget", "plural": "widgets", "singular": "widget"},
         "scope": "Namespaced",
-        "versions": [{
-            "name": "v1", "served": True, "storage": True,
-            "schema": {"openAPIV3Schema": {
-                "type": "object",
-                "properties": {"spec": {
-                    "type": "object",
-                    "properties": {"min": {"type": "integer"}, "max": {"type": "integer"}},
-                    "x-kubernetes-validations": [
-                        {"rule": "self.min <= self.max", "message": "min must not exceed max"},
-                    ],
-                }},
-            }},
-        }],
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {
+                                "type": "object",
+                                "properties": {"min": {"type": "integer"}, "max": {"type": "integer"}},
+                                "x-kubernetes-validations": [
+                                    {"rule": "self.min <= self.max", "message": "min must not exceed max"},
+                                ],
+                            }
+                        },
+                    }
+                },
+            }
+        ],
     },
 }
 
 
 def widget(name: str, lo: int, hi: int) -> str:
-    return yaml.safe_dump({"apiVersion": "example.mlinfra.io/v1", "kind": "Widget",
-                           "metadata": {"name": name, "namespace": "default"},
-                           "spec": {"min": lo, "max": hi}})
+    return yaml.safe_dump(
+        {
+            "apiVersion": "example.mlinfra.io/v1",
+            "kind": "Widget",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"min": lo, "max": hi},
+        }
+    )
 
 
 def test_api_server_enforces_cel_rules(control_plane: ControlPlane) -> None:
     control_plane.apply([CRD])
-    wait("CRD established", lambda: control_plane.kubectl(
-        "wait", "--for=condition=Established", "crd/widgets.example.mlinfra.io", "--timeout=5s",
-        check=False).returncode == 0)
+    wait(
+        "CRD established",
+        lambda: (
+            control_plane.kubectl(
+                "wait", "--for=condition=Established", "crd/widgets.example.mlinfra.io", "--timeout=5s", check=False
+            ).returncode
+            == 0
+        ),
+    )
     ok = control_plane.kubectl("apply", "--server-side", "-f", "-", input=widget("good", 1, 2), check=False)
     assert ok.returncode == 0, ok.stderr
     bad = control_plane.kubectl("apply", "--server-side", "-f", "-", input=widget("bad", 3, 2), check=False)
@@ -110,16 +132,31 @@ def test_api_server_enforces_cel_rules(control_plane: ControlPlane) -> None:
 
 def test_statefulset_pods_become_ready_with_bound_volumes(control_plane: ControlPlane, namespace: str) -> None:
     sts = {
-        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
         "metadata": {"name": "db", "namespace": namespace},
         "spec": {
-            "serviceName": "db", "replicas": 2,
+            "serviceName": "db",
+            "replicas": 2,
             "selector": {"matchLabels": {"app": "db"}},
-            "template": {"metadata": {"labels": {"app": "db"}},
-                         "spec": {"containers": [{"name": "db", "image": "example.invalid/db:1",
-                                                  "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}},
-            "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {
-                "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}],
+            "template": {
+                "metadata": {"labels": {"app": "db"}},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "db",
+                            "image": "example.invalid/db:1",
+                            "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                        }
+                    ]
+                },
+            },
+            "volumeClaimTemplates": [
+                {
+                    "metadata": {"name": "data"},
+                    "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+                }
+            ],
         },
     }
     control_plane.apply([sts])
@@ -141,15 +178,25 @@ def test_statefulset_pods_become_ready_with_bound_volumes(control_plane: Control
 
 def test_job_pod_succeeds(control_plane: ControlPlane, namespace: str) -> None:
     job = {
-        "apiVersion": "batch/v1", "kind": "Job",
+        "apiVersion": "batch/v1",
+        "kind": "Job",
         "metadata": {"name": "once", "namespace": namespace},
-        "spec": {"backoffLimit": 0, "template": {"spec": {
-            "restartPolicy": "Never",
-            "containers": [{"name": "run", "image": "example.invalid/job:1", "command": ["true"]}]}}},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "run", "image": "example.invalid/job:1", "command": ["true"]}],
+                }
+            },
+        },
     }
     control_plane.apply([job])
-    wait("Job complete", lambda: get(control_plane, "job", "once", "-n", namespace)
-         .get("status", {}).get("succeeded") == 1, 90)
+    wait(
+        "Job complete",
+        lambda: get(control_plane, "job", "once", "-n", namespace).get("status", {}).get("succeeded") == 1,
+        90,
+    )
     pods = get(control_plane, "pods", "-n", namespace, "-l", "job-name=once")["items"]
     assert [p["status"]["phase"] for p in pods] == ["Succeeded"]
 
@@ -157,15 +204,20 @@ def test_job_pod_succeeds(control_plane: ControlPlane, namespace: str) -> None:
 def test_garbage_collector_deletes_owned_children(control_plane: ControlPlane, namespace: str) -> None:
     control_plane.kubectl("create", "configmap", "owner", "-n", namespace)
     uid = get(control_plane, "configmap", "owner", "-n", namespace)["metadata"]["uid"]
-    child = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
-        "name": "child", "namespace": namespace,
-        "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}]}}
+    child = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "child",
+            "namespace": namespace,
+            "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}],
+        },
+    }
     control_plane.apply([child])
     control_plane.kubectl("delete", "configmap", "owner", "-n", namespace)
 
     def child_gone() -> bool:
-        return control_plane.kubectl("get", "configmap", "child", "-n", namespace,
-                                     check=False).returncode != 0
+        return control_plane.kubectl("get", "configmap", "child", "-n", namespace, check=False).returncode != 0
 
     wait("child garbage-collected", child_gone, 60)
 

@@ -18,14 +18,28 @@ from mlinfra.devenv.redis import RedisCluster
 
 
 def credentials(cp: ControlPlane, ns: str, name: str, username: str, password: str) -> None:
-    cp.kubectl("create", "secret", "generic", name, "-n", ns, f"--from-literal=username={username}",
-               f"--from-literal=password={password}")
+    cp.kubectl(
+        "create",
+        "secret",
+        "generic",
+        name,
+        "-n",
+        ns,
+        f"--from-literal=username={username}",
+        f"--from-literal=password={password}",
+    )
 
 
 def external(ns: str, name: str, engine: str, port: int, secret: str, **extra: Any) -> dict[str, Any]:
-    return {"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore", "metadata": {"name": name, "namespace": ns},
-            "spec": {"engine": engine, "external": {"endpoint": f"127.0.0.1:{port}",
-                                                    "credentialsSecretRef": {"name": secret}, **extra}}}
+    return {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": "DataStore",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "engine": engine,
+            "external": {"endpoint": f"127.0.0.1:{port}", "credentialsSecretRef": {"name": secret}, **extra},
+        },
+    }
 
 
 def ready(cp: ControlPlane, ns: str, name: str) -> dict[str, Any]:
@@ -36,8 +50,9 @@ def ready(cp: ControlPlane, ns: str, name: str) -> dict[str, Any]:
     return dict(get_json(cp, "datastore", name, "-n", ns))
 
 
-def test_external_redis_reports_members_and_lag(control_plane: ControlPlane, operator: OperatorProcess,
-                                                redis_cluster: RedisCluster, namespace: str) -> None:
+def test_external_redis_reports_members_and_lag(
+    control_plane: ControlPlane, operator: OperatorProcess, redis_cluster: RedisCluster, namespace: str
+) -> None:
     cp = control_plane
     credentials(cp, namespace, "redis-creds", "default", redis_cluster.password)
     cp.apply([external(namespace, "cache", "redis", redis_cluster.primary.port, "redis-creds")])
@@ -93,12 +108,14 @@ def test_external_redis_reports_members_and_lag(control_plane: ControlPlane, ope
     assert "controller_runtime_reconcile_total{" in metrics
 
 
-def test_external_postgres_reports_the_streaming_standby(control_plane: ControlPlane, operator: OperatorProcess,
-                                                         postgres_cluster: PostgresCluster, namespace: str) -> None:
+def test_external_postgres_reports_the_streaming_standby(
+    control_plane: ControlPlane, operator: OperatorProcess, postgres_cluster: PostgresCluster, namespace: str
+) -> None:
     cp = control_plane
     credentials(cp, namespace, "pg-creds", "postgres", postgres_cluster.password)
-    cp.apply([external(namespace, "offline", "postgres", postgres_cluster.primary.port, "pg-creds",
-                       database="postgres")])
+    cp.apply(
+        [external(namespace, "offline", "postgres", postgres_cluster.primary.port, "pg-creds", database="postgres")]
+    )
     ds = ready(cp, namespace, "offline")
     st = ds["status"]
     assert st["version"].startswith("15")
@@ -111,8 +128,9 @@ def test_external_postgres_reports_the_streaming_standby(control_plane: ControlP
     assert condition(ds, "Replicating")["status"] == "True"
 
 
-def test_external_neo4j_has_no_replication(control_plane: ControlPlane, operator: OperatorProcess,
-                                           neo4j_server: Neo4jServer, namespace: str) -> None:
+def test_external_neo4j_has_no_replication(
+    control_plane: ControlPlane, operator: OperatorProcess, neo4j_server: Neo4jServer, namespace: str
+) -> None:
     cp = control_plane
     credentials(cp, namespace, "neo-creds", "neo4j", neo4j_server.password)
     cp.apply([external(namespace, "lineage", "neo4j", neo4j_server.port, "neo-creds")])
@@ -122,8 +140,9 @@ def test_external_neo4j_has_no_replication(control_plane: ControlPlane, operator
     assert (repl["status"], repl["reason"]) == ("False", "NotApplicable")
 
 
-def test_missing_secret_then_recovery(control_plane: ControlPlane, operator: OperatorProcess,
-                                      redis_cluster: RedisCluster, namespace: str) -> None:
+def test_missing_secret_then_recovery(
+    control_plane: ControlPlane, operator: OperatorProcess, redis_cluster: RedisCluster, namespace: str
+) -> None:
     cp = control_plane
     cp.apply([external(namespace, "orphan", "redis", redis_cluster.primary.port, "not-yet")])
 
@@ -148,8 +167,9 @@ def test_missing_secret_then_recovery(control_plane: ControlPlane, operator: Ope
     ready(cp, namespace, "orphan")
 
 
-def test_unreachable_store_reports_why_without_secrets(control_plane: ControlPlane, operator: OperatorProcess,
-                                                       namespace: str) -> None:
+def test_unreachable_store_reports_why_without_secrets(
+    control_plane: ControlPlane, operator: OperatorProcess, namespace: str
+) -> None:
     cp = control_plane
     password = secrets.token_urlsafe(16)
     credentials(cp, namespace, "creds", "default", password)
@@ -166,8 +186,9 @@ def test_unreachable_store_reports_why_without_secrets(control_plane: ControlPla
     assert password not in yaml.safe_dump(ds["status"])
 
 
-def test_spec_the_schema_cannot_refuse_is_stalled(control_plane: ControlPlane, operator: OperatorProcess,
-                                                  redis_cluster: RedisCluster, namespace: str) -> None:
+def test_spec_the_schema_cannot_refuse_is_stalled(
+    control_plane: ControlPlane, operator: OperatorProcess, redis_cluster: RedisCluster, namespace: str
+) -> None:
     """A port above 65535 passes the schema's pattern; the operator reports InvalidSpec and a Warning."""
     cp = control_plane
     credentials(cp, namespace, "creds", "default", redis_cluster.password)
@@ -184,7 +205,15 @@ def test_spec_the_schema_cannot_refuse_is_stalled(control_plane: ControlPlane, o
     events = get_json(cp, "events", "-n", namespace, "--field-selector", "involvedObject.name=badport")["items"]
     assert any(e["type"] == "Warning" and e["reason"] == "InvalidSpec" for e in events)
     # Fixing the spec recovers the store.
-    cp.kubectl("patch", "datastore", "badport", "-n", namespace, "--type=merge",
-               "-p", f'{{"spec":{{"external":{{"endpoint":"127.0.0.1:{redis_cluster.primary.port}"}}}}}}')
+    cp.kubectl(
+        "patch",
+        "datastore",
+        "badport",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        f'{{"spec":{{"external":{{"endpoint":"127.0.0.1:{redis_cluster.primary.port}"}}}}}}',
+    )
     ready(cp, namespace, "badport")
     assert condition(get_json(cp, "datastore", "badport", "-n", namespace), "Stalled")["status"] == "False"

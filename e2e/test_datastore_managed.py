@@ -16,9 +16,16 @@ from mlinfra.devenv.operator import OperatorProcess
 
 
 def managed(ns: str, name: str, engine: str, replicas: int, policy: str = "Retain") -> dict[str, Any]:
-    return {"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore", "metadata": {"name": name, "namespace": ns},
-            "spec": {"engine": engine, "deletionPolicy": policy,
-                     "managed": {"replicas": replicas, "storage": {"size": "1Gi"}}}}
+    return {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": "DataStore",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "engine": engine,
+            "deletionPolicy": policy,
+            "managed": {"replicas": replicas, "storage": {"size": "1Gi"}},
+        },
+    }
 
 
 def ds_condition(cp: ControlPlane, ns: str, name: str, type_: str) -> dict[str, Any]:
@@ -31,13 +38,16 @@ def wait_ready(cp: ControlPlane, ns: str, name: str, timeout: float = 150) -> di
 
 
 def owned_by(obj: dict[str, Any], owner: dict[str, Any]) -> bool:
-    return any(r["uid"] == owner["metadata"]["uid"] and r.get("controller")
-               for r in obj["metadata"].get("ownerReferences") or [])
+    return any(
+        r["uid"] == owner["metadata"]["uid"] and r.get("controller")
+        for r in obj["metadata"].get("ownerReferences") or []
+    )
 
 
 @pytest.mark.parametrize(("engine", "replicas"), [("redis", 2), ("postgres", 2), ("neo4j", 1)])
-def test_managed_store_is_provisioned_and_ready(control_plane: ControlPlane, operator: OperatorProcess,
-                                                backer: Backer, namespace: str, engine: str, replicas: int) -> None:
+def test_managed_store_is_provisioned_and_ready(
+    control_plane: ControlPlane, operator: OperatorProcess, backer: Backer, namespace: str, engine: str, replicas: int
+) -> None:
     cp = control_plane
     cp.apply([managed(namespace, "db", engine, replicas)])
     ds = wait_ready(cp, namespace, "db")
@@ -68,15 +78,19 @@ def test_managed_store_is_provisioned_and_ready(control_plane: ControlPlane, ope
         assert ds_condition(cp, namespace, "db", "Replicating")["status"] == "True"
 
 
-def test_scaling_changes_the_statefulset_and_the_members(control_plane: ControlPlane, operator: OperatorProcess,
-                                                         backer: Backer, namespace: str) -> None:
+def test_scaling_changes_the_statefulset_and_the_members(
+    control_plane: ControlPlane, operator: OperatorProcess, backer: Backer, namespace: str
+) -> None:
     cp = control_plane
     cp.apply([managed(namespace, "cache", "redis", 1)])
     wait_ready(cp, namespace, "cache")
-    cp.kubectl("patch", "datastore", "cache", "-n", namespace, "--type=merge",
-               "-p", '{"spec":{"managed":{"replicas":3}}}')
-    wait_for("StatefulSet scaled to 3", lambda: get_json(cp, "statefulset", "cache", "-n", namespace)
-             ["spec"]["replicas"] == 3)
+    cp.kubectl(
+        "patch", "datastore", "cache", "-n", namespace, "--type=merge", "-p", '{"spec":{"managed":{"replicas":3}}}'
+    )
+    wait_for(
+        "StatefulSet scaled to 3",
+        lambda: get_json(cp, "statefulset", "cache", "-n", namespace)["spec"]["replicas"] == 3,
+    )
 
     def three_members() -> bool:
         st = get_json(cp, "datastore", "cache", "-n", namespace)["status"]
@@ -86,15 +100,18 @@ def test_scaling_changes_the_statefulset_and_the_members(control_plane: ControlP
     wait_for("two replicas streaming", three_members, 150)
     wait_ready(cp, namespace, "cache")
     assert ds_condition(cp, namespace, "cache", "Replicating")["status"] == "True"
-    cp.kubectl("patch", "datastore", "cache", "-n", namespace, "--type=merge",
-               "-p", '{"spec":{"managed":{"replicas":1}}}')
-    wait_for("StatefulSet scaled to 1", lambda: get_json(cp, "statefulset", "cache", "-n", namespace)
-             ["spec"]["replicas"] == 1)
+    cp.kubectl(
+        "patch", "datastore", "cache", "-n", namespace, "--type=merge", "-p", '{"spec":{"managed":{"replicas":1}}}'
+    )
+    wait_for(
+        "StatefulSet scaled to 1",
+        lambda: get_json(cp, "statefulset", "cache", "-n", namespace)["spec"]["replicas"] == 1,
+    )
 
 
-def test_managed_qdrant_is_served_by_local_mode_and_says_so(control_plane: ControlPlane,
-                                                             operator: OperatorProcess, backer: Backer,
-                                                             namespace: str) -> None:
+def test_managed_qdrant_is_served_by_local_mode_and_says_so(
+    control_plane: ControlPlane, operator: OperatorProcess, backer: Backer, namespace: str
+) -> None:
     cp = control_plane
     cp.apply([managed(namespace, "vectors", "qdrant", 1), managed(namespace, "cluster", "qdrant", 2)])
     wait_ready(cp, namespace, "vectors")
@@ -103,16 +120,19 @@ def test_managed_qdrant_is_served_by_local_mode_and_says_so(control_plane: Contr
     assert "local-mode" in json.dumps(st)
     assert [m["name"] for m in st["members"]] == ["vectors-0"]
     # Two peers would be a cluster, which local mode cannot be: never Ready, and it says why.
-    wait_for("Ready=False saying why", lambda: "not served locally" in ds_condition(
-        cp, namespace, "cluster", "Ready").get("message", ""))
+    wait_for(
+        "Ready=False saying why",
+        lambda: "not served locally" in ds_condition(cp, namespace, "cluster", "Ready").get("message", ""),
+    )
     ready = ds_condition(cp, namespace, "cluster", "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "Unreachable")
     assert ds_condition(cp, namespace, "cluster", "Reachable")["status"] == "False"
 
 
 @pytest.mark.parametrize("policy", ["Retain", "Delete"])
-def test_deletion_policy(control_plane: ControlPlane, operator: OperatorProcess, backer: Backer,
-                         namespace: str, policy: str) -> None:
+def test_deletion_policy(
+    control_plane: ControlPlane, operator: OperatorProcess, backer: Backer, namespace: str, policy: str
+) -> None:
     cp = control_plane
     cp.apply([managed(namespace, "kv", "redis", 2, policy)])
     wait_ready(cp, namespace, "kv")
@@ -129,5 +149,8 @@ def test_deletion_policy(control_plane: ControlPlane, operator: OperatorProcess,
         assert not secret["metadata"].get("ownerReferences")
     else:
         wait_for("PVCs deleted", lambda: not get_json(cp, "pvc", "-n", namespace)["items"], 60)
-        wait_for("credentials deleted", lambda: cp.kubectl(
-            "get", "secret", "kv-credentials", "-n", namespace, check=False).returncode != 0, 60)
+        wait_for(
+            "credentials deleted",
+            lambda: cp.kubectl("get", "secret", "kv-credentials", "-n", namespace, check=False).returncode != 0,
+            60,
+        )

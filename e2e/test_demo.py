@@ -12,8 +12,12 @@ from mlinfra.devenv import procs
 
 def test_demo_brings_the_samples_to_ready(tmp_path: Path) -> None:
     before = set(procs.descendants(1))
-    result = subprocess.run([sys.executable, "-m", "mlinfra", "demo", "--kwok", "--once", "--state-dir", str(tmp_path),
-                             "--timeout", "240"], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "mlinfra", "demo", "--kwok", "--once", "--state-dir", str(tmp_path), "--timeout", "240"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     assert "datastores Ready: 7/7" in out
@@ -33,7 +37,9 @@ def test_demo_brings_the_samples_to_ready(tmp_path: Path) -> None:
     vectors = next(line for line in out.splitlines() if "datastore.mlinfra.io/vectors" in line)
     assert "True" in vectors
     # Everything the demo started is gone.
-    leftovers = [p for p in set(procs.descendants(1)) - before
-                 if procs.pid_alive(p) and any(s in Path(f"/proc/{p}/cmdline").read_bytes()
-                                               for s in (str(tmp_path).encode(),))]
+    leftovers = [
+        p
+        for p in set(procs.descendants(1)) - before
+        if procs.pid_alive(p) and any(s in Path(f"/proc/{p}/cmdline").read_bytes() for s in (str(tmp_path).encode(),))
+    ]
     assert leftovers == []

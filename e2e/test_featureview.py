@@ -22,26 +22,60 @@ from mlinfra.features import jobs, layout
 
 def stores(cp: ControlPlane, ns: str, pg: PostgresCluster, kv: RedisCluster) -> None:
     for name, user, password in (("pg-creds", "postgres", pg.password), ("kv-creds", "default", kv.password)):
-        cp.kubectl("create", "secret", "generic", name, "-n", ns, f"--from-literal=username={user}",
-                   f"--from-literal=password={password}")
-    cp.apply([
-        {"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore", "metadata": {"name": "offline", "namespace": ns},
-         "spec": {"engine": "postgres", "external": {"endpoint": f"127.0.0.1:{pg.primary.port}",
-                                                    "credentialsSecretRef": {"name": "pg-creds"}}}},
-        {"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore", "metadata": {"name": "online", "namespace": ns},
-         "spec": {"engine": "redis", "external": {"endpoint": f"127.0.0.1:{kv.primary.port}",
-                                                 "credentialsSecretRef": {"name": "kv-creds"}}}},
-    ])
+        cp.kubectl(
+            "create",
+            "secret",
+            "generic",
+            name,
+            "-n",
+            ns,
+            f"--from-literal=username={user}",
+            f"--from-literal=password={password}",
+        )
+    cp.apply(
+        [
+            {
+                "apiVersion": "mlinfra.io/v1alpha1",
+                "kind": "DataStore",
+                "metadata": {"name": "offline", "namespace": ns},
+                "spec": {
+                    "engine": "postgres",
+                    "external": {
+                        "endpoint": f"127.0.0.1:{pg.primary.port}",
+                        "credentialsSecretRef": {"name": "pg-creds"},
+                    },
+                },
+            },
+            {
+                "apiVersion": "mlinfra.io/v1alpha1",
+                "kind": "DataStore",
+                "metadata": {"name": "online", "namespace": ns},
+                "spec": {
+                    "engine": "redis",
+                    "external": {
+                        "endpoint": f"127.0.0.1:{kv.primary.port}",
+                        "credentialsSecretRef": {"name": "kv-creds"},
+                    },
+                },
+            },
+        ]
+    )
 
 
 def view(ns: str, name: str) -> dict[str, Any]:
-    return {"apiVersion": "mlinfra.io/v1alpha1", "kind": "FeatureView", "metadata": {"name": name, "namespace": ns},
-            "spec": {"entities": [{"name": "user_id", "type": "int64"}],
-                     "features": [{"name": "clicks", "type": "int64"}, {"name": "ctr", "type": "float64"}],
-                     "offline": {"storeRef": {"name": "offline"}, "table": name.replace("-", "_")},
-                     "online": {"storeRef": {"name": "online"}, "ttl": "24h"},
-                     "materialization": {"schedule": "*/5 * * * *", "batchSize": 2},
-                     "freshness": {"maxLag": "10m"}}}
+    return {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": "FeatureView",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "entities": [{"name": "user_id", "type": "int64"}],
+            "features": [{"name": "clicks", "type": "int64"}, {"name": "ctr", "type": "float64"}],
+            "offline": {"storeRef": {"name": "offline"}, "table": name.replace("-", "_")},
+            "online": {"storeRef": {"name": "online"}, "ttl": "24h"},
+            "materialization": {"schedule": "*/5 * * * *", "batchSize": 2},
+            "freshness": {"maxLag": "10m"},
+        },
+    }
 
 
 def fv_condition(cp: ControlPlane, ns: str, name: str, type_: str) -> dict[str, Any]:
@@ -60,9 +94,14 @@ def mounted(cp: ControlPlane, ns: str, secret: str, directory: Path) -> Path:
     return directory
 
 
-def test_featureview_schema_jobs_sync_and_freshness(control_plane: ControlPlane, operator: OperatorProcess,
-                                                    postgres_cluster: PostgresCluster, redis_cluster: RedisCluster,
-                                                    namespace: str, tmp_path: Path) -> None:
+def test_featureview_schema_jobs_sync_and_freshness(
+    control_plane: ControlPlane,
+    operator: OperatorProcess,
+    postgres_cluster: PostgresCluster,
+    redis_cluster: RedisCluster,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
     cp = control_plane
     stores(cp, namespace, postgres_cluster, redis_cluster)
     name = f"clicks-{namespace[-6:]}"
@@ -77,14 +116,24 @@ def test_featureview_schema_jobs_sync_and_freshness(control_plane: ControlPlane,
     assert (schema_applied["status"], schema_applied["message"]) == ("True", f"table public.{table} up to date")
     assert fv_condition(cp, namespace, name, "Materialized")["reason"] == "NeverRun"
     # What the operator did to the table is an event (the status says what the table is).
-    wait_for("the TableCreated event", lambda: [(e["type"], e["message"]) for e in events(cp, namespace, name)
-                                                if e["reason"] == "TableCreated"]
-             == [("Normal", f"table public.{table} created")], 30)
+    wait_for(
+        "the TableCreated event",
+        lambda: (
+            [(e["type"], e["message"]) for e in events(cp, namespace, name) if e["reason"] == "TableCreated"]
+            == [("Normal", f"table public.{table} created")]
+        ),
+        30,
+    )
 
     # The offline table exists in the real PostgreSQL with the spec's columns.
     with postgres_cluster.primary.connect() as conn:
-        cols = dict(conn.execute("select column_name, data_type from information_schema.columns "
-                                 "where table_schema = 'public' and table_name = %s", (table,)).fetchall())
+        cols = dict(
+            conn.execute(
+                "select column_name, data_type from information_schema.columns "
+                "where table_schema = 'public' and table_name = %s",
+                (table,),
+            ).fetchall()
+        )
     assert cols["user_id"] == "bigint" and cols["clicks"] == "bigint" and cols["ctr"] == "double precision"
     assert "event_timestamp" in cols and "created_at" in cols
 
@@ -100,30 +149,45 @@ def test_featureview_schema_jobs_sync_and_freshness(control_plane: ControlPlane,
     # "Sync now": the annotation makes a one-off Job, once per value.
     cp.kubectl("annotate", "featureview", name, "-n", namespace, f"{jobs.SYNC_REQUESTED_ANNOTATION}=now-1")
     job_name = jobs.ondemand_job_name(name, "now-1")
-    wait_for("the on-demand Job", lambda: cp.kubectl("get", "job", job_name, "-n", namespace,
-                                                     check=False).returncode == 0, 60)
+    wait_for(
+        "the on-demand Job",
+        lambda: cp.kubectl("get", "job", job_name, "-n", namespace, check=False).returncode == 0,
+        60,
+    )
 
     # Rows offline, then the Job's command, run as a process against the real stores.
     now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
     with postgres_cluster.primary.connect() as conn:
         for uid, clicks, age in ((1, 10, 30), (1, 11, 20), (2, 5, 10), (3, 7, 5)):
-            conn.execute(f"insert into public.{table} (user_id, clicks, ctr, event_timestamp) "
-                         "values (%s, %s, %s, %s)", (uid, clicks, clicks / 100, now - datetime.timedelta(minutes=age)))
+            conn.execute(
+                f"insert into public.{table} (user_id, clicks, ctr, event_timestamp) values (%s, %s, %s, %s)",
+                (uid, clicks, clicks / 100, now - datetime.timedelta(minutes=age)),
+            )
     env_spec = next(e["value"] for e in pod["containers"][0]["env"] if e["name"] == jobs.SPEC_ENV)
-    env = {**os.environ, jobs.SPEC_ENV: env_spec,
-           "MLINFRA_OFFLINE_CONN_DIR": str(mounted(cp, namespace, "offline-conn", tmp_path / "offline")),
-           "MLINFRA_ONLINE_CONN_DIR": str(mounted(cp, namespace, "online-conn", tmp_path / "online"))}
+    env = {
+        **os.environ,
+        jobs.SPEC_ENV: env_spec,
+        "MLINFRA_OFFLINE_CONN_DIR": str(mounted(cp, namespace, "offline-conn", tmp_path / "offline")),
+        "MLINFRA_ONLINE_CONN_DIR": str(mounted(cp, namespace, "online-conn", tmp_path / "online")),
+    }
     env.pop("KUBECONFIG", None)  # the Job's pod has no API access
-    run = subprocess.run([sys.executable, "-m", "mlinfra", *pod["containers"][0]["args"]], env=env,
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "mlinfra", *pod["containers"][0]["args"]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     summary = json.loads(run.stdout.strip().splitlines()[-1])
     assert summary["outcome"] == "Succeeded" and summary["rows"] == 3
 
     def materialized() -> bool:
         s = get_json(cp, "featureview", name, "-n", namespace)["status"]
-        return (s.get("lastMaterialization", {}).get("outcome") == "Succeeded"
-                and s.get("freshness", {}).get("lagSeconds") == 0)
+        return (
+            s.get("lastMaterialization", {}).get("outcome") == "Succeeded"
+            and s.get("freshness", {}).get("lagSeconds") == 0
+        )
 
     wait_for("status shows the run and freshness", materialized, 60)
     st = get_json(cp, "featureview", name, "-n", namespace)["status"]
@@ -135,16 +199,29 @@ def test_featureview_schema_jobs_sync_and_freshness(control_plane: ControlPlane,
     assert "mlinfra_featureview_freshness_lag_seconds" in operator.metrics()
 
     # Breaking the online store makes the view not Ready, with the reason.
-    cp.kubectl("patch", "datastore", "online", "-n", namespace, "--type=merge",
-               "-p", json.dumps({"spec": {"external": {"endpoint": f"127.0.0.1:{procs.free_port()}"}}}))
-    wait_for("FeatureView not Ready", lambda: fv_condition(cp, namespace, name, "Ready").get("reason")
-             == "StoreNotReady", 90)
+    cp.kubectl(
+        "patch",
+        "datastore",
+        "online",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"external": {"endpoint": f"127.0.0.1:{procs.free_port()}"}}}),
+    )
+    wait_for(
+        "FeatureView not Ready", lambda: fv_condition(cp, namespace, name, "Ready").get("reason") == "StoreNotReady", 90
+    )
     assert "online" in fv_condition(cp, namespace, name, "Ready")["message"]
 
 
-def test_feature_type_change_is_refused(control_plane: ControlPlane, operator: OperatorProcess,
-                                  postgres_cluster: PostgresCluster, redis_cluster: RedisCluster,
-                                  namespace: str) -> None:
+def test_feature_type_change_is_refused(
+    control_plane: ControlPlane,
+    operator: OperatorProcess,
+    postgres_cluster: PostgresCluster,
+    redis_cluster: RedisCluster,
+    namespace: str,
+) -> None:
     """A feature type change passes the API server; the operator refuses it and changes nothing."""
     cp = control_plane
     stores(cp, namespace, postgres_cluster, redis_cluster)
@@ -159,6 +236,8 @@ def test_feature_type_change_is_refused(control_plane: ControlPlane, operator: O
     assert stalled["reason"] == "ImmutableFieldChange"
     assert "clicks" in stalled["message"]
     with postgres_cluster.primary.connect() as conn:
-        kind = conn.execute("select data_type from information_schema.columns where table_name = %s "
-                            "and column_name = 'clicks'", (name.replace("-", "_"),)).fetchone()
+        kind = conn.execute(
+            "select data_type from information_schema.columns where table_name = %s and column_name = 'clicks'",
+            (name.replace("-", "_"),),
+        ).fetchone()
     assert kind == ("bigint",)

@@ -31,10 +31,18 @@ DASHBOARD = tools.repo_root() / "charts" / "mlinfra-operator" / "dashboards" / "
 NAME = re.compile(r"\b(?:mlinfra|controller_runtime)_[A-Za-z0-9_]*[A-Za-z0-9]\b")
 # A series name -> (the family it belongs to, the family types that have such series). A gauge is referred
 # to by its own name; a counter only as _total; a histogram only through _bucket, _sum or _count.
-SUFFIXES = (("_total", {"counter"}), ("_bucket", {"histogram"}), ("_sum", {"histogram", "summary"}),
-            ("_count", {"histogram", "summary"}))
-KINDS = {"DataStore": "datastores", "FeatureView": "featureviews", "ModelRegistry": "modelregistries",
-         "VectorIndex": "vectorindexes"}
+SUFFIXES = (
+    ("_total", {"counter"}),
+    ("_bucket", {"histogram"}),
+    ("_sum", {"histogram", "summary"}),
+    ("_count", {"histogram", "summary"}),
+)
+KINDS = {
+    "DataStore": "datastores",
+    "FeatureView": "featureviews",
+    "ModelRegistry": "modelregistries",
+    "VectorIndex": "vectorindexes",
+}
 
 
 def family_of(series: str, types: dict[str, str]) -> str | None:
@@ -49,9 +57,18 @@ def family_of(series: str, types: dict[str, str]) -> str | None:
 
 
 def rule_exprs(cp: ControlPlane) -> list[str]:
-    rendered = op_mod.helm(cp, "template", "mlinfra", str(tools.repo_root() / "charts" / "mlinfra-operator"),
-                           "--kube-version", cp.tools.kubernetes_version, "--set", "prometheusRule.enabled=true",
-                           "--show-only", "templates/prometheusrule.yaml").stdout
+    rendered = op_mod.helm(
+        cp,
+        "template",
+        "mlinfra",
+        str(tools.repo_root() / "charts" / "mlinfra-operator"),
+        "--kube-version",
+        cp.tools.kubernetes_version,
+        "--set",
+        "prometheusRule.enabled=true",
+        "--show-only",
+        "templates/prometheusrule.yaml",
+    ).stdout
     [rule] = [d for d in yaml.safe_load_all(rendered) if d]
     return [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
 
@@ -65,43 +82,99 @@ def dashboard_exprs() -> list[str]:
 def scene(cp: ControlPlane, ns: str, pg: PostgresCluster, graph: Neo4jServer) -> None:
     table = f"emb_{ns[-6:]}"
     with pg.primary.connect() as conn:
-        conn.execute(f"create table public.{table} (id bigint primary key, embedding real[], "
-                     "updated_at timestamptz not null default now())")
+        conn.execute(
+            f"create table public.{table} (id bigint primary key, embedding real[], "
+            "updated_at timestamptz not null default now())"
+        )
     for secret, user, password in (("pg-creds", "postgres", pg.password), ("neo-creds", "neo4j", graph.password)):
-        cp.kubectl("create", "secret", "generic", secret, "-n", ns, f"--from-literal=username={user}",
-                   f"--from-literal=password={password}")
+        cp.kubectl(
+            "create",
+            "secret",
+            "generic",
+            secret,
+            "-n",
+            ns,
+            f"--from-literal=username={user}",
+            f"--from-literal=password={password}",
+        )
 
     def store(name: str, engine: str, spec: dict[str, Any]) -> dict[str, Any]:
-        return {"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore", "metadata": {"name": name, "namespace": ns},
-                "spec": {"engine": engine, **spec}}
+        return {
+            "apiVersion": "mlinfra.io/v1alpha1",
+            "kind": "DataStore",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"engine": engine, **spec},
+        }
 
     def resource(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        return {"apiVersion": "mlinfra.io/v1alpha1", "kind": kind, "metadata": {"name": name, "namespace": ns},
-                "spec": spec}
+        return {
+            "apiVersion": "mlinfra.io/v1alpha1",
+            "kind": kind,
+            "metadata": {"name": name, "namespace": ns},
+            "spec": spec,
+        }
 
-    cp.apply([
-        store("offline", "postgres", {"external": {"endpoint": f"127.0.0.1:{pg.primary.port}",
-                                                   "credentialsSecretRef": {"name": "pg-creds"}}}),
-        store("graph", "neo4j", {"external": {"endpoint": f"127.0.0.1:{graph.port}",
-                                              "credentialsSecretRef": {"name": "neo-creds"}}}),
-        # Managed, with a replica: replication lag series come from a live replica the backer runs.
-        store("online", "redis", {"managed": {"replicas": 2, "storage": {"size": "1Gi"}}}),
-        store("vectors", "qdrant", {"managed": {"replicas": 1, "storage": {"size": "1Gi"}}}),
-        resource("FeatureView", "clicks", {
-            "entities": [{"name": "user_id", "type": "int64"}], "features": [{"name": "clicks", "type": "int64"}],
-            "offline": {"storeRef": {"name": "offline"}, "table": f"clicks_{ns[-6:]}"},
-            "online": {"storeRef": {"name": "online"}, "ttl": "1h"},
-            "materialization": {"schedule": "*/5 * * * *"}, "freshness": {"maxLag": "10m"}}),
-        resource("ModelRegistry", "models", {
-            "metadataStoreRef": {"name": "offline"}, "lineageStoreRef": {"name": "graph"},
-            "database": f"reg_{ns[-6:]}", "lineageSync": {"interval": "2s", "maxLag": "5m"}}),
-        resource("VectorIndex", "docs", {
-            "storeRef": {"name": "vectors"}, "collection": f"docs_{ns[-6:]}",
-            "vectors": {"size": 4, "distance": "Cosine"},
-            "source": {"storeRef": {"name": "offline"}, "table": table, "idColumn": "id",
-                       "vectorColumn": "embedding", "updatedAtColumn": "updated_at"},
-            "sync": {"schedule": "*/10 * * * *", "maxLag": "1h"}}),
-    ])
+    cp.apply(
+        [
+            store(
+                "offline",
+                "postgres",
+                {
+                    "external": {
+                        "endpoint": f"127.0.0.1:{pg.primary.port}",
+                        "credentialsSecretRef": {"name": "pg-creds"},
+                    }
+                },
+            ),
+            store(
+                "graph",
+                "neo4j",
+                {"external": {"endpoint": f"127.0.0.1:{graph.port}", "credentialsSecretRef": {"name": "neo-creds"}}},
+            ),
+            # Managed, with a replica: replication lag series come from a live replica the backer runs.
+            store("online", "redis", {"managed": {"replicas": 2, "storage": {"size": "1Gi"}}}),
+            store("vectors", "qdrant", {"managed": {"replicas": 1, "storage": {"size": "1Gi"}}}),
+            resource(
+                "FeatureView",
+                "clicks",
+                {
+                    "entities": [{"name": "user_id", "type": "int64"}],
+                    "features": [{"name": "clicks", "type": "int64"}],
+                    "offline": {"storeRef": {"name": "offline"}, "table": f"clicks_{ns[-6:]}"},
+                    "online": {"storeRef": {"name": "online"}, "ttl": "1h"},
+                    "materialization": {"schedule": "*/5 * * * *"},
+                    "freshness": {"maxLag": "10m"},
+                },
+            ),
+            resource(
+                "ModelRegistry",
+                "models",
+                {
+                    "metadataStoreRef": {"name": "offline"},
+                    "lineageStoreRef": {"name": "graph"},
+                    "database": f"reg_{ns[-6:]}",
+                    "lineageSync": {"interval": "2s", "maxLag": "5m"},
+                },
+            ),
+            resource(
+                "VectorIndex",
+                "docs",
+                {
+                    "storeRef": {"name": "vectors"},
+                    "collection": f"docs_{ns[-6:]}",
+                    "vectors": {"size": 4, "distance": "Cosine"},
+                    "source": {
+                        "storeRef": {"name": "offline"},
+                        "table": table,
+                        "idColumn": "id",
+                        "vectorColumn": "embedding",
+                        "updatedAtColumn": "updated_at",
+                    },
+                    "sync": {"schedule": "*/10 * * * *", "maxLag": "1h"},
+                },
+            ),
+        ]
+    )
 
 
 def all_ready(cp: ControlPlane, ns: str) -> bool:
@@ -135,9 +208,14 @@ def missing(referenced: set[str], ns: str, operator: OperatorProcess) -> list[st
     return problems
 
 
-def test_every_alerted_and_charted_metric_is_exported(control_plane: ControlPlane, operator: OperatorProcess,
-                                                     backer: Backer, postgres_cluster: PostgresCluster,
-                                                     neo4j_server: Neo4jServer, namespace: str) -> None:
+def test_every_alerted_and_charted_metric_is_exported(
+    control_plane: ControlPlane,
+    operator: OperatorProcess,
+    backer: Backer,
+    postgres_cluster: PostgresCluster,
+    neo4j_server: Neo4jServer,
+    namespace: str,
+) -> None:
     cp, ns = control_plane, namespace
     alerts = {n for e in rule_exprs(cp) for n in NAME.findall(e)}
     charted = {n for e in dashboard_exprs() for n in NAME.findall(e)}
@@ -164,6 +242,12 @@ def test_every_alerted_and_charted_metric_is_exported(control_plane: ControlPlan
 def test_suffixes_resolve_to_their_family_type() -> None:
     types = {"c": "counter", "h": "histogram", "g": "gauge", "s": "summary"}
     assert [family_of(n, types) for n in ("c_total", "h_bucket", "h_sum", "h_count", "g", "s_count")] == [
-        "c", "h", "h", "h", "g", "s"]
+        "c",
+        "h",
+        "h",
+        "h",
+        "g",
+        "s",
+    ]
     # A counter's bare name, a histogram's bare name and a gauge with a suffix are not series Prometheus has.
     assert [family_of(n, types) for n in ("c", "h", "g_total", "s_bucket", "nope")] == [None] * 5

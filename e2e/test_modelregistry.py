@@ -19,23 +19,56 @@ from mlinfra.registry import migrate
 
 def stores(cp: ControlPlane, ns: str, pg: PostgresCluster, graph: Neo4jServer) -> None:
     for name, user, password in (("pg-creds", "postgres", pg.password), ("neo-creds", "neo4j", graph.password)):
-        cp.kubectl("create", "secret", "generic", name, "-n", ns, f"--from-literal=username={user}",
-                   f"--from-literal=password={password}")
-    cp.apply([
-        {"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore", "metadata": {"name": "meta", "namespace": ns},
-         "spec": {"engine": "postgres", "external": {"endpoint": f"127.0.0.1:{pg.primary.port}",
-                                                    "credentialsSecretRef": {"name": "pg-creds"}}}},
-        {"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore", "metadata": {"name": "graph", "namespace": ns},
-         "spec": {"engine": "neo4j", "external": {"endpoint": f"127.0.0.1:{graph.port}",
-                                                 "credentialsSecretRef": {"name": "neo-creds"}}}},
-    ])
+        cp.kubectl(
+            "create",
+            "secret",
+            "generic",
+            name,
+            "-n",
+            ns,
+            f"--from-literal=username={user}",
+            f"--from-literal=password={password}",
+        )
+    cp.apply(
+        [
+            {
+                "apiVersion": "mlinfra.io/v1alpha1",
+                "kind": "DataStore",
+                "metadata": {"name": "meta", "namespace": ns},
+                "spec": {
+                    "engine": "postgres",
+                    "external": {
+                        "endpoint": f"127.0.0.1:{pg.primary.port}",
+                        "credentialsSecretRef": {"name": "pg-creds"},
+                    },
+                },
+            },
+            {
+                "apiVersion": "mlinfra.io/v1alpha1",
+                "kind": "DataStore",
+                "metadata": {"name": "graph", "namespace": ns},
+                "spec": {
+                    "engine": "neo4j",
+                    "external": {"endpoint": f"127.0.0.1:{graph.port}", "credentialsSecretRef": {"name": "neo-creds"}},
+                },
+            },
+        ]
+    )
 
 
 def registry(ns: str, name: str, database: str, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "mlinfra.io/v1alpha1", "kind": "ModelRegistry", "metadata": {"name": name, "namespace": ns},
-            "spec": {"metadataStoreRef": {"name": "meta"}, "lineageStoreRef": {"name": "graph"},
-                     "database": database, "lineageSync": {"interval": "2s", "batchSize": 50, "maxLag": "20s"},
-                     **spec}}
+    return {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": "ModelRegistry",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "metadataStoreRef": {"name": "meta"},
+            "lineageStoreRef": {"name": "graph"},
+            "database": database,
+            "lineageSync": {"interval": "2s", "batchSize": 50, "maxLag": "20s"},
+            **spec,
+        },
+    }
 
 
 def mr_condition(cp: ControlPlane, ns: str, name: str, type_: str) -> dict[str, Any]:
@@ -45,19 +78,24 @@ def mr_condition(cp: ControlPlane, ns: str, name: str, type_: str) -> dict[str, 
 def secret_conn(cp: ControlPlane, ns: str, name: str) -> str:
     data = {k: base64.b64decode(v).decode() for k, v in get_json(cp, "secret", name, "-n", ns)["data"].items()}
     assert {"engine", "host", "port", "username", "password", "database", "uri", "tls"} <= set(data)
-    return (f"host={data['host']} port={data['port']} dbname={data['database']} user={data['username']} "
-            f"password={data['password']}")
+    return (
+        f"host={data['host']} port={data['port']} dbname={data['database']} user={data['username']} "
+        f"password={data['password']}"
+    )
 
 
-def test_registry_schema_roles_and_lineage(control_plane: ControlPlane, operator: OperatorProcess,
-                                           postgres_cluster: PostgresCluster, neo4j_server: Neo4jServer,
-                                           namespace: str) -> None:
+def test_registry_schema_roles_and_lineage(
+    control_plane: ControlPlane,
+    operator: OperatorProcess,
+    postgres_cluster: PostgresCluster,
+    neo4j_server: Neo4jServer,
+    namespace: str,
+) -> None:
     cp = control_plane
     stores(cp, namespace, postgres_cluster, neo4j_server)
     database = f"reg_{namespace[-6:]}"
     cp.apply([registry(namespace, "models", database)])
-    wait_for("ModelRegistry Ready", lambda: mr_condition(cp, namespace, "models", "Ready").get("status") == "True",
-             120)
+    wait_for("ModelRegistry Ready", lambda: mr_condition(cp, namespace, "models", "Ready").get("status") == "True", 120)
     st = get_json(cp, "modelregistry", "models", "-n", namespace)["status"]
     assert st["schemaVersion"] == migrate.latest_version()
     assert mr_condition(cp, namespace, "models", "SchemaApplied")["status"] == "True"
@@ -77,8 +115,11 @@ def test_registry_schema_roles_and_lineage(control_plane: ControlPlane, operator
     def synced() -> bool:
         # The counts first: until they show the new rows, "0 pending" may be an older observation.
         s = get_json(cp, "modelregistry", "models", "-n", namespace)["status"]
-        return (s.get("counts", {}).get("registeredModels") == 3 and s.get("lineage", {}).get("pendingEvents") == 0
-                and s.get("lineage", {}).get("nodes", 0) >= 3)
+        return (
+            s.get("counts", {}).get("registeredModels") == 3
+            and s.get("lineage", {}).get("pendingEvents") == 0
+            and s.get("lineage", {}).get("nodes", 0) >= 3
+        )
 
     wait_for("outbox synced", synced, 90)
     st = get_json(cp, "modelregistry", "models", "-n", namespace)["status"]
@@ -95,61 +136,106 @@ def test_registry_schema_roles_and_lineage(control_plane: ControlPlane, operator
     try:
         with psycopg.connect(secret_conn(cp, namespace, st["writerSecret"]), autocommit=True) as writer:
             writer.execute("INSERT INTO registry.registered_models (name) VALUES ('while-down')")
-        wait_for("LineageInSync=False", lambda: mr_condition(cp, namespace, "models", "LineageInSync")
-                 .get("status") == "False", 120)
+        wait_for(
+            "LineageInSync=False",
+            lambda: mr_condition(cp, namespace, "models", "LineageInSync").get("status") == "False",
+            120,
+        )
         assert mr_condition(cp, namespace, "models", "LineageInSync")["reason"] in (
-            "LineageStoreUnavailable", "LineageLagging")
+            "LineageStoreUnavailable",
+            "LineageLagging",
+        )
     finally:
         neo4j_server.proc.signal(signal.SIGCONT)
-    wait_for("LineageInSync=True again", lambda: mr_condition(cp, namespace, "models", "LineageInSync")
-             .get("status") == "True", 120)
-    wait_for("the event written while Neo4j was down synced", lambda: get_json(
-        cp, "modelregistry", "models", "-n", namespace)["status"]["lineage"]["pendingEvents"] == 0
-        and get_json(cp, "modelregistry", "models", "-n", namespace)["status"]["counts"]["registeredModels"] == 4, 90)
+    wait_for(
+        "LineageInSync=True again",
+        lambda: mr_condition(cp, namespace, "models", "LineageInSync").get("status") == "True",
+        120,
+    )
+    wait_for(
+        "the event written while Neo4j was down synced",
+        lambda: (
+            get_json(cp, "modelregistry", "models", "-n", namespace)["status"]["lineage"]["pendingEvents"] == 0
+            and get_json(cp, "modelregistry", "models", "-n", namespace)["status"]["counts"]["registeredModels"] == 4
+        ),
+        90,
+    )
 
 
-@pytest.mark.parametrize(("spec", "reason"), [
-    ({"lineageStoreRef": {"name": "meta-copy"}}, "WrongEngine"),  # a lineage store that is not neo4j
-    ({"metadataStoreRef": {"name": "missing"}}, "StoreNotFound"),
-    ({"schemaVersion": 999}, "InvalidSpec"),
-])
-def test_bad_registry_specs_say_what_to_fix(control_plane: ControlPlane, operator: OperatorProcess,
-                                            postgres_cluster: PostgresCluster, neo4j_server: Neo4jServer,
-                                            namespace: str, spec: dict[str, Any], reason: str) -> None:
+@pytest.mark.parametrize(
+    ("spec", "reason"),
+    [
+        ({"lineageStoreRef": {"name": "meta-copy"}}, "WrongEngine"),  # a lineage store that is not neo4j
+        ({"metadataStoreRef": {"name": "missing"}}, "StoreNotFound"),
+        ({"schemaVersion": 999}, "InvalidSpec"),
+    ],
+)
+def test_bad_registry_specs_say_what_to_fix(
+    control_plane: ControlPlane,
+    operator: OperatorProcess,
+    postgres_cluster: PostgresCluster,
+    neo4j_server: Neo4jServer,
+    namespace: str,
+    spec: dict[str, Any],
+    reason: str,
+) -> None:
     cp = control_plane
     stores(cp, namespace, postgres_cluster, neo4j_server)
-    cp.apply([{"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore",
-               "metadata": {"name": "meta-copy", "namespace": namespace},
-               "spec": {"engine": "postgres", "external": {"endpoint": f"127.0.0.1:{postgres_cluster.primary.port}",
-                                                          "credentialsSecretRef": {"name": "pg-creds"}}}}])
+    cp.apply(
+        [
+            {
+                "apiVersion": "mlinfra.io/v1alpha1",
+                "kind": "DataStore",
+                "metadata": {"name": "meta-copy", "namespace": namespace},
+                "spec": {
+                    "engine": "postgres",
+                    "external": {
+                        "endpoint": f"127.0.0.1:{postgres_cluster.primary.port}",
+                        "credentialsSecretRef": {"name": "pg-creds"},
+                    },
+                },
+            }
+        ]
+    )
     body = registry(namespace, "bad", f"reg_{namespace[-6:]}")
     body["spec"].update(spec)
     cp.apply([body])
-    wait_for(f"Ready=False {reason}", lambda: mr_condition(cp, namespace, "bad", "Ready").get("reason") == reason,
-             90)
+    wait_for(f"Ready=False {reason}", lambda: mr_condition(cp, namespace, "bad", "Ready").get("reason") == reason, 90)
     assert mr_condition(cp, namespace, "bad", "Ready")["message"]
 
 
-def test_downgrade_is_refused(control_plane: ControlPlane, operator: OperatorProcess,
-                              postgres_cluster: PostgresCluster, neo4j_server: Neo4jServer, namespace: str) -> None:
+def test_downgrade_is_refused(
+    control_plane: ControlPlane,
+    operator: OperatorProcess,
+    postgres_cluster: PostgresCluster,
+    neo4j_server: Neo4jServer,
+    namespace: str,
+) -> None:
     cp = control_plane
     stores(cp, namespace, postgres_cluster, neo4j_server)
     cp.apply([registry(namespace, "pinned", f"reg_{namespace[-6:]}")])
     wait_for("Ready", lambda: mr_condition(cp, namespace, "pinned", "Ready").get("status") == "True", 120)
-    cp.kubectl("patch", "modelregistry", "pinned", "-n", namespace, "--type=merge", "-p",
-               '{"spec":{"schemaVersion":1}}')
+    cp.kubectl(
+        "patch", "modelregistry", "pinned", "-n", namespace, "--type=merge", "-p", '{"spec":{"schemaVersion":1}}'
+    )
     wait_for("Stalled", lambda: mr_condition(cp, namespace, "pinned", "Stalled").get("status") == "True", 60)
     stalled = mr_condition(cp, namespace, "pinned", "Stalled")
     assert stalled["reason"] == "InvalidSpec"
     assert "downgrade" in stalled["message"]
     # Nothing was undone: the schema stays at the newest version.
-    assert get_json(cp, "modelregistry", "pinned", "-n", namespace)["status"]["schemaVersion"] == \
-        migrate.latest_version()
+    assert (
+        get_json(cp, "modelregistry", "pinned", "-n", namespace)["status"]["schemaVersion"] == migrate.latest_version()
+    )
 
 
-def test_scheduled_lineage_sync_runs_as_a_cronjob(control_plane: ControlPlane, operator: OperatorProcess,
-                                                  postgres_cluster: PostgresCluster, neo4j_server: Neo4jServer,
-                                                  namespace: str, tmp_path: Any) -> None:
+def test_scheduled_lineage_sync_runs_as_a_cronjob(
+    control_plane: ControlPlane,
+    operator: OperatorProcess,
+    postgres_cluster: PostgresCluster,
+    neo4j_server: Neo4jServer,
+    namespace: str,
+    tmp_path: Any,
+) -> None:
     """With spec.lineageSync.schedule the operator owns a CronJob and only observes; the Job's command,
     run as a process against the real stores, drains the outbox."""
     import os
@@ -167,8 +253,14 @@ def test_scheduled_lineage_sync_runs_as_a_cronjob(control_plane: ControlPlane, o
     st = get_json(cp, "modelregistry", "cron", "-n", namespace)["status"]
     with psycopg.connect(secret_conn(cp, namespace, st["writerSecret"]), autocommit=True) as writer:
         writer.execute("INSERT INTO registry.registered_models (name) VALUES ('scheduled')")
-    wait_for("an event pending", lambda: get_json(cp, "modelregistry", "cron", "-n", namespace)["status"]
-             .get("lineage", {}).get("pendingEvents", 0) >= 1, 60)
+    wait_for(
+        "an event pending",
+        lambda: (
+            get_json(cp, "modelregistry", "cron", "-n", namespace)["status"].get("lineage", {}).get("pendingEvents", 0)
+            >= 1
+        ),
+        60,
+    )
 
     cron = get_json(cp, "cronjob", jobs.cronjob_name("cron"), "-n", namespace)
     assert cron["spec"]["schedule"] == "*/10 * * * *"
@@ -182,8 +274,12 @@ def test_scheduled_lineage_sync_runs_as_a_cronjob(control_plane: ControlPlane, o
             (directory / key).write_bytes(base64.b64decode(value))
         env[next(e["name"] for e in container["env"] if e["value"] == mount)] = str(directory)
     env.pop("KUBECONFIG", None)
-    run = subprocess.run([sys.executable, "-m", "mlinfra", *container["args"]], env=env, capture_output=True,
-                         text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "mlinfra", *container["args"]], env=env, capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0, run.stderr
-    wait_for("outbox drained by the Job's command", lambda: get_json(cp, "modelregistry", "cron", "-n", namespace)
-             ["status"]["lineage"]["pendingEvents"] == 0, 60)
+    wait_for(
+        "outbox drained by the Job's command",
+        lambda: get_json(cp, "modelregistry", "cron", "-n", namespace)["status"]["lineage"]["pendingEvents"] == 0,
+        60,
+    )

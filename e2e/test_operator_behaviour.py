@@ -19,26 +19,48 @@ IDLE_SECONDS = 60
 
 
 def store(ns: str, name: str, engine: str, port: int, secret: str) -> dict[str, Any]:
-    return {"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore",
-            "metadata": {"name": name, "namespace": ns, "labels": {"team": "ml"}},
-            "spec": {"engine": engine, "external": {"endpoint": f"127.0.0.1:{port}",
-                                                    "credentialsSecretRef": {"name": secret}}}}
+    return {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": "DataStore",
+        "metadata": {"name": name, "namespace": ns, "labels": {"team": "ml"}},
+        "spec": {
+            "engine": engine,
+            "external": {"endpoint": f"127.0.0.1:{port}", "credentialsSecretRef": {"name": secret}},
+        },
+    }
 
 
-def test_idle_operator_writes_nothing(control_plane: ControlPlane, operator: OperatorProcess,
-                                      redis_cluster: RedisCluster, postgres_cluster: PostgresCluster,
-                                      neo4j_server: Neo4jServer, namespace: str) -> None:
+def test_idle_operator_writes_nothing(
+    control_plane: ControlPlane,
+    operator: OperatorProcess,
+    redis_cluster: RedisCluster,
+    postgres_cluster: PostgresCluster,
+    neo4j_server: Neo4jServer,
+    namespace: str,
+) -> None:
     cp = control_plane
-    stores = {"redis": (redis_cluster.primary.port, "default", redis_cluster.password),
-              "postgres": (postgres_cluster.primary.port, "postgres", postgres_cluster.password),
-              "neo4j": (neo4j_server.port, "neo4j", neo4j_server.password)}
+    stores = {
+        "redis": (redis_cluster.primary.port, "default", redis_cluster.password),
+        "postgres": (postgres_cluster.primary.port, "postgres", postgres_cluster.password),
+        "neo4j": (neo4j_server.port, "neo4j", neo4j_server.password),
+    }
     for engine, (port, user, password) in stores.items():
-        cp.kubectl("create", "secret", "generic", f"{engine}-creds", "-n", namespace,
-                   f"--from-literal=username={user}", f"--from-literal=password={password}")
+        cp.kubectl(
+            "create",
+            "secret",
+            "generic",
+            f"{engine}-creds",
+            "-n",
+            namespace,
+            f"--from-literal=username={user}",
+            f"--from-literal=password={password}",
+        )
         cp.apply([store(namespace, engine, engine, port, f"{engine}-creds")])
     for engine in stores:
-        wait_for(f"{engine} Ready", lambda e=engine: condition(get_json(cp, "datastore", e, "-n", namespace),
-                                                               "Ready").get("status") == "True")
+        wait_for(
+            f"{engine} Ready",
+            lambda e=engine: condition(get_json(cp, "datastore", e, "-n", namespace), "Ready").get("status") == "True",
+        )
     time.sleep(5)  # let in-flight observations land
 
     def versions() -> dict[str, str]:
@@ -52,24 +74,36 @@ def test_idle_operator_writes_nothing(control_plane: ControlPlane, operator: Ope
     assert "mlinfra_datastore_up" in operator.metrics()
 
 
-def test_reapplying_the_same_manifest_is_a_no_op(control_plane: ControlPlane, operator: OperatorProcess,
-                                                 redis_cluster: RedisCluster, namespace: str) -> None:
+def test_reapplying_the_same_manifest_is_a_no_op(
+    control_plane: ControlPlane, operator: OperatorProcess, redis_cluster: RedisCluster, namespace: str
+) -> None:
     """Argo CD-style server-side apply twice: no diff, and the operator owns no spec or user metadata."""
     cp = control_plane
-    cp.kubectl("create", "secret", "generic", "creds", "-n", namespace, "--from-literal=username=default",
-               f"--from-literal=password={redis_cluster.password}")
+    cp.kubectl(
+        "create",
+        "secret",
+        "generic",
+        "creds",
+        "-n",
+        namespace,
+        "--from-literal=username=default",
+        f"--from-literal=password={redis_cluster.password}",
+    )
     manifest = yaml.safe_dump(store(namespace, "gitops", "redis", redis_cluster.primary.port, "creds"))
     apply = ("apply", "--server-side", "--field-manager=argocd-controller", "-f", "-")
     cp.kubectl(*apply, input=manifest)
-    wait_for("Ready", lambda: condition(get_json(cp, "datastore", "gitops", "-n", namespace),
-                                        "Ready").get("status") == "True")
+    wait_for(
+        "Ready",
+        lambda: condition(get_json(cp, "datastore", "gitops", "-n", namespace), "Ready").get("status") == "True",
+    )
     time.sleep(3)
     before = get_json(cp, "datastore", "gitops", "-n", namespace)
     cp.kubectl(*apply, input=manifest)
     after = get_json(cp, "datastore", "gitops", "-n", namespace, "--show-managed-fields")
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
-    diff = cp.kubectl("diff", "--server-side", "--field-manager=argocd-controller", "-f", "-", input=manifest,
-                      check=False)
+    diff = cp.kubectl(
+        "diff", "--server-side", "--field-manager=argocd-controller", "-f", "-", input=manifest, check=False
+    )
     assert diff.returncode == 0, diff.stdout
 
     managers = {entry["manager"] for entry in after["metadata"]["managedFields"]}

@@ -8,22 +8,34 @@ from mlinfra.devenv import operator as op_mod
 from mlinfra.devenv.controlplane import ControlPlane
 
 ALLOWED = [
-    ("watch", "datastores.mlinfra.io"), ("patch", "datastores.mlinfra.io/status"),
-    ("update", "datastores.mlinfra.io/finalizers"), ("patch", "statefulsets.apps"),
-    ("create", "secrets"), ("delete", "persistentvolumeclaims"), ("list", "customresourcedefinitions"),
-    ("create", "cronjobs.batch"), ("create", "events"),
+    ("watch", "datastores.mlinfra.io"),
+    ("patch", "datastores.mlinfra.io/status"),
+    ("update", "datastores.mlinfra.io/finalizers"),
+    ("patch", "statefulsets.apps"),
+    ("create", "secrets"),
+    ("delete", "persistentvolumeclaims"),
+    ("list", "customresourcedefinitions"),
+    ("create", "cronjobs.batch"),
+    ("create", "events"),
 ]
 DENIED = [
-    ("create", "deployments.apps"), ("list", "nodes"), ("delete", "customresourcedefinitions"),
-    ("create", "datastores.mlinfra.io"), ("delete", "datastores.mlinfra.io"),
-    ("create", "clusterrolebindings"), ("create", "pods/exec"), ("create", "persistentvolumeclaims"),
-    ("update", "namespaces"), ("create", "serviceaccounts/token"),
+    ("create", "deployments.apps"),
+    ("list", "nodes"),
+    ("delete", "customresourcedefinitions"),
+    ("create", "datastores.mlinfra.io"),
+    ("delete", "datastores.mlinfra.io"),
+    ("create", "clusterrolebindings"),
+    ("create", "pods/exec"),
+    ("create", "persistentvolumeclaims"),
+    ("update", "namespaces"),
+    ("create", "serviceaccounts/token"),
 ]
 
 
 def can_i(cp: ControlPlane, account: str, verb: str, resource: str) -> bool:
-    out = cp.kubectl("auth", "can-i", verb, resource, "-A",
-                     f"--as=system:serviceaccount:{op_mod.NAMESPACE}:{account}", check=False)
+    out = cp.kubectl(
+        "auth", "can-i", verb, resource, "-A", f"--as=system:serviceaccount:{op_mod.NAMESPACE}:{account}", check=False
+    )
     return out.stdout.strip() == "yes"
 
 

@@ -26,8 +26,12 @@ from mlinfra.devenv.controlplane import ControlPlane
 from mlinfra.devenv.neo4j import Neo4jServer
 from mlinfra.devenv.operator import OperatorProcess
 
-PLURALS = {"DataStore": "datastores", "FeatureView": "featureviews", "ModelRegistry": "modelregistries",
-           "VectorIndex": "vectorindexes"}
+PLURALS = {
+    "DataStore": "datastores",
+    "FeatureView": "featureviews",
+    "ModelRegistry": "modelregistries",
+    "VectorIndex": "vectorindexes",
+}
 
 # Every resource of the scene: kind, name, and the stores it must be listed under with the role each plays.
 # DataStores are the roots (no stores above them).
@@ -43,56 +47,109 @@ RESOURCES: list[tuple[str, str, dict[str, list[str]]]] = [
 ]
 # What the scene is known to look like once settled, independent of how the CLI computes anything.
 FACTS: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
-    ("DataStore", "offline", {"ready": "True"},
-     {"engine": "postgres", "mode": "managed", "readyReplicas": 2, "desiredReplicas": 2}),
-    ("DataStore", "online", {"ready": "True"},
-     {"engine": "redis", "mode": "managed", "readyReplicas": 2, "desiredReplicas": 2}),
+    (
+        "DataStore",
+        "offline",
+        {"ready": "True"},
+        {"engine": "postgres", "mode": "managed", "readyReplicas": 2, "desiredReplicas": 2},
+    ),
+    (
+        "DataStore",
+        "online",
+        {"ready": "True"},
+        {"engine": "redis", "mode": "managed", "readyReplicas": 2, "desiredReplicas": 2},
+    ),
     ("DataStore", "graph", {"ready": "True"}, {"engine": "neo4j", "mode": "external"}),
     ("DataStore", "vectors", {"ready": "True"}, {"engine": "qdrant", "mode": "managed"}),
-    ("FeatureView", "clicks", {"ready": "True", "lastSync": None},
-     {"lagSeconds": 0, "lastMaterialization": None}),
+    ("FeatureView", "clicks", {"ready": "True", "lastSync": None}, {"lagSeconds": 0, "lastMaterialization": None}),
     ("FeatureView", "orphan", {"ready": "False", "reason": "StoreNotFound"}, {}),
     # Nothing pending: no oldest pending event, so no lag figure.
     ("ModelRegistry", "models", {"ready": "True"}, {"pendingEvents": 0, "lagSeconds": None}),
     # No source table: an empty collection, and no sync figures at all.
-    ("VectorIndex", "docs", {"ready": "True", "lastSync": None},
-     {"points": 0, "rowsBehind": None, "lagSeconds": None, "lastRun": None}),
+    (
+        "VectorIndex",
+        "docs",
+        {"ready": "True", "lastSync": None},
+        {"points": 0, "rowsBehind": None, "lagSeconds": None, "lastRun": None},
+    ),
 ]
 
 
 def managed(ns: str, name: str, engine: str, replicas: int) -> dict[str, Any]:
-    return {"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore", "metadata": {"name": name, "namespace": ns},
-            "spec": {"engine": engine, "managed": {"replicas": replicas, "storage": {"size": "1Gi"}}}}
+    return {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": "DataStore",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"engine": engine, "managed": {"replicas": replicas, "storage": {"size": "1Gi"}}},
+    }
 
 
 def view(ns: str, name: str, online: str) -> dict[str, Any]:
-    return {"apiVersion": "mlinfra.io/v1alpha1", "kind": "FeatureView", "metadata": {"name": name, "namespace": ns},
-            "spec": {"entities": [{"name": "user_id", "type": "int64"}],
-                     "features": [{"name": "clicks", "type": "int64"}],
-                     "offline": {"storeRef": {"name": "offline"}, "table": f"{name}_{ns[-6:]}"},
-                     "online": {"storeRef": {"name": online}, "ttl": "24h"},
-                     "materialization": {"schedule": "*/5 * * * *"}, "freshness": {"maxLag": "10m"}}}
+    return {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": "FeatureView",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "entities": [{"name": "user_id", "type": "int64"}],
+            "features": [{"name": "clicks", "type": "int64"}],
+            "offline": {"storeRef": {"name": "offline"}, "table": f"{name}_{ns[-6:]}"},
+            "online": {"storeRef": {"name": online}, "ttl": "24h"},
+            "materialization": {"schedule": "*/5 * * * *"},
+            "freshness": {"maxLag": "10m"},
+        },
+    }
 
 
 def scene(cp: ControlPlane, ns: str, graph: Neo4jServer) -> None:
-    cp.kubectl("create", "secret", "generic", "neo-creds", "-n", ns, "--from-literal=username=neo4j",
-               f"--from-literal=password={graph.password}")
-    cp.apply([
-        managed(ns, "offline", "postgres", 2),
-        managed(ns, "online", "redis", 2),
-        managed(ns, "vectors", "qdrant", 1),  # served by qdrant-client's local mode (see the backer)
-        {"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore", "metadata": {"name": "graph", "namespace": ns},
-         "spec": {"engine": "neo4j", "external": {"endpoint": f"127.0.0.1:{graph.port}",
-                                                 "credentialsSecretRef": {"name": "neo-creds"}}}},
-        view(ns, "clicks", "online"),
-        view(ns, "orphan", "missing-cache"),
-        {"apiVersion": "mlinfra.io/v1alpha1", "kind": "ModelRegistry", "metadata": {"name": "models", "namespace": ns},
-         "spec": {"metadataStoreRef": {"name": "offline"}, "lineageStoreRef": {"name": "graph"},
-                  "database": f"reg_{ns[-6:]}", "lineageSync": {"interval": "2s", "maxLag": "5m"}}},
-        {"apiVersion": "mlinfra.io/v1alpha1", "kind": "VectorIndex", "metadata": {"name": "docs", "namespace": ns},
-         "spec": {"storeRef": {"name": "vectors"}, "collection": f"docs_{ns[-6:]}",
-                  "vectors": {"size": 4, "distance": "Cosine"}}},
-    ])
+    cp.kubectl(
+        "create",
+        "secret",
+        "generic",
+        "neo-creds",
+        "-n",
+        ns,
+        "--from-literal=username=neo4j",
+        f"--from-literal=password={graph.password}",
+    )
+    cp.apply(
+        [
+            managed(ns, "offline", "postgres", 2),
+            managed(ns, "online", "redis", 2),
+            managed(ns, "vectors", "qdrant", 1),  # served by qdrant-client's local mode (see the backer)
+            {
+                "apiVersion": "mlinfra.io/v1alpha1",
+                "kind": "DataStore",
+                "metadata": {"name": "graph", "namespace": ns},
+                "spec": {
+                    "engine": "neo4j",
+                    "external": {"endpoint": f"127.0.0.1:{graph.port}", "credentialsSecretRef": {"name": "neo-creds"}},
+                },
+            },
+            view(ns, "clicks", "online"),
+            view(ns, "orphan", "missing-cache"),
+            {
+                "apiVersion": "mlinfra.io/v1alpha1",
+                "kind": "ModelRegistry",
+                "metadata": {"name": "models", "namespace": ns},
+                "spec": {
+                    "metadataStoreRef": {"name": "offline"},
+                    "lineageStoreRef": {"name": "graph"},
+                    "database": f"reg_{ns[-6:]}",
+                    "lineageSync": {"interval": "2s", "maxLag": "5m"},
+                },
+            },
+            {
+                "apiVersion": "mlinfra.io/v1alpha1",
+                "kind": "VectorIndex",
+                "metadata": {"name": "docs", "namespace": ns},
+                "spec": {
+                    "storeRef": {"name": "vectors"},
+                    "collection": f"docs_{ns[-6:]}",
+                    "vectors": {"size": 4, "distance": "Cosine"},
+                },
+            },
+        ]
+    )
 
 
 def settled(cp: ControlPlane, ns: str) -> bool:
@@ -107,8 +164,10 @@ def settled(cp: ControlPlane, ns: str) -> bool:
         if (objs[("DataStore", store)]["status"].get("replication") or {}).get("readyReplicas") != 2:
             return False
     registry = objs[("ModelRegistry", "models")]["status"]
-    return (registry.get("lineage", {}).get("lastSyncTime") is not None
-            and objs[("FeatureView", "clicks")]["status"].get("freshness", {}).get("lagSeconds") == 0)
+    return (
+        registry.get("lineage", {}).get("lastSyncTime") is not None
+        and objs[("FeatureView", "clicks")]["status"].get("freshness", {}).get("lagSeconds") == 0
+    )
 
 
 def objects(cp: ControlPlane, ns: str) -> dict[tuple[str, str], dict[str, Any]]:
@@ -120,12 +179,19 @@ def mlinfra_status(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
     env.pop("KUBERNETES_SERVICE_HOST", None)  # never mistake this host for a pod
     env.pop("NO_COLOR", None)
-    return subprocess.run([sys.executable, "-m", "mlinfra", "status", *args], env=env, capture_output=True,
-                          text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "mlinfra", "status", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
-def consistent_run(cp: ControlPlane, ns: str, kubeconfig: Path,
-                   *args: str) -> tuple[str, dict[tuple[str, str], dict[str, Any]]]:
+def consistent_run(
+    cp: ControlPlane, ns: str, kubeconfig: Path, *args: str
+) -> tuple[str, dict[tuple[str, str], dict[str, Any]]]:
     """The CLI's stdout and the objects as they were while it ran: retried until no object changed
     (resourceVersion) between a read before and a read after the run."""
     changed: list[tuple[str, str]] = []
@@ -134,13 +200,17 @@ def consistent_run(cp: ControlPlane, ns: str, kubeconfig: Path,
         run = mlinfra_status(kubeconfig, *args)
         assert run.returncode == 0, run.stderr
         after = objects(cp, ns)
-        changed = [k for k in after if before.get(k, {}).get("metadata", {}).get("resourceVersion")
-                   != after[k]["metadata"]["resourceVersion"]]
+        changed = [
+            k
+            for k in after
+            if before.get(k, {}).get("metadata", {}).get("resourceVersion") != after[k]["metadata"]["resourceVersion"]
+        ]
         if not changed:
             return run.stdout, after
         time.sleep(0.5)
-    raise AssertionError(f"objects kept changing while `mlinfra status` ran: {changed} "
-                         f"{[after[k].get('status') for k in changed]}")
+    raise AssertionError(
+        f"objects kept changing while `mlinfra status` ran: {changed} {[after[k].get('status') for k in changed]}"
+    )
 
 
 # --- what .status says, written out per kind: the JSON contract of docs/observability.md -------------------------
@@ -152,33 +222,58 @@ def expected_entry(obj: dict[str, Any]) -> dict[str, Any]:
     kind = obj["kind"]
     if kind == "DataStore":
         rep = st.get("replication") or {}
-        figures = {"engine": obj["spec"]["engine"], "mode": st.get("mode"),
-                   "readyReplicas": rep.get("readyReplicas"), "desiredReplicas": rep.get("desiredReplicas"),
-                   "maxLagSeconds": rep.get("maxLagSeconds"), "maxLagBytes": rep.get("maxLagBytes")}
+        figures = {
+            "engine": obj["spec"]["engine"],
+            "mode": st.get("mode"),
+            "readyReplicas": rep.get("readyReplicas"),
+            "desiredReplicas": rep.get("desiredReplicas"),
+            "maxLagSeconds": rep.get("maxLagSeconds"),
+            "maxLagBytes": rep.get("maxLagBytes"),
+        }
         last = None
     elif kind == "FeatureView":
         run = st.get("lastMaterialization")
-        figures = {"lagSeconds": (st.get("freshness") or {}).get("lagSeconds"),
-                   "lastMaterialization": {k: run.get(k) for k in ("outcome", "startTime", "endTime", "rows")}
-                   if run else None}
+        figures = {
+            "lagSeconds": (st.get("freshness") or {}).get("lagSeconds"),
+            "lastMaterialization": {k: run.get(k) for k in ("outcome", "startTime", "endTime", "rows")}
+            if run
+            else None,
+        }
         last = (run.get("endTime") or run.get("startTime")) if run else None
     elif kind == "VectorIndex":
         sync = st.get("sync") or {}
         run = sync.get("lastRun")
-        figures = {"points": st.get("points"), "rowsBehind": sync.get("rowsBehind"),
-                   "lagSeconds": sync.get("lagSeconds"),
-                   "lastRun": {k: run.get(k) for k in ("outcome", "startTime", "endTime", "rows")} if run else None}
+        figures = {
+            "points": st.get("points"),
+            "rowsBehind": sync.get("rowsBehind"),
+            "lagSeconds": sync.get("lagSeconds"),
+            "lastRun": {k: run.get(k) for k in ("outcome", "startTime", "endTime", "rows")} if run else None,
+        }
         last = (run.get("endTime") or run.get("startTime")) if run else None
     else:
         lineage = st.get("lineage") or {}
-        figures = {"schemaVersion": st.get("schemaVersion"), "pendingEvents": lineage.get("pendingEvents"),
-                   "lagSeconds": lineage.get("oldestPendingAgeSeconds"), "lastSyncTime": lineage.get("lastSyncTime")}
+        figures = {
+            "schemaVersion": st.get("schemaVersion"),
+            "pendingEvents": lineage.get("pendingEvents"),
+            "lagSeconds": lineage.get("oldestPendingAgeSeconds"),
+            "lastSyncTime": lineage.get("lastSyncTime"),
+        }
         last = lineage.get("lastSyncTime")
-    reconciling = (st.get("observedGeneration") != obj["metadata"]["generation"]
-                   or condition(obj, "Reconciling").get("status") == "True")
-    return {"kind": kind, "namespace": obj["metadata"]["namespace"], "name": obj["metadata"]["name"],
-            "ready": ready.get("status", "Unknown"), "reason": ready.get("reason", ""),
-            "message": ready.get("message", ""), "reconciling": reconciling, "lastSync": last, "figures": figures}
+    reconciling = (
+        st.get("observedGeneration") != obj["metadata"]["generation"]
+        or condition(obj, "Reconciling").get("status") == "True"
+    )
+    return {
+        "kind": kind,
+        "namespace": obj["metadata"]["namespace"],
+        "name": obj["metadata"]["name"],
+        "ready": ready.get("status", "Unknown"),
+        "reason": ready.get("reason", ""),
+        "message": ready.get("message", ""),
+        "reconciling": reconciling,
+        "lastSync": last,
+        "figures": figures,
+    }
 
 
 def placements(doc: dict[str, Any], ns: str) -> dict[tuple[str, str], dict[str, Any]]:
@@ -211,7 +306,12 @@ def check_json(stdout: str, objs: dict[tuple[str, str], dict[str, Any]], ns: str
             assert entry == want, (kind, name, store)
     [tree] = [t for t in doc["namespaces"] if t["namespace"] == ns]
     assert [(s["name"], s["missing"]) for s in tree["stores"]] == [
-        ("graph", False), ("offline", False), ("online", False), ("vectors", False), ("missing-cache", True)]
+        ("graph", False),
+        ("offline", False),
+        ("online", False),
+        ("vectors", False),
+        ("missing-cache", True),
+    ]
     for kind, name, top, figures in FACTS:
         entry = found[(kind, name)].get("root") or next(iter(found[(kind, name)].values()))
         assert {k: entry[k] for k in top} == top, (kind, name)
@@ -219,8 +319,14 @@ def check_json(stdout: str, objs: dict[tuple[str, str], dict[str, Any]], ns: str
     return doc
 
 
-def test_status_matches_the_objects(control_plane: ControlPlane, operator: OperatorProcess, backer: Backer,
-                                    neo4j_server: Neo4jServer, namespace: str, tmp_path: Path) -> None:
+def test_status_matches_the_objects(
+    control_plane: ControlPlane,
+    operator: OperatorProcess,
+    backer: Backer,
+    neo4j_server: Neo4jServer,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
     cp, ns = control_plane, namespace
     scene(cp, ns, neo4j_server)
     wait_for("the scene settled (stores Ready, views and registry observed)", lambda: settled(cp, ns), 240)
@@ -242,7 +348,7 @@ def test_status_matches_the_objects(control_plane: ControlPlane, operator: Opera
         rows = [line for line in lines if line.lstrip("|`- ").startswith(f"{kind}/{name} ")]
         assert len(rows) == max(1, len(stores)), (kind, name, rows)
         for row in rows:
-            assert row[header.index("READY"):].split()[:2] == [ready["status"], ready["reason"]], row
+            assert row[header.index("READY") :].split()[:2] == [ready["status"], ready["reason"]], row
             if kind == "DataStore":
                 rep = obj["status"].get("replication") or {}
                 assert f"engine={obj['spec']['engine']} mode={obj['status']['mode']}" in row
@@ -253,7 +359,7 @@ def test_status_matches_the_objects(control_plane: ControlPlane, operator: Opera
             if kind == "ModelRegistry":
                 lineage = obj["status"]["lineage"]
                 assert f"pending={lineage['pendingEvents']}" in row
-                assert row[header.index("LAST SYNC"):].startswith(lineage["lastSyncTime"] + " ("), row
+                assert row[header.index("LAST SYNC") :].startswith(lineage["lastSyncTime"] + " ("), row
             if ready["status"] != "True":
                 # Why it is not Ready, on the next line.
                 assert " ".join(ready["message"].split())[:100] in lines[lines.index(row) + 1]
@@ -270,28 +376,50 @@ def test_status_matches_the_objects(control_plane: ControlPlane, operator: Opera
     assert "\033[32mTrue" in run.stdout and "\033[31m(missing store missing-cache)" in run.stdout
 
 
-def test_status_needs_only_read_access(control_plane: ControlPlane, operator: OperatorProcess, backer: Backer,
-                                       neo4j_server: Neo4jServer, namespace: str, tmp_path: Path) -> None:
+def test_status_needs_only_read_access(
+    control_plane: ControlPlane,
+    operator: OperatorProcess,
+    backer: Backer,
+    neo4j_server: Neo4jServer,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
     """A ServiceAccount bound (in this namespace only) to the chart's aggregated view role, and another to the
     built-in `view` role that it aggregates into, can run it; they could not change anything."""
     cp, ns = control_plane, namespace
     scene(cp, ns, neo4j_server)
     wait_for("the scene settled", lambda: settled(cp, ns), 240)
-    chart_view = cp.kubectl("get", "clusterroles", "-o", "name", "-l",
-                            f"app.kubernetes.io/instance={op_mod.RELEASE},"
-                            "rbac.authorization.k8s.io/aggregate-to-view=true").stdout.split()
+    chart_view = cp.kubectl(
+        "get",
+        "clusterroles",
+        "-o",
+        "name",
+        "-l",
+        f"app.kubernetes.io/instance={op_mod.RELEASE},rbac.authorization.k8s.io/aggregate-to-view=true",
+    ).stdout.split()
     assert len(chart_view) == 1, chart_view
-    for account, role in (("reader-chart", chart_view[0].removeprefix("clusterrole.rbac.authorization.k8s.io/")),
-                          ("reader-view", "view")):
+    for account, role in (
+        ("reader-chart", chart_view[0].removeprefix("clusterrole.rbac.authorization.k8s.io/")),
+        ("reader-view", "view"),
+    ):
         cp.kubectl("create", "serviceaccount", account, "-n", ns)
-        cp.kubectl("create", "rolebinding", account, "-n", ns, f"--clusterrole={role}",
-                   f"--serviceaccount={ns}:{account}")
+        cp.kubectl(
+            "create", "rolebinding", account, "-n", ns, f"--clusterrole={role}", f"--serviceaccount={ns}:{account}"
+        )
         who = f"--as=system:serviceaccount:{ns}:{account}"
-        wait_for(f"{account} may list datastores", lambda w=who: cp.kubectl(
-            "auth", "can-i", "list", "datastores.mlinfra.io", "-n", ns, w, check=False).stdout.strip() == "yes", 60)
+        wait_for(
+            f"{account} may list datastores",
+            lambda w=who: (
+                cp.kubectl("auth", "can-i", "list", "datastores.mlinfra.io", "-n", ns, w, check=False).stdout.strip()
+                == "yes"
+            ),
+            60,
+        )
         for verb in ("patch", "delete"):
-            assert cp.kubectl("auth", "can-i", verb, "datastores.mlinfra.io", "-n", ns, who,
-                              check=False).stdout.strip() == "no"
+            assert (
+                cp.kubectl("auth", "can-i", verb, "datastores.mlinfra.io", "-n", ns, who, check=False).stdout.strip()
+                == "no"
+            )
 
         kubeconfig = op_mod.service_account_kubeconfig(cp, ns, account, tmp_path / f"{account}.kubeconfig")
         stdout, objs = consistent_run(cp, ns, kubeconfig, "-n", ns, "-o", "json")

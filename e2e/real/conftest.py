@@ -34,8 +34,11 @@ def real_ns(real_cp: ControlPlane, real_node: RealNode, request: pytest.FixtureR
     slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
     name = f"r-{slug}-{hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:6]}"
     real_cp.kubectl("create", "namespace", name)
-    procs.wait_until("the default ServiceAccount", lambda: real_cp.kubectl(
-        "get", "sa", "default", "-n", name, check=False).returncode == 0, 60)
+    procs.wait_until(
+        "the default ServiceAccount",
+        lambda: real_cp.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0,
+        60,
+    )
     yield name
     for what in (("pods", "-o", "wide"), ("controllerrevisions",), ("events", "--sort-by=.lastTimestamp")):
         out = real_cp.kubectl("get", *what, "-n", name, check=False)
@@ -54,10 +57,20 @@ def real_operator(real_cp: ControlPlane, real_node: RealNode) -> str:
     """The chart installed with the operator image built from our Dockerfile: the operator runs as the
     chart's Deployment, in a Pod on the real node. Returns the release's namespace."""
     repo, tag = real_node.image("operator").rsplit(":", 1)
-    op_mod.install_chart(real_cp, extra=(
-        "--set", f"image.repository={repo}", "--set", f"image.tag={tag}", "--set", "image.pullPolicy=Never",
-        "--set", "logFormat=plain",
-        # Observe every 2 s instead of 15 s: the tests wait for status to follow the Pods.
-        "--set-json", 'extraEnv=[{"name": "MLINFRA_OBSERVE_INTERVAL", "value": "2"}]',
-    ))
+    op_mod.install_chart(
+        real_cp,
+        extra=(
+            "--set",
+            f"image.repository={repo}",
+            "--set",
+            f"image.tag={tag}",
+            "--set",
+            "image.pullPolicy=Never",
+            "--set",
+            "logFormat=plain",
+            # Observe every 2 s instead of 15 s: the tests wait for status to follow the Pods.
+            "--set-json",
+            'extraEnv=[{"name": "MLINFRA_OBSERVE_INTERVAL", "value": "2"}]',
+        ),
+    )
     return op_mod.NAMESPACE

@@ -10,9 +10,16 @@ from mlinfra.devenv.controlplane import ControlPlane
 
 
 def datastore(ns: str, name: str, engine: str, image: str, replicas: int) -> dict[str, Any]:
-    return {"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore", "metadata": {"name": name, "namespace": ns},
-            "spec": {"engine": engine, "deletionPolicy": "Retain",
-                     "managed": {"replicas": replicas, "image": image, "storage": {"size": "256Mi"}}}}
+    return {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": "DataStore",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "engine": engine,
+            "deletionPolicy": "Retain",
+            "managed": {"replicas": replicas, "image": image, "storage": {"size": "256Mi"}},
+        },
+    }
 
 
 def get(cp: ControlPlane, ns: str, kind: str, name: str) -> dict[str, Any]:
@@ -25,8 +32,10 @@ def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def ready(cp: ControlPlane, ns: str, name: str) -> bool:
     ds = get(cp, ns, "datastore", name)
-    return bool(condition(ds, "Ready").get("status") == "True"
-                and ds["status"].get("observedGeneration") == ds["metadata"]["generation"])
+    return bool(
+        condition(ds, "Ready").get("status") == "True"
+        and ds["status"].get("observedGeneration") == ds["metadata"]["generation"]
+    )
 
 
 def secret(cp: ControlPlane, ns: str, name: str) -> dict[str, str]:
@@ -44,17 +53,21 @@ def members_ok(cp: ControlPlane, ns: str, name: str, replicas: int = 2) -> bool:
         return False
     primary, others = members[pods[0]], [members[p] for p in pods[1:]]
     streaming = condition(ds, "Replicating").get("status") == ("True" if others else "False")
-    return bool(primary["role"] in ("primary", "standalone") and primary["ready"] and streaming
-                and all(m["role"] == "replica" and m["ready"] and m.get("lagBytes") is not None for m in others))
+    return bool(
+        primary["role"] in ("primary", "standalone")
+        and primary["ready"]
+        and streaming
+        and all(m["role"] == "replica" and m["ready"] and m.get("lagBytes") is not None for m in others)
+    )
 
 
-def in_pod(cp: ControlPlane, ns: str, pod: str, container: str, secret_env: str, secret_value: str,
-           *argv: str) -> str:
+def in_pod(cp: ControlPlane, ns: str, pod: str, container: str, secret_env: str, secret_value: str, *argv: str) -> str:
     """Run ``argv`` in the container with one secret in its environment, passed on stdin: never on a
     command line (ours or the container's)."""
     script = f'read -r {secret_env}; export {secret_env}; exec "$@"'
-    return cp.kubectl("exec", "-i", "-n", ns, pod, "-c", container, "--", "sh", "-c", script, "sh", *argv,
-                      input=secret_value + "\n").stdout.strip()
+    return cp.kubectl(
+        "exec", "-i", "-n", ns, pod, "-c", container, "--", "sh", "-c", script, "sh", *argv, input=secret_value + "\n"
+    ).stdout.strip()
 
 
 def redis_cli(cp: ControlPlane, ns: str, pod: str, password: str, *args: str) -> str:

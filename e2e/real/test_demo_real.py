@@ -13,8 +13,12 @@ from mlinfra.devenv import netns, procs
 
 def test_the_demo_runs_the_samples_as_real_pods(tmp_path: Path) -> None:
     before = set(procs.descendants(1))
-    result = subprocess.run([sys.executable, "-m", "mlinfra", "demo", "--once", "--state-dir", str(tmp_path),
-                             "--timeout", "300"], capture_output=True, text=True, timeout=1200)
+    result = subprocess.run(
+        [sys.executable, "-m", "mlinfra", "demo", "--once", "--state-dir", str(tmp_path), "--timeout", "300"],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     out = result.stdout
     assert result.returncode == 0, out[-4000:] + result.stderr[-3000:]
     assert "datastores Ready: 6/6" in out  # every sample but Qdrant's (no server binary here)
@@ -32,8 +36,11 @@ def test_the_demo_runs_the_samples_as_real_pods(tmp_path: Path) -> None:
     assert re.search(r"^offline-store\s+offline-store-1\s+replica\s+True\s+\d+", lag, re.M), lag
     assert re.search(r"^online-store\s+online-store-1\s+replica\s+True\s+\d+", lag, re.M), lag
     # Nothing is left: processes, the node's network namespace, mounts under the state directory.
-    leftovers = [p for p in set(procs.descendants(1)) - before
-                 if procs.pid_alive(p) and str(tmp_path).encode() in Path(f"/proc/{p}/cmdline").read_bytes()]
+    leftovers = [
+        p
+        for p in set(procs.descendants(1)) - before
+        if procs.pid_alive(p) and str(tmp_path).encode() in Path(f"/proc/{p}/cmdline").read_bytes()
+    ]
     assert leftovers == []
     used = re.search(r"network namespace (mlinfra-node-\d+)", out)
     assert used, out[:2000]

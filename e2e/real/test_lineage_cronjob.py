@@ -26,22 +26,36 @@ def lineage(cp: ControlPlane, ns: str) -> dict[str, Any]:
     return dict(get(cp, ns, "modelregistry", "models").get("status", {}).get("lineage", {}))
 
 
-def test_the_lineage_cronjob_syncs_the_outbox_from_a_pod(real_cp: ControlPlane, real_node: RealNode,
-                                                         real_operator: str, real_ns: str) -> None:
+def test_the_lineage_cronjob_syncs_the_outbox_from_a_pod(
+    real_cp: ControlPlane, real_node: RealNode, real_operator: str, real_ns: str
+) -> None:
     ns = real_ns
     graph = datastore(ns, "graph", "neo4j", real_node.image("neo4j"), 1)
-    graph["spec"]["managed"]["config"] = {"server.memory.heap.max_size": "512m",
-                                          "server.memory.pagecache.size": "64m"}
+    graph["spec"]["managed"]["config"] = {"server.memory.heap.max_size": "512m", "server.memory.pagecache.size": "64m"}
     real_cp.apply([datastore(ns, "meta", "postgres", real_node.image("postgres"), 1), graph], field_manager="test")
     for store in ("meta", "graph"):
         procs.wait_until(f"DataStore {store} Ready", lambda s=store: ready(real_cp, ns, s), 300)  # type: ignore[misc]
-    real_cp.apply([{"apiVersion": "mlinfra.io/v1alpha1", "kind": "ModelRegistry",
-                    "metadata": {"name": "models", "namespace": ns},
-                    "spec": {"metadataStoreRef": {"name": "meta"}, "lineageStoreRef": {"name": "graph"},
-                             "database": "registry",
-                             "lineageSync": {"schedule": "* * * * *", "batchSize": 100}}}], field_manager="test")
-    procs.wait_until("ModelRegistry Ready", lambda: condition(get(real_cp, ns, "modelregistry", "models"),
-                                                              "Ready").get("status") == "True", 180)
+    real_cp.apply(
+        [
+            {
+                "apiVersion": "mlinfra.io/v1alpha1",
+                "kind": "ModelRegistry",
+                "metadata": {"name": "models", "namespace": ns},
+                "spec": {
+                    "metadataStoreRef": {"name": "meta"},
+                    "lineageStoreRef": {"name": "graph"},
+                    "database": "registry",
+                    "lineageSync": {"schedule": "* * * * *", "batchSize": 100},
+                },
+            }
+        ],
+        field_manager="test",
+    )
+    procs.wait_until(
+        "ModelRegistry Ready",
+        lambda: condition(get(real_cp, ns, "modelregistry", "models"), "Ready").get("status") == "True",
+        180,
+    )
 
     # The application writes through the SDK with the writer role (from this host, at the primary Pod).
     writer_secret = get(real_cp, ns, "modelregistry", "models")["status"]["writerSecret"]
@@ -49,8 +63,7 @@ def test_the_lineage_cronjob_syncs_the_outbox_from_a_pod(real_cp: ControlPlane, 
     with Registry(writer) as reg:
         reg.register_model("churn", exist_ok=True)
         version = reg.create_version("churn", stage="staging")
-        reg.link_dataset(version, reg.register_dataset("sessions", "s3://ml/sessions/", exist_ok=True),
-                         "TRAINED_ON")
+        reg.link_dataset(version, reg.register_dataset("sessions", "s3://ml/sessions/", exist_ok=True), "TRAINED_ON")
     procs.wait_until("pending events in status", lambda: lineage(real_cp, ns).get("pendingEvents", 0) > 0, 60)
 
     def scheduled_job() -> str | None:
@@ -62,8 +75,12 @@ def test_the_lineage_cronjob_syncs_the_outbox_from_a_pod(real_cp: ControlPlane, 
         return None
 
     procs.wait_until("a completed Job of the lineage CronJob", lambda: scheduled_job() is not None, 200)
-    pods = json.loads(real_cp.kubectl("get", "pods", "-n", ns, "-l", f"job-name={scheduled_job()}", "-o",
-                                      "json").stdout)["items"]
+    pods = json.loads(
+        real_cp.kubectl("get", "pods", "-n", ns, "-l", f"job-name={scheduled_job()}", "-o", "json").stdout
+    )["items"]
     assert pods and all(p["spec"]["nodeName"] == real_node.name and p["status"]["phase"] == "Succeeded" for p in pods)
-    procs.wait_until("the outbox drained into Neo4j", lambda: lineage(real_cp, ns).get("pendingEvents") == 0
-                     and lineage(real_cp, ns).get("nodes", 0) >= 3, 120)
+    procs.wait_until(
+        "the outbox drained into Neo4j",
+        lambda: lineage(real_cp, ns).get("pendingEvents") == 0 and lineage(real_cp, ns).get("nodes", 0) >= 3,
+        120,
+    )

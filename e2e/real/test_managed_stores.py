@@ -13,15 +13,18 @@ from mlinfra.devenv.controlplane import ControlPlane
 from mlinfra.devenv.realnode import RealNode
 
 
-def test_managed_redis_replicates_between_real_pods(real_cp: ControlPlane, real_node: RealNode,
-                                                    real_operator: str, real_ns: str) -> None:
+def test_managed_redis_replicates_between_real_pods(
+    real_cp: ControlPlane, real_node: RealNode, real_operator: str, real_ns: str
+) -> None:
     ns = real_ns
     real_cp.apply([datastore(ns, "cache", "redis", real_node.image("redis"), 2)], field_manager="test")
     procs.wait_until("DataStore cache Ready", lambda: ready(real_cp, ns, "cache"), 240)
 
     procs.wait_until("both members in status", lambda: members_ok(real_cp, ns, "cache"), 60)
-    pods = {p["metadata"]["name"]: p for p in json.loads(real_cp.kubectl(
-        "get", "pods", "-n", ns, "-o", "json").stdout)["items"]}
+    pods = {
+        p["metadata"]["name"]: p
+        for p in json.loads(real_cp.kubectl("get", "pods", "-n", ns, "-o", "json").stdout)["items"]
+    }
     for name in ("cache-0", "cache-1"):
         assert pods[name]["spec"]["nodeName"] == real_node.name
         assert pods[name]["status"]["phase"] == "Running"
@@ -32,8 +35,9 @@ def test_managed_redis_replicates_between_real_pods(real_cp: ControlPlane, real_
     # Written on the primary through the client Service's name, read on the replica Pod.
     host = secret(real_cp, ns, "cache-conn")["host"]
     assert redis_cli(real_cp, ns, "cache-0", password, "-h", host, "SET", "greeting", "hello") == "OK"
-    procs.wait_until("the key on the replica", lambda: redis_cli(
-        real_cp, ns, "cache-1", password, "GET", "greeting") == "hello", 30)
+    procs.wait_until(
+        "the key on the replica", lambda: redis_cli(real_cp, ns, "cache-1", password, "GET", "greeting") == "hello", 30
+    )
     info = redis_cli(real_cp, ns, "cache-1", password, "INFO", "replication")
     assert "role:slave" in info and "master_link_status:up" in info
     # The replica found its primary through the headless Service's per-pod DNS name.
@@ -50,13 +54,15 @@ def test_managed_redis_replicates_between_real_pods(real_cp: ControlPlane, real_
     # The replica notices a vanished primary address only at repl-timeout (60 s by default): its connection
     # to the old IP hangs until then. (Status may still show the streaming seen before the loss meanwhile:
     # the key arriving is what proves it follows the new pod.)
-    procs.wait_until("a new key on the replica", lambda: redis_cli(
-        real_cp, ns, "cache-1", password, "GET", "after") == "1", 180)
+    procs.wait_until(
+        "a new key on the replica", lambda: redis_cli(real_cp, ns, "cache-1", password, "GET", "after") == "1", 180
+    )
     procs.wait_until("the replica streaming in status", lambda: members_ok(real_cp, ns, "cache"), 60)
 
 
 def test_managed_postgres_standby_streams_and_survives_the_loss_of_pod_0(
-        real_cp: ControlPlane, real_node: RealNode, real_operator: str, real_ns: str) -> None:
+    real_cp: ControlPlane, real_node: RealNode, real_operator: str, real_ns: str
+) -> None:
     ns = real_ns
     real_cp.apply([datastore(ns, "pg", "postgres", real_node.image("postgres"), 2)], field_manager="test")
     procs.wait_until("DataStore pg Ready", lambda: ready(real_cp, ns, "pg"), 300)
@@ -64,14 +70,33 @@ def test_managed_postgres_standby_streams_and_survives_the_loss_of_pod_0(
 
     conn = secret(real_cp, ns, "pg-conn")
     user, password, host = conn["username"], conn["password"], conn["host"]
+
     def sql(pod: str, statement: str, via_service: bool = False) -> str:
-        return in_pod(real_cp, ns, pod, "postgres", "PGPASSWORD", password, "psql", "-X", "-A", "-t", "-v",
-                      "ON_ERROR_STOP=1", "-U", user, "-d", conn["database"], "-c", statement,
-                      "-h", host if via_service else "127.0.0.1")
+        return in_pod(
+            real_cp,
+            ns,
+            pod,
+            "postgres",
+            "PGPASSWORD",
+            password,
+            "psql",
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-U",
+            user,
+            "-d",
+            conn["database"],
+            "-c",
+            statement,
+            "-h",
+            host if via_service else "127.0.0.1",
+        )
 
     # Written on the primary through the client Service's DNS name, read on the standby Pod.
-    sql("pg-1", "CREATE TABLE t (id int primary key, v text); INSERT INTO t VALUES (1, 'before')",
-        via_service=True)
+    sql("pg-1", "CREATE TABLE t (id int primary key, v text); INSERT INTO t VALUES (1, 'before')", via_service=True)
     procs.wait_until("the row on the standby", lambda: sql("pg-1", "SELECT v FROM t WHERE id = 1") == "before", 30)
     assert sql("pg-1", "SELECT pg_is_in_recovery()") == "t"
     assert sql("pg-0", "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "1"
@@ -82,12 +107,16 @@ def test_managed_postgres_standby_streams_and_survives_the_loss_of_pod_0(
     ready_since = condition(get(real_cp, ns, "datastore", "pg"), "Ready")["lastTransitionTime"]
     real_cp.kubectl("delete", "pod", "pg-0", "-n", ns, "--wait=false")
     # Status says so while pod 0 is gone (the observing timer reads the StatefulSet and the server)...
-    procs.wait_until("DataStore pg not Ready", lambda: condition(get(real_cp, ns, "datastore", "pg"), "Ready")
-                     .get("status") == "False", 60)
+    procs.wait_until(
+        "DataStore pg not Ready",
+        lambda: condition(get(real_cp, ns, "datastore", "pg"), "Ready").get("status") == "False",
+        60,
+    )
     procs.wait_until("a new pg-0", lambda: get(real_cp, ns, "pod", "pg-0")["metadata"]["uid"] != old_uid, 60)
     real_cp.kubectl("wait", "-n", ns, "--for=condition=Ready", "--timeout=180s", "pod/pg-0")
-    procs.wait_until("DataStore pg Ready again", lambda: ready(real_cp, ns, "pg") and members_ok(real_cp, ns, "pg"),
-                     240)
+    procs.wait_until(
+        "DataStore pg Ready again", lambda: ready(real_cp, ns, "pg") and members_ok(real_cp, ns, "pg"), 240
+    )
     # ...and flips back: Ready again since after the loss.
     assert condition(get(real_cp, ns, "datastore", "pg"), "Ready")["lastTransitionTime"] > ready_since
     assert sql("pg-0", "SELECT v FROM t WHERE id = 1") == "before"

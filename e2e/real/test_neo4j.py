@@ -19,13 +19,13 @@ from mlinfra.engines.render import CONFIG_DIR, PROFILES
 UID = PROFILES["neo4j"].uid
 
 
-def test_managed_neo4j_answers_bolt_with_the_generated_password(real_cp: ControlPlane, real_node: RealNode,
-                                                                real_operator: str, real_ns: str) -> None:
+def test_managed_neo4j_answers_bolt_with_the_generated_password(
+    real_cp: ControlPlane, real_node: RealNode, real_operator: str, real_ns: str
+) -> None:
     ns = real_ns
     store = datastore(ns, "graph", "neo4j", real_node.image("neo4j"), 1)
     # A small heap and page cache: two cores and other tests share the machine (the allow-listed settings).
-    store["spec"]["managed"]["config"] = {"server.memory.heap.max_size": "512m",
-                                          "server.memory.pagecache.size": "64m"}
+    store["spec"]["managed"]["config"] = {"server.memory.heap.max_size": "512m", "server.memory.pagecache.size": "64m"}
     real_cp.apply([store], field_manager="test")
     procs.wait_until("DataStore graph Ready", lambda: ready(real_cp, ns, "graph"), 300)
 
@@ -65,12 +65,15 @@ def test_managed_neo4j_answers_bolt_with_the_generated_password(real_cp: Control
     # the connection Secret's username and generated password.
     pod_ip = pod["status"]["podIP"]
     uri = f"bolt://{pod_ip}:7687"
-    with neo4j.GraphDatabase.driver(uri, auth=(conn["username"], conn["password"]),
-                                    connection_timeout=10) as driver:
+    with neo4j.GraphDatabase.driver(uri, auth=(conn["username"], conn["password"]), connection_timeout=10) as driver:
         records = driver.execute_query("RETURN 1 AS one").records
         assert [r["one"] for r in records] == [1]
-    with neo4j.GraphDatabase.driver(uri, auth=(conn["username"], conn["password"] + "-wrong"),
-                                    connection_timeout=10) as driver, pytest.raises(neo4j.exceptions.AuthError):
+    with (
+        neo4j.GraphDatabase.driver(
+            uri, auth=(conn["username"], conn["password"] + "-wrong"), connection_timeout=10
+        ) as driver,
+        pytest.raises(neo4j.exceptions.AuthError),
+    ):
         driver.execute_query("RETURN 1 AS one")
     # Its liveness probe (HTTP on 7474, after the startup probe) passes: the server is not restarted.
     time.sleep(75)

@@ -59,16 +59,19 @@ def run(
     metrics_port: Annotated[int, typer.Option(help="Port of the Prometheus /metrics endpoint.")] = 9090,
     endpoint_map: Annotated[
         pathlib.Path | None,
-        typer.Option(help="Development only: JSON map of managed stores to local endpoints "
-                          "(env MLINFRA_ENDPOINT_MAP); see docs/development.md."),
+        typer.Option(
+            help="Development only: JSON map of managed stores to local endpoints "
+            "(env MLINFRA_ENDPOINT_MAP); see docs/development.md."
+        ),
     ] = None,
 ) -> None:
     """Run the operator (Kopf, standalone: one replica)."""
     from mlinfra import run as run_mod
     from mlinfra.config import Settings
 
-    settings = Settings.from_env(namespaces=tuple(namespace or ()), health_port=health_port,
-                                 metrics_port=metrics_port, endpoint_map=endpoint_map)
+    settings = Settings.from_env(
+        namespaces=tuple(namespace or ()), health_port=health_port, metrics_port=metrics_port, endpoint_map=endpoint_map
+    )
     run_mod.run(settings)
 
 
@@ -77,9 +80,13 @@ def demo(
     once: Annotated[bool, typer.Option(help="Exit after the samples are Ready (exit 1 if they are not).")] = False,
     state_dir: Annotated[pathlib.Path | None, typer.Option(help="Working directory (default: a temp dir).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the samples to become Ready.")] = 300,
-    kwok: Annotated[bool, typer.Option(
-        help="On kwok's fake nodes instead of a real node: stores served by local servers, the operator and "
-             "the Jobs' commands on this host, Qdrant (local mode) and the VectorIndex loop included.")] = False,
+    kwok: Annotated[
+        bool,
+        typer.Option(
+            help="On kwok's fake nodes instead of a real node: stores served by local servers, the operator and "
+            "the Jobs' commands on this host, Qdrant (local mode) and the VectorIndex loop included."
+        ),
+    ] = False,
 ) -> None:
     """The local platform, the operator and the sample resources becoming Ready (Ctrl-C stops it): as real
     Pods on a real node (needs root; the Qdrant sample is left out: no server binary here), or ``--kwok``."""
@@ -131,8 +138,11 @@ def status(
             group, version = resources.KINDS[kind].api_version.split("/")
             plural = resources.KINDS[kind].plural
             try:
-                body = (api.list_cluster_custom_object(group, version, plural) if scope is None
-                        else api.list_namespaced_custom_object(group, version, scope, plural))
+                body = (
+                    api.list_cluster_custom_object(group, version, plural)
+                    if scope is None
+                    else api.list_namespaced_custom_object(group, version, scope, plural)
+                )
             except kube.ApiException as exc:
                 if exc.status != 404:  # 404: this kind's CRD is not installed, so there is none of it
                     raise
@@ -155,8 +165,9 @@ def status(
     if color is None:
         color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     # color= too: click strips ANSI codes from output that is not a terminal, which would undo --color.
-    typer.echo(statusview.render_text(trees, color=color, now=datetime.datetime.now(datetime.UTC)), nl=False,
-               color=color)
+    typer.echo(
+        statusview.render_text(trees, color=color, now=datetime.datetime.now(datetime.UTC)), nl=False, color=color
+    )
 
 
 def _current_namespace() -> str:

@@ -52,7 +52,8 @@ def parse_engine_images(value: str) -> dict[str, str]:
         engine, sep, image = item.partition("=")
         engine, image = engine.strip(), image.strip()
         if not sep or engine not in ENGINES or not image or any(c.isspace() for c in image):
-            raise ValueError(f"MLINFRA_ENGINE_IMAGES: {item!r} is not <engine>=<image> with engine one of "
-                             f"{', '.join(ENGINES)}")
+            raise ValueError(
+                f"MLINFRA_ENGINE_IMAGES: {item!r} is not <engine>=<image> with engine one of {', '.join(ENGINES)}"
+            )
         images[engine] = image
     return images

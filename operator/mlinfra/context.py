@@ -26,8 +26,9 @@ class Context:
 
     @classmethod
     def from_settings(cls, settings: Settings, kube: objects.Kube | None = None) -> Context:
-        return cls(settings=settings, kube=kube or objects.Kube(),
-                   endpoints=endpoints.EndpointMap(settings.endpoint_map))
+        return cls(
+            settings=settings, kube=kube or objects.Kube(), endpoints=endpoints.EndpointMap(settings.endpoint_map)
+        )
 
     def reach(self, conn: ConnectionInfo, namespace: str, datastore: str) -> ConnectionInfo:
         """How the operator reaches the managed store ``namespace/datastore`` published as ``conn``."""

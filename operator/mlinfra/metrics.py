@@ -9,50 +9,69 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-RECONCILE = Counter("controller_runtime_reconcile", "Reconciliations per controller and result.",
-                    ["controller", "result"])
+RECONCILE = Counter(
+    "controller_runtime_reconcile", "Reconciliations per controller and result.", ["controller", "result"]
+)
 RECONCILE_ERRORS = Counter("controller_runtime_reconcile_errors", "Reconciliations that failed.", ["controller"])
-RECONCILE_TIME = Histogram("controller_runtime_reconcile_time_seconds", "Time per reconciliation.",
-                           ["controller"])
+RECONCILE_TIME = Histogram("controller_runtime_reconcile_time_seconds", "Time per reconciliation.", ["controller"])
 
 DATASTORE_UP = Gauge("mlinfra_datastore_up", "1 when the store answers, else 0.", ["namespace", "name", "engine"])
 DATASTORE_READY_REPLICAS = Gauge("mlinfra_datastore_ready_replicas", "Members ready.", ["namespace", "name"])
-DATASTORE_LAG_BYTES = Gauge("mlinfra_datastore_replication_lag_bytes", "Replication lag of a member, bytes.",
-                            ["namespace", "name", "member"])
-DATASTORE_LAG_SECONDS = Gauge("mlinfra_datastore_replication_lag_seconds",
-                              "Replication lag of a member, seconds.", ["namespace", "name", "member"])
+DATASTORE_LAG_BYTES = Gauge(
+    "mlinfra_datastore_replication_lag_bytes", "Replication lag of a member, bytes.", ["namespace", "name", "member"]
+)
+DATASTORE_LAG_SECONDS = Gauge(
+    "mlinfra_datastore_replication_lag_seconds",
+    "Replication lag of a member, seconds.",
+    ["namespace", "name", "member"],
+)
 
 
 FEATUREVIEW_FRESHNESS_LAG = Gauge(
     "mlinfra_featureview_freshness_lag_seconds",
     "Newest offline event time minus the newest event time materialized online (0 when caught up).",
-    ["namespace", "name"])
+    ["namespace", "name"],
+)
 # The objectives as gauges, so one alert rule compares each object's lag with its own spec: `lag > max_lag`
 # matches the two series on namespace and name.
 FEATUREVIEW_FRESHNESS_MAX_LAG = Gauge(
     "mlinfra_featureview_freshness_max_lag_seconds",
-    "spec.freshness.maxLag: the freshness objective (no series when the view has none).", ["namespace", "name"])
+    "spec.freshness.maxLag: the freshness objective (no series when the view has none).",
+    ["namespace", "name"],
+)
 
 
-REGISTRY_PENDING_EVENTS = Gauge("mlinfra_modelregistry_lineage_pending_events",
-                                "Outbox events not yet in the lineage graph.", ["namespace", "name"])
-REGISTRY_LINEAGE_LAG = Gauge("mlinfra_modelregistry_lineage_lag_seconds",
-                             "Age of the oldest outbox event not yet in the lineage graph (0 when none).",
-                             ["namespace", "name"])
-REGISTRY_LINEAGE_MAX_LAG = Gauge("mlinfra_modelregistry_lineage_max_lag_seconds",
-                                 "spec.lineageSync.maxLag: the lineage objective.", ["namespace", "name"])
+REGISTRY_PENDING_EVENTS = Gauge(
+    "mlinfra_modelregistry_lineage_pending_events", "Outbox events not yet in the lineage graph.", ["namespace", "name"]
+)
+REGISTRY_LINEAGE_LAG = Gauge(
+    "mlinfra_modelregistry_lineage_lag_seconds",
+    "Age of the oldest outbox event not yet in the lineage graph (0 when none).",
+    ["namespace", "name"],
+)
+REGISTRY_LINEAGE_MAX_LAG = Gauge(
+    "mlinfra_modelregistry_lineage_max_lag_seconds",
+    "spec.lineageSync.maxLag: the lineage objective.",
+    ["namespace", "name"],
+)
 
 
-VECTORINDEX_POINTS = Gauge("mlinfra_vectorindex_points", "Points in the collection the alias points at.",
-                           ["namespace", "name"])
-VECTORINDEX_SYNC_LAG = Gauge("mlinfra_vectorindex_sync_lag_seconds",
-                             "Newest source change time minus the newest one indexed (0 when caught up).",
-                             ["namespace", "name"])
-VECTORINDEX_ROWS_BEHIND = Gauge("mlinfra_vectorindex_rows_behind", "Source rows changed since the last sync.",
-                                ["namespace", "name"])
-VECTORINDEX_SYNC_MAX_LAG = Gauge("mlinfra_vectorindex_sync_max_lag_seconds",
-                                 "spec.sync.maxLag: the sync objective (no series when the index has none).",
-                                 ["namespace", "name"])
+VECTORINDEX_POINTS = Gauge(
+    "mlinfra_vectorindex_points", "Points in the collection the alias points at.", ["namespace", "name"]
+)
+VECTORINDEX_SYNC_LAG = Gauge(
+    "mlinfra_vectorindex_sync_lag_seconds",
+    "Newest source change time minus the newest one indexed (0 when caught up).",
+    ["namespace", "name"],
+)
+VECTORINDEX_ROWS_BEHIND = Gauge(
+    "mlinfra_vectorindex_rows_behind", "Source rows changed since the last sync.", ["namespace", "name"]
+)
+VECTORINDEX_SYNC_MAX_LAG = Gauge(
+    "mlinfra_vectorindex_sync_max_lag_seconds",
+    "spec.sync.maxLag: the sync objective (no series when the index has none).",
+    ["namespace", "name"],
+)
 
 
 @contextmanager
@@ -75,8 +94,7 @@ def reconciling(controller: str) -> Iterator[None]:
 
 
 def record_datastore(namespace: str, name: str, engine: str, status: dict[str, Any]) -> None:
-    reachable = any(c.get("type") == "Reachable" and c.get("status") == "True"
-                    for c in status.get("conditions") or [])
+    reachable = any(c.get("type") == "Reachable" and c.get("status") == "True" for c in status.get("conditions") or [])
     DATASTORE_UP.labels(namespace, name, engine).set(1 if reachable else 0)
     replication = status.get("replication")
     if isinstance(replication, dict):

@@ -48,8 +48,9 @@ class ProblemError(Exception):
 
 def invalid_spec(exc: pydantic.ValidationError) -> Problem:
     """What the API server let through but the model refuses: InvalidSpec, naming each field."""
-    details = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-                        for err in exc.errors(include_url=False))
+    details = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False)
+    )
     return Problem(INVALID_SPEC, f"invalid spec: {details}", stalled=True)
 
 
@@ -71,8 +72,12 @@ def summary(problem: Problem) -> list[Cond]:
     return [
         Cond("Ready", "False", p.reason, p.message),
         Cond("Reconciling", "False" if p.stalled else "True", p.reason, "" if p.stalled else p.message),
-        Cond("Stalled", "True" if p.stalled else "False", p.reason if p.stalled else READY,
-             p.message if p.stalled else ""),
+        Cond(
+            "Stalled",
+            "True" if p.stalled else "False",
+            p.reason if p.stalled else READY,
+            p.message if p.stalled else "",
+        ),
     ]
 
 

@@ -29,12 +29,15 @@ KINDS = (STORE_KIND, *DEPENDENT_KINDS)
 
 # kind -> (role of the store, path of its name in the object). The roles name the spec fields.
 STORE_REFS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
-    "FeatureView": (("offline", ("spec", "offline", "storeRef", "name")),
-                    ("online", ("spec", "online", "storeRef", "name"))),
-    "ModelRegistry": (("metadata", ("spec", "metadataStoreRef", "name")),
-                      ("lineage", ("spec", "lineageStoreRef", "name"))),
-    "VectorIndex": (("index", ("spec", "storeRef", "name")),
-                    ("source", ("spec", "source", "storeRef", "name"))),
+    "FeatureView": (
+        ("offline", ("spec", "offline", "storeRef", "name")),
+        ("online", ("spec", "online", "storeRef", "name")),
+    ),
+    "ModelRegistry": (
+        ("metadata", ("spec", "metadataStoreRef", "name")),
+        ("lineage", ("spec", "lineageStoreRef", "name")),
+    ),
+    "VectorIndex": (("index", ("spec", "storeRef", "name")), ("source", ("spec", "source", "storeRef", "name"))),
 }
 
 
@@ -53,9 +56,17 @@ class Entry:
     last_sync: str | None  # end of the latest sync, as status has it; None for kinds that do not sync
 
     def as_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "namespace": self.namespace, "name": self.name, "ready": self.ready,
-                "reason": self.reason, "message": self.message, "reconciling": self.reconciling,
-                "lastSync": self.last_sync, "figures": self.figures}
+        return {
+            "kind": self.kind,
+            "namespace": self.namespace,
+            "name": self.name,
+            "ready": self.ready,
+            "reason": self.reason,
+            "message": self.message,
+            "reconciling": self.reconciling,
+            "lastSync": self.last_sync,
+            "figures": self.figures,
+        }
 
 
 @dataclass(frozen=True)
@@ -114,11 +125,14 @@ def _run_time(run: Mapping[str, Any] | None) -> str | None:
 
 def _datastore(obj: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
     st = obj.get("status") or {}
-    figures = {"engine": _dig(obj, "spec", "engine"), "mode": st.get("mode"),
-               "readyReplicas": _dig(st, "replication", "readyReplicas"),
-               "desiredReplicas": _dig(st, "replication", "desiredReplicas"),
-               "maxLagSeconds": _dig(st, "replication", "maxLagSeconds"),
-               "maxLagBytes": _dig(st, "replication", "maxLagBytes")}
+    figures = {
+        "engine": _dig(obj, "spec", "engine"),
+        "mode": st.get("mode"),
+        "readyReplicas": _dig(st, "replication", "readyReplicas"),
+        "desiredReplicas": _dig(st, "replication", "desiredReplicas"),
+        "maxLagSeconds": _dig(st, "replication", "maxLagSeconds"),
+        "maxLagBytes": _dig(st, "replication", "maxLagBytes"),
+    }
     return figures, None  # a DataStore is observed, never synced
 
 
@@ -131,20 +145,35 @@ def _featureview(obj: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
 def _modelregistry(obj: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
     lineage = _dig(obj, "status", "lineage") or {}
     last = lineage.get("lastSyncTime")
-    return ({"schemaVersion": _dig(obj, "status", "schemaVersion"), "pendingEvents": lineage.get("pendingEvents"),
-             "lagSeconds": lineage.get("oldestPendingAgeSeconds"), "lastSyncTime": last},
-            str(last) if last else None)
+    return (
+        {
+            "schemaVersion": _dig(obj, "status", "schemaVersion"),
+            "pendingEvents": lineage.get("pendingEvents"),
+            "lagSeconds": lineage.get("oldestPendingAgeSeconds"),
+            "lastSyncTime": last,
+        },
+        str(last) if last else None,
+    )
 
 
 def _vectorindex(obj: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
     st = obj.get("status") or {}
     run = _run(_dig(st, "sync", "lastRun"))
-    return ({"points": st.get("points"), "rowsBehind": _dig(st, "sync", "rowsBehind"),
-             "lagSeconds": _dig(st, "sync", "lagSeconds"), "lastRun": run}, _run_time(run))
+    return (
+        {
+            "points": st.get("points"),
+            "rowsBehind": _dig(st, "sync", "rowsBehind"),
+            "lagSeconds": _dig(st, "sync", "lagSeconds"),
+            "lastRun": run,
+        },
+        _run_time(run),
+    )
 
 
 FIGURES: dict[str, Callable[[Mapping[str, Any]], tuple[dict[str, Any], str | None]]] = {
-    "DataStore": _datastore, "FeatureView": _featureview, "ModelRegistry": _modelregistry,
+    "DataStore": _datastore,
+    "FeatureView": _featureview,
+    "ModelRegistry": _modelregistry,
     "VectorIndex": _vectorindex,
 }
 
@@ -156,11 +185,17 @@ def entry(kind: str, obj: Mapping[str, Any]) -> Entry:
     generation = meta.get("generation")
     stale = generation is not None and _dig(obj, "status", "observedGeneration") != generation
     figures, last_sync = FIGURES[kind](obj)
-    return Entry(kind=kind, namespace=str(meta.get("namespace") or ""), name=str(meta.get("name") or ""),
-                 ready=str(ready.get("status") or "Unknown"), reason=str(ready.get("reason") or ""),
-                 message=str(ready.get("message") or ""),
-                 reconciling=stale or _condition(obj, "Reconciling").get("status") == "True",
-                 figures=figures, last_sync=last_sync)
+    return Entry(
+        kind=kind,
+        namespace=str(meta.get("namespace") or ""),
+        name=str(meta.get("name") or ""),
+        ready=str(ready.get("status") or "Unknown"),
+        reason=str(ready.get("reason") or ""),
+        message=str(ready.get("message") or ""),
+        reconciling=stale or _condition(obj, "Reconciling").get("status") == "True",
+        figures=figures,
+        last_sync=last_sync,
+    )
 
 
 def store_refs(kind: str, obj: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
@@ -204,16 +239,27 @@ def build(objects: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[NamespaceT
 
 def render_json(trees: Sequence[NamespaceTree]) -> str:
     """The machine form; its structure is documented in docs/observability.md and only grows."""
-    doc = {"formatVersion": FORMAT_VERSION, "namespaces": [{
-        "namespace": tree.namespace,
-        "stores": [{
-            "name": node.name,
-            "missing": node.entry is None,
-            "resource": node.entry.as_json() if node.entry else None,
-            "dependents": [{**d.entry.as_json(), "storeRoles": list(d.roles), "alsoUnder": list(d.also_under)}
-                           for d in node.dependents],
-        } for node in tree.stores],
-    } for tree in trees]}
+    doc = {
+        "formatVersion": FORMAT_VERSION,
+        "namespaces": [
+            {
+                "namespace": tree.namespace,
+                "stores": [
+                    {
+                        "name": node.name,
+                        "missing": node.entry is None,
+                        "resource": node.entry.as_json() if node.entry else None,
+                        "dependents": [
+                            {**d.entry.as_json(), "storeRoles": list(d.roles), "alsoUnder": list(d.also_under)}
+                            for d in node.dependents
+                        ],
+                    }
+                    for node in tree.stores
+                ],
+            }
+            for tree in trees
+        ],
+    }
     return json.dumps(doc, indent=2)
 
 
@@ -248,16 +294,22 @@ def details(e: Entry) -> str:
     """The key figures of one entry as ``key=value`` words."""
     f = e.figures
     if e.kind == "DataStore":
-        return (f"engine={_num(f['engine'])} mode={_num(f['mode'])} "
-                f"replicas={_num(f['readyReplicas'])}/{_num(f['desiredReplicas'])} "
-                f"maxLag={seconds(f['maxLagSeconds'])}")
+        return (
+            f"engine={_num(f['engine'])} mode={_num(f['mode'])} "
+            f"replicas={_num(f['readyReplicas'])}/{_num(f['desiredReplicas'])} "
+            f"maxLag={seconds(f['maxLagSeconds'])}"
+        )
     if e.kind == "FeatureView":
         return f"lag={seconds(f['lagSeconds'])} lastMaterialization={_run_text(f['lastMaterialization'])}"
     if e.kind == "ModelRegistry":
-        return (f"schema={_num(f['schemaVersion'])} pending={_num(f['pendingEvents'])} "
-                f"lineageLag={seconds(f['lagSeconds'])}")
-    return (f"points={_num(f['points'])} rowsBehind={_num(f['rowsBehind'])} lag={seconds(f['lagSeconds'])} "
-            f"lastRun={_run_text(f['lastRun'])}")
+        return (
+            f"schema={_num(f['schemaVersion'])} pending={_num(f['pendingEvents'])} "
+            f"lineageLag={seconds(f['lagSeconds'])}"
+        )
+    return (
+        f"points={_num(f['points'])} rowsBehind={_num(f['rowsBehind'])} lag={seconds(f['lagSeconds'])} "
+        f"lastRun={_run_text(f['lastRun'])}"
+    )
 
 
 def since(timestamp: str | None, now: datetime.datetime | None) -> str:
@@ -298,20 +350,35 @@ def _rows(tree: NamespaceTree, now: datetime.datetime | None, glyphs: tuple[str,
         if e is None:
             rows.append(_Row((f"(missing store {node.name})", "", "", "", ""), None, ""))
         else:
-            rows.append(_Row((f"{e.kind}/{e.name}", e.ready, e.reason, since(e.last_sync, now), details(e)), e,
-                             f"   {_one_line(e.message)}" if e.message and e.ready != "True" else ""))
+            rows.append(
+                _Row(
+                    (f"{e.kind}/{e.name}", e.ready, e.reason, since(e.last_sync, now), details(e)),
+                    e,
+                    f"   {_one_line(e.message)}" if e.message and e.ready != "True" else "",
+                )
+            )
         for i, dep in enumerate(node.dependents):
             d = dep.entry
             final = i == len(node.dependents) - 1
             where = f"{', '.join(dep.roles)}" + (f"; also under {', '.join(dep.also_under)}" if dep.also_under else "")
             note = f"{'   ' if final else pipe}   {_one_line(d.message)}" if d.message and d.ready != "True" else ""
-            rows.append(_Row((f"{last if final else branch}{d.kind}/{d.name}", d.ready, d.reason,
-                              since(d.last_sync, now), f"{details(d)} [{where}]"), d, note))
+            rows.append(
+                _Row(
+                    (
+                        f"{last if final else branch}{d.kind}/{d.name}",
+                        d.ready,
+                        d.reason,
+                        since(d.last_sync, now),
+                        f"{details(d)} [{where}]",
+                    ),
+                    d,
+                    note,
+                )
+            )
     return rows
 
 
-def render_text(trees: Sequence[NamespaceTree], *, color: bool = False,
-                now: datetime.datetime | None = None) -> str:
+def render_text(trees: Sequence[NamespaceTree], *, color: bool = False, now: datetime.datetime | None = None) -> str:
     """The tree for people: one section per namespace, columns aligned, READY coloured when ``color``.
 
     Box-drawing glyphs only with ``color`` (a terminal); plain output stays ASCII for pipes and logs."""
@@ -332,7 +399,7 @@ def render_text(trees: Sequence[NamespaceTree], *, color: bool = False,
                 else:
                     # Only the READY cell: colour codes inside other cells would break the alignment.
                     at, cell = widths[0] + 2, row.cells[1].ljust(widths[1])
-                    text = f"{text[:at]}{paint}{cell}{RESET}{text[at + len(cell):]}"
+                    text = f"{text[:at]}{paint}{cell}{RESET}{text[at + len(cell) :]}"
             out.append(text)
             if row.note:
                 out.append(row.note[:240])

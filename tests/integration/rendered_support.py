@@ -11,10 +11,12 @@ NAME, NAMESPACE = "feats", "ml"
 
 
 def store(engine: str, replicas: int, config: dict[str, str]) -> DataStore:
-    return DataStore.model_validate({
-        "metadata": {"name": NAME, "namespace": NAMESPACE},
-        "spec": {"engine": engine, "managed": {"replicas": replicas, "config": config}},
-    })
+    return DataStore.model_validate(
+        {
+            "metadata": {"name": NAME, "namespace": NAMESPACE},
+            "spec": {"engine": engine, "managed": {"replicas": replicas, "config": config}},
+        }
+    )
 
 
 def write_files(directory: Path, files: dict[str, str]) -> dict[str, Path]:

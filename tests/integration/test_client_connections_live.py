@@ -11,11 +11,14 @@ from mlinfra.engines import connection
 
 
 async def test_secret_directory_and_dict_reach_redis_and_postgres(
-        tmp_path: Path, redis_cluster: RedisCluster, postgres_cluster: PostgresCluster) -> None:
-    online = connection.ConnectionInfo.for_engine("redis", "127.0.0.1", redis_cluster.password,
-                                                  port=redis_cluster.primary.port)
-    offline = connection.ConnectionInfo.for_engine("postgres", "127.0.0.1", postgres_cluster.password,
-                                                   port=postgres_cluster.primary.port)
+    tmp_path: Path, redis_cluster: RedisCluster, postgres_cluster: PostgresCluster
+) -> None:
+    online = connection.ConnectionInfo.for_engine(
+        "redis", "127.0.0.1", redis_cluster.password, port=redis_cluster.primary.port
+    )
+    offline = connection.ConnectionInfo.for_engine(
+        "postgres", "127.0.0.1", postgres_cluster.password, port=postgres_cluster.primary.port
+    )
     for key, value in online.to_secret_data().items():
         (tmp_path / key).write_text(value)
 

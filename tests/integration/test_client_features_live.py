@@ -46,36 +46,45 @@ def t(minutes: float) -> datetime.datetime:
     return T0 + datetime.timedelta(minutes=minutes)
 
 
-def make_view(name: str, schema: str, entities: list[tuple[str, str]],
-              ttl: str | None = None) -> featureview.FeatureView:
-    return featureview.FeatureView.model_validate({
-        "metadata": {"name": name, "namespace": "ml"},
-        "spec": {
-            "entities": [{"name": n, "type": ty} for n, ty in entities],
-            "features": [{"name": n, "type": ty} for n, ty in FEATURES],
-            "offline": {"storeRef": {"name": "pg"}, "schema": schema},
-            "online": {"storeRef": {"name": "redis"}, **({"ttl": ttl} if ttl else {})},
-        },
-    })
+def make_view(
+    name: str, schema: str, entities: list[tuple[str, str]], ttl: str | None = None
+) -> featureview.FeatureView:
+    return featureview.FeatureView.model_validate(
+        {
+            "metadata": {"name": name, "namespace": "ml"},
+            "spec": {
+                "entities": [{"name": n, "type": ty} for n, ty in entities],
+                "features": [{"name": n, "type": ty} for n, ty in FEATURES],
+                "offline": {"storeRef": {"name": "pg"}, "schema": schema},
+                "online": {"storeRef": {"name": "redis"}, **({"ttl": ttl} if ttl else {})},
+            },
+        }
+    )
 
 
 def create_table(pg: PostgresCluster, view: View) -> None:
-    columns = [sql.SQL("{} {} NOT NULL").format(sql.Identifier(n), sql.SQL(layout.sql_type(ty)))
-               for n, ty in view.entities]
+    columns = [
+        sql.SQL("{} {} NOT NULL").format(sql.Identifier(n), sql.SQL(layout.sql_type(ty))) for n, ty in view.entities
+    ]
     columns += [sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(layout.sql_type(ty))) for n, ty in view.features]
-    columns += [sql.SQL("{} timestamptz NOT NULL").format(sql.Identifier(layout.EVENT_TIMESTAMP)),
-                sql.SQL("{} timestamptz NOT NULL DEFAULT clock_timestamp()").format(sql.Identifier(layout.CREATED_AT))]
+    columns += [
+        sql.SQL("{} timestamptz NOT NULL").format(sql.Identifier(layout.EVENT_TIMESTAMP)),
+        sql.SQL("{} timestamptz NOT NULL DEFAULT clock_timestamp()").format(sql.Identifier(layout.CREATED_AT)),
+    ]
     with pg.primary.connect() as conn:
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(view.schema)))
-        conn.execute(sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(view.schema, view.table),
-                                                            sql.SQL(", ").join(columns)))
+        conn.execute(
+            sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(view.schema, view.table), sql.SQL(", ").join(columns))
+        )
 
 
 def insert(pg: PostgresCluster, view: View, rows: list[dict[str, Any]]) -> None:
     names = [*view.entity_names, *(n for n, _ in view.features), layout.EVENT_TIMESTAMP]
     query = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-        sql.Identifier(view.schema, view.table), sql.SQL(", ").join(map(sql.Identifier, names)),
-        sql.SQL(", ").join(sql.Placeholder() * len(names)))
+        sql.Identifier(view.schema, view.table),
+        sql.SQL(", ").join(map(sql.Identifier, names)),
+        sql.SQL(", ").join(sql.Placeholder() * len(names)),
+    )
     with pg.primary.connect() as conn, conn.cursor() as cur:
         for row in rows:  # one statement each: created_at (clock_timestamp) increases with insertion order
             cur.execute(query, [row.get(name) for name in names])
@@ -84,20 +93,31 @@ def insert(pg: PostgresCluster, view: View, rows: list[dict[str, Any]]) -> None:
 def values(i: int) -> dict[str, Any]:
     """A full set of feature values, distinct per i."""
     return {
-        "clicks": 10**12 + i, "ctr": 0.25 + i, "score": 1 / 3 + i, "country": f"de-{i}:ä", "vip": i % 2 == 0,
-        "last_seen": t(i) + datetime.timedelta(microseconds=250), "blob": bytes([i, 0, 255]),
-        "embedding": [0.5, -1.0, float(i)], "age": 30 + i,
+        "clicks": 10**12 + i,
+        "ctr": 0.25 + i,
+        "score": 1 / 3 + i,
+        "country": f"de-{i}:ä",
+        "vip": i % 2 == 0,
+        "last_seen": t(i) + datetime.timedelta(microseconds=250),
+        "blob": bytes([i, 0, 255]),
+        "embedding": [0.5, -1.0, float(i)],
+        "age": 30 + i,
     }
 
 
-def write_online(redis_cluster: RedisCluster, view: View, key: tuple[Any, ...], row: dict[str, Any],
-                 event_ts: datetime.datetime, ttl_ms: int | None = None) -> None:
+def write_online(
+    redis_cluster: RedisCluster,
+    view: View,
+    key: tuple[Any, ...],
+    row: dict[str, Any],
+    event_ts: datetime.datetime,
+    ttl_ms: int | None = None,
+) -> None:
     """What the materializer writes for one entity, through the layout's encoding."""
     client = redis_cluster.primary.client()
     name = layout.online_key(view.namespace, view.name, key)
     client.delete(name)
-    client.hset(name, mapping=layout.encode_features(view.features, [row.get(n) for n, _ in view.features],
-                                                     event_ts))
+    client.hset(name, mapping=layout.encode_features(view.features, [row.get(n) for n, _ in view.features], event_ts))
     if ttl_ms is not None:
         client.pexpire(name, ttl_ms)
 
@@ -105,10 +125,13 @@ def write_online(redis_cluster: RedisCluster, view: View, key: tuple[Any, ...], 
 @pytest.fixture(scope="module")
 def stores(postgres_cluster: PostgresCluster, redis_cluster: RedisCluster) -> dict[str, connections.ConnectionInfo]:
     return {
-        "online": connections.from_url(f"redis://127.0.0.1:{redis_cluster.primary.port}/0",
-                                       password=redis_cluster.password),
-        "offline": connections.from_url(f"postgresql://postgres@127.0.0.1:{postgres_cluster.primary.port}/postgres",
-                                        password=postgres_cluster.password),
+        "online": connections.from_url(
+            f"redis://127.0.0.1:{redis_cluster.primary.port}/0", password=redis_cluster.password
+        ),
+        "offline": connections.from_url(
+            f"postgresql://postgres@127.0.0.1:{postgres_cluster.primary.port}/postgres",
+            password=postgres_cluster.password,
+        ),
     }
 
 
@@ -123,8 +146,12 @@ def sync_store(stores: dict[str, connections.ConnectionInfo]) -> Iterator[Featur
         yield store
 
 
-async def both_online(stores: dict[str, connections.ConnectionInfo], fv: featureview.FeatureView,
-                      keys: list[Any], features: list[str] | None = None) -> list[Any]:
+async def both_online(
+    stores: dict[str, connections.ConnectionInfo],
+    fv: featureview.FeatureView,
+    keys: list[Any],
+    features: list[str] | None = None,
+) -> list[Any]:
     """The sync answer, after checking the async client gives the same one."""
     with FeatureStore([fv], **stores) as store:
         expected = store.get_online_features(fv.metadata.name, keys, features)
@@ -133,8 +160,12 @@ async def both_online(stores: dict[str, connections.ConnectionInfo], fv: feature
     return expected
 
 
-async def both_historical(stores: dict[str, connections.ConnectionInfo], fv: featureview.FeatureView,
-                          rows: list[dict[str, Any]], features: list[str] | None = None) -> list[dict[str, Any]]:
+async def both_historical(
+    stores: dict[str, connections.ConnectionInfo],
+    fv: featureview.FeatureView,
+    rows: list[dict[str, Any]],
+    features: list[str] | None = None,
+) -> list[dict[str, Any]]:
     with FeatureStore([fv], **stores) as store:
         expected = store.get_historical_features(fv.metadata.name, rows, features)
     async with AsyncFeatureStore([fv], **stores) as astore:
@@ -157,7 +188,8 @@ def equal(a: Any, b: Any) -> bool:
 
 
 async def test_online_reads_typed_values_and_none_for_missing_keys(
-        stores: dict[str, connections.ConnectionInfo], redis_cluster: RedisCluster, schema: str) -> None:
+    stores: dict[str, connections.ConnectionInfo], redis_cluster: RedisCluster, schema: str
+) -> None:
     fv = make_view(f"users-{secrets.token_hex(3)}", schema, [("user_id", "int64")])
     view = View.from_featureview(fv)
     write_online(redis_cluster, view, (1,), values(1), t(1))
@@ -182,12 +214,15 @@ async def test_online_reads_typed_values_and_none_for_missing_keys(
 
 
 async def test_online_feature_subset_and_unknown_feature(
-        stores: dict[str, connections.ConnectionInfo], redis_cluster: RedisCluster, schema: str) -> None:
+    stores: dict[str, connections.ConnectionInfo], redis_cluster: RedisCluster, schema: str
+) -> None:
     fv = make_view(f"users-{secrets.token_hex(3)}", schema, [("user_id", "string")])
     view = View.from_featureview(fv)
     write_online(redis_cluster, view, ("u:1",), values(7), t(7))
     assert await both_online(stores, fv, ["u:1", "u"], ["score", "clicks"]) == [
-        {"score": 1 / 3 + 7, "clicks": 10**12 + 7}, None]
+        {"score": 1 / 3 + 7, "clicks": 10**12 + 7},
+        None,
+    ]
     with FeatureStore([fv], **stores) as store, pytest.raises(ValueError, match="no feature 'nope'"):
         store.get_online_features(fv.metadata.name, ["u:1"], ["score", "nope"])
     async with AsyncFeatureStore([fv], **stores) as astore:
@@ -196,7 +231,8 @@ async def test_online_feature_subset_and_unknown_feature(
 
 
 async def test_online_composite_keys(
-        stores: dict[str, connections.ConnectionInfo], redis_cluster: RedisCluster, schema: str) -> None:
+    stores: dict[str, connections.ConnectionInfo], redis_cluster: RedisCluster, schema: str
+) -> None:
     fv = make_view(f"pairs-{secrets.token_hex(3)}", schema, [("shop", "string"), ("item", "int32")])
     view = View.from_featureview(fv)
     write_online(redis_cluster, view, ("a:b", 1), values(1), t(1))
@@ -211,7 +247,8 @@ async def test_online_composite_keys(
 
 
 async def test_online_expired_keys_read_as_none(
-        stores: dict[str, connections.ConnectionInfo], redis_cluster: RedisCluster, schema: str) -> None:
+    stores: dict[str, connections.ConnectionInfo], redis_cluster: RedisCluster, schema: str
+) -> None:
     fv = make_view(f"users-{secrets.token_hex(3)}", schema, [("user_id", "int64")], ttl="1h")
     view = View.from_featureview(fv)
     write_online(redis_cluster, view, (1,), values(1), t(1), ttl_ms=150)
@@ -224,8 +261,9 @@ async def test_online_expired_keys_read_as_none(
     assert await both_online(stores, fv, [1, 2], ["age"]) == [None, {"age": 32}]
 
 
-def test_online_reads_in_batches(stores: dict[str, connections.ConnectionInfo], redis_cluster: RedisCluster,
-                                 schema: str) -> None:
+def test_online_reads_in_batches(
+    stores: dict[str, connections.ConnectionInfo], redis_cluster: RedisCluster, schema: str
+) -> None:
     fv = make_view(f"users-{secrets.token_hex(3)}", schema, [("user_id", "int64")])
     view = View.from_featureview(fv)
     for i in range(0, 25, 2):
@@ -239,19 +277,24 @@ def test_online_reads_in_batches(stores: dict[str, connections.ConnectionInfo], 
 
 
 async def test_point_in_time_join_against_a_hand_computed_table(
-        stores: dict[str, connections.ConnectionInfo], postgres_cluster: PostgresCluster, schema: str) -> None:
+    stores: dict[str, connections.ConnectionInfo], postgres_cluster: PostgresCluster, schema: str
+) -> None:
     fv = make_view("user-stats", schema, [("user_id", "int64")])
     view = View.from_featureview(fv)
     assert (view.schema, view.table) == (schema, "user_stats")
     create_table(postgres_cluster, view)
-    insert(postgres_cluster, view, [
-        {"user_id": 1, **values(10), "event_timestamp": t(10)},
-        {"user_id": 1, **values(20), "event_timestamp": t(20)},
-        {"user_id": 1, **values(30), "event_timestamp": t(30)},  # the future of every row below but one
-        {"user_id": 2, **values(15), "event_timestamp": t(15)},
-        {"user_id": 2, **values(16), "event_timestamp": t(15)},  # same event time, written later: wins the tie
-        {"user_id": 3, **{**values(5), "country": None, "embedding": [1.0, None]}, "event_timestamp": t(5)},
-    ])
+    insert(
+        postgres_cluster,
+        view,
+        [
+            {"user_id": 1, **values(10), "event_timestamp": t(10)},
+            {"user_id": 1, **values(20), "event_timestamp": t(20)},
+            {"user_id": 1, **values(30), "event_timestamp": t(30)},  # the future of every row below but one
+            {"user_id": 2, **values(15), "event_timestamp": t(15)},
+            {"user_id": 2, **values(16), "event_timestamp": t(15)},  # same event time, written later: wins the tie
+            {"user_id": 3, **{**values(5), "country": None, "embedding": [1.0, None]}, "event_timestamp": t(5)},
+        ],
+    )
     rows = [
         {"user_id": 1, "event_timestamp": t(5), "label": "before any feature row"},
         {"user_id": 1, "event_timestamp": t(10)},  # exactly at a feature row: it counts
@@ -281,8 +324,11 @@ async def test_point_in_time_join_against_a_hand_computed_table(
 
 
 async def test_historical_values_equal_online_values(
-        stores: dict[str, connections.ConnectionInfo], postgres_cluster: PostgresCluster,
-        redis_cluster: RedisCluster, schema: str) -> None:
+    stores: dict[str, connections.ConnectionInfo],
+    postgres_cluster: PostgresCluster,
+    redis_cluster: RedisCluster,
+    schema: str,
+) -> None:
     """Training and serving see identical Python values for the same row (the layout on both sides)."""
     fv = make_view("skew", schema, [("user_id", "string")])
     view = View.from_featureview(fv)
@@ -292,8 +338,11 @@ async def test_historical_values_equal_online_values(
     # What the materializer does: the offline row as psycopg returns it, encoded by the layout.
     names = [n for n, _ in view.features]
     with postgres_cluster.primary.connect() as conn:
-        fetched = conn.execute(sql.SQL("SELECT {} FROM {}").format(
-            sql.SQL(", ").join(map(sql.Identifier, names)), sql.Identifier(view.schema, view.table))).fetchone()
+        fetched = conn.execute(
+            sql.SQL("SELECT {} FROM {}").format(
+                sql.SQL(", ").join(map(sql.Identifier, names)), sql.Identifier(view.schema, view.table)
+            )
+        ).fetchone()
     assert fetched is not None
     write_online(redis_cluster, view, ("u",), dict(zip(names, fetched, strict=True)), t(3))
 
@@ -304,14 +353,19 @@ async def test_historical_values_equal_online_values(
 
 
 async def test_historical_ttl_composite_keys_and_subset(
-        stores: dict[str, connections.ConnectionInfo], postgres_cluster: PostgresCluster, schema: str) -> None:
+    stores: dict[str, connections.ConnectionInfo], postgres_cluster: PostgresCluster, schema: str
+) -> None:
     fv = make_view("pairs", schema, [("shop", "string"), ("item", "int32")], ttl="1h")
     view = View.from_featureview(fv)
     create_table(postgres_cluster, view)
-    insert(postgres_cluster, view, [
-        {"shop": "a:b", "item": 1, **values(1), "event_timestamp": t(0)},
-        {"shop": "a", "item": 1, **values(2), "event_timestamp": t(0)},
-    ])
+    insert(
+        postgres_cluster,
+        view,
+        [
+            {"shop": "a:b", "item": 1, **values(1), "event_timestamp": t(0)},
+            {"shop": "a", "item": 1, **values(2), "event_timestamp": t(0)},
+        ],
+    )
     rows = [
         {"shop": "a:b", "item": 1, "event_timestamp": t(60)},  # exactly one TTL old: still served
         {"shop": "a:b", "item": 1, "event_timestamp": t(61)},  # older than the TTL: not served
@@ -330,12 +384,12 @@ async def test_historical_ttl_composite_keys_and_subset(
 
 
 async def test_historical_identifiers_are_quoted(
-        stores: dict[str, connections.ConnectionInfo], postgres_cluster: PostgresCluster, schema: str) -> None:
+    stores: dict[str, connections.ConnectionInfo], postgres_cluster: PostgresCluster, schema: str
+) -> None:
     """Entity values are parameters and names are quoted identifiers: a hostile value is just a value."""
     fv = make_view("users", schema, [("user_id", "string")])
     view = View.from_featureview(fv)
     create_table(postgres_cluster, view)
     insert(postgres_cluster, view, [{"user_id": "x'; DROP TABLE users; --", **values(1), "event_timestamp": t(0)}])
-    got = await both_historical(stores, fv, [{"user_id": "x'; DROP TABLE users; --", "event_timestamp": t(1)}],
-                                ["age"])
+    got = await both_historical(stores, fv, [{"user_id": "x'; DROP TABLE users; --", "event_timestamp": t(1)}], ["age"])
     assert got[0]["age"] == 31

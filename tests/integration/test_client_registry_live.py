@@ -33,8 +33,12 @@ def database(postgres_cluster: PostgresCluster) -> Iterator[tuple[str, connectio
     with postgres_cluster.primary.connect(name) as conn:
         migrate.apply(conn)
         roles.ensure_roles(conn, name, writer, password, reader, secrets.token_urlsafe(16))
-    yield name, connection.ConnectionInfo.for_engine("postgres", "127.0.0.1", password, username=writer,
-                                                     port=postgres_cluster.primary.port, database=name)
+    yield (
+        name,
+        connection.ConnectionInfo.for_engine(
+            "postgres", "127.0.0.1", password, username=writer, port=postgres_cluster.primary.port, database=name
+        ),
+    )
     with postgres_cluster.primary.connect() as admin:
         admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         admin.execute(f'DROP ROLE "{writer}"')
@@ -71,15 +75,23 @@ def script(reg: registry.Registry) -> dict[str, Any]:
 
 
 EXPECTED_OUTBOX = [
-    "registered_models.insert", "registered_models.insert",
-    "datasets.insert", "datasets.insert",
+    "registered_models.insert",
+    "registered_models.insert",
+    "datasets.insert",
+    "datasets.insert",
     "model_versions.insert",
-    "model_version_datasets.insert", "model_version_datasets.insert", "model_version_features.insert",
+    "model_version_datasets.insert",
+    "model_version_datasets.insert",
+    "model_version_features.insert",
     "model_versions.insert",
-    "model_version_datasets.insert", "model_version_features.insert", "model_version_features.insert",
+    "model_version_datasets.insert",
+    "model_version_features.insert",
+    "model_version_features.insert",
     "model_versions.update",
     "deployments.insert",
-    "model_versions.insert", "model_version_datasets.insert", "model_version_features.insert",
+    "model_versions.insert",
+    "model_version_datasets.insert",
+    "model_version_features.insert",
     "deployments.insert",
 ]
 
@@ -96,9 +108,9 @@ def history(database: tuple[str, connection.ConnectionInfo]) -> dict[str, Any]:
         return script(reg)
 
 
-def test_scripted_history_rows_audit_log_and_outbox(postgres_cluster: PostgresCluster,
-                                                   database: tuple[str, connection.ConnectionInfo],
-                                                   history: dict[str, Any]) -> None:
+def test_scripted_history_rows_audit_log_and_outbox(
+    postgres_cluster: PostgresCluster, database: tuple[str, connection.ConnectionInfo], history: dict[str, Any]
+) -> None:
     name, writer = database
     made = history
     with registry.Registry(writer.to_secret_data()) as reg:
@@ -113,40 +125,66 @@ def test_scripted_history_rows_audit_log_and_outbox(postgres_cluster: PostgresCl
     with postgres_cluster.primary.connect(name) as conn:
         assert conn.execute(
             "SELECT m.name, mv.version, mv.stage, mv.run_id FROM registry.model_versions mv "
-            "JOIN registry.registered_models m ON m.id = mv.model_id ORDER BY 1, 2").fetchall() == [
-            ("churn", 1, "none", "run-1"), ("churn", 2, "production", None), ("ranker", 1, "staging", None)]
+            "JOIN registry.registered_models m ON m.id = mv.model_id ORDER BY 1, 2"
+        ).fetchall() == [
+            ("churn", 1, "none", "run-1"),
+            ("churn", 2, "production", None),
+            ("ranker", 1, "staging", None),
+        ]
         assert conn.execute(
             "SELECT a.alias, mv.version FROM registry.model_version_aliases a "
-            "JOIN registry.model_versions mv ON mv.id = a.model_version_id ORDER BY 1").fetchall() == [
-            ("candidate", 1), ("champion", 2)]
+            "JOIN registry.model_versions mv ON mv.id = a.model_version_id ORDER BY 1"
+        ).fetchall() == [("candidate", 1), ("champion", 2)]
         assert conn.execute("SELECT key, value, step FROM registry.metrics ORDER BY step, key").fetchall() == [
-            ("auc", 0.91, 1), ("loss", 0.4, 1), ("auc", 0.93, 2)]
+            ("auc", 0.91, 1),
+            ("loss", 0.4, 1),
+            ("auc", 0.93, 2),
+        ]
         assert conn.execute("SELECT uri, checksum, size_bytes FROM registry.artifacts").fetchall() == [
-            ("s3://lake/models/churn/1/model.onnx", "sha256:ab12", 1234)]
+            ("s3://lake/models/churn/1/model.onnx", "sha256:ab12", 1234)
+        ]
         assert conn.execute(
             "SELECT d.name, d.version, l.relation, mv.version FROM registry.model_version_datasets l "
             "JOIN registry.datasets d ON d.id = l.dataset_id "
-            "JOIN registry.model_versions mv ON mv.id = l.model_version_id ORDER BY 1, 3, 4").fetchall() == [
-            ("events", "2024-05", "TRAINED_ON", 1), ("events", "2024-05", "TRAINED_ON", 2),
-            ("holdout", "", "EVALUATED_ON", 1), ("holdout", "", "TRAINED_ON", 1)]
+            "JOIN registry.model_versions mv ON mv.id = l.model_version_id ORDER BY 1, 3, 4"
+        ).fetchall() == [
+            ("events", "2024-05", "TRAINED_ON", 1),
+            ("events", "2024-05", "TRAINED_ON", 2),
+            ("holdout", "", "EVALUATED_ON", 1),
+            ("holdout", "", "TRAINED_ON", 1),
+        ]
         assert conn.execute("SELECT environment FROM registry.deployments ORDER BY id").fetchall() == [
-            ("prod",), ("staging",)]
+            ("prod",),
+            ("staging",),
+        ]
         # The triggers wrote the audit log, as the writer, one row per changed row (aliases and params too).
         audit = conn.execute("SELECT actor, table_name, operation FROM registry.audit_log").fetchall()
         assert {actor for actor, _, _ in audit} == {writer.username}
-        assert Counter((table, op) for _, table, op in audit) == Counter({
-            ("registered_models", "INSERT"): 2, ("datasets", "INSERT"): 2, ("model_versions", "INSERT"): 3,
-            ("model_versions", "UPDATE"): 1, ("model_version_aliases", "INSERT"): 2, ("params", "INSERT"): 3,
-            ("metrics", "INSERT"): 3, ("artifacts", "INSERT"): 1, ("model_version_datasets", "INSERT"): 4,
-            ("model_version_features", "INSERT"): 4, ("deployments", "INSERT"): 2})
+        assert Counter((table, op) for _, table, op in audit) == Counter(
+            {
+                ("registered_models", "INSERT"): 2,
+                ("datasets", "INSERT"): 2,
+                ("model_versions", "INSERT"): 3,
+                ("model_versions", "UPDATE"): 1,
+                ("model_version_aliases", "INSERT"): 2,
+                ("params", "INSERT"): 3,
+                ("metrics", "INSERT"): 3,
+                ("artifacts", "INSERT"): 1,
+                ("model_version_datasets", "INSERT"): 4,
+                ("model_version_features", "INSERT"): 4,
+                ("deployments", "INSERT"): 2,
+            }
+        )
         assert outbox(conn) == EXPECTED_OUTBOX
-        stage_event = conn.execute("SELECT payload FROM registry.outbox WHERE event_type = 'model_versions.update'"
-                                   ).fetchone()
+        stage_event = conn.execute(
+            "SELECT payload FROM registry.outbox WHERE event_type = 'model_versions.update'"
+        ).fetchone()
         assert stage_event is not None and stage_event[0]["stage"] == "production"
 
 
-def test_refused_calls_write_nothing(postgres_cluster: PostgresCluster,
-                                     database: tuple[str, connection.ConnectionInfo]) -> None:
+def test_refused_calls_write_nothing(
+    postgres_cluster: PostgresCluster, database: tuple[str, connection.ConnectionInfo]
+) -> None:
     name, writer = database
     with registry.Registry(writer) as reg:
         reg.register_model("refusals")
@@ -182,8 +220,10 @@ def test_refused_calls_write_nothing(postgres_cluster: PostgresCluster,
             reg.register_dataset("d", "s3://other", exist_ok=True)
         with postgres_cluster.primary.connect(name) as conn:
             after = conn.execute("SELECT count(*) FROM registry.audit_log").fetchone()
-            versions = conn.execute("SELECT count(*) FROM registry.model_versions mv JOIN registry.registered_models m "
-                                    "ON m.id = mv.model_id WHERE m.name = 'refusals'").fetchone()
+            versions = conn.execute(
+                "SELECT count(*) FROM registry.model_versions mv JOIN registry.registered_models m "
+                "ON m.id = mv.model_id WHERE m.name = 'refusals'"
+            ).fetchone()
         assert before is not None and after is not None
         assert after[0] - before[0] == 3  # the param, the artifact and the dataset: nothing of the refused calls
         assert versions == (1,)
@@ -196,9 +236,12 @@ def test_refused_calls_write_nothing(postgres_cluster: PostgresCluster,
             reg.get_version(("refusals", "champion"))
 
 
-def test_lineage_queries_after_the_sync(postgres_cluster: PostgresCluster, neo4j_server: Neo4jServer,
-                                        database: tuple[str, connection.ConnectionInfo],
-                                        history: dict[str, Any]) -> None:
+def test_lineage_queries_after_the_sync(
+    postgres_cluster: PostgresCluster,
+    neo4j_server: Neo4jServer,
+    database: tuple[str, connection.ConnectionInfo],
+    history: dict[str, Any],
+) -> None:
     """The scripted history synced from the outbox into the graph, then asked."""
     name, _ = database
     with neo4j_server.driver() as driver:
@@ -206,8 +249,9 @@ def test_lineage_queries_after_the_sync(postgres_cluster: PostgresCluster, neo4j
         lineage.ensure_schema(driver)
         with postgres_cluster.primary.connect(name) as conn:
             lineage.sync(conn, driver, batch_size=7)
-        graph = connection.ConnectionInfo.for_engine("neo4j", "127.0.0.1", neo4j_server.password,
-                                                     port=neo4j_server.port, username=neo4j_server.user)
+        graph = connection.ConnectionInfo.for_engine(
+            "neo4j", "127.0.0.1", neo4j_server.password, port=neo4j_server.port, username=neo4j_server.user
+        )
         DL, FV = lineage_client.DatasetLink, lineage_client.FeatureViewRef
         VL, DEP = lineage_client.VersionLink, lineage_client.DeploymentRef
         with lineage_client.Lineage(graph.to_secret_data()) as graph_queries:
@@ -217,14 +261,16 @@ def test_lineage_queries_after_the_sync(postgres_cluster: PostgresCluster, neo4j
             assert up.feature_views == {FV("ml", "user-stats")}
             assert graph_queries.upstream("churn", 2) == lineage_client.Upstream(
                 frozenset({DL("events", "2024-05", "TRAINED_ON")}),
-                frozenset({FV("ml", "user-stats"), FV("ml", "sessions")}))
+                frozenset({FV("ml", "user-stats"), FV("ml", "sessions")}),
+            )
             with pytest.raises(LookupError, match="no version 7 of model 'churn'"):
                 graph_queries.upstream("churn", 7)
 
             events = graph_queries.downstream_of_dataset("events")
             assert events.versions == {VL("churn", 1, "TRAINED_ON"), VL("churn", 2, "TRAINED_ON")}
             assert {(d.model, d.version, d.environment, d.retired) for d in events.deployments} == {
-                ("churn", 2, "prod", False)}
+                ("churn", 2, "prod", False)
+            }
             assert graph_queries.downstream_of_dataset("events", "2023-01").versions == frozenset()
             holdout = graph_queries.downstream_of_dataset("holdout", "")
             assert holdout.versions == {VL("churn", 1, "EVALUATED_ON"), VL("ranker", 1, "TRAINED_ON")}
@@ -234,12 +280,15 @@ def test_lineage_queries_after_the_sync(postgres_cluster: PostgresCluster, neo4j
             sessions = graph_queries.downstream_of_feature_view("ml", "sessions")
             assert sessions.versions == {VL("churn", 2, "USES_FEATURE"), VL("ranker", 1, "USES_FEATURE")}
             assert {(d.model, d.version, d.environment) for d in sessions.deployments} == {
-                ("churn", 2, "prod"), ("ranker", 1, "staging")}
+                ("churn", 2, "prod"),
+                ("ranker", 1, "staging"),
+            }
             assert all(isinstance(d, DEP) for d in sessions.deployments)
             user_stats = graph_queries.downstream_of_feature_view("ml", "user-stats")
             assert user_stats.versions == {VL("churn", 1, "USES_FEATURE"), VL("churn", 2, "USES_FEATURE")}
             assert graph_queries.downstream_of_feature_view("other", "sessions") == lineage_client.Downstream(
-                frozenset(), frozenset())
+                frozenset(), frozenset()
+            )
         # A driver passed in stays open (the caller owns it).
         with lineage_client.Lineage(driver) as graph_queries:
             assert graph_queries.upstream("ranker", 1).trained_on == {DL("holdout", "", "TRAINED_ON")}

@@ -48,9 +48,10 @@ def test_redis_requires_the_password(redis_cluster: RedisCluster) -> None:
 def test_postgres_standby_streams_from_the_primary(postgres_cluster: PostgresCluster) -> None:
     primary, standby = postgres_cluster.primary, postgres_cluster.standbys[0]
     with primary.connect() as conn:
-        rows = conn.execute("select application_name, state, sync_state,"
-                            " pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn) from pg_stat_replication"
-                            ).fetchall()
+        rows = conn.execute(
+            "select application_name, state, sync_state,"
+            " pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn) from pg_stat_replication"
+        ).fetchall()
     assert len(rows) == 1
     name, state, sync_state, lag_bytes = rows[0]
     assert (name, state, sync_state) == ("standby-0", "streaming", "async")
@@ -82,10 +83,12 @@ def test_neo4j_cypher_round_trip(neo4j_server: Neo4jServer) -> None:
     tag = secrets.token_hex(4)
     with neo4j_server.driver() as driver:
         driver.verify_connectivity()
-        driver.execute_query("CREATE (:Model {name: $n})-[:TRAINED_ON]->(:Dataset {name: $d})",
-                             n=f"m-{tag}", d=f"d-{tag}")
+        driver.execute_query(
+            "CREATE (:Model {name: $n})-[:TRAINED_ON]->(:Dataset {name: $d})", n=f"m-{tag}", d=f"d-{tag}"
+        )
         records, _, _ = driver.execute_query(
-            "MATCH (m:Model {name: $n})-[:TRAINED_ON]->(d:Dataset) RETURN d.name AS d", n=f"m-{tag}")
+            "MATCH (m:Model {name: $n})-[:TRAINED_ON]->(d:Dataset) RETURN d.name AS d", n=f"m-{tag}"
+        )
         assert [r["d"] for r in records] == [f"d-{tag}"]
         info = driver.get_server_info()
         assert info.agent.startswith("Neo4j/5.26")
@@ -94,18 +97,24 @@ def test_neo4j_cypher_round_trip(neo4j_server: Neo4jServer) -> None:
 def test_neo4j_requires_the_password(neo4j_server: Neo4jServer) -> None:
     import neo4j
 
-    with neo4j.GraphDatabase.driver(neo4j_server.uri, auth=("neo4j", "wrong-password")) as driver, \
-            pytest.raises(neo4j.exceptions.AuthError):
+    with (
+        neo4j.GraphDatabase.driver(neo4j_server.uri, auth=("neo4j", "wrong-password")) as driver,
+        pytest.raises(neo4j.exceptions.AuthError),
+    ):
         driver.verify_connectivity()
 
 
 def test_qdrant_round_trip(qdrant: QdrantClient) -> None:
     name = f"c-{secrets.token_hex(4)}"
     qdrant.create_collection(name, vectors_config=models.VectorParams(size=4, distance=models.Distance.COSINE))
-    qdrant.upsert(name, points=[
-        models.PointStruct(id=1, vector=[1, 0, 0, 0], payload={"k": "a"}),
-        models.PointStruct(id=2, vector=[0, 1, 0, 0], payload={"k": "b"}),
-    ], wait=True)
+    qdrant.upsert(
+        name,
+        points=[
+            models.PointStruct(id=1, vector=[1, 0, 0, 0], payload={"k": "a"}),
+            models.PointStruct(id=2, vector=[0, 1, 0, 0], payload={"k": "b"}),
+        ],
+        wait=True,
+    )
     hits = qdrant.query_points(name, query=[0.9, 0.1, 0, 0], limit=1).points
     assert [(h.id, h.payload) for h in hits] == [(1, {"k": "a"})]
     assert qdrant.count(name).count == 2

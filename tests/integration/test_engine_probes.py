@@ -33,17 +33,20 @@ def redis_conn(server: RedisServer, password: str | None = None) -> connection.C
 
 
 def postgres_conn(server: PostgresServer, password: str | None = None) -> connection.ConnectionInfo:
-    return connection.ConnectionInfo.for_engine("postgres", "127.0.0.1", password or server.password,
-                                                port=server.port, username=server.user)
+    return connection.ConnectionInfo.for_engine(
+        "postgres", "127.0.0.1", password or server.password, port=server.port, username=server.user
+    )
 
 
 def neo4j_conn(server: Neo4jServer, password: str | None = None) -> connection.ConnectionInfo:
-    return connection.ConnectionInfo.for_engine("neo4j", "127.0.0.1", password or server.password, port=server.port,
-                                                username=server.user)
+    return connection.ConnectionInfo.for_engine(
+        "neo4j", "127.0.0.1", password or server.password, port=server.port, username=server.user
+    )
 
 
-def probe_until(conn: connection.ConnectionInfo, what: str,
-                check: Callable[[observation.Observation], bool]) -> observation.Observation:
+def probe_until(
+    conn: connection.ConnectionInfo, what: str, check: Callable[[observation.Observation], bool]
+) -> observation.Observation:
     """Probe until ``check`` holds (deadline-bounded); return the observation that satisfied it."""
     seen: list[observation.Observation] = []
 
@@ -108,12 +111,17 @@ def assert_unreachable_without_secrets(obs: observation.Observation, *passwords:
 
 def test_redis_primary_reports_its_replica_with_lag_figures(redis_cluster: RedisCluster) -> None:
     primary, replica = redis_cluster.primary, redis_cluster.replicas[0]
-    obs = probe_until(redis_conn(primary), "the redis replica to be caught up",
-                      lambda o: o.reachable and bool(o.replicas) and o.replicas[0].lag_bytes == 0)
+    obs = probe_until(
+        redis_conn(primary),
+        "the redis replica to be caught up",
+        lambda o: o.reachable and bool(o.replicas) and o.replicas[0].lag_bytes == 0,
+    )
     assert obs.version is not None and obs.version.count(".") == 2
     assert obs.replication == "streaming"
     assert [(m.name, m.role, m.ready) for m in obs.members] == [
-        (f"127.0.0.1:{primary.port}", "primary", True), (f"127.0.0.1:{replica.port}", "replica", True)]
+        (f"127.0.0.1:{primary.port}", "primary", True),
+        (f"127.0.0.1:{replica.port}", "replica", True),
+    ]
     member = the_replica(obs)
     assert member.lag_seconds is not None and member.lag_seconds >= 0
     assert (obs.max_lag_bytes, obs.max_lag_seconds) == (member.lag_bytes, member.lag_seconds)
@@ -134,13 +142,17 @@ def test_redis_lag_grows_while_the_replica_is_frozen_and_returns_to_zero(redis_c
         assert member.lag_bytes is not None and member.lag_bytes >= MEGABYTE, behind
         assert behind.max_lag_bytes == member.lag_bytes
         # The frozen replica stops acking: its lag in seconds grows with the time since its last ack.
-        probe_until(conn, "the frozen replica's lag in seconds to grow",
-                    lambda o: (o.max_lag_seconds or 0) >= 2 and (o.max_lag_bytes or 0) >= MEGABYTE)
+        probe_until(
+            conn,
+            "the frozen replica's lag in seconds to grow",
+            lambda o: (o.max_lag_seconds or 0) >= 2 and (o.max_lag_bytes or 0) >= MEGABYTE,
+        )
     finally:
         replica.resume()
         primary.client().delete(key)
-    caught_up = probe_until(conn, "the redis replica to catch up again",
-                            lambda o: o.max_lag_bytes == 0 and o.replication == "streaming")
+    caught_up = probe_until(
+        conn, "the redis replica to catch up again", lambda o: o.max_lag_bytes == 0 and o.replication == "streaming"
+    )
     assert the_replica(caught_up).ready
 
 
@@ -156,8 +168,9 @@ def test_redis_replica_reports_itself_as_a_replica(redis_cluster: RedisCluster) 
 
 def test_redis_wrong_password_is_unreachable_without_the_password(redis_cluster: RedisCluster) -> None:
     wrong = secrets.token_urlsafe(16)
-    error = assert_unreachable_without_secrets(probe.probe(redis_conn(redis_cluster.primary, wrong)), wrong,
-                                               redis_cluster.password)
+    error = assert_unreachable_without_secrets(
+        probe.probe(redis_conn(redis_cluster.primary, wrong)), wrong, redis_cluster.password
+    )
     assert "AuthenticationError" in error
 
 
@@ -181,12 +194,17 @@ def test_redis_frozen_server_times_out_instead_of_hanging(redis_cluster: RedisCl
 
 def test_postgres_primary_reports_its_standby_with_lag_figures(postgres_cluster: PostgresCluster) -> None:
     primary, standby = postgres_cluster.primary, postgres_cluster.standbys[0]
-    obs = probe_until(postgres_conn(primary), "the postgres standby to be caught up",
-                      lambda o: o.reachable and bool(o.replicas) and o.replicas[0].lag_bytes == 0)
+    obs = probe_until(
+        postgres_conn(primary),
+        "the postgres standby to be caught up",
+        lambda o: o.reachable and bool(o.replicas) and o.replicas[0].lag_bytes == 0,
+    )
     assert obs.version is not None and obs.version.split(".")[0].isdigit()
     assert obs.replication == "streaming"
     assert [(m.name, m.role, m.ready) for m in obs.members] == [
-        (f"127.0.0.1:{primary.port}", "primary", True), (standby.name, "replica", True)]
+        (f"127.0.0.1:{primary.port}", "primary", True),
+        (standby.name, "replica", True),
+    ]
     member = the_replica(obs)
     assert (member.lag_bytes, member.lag_seconds) == (0, 0.0)  # caught up: zero in both units
     assert (obs.max_lag_bytes, obs.max_lag_seconds) == (0, 0.0)
@@ -194,8 +212,7 @@ def test_postgres_primary_reports_its_standby_with_lag_figures(postgres_cluster:
     assert obs.error is None
 
 
-def test_postgres_lag_grows_while_the_standby_is_frozen_and_returns_to_zero(
-        postgres_cluster: PostgresCluster) -> None:
+def test_postgres_lag_grows_while_the_standby_is_frozen_and_returns_to_zero(postgres_cluster: PostgresCluster) -> None:
     primary, standby = postgres_cluster.primary, postgres_cluster.standbys[0]
     conn = postgres_conn(primary)
     probe_until(conn, "the postgres standby to be caught up", lambda o: o.reachable and o.max_lag_bytes == 0)
@@ -208,8 +225,9 @@ def test_postgres_lag_grows_while_the_standby_is_frozen_and_returns_to_zero(
         member = the_replica(behind)
         assert member.lag_bytes is not None and member.lag_bytes >= MEGABYTE, behind
         assert behind.max_lag_bytes == member.lag_bytes
-    caught_up = probe_until(conn, "the postgres standby to catch up again",
-                            lambda o: o.max_lag_bytes == 0 and o.replication == "streaming")
+    caught_up = probe_until(
+        conn, "the postgres standby to catch up again", lambda o: o.max_lag_bytes == 0 and o.replication == "streaming"
+    )
     assert the_replica(caught_up).lag_seconds == 0.0
     with primary.connect() as pg:
         pg.execute(f"drop table {table}")
@@ -217,16 +235,20 @@ def test_postgres_lag_grows_while_the_standby_is_frozen_and_returns_to_zero(
 
 def test_postgres_standby_reports_itself_as_a_replica(postgres_cluster: PostgresCluster) -> None:
     standby = postgres_cluster.standbys[0]
-    obs = probe_until(postgres_conn(standby), "the standby to report itself streaming",
-                      lambda o: o.reachable and o.replication == "streaming")
+    obs = probe_until(
+        postgres_conn(standby),
+        "the standby to report itself streaming",
+        lambda o: o.reachable and o.replication == "streaming",
+    )
     assert [(m.name, m.role, m.ready) for m in obs.members] == [(f"127.0.0.1:{standby.port}", "replica", True)]
     assert obs.members[0].lag_bytes is not None
 
 
 def test_postgres_wrong_password_is_unreachable_without_the_password(postgres_cluster: PostgresCluster) -> None:
     wrong = secrets.token_urlsafe(16)
-    error = assert_unreachable_without_secrets(probe.probe(postgres_conn(postgres_cluster.primary, wrong)),
-                                               wrong, postgres_cluster.password)
+    error = assert_unreachable_without_secrets(
+        probe.probe(postgres_conn(postgres_cluster.primary, wrong)), wrong, postgres_cluster.password
+    )
     assert "password authentication failed" in error
 
 
@@ -252,16 +274,16 @@ def test_neo4j_reports_community_without_replication(neo4j_server: Neo4jServer) 
     assert obs.edition == "community"
     assert obs.replication == "not-applicable"
     assert obs.notes == [neo4j.COMMUNITY_NOTE]
-    assert [(m.name, m.role, m.ready) for m in obs.members] == [(f"127.0.0.1:{neo4j_server.port}", "standalone",
-                                                                  True)]
+    assert [(m.name, m.role, m.ready) for m in obs.members] == [(f"127.0.0.1:{neo4j_server.port}", "standalone", True)]
     assert (obs.max_lag_bytes, obs.max_lag_seconds) == (None, None)
     assert obs.capabilities == []  # no APOC or GDS in the embedded test server
 
 
 def test_neo4j_wrong_password_is_unreachable_without_the_password(neo4j_server: Neo4jServer) -> None:
     wrong = secrets.token_urlsafe(16)
-    error = assert_unreachable_without_secrets(probe.probe(neo4j_conn(neo4j_server, wrong)), wrong,
-                                               neo4j_server.password)
+    error = assert_unreachable_without_secrets(
+        probe.probe(neo4j_conn(neo4j_server, wrong)), wrong, neo4j_server.password
+    )
     assert "AuthError" in error
 
 

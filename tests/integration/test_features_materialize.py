@@ -96,10 +96,20 @@ def test_latest_per_entity_and_bookkeeping(pg: psycopg.Connection[tuple[Any, ...
     view = view_name()
     spec = make_spec([{"name": "clicks", "type": "int64"}, {"name": "name", "type": "string"}], batch_size=2)
     table = setup_view(pg, spec, view)
-    insert(pg, table, ["user_id", "clicks", "name", "event_timestamp"], [
-        (1, 10, "old", ts(30)), (1, 11, "new", ts(10)), (1, 9, "older", ts(50)),
-        (2, 20, None, ts(5)), (3, 30, "c", ts(1)), (4, 40, "d", ts(2)), (5, 50, "e", ts(3)),
-    ])
+    insert(
+        pg,
+        table,
+        ["user_id", "clicks", "name", "event_timestamp"],
+        [
+            (1, 10, "old", ts(30)),
+            (1, 11, "new", ts(10)),
+            (1, 9, "older", ts(50)),
+            (2, 20, None, ts(5)),
+            (3, 30, "c", ts(1)),
+            (4, 40, "d", ts(2)),
+            (5, 50, "e", ts(3)),
+        ],
+    )
     result = materialize.materialize(spec, pg, rds, "test", view)
     assert (result.rows, result.written, result.batches, result.outcome) == (5, 5, 3, "Succeeded")
     assert result.watermark == ts(1)
@@ -169,15 +179,24 @@ def test_composite_keys(pg: psycopg.Connection[tuple[Any, ...]], rds: redis.Redi
     entities = [{"name": "a", "type": "string"}, {"name": "b", "type": "string"}, {"name": "n", "type": "int32"}]
     spec = make_spec([{"name": "v", "type": "int32"}], entities)
     table = setup_view(pg, spec, view)
-    insert(pg, table, ["a", "b", "n", "v", "event_timestamp"], [
-        ("a:b", "c", 1, 1, NOW), ("a", "b:c", 1, 2, NOW), ("a%3A", "", -1, 3, NOW), ("ü b", "*", 0, 4, NOW),
-    ])
+    insert(
+        pg,
+        table,
+        ["a", "b", "n", "v", "event_timestamp"],
+        [
+            ("a:b", "c", 1, 1, NOW),
+            ("a", "b:c", 1, 2, NOW),
+            ("a%3A", "", -1, 3, NOW),
+            ("ü b", "*", 0, 4, NOW),
+        ],
+    )
     assert materialize.materialize(spec, pg, rds, "test", view).rows == 4
     for key, v in [(("a:b", "c", 1), 1), (("a", "b:c", 1), 2), (("a%3A", "", -1), 3), (("ü b", "*", 0), 4)]:
         assert online(rds, view, key, [("v", "int32")]) == {"v": v}
     keys = sorted(k.decode() for k in rds.scan_iter(match=layout.key_pattern("test", view)))
     decoded = sorted(
-        layout.parse_online_key(k, "test", view, ["string", "string", "int32"]) for k in keys  # type: ignore[type-var]
+        layout.parse_online_key(k, "test", view, ["string", "string", "int32"])
+        for k in keys  # type: ignore[type-var]
     )
     assert len(decoded) == 4 and ("a", "b:c", 1) in decoded
 
@@ -263,15 +282,31 @@ def test_killed_run_loses_and_duplicates_nothing(
     view = view_name()
     spec = make_spec([{"name": "v", "type": "int64"}, {"name": "s", "type": "string"}], batch_size=10)
     table = setup_view(pg, spec, view)
-    body = {"apiVersion": "mlinfra.io/v1alpha1", "kind": "FeatureView",
-            "metadata": {"name": view, "namespace": "test"}, "spec": spec.model_dump(by_alias=True, exclude_none=True)}
+    body = {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": "FeatureView",
+        "metadata": {"name": view, "namespace": "test"},
+        "spec": spec.model_dump(by_alias=True, exclude_none=True),
+    }
     view_file = tmp_path / "fv.yaml"
     view_file.write_text(yaml.safe_dump(body))
     env = {
-        "MLINFRA_OFFLINE_CONN_DIR": str(conn_dir(tmp_path / "offline", connection.ConnectionInfo.for_engine(
-            "postgres", "127.0.0.1", postgres_cluster.password, port=postgres_cluster.primary.port))),
-        "MLINFRA_ONLINE_CONN_DIR": str(conn_dir(tmp_path / "online", connection.ConnectionInfo.for_engine(
-            "redis", "127.0.0.1", redis_cluster.password, port=redis_cluster.primary.port))),
+        "MLINFRA_OFFLINE_CONN_DIR": str(
+            conn_dir(
+                tmp_path / "offline",
+                connection.ConnectionInfo.for_engine(
+                    "postgres", "127.0.0.1", postgres_cluster.password, port=postgres_cluster.primary.port
+                ),
+            )
+        ),
+        "MLINFRA_ONLINE_CONN_DIR": str(
+            conn_dir(
+                tmp_path / "online",
+                connection.ConnectionInfo.for_engine(
+                    "redis", "127.0.0.1", redis_cluster.password, port=redis_cluster.primary.port
+                ),
+            )
+        ),
     }
     # A first successful run, then new data (updates and new entities) for the run that gets killed.
     insert(pg, table, ["user_id", "v", "s", "event_timestamp"], [(i, i, "first", ts(60)) for i in range(50)])
@@ -314,9 +349,10 @@ def test_killed_run_loses_and_duplicates_nothing(
     for i in range(100):
         expected = {"v": i, "s": "first"} if i < 25 else {"v": i * 100 + 2, "s": "second-2"}
         assert online(rds, view, (i,), feats) == expected, i
-        assert rds.hget(layout.online_key("test", view, (i,)), "_event_ts") == str(
-            layout.event_ts_micros(ts(60) if i < 25 else ts(28))
-        ).encode()
+        assert (
+            rds.hget(layout.online_key("test", view, (i,)), "_event_ts")
+            == str(layout.event_ts_micros(ts(60) if i < 25 else ts(28))).encode()
+        )
     assert len(list(rds.scan_iter(match=layout.key_pattern("test", view), count=1000))) == 100
     marks = pg.execute("SELECT watermark FROM mlinfra.watermarks WHERE view = %s", (view,)).fetchall()
     assert marks == [(ts(28),)]

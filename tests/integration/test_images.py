@@ -46,8 +46,8 @@ class Containerd:
     def start(self) -> None:
         self.config.write_text(f"""\
 version = 2
-root = "{self.base / 'root'}"
-state = "{self.base / 'state'}"
+root = "{self.base / "root"}"
+state = "{self.base / "state"}"
 
 [grpc]
   address = "{self.socket}"
@@ -56,15 +56,19 @@ state = "{self.base / 'state'}"
   address = "{self.socket}.ttrpc"
 
 [plugins."io.containerd.internal.v1.opt"]
-  path = "{self.base / 'opt'}"
+  path = "{self.base / "opt"}"
 
 [plugins."io.containerd.grpc.v1.cri"]
   # This VM forbids a negative oom_score_adj: unclamped, runc fails with "can't get final child's PID".
   restrict_oom_score_adj = true
 """)
         with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(["containerd", "--config", str(self.config)], stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                ["containerd", "--config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"containerd exited: {self.log.read_text()[-2000:]}"
@@ -74,8 +78,13 @@ state = "{self.base / 'state'}"
         raise AssertionError(f"containerd did not answer in 30 s: {self.log.read_text()[-2000:]}")
 
     def ctr(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(["ctr", "-a", str(self.socket), "-n", NAMESPACE, *args], capture_output=True,
-                              text=True, timeout=timeout, check=False)
+        proc = subprocess.run(
+            ["ctr", "-a", str(self.socket), "-n", NAMESPACE, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
         if check:
             assert proc.returncode == 0, f"ctr {' '.join(args)} exited {proc.returncode}: {proc.stderr}"
         return proc
@@ -106,14 +115,19 @@ state = "{self.base / 'state'}"
 
     def mounts(self) -> list[str]:
         prefix = str(self.base.resolve()) + "/"
-        return [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
-                if line.split()[4].startswith(prefix)]
+        return [
+            line.split()[4]
+            for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if line.split()[4].startswith(prefix)
+        ]
 
     def shim_sockets(self) -> list[Path]:
         """The shims' sockets: containerd 1.6 puts them in /run/containerd/s/ whatever its state dir, named by
         sha256(address/namespace/id); a shim removes its own when it exits, a killed one leaves it."""
-        paths = [Path("/run/containerd/s") / hashlib.sha256(f"{self.socket}/{NAMESPACE}/{c}".encode()).hexdigest()
-                 for c in sorted(self.containers)]
+        paths = [
+            Path("/run/containerd/s") / hashlib.sha256(f"{self.socket}/{NAMESPACE}/{c}".encode()).hexdigest()
+            for c in sorted(self.containers)
+        ]
         return [p for p in paths if p.exists()]
 
     def stop(self) -> list[str]:
@@ -137,8 +151,11 @@ state = "{self.base / 'state'}"
         sockets = self.shim_sockets()
         for path in sockets:
             path.unlink(missing_ok=True)
-        return ([f"process {pid}: {cmd}" for pid, cmd in self.processes()] + [f"mount {m}" for m in self.mounts()]
-                + [f"shim socket {p}" for p in sockets])
+        return (
+            [f"process {pid}: {cmd}" for pid, cmd in self.processes()]
+            + [f"mount {m}" for m in self.mounts()]
+            + [f"shim socket {p}" for p in sockets]
+        )
 
 
 @pytest.fixture(scope="module")
@@ -184,9 +201,13 @@ def test_a_warm_build_reuses_the_archives(images: dict[str, Image]) -> None:
 
 def test_redis_image(containerd: Containerd, images: dict[str, Image]) -> None:
     uid = PROFILES["redis"].uid
-    out = containerd.run(images["redis"], "t-redis", "bash", "-c",
-                         "redis-server --version; redis-cli --version; id -u; id -g; id -un;"
-                         " stat -c %u:%g /var/lib/redis /data")
+    out = containerd.run(
+        images["redis"],
+        "t-redis",
+        "bash",
+        "-c",
+        "redis-server --version; redis-cli --version; id -u; id -g; id -un; stat -c %u:%g /var/lib/redis /data",
+    )
     lines = out.splitlines()
     assert lines[0].startswith("Redis server v=7."), out
     assert lines[1].startswith("redis-cli 7."), out
@@ -196,10 +217,16 @@ def test_redis_image(containerd: Containerd, images: dict[str, Image]) -> None:
 
 def test_postgres_image_runs_initdb_as_the_profile_uid(containerd: Containerd, images: dict[str, Image]) -> None:
     uid = PROFILES["postgres"].uid
-    out = containerd.run(images["postgres"], "t-postgres", "bash", "-c",
-                         "set -e; id -u; id -un; stat -c %u:%g /var/lib/postgresql /var/lib/postgresql/data;"
-                         " initdb -D /tmp/pgdata > /tmp/initdb.log 2>&1 || { cat /tmp/initdb.log; exit 1; };"
-                         " cat /tmp/pgdata/PG_VERSION; postgres --version", timeout=180)
+    out = containerd.run(
+        images["postgres"],
+        "t-postgres",
+        "bash",
+        "-c",
+        "set -e; id -u; id -un; stat -c %u:%g /var/lib/postgresql /var/lib/postgresql/data;"
+        " initdb -D /tmp/pgdata > /tmp/initdb.log 2>&1 || { cat /tmp/initdb.log; exit 1; };"
+        " cat /tmp/pgdata/PG_VERSION; postgres --version",
+        timeout=180,
+    )
     lines = out.splitlines()
     assert lines[0:2] == [str(uid), "postgres"], out
     assert lines[2:4] == [f"{uid}:{uid}"] * 2, out
@@ -222,9 +249,23 @@ def test_operator_image_runs_the_cli_as_10001(containerd: Containerd, images: di
 def test_pause_image_stops_on_sigterm(containerd: Containerd, images: dict[str, Image]) -> None:
     container = "t-pause"
     containerd.containers.add(container)
-    runner = subprocess.Popen(["ctr", "-a", str(containerd.socket), "-n", NAMESPACE, "run", "--rm", "--net-host",
-                               images["pause"].ref, container], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+    runner = subprocess.Popen(
+        [
+            "ctr",
+            "-a",
+            str(containerd.socket),
+            "-n",
+            NAMESPACE,
+            "run",
+            "--rm",
+            "--net-host",
+            images["pause"].ref,
+            container,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while "RUNNING" not in containerd.ctr("tasks", "ls", check=False).stdout:

@@ -50,8 +50,10 @@ def script(conn: Conn) -> None:
     x("INSERT INTO registry.registered_models (name) VALUES ('churn'), ('fraud'), ('scratch')")
     x("""INSERT INTO registry.model_versions (model_id, version)
          SELECT id, v FROM registry.registered_models, generate_series(1, 2) v WHERE name IN ('churn', 'fraud')""")
-    x("INSERT INTO registry.datasets (name, version, uri) VALUES ('events', '2024-01', 's3://e/1'), "
-      "('events', '2024-02', 's3://e/2'), ('labels', '', 's3://l'), ('tmp', '', 's3://t')")
+    x(
+        "INSERT INTO registry.datasets (name, version, uri) VALUES ('events', '2024-01', 's3://e/1'), "
+        "('events', '2024-02', 's3://e/2'), ('labels', '', 's3://l'), ('tmp', '', 's3://t')"
+    )
     x("""INSERT INTO registry.model_version_datasets (model_version_id, dataset_id, relation)
          SELECT mv.id, d.id, 'TRAINED_ON' FROM registry.model_versions mv JOIN registry.registered_models m
            ON m.id = mv.model_id, registry.datasets d
@@ -78,11 +80,13 @@ def graph_state(driver: neo4j.Driver) -> tuple[set[tuple[Any, ...]], set[tuple[A
     nodes, _, _ = driver.execute_query(
         "MATCH (n) RETURN labels(n)[0] AS label, coalesce(n.name, '') + '|' + coalesce(toString(n.version), '') "
         "+ '|' + coalesce(n.stage, '') + '|' + coalesce(n.key, '') + '|' + coalesce(n.environment, '') "
-        "+ '|' + coalesce(n.description, '') AS what")
+        "+ '|' + coalesce(n.description, '') AS what"
+    )
     rels, _, _ = driver.execute_query(
         "MATCH (a)-[r]->(b) RETURN type(r) AS t, coalesce(a.name, a.environment, toString(a.model_id) + 'v' "
         "+ toString(a.version)) AS a, coalesce(b.key, b.name + '@' + b.version, "
-        "toString(b.model_id) + 'v' + toString(b.version)) AS b")
+        "toString(b.model_id) + 'v' + toString(b.version)) AS b"
+    )
     return ({(r["label"], r["what"]) for r in nodes}, {(r["t"], r["a"], r["b"]) for r in rels})
 
 
@@ -90,18 +94,28 @@ def expected(conn: Conn) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]]]:
     ids = dict(conn.execute("SELECT name, id::text FROM registry.registered_models").fetchall())
     churn, fraud = ids["churn"], ids["fraud"]
     nodes = {
-        ("Model", "churn|||||churn model"), ("Model", "fraud|||||"),
-        ("ModelVersion", "|1|none|||"), ("ModelVersion", "|2|production|||"),
-        ("Dataset", "events|2024-01||||"), ("Dataset", "events|2024-02||||"), ("Dataset", "labels|||||"),
-        ("FeatureView", "user_stats|||ml/user_stats||"), ("Deployment", "||||prod|"),
+        ("Model", "churn|||||churn model"),
+        ("Model", "fraud|||||"),
+        ("ModelVersion", "|1|none|||"),
+        ("ModelVersion", "|2|production|||"),
+        ("Dataset", "events|2024-01||||"),
+        ("Dataset", "events|2024-02||||"),
+        ("Dataset", "labels|||||"),
+        ("FeatureView", "user_stats|||ml/user_stats||"),
+        ("Deployment", "||||prod|"),
     }
     rels = {
-        ("HAS_VERSION", "churn", f"{churn}v1"), ("HAS_VERSION", "churn", f"{churn}v2"),
-        ("HAS_VERSION", "fraud", f"{fraud}v1"), ("HAS_VERSION", "fraud", f"{fraud}v2"),
-        ("EVALUATED_ON", f"{churn}v1", "events@2024-01"), ("TRAINED_ON", f"{churn}v2", "events@2024-02"),
+        ("HAS_VERSION", "churn", f"{churn}v1"),
+        ("HAS_VERSION", "churn", f"{churn}v2"),
+        ("HAS_VERSION", "fraud", f"{fraud}v1"),
+        ("HAS_VERSION", "fraud", f"{fraud}v2"),
+        ("EVALUATED_ON", f"{churn}v1", "events@2024-01"),
+        ("TRAINED_ON", f"{churn}v2", "events@2024-02"),
         *{("EVALUATED_ON", f"{m}v{v}", "labels@") for m in (churn, fraud) for v in (1, 2)},
-        ("USES_FEATURE", f"{churn}v1", "ml/user_stats"), ("USES_FEATURE", f"{churn}v2", "ml/user_stats"),
-        ("DEPLOYS", "prod", f"{churn}v2"), ("DEPLOYS", "prod", f"{fraud}v2"),
+        ("USES_FEATURE", f"{churn}v1", "ml/user_stats"),
+        ("USES_FEATURE", f"{churn}v2", "ml/user_stats"),
+        ("DEPLOYS", "prod", f"{churn}v2"),
+        ("DEPLOYS", "prod", f"{fraud}v2"),
     }
     return nodes, rels
 
@@ -119,7 +133,7 @@ def test_scripted_history_gives_exactly_the_expected_graph(pg: Conn, driver: neo
     assert nodes == want_nodes  # as a set: churn and fraud each have a v1 and a v2, both deployed to prod
     assert rels == want_rels
     g = observe.graph(driver)
-    assert g.nodes == 2 + 4 + 3 + 1 + 2 # 2 models, 4 versions, 3 datasets, 1 view, 2 deployments
+    assert g.nodes == 2 + 4 + 3 + 1 + 2  # 2 models, 4 versions, 3 datasets, 1 view, 2 deployments
     assert g.relationships == 4 + 2 + 4 + 2 + 2
     after = observe.outbox(pg)
     assert after.pending_events == 0 and after.oldest_pending_age_seconds is None
@@ -149,8 +163,11 @@ def test_crash_between_graph_commit_and_outbox_mark_is_harmless(pg: Conn, driver
     half = len(events) // 2
     lineage.sync(pg, driver, batch_size=half // 2 or 1, max_batches=1)
     # The "crash": the next batch reached the graph, the mark never happened.
-    pending = [e for e in events if e.id in {r[0] for r in pg.execute(
-        "SELECT id FROM registry.outbox WHERE processed_at IS NULL").fetchall()}]
+    pending = [
+        e
+        for e in events
+        if e.id in {r[0] for r in pg.execute("SELECT id FROM registry.outbox WHERE processed_at IS NULL").fetchall()}
+    ]
     lineage.write_events(driver, pending[:half])
     assert observe.outbox(pg).pending_events == len(pending)
     lineage.sync(pg, driver, batch_size=4)
@@ -170,17 +187,23 @@ def test_lineage_queries(pg: Conn, driver: neo4j.Driver) -> None:
     lineage.sync(pg, driver)
     upstream, _, _ = driver.execute_query(
         "MATCH (:Model {name: 'churn'})-[:HAS_VERSION]->(v:ModelVersion {version: 2})-[r]->(x) "
-        "RETURN type(r) AS t, coalesce(x.key, x.name + '@' + x.version) AS what")
+        "RETURN type(r) AS t, coalesce(x.key, x.name + '@' + x.version) AS what"
+    )
     assert {(r["t"], r["what"]) for r in upstream} == {
-        ("TRAINED_ON", "events@2024-02"), ("EVALUATED_ON", "labels@"), ("USES_FEATURE", "ml/user_stats")}
+        ("TRAINED_ON", "events@2024-02"),
+        ("EVALUATED_ON", "labels@"),
+        ("USES_FEATURE", "ml/user_stats"),
+    }
     impact, _, _ = driver.execute_query(
         "MATCH (:Dataset {name: 'events', version: '2024-02'})<-[:TRAINED_ON|EVALUATED_ON]-(v:ModelVersion)"
         "<-[:HAS_VERSION]-(m:Model) OPTIONAL MATCH (d:Deployment)-[:DEPLOYS]->(v) "
-        "RETURN m.name AS model, v.version AS version, collect(d.environment) AS envs")
+        "RETURN m.name AS model, v.version AS version, collect(d.environment) AS envs"
+    )
     assert [(r["model"], r["version"], r["envs"]) for r in impact] == [("churn", 2, ["prod"])]
     views, _, _ = driver.execute_query(
         "MATCH (:FeatureView {key: 'ml/user_stats'})<-[:USES_FEATURE]-(v)<-[:HAS_VERSION]-(m) "
-        "RETURN m.name AS m, v.version AS v ORDER BY v")
+        "RETURN m.name AS m, v.version AS v ORDER BY v"
+    )
     assert [(r["m"], r["v"]) for r in views] == [("churn", 1), ("churn", 2)]
 
 
@@ -194,13 +217,25 @@ def test_constraints_exist(driver: neo4j.Driver) -> None:
     lineage.ensure_schema(driver)  # idempotent
     rows, _, _ = driver.execute_query("SHOW CONSTRAINTS YIELD labelsOrTypes, properties RETURN *")
     got = {(r["labelsOrTypes"][0], r["properties"][0]) for r in rows}
-    assert got >= {("Model", "id"), ("ModelVersion", "id"), ("Dataset", "id"), ("FeatureView", "key"),
-                   ("Deployment", "id")}
+    assert got >= {
+        ("Model", "id"),
+        ("ModelVersion", "id"),
+        ("Dataset", "id"),
+        ("FeatureView", "key"),
+        ("Deployment", "id"),
+    }
 
 
-def test_sync_cli_from_mounted_dirs(pg: Conn, driver: neo4j.Driver, database: str, tmp_path: Any,
-                                    postgres_cluster: PostgresCluster, neo4j_server: Neo4jServer,
-                                    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_sync_cli_from_mounted_dirs(
+    pg: Conn,
+    driver: neo4j.Driver,
+    database: str,
+    tmp_path: Any,
+    postgres_cluster: PostgresCluster,
+    neo4j_server: Neo4jServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     import json
 
     from mlinfra.engines import connection
@@ -208,10 +243,12 @@ def test_sync_cli_from_mounted_dirs(pg: Conn, driver: neo4j.Driver, database: st
 
     script(pg)
     infos = {
-        "pg": connection.ConnectionInfo.for_engine("postgres", "127.0.0.1", postgres_cluster.password,
-                                                   port=postgres_cluster.primary.port),
-        "neo": connection.ConnectionInfo.for_engine("neo4j", "127.0.0.1", neo4j_server.password,
-                                                    port=neo4j_server.port),
+        "pg": connection.ConnectionInfo.for_engine(
+            "postgres", "127.0.0.1", postgres_cluster.password, port=postgres_cluster.primary.port
+        ),
+        "neo": connection.ConnectionInfo.for_engine(
+            "neo4j", "127.0.0.1", neo4j_server.password, port=neo4j_server.port
+        ),
     }
     for key, info in infos.items():
         (tmp_path / key).mkdir()
@@ -219,8 +256,10 @@ def test_sync_cli_from_mounted_dirs(pg: Conn, driver: neo4j.Driver, database: st
             (tmp_path / key / k).write_text(v)
     monkeypatch.setenv(sync_cli.METADATA_DIR_ENV, str(tmp_path / "pg"))
     monkeypatch.setenv(sync_cli.LINEAGE_DIR_ENV, str(tmp_path / "neo"))
-    monkeypatch.setenv(sync_cli.SPEC_ENV, json.dumps({
-        "metadataStoreRef": {"name": "pg"}, "lineageStoreRef": {"name": "neo"}, "database": database}))
+    monkeypatch.setenv(
+        sync_cli.SPEC_ENV,
+        json.dumps({"metadataStoreRef": {"name": "pg"}, "lineageStoreRef": {"name": "neo"}, "database": database}),
+    )
     assert sync_cli.run("ml/registry", batch_size=3) == sync_cli.EXIT_OK
     summary = json.loads(capsys.readouterr().out)
     assert summary["outcome"] == "Synced" and summary["events"] > 0

@@ -48,7 +48,8 @@ def schema_snapshot(conn: Conn) -> set[tuple[str, ...]]:
     """Tables, columns, indexes and triggers of schema registry: what a migration path must agree on."""
     cols = conn.execute(
         "SELECT table_name, column_name, data_type, is_nullable FROM information_schema.columns "
-        "WHERE table_schema = 'registry'").fetchall()
+        "WHERE table_schema = 'registry'"
+    ).fetchall()
     idx = conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'registry'").fetchall()
     trg = conn.execute(
         "SELECT tgname, tgrelid::regclass::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
@@ -73,8 +74,7 @@ def test_from_empty_to_latest_and_rerun_is_noop(db: tuple[str, Conn]) -> None:
     assert conn.execute("SELECT applied_at FROM registry.schema_migrations ORDER BY version").fetchall() == stamps
 
 
-def test_from_every_intermediate_version(postgres_cluster: PostgresCluster,
-                                         new_database: Callable[[], str]) -> None:
+def test_from_every_intermediate_version(postgres_cluster: PostgresCluster, new_database: Callable[[], str]) -> None:
     latest = migrate.latest_version()
     with postgres_cluster.primary.connect(new_database()) as ref:
         migrate.apply(ref)
@@ -90,9 +90,13 @@ def test_from_every_intermediate_version(postgres_cluster: PostgresCluster,
 def test_pinned_version_stops_there(db: tuple[str, Conn]) -> None:
     _, conn = db
     assert migrate.apply(conn, 1) == 1
-    cols = {r[0] for r in conn.execute(
-        "SELECT column_name FROM information_schema.columns "
-        "WHERE table_schema = 'registry' AND table_name = 'deployments'").fetchall()}
+    cols = {
+        r[0]
+        for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = 'registry' AND table_name = 'deployments'"
+        ).fetchall()
+    }
     assert "retired_at" not in cols
     assert migrate.apply(conn, 2) == 2
 
@@ -194,8 +198,9 @@ def login(cluster: PostgresCluster, db: str, user: str, password: str) -> Conn:
 def test_writer_writes_and_triggers_record(with_roles: dict[str, Any], postgres_cluster: PostgresCluster) -> None:
     with login(postgres_cluster, with_roles["db"], *with_roles["writer"]) as w:
         w.execute("INSERT INTO registry.registered_models (name) VALUES ('churn')")
-        w.execute("INSERT INTO registry.model_versions (model_id, version) "
-                  "SELECT id, 1 FROM registry.registered_models")
+        w.execute(
+            "INSERT INTO registry.model_versions (model_id, version) SELECT id, 1 FROM registry.registered_models"
+        )
         w.execute("UPDATE registry.model_versions SET stage = 'production'")
         w.execute("INSERT INTO registry.datasets (name) VALUES ('events')")
         w.execute("DELETE FROM registry.datasets")
@@ -211,13 +216,17 @@ def test_writer_writes_and_triggers_record(with_roles: dict[str, Any], postgres_
 
 
 @pytest.mark.parametrize("who", ["writer", "reader"])
-@pytest.mark.parametrize("statement", [
-    "UPDATE registry.audit_log SET actor = 'someone else'",
-    "DELETE FROM registry.audit_log",
-    "TRUNCATE registry.audit_log",
-])
-def test_nobody_changes_the_audit_log(with_roles: dict[str, Any], postgres_cluster: PostgresCluster,
-                                      who: str, statement: str) -> None:
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE registry.audit_log SET actor = 'someone else'",
+        "DELETE FROM registry.audit_log",
+        "TRUNCATE registry.audit_log",
+    ],
+)
+def test_nobody_changes_the_audit_log(
+    with_roles: dict[str, Any], postgres_cluster: PostgresCluster, who: str, statement: str
+) -> None:
     with login(postgres_cluster, with_roles["db"], *with_roles["writer"]) as w:
         w.execute("INSERT INTO registry.registered_models (name) VALUES ('m')")
     with login(postgres_cluster, with_roles["db"], *with_roles[who]) as c:
@@ -231,13 +240,16 @@ def test_nobody_changes_the_audit_log(with_roles: dict[str, Any], postgres_clust
     assert admin.execute("SELECT count(*) FROM registry.audit_log").fetchone() == (1,)
 
 
-@pytest.mark.parametrize("statement", [
-    "INSERT INTO registry.registered_models (name) VALUES ('nope')",
-    "UPDATE registry.registered_models SET description = 'x'",
-    "DELETE FROM registry.model_versions",
-    "INSERT INTO registry.outbox (event_type, payload) VALUES ('x', '{}')",
-    "CREATE TABLE registry.t (a int)",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "INSERT INTO registry.registered_models (name) VALUES ('nope')",
+        "UPDATE registry.registered_models SET description = 'x'",
+        "DELETE FROM registry.model_versions",
+        "INSERT INTO registry.outbox (event_type, payload) VALUES ('x', '{}')",
+        "CREATE TABLE registry.t (a int)",
+    ],
+)
 def test_reader_cannot_write(with_roles: dict[str, Any], postgres_cluster: PostgresCluster, statement: str) -> None:
     with login(postgres_cluster, with_roles["db"], *with_roles["reader"]) as r:
         assert r.execute("SELECT count(*) FROM registry.registered_models").fetchone() == (0,)
@@ -245,8 +257,9 @@ def test_reader_cannot_write(with_roles: dict[str, Any], postgres_cluster: Postg
             r.execute(statement)
 
 
-def test_ensure_roles_is_idempotent_and_rotates_passwords(with_roles: dict[str, Any],
-                                                         postgres_cluster: PostgresCluster) -> None:
+def test_ensure_roles_is_idempotent_and_rotates_passwords(
+    with_roles: dict[str, Any], postgres_cluster: PostgresCluster
+) -> None:
     admin, db_name = with_roles["admin"], with_roles["db"]
     (writer, old_pw), (reader, reader_pw) = with_roles["writer"], with_roles["reader"]
     new_pw = secrets.token_urlsafe(16)

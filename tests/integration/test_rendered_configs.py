@@ -33,16 +33,19 @@ from mlinfra.engines import names, render
 pytestmark = pytest.mark.integration
 
 
-
-
-
 # --- redis ----------------------------------------------------------------------------------------------
 
 REDIS_CONFIG = {"maxmemory": "64mb", "maxmemory-policy": "allkeys-lru", "save": "", "appendonly": "no"}
 
 
-def _redis_pod(stack: procs.ProcStack, root: Path, files: dict[str, Path], ordinal: int, password: str,
-               primary: RedisServer | None = None) -> RedisServer:
+def _redis_pod(
+    stack: procs.ProcStack,
+    root: Path,
+    files: dict[str, Path],
+    ordinal: int,
+    password: str,
+    primary: RedisServer | None = None,
+) -> RedisServer:
     """One pod's container: the rendered entrypoint.sh, as the StatefulSet runs it, on a loopback port."""
     pod = names.pod(NAME, ordinal)
     workdir = root / pod
@@ -72,8 +75,12 @@ def test_rendered_redis_primary_and_replica(tmp_path: Path) -> None:
         replica = _redis_pod(stack, tmp_path, files, 1, password, primary=primary)
         p, r = primary.client(), replica.client()
 
-        procs.wait_until("the replica's link to the primary",
-                         lambda: r.info("replication")["master_link_status"] == "up", 30, replica.proc)
+        procs.wait_until(
+            "the replica's link to the primary",
+            lambda: r.info("replication")["master_link_status"] == "up",
+            30,
+            replica.proc,
+        )
         assert p.info("replication")["role"] == "master"
         info = r.info("replication")
         assert (info["role"], info["master_host"], info["master_port"]) == ("slave", "127.0.0.1", primary.port)
@@ -103,8 +110,13 @@ def test_rendered_redis_primary_and_replica(tmp_path: Path) -> None:
 
 def test_rendered_redis_entrypoint_refuses_a_hostname_without_ordinal(tmp_path: Path) -> None:
     files = write_files(tmp_path, render.render_config_files(store("redis", 1, {})))
-    result = subprocess.run(["bash", str(files["entrypoint.sh"])], capture_output=True, text=True, timeout=30,
-                            env={**os.environ, "HOSTNAME": "not-a-pod", "REDIS_PASSWORD": "x"})
+    result = subprocess.run(
+        ["bash", str(files["entrypoint.sh"])],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "HOSTNAME": "not-a-pod", "REDIS_PASSWORD": "x"},
+    )
     assert result.returncode == 1
     assert "cannot tell this pod's ordinal" in result.stderr
 
@@ -134,12 +146,28 @@ def pg_primary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgPrimary]:
     files = write_files(root / "config", rendered)
     password, replication_password = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     with procs.ProcStack() as stack:
-        server = PostgresServer(root / names.pod(NAME, 0), names.pod(NAME, 0), password,
-                                conf=rendered["postgresql.conf"], hba=rendered["pg_hba.conf"]).init().start(stack)
-        server.run(["bash", str(files["init-primary.sh"])], env={
-            "PGHOST": "127.0.0.1", "PGPORT": str(server.port), "PGPASSWORD": password, "POSTGRES_USER": "postgres",
-            "POSTGRES_REPLICATION_PASSWORD": replication_password, "PATH": _path_env(),
-        })
+        server = (
+            PostgresServer(
+                root / names.pod(NAME, 0),
+                names.pod(NAME, 0),
+                password,
+                conf=rendered["postgresql.conf"],
+                hba=rendered["pg_hba.conf"],
+            )
+            .init()
+            .start(stack)
+        )
+        server.run(
+            ["bash", str(files["init-primary.sh"])],
+            env={
+                "PGHOST": "127.0.0.1",
+                "PGPORT": str(server.port),
+                "PGPASSWORD": password,
+                "POSTGRES_USER": "postgres",
+                "POSTGRES_REPLICATION_PASSWORD": replication_password,
+                "PATH": _path_env(),
+            },
+        )
         yield PgPrimary(server, files, replication_password)
 
 
@@ -157,6 +185,7 @@ def _bootstrap_env(primary: PgPrimary, ordinal: int, pgdata: Path) -> dict[str, 
 
 def test_rendered_postgresql_conf_is_in_effect(pg_primary: PgPrimary) -> None:
     with pg_primary.server.connect() as conn:
+
         def show(setting: str) -> Any:
             row = conn.execute(f"show {setting}").fetchone()
             assert row is not None
@@ -182,17 +211,24 @@ def test_rendered_pg_hba_requires_the_password(pg_primary: PgPrimary) -> None:
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(server.dsn(password="wrong"))
     # The replication role may log in with its own password (and init-primary.sh made it a replication role).
-    with psycopg.connect(server.dsn(user=names.POSTGRES_REPLICATION_USER,
-                                    password=pg_primary.replication_password)) as conn:
+    with psycopg.connect(
+        server.dsn(user=names.POSTGRES_REPLICATION_USER, password=pg_primary.replication_password)
+    ) as conn:
         assert conn.execute("select rolreplication from pg_roles where rolname = current_user").fetchone() == (True,)
 
 
 def test_rendered_init_primary_is_idempotent(pg_primary: PgPrimary) -> None:
     server = pg_primary.server
-    result = server.run(["bash", str(pg_primary.files["init-primary.sh"])], env={
-        "PGHOST": "127.0.0.1", "PGPORT": str(server.port), "PGPASSWORD": server.password,
-        "POSTGRES_REPLICATION_PASSWORD": pg_primary.replication_password, "PATH": _path_env(),
-    })
+    result = server.run(
+        ["bash", str(pg_primary.files["init-primary.sh"])],
+        env={
+            "PGHOST": "127.0.0.1",
+            "PGPORT": str(server.port),
+            "PGPASSWORD": server.password,
+            "POSTGRES_REPLICATION_PASSWORD": pg_primary.replication_password,
+            "PATH": _path_env(),
+        },
+    )
     assert f"replication role {names.POSTGRES_REPLICATION_USER} ready" in result.stdout
     assert pg_primary.replication_password not in result.stdout + result.stderr
 
@@ -202,8 +238,9 @@ def test_rendered_bootstrap_makes_a_streaming_standby(pg_primary: PgPrimary, tmp
     pod = names.pod(NAME, 1)
     # The standby's postgres gets cluster_name = its pod name, as the StatefulSet's args set it.
     standby = PostgresServer(tmp_path / pod, pod, primary.password)
-    result = standby.run(["bash", str(pg_primary.files["bootstrap.sh"])],
-                         env=_bootstrap_env(pg_primary, 1, standby.datadir))
+    result = standby.run(
+        ["bash", str(pg_primary.files["bootstrap.sh"])], env=_bootstrap_env(pg_primary, 1, standby.datadir)
+    )
     assert "copying the primary with pg_basebackup" in result.stdout
     assert (standby.datadir / "standby.signal").exists()
     assert not Path(f"{standby.datadir}.partial").exists()
@@ -213,11 +250,16 @@ def test_rendered_bootstrap_makes_a_streaming_standby(pg_primary: PgPrimary, tmp
 
         def streaming() -> list[tuple[Any, ...]]:
             with primary.connect() as conn:
-                return conn.execute("select usename, state from pg_stat_replication where application_name = %s",
-                                    (pod,)).fetchall()
+                return conn.execute(
+                    "select usename, state from pg_stat_replication where application_name = %s", (pod,)
+                ).fetchall()
 
-        procs.wait_until(f"{pod} streaming from the primary", lambda: streaming() == [
-            (names.POSTGRES_REPLICATION_USER, "streaming")], 60, standby.proc)
+        procs.wait_until(
+            f"{pod} streaming from the primary",
+            lambda: streaming() == [(names.POSTGRES_REPLICATION_USER, "streaming")],
+            60,
+            standby.proc,
+        )
 
         table = f"t_{secrets.token_hex(4)}"
         with primary.connect() as conn:
@@ -233,15 +275,17 @@ def test_rendered_bootstrap_makes_a_streaming_standby(pg_primary: PgPrimary, tmp
             assert conn.execute("select pg_is_in_recovery()").fetchone() == (True,)
 
         # A restarted pod finds its data directory and leaves it alone.
-        again = standby.run(["bash", str(pg_primary.files["bootstrap.sh"])],
-                            env=_bootstrap_env(pg_primary, 1, standby.datadir))
+        again = standby.run(
+            ["bash", str(pg_primary.files["bootstrap.sh"])], env=_bootstrap_env(pg_primary, 1, standby.datadir)
+        )
         assert "holds a cluster already" in again.stdout
 
 
 def test_rendered_bootstrap_does_nothing_on_pod_0(pg_primary: PgPrimary, tmp_path: Path) -> None:
     server = PostgresServer(tmp_path / "pod-0", names.pod(NAME, 0), "unused")
-    result = server.run(["bash", str(pg_primary.files["bootstrap.sh"])],
-                        env=_bootstrap_env(pg_primary, 0, server.datadir))
+    result = server.run(
+        ["bash", str(pg_primary.files["bootstrap.sh"])], env=_bootstrap_env(pg_primary, 0, server.datadir)
+    )
     assert "pod 0 is the primary" in result.stdout
     assert not server.datadir.exists()
 
@@ -276,20 +320,46 @@ def test_rendered_redis_entrypoint_defaults_to_pod_0_in_the_cluster(tmp_path: Pa
     fake_bin.mkdir()
     (fake_bin / "redis-server").write_text('#!/bin/sh\ncat "$1"\n')  # prints the runtime config it is given
     (fake_bin / "redis-server").chmod(0o755)
-    result = subprocess.run(["bash", str(files["entrypoint.sh"])], capture_output=True, text=True, timeout=30, env={
-        **os.environ, "HOSTNAME": names.pod(NAME, 2), "REDIS_PASSWORD": "pw", "REDIS_RUN_DIR": str(tmp_path / "run"),
-        "PATH": f"{fake_bin}:{os.environ['PATH']}"})
+    result = subprocess.run(
+        ["bash", str(files["entrypoint.sh"])],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={
+            **os.environ,
+            "HOSTNAME": names.pod(NAME, 2),
+            "REDIS_PASSWORD": "pw",
+            "REDIS_RUN_DIR": str(tmp_path / "run"),
+            "PATH": f"{fake_bin}:{os.environ['PATH']}",
+        },
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[1:] == [
-        'include "/etc/mlinfra/redis.conf"', "port 6379", "bind * -::*", 'dir "/data"', 'requirepass "pw"',
-        'masterauth "pw"', f"replicaof {NAME}-0.{NAME}-hl.{NAMESPACE}.svc 6379"]
+        'include "/etc/mlinfra/redis.conf"',
+        "port 6379",
+        "bind * -::*",
+        'dir "/data"',
+        'requirepass "pw"',
+        'masterauth "pw"',
+        f"replicaof {NAME}-0.{NAME}-hl.{NAMESPACE}.svc 6379",
+    ]
 
 
-@pytest.mark.parametrize(("ordinal", "args"), [
-    (0, ["--uri", f"http://{NAME}-0.{NAME}-hl.{NAMESPACE}.svc:6335"]),
-    (2, ["--bootstrap", f"http://{NAME}-0.{NAME}-hl.{NAMESPACE}.svc:6335",
-         "--uri", f"http://{NAME}-2.{NAME}-hl.{NAMESPACE}.svc:6335"]),
-])
+@pytest.mark.parametrize(
+    ("ordinal", "args"),
+    [
+        (0, ["--uri", f"http://{NAME}-0.{NAME}-hl.{NAMESPACE}.svc:6335"]),
+        (
+            2,
+            [
+                "--bootstrap",
+                f"http://{NAME}-0.{NAME}-hl.{NAMESPACE}.svc:6335",
+                "--uri",
+                f"http://{NAME}-2.{NAME}-hl.{NAMESPACE}.svc:6335",
+            ],
+        ),
+    ],
+)
 def test_rendered_qdrant_entrypoint_joins_pod_0(ordinal: int, args: list[str], tmp_path: Path) -> None:
     """Qdrant's server cannot be run here: the image's entrypoint is replaced by one that prints its arguments."""
     files = write_files(tmp_path / "config", render.render_config_files(store("qdrant", 3, {})))
@@ -297,8 +367,13 @@ def test_rendered_qdrant_entrypoint_joins_pod_0(ordinal: int, args: list[str], t
     home.mkdir()
     (home / "entrypoint.sh").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
     (home / "entrypoint.sh").chmod(0o755)
-    result = subprocess.run(["bash", str(files["entrypoint.sh"])], capture_output=True, text=True, timeout=30,
-                            env={**os.environ, "HOSTNAME": names.pod(NAME, ordinal), "QDRANT_HOME": str(home)})
+    result = subprocess.run(
+        ["bash", str(files["entrypoint.sh"])],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "HOSTNAME": names.pod(NAME, ordinal), "QDRANT_HOME": str(home)},
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[1:] == ["--config-path", "/etc/mlinfra/config.yaml", *args]
 
@@ -308,15 +383,46 @@ def test_rendered_objects_pass_the_api_server_and_restricted_pod_security(contro
     restricted Pod Security Standard forbids."""
     for engine, replicas in ALL:
         ns = f"render-{engine}"
-        control_plane.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {
-            "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/warn": "restricted"}}}])
-        ds = DataStore.model_validate({"metadata": {"name": NAME, "namespace": ns}, "spec": {
-            "engine": engine, "managed": {
-                "replicas": replicas, "networkPolicy": True, "storage": {"size": "1Gi", "storageClassName": "standard"},
-                "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}}}})
+        control_plane.apply(
+            [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Namespace",
+                    "metadata": {
+                        "name": ns,
+                        "labels": {
+                            "pod-security.kubernetes.io/enforce": "restricted",
+                            "pod-security.kubernetes.io/warn": "restricted",
+                        },
+                    },
+                }
+            ]
+        )
+        ds = DataStore.model_validate(
+            {
+                "metadata": {"name": NAME, "namespace": ns},
+                "spec": {
+                    "engine": engine,
+                    "managed": {
+                        "replicas": replicas,
+                        "networkPolicy": True,
+                        "storage": {"size": "1Gi", "storageClassName": "standard"},
+                        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+                    },
+                },
+            }
+        )
         result = control_plane.kubectl(
-            "apply", "--server-side", "--dry-run=server", "--validate=strict", "--field-manager=mlinfra-operator",
-            "-f", "-", input=yaml.safe_dump_all(render.render_managed(ds)), check=False)
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "--validate=strict",
+            "--field-manager=mlinfra-operator",
+            "-f",
+            "-",
+            input=yaml.safe_dump_all(render.render_managed(ds)),
+            check=False,
+        )
         assert result.returncode == 0, f"{engine}: {result.stderr}"
         assert "Warning" not in result.stderr, f"{engine}: {result.stderr}"
         assert result.stdout.count("(server dry run)") == len(render.render_managed(ds))

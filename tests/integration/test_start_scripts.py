@@ -42,8 +42,6 @@ SUPERUSER = "feats_admin"
 PG_CONFIG = {"shared_buffers": "32MB", "max_connections": "40"}
 
 
-
-
 def _password() -> str:
     # Quotes, a backslash, a space and a dollar: whatever reaches a shell or a config unquoted breaks.
     return f"{secrets.token_urlsafe(12)} '\"\\$HOME"
@@ -181,36 +179,67 @@ class PgPod:
         """A script that ends by itself (bootstrap.sh, a start.sh that must refuse), as the server's user."""
         self.prepare()
         try:
-            return subprocess.run(["bash", str(self.files[script])], capture_output=True, text=True, timeout=300,
-                                  env={**os.environ, **self.env(), **(env or {})}, cwd=self.workdir,
-                                  user=self.uid, group=self.gid)
+            return subprocess.run(
+                ["bash", str(self.files[script])],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                env={**os.environ, **self.env(), **(env or {})},
+                cwd=self.workdir,
+                user=self.uid,
+                group=self.gid,
+            )
         finally:
             shutil.rmtree(self.socket_dir, ignore_errors=True)
 
     def start(self, stack: procs.ProcStack) -> PgPod:
         self.prepare()
         self.runs += 1
-        self.proc = stack.add(procs.Proc(
-            f"pg-start-{self.name}", ["bash", str(self.files["start.sh"])], self.log, env=self.env(),
-            cwd=self.workdir, user=self.uid, group=self.gid))
+        self.proc = stack.add(
+            procs.Proc(
+                f"pg-start-{self.name}",
+                ["bash", str(self.files["start.sh"])],
+                self.log,
+                env=self.env(),
+                cwd=self.workdir,
+                user=self.uid,
+                group=self.gid,
+            )
+        )
         socket_dir = self.socket_dir
         stack.callback(lambda: shutil.rmtree(socket_dir, ignore_errors=True))
-        procs.wait_until(f"{self.name} to accept connections", lambda: bool(self.connect().execute(
-            "select 1").fetchone()), 180, self.proc)
+        procs.wait_until(
+            f"{self.name} to accept connections",
+            lambda: bool(self.connect().execute("select 1").fetchone()),
+            180,
+            self.proc,
+        )
         return self
 
     def stop_like_prestop(self) -> None:
         """The pod's preStop hook (pg_ctl stop -m fast), then the container's end."""
         assert self.proc is not None
-        subprocess.run([str(tools.which("pg_ctl")), "stop", "-m", "fast", "-w", "-t", "50"], check=True,
-                       capture_output=True, timeout=120, user=self.uid, group=self.gid,
-                       env={**os.environ, "PGDATA": str(self.pgdata), "PATH": _path_env()})
+        subprocess.run(
+            [str(tools.which("pg_ctl")), "stop", "-m", "fast", "-w", "-t", "50"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+            user=self.uid,
+            group=self.gid,
+            env={**os.environ, "PGDATA": str(self.pgdata), "PATH": _path_env()},
+        )
         procs.wait_until(f"{self.name} to exit", lambda: not self.proc.running() if self.proc else True, 30)
 
     def connect(self, user: str = SUPERUSER, password: str | None = None) -> psycopg.Connection[tuple[Any, ...]]:
-        return psycopg.connect(host="127.0.0.1", port=self.port, dbname="postgres", user=user,
-                               password=self.password if password is None else password, connect_timeout=5,
-                               autocommit=True)
+        return psycopg.connect(
+            host="127.0.0.1",
+            port=self.port,
+            dbname="postgres",
+            user=user,
+            password=self.password if password is None else password,
+            connect_timeout=5,
+            autocommit=True,
+        )
 
 
 @dataclass
@@ -241,6 +270,7 @@ def test_first_boot_initdbs_with_the_rendered_config(primary: FirstBoot) -> None
     assert primary.argv.ran("initdb", "--pwfile=*")
     assert primary.argv.ran("postgres", "listen_addresses=")  # the temporary server: on its socket only
     with pod.connect() as conn:
+
         def show(setting: str) -> Any:
             row = conn.execute(f"show {setting}").fetchone()
             assert row is not None
@@ -259,10 +289,12 @@ def test_first_boot_initdbs_with_the_rendered_config(primary: FirstBoot) -> None
 def test_first_boot_superuser_logs_in_with_scram_and_the_replication_role_exists(primary: FirstBoot) -> None:
     pod = primary.pod
     with pod.connect() as conn:
-        assert conn.execute("select rolsuper, left(rolpassword, 14) from pg_authid where rolname = current_user"
-                            ).fetchone() == (True, "SCRAM-SHA-256$")
-        assert conn.execute("select rolreplication from pg_roles where rolname = %s",
-                            (names.POSTGRES_REPLICATION_USER,)).fetchone() == (True,)
+        assert conn.execute(
+            "select rolsuper, left(rolpassword, 14) from pg_authid where rolname = current_user"
+        ).fetchone() == (True, "SCRAM-SHA-256$")
+        assert conn.execute(
+            "select rolreplication from pg_roles where rolname = %s", (names.POSTGRES_REPLICATION_USER,)
+        ).fetchone() == (True,)
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         pod.connect(password="wrong")
     with pod.connect(user=names.POSTGRES_REPLICATION_USER, password=pod.replication_password) as conn:
@@ -285,9 +317,14 @@ def test_pod_1_bootstraps_from_pod_0_and_streams(primary: FirstBoot, tmp_path: P
     source = primary.pod
     standby = PgPod(tmp_path, primary.files, 1, source.password, source.replication_password)
     # The init container: pod 0's DNS name, as the standby reaches it here.
-    copied = standby.run("bootstrap.sh", env={"POSTGRES_PRIMARY_HOST": "127.0.0.1",
-                                              "POSTGRES_PRIMARY_PORT": str(source.port),
-                                              "POSTGRES_PRIMARY_WAIT_SECONDS": "30"})
+    copied = standby.run(
+        "bootstrap.sh",
+        env={
+            "POSTGRES_PRIMARY_HOST": "127.0.0.1",
+            "POSTGRES_PRIMARY_PORT": str(source.port),
+            "POSTGRES_PRIMARY_WAIT_SECONDS": "30",
+        },
+    )
     assert copied.returncode == 0, copied.stderr
     assert (standby.pgdata / "standby.signal").exists()
     with procs.ProcStack() as stack:
@@ -297,11 +334,16 @@ def test_pod_1_bootstraps_from_pod_0_and_streams(primary: FirstBoot, tmp_path: P
 
         def streaming() -> list[tuple[Any, ...]]:
             with source.connect() as conn:
-                return conn.execute("select usename, state from pg_stat_replication where application_name = %s",
-                                    (standby.name,)).fetchall()
+                return conn.execute(
+                    "select usename, state from pg_stat_replication where application_name = %s", (standby.name,)
+                ).fetchall()
 
-        procs.wait_until(f"{standby.name} streaming from pod 0",
-                         lambda: streaming() == [(names.POSTGRES_REPLICATION_USER, "streaming")], 60, standby.proc)
+        procs.wait_until(
+            f"{standby.name} streaming from pod 0",
+            lambda: streaming() == [(names.POSTGRES_REPLICATION_USER, "streaming")],
+            60,
+            standby.proc,
+        )
         table = f"t_{secrets.token_hex(4)}"
         with source.connect() as conn:
             conn.execute(f"create table {table} (v text)")
@@ -374,10 +416,12 @@ def test_neo4j_start_script_with_stand_in_commands(tmp_path: Path) -> None:
     record = tmp_path / "record"
     (bin_dir / "neo4j-admin").write_text(
         f'#!/bin/sh\nprintf "%s\\n" "$@" > {record}/admin-args\ncat "${{3#@}}" > {record}/argfile\n'
-        f'mkdir -p "$MLINFRA_NEO4J_DATA_DIR/dbms" && touch "$MLINFRA_NEO4J_DATA_DIR/dbms/auth.ini"\n')
+        f'mkdir -p "$MLINFRA_NEO4J_DATA_DIR/dbms" && touch "$MLINFRA_NEO4J_DATA_DIR/dbms/auth.ini"\n'
+    )
     (bin_dir / "neo4j").write_text(
         f'#!/bin/sh\nprintf "%s\\n" "$@" > {record}/neo4j-args\nls -A "$NEO4J_CONF" > {record}/conf-files\n'
-        f'cp "$NEO4J_CONF/neo4j.conf" {record}/neo4j.conf\n')
+        f'cp "$NEO4J_CONF/neo4j.conf" {record}/neo4j.conf\n'
+    )
     for script in bin_dir.iterdir():
         script.chmod(0o755)
     record.mkdir()
@@ -403,8 +447,9 @@ def test_neo4j_start_script_with_stand_in_commands(tmp_path: Path) -> None:
 
 def _neo4j_jars() -> list[Path]:
     classpath = tools.find_tools().neo4j_classpath  # never builds: another run may be building the tools
-    return sorted(jar for entry in classpath.split(":") if entry.endswith("/*")
-                  for jar in Path(entry[:-2]).glob("*.jar"))
+    return sorted(
+        jar for entry in classpath.split(":") if entry.endswith("/*") for jar in Path(entry[:-2]).glob("*.jar")
+    )
 
 
 def _neo4j_home(home: Path, jars: list[Path]) -> None:
@@ -422,7 +467,8 @@ def _neo4j_home(home: Path, jars: list[Path]) -> None:
         (home / "bin" / script).write_text(
             "#!/usr/bin/env bash\n"
             'NEO4J_HOME="$(cd "$(dirname "$0")/.." && pwd)"\nexport NEO4J_HOME\n'
-            f'exec java -cp "$NEO4J_HOME/lib/*" org.neo4j.server.startup.{main} "$@"\n')
+            f'exec java -cp "$NEO4J_HOME/lib/*" org.neo4j.server.startup.{main} "$@"\n'
+        )
         (home / "bin" / script).chmod(0o755)
 
 
@@ -452,12 +498,20 @@ def test_neo4j_start_script_on_neo4j(tmp_path: Path) -> None:
     ds = store("neo4j", 1, {"server.memory.heap.max_size": "512m", "server.memory.pagecache.size": "64m"})
     bolt, http = procs.free_port(), procs.free_port()
     rendered = render.render_config_files(ds)
-    files = write_files(tmp_path / "config", {**rendered, "neo4j.conf": _local_neo4j_conf(
-        rendered["neo4j.conf"], tmp_path, bolt, http)})
+    files = write_files(
+        tmp_path / "config", {**rendered, "neo4j.conf": _local_neo4j_conf(rendered["neo4j.conf"], tmp_path, bolt, http)}
+    )
     password = _password()
     with procs.ProcStack() as stack, ArgvWatch() as argv:
-        proc = stack.add(procs.Proc("neo4j-start", ["bash", str(files["start.sh"])], tmp_path / "start.log",
-                                    env=_neo4j_env(tmp_path, files, password), cwd=tmp_path))
+        proc = stack.add(
+            procs.Proc(
+                "neo4j-start",
+                ["bash", str(files["start.sh"])],
+                tmp_path / "start.log",
+                env=_neo4j_env(tmp_path, files, password),
+                cwd=tmp_path,
+            )
+        )
 
         def answers() -> bool:
             with neo4j.GraphDatabase.driver(f"bolt://127.0.0.1:{bolt}", auth=("neo4j", password)) as driver:
@@ -466,8 +520,10 @@ def test_neo4j_start_script_on_neo4j(tmp_path: Path) -> None:
 
         procs.wait_until("neo4j to answer with the initial password", answers, 240, proc)
         assert "setting the initial password" in (tmp_path / "start.log").read_text()
-        with neo4j.GraphDatabase.driver(f"bolt://127.0.0.1:{bolt}", auth=("neo4j", "wrong-password")) as driver, \
-                pytest.raises(neo4j.exceptions.AuthError):
+        with (
+            neo4j.GraphDatabase.driver(f"bolt://127.0.0.1:{bolt}", auth=("neo4j", "wrong-password")) as driver,
+            pytest.raises(neo4j.exceptions.AuthError),
+        ):
             driver.verify_connectivity()
         # The sampler saw neo4j-admin's JVM, given the password file's name only.
         assert argv.ran("java", "dbms", "set-initial-password", "@*")

@@ -13,8 +13,10 @@ from mlinfra.api import vectorindex
 from mlinfra.devenv import qdrant as devenv_qdrant
 from mlinfra.vectors import collection, rebuild
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant"),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -25,8 +27,11 @@ def _which_qdrant(record_property: Any) -> None:
 
 
 def spec(**overrides: Any) -> vectorindex.VectorIndexSpec:
-    body: dict[str, Any] = {"storeRef": {"name": "qdrant"}, "collection": "docs",
-                            "vectors": {"size": 4, "distance": "Cosine"}}
+    body: dict[str, Any] = {
+        "storeRef": {"name": "qdrant"},
+        "collection": "docs",
+        "vectors": {"size": 4, "distance": "Cosine"},
+    }
     body.update(overrides)
     return vectorindex.VectorIndexSpec.model_validate(body)
 
@@ -47,13 +52,18 @@ def test_create_points_the_alias_at_a_hashed_physical_collection(qdrant: QdrantC
 
 def test_mutable_change_is_applied_in_place_and_reported(qdrant: QdrantClient) -> None:
     first = collection.ensure(qdrant, spec(hnsw={"m": 8}))
-    result = collection.ensure(qdrant, spec(hnsw={"m": 16, "efConstruct": 200},
-                                            quantization={"type": "scalar", "quantile": 0.99}))
+    result = collection.ensure(
+        qdrant, spec(hnsw={"m": 16, "efConstruct": 200}, quantization={"type": "scalar", "quantile": 0.99})
+    )
     assert result.collection == first.collection and not result.created
     assert "hnsw.m: 8 -> 16" in result.changes
     assert "quantization: none -> scalar" in result.changes
-    assert collection.ensure(qdrant, spec(hnsw={"m": 16, "efConstruct": 200},
-                                          quantization={"type": "scalar", "quantile": 0.99})).changes == ()
+    assert (
+        collection.ensure(
+            qdrant, spec(hnsw={"m": 16, "efConstruct": 200}, quantization={"type": "scalar", "quantile": 0.99})
+        ).changes
+        == ()
+    )
     removed = collection.ensure(qdrant, spec(hnsw={"m": 16, "efConstruct": 200}))
     assert removed.changes == ("quantization: scalar -> none",)
 
@@ -79,8 +89,9 @@ def test_immutable_change_is_reported_not_applied(qdrant: QdrantClient) -> None:
 
 
 def test_payload_index_reconcile_never_drops_a_foreign_index(qdrant: QdrantClient) -> None:
-    name = collection.ensure(qdrant, spec(payloadIndexes=[{"field": "lang", "type": "keyword"},
-                                                          {"field": "year", "type": "integer"}])).collection
+    name = collection.ensure(
+        qdrant, spec(payloadIndexes=[{"field": "lang", "type": "keyword"}, {"field": "year", "type": "integer"}])
+    ).collection
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         qdrant.create_payload_index(name, "team", models.PayloadSchemaType.KEYWORD, wait=True)  # by hand
@@ -110,9 +121,13 @@ def test_a_plain_collection_with_the_alias_name_is_not_adopted(qdrant: QdrantCli
 
 def _fill(client: QdrantClient, count: int, size: int) -> Any:
     def backfill(name: str) -> int:
-        client.upsert(name, points=[models.PointStruct(id=i, vector=[float(i + 1)] * size, payload={"i": i})
-                                    for i in range(count)], wait=True)
+        client.upsert(
+            name,
+            points=[models.PointStruct(id=i, vector=[float(i + 1)] * size, payload={"i": i}) for i in range(count)],
+            wait=True,
+        )
         return count
+
     return backfill
 
 

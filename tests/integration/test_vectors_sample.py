@@ -21,15 +21,23 @@ from mlinfra.devenv import vector_sample as sample
 from mlinfra.devenv.postgres import PostgresCluster
 from mlinfra.vectors import collection, sync
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant"),
-              pytest.mark.filterwarnings("ignore:Local mode performs exact")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant"),
+    pytest.mark.filterwarnings("ignore:Local mode performs exact"),
+]
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 K = 10
 SEED = 7
-QUERIES = [*sample.TOPICS, "hnsw quantization", "sourdough bread", "postgres replication lag alerts",
-           "helm operators on kubernetes", "an unrelated sentence about nothing in particular"]
+QUERIES = [
+    *sample.TOPICS,
+    "hnsw quantization",
+    "sourdough bread",
+    "postgres replication lag alerts",
+    "helm operators on kubernetes",
+    "an unrelated sentence about nothing in particular",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -56,32 +64,48 @@ def alias(qdrant: QdrantClient) -> Iterator[str]:
     yield name
     physical = collection.alias_target(qdrant, name)
     if physical is not None:  # a real server outlives the test: leave nothing behind
-        qdrant.update_collection_aliases(change_aliases_operations=[
-            models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=name))])
+        qdrant.update_collection_aliases(
+            change_aliases_operations=[models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=name))]
+        )
         qdrant.delete_collection(physical)
 
 
 def make_spec(table: str, alias: str) -> vectorindex.VectorIndexSpec:
     """The spec of manifests/samples/vectorindex-docs.yaml on this table; a tiny indexing threshold so that a
     real server builds the HNSW graph for 2,000 points (it would search them exhaustively otherwise)."""
-    return vectorindex.VectorIndexSpec.model_validate({
-        "storeRef": {"name": "vectors"}, "collection": alias,
-        "vectors": {"size": sample.DIM, "distance": "Cosine"}, "hnsw": {"m": 16},
-        "optimizers": {"indexingThreshold": 10},
-        "payloadIndexes": [{"field": "lang", "type": "keyword"}],
-        "source": {"storeRef": {"name": "offline-store"}, "table": table, "idColumn": "id",
-                   "vectorColumn": "embedding", "payloadColumns": ["title", "lang"],
-                   "updatedAtColumn": "updated_at", "deletedColumn": "deleted"},
-        "sync": {"schedule": "*/10 * * * *", "maxLag": "30m"},
-    })
+    return vectorindex.VectorIndexSpec.model_validate(
+        {
+            "storeRef": {"name": "vectors"},
+            "collection": alias,
+            "vectors": {"size": sample.DIM, "distance": "Cosine"},
+            "hnsw": {"m": 16},
+            "optimizers": {"indexingThreshold": 10},
+            "payloadIndexes": [{"field": "lang", "type": "keyword"}],
+            "source": {
+                "storeRef": {"name": "offline-store"},
+                "table": table,
+                "idColumn": "id",
+                "vectorColumn": "embedding",
+                "payloadColumns": ["title", "lang"],
+                "updatedAtColumn": "updated_at",
+                "deletedColumn": "deleted",
+            },
+            "sync": {"schedule": "*/10 * * * *", "maxLag": "30m"},
+        }
+    )
 
 
-def search(client: QdrantClient, alias: str, query: list[float], *, exact: bool,
-           lang: str | None = None) -> list[models.ScoredPoint]:
-    where = None if lang is None else models.Filter(
-        must=[models.FieldCondition(key="lang", match=models.MatchValue(value=lang))])
-    return client.query_points(alias, query=query, limit=K, query_filter=where,
-                               search_params=models.SearchParams(exact=exact)).points
+def search(
+    client: QdrantClient, alias: str, query: list[float], *, exact: bool, lang: str | None = None
+) -> list[models.ScoredPoint]:
+    where = (
+        None
+        if lang is None
+        else models.Filter(must=[models.FieldCondition(key="lang", match=models.MatchValue(value=lang))])
+    )
+    return client.query_points(
+        alias, query=query, limit=K, query_filter=where, search_params=models.SearchParams(exact=exact)
+    ).points
 
 
 def assert_same_neighbours(hits: list[models.ScoredPoint], expected: list[tuple[int, float]]) -> None:
@@ -95,13 +119,16 @@ def wait_indexed(client: QdrantClient, alias: str, points: int, deadline: float 
         info = client.get_collection(alias)
         if info.status == models.CollectionStatus.GREEN and (info.indexed_vectors_count or 0) >= points:
             return
-        assert time.monotonic() < end, f"HNSW index not built within {deadline}s: {info.status}, " \
-                                       f"{info.indexed_vectors_count} of {points} vectors indexed"
+        assert time.monotonic() < end, (
+            f"HNSW index not built within {deadline}s: {info.status}, "
+            f"{info.indexed_vectors_count} of {points} vectors indexed"
+        )
         time.sleep(0.5)
 
 
 def test_search_through_the_alias_equals_brute_force_on_the_source(
-        qdrant: QdrantClient, table: tuple[Conn, str], alias: str) -> None:
+    qdrant: QdrantClient, table: tuple[Conn, str], alias: str
+) -> None:
     conn, name = table
     spec = make_spec(name, alias)
     collection.ensure(qdrant, spec)
@@ -111,11 +138,14 @@ def test_search_through_the_alias_equals_brute_force_on_the_source(
 
     for text in QUERIES:
         query = sample.embed_query(text)
-        assert_same_neighbours(search(qdrant, alias, query, exact=True),
-                               sample.brute_force_top_k(conn, name, query, K, "Cosine"))
+        assert_same_neighbours(
+            search(qdrant, alias, query, exact=True), sample.brute_force_top_k(conn, name, query, K, "Cosine")
+        )
     query = sample.embed_query("vector-search")
-    assert_same_neighbours(search(qdrant, alias, query, exact=True, lang="de"),
-                           sample.brute_force_top_k(conn, name, query, K, "Cosine", lang="de"))
+    assert_same_neighbours(
+        search(qdrant, alias, query, exact=True, lang="de"),
+        sample.brute_force_top_k(conn, name, query, K, "Cosine", lang="de"),
+    )
 
     hit = search(qdrant, alias, sample.embed_query("hnsw quantization"), exact=True)[0]
     row = conn.execute(f"SELECT title, lang FROM {name} WHERE id = %s", (int(hit.id),)).fetchone()
@@ -137,14 +167,17 @@ def test_the_sample_topics_are_real_structure(table: tuple[Conn, str]) -> None:
     conn, name = table
     for topic, words in sample.TOPICS.items():
         top = sample.brute_force_top_k(conn, name, sample.embed_query(topic), K, "Cosine")
-        titles = [r[0] for r in conn.execute(f"SELECT title FROM {name} WHERE id = ANY(%s)",
-                                             ([i for i, _ in top],)).fetchall()]
+        titles = [
+            r[0]
+            for r in conn.execute(f"SELECT title FROM {name} WHERE id = ANY(%s)", ([i for i, _ in top],)).fetchall()
+        ]
         on_topic = sum(any(w in sample.tokens(t) for w in words) for t in titles)
         assert on_topic == K, f"{topic}: {on_topic} of {K} nearest titles use its words: {titles}"
 
 
-def test_soft_deleted_rows_leave_the_index_and_the_neighbours(qdrant: QdrantClient, table: tuple[Conn, str],
-                                                             alias: str) -> None:
+def test_soft_deleted_rows_leave_the_index_and_the_neighbours(
+    qdrant: QdrantClient, table: tuple[Conn, str], alias: str
+) -> None:
     conn, name = table
     spec = make_spec(name, alias)
     collection.ensure(qdrant, spec)

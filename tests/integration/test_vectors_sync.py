@@ -35,19 +35,32 @@ def _which_qdrant(record_property: Any) -> None:
 def table(postgres_cluster: PostgresCluster) -> Iterator[tuple[Conn, str]]:
     name = f"emb_{secrets.token_hex(4)}"
     with postgres_cluster.primary.connect() as conn:
-        conn.execute(f"CREATE TABLE {name} (id bigint PRIMARY KEY, embedding real[], lang text, "
-                     "updated_at timestamptz NOT NULL DEFAULT clock_timestamp(), deleted boolean DEFAULT false)")
+        conn.execute(
+            f"CREATE TABLE {name} (id bigint PRIMARY KEY, embedding real[], lang text, "
+            "updated_at timestamptz NOT NULL DEFAULT clock_timestamp(), deleted boolean DEFAULT false)"
+        )
         yield conn, name
         conn.execute(f"DROP TABLE {name}")
 
 
 def make_spec(table: str, size: int = SIZE, batch: int = 7) -> vectorindex.VectorIndexSpec:
-    return vectorindex.VectorIndexSpec.model_validate({
-        "storeRef": {"name": "qdrant"}, "collection": "emb", "vectors": {"size": size, "distance": "Cosine"},
-        "source": {"storeRef": {"name": "pg"}, "table": table, "idColumn": "id", "vectorColumn": "embedding",
-                   "payloadColumns": ["lang"], "updatedAtColumn": "updated_at", "deletedColumn": "deleted"},
-        "sync": {"schedule": "*/5 * * * *", "batchSize": batch},
-    })
+    return vectorindex.VectorIndexSpec.model_validate(
+        {
+            "storeRef": {"name": "qdrant"},
+            "collection": "emb",
+            "vectors": {"size": size, "distance": "Cosine"},
+            "source": {
+                "storeRef": {"name": "pg"},
+                "table": table,
+                "idColumn": "id",
+                "vectorColumn": "embedding",
+                "payloadColumns": ["lang"],
+                "updatedAtColumn": "updated_at",
+                "deletedColumn": "deleted",
+            },
+            "sync": {"schedule": "*/5 * * * *", "batchSize": batch},
+        }
+    )
 
 
 def vec(rng: random.Random, size: int = SIZE) -> list[float]:
@@ -69,8 +82,9 @@ def normalized(v: list[float]) -> list[float]:
     return [x / norm for x in v]
 
 
-def test_sync_inserts_updates_soft_and_hard_deletes_and_bad_vectors(qdrant: QdrantClient,
-                                                                    table: tuple[Conn, str]) -> None:
+def test_sync_inserts_updates_soft_and_hard_deletes_and_bad_vectors(
+    qdrant: QdrantClient, table: tuple[Conn, str]
+) -> None:
     conn, name = table
     spec = make_spec(name)
     collection.ensure(qdrant, spec)
@@ -89,8 +103,9 @@ def test_sync_inserts_updates_soft_and_hard_deletes_and_bad_vectors(qdrant: Qdra
     assert (rerun.rows, rerun.upserted, rerun.bad_rows) == (0, 0, ())
 
     source[3] = vec(rng)
-    conn.execute(f"UPDATE {name} SET embedding = %s, lang = 'fr', updated_at = clock_timestamp() WHERE id = 3",
-                 (source[3],))
+    conn.execute(
+        f"UPDATE {name} SET embedding = %s, lang = 'fr', updated_at = clock_timestamp() WHERE id = 3", (source[3],)
+    )
     conn.execute(f"UPDATE {name} SET deleted = true, updated_at = clock_timestamp() WHERE id = 4")
     conn.execute(f"DELETE FROM {name} WHERE id = 5")
     insert(conn, name, [(31, vec(rng), "en")])
@@ -106,8 +121,9 @@ def test_sync_inserts_updates_soft_and_hard_deletes_and_bad_vectors(qdrant: Qdra
     assert got[3][0] == pytest.approx(normalized(source[3]), abs=1e-6)  # Cosine: Qdrant stores normalized
 
 
-def test_rerun_after_a_kill_is_exact(qdrant: QdrantClient, table: tuple[Conn, str],
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rerun_after_a_kill_is_exact(
+    qdrant: QdrantClient, table: tuple[Conn, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     conn, name = table
     spec = make_spec(name, batch=5)
     collection.ensure(qdrant, spec)
@@ -157,7 +173,11 @@ def test_rebuild_backfills_from_the_source(qdrant: QdrantClient, table: tuple[Co
     insert(conn, name, [(i, vec(rng, 4), "en") for i in range(1, 11)])  # re-embedded at 4 dimensions
     new_spec = make_spec(name, size=4)
     assert collection.ensure(qdrant, new_spec).rebuild_needed
-    result = rebuild.rebuild(qdrant, new_spec, lambda target: sync.backfill(conn, qdrant, new_spec, target),
-                             sync.expected_count(conn, new_spec))
+    result = rebuild.rebuild(
+        qdrant,
+        new_spec,
+        lambda target: sync.backfill(conn, qdrant, new_spec, target),
+        sync.expected_count(conn, new_spec),
+    )
     assert (result.previous, result.points) == (old, 10)
     assert collection.alias_target(qdrant, "emb") == result.active

@@ -49,15 +49,31 @@ class Setup:
     spec_file: Path
 
     def run(self, *args: str, extra_env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-        out = subprocess.run([sys.executable, "-m", "mlinfra", "sync", "vectorindex", f"{NS}/{self.name}",
-                              "--file", str(self.spec_file), *args], env={**self.env, **(extra_env or {})},
-                             capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mlinfra",
+                "sync",
+                "vectorindex",
+                f"{NS}/{self.name}",
+                "--file",
+                str(self.spec_file),
+                *args,
+            ],
+            env={**self.env, **(extra_env or {})},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         return out.returncode, json.loads(out.stdout.strip().splitlines()[-1])
 
     def insert(self, ids: range, rng: random.Random, size: int = SIZE) -> None:
         with self.conn.cursor() as cur:
-            cur.executemany(f"INSERT INTO {self.table} (id, embedding, lang) VALUES (%s, %s, %s)",
-                            [(i, [rng.uniform(-1, 1) for _ in range(size)], "en") for i in ids])
+            cur.executemany(
+                f"INSERT INTO {self.table} (id, embedding, lang) VALUES (%s, %s, %s)",
+                [(i, [rng.uniform(-1, 1) for _ in range(size)], "en") for i in ids],
+            )
 
 
 def write_conn_dir(directory: Path, info: connection.ConnectionInfo) -> Path:
@@ -79,8 +95,12 @@ def setup(postgres_cluster: PostgresCluster, tmp_path: Path) -> Iterator[Setup]:
     if url:
         parts = parse.urlsplit(url)
         q_info = connection.ConnectionInfo.for_engine(
-            "qdrant", parts.hostname or "127.0.0.1", os.environ.get("QDRANT_API_KEY", ""),
-            port=parts.port or 6333, tls=parts.scheme == "https")
+            "qdrant",
+            parts.hostname or "127.0.0.1",
+            os.environ.get("QDRANT_API_KEY", ""),
+            port=parts.port or 6333,
+            tls=parts.scheme == "https",
+        )
     else:
         # As on the local platform: the Secret names the in-cluster Service, the endpoint map a directory.
         q_info = connection.ConnectionInfo.for_engine("qdrant", "vectors.ml.svc", "")
@@ -88,20 +108,39 @@ def setup(postgres_cluster: PostgresCluster, tmp_path: Path) -> Iterator[Setup]:
         emap.write_text(json.dumps({f"{NS}/vectors": {"localPath": str(tmp_path / "qdrant")}}))
         env[endpoints.ENV] = str(emap)
         q_info = endpoints.EndpointMap(emap).resolve(q_info, NS, "vectors")
-    env[sync_cli.QDRANT_DIR_ENV] = str(write_conn_dir(tmp_path / "qdrant-conn", dataclasses.replace(
-        q_info, local_path=None)))
+    env[sync_cli.QDRANT_DIR_ENV] = str(
+        write_conn_dir(tmp_path / "qdrant-conn", dataclasses.replace(q_info, local_path=None))
+    )
     spec_file = tmp_path / "vi.yaml"
-    spec_file.write_text(yaml.safe_dump({
-        "apiVersion": "mlinfra.io/v1alpha1", "kind": "VectorIndex", "metadata": {"name": name, "namespace": NS},
-        "spec": {"storeRef": {"name": "vectors"}, "collection": name,
-                 "vectors": {"size": SIZE, "distance": "Cosine"},
-                 "source": {"storeRef": {"name": "pg"}, "table": table, "idColumn": "id",
-                            "vectorColumn": "embedding", "payloadColumns": ["lang"],
-                            "updatedAtColumn": "updated_at", "deletedColumn": "deleted"},
-                 "sync": {"schedule": "*/5 * * * *", "batchSize": 10}}}))
+    spec_file.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "mlinfra.io/v1alpha1",
+                "kind": "VectorIndex",
+                "metadata": {"name": name, "namespace": NS},
+                "spec": {
+                    "storeRef": {"name": "vectors"},
+                    "collection": name,
+                    "vectors": {"size": SIZE, "distance": "Cosine"},
+                    "source": {
+                        "storeRef": {"name": "pg"},
+                        "table": table,
+                        "idColumn": "id",
+                        "vectorColumn": "embedding",
+                        "payloadColumns": ["lang"],
+                        "updatedAtColumn": "updated_at",
+                        "deletedColumn": "deleted",
+                    },
+                    "sync": {"schedule": "*/5 * * * *", "batchSize": 10},
+                },
+            }
+        )
+    )
     with pg.connect() as conn:
-        conn.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, embedding real[], lang text, "
-                     "updated_at timestamptz NOT NULL DEFAULT clock_timestamp(), deleted boolean DEFAULT false)")
+        conn.execute(
+            f"CREATE TABLE {table} (id bigint PRIMARY KEY, embedding real[], lang text, "
+            "updated_at timestamptz NOT NULL DEFAULT clock_timestamp(), deleted boolean DEFAULT false)"
+        )
         vi = sync_cli.load_index(NS, name, spec_file)
         with qdrant_engine.open_client(q_info) as client:
             collection.ensure(client, vi.spec)
@@ -148,10 +187,13 @@ def test_a_second_concurrent_run_does_nothing(setup: Setup, postgres_cluster: Po
 
 def test_sigkill_between_batches_then_rerun_is_exact(setup: Setup) -> None:
     setup.insert(range(1, 46), random.Random(3))
-    proc = subprocess.Popen([sys.executable, "-m", "mlinfra", "sync", "vectorindex", f"{NS}/{setup.name}",
-                             "--file", str(setup.spec_file)],
-                            env={**setup.env, sync_cli.PAUSE_ENV: "2"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlinfra", "sync", "vectorindex", f"{NS}/{setup.name}", "--file", str(setup.spec_file)],
+        env={**setup.env, sync_cli.PAUSE_ENV: "2"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stderr is not None
     for line in proc.stderr:
         if "paused after batch 2" in line:
@@ -163,8 +205,10 @@ def test_sigkill_between_batches_then_rerun_is_exact(setup: Setup) -> None:
     code, summary = setup.run()
     assert code == 0 and summary["upserted"] == 25
     assert count(setup) == 45
-    rows = setup.conn.execute(f"SELECT outcome, error FROM {runs.RUNS.as_string(setup.conn)} "
-                              "WHERE namespace = %s AND name = %s ORDER BY id", (NS, setup.name)).fetchall()
+    rows = setup.conn.execute(
+        f"SELECT outcome, error FROM {runs.RUNS.as_string(setup.conn)} WHERE namespace = %s AND name = %s ORDER BY id",
+        (NS, setup.name),
+    ).fetchall()
     assert [r[0] for r in rows] == ["Failed", "Succeeded"]
     assert rows[0][1] == runs.KILLED
 

@@ -51,12 +51,19 @@ class FakeKube(objects.Kube):
         return [copy.deepcopy(o) for (k, _, _), o in sorted(self.store.items(), key=lambda i: str(i[0])) if k == kind]
 
     # -- the Kube interface -----------------------------------------------------------------------------
-    def _call(self, method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None,
-              content_type: str = "application/json") -> Any:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
         raise AssertionError(f"FakeKube does not serve raw calls ({method} {path})")
 
-    def apply(self, obj: Mapping[str, Any], field_manager: str = objects.FIELD_MANAGER,
-              force: bool = True) -> dict[str, Any]:
+    def apply(
+        self, obj: Mapping[str, Any], field_manager: str = objects.FIELD_MANAGER, force: bool = True
+    ) -> dict[str, Any]:
         resources.kind_of(dict(obj))
         key = self._key(obj)
         old = self.store.get(key)
@@ -65,8 +72,9 @@ class FakeKube(objects.Kube):
             spec_like = {k: v for k, v in new.items() if k != "metadata"}
             merged = _merge({k: v for k, v in old.items() if k != "status"}, spec_like)
             server_set = ("uid", "resourceVersion", "creationTimestamp", "generation")
-            merged["metadata"] = _merge(old["metadata"], {k: v for k, v in new["metadata"].items()
-                                                          if k not in server_set})
+            merged["metadata"] = _merge(
+                old["metadata"], {k: v for k, v in new["metadata"].items() if k not in server_set}
+            )
             if "status" in old:
                 merged["status"] = old["status"]
             new = merged
@@ -78,8 +86,7 @@ class FakeKube(objects.Kube):
             raise objects.NotFound(f"{kind} {namespace}/{name}")
         return copy.deepcopy(found)
 
-    def list_(self, kind: str, namespace: str | None,
-              labels: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    def list_(self, kind: str, namespace: str | None, labels: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
         out = []
         for (k, ns, _), obj in sorted(self.store.items(), key=lambda i: str(i[0])):
             have = obj["metadata"].get("labels") or {}
@@ -95,8 +102,9 @@ class FakeKube(objects.Kube):
         self.writes.append(("delete", kind, namespace, name))
         return True
 
-    def merge_patch(self, kind: str, namespace: str | None, name: str, patch: Mapping[str, Any],
-                    subresource: str | None = None) -> dict[str, Any]:
+    def merge_patch(
+        self, kind: str, namespace: str | None, name: str, patch: Mapping[str, Any], subresource: str | None = None
+    ) -> dict[str, Any]:
         key = (kind, namespace, name)
         old = self.get(kind, namespace, name)
         if subresource == "status":

@@ -85,10 +85,13 @@ def _app_version() -> str:
 # --- lint and metadata ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sets", [
-    [],
-    ["metrics.serviceMonitor.enabled=true", "networkPolicy.enabled=true", "watchNamespaces={ml-a,ml-b}"],
-])
+@pytest.mark.parametrize(
+    "sets",
+    [
+        [],
+        ["metrics.serviceMonitor.enabled=true", "networkPolicy.enabled=true", "watchNamespaces={ml-a,ml-b}"],
+    ],
+)
 def test_helm_lint_strict(sets: list[str]) -> None:
     args = ["lint", "--strict", str(CHART)]
     for item in sets:
@@ -108,15 +111,17 @@ def test_chart_metadata() -> None:
 
 def test_default_rendering_has_exactly_the_expected_objects() -> None:
     kinds = sorted((d["kind"], d["metadata"]["name"]) for d in _render())
-    assert kinds == sorted([
-        ("ServiceAccount", RELEASE),
-        ("ClusterRole", RELEASE),
-        ("ClusterRoleBinding", RELEASE),
-        ("ClusterRole", f"{RELEASE}-view"),
-        ("ClusterRole", f"{RELEASE}-edit"),
-        ("Service", f"{RELEASE}-metrics"),
-        ("Deployment", RELEASE),
-    ])
+    assert kinds == sorted(
+        [
+            ("ServiceAccount", RELEASE),
+            ("ClusterRole", RELEASE),
+            ("ClusterRoleBinding", RELEASE),
+            ("ClusterRole", f"{RELEASE}-view"),
+            ("ClusterRole", f"{RELEASE}-edit"),
+            ("Service", f"{RELEASE}-metrics"),
+            ("Deployment", RELEASE),
+        ]
+    )
     for doc in _render():
         labels = doc["metadata"]["labels"]
         assert labels["app.kubernetes.io/name"] == "mlinfra-operator"
@@ -134,7 +139,9 @@ def test_deployment_is_one_replica_recreate() -> None:
     assert spec["replicas"] == 1
     assert spec["strategy"] == {"type": "Recreate"}
     assert spec["selector"]["matchLabels"] == {
-        "app.kubernetes.io/name": "mlinfra-operator", "app.kubernetes.io/instance": RELEASE}
+        "app.kubernetes.io/name": "mlinfra-operator",
+        "app.kubernetes.io/instance": RELEASE,
+    }
 
 
 def test_image_tag_defaults_to_app_version() -> None:
@@ -174,14 +181,15 @@ def test_command_ports_probe_and_environment() -> None:
 
 def test_watch_namespaces_become_namespace_flags() -> None:
     args = _container(_render("watchNamespaces={ml-a,ml-b}"))["args"]
-    assert args[args.index("--namespace"):] == ["--namespace", "ml-a", "--namespace", "ml-b"]
+    assert args[args.index("--namespace") :] == ["--namespace", "ml-a", "--namespace", "ml-b"]
     assert "--namespace" not in _container(_render())["args"]
 
 
 def test_metrics_service() -> None:
     svc = _one(_render(), "Service")
-    assert svc["spec"]["ports"] == [{"name": "http-metrics", "port": 9090, "targetPort": "http-metrics",
-                                     "protocol": "TCP"}]
+    assert svc["spec"]["ports"] == [
+        {"name": "http-metrics", "port": 9090, "targetPort": "http-metrics", "protocol": "TCP"}
+    ]
     assert svc["spec"]["selector"] == _one(_render(), "Deployment")["spec"]["selector"]["matchLabels"]
 
 
@@ -190,11 +198,13 @@ def test_metrics_service() -> None:
 
 def test_service_monitor_is_optional() -> None:
     assert not [d for d in _render() if d["kind"] == "ServiceMonitor"]
-    sm = _one(_render("metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.labels.release=prom"),
-              "ServiceMonitor")
+    sm = _one(
+        _render("metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.labels.release=prom"), "ServiceMonitor"
+    )
     assert sm["metadata"]["labels"]["release"] == "prom"
-    assert sm["spec"]["endpoints"] == [{"port": "http-metrics", "path": "/metrics", "interval": "30s",
-                                        "scrapeTimeout": "10s"}]
+    assert sm["spec"]["endpoints"] == [
+        {"port": "http-metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+    ]
     assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
 
 
@@ -205,16 +215,29 @@ def test_network_policy_is_optional() -> None:
     assert np["ingress"] == [{"ports": [{"port": "http-metrics", "protocol": "TCP"}]}]
     peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
     egress = [{"ports": [{"port": 443, "protocol": "TCP"}]}]
-    np = _one(_render("networkPolicy.enabled=true", f"json:networkPolicy.metricsFrom={json.dumps([peer])}",
-                      f"json:networkPolicy.egress={json.dumps(egress)}"), "NetworkPolicy")["spec"]
+    np = _one(
+        _render(
+            "networkPolicy.enabled=true",
+            f"json:networkPolicy.metricsFrom={json.dumps([peer])}",
+            f"json:networkPolicy.egress={json.dumps(egress)}",
+        ),
+        "NetworkPolicy",
+    )["spec"]
     assert np["policyTypes"] == ["Ingress", "Egress"]
     assert np["ingress"][0]["from"] == [peer]
     assert np["egress"] == egress
 
 
 def test_rbac_and_service_account_can_be_switched_off() -> None:
-    kinds = {d["kind"] for d in _render("rbac.create=false", "rbac.aggregateToUserRoles=false",
-                                        "serviceAccount.create=false", "serviceAccount.name=existing")}
+    kinds = {
+        d["kind"]
+        for d in _render(
+            "rbac.create=false",
+            "rbac.aggregateToUserRoles=false",
+            "serviceAccount.create=false",
+            "serviceAccount.name=existing",
+        )
+    }
     assert kinds == {"Service", "Deployment"}
     pod = _one(_render("serviceAccount.create=false", "serviceAccount.name=existing"), "Deployment")
     assert pod["spec"]["template"]["spec"]["serviceAccountName"] == "existing"
@@ -242,8 +265,10 @@ def test_aggregated_user_roles() -> None:
     edit = _one(_render(), "ClusterRole", f"{RELEASE}-edit")
     aggregate = "rbac.authorization.k8s.io/aggregate-to-"
     assert {k for k in view["metadata"]["labels"] if k.startswith(aggregate)} == {aggregate + "view"}
-    assert {k for k in edit["metadata"]["labels"] if k.startswith(aggregate)} == {aggregate + "edit",
-                                                                                 aggregate + "admin"}
+    assert {k for k in edit["metadata"]["labels"] if k.startswith(aggregate)} == {
+        aggregate + "edit",
+        aggregate + "admin",
+    }
     assert all(edit["metadata"]["labels"][aggregate + k] == "true" for k in ("edit", "admin"))
     assert _rules(view) == [(["mlinfra.io"], KINDS, VIEW_VERBS)]
     assert _rules(edit) == [(["mlinfra.io"], KINDS, EDIT_VERBS)]
@@ -252,28 +277,33 @@ def test_aggregated_user_roles() -> None:
 # --- values and their schema ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("sets", "complaint"), [
-    (["replicaCount=two"], "/replicaCount"),
-    (["replicaCount=2"], "/replicaCount"),
-    (["unknownKey=1"], "unknownKey"),
-    (["image.pullPolicy=Sometimes"], "/image/pullPolicy"),
-    (["logFormat=xml"], "/logFormat"),
-    (["metrics.port=0"], "/metrics/port"),
-    (["metrics.serviceMonitor.enabled=yes-please"], "/metrics/serviceMonitor/enabled"),
-    (["watchNamespaces={Not_A_Namespace}"], "/watchNamespaces"),
-    (["image.digest=latest"], "/image/digest"),
-    (["networkPolicy.enable=true"], "enable"),
-    # The monitoring values (prometheusRule, grafanaDashboard; see test_chart_monitoring.py).
-    (["prometheusRule.featureViewFreshness.for=5 minutes"], "/prometheusRule/featureViewFreshness/for"),
-    (["prometheusRule.reconcileErrors.window=soon"], "/prometheusRule/reconcileErrors/window"),
-    (["prometheusRule.dataStoreReplicationLag.thresholdSeconds=-1"],
-     "/prometheusRule/dataStoreReplicationLag/thresholdSeconds"),
-    (["prometheusRule.dataStoreDown.severity="], "/prometheusRule/dataStoreDown/severity"),
-    (["prometheusRule.enabled=maybe"], "/prometheusRule/enabled"),
-    (["prometheusRule.dataStoreDown.threshold=1"], "threshold"),
-    (["grafanaDashboard.namespace=Not_A_Namespace"], "/grafanaDashboard/namespace"),
-    (["grafanaDashboard.folder=x"], "folder"),
-])
+@pytest.mark.parametrize(
+    ("sets", "complaint"),
+    [
+        (["replicaCount=two"], "/replicaCount"),
+        (["replicaCount=2"], "/replicaCount"),
+        (["unknownKey=1"], "unknownKey"),
+        (["image.pullPolicy=Sometimes"], "/image/pullPolicy"),
+        (["logFormat=xml"], "/logFormat"),
+        (["metrics.port=0"], "/metrics/port"),
+        (["metrics.serviceMonitor.enabled=yes-please"], "/metrics/serviceMonitor/enabled"),
+        (["watchNamespaces={Not_A_Namespace}"], "/watchNamespaces"),
+        (["image.digest=latest"], "/image/digest"),
+        (["networkPolicy.enable=true"], "enable"),
+        # The monitoring values (prometheusRule, grafanaDashboard; see test_chart_monitoring.py).
+        (["prometheusRule.featureViewFreshness.for=5 minutes"], "/prometheusRule/featureViewFreshness/for"),
+        (["prometheusRule.reconcileErrors.window=soon"], "/prometheusRule/reconcileErrors/window"),
+        (
+            ["prometheusRule.dataStoreReplicationLag.thresholdSeconds=-1"],
+            "/prometheusRule/dataStoreReplicationLag/thresholdSeconds",
+        ),
+        (["prometheusRule.dataStoreDown.severity="], "/prometheusRule/dataStoreDown/severity"),
+        (["prometheusRule.enabled=maybe"], "/prometheusRule/enabled"),
+        (["prometheusRule.dataStoreDown.threshold=1"], "threshold"),
+        (["grafanaDashboard.namespace=Not_A_Namespace"], "/grafanaDashboard/namespace"),
+        (["grafanaDashboard.folder=x"], "folder"),
+    ],
+)
 def test_schema_rejects_bad_values(sets: list[str], complaint: str) -> None:
     args = ["template", RELEASE, str(CHART)]
     for item in sets:
@@ -319,7 +349,7 @@ def test_every_values_key_is_commented() -> None:
 
 
 def _has_children(lines: list[str], i: int, indent: int) -> bool:
-    for line in lines[i + 1:]:
+    for line in lines[i + 1 :]:
         if line.strip() and not line.lstrip().startswith("#"):
             return len(line) - len(line.lstrip()) > indent
     return False

@@ -88,8 +88,9 @@ def test_both_are_off_by_default() -> None:
 
 
 def test_helm_lint_strict_with_both_on() -> None:
-    out = _helm("lint", "--strict", str(CHART), "--set", "prometheusRule.enabled=true",
-                "--set", "grafanaDashboard.enabled=true").stdout
+    out = _helm(
+        "lint", "--strict", str(CHART), "--set", "prometheusRule.enabled=true", "--set", "grafanaDashboard.enabled=true"
+    ).stdout
     assert "0 chart(s) failed" in out and "[WARNING]" not in out and "[ERROR]" not in out
 
 
@@ -100,15 +101,24 @@ def test_helm_lint_strict_with_both_on() -> None:
 ALERTS = {
     "MlinfraFeatureViewFreshnessSLOBreached": (
         "mlinfra.objectives",
-        {"mlinfra_featureview_freshness_lag_seconds", "mlinfra_featureview_freshness_max_lag_seconds"}, "warning"),
+        {"mlinfra_featureview_freshness_lag_seconds", "mlinfra_featureview_freshness_max_lag_seconds"},
+        "warning",
+    ),
     "MlinfraModelRegistryLineageLagging": (
         "mlinfra.objectives",
-        {"mlinfra_modelregistry_lineage_lag_seconds", "mlinfra_modelregistry_lineage_max_lag_seconds"}, "warning"),
+        {"mlinfra_modelregistry_lineage_lag_seconds", "mlinfra_modelregistry_lineage_max_lag_seconds"},
+        "warning",
+    ),
     "MlinfraVectorIndexSyncLagging": (
         "mlinfra.objectives",
-        {"mlinfra_vectorindex_sync_lag_seconds", "mlinfra_vectorindex_sync_max_lag_seconds"}, "warning"),
+        {"mlinfra_vectorindex_sync_lag_seconds", "mlinfra_vectorindex_sync_max_lag_seconds"},
+        "warning",
+    ),
     "MlinfraDataStoreReplicationLagHigh": (
-        "mlinfra.objectives", {"mlinfra_datastore_replication_lag_seconds"}, "warning"),
+        "mlinfra.objectives",
+        {"mlinfra_datastore_replication_lag_seconds"},
+        "warning",
+    ),
     "MlinfraDataStoreUnreachable": ("mlinfra.health", {"mlinfra_datastore_up"}, "critical"),
     "MlinfraReconcileErrors": ("mlinfra.health", {"controller_runtime_reconcile_errors_total"}, "warning"),
 }
@@ -148,8 +158,11 @@ def test_every_rule_metric_is_exported() -> None:
 
 def test_lag_alerts_compare_each_object_with_its_own_objective() -> None:
     """`lag > max_lag` with no aggregation: one-to-one on all labels, so each object meets its own spec."""
-    for alert in ("MlinfraFeatureViewFreshnessSLOBreached", "MlinfraModelRegistryLineageLagging",
-                  "MlinfraVectorIndexSyncLagging"):
+    for alert in (
+        "MlinfraFeatureViewFreshnessSLOBreached",
+        "MlinfraModelRegistryLineageLagging",
+        "MlinfraVectorIndexSyncLagging",
+    ):
         expr = promql_parser.parse(_rules()[alert]["expr"])
         assert isinstance(expr, promql_parser.BinaryExpr)
         assert isinstance(expr.lhs, promql_parser.VectorSelector) and expr.lhs.name.endswith("_lag_seconds")
@@ -157,24 +170,40 @@ def test_lag_alerts_compare_each_object_with_its_own_objective() -> None:
         assert expr.modifier is None
 
 
-@pytest.mark.parametrize(("sets", "alert", "expected"), [
-    ([], "MlinfraDataStoreReplicationLagHigh", "mlinfra_datastore_replication_lag_seconds > 30"),
-    (["json:prometheusRule.dataStoreReplicationLag.thresholdSeconds=2.5"], "MlinfraDataStoreReplicationLagHigh",
-     "mlinfra_datastore_replication_lag_seconds > 2.5"),
-    ([], "MlinfraReconcileErrors", "sum by (controller) (rate(controller_runtime_reconcile_errors_total[5m])) > 0"),
-    (["prometheusRule.reconcileErrors.window=10m", "json:prometheusRule.reconcileErrors.thresholdPerSecond=0.1"],
-     "MlinfraReconcileErrors", "sum by (controller) (rate(controller_runtime_reconcile_errors_total[10m])) > 0.1"),
-])
+@pytest.mark.parametrize(
+    ("sets", "alert", "expected"),
+    [
+        ([], "MlinfraDataStoreReplicationLagHigh", "mlinfra_datastore_replication_lag_seconds > 30"),
+        (
+            ["json:prometheusRule.dataStoreReplicationLag.thresholdSeconds=2.5"],
+            "MlinfraDataStoreReplicationLagHigh",
+            "mlinfra_datastore_replication_lag_seconds > 2.5",
+        ),
+        ([], "MlinfraReconcileErrors", "sum by (controller) (rate(controller_runtime_reconcile_errors_total[5m])) > 0"),
+        (
+            ["prometheusRule.reconcileErrors.window=10m", "json:prometheusRule.reconcileErrors.thresholdPerSecond=0.1"],
+            "MlinfraReconcileErrors",
+            "sum by (controller) (rate(controller_runtime_reconcile_errors_total[10m])) > 0.1",
+        ),
+    ],
+)
 def test_thresholds_are_values(sets: list[str], alert: str, expected: str) -> None:
     assert _rules(*sets)[alert]["expr"] == expected
 
 
-@pytest.mark.parametrize(("sets", "alert", "field", "expected"), [
-    (["prometheusRule.featureViewFreshness.for=30m"], "MlinfraFeatureViewFreshnessSLOBreached", "for", "30m"),
-    (["prometheusRule.dataStoreDown.severity=page"], "MlinfraDataStoreUnreachable", "labels", {"severity": "page"}),
-    (["json:prometheusRule.alertLabels={\"team\":\"ml\"}"], "MlinfraVectorIndexSyncLagging", "labels",
-     {"severity": "warning", "team": "ml"}),
-])
+@pytest.mark.parametrize(
+    ("sets", "alert", "field", "expected"),
+    [
+        (["prometheusRule.featureViewFreshness.for=30m"], "MlinfraFeatureViewFreshnessSLOBreached", "for", "30m"),
+        (["prometheusRule.dataStoreDown.severity=page"], "MlinfraDataStoreUnreachable", "labels", {"severity": "page"}),
+        (
+            ['json:prometheusRule.alertLabels={"team":"ml"}'],
+            "MlinfraVectorIndexSyncLagging",
+            "labels",
+            {"severity": "warning", "team": "ml"},
+        ),
+    ],
+)
 def test_alert_settings(sets: list[str], alert: str, field: str, expected: Any) -> None:
     assert _rules(*sets)[alert][field] == expected
 
@@ -200,10 +229,16 @@ def test_dashboard_config_map() -> None:
 
 
 def test_dashboard_config_map_placement() -> None:
-    [cm] = [d for d in _render("grafanaDashboard.enabled=true", "grafanaDashboard.namespace=monitoring",
-                               "json:grafanaDashboard.labels={\"dashboards\":\"mlinfra\"}",
-                               "grafanaDashboard.annotations.grafana_folder=ML")
-            if d["kind"] == "ConfigMap"]
+    [cm] = [
+        d
+        for d in _render(
+            "grafanaDashboard.enabled=true",
+            "grafanaDashboard.namespace=monitoring",
+            'json:grafanaDashboard.labels={"dashboards":"mlinfra"}',
+            "grafanaDashboard.annotations.grafana_folder=ML",
+        )
+        if d["kind"] == "ConfigMap"
+    ]
     assert cm["metadata"]["namespace"] == "monitoring"
     assert cm["metadata"]["labels"]["dashboards"] == "mlinfra"
     assert cm["metadata"]["annotations"] == {"grafana_folder": "ML"}
@@ -221,8 +256,13 @@ def test_dashboard_shape() -> None:
             assert panel["targets"] and panel["description"], panel["title"]
             assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
     # No two panels overlap.
-    cells = [(x, y) for p in d["panels"] for g in [p["gridPos"]]
-             for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])]
+    cells = [
+        (x, y)
+        for p in d["panels"]
+        for g in [p["gridPos"]]
+        for x in range(g["x"], g["x"] + g["w"])
+        for y in range(g["y"], g["y"] + g["h"])
+    ]
     assert len(set(cells)) == len(cells)
     assert {v["name"] for v in d["templating"]["list"]} == {"datasource", "namespace"}
 

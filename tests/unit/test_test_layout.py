@@ -18,6 +18,9 @@ def test_the_unit_tier_mirrors_the_package() -> None:
     # tests/unit/<package>/ holds the tests of operator/mlinfra/<package>/; what tests the repository (the
     # chart, the Dockerfile, the system packages) stays at the top of tests/unit.
     package = ROOT / "operator" / "mlinfra"
-    dirs = {p.name for p in (ROOT / "tests" / "unit").iterdir() if p.is_dir() and p.name not in ("fixtures",)
-            and not p.name.startswith((".", "__"))}
+    dirs = {
+        p.name
+        for p in (ROOT / "tests" / "unit").iterdir()
+        if p.is_dir() and p.name not in ("fixtures",) and not p.name.startswith((".", "__"))
+    }
     assert dirs and all((package / d).is_dir() for d in dirs), sorted(d for d in dirs if not (package / d).is_dir())

@@ -32,9 +32,7 @@ ColumnName = Annotated[
 ]
 
 EntityType = Literal["string", "int32", "int64"]
-FeatureType = Literal[
-    "string", "int32", "int64", "float32", "float64", "bool", "timestamp", "bytes", "float32_list"
-]
+FeatureType = Literal["string", "int32", "int64", "float32", "float64", "bool", "timestamp", "bytes", "float32_list"]
 
 
 class Entity(base.SpecModel):

@@ -88,7 +88,9 @@ class Optimizers(base.SpecModel):
     """Segment optimizer thresholds; changed in place. Qdrant's defaults apply to omitted fields."""
 
     indexing_threshold: int | None = pydantic.Field(
-        default=None, ge=0, le=1_000_000_000,
+        default=None,
+        ge=0,
+        le=1_000_000_000,
         description="Kilobytes of vectors per segment before an HNSW index is built; 0 disables indexing.",
     )
     memmap_threshold: int | None = pydantic.Field(

@@ -39,8 +39,7 @@ def _constraints(node: Mapping[str, Any]) -> str:
         parts.append("one of " + ", ".join(f"`{v}`" for v in node["enum"]))
     if "default" in node:
         parts.append(f"default `{json.dumps(node['default'])}`")
-    for key, label in (("minimum", "min"), ("maximum", "max"), ("maxLength", "max length"),
-                       ("maxItems", "max items")):
+    for key, label in (("minimum", "min"), ("maximum", "max"), ("maxLength", "max length"), ("maxItems", "max items")):
         if key in node:
             parts.append(f"{label} {node[key]}")
     return "; ".join(parts)
@@ -75,14 +74,26 @@ def render_kind(resource: type[base.Resource]) -> str:
     info = resource.crd_info
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
     names = crd["spec"]["names"]
-    lines = [f"## {info.kind}", "", info.description, "",
-             f"Plural `{names['plural']}`, short names {', '.join(f'`{n}`' for n in names.get('shortNames', []))}, "
-             f"categories {', '.join(f'`{c}`' for c in names.get('categories', []))}.", ""]
+    lines = [
+        f"## {info.kind}",
+        "",
+        info.description,
+        "",
+        f"Plural `{names['plural']}`, short names {', '.join(f'`{n}`' for n in names.get('shortNames', []))}, "
+        f"categories {', '.join(f'`{c}`' for c in names.get('categories', []))}.",
+        "",
+    ]
     for part in ("spec", "status"):
-        lines += [f"### {part}", "", "| field | type | required | description | constraints |",
-                  "| --- | --- | --- | --- | --- |"]
-        lines += [f"| `{_cell(p)}` | {_cell(t)} | {'yes' if r else ''} | {_cell(d)} | {_cell(c)} |"
-                  for p, t, r, d, c in _rows(schema[part], part)]
+        lines += [
+            f"### {part}",
+            "",
+            "| field | type | required | description | constraints |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| `{_cell(p)}` | {_cell(t)} | {'yes' if r else ''} | {_cell(d)} | {_cell(c)} |"
+            for p, t, r, d, c in _rows(schema[part], part)
+        ]
         lines.append("")
     rules = list(_rules(schema["spec"], "spec"))
     if rules:

@@ -144,8 +144,11 @@ def write(root: pathlib.Path) -> list[pathlib.Path]:
 
 def stale(root: pathlib.Path) -> list[pathlib.Path]:
     """Committed files that differ from what the .lua files generate."""
-    return [root / rel for rel, text in render_all(root).items()
-            if not (root / rel).is_file() or (root / rel).read_text(encoding="utf-8") != text]
+    return [
+        root / rel
+        for rel, text in render_all(root).items()
+        if not (root / rel).is_file() or (root / rel).read_text(encoding="utf-8") != text
+    ]
 
 
 # Argo CD's Lua state (util/lua/lua.go): base, table, package and a safe os (time, date); no string, math,

@@ -21,34 +21,49 @@ LAYERS: dict[str, tuple[frozenset[str], str]] = {
     "engines": (frozenset({"api"}), "one database engine each: connections, probes, names, rendered Pods"),
     "k8s": (frozenset({"api"}), "the Kubernetes API: objects (Kube), conditions, patches, sync Jobs"),
     "problems": (frozenset({"k8s"}), "Problem, the shared reasons, parse, the kstatus summary"),
-    "context": (frozenset({"api", "config", "engines", "k8s"}),
-                "what every reconcile is given: settings, the Kube client, dev wiring; Obj, Reporter"),
-    "stores": (frozenset({"api", "config", "context", "engines", "k8s", "metrics", "problems"}),
-               "DataStore: reconcile, observe, status; Secrets, credentials, store references, sync-command "
-               "support"),
-    "features": (frozenset({"api", "config", "context", "engines", "k8s", "metrics", "problems", "stores"}),
-                 "FeatureView: offline schema, materialization, freshness"),
-    "registry": (frozenset({"api", "config", "context", "engines", "k8s", "metrics", "problems", "stores"}),
-                 "ModelRegistry: migrations, roles, lineage"),
-    "vectors": (frozenset({"api", "config", "context", "engines", "k8s", "metrics", "problems", "stores"}),
-                "VectorIndex: collections, blue/green rebuilds, sync"),
+    "context": (
+        frozenset({"api", "config", "engines", "k8s"}),
+        "what every reconcile is given: settings, the Kube client, dev wiring; Obj, Reporter",
+    ),
+    "stores": (
+        frozenset({"api", "config", "context", "engines", "k8s", "metrics", "problems"}),
+        "DataStore: reconcile, observe, status; Secrets, credentials, store references, sync-command support",
+    ),
+    "features": (
+        frozenset({"api", "config", "context", "engines", "k8s", "metrics", "problems", "stores"}),
+        "FeatureView: offline schema, materialization, freshness",
+    ),
+    "registry": (
+        frozenset({"api", "config", "context", "engines", "k8s", "metrics", "problems", "stores"}),
+        "ModelRegistry: migrations, roles, lineage",
+    ),
+    "vectors": (
+        frozenset({"api", "config", "context", "engines", "k8s", "metrics", "problems", "stores"}),
+        "VectorIndex: collections, blue/green rebuilds, sync",
+    ),
     "client": (frozenset({"api", "engines", "features"}), "the SDK apps use to read features and the registry"),
-    "handlers": (frozenset({"api", "config", "context", "k8s", "metrics", "problems", "stores", "features",
-                            "registry", "vectors"}),
-                 "Kopf wiring: one shape (kind.py), one status-write path, a file of wiring per kind"),
+    "handlers": (
+        frozenset(
+            {"api", "config", "context", "k8s", "metrics", "problems", "stores", "features", "registry", "vectors"}
+        ),
+        "Kopf wiring: one shape (kind.py), one status-write path, a file of wiring per kind",
+    ),
     "run": (frozenset({"config", "handlers", "metrics"}), "the operator process"),
     "statusview": (frozenset(), "pure rendering of `mlinfra status`"),
     "build": (frozenset({"api"}), "build-time generators: CRDs, API reference, Argo CD checks, this contract"),
-    "devenv": (frozenset({"api", "client", "context", "engines", "features", "k8s", "stores", "vectors"}),
-               "the local platform (control plane, real node, real databases): tests and the demo only"),
+    "devenv": (
+        frozenset({"api", "client", "context", "engines", "features", "k8s", "stores", "vectors"}),
+        "the local platform (control plane, real node, real databases): tests and the demo only",
+    ),
     "cli": (frozenset({"*"}), "the `mlinfra` command"),
     "__main__": (frozenset({"cli"}), "`python -m mlinfra`"),
     "__init__": (frozenset(), "this contract, rendered"),
 }
 KOPF_LAYERS = frozenset({"handlers", "run"})
 # Inside handlers, only these modules talk to Kopf; a kind's file is wiring of handlers/kind.py.
-KOPF_MODULES = frozenset({"handlers/kind.py", "handlers/startup.py", "handlers/statuswrite.py",
-                          "handlers/__init__.py", "run.py"})
+KOPF_MODULES = frozenset(
+    {"handlers/kind.py", "handlers/startup.py", "handlers/statuswrite.py", "handlers/__init__.py", "run.py"}
+)
 HANDLER_FILE_MAX_LINES = 60
 # Concepts with one owner in the product (devenv, build and cli excepted): module -> the only files that
 # may import it.

@@ -55,8 +55,9 @@ def from_directory(path: str | os.PathLike[str]) -> ConnectionInfo:
     root = Path(path)
     if not root.is_dir():
         raise ValueError(f"connection directory {str(root)!r} does not exist or is not a directory")
-    data = {entry.name: entry.read_bytes() for entry in root.iterdir()
-            if not entry.name.startswith(".") and entry.is_file()}
+    data = {
+        entry.name: entry.read_bytes() for entry in root.iterdir() if not entry.name.startswith(".") and entry.is_file()
+    }
     return from_mapping(data)
 
 
@@ -168,9 +169,9 @@ def postgres_connect(info: ConnectionInfo, timeout: float = 10.0) -> psycopg.Con
         return psycopg.connect(**params, autocommit=True)
 
 
-async def postgres_connect_async(info: ConnectionInfo,
-                                 connect_timeout: float = 10.0) -> psycopg.AsyncConnection[tuple[Any, ...]]:
+async def postgres_connect_async(
+    info: ConnectionInfo, connect_timeout: float = 10.0
+) -> psycopg.AsyncConnection[tuple[Any, ...]]:
     """A new autocommit asyncio PostgreSQL connection (the caller closes it)."""
     with _postgres_params(info, connect_timeout) as params:
         return await psycopg.AsyncConnection.connect(**params, autocommit=True)
-

@@ -89,21 +89,26 @@ class View:
         names = list(features)
         unknown = [name for name in names if name not in types]
         if unknown:
-            raise ValueError(f"FeatureView {self.namespace}/{self.name} has no feature {', '.join(map(repr, unknown))}"
-                             f"; its features are {', '.join(types)}")
+            raise ValueError(
+                f"FeatureView {self.namespace}/{self.name} has no feature {', '.join(map(repr, unknown))}"
+                f"; its features are {', '.join(types)}"
+            )
         return tuple((name, types[name]) for name in names)
 
     def key_values(self, key: EntityKey) -> tuple[EntityValue, ...]:
         """One entity key as a tuple checked against the entity types (a scalar for a single entity)."""
         values = key if isinstance(key, tuple) else (key,)
         if len(values) != len(self.entities):
-            raise ValueError(f"entity key {key!r}: FeatureView {self.name} has {len(self.entities)} entities "
-                             f"({', '.join(self.entity_names)}), got {len(values)} values")
+            raise ValueError(
+                f"entity key {key!r}: FeatureView {self.name} has {len(self.entities)} entities "
+                f"({', '.join(self.entity_names)}), got {len(values)} values"
+            )
         for value, (name, type_) in zip(values, self.entities, strict=True):
             expected = str if type_ == "string" else int
             if isinstance(value, bool) or not isinstance(value, expected):
-                raise TypeError(f"entity {name} is {type_}: expected {expected.__name__}, got "
-                                f"{type(value).__name__} {value!r}")
+                raise TypeError(
+                    f"entity {name} is {type_}: expected {expected.__name__}, got {type(value).__name__} {value!r}"
+                )
         return values
 
     def online_key(self, key: EntityKey) -> str:
@@ -129,7 +134,7 @@ def batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
     if size < 1:
         raise ValueError("batch size must be at least 1")
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 # -- historical, pure parts -------------------------------------------------------------------------------
@@ -147,8 +152,8 @@ def historical_query(view: View, selected: Sequence[tuple[str, str]], apply_ttl:
         sql.SQL("%s::{}[]").format(sql.SQL(layout.sql_type(type_))) for _, type_ in view.entities
     )
     match = sql.SQL(" AND ").join(
-        sql.SQL("t.{} = q.{}").format(sql.Identifier(name), key) for (name, _), key in zip(view.entities, keys,
-                                                                                          strict=True)
+        sql.SQL("t.{} = q.{}").format(sql.Identifier(name), key)
+        for (name, _), key in zip(view.entities, keys, strict=True)
     )
     ttl = sql.SQL(" AND t.{} >= q.ts - %s::interval").format(ts) if apply_ttl and view.ttl else sql.SQL("")
     columns = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(name)) for name, _ in selected)
@@ -198,8 +203,9 @@ def historical_params(view: View, rows: Sequence[Mapping[str, Any]], apply_ttl: 
     return params
 
 
-def historical_rows(selected: Sequence[tuple[str, str]], rows: Sequence[Mapping[str, Any]],
-                    fetched: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+def historical_rows(
+    selected: Sequence[tuple[str, str]], rows: Sequence[Mapping[str, Any]], fetched: Sequence[Sequence[Any]]
+) -> list[dict[str, Any]]:
     """Each input row extended with its typed feature values (``None`` where no feature row qualified).
 
     Values round-trip through the online codec of the layout: training reads what serving would.
@@ -236,20 +242,32 @@ class Binding:
 class Views:
     """The views a store knows by name, with their connections; shared by the sync and async clients."""
 
-    def __init__(self, online: connections.ConnectionSource | None, offline: connections.ConnectionSource | None,
-                 namespace: str | None) -> None:
+    def __init__(
+        self,
+        online: connections.ConnectionSource | None,
+        offline: connections.ConnectionSource | None,
+        namespace: str | None,
+    ) -> None:
         self.online = connections.resolve(online) if online is not None else None
         self.offline = connections.resolve(offline) if offline is not None else None
         self.namespace = namespace
         self.bound: dict[str, Binding] = {}
 
-    def bind(self, fv: FeatureViewLike, online: connections.ConnectionInfo | None = None,
-             offline: connections.ConnectionInfo | None = None) -> Binding:
+    def bind(
+        self,
+        fv: FeatureViewLike,
+        online: connections.ConnectionInfo | None = None,
+        offline: connections.ConnectionInfo | None = None,
+    ) -> Binding:
         view = fv if isinstance(fv, View) else View.from_featureview(fv, self.namespace)
         return Binding(view, online or self.online, offline or self.offline)
 
-    def add(self, fv: FeatureViewLike, online: connections.ConnectionInfo | None = None,
-            offline: connections.ConnectionInfo | None = None) -> View:
+    def add(
+        self,
+        fv: FeatureViewLike,
+        online: connections.ConnectionInfo | None = None,
+        offline: connections.ConnectionInfo | None = None,
+    ) -> View:
         binding = self.bind(fv, online, offline)
         self.bound[binding.view.name] = binding
         return binding.view
@@ -259,8 +277,9 @@ class Views:
             try:
                 return self.bound[view]
             except KeyError:
-                raise ValueError(f"unknown FeatureView {view!r}: this store knows "
-                                 f"{', '.join(sorted(self.bound)) or 'none'}") from None
+                raise ValueError(
+                    f"unknown FeatureView {view!r}: this store knows {', '.join(sorted(self.bound)) or 'none'}"
+                ) from None
         return self.bind(view)
 
     @staticmethod
@@ -298,10 +317,15 @@ class FeatureStore:
     one per connection, and closed by :meth:`close` (or ``with``).
     """
 
-    def __init__(self, views: FeatureViewLike | Iterable[FeatureViewLike] = (), *,
-                 online: connections.ConnectionSource | None = None,
-                 offline: connections.ConnectionSource | None = None,
-                 namespace: str | None = None, batch_size: int = ONLINE_BATCH) -> None:
+    def __init__(
+        self,
+        views: FeatureViewLike | Iterable[FeatureViewLike] = (),
+        *,
+        online: connections.ConnectionSource | None = None,
+        offline: connections.ConnectionSource | None = None,
+        namespace: str | None = None,
+        batch_size: int = ONLINE_BATCH,
+    ) -> None:
         self.views = Views(online, offline, namespace)
         self.batch_size = batch_size
         for fv in as_list(views):
@@ -315,17 +339,26 @@ class FeatureStore:
         store = cls(namespace=namespace, **kwargs)
         for name in views:
             fv = fetch_featureview(namespace, name)
-            store.views.add(fv, connections.from_kubernetes(namespace, fv.spec.online.store_ref.name),
-                            connections.from_kubernetes(namespace, fv.spec.offline.store_ref.name))
+            store.views.add(
+                fv,
+                connections.from_kubernetes(namespace, fv.spec.online.store_ref.name),
+                connections.from_kubernetes(namespace, fv.spec.offline.store_ref.name),
+            )
         return store
 
-    def add_view(self, fv: FeatureViewLike, *, online: connections.ConnectionSource | None = None,
-                 offline: connections.ConnectionSource | None = None) -> View:
+    def add_view(
+        self,
+        fv: FeatureViewLike,
+        *,
+        online: connections.ConnectionSource | None = None,
+        offline: connections.ConnectionSource | None = None,
+    ) -> View:
         """Know one more view (with its own connections, else the store's)."""
         return self.views.add(fv, resolved(online), resolved(offline))
 
-    def get_online_features(self, view: str | FeatureViewLike, entity_keys: Sequence[EntityKey],
-                            features: Sequence[str] | None = None) -> list[OnlineRow]:
+    def get_online_features(
+        self, view: str | FeatureViewLike, entity_keys: Sequence[EntityKey], features: Sequence[str] | None = None
+    ) -> list[OnlineRow]:
         """The latest materialized values per entity key, in input order; ``None`` for an entity not online."""
         binding = self.views.get(view)
         selected = binding.view.select(features)
@@ -340,9 +373,14 @@ class FeatureStore:
             out.extend(decode_hmget(selected, reply) for reply in pipe.execute())
         return out
 
-    def get_historical_features(self, view: str | FeatureViewLike, entity_rows: Sequence[Mapping[str, Any]],
-                                features: Sequence[str] | None = None, *,
-                                apply_ttl: bool = True) -> list[dict[str, Any]]:
+    def get_historical_features(
+        self,
+        view: str | FeatureViewLike,
+        entity_rows: Sequence[Mapping[str, Any]],
+        features: Sequence[str] | None = None,
+        *,
+        apply_ttl: bool = True,
+    ) -> list[dict[str, Any]]:
         """Each entity row with the feature values as of its ``event_timestamp`` (point-in-time correct)."""
         binding = self.views.get(view)
         selected = binding.view.select(features)

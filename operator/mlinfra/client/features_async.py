@@ -23,10 +23,15 @@ from mlinfra.client.features import EntityKey, FeatureViewLike, OnlineRow, View,
 class AsyncFeatureStore:
     """Asyncio reads of FeatureViews; see :class:`mlinfra.client.features.FeatureStore` for the arguments."""
 
-    def __init__(self, views: FeatureViewLike | Iterable[FeatureViewLike] = (), *,
-                 online: connections.ConnectionSource | None = None,
-                 offline: connections.ConnectionSource | None = None,
-                 namespace: str | None = None, batch_size: int = fx.ONLINE_BATCH) -> None:
+    def __init__(
+        self,
+        views: FeatureViewLike | Iterable[FeatureViewLike] = (),
+        *,
+        online: connections.ConnectionSource | None = None,
+        offline: connections.ConnectionSource | None = None,
+        namespace: str | None = None,
+        batch_size: int = fx.ONLINE_BATCH,
+    ) -> None:
         self.views = Views(online, offline, namespace)
         self.batch_size = batch_size
         for fv in fx.as_list(views):
@@ -43,13 +48,19 @@ class AsyncFeatureStore:
         store.views.bound.update(sync.views.bound)
         return store
 
-    def add_view(self, fv: FeatureViewLike, *, online: connections.ConnectionSource | None = None,
-                 offline: connections.ConnectionSource | None = None) -> View:
+    def add_view(
+        self,
+        fv: FeatureViewLike,
+        *,
+        online: connections.ConnectionSource | None = None,
+        offline: connections.ConnectionSource | None = None,
+    ) -> View:
         """Know one more view (with its own connections, else the store's)."""
         return self.views.add(fv, fx.resolved(online), fx.resolved(offline))
 
-    async def get_online_features(self, view: str | FeatureViewLike, entity_keys: Sequence[EntityKey],
-                                  features: Sequence[str] | None = None) -> list[OnlineRow]:
+    async def get_online_features(
+        self, view: str | FeatureViewLike, entity_keys: Sequence[EntityKey], features: Sequence[str] | None = None
+    ) -> list[OnlineRow]:
         """The latest materialized values per entity key, in input order; ``None`` for an entity not online."""
         binding = self.views.get(view)
         selected = binding.view.select(features)
@@ -64,9 +75,14 @@ class AsyncFeatureStore:
             out.extend(fx.decode_hmget(selected, reply) for reply in await pipe.execute())
         return out
 
-    async def get_historical_features(self, view: str | FeatureViewLike, entity_rows: Sequence[Mapping[str, Any]],
-                                      features: Sequence[str] | None = None, *,
-                                      apply_ttl: bool = True) -> list[dict[str, Any]]:
+    async def get_historical_features(
+        self,
+        view: str | FeatureViewLike,
+        entity_rows: Sequence[Mapping[str, Any]],
+        features: Sequence[str] | None = None,
+        *,
+        apply_ttl: bool = True,
+    ) -> list[dict[str, Any]]:
         """Each entity row with the feature values as of its ``event_timestamp`` (point-in-time correct)."""
         binding = self.views.get(view)
         selected = binding.view.select(features)

@@ -126,8 +126,9 @@ class Lineage:
     closed by :meth:`close`, or ``with``). ``database``: the Neo4j database (default: the connection's).
     """
 
-    def __init__(self, graph: neo4j.Driver | connections.ConnectionSource, *, database: str | None = None,
-                 timeout: float = 10.0) -> None:
+    def __init__(
+        self, graph: neo4j.Driver | connections.ConnectionSource, *, database: str | None = None, timeout: float = 10.0
+    ) -> None:
         self._stack = contextlib.ExitStack()
         if isinstance(graph, neo4j.Driver):
             self.driver = graph
@@ -144,10 +145,12 @@ class Lineage:
         """
         params = {"model": model, "version": version}
         if self._read(VERSION_EXISTS, params)[0]["n"] == 0:
-            raise LookupError(f"the lineage graph has no version {version} of model {model!r} (unknown, or not "
-                              "synced yet)")
-        datasets = frozenset(DatasetLink(r["name"], r["version"], r["relation"])
-                             for r in self._read(UPSTREAM_DATASETS, params))
+            raise LookupError(
+                f"the lineage graph has no version {version} of model {model!r} (unknown, or not synced yet)"
+            )
+        datasets = frozenset(
+            DatasetLink(r["name"], r["version"], r["relation"]) for r in self._read(UPSTREAM_DATASETS, params)
+        )
         views = frozenset(FeatureViewRef(r["namespace"], r["name"]) for r in self._read(UPSTREAM_FEATURE_VIEWS, params))
         return Upstream(datasets, views)
 
@@ -163,13 +166,20 @@ class Lineage:
     def _downstream(self, rows: list[dict[str, Any]]) -> Downstream:
         versions = frozenset(VersionLink(r["model"], r["version"], r["relation"]) for r in rows)
         ids = sorted({r["id"] for r in rows})
-        deployments = frozenset(DeploymentRef(r["id"], r["model"], r["version"], r["environment"], r["retired"])
-                                for r in self._read(DEPLOYMENTS_OF, {"ids": ids})) if ids else frozenset()
+        deployments = (
+            frozenset(
+                DeploymentRef(r["id"], r["model"], r["version"], r["environment"], r["retired"])
+                for r in self._read(DEPLOYMENTS_OF, {"ids": ids})
+            )
+            if ids
+            else frozenset()
+        )
         return Downstream(versions, deployments)
 
     def _read(self, query: LiteralString, params: dict[str, Any]) -> list[dict[str, Any]]:
-        records, _, _ = self.driver.execute_query(query, params, database_=self.database,
-                                                  routing_=neo4j.RoutingControl.READ)
+        records, _, _ = self.driver.execute_query(
+            query, params, database_=self.database, routing_=neo4j.RoutingControl.READ
+        )
         return [record.data() for record in records]
 
     def close(self) -> None:

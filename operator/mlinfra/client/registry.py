@@ -194,8 +194,9 @@ def metric_value(key: str, value: Any) -> float:
     return number
 
 
-def metric_rows(values: Mapping[str, Any], step: int | None,
-                timestamp: datetime.datetime | None) -> list[tuple[str, float, int, datetime.datetime | None]]:
+def metric_rows(
+    values: Mapping[str, Any], step: int | None, timestamp: datetime.datetime | None
+) -> list[tuple[str, float, int, datetime.datetime | None]]:
     """``(key, value, step, timestamp)`` per metric; step defaults to 0, timestamp to the server's now()."""
     if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
         raise ValueError(f"step must be a non-negative integer, got {step!r}")
@@ -220,8 +221,7 @@ _VERSION_BY_ALIAS = """SELECT mv.id, m.name, mv.version, mv.stage,
 
 
 def _version(row: tuple[Any, ...]) -> ModelVersion:
-    return ModelVersion(id=row[0], model=row[1], version=row[2], stage=row[3], aliases=tuple(row[4]),
-                        created_at=row[5])
+    return ModelVersion(id=row[0], model=row[1], version=row[2], stage=row[3], aliases=tuple(row[4]), created_at=row[5])
 
 
 def _dataset(row: tuple[Any, ...]) -> Dataset:
@@ -258,14 +258,22 @@ class Registry:
             if row is None:
                 if not exist_ok:
                     raise AlreadyExists(f"model {name!r} is already registered")
-                row = cur.execute("SELECT id, name, description, created_at FROM registry.registered_models "
-                                  "WHERE name = %s", (name,)).fetchone()
+                row = cur.execute(
+                    "SELECT id, name, description, created_at FROM registry.registered_models WHERE name = %s", (name,)
+                ).fetchone()
                 assert row is not None
         return Model(*row)
 
-    def create_version(self, model: str, version: int | None = None, *, stage: Stage | None = None,
-                       aliases: Iterable[str] = (), run_id: str | None = None,
-                       description: str | None = None) -> ModelVersion:
+    def create_version(
+        self,
+        model: str,
+        version: int | None = None,
+        *,
+        stage: Stage | None = None,
+        aliases: Iterable[str] = (),
+        run_id: str | None = None,
+        description: str | None = None,
+    ) -> ModelVersion:
         """A new version of ``model``: number ``version``, else the next one (1 for the first).
 
         Raises NotFound for an unknown model, AlreadyExists for a taken number, AliasInUse when an alias names
@@ -278,10 +286,12 @@ class Registry:
             model_id = self._model_id(cur, model)
             if version is None:
                 # Serialise numbering per model (no table lock, no UPDATE privilege needed).
-                cur.execute("SELECT pg_advisory_xact_lock(hashtextextended('mlinfra.registry.version:' || %s, 0))",
-                            (model_id,))
-                number_row = cur.execute("SELECT coalesce(max(version), 0) + 1 FROM registry.model_versions "
-                                         "WHERE model_id = %s", (model_id,)).fetchone()
+                cur.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended('mlinfra.registry.version:' || %s, 0))", (model_id,)
+                )
+                number_row = cur.execute(
+                    "SELECT coalesce(max(version), 0) + 1 FROM registry.model_versions WHERE model_id = %s", (model_id,)
+                ).fetchone()
                 assert number_row is not None
                 version = int(number_row[0])
             try:
@@ -318,8 +328,9 @@ class Registry:
         """Remove ``alias`` of ``model`` (NotFound if it is not set)."""
         with self._tx() as cur:
             model_id = self._model_id(cur, model)
-            cur.execute("DELETE FROM registry.model_version_aliases WHERE model_id = %s AND alias = %s",
-                        (model_id, alias))
+            cur.execute(
+                "DELETE FROM registry.model_version_aliases WHERE model_id = %s AND alias = %s", (model_id, alias)
+            )
             if cur.rowcount == 0:
                 raise NotFound(f"model {model!r} has no alias {alias!r}")
 
@@ -329,8 +340,9 @@ class Registry:
         check_stage(stage)
         with self._tx() as cur:
             target = self._version(cur, model, which)
-            cur.execute("UPDATE registry.model_versions SET stage = %s, updated_at = now() WHERE id = %s",
-                        (stage, target.id))
+            cur.execute(
+                "UPDATE registry.model_versions SET stage = %s, updated_at = now() WHERE id = %s", (stage, target.id)
+            )
             return self._version(cur, model, target.version)
 
     # -- what a version is made of
@@ -348,26 +360,32 @@ class Registry:
                     (target.id, key, value),
                 ).fetchone()
                 if inserted is None:
-                    stored = cur.execute("SELECT value FROM registry.params WHERE model_version_id = %s AND key = %s",
-                                         (target.id, key)).fetchone()
+                    stored = cur.execute(
+                        "SELECT value FROM registry.params WHERE model_version_id = %s AND key = %s", (target.id, key)
+                    ).fetchone()
                     if stored is not None and stored[0] != value:
-                        raise Conflict(f"{target.model} v{target.version}: param {key!r} is already {stored[0]!r}, "
-                                       f"not {value!r}")
+                        raise Conflict(
+                            f"{target.model} v{target.version}: param {key!r} is already {stored[0]!r}, not {value!r}"
+                        )
 
-    def log_metrics(self, ref: VersionRef, metrics: Mapping[str, Any], step: int | None = None,
-                    timestamp: datetime.datetime | None = None) -> None:
+    def log_metrics(
+        self,
+        ref: VersionRef,
+        metrics: Mapping[str, Any],
+        step: int | None = None,
+        timestamp: datetime.datetime | None = None,
+    ) -> None:
         """Append metric values (a history: the same key may be logged at many steps)."""
         rows = metric_rows(metrics, step, timestamp)
         with self._tx() as cur:
             target = self._version_of(cur, ref)
             cur.executemany(
-                "INSERT INTO registry.metrics (model_version_id, key, value, step, \"timestamp\") "
+                'INSERT INTO registry.metrics (model_version_id, key, value, step, "timestamp") '
                 "VALUES (%s, %s, %s, %s, coalesce(%s::timestamptz, now()))",
                 [(target.id, *row) for row in rows],
             )
 
-    def add_artifact(self, ref: VersionRef, uri: str, checksum: str, size: int, *,
-                     name: str | None = None) -> Artifact:
+    def add_artifact(self, ref: VersionRef, uri: str, checksum: str, size: int, *, name: str | None = None) -> Artifact:
         """Record an artifact (``checksum`` like ``sha256:<hex>``, ``size`` in bytes); ``name`` (unique per
         version) defaults to the URI's last segment."""
         check_checksum(checksum)
@@ -390,8 +408,9 @@ class Registry:
 
     # -- lineage
 
-    def register_dataset(self, name: str, uri: str, *, version: str = "", checksum: str | None = None,
-                         exist_ok: bool = False) -> Dataset:
+    def register_dataset(
+        self, name: str, uri: str, *, version: str = "", checksum: str | None = None, exist_ok: bool = False
+    ) -> Dataset:
         """A dataset, identified by ``(name, version)``. ``exist_ok``: return the recorded one when it has the
         same URI and checksum (Conflict when they differ) instead of raising AlreadyExists."""
         with self._tx() as cur:
@@ -449,8 +468,9 @@ class Registry:
                 (target.id, environment, description or ""),
             ).fetchone()
         assert row is not None
-        return Deployment(id=row[0], model=target.model, version=target.version, environment=environment,
-                          deployed_at=row[1])
+        return Deployment(
+            id=row[0], model=target.model, version=target.version, environment=environment, deployed_at=row[1]
+        )
 
     # -- reads
 
@@ -458,8 +478,9 @@ class Registry:
         """The params of a version, as stored (text)."""
         with self._tx() as cur:
             target = self._version_of(cur, ref)
-            rows = cur.execute("SELECT key, value FROM registry.params WHERE model_version_id = %s ORDER BY key",
-                               (target.id,)).fetchall()
+            rows = cur.execute(
+                "SELECT key, value FROM registry.params WHERE model_version_id = %s ORDER BY key", (target.id,)
+            ).fetchall()
         return dict(rows)
 
     # -- plumbing
@@ -499,8 +520,9 @@ class Registry:
 
     @staticmethod
     def _dataset(cur: Cursor, key: tuple[str, str]) -> Dataset:
-        row = cur.execute("SELECT id, name, version, uri, checksum FROM registry.datasets "
-                          "WHERE name = %s AND version = %s", key).fetchone()
+        row = cur.execute(
+            "SELECT id, name, version, uri, checksum FROM registry.datasets WHERE name = %s AND version = %s", key
+        ).fetchone()
         if row is None:
             name, version = key
             raise NotFound(f"no dataset {name!r}" + (f" at version {version!r}" if version else " (unversioned)"))
@@ -510,25 +532,32 @@ class Registry:
     def _set_alias(cur: Cursor, model: str, model_id: int, version: int, alias: str, *, move: bool) -> None:
         row = cur.execute(
             "SELECT mv.version FROM registry.model_version_aliases a JOIN registry.model_versions mv "
-            "ON mv.id = a.model_version_id WHERE a.model_id = %s AND a.alias = %s", (model_id, alias),
+            "ON mv.id = a.model_version_id WHERE a.model_id = %s AND a.alias = %s",
+            (model_id, alias),
         ).fetchone()
         if row is not None and row[0] == version:
             return
         if row is not None and not move:
             raise AliasInUse(f"alias {alias!r} of model {model!r} names version {row[0]}; pass move=True to move it")
-        version_id = cur.execute("SELECT id FROM registry.model_versions WHERE model_id = %s AND version = %s",
-                                 (model_id, version)).fetchone()
+        version_id = cur.execute(
+            "SELECT id FROM registry.model_versions WHERE model_id = %s AND version = %s", (model_id, version)
+        ).fetchone()
         assert version_id is not None
         if row is None:
             try:
                 with cur.connection.transaction():
-                    cur.execute("INSERT INTO registry.model_version_aliases (model_id, alias, model_version_id) "
-                                "VALUES (%s, %s, %s)", (model_id, alias, version_id[0]))
+                    cur.execute(
+                        "INSERT INTO registry.model_version_aliases (model_id, alias, model_version_id) "
+                        "VALUES (%s, %s, %s)",
+                        (model_id, alias, version_id[0]),
+                    )
             except errors.UniqueViolation:  # set concurrently
                 raise AliasInUse(f"alias {alias!r} of model {model!r} was just set by someone else") from None
         else:
-            cur.execute("UPDATE registry.model_version_aliases SET model_version_id = %s "
-                        "WHERE model_id = %s AND alias = %s", (version_id[0], model_id, alias))
+            cur.execute(
+                "UPDATE registry.model_version_aliases SET model_version_id = %s WHERE model_id = %s AND alias = %s",
+                (version_id[0], model_id, alias),
+            )
 
     def close(self) -> None:
         if self._conn is not None:

@@ -34,13 +34,24 @@ from mlinfra.devenv.redis import start_redis
 
 log = logging.getLogger(__name__)
 
-QDRANT_UNSERVED = ("not served locally: no Qdrant server binary can be obtained on this platform and "
-                   "qdrant-client's local mode is a single member; set replicas: 1 to use it here")
+QDRANT_UNSERVED = (
+    "not served locally: no Qdrant server binary can be obtained on this platform and "
+    "qdrant-client's local mode is a single member; set replicas: 1 to use it here"
+)
 # Lines of a rendered config that only make sense inside the container (paths, the container's own
 # addresses); the local server's own settings replace them.
 _REDIS_LOCAL_ONLY = ("dir ", "port ", "bind ", "include ", "replicaof ", "logfile ", "pidfile ", "unixsocket")
-_PG_LOCAL_ONLY = ("data_directory", "hba_file", "ident_file", "port", "listen_addresses",
-                  "unix_socket_directories", "external_pid_file", "include", "primary_conninfo")
+_PG_LOCAL_ONLY = (
+    "data_directory",
+    "hba_file",
+    "ident_file",
+    "port",
+    "listen_addresses",
+    "unix_socket_directories",
+    "external_pid_file",
+    "include",
+    "primary_conninfo",
+)
 
 
 def _filter(text: str, prefixes: tuple[str, ...]) -> str:
@@ -142,8 +153,11 @@ class Backer:
                 # The directory outlives replica changes, like a PVC.
                 path = self.workdir / f"qdrant-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
                 path.mkdir(parents=True, exist_ok=True)
-                entry = {"localPath": str(path), "members": {f"{name}-0": "local-mode"},
-                         "aliases": {"local-mode": f"{name}-0"}}
+                entry = {
+                    "localPath": str(path),
+                    "members": {f"{name}-0": "local-mode"},
+                    "aliases": {"local-mode": f"{name}-0"},
+                }
             self.backed[key] = Backed(key, engine, replicas, "", entry=entry)
             return True
         cm = self.cp.kubectl("get", "configmap", f"{name}-config", "-n", ns, "-o", "json", check=False)
@@ -172,23 +186,28 @@ class Backer:
         log.info("backer: serving %s (%s, %d member(s)) at %s", key, engine, replicas, backed.entry["endpoint"])
         return True
 
-    def _start(self, backed: Backed, engine: str, name: str, workdir: Path, files: dict[str, str],
-               password: str) -> dict[str, Any]:
+    def _start(
+        self, backed: Backed, engine: str, name: str, workdir: Path, files: dict[str, str], password: str
+    ) -> dict[str, Any]:
         pods = [f"{name}-{i}" for i in range(backed.replicas)]
         if engine == "redis":
             conf = _filter(files.get("redis.conf", ""), _REDIS_LOCAL_ONLY)
             cluster = start_redis(backed.stack, workdir, replicas=backed.replicas - 1, password=password, config=conf)
             servers = [cluster.primary, *cluster.replicas]
-            return {"endpoint": f"127.0.0.1:{cluster.primary.port}",
-                    "members": {pod: f"127.0.0.1:{s.port}" for pod, s in zip(pods, servers, strict=True)}}
+            return {
+                "endpoint": f"127.0.0.1:{cluster.primary.port}",
+                "members": {pod: f"127.0.0.1:{s.port}" for pod, s in zip(pods, servers, strict=True)},
+            }
         if engine == "postgres":
             conf = _filter(files.get("postgresql.conf", ""), _PG_LOCAL_ONLY)
             pg = start_postgres(backed.stack, workdir, standbys=backed.replicas - 1, password=password, conf=conf)
             servers_pg = [pg.primary, *pg.standbys]
-            return {"endpoint": f"127.0.0.1:{pg.primary.port}",
-                    "members": {pod: f"127.0.0.1:{s.port}" for pod, s in zip(pods, servers_pg, strict=True)},
-                    # pg_stat_replication names standbys by application_name (= cluster_name locally).
-                    "aliases": {s.name: pod for pod, s in zip(pods, servers_pg, strict=True)}}
+            return {
+                "endpoint": f"127.0.0.1:{pg.primary.port}",
+                "members": {pod: f"127.0.0.1:{s.port}" for pod, s in zip(pods, servers_pg, strict=True)},
+                # pg_stat_replication names standbys by application_name (= cluster_name locally).
+                "aliases": {s.name: pod for pod, s in zip(pods, servers_pg, strict=True)},
+            }
         if engine == "neo4j":
             server = Neo4jServer(workdir, password=password).start(backed.stack)
             return {"endpoint": f"127.0.0.1:{server.port}", "members": {pods[0]: f"127.0.0.1:{server.port}"}}

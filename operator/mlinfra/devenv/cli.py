@@ -27,9 +27,11 @@ def _state(state_dir: Path | None) -> Path:
 
 
 @app.command()
-def up(state_dir: Path | None = STATE_OPT,
-       kube: bool = typer.Option(True, help="Start the Kubernetes control plane."),
-       databases: bool = typer.Option(True, help="Start Redis, PostgreSQL and Neo4j.")) -> None:
+def up(
+    state_dir: Path | None = STATE_OPT,
+    kube: bool = typer.Option(True, help="Start the Kubernetes control plane."),
+    databases: bool = typer.Option(True, help="Start Redis, PostgreSQL and Neo4j."),
+) -> None:
     """Start the platform and keep it running until interrupted."""
     from mlinfra.devenv.platform import Platform
 
@@ -73,8 +75,10 @@ def wait(state_dir: Path | None = STATE_OPT, timeout: float = 900) -> None:
             typer.echo(f"the platform did not come up; see {state / 'up.log'}", err=True)
             raise typer.Exit(1)
         time.sleep(1)
-    typer.echo(f"platform ready. In your shell:\n  source {state / 'env'}\n"
-               f"  kubectl get nodes   (kubectl: {tools.find_tools().kubectl})")
+    typer.echo(
+        f"platform ready. In your shell:\n  source {state / 'env'}\n"
+        f"  kubectl get nodes   (kubectl: {tools.find_tools().kubectl})"
+    )
 
 
 @app.command()

@@ -79,8 +79,10 @@ def lag_report(items: list[dict[str, Any]]) -> str:
     lines = [f"{'DATASTORE':<18} {'MEMBER':<22} {'ROLE':<10} {'READY':<6} {'LAG BYTES':>10} {'LAG S':>6}"]
     for ds in items:
         for m in (ds.get("status") or {}).get("members") or []:
-            lines.append(f"{ds['metadata']['name']:<18} {m['name']:<22} {m.get('role', ''):<10} "
-                         f"{m.get('ready')!s:<6} {m.get('lagBytes', '-')!s:>10} {m.get('lagSeconds', '-')!s:>6}")
+            lines.append(
+                f"{ds['metadata']['name']:<18} {m['name']:<22} {m.get('role', ''):<10} "
+                f"{m.get('ready')!s:<6} {m.get('lagBytes', '-')!s:>10} {m.get('lagSeconds', '-')!s:>6}"
+            )
     return "\n".join(lines)
 
 
@@ -92,30 +94,45 @@ def run(state_dir: Path, once: bool = False, timeout: float = 300) -> int:
     keep = False
     try:
         with procs.stopping_on_signals():
-            print("== starting the local platform: etcd, kube-apiserver, controller-manager, scheduler, kwok; "
-                  "Redis + replica, PostgreSQL + standby, Neo4j", flush=True)
+            print(
+                "== starting the local platform: etcd, kube-apiserver, controller-manager, scheduler, kwok; "
+                "Redis + replica, PostgreSQL + standby, Neo4j",
+                flush=True,
+            )
             platform.start()
             cp = platform.control_plane
             assert cp is not None
             print(platform.summary(), flush=True)
             print("== installing the Helm chart (CRDs, RBAC, Deployment on a fake node)", flush=True)
             account = op_mod.install_chart(cp)
-            kubeconfig = op_mod.service_account_kubeconfig(cp, op_mod.NAMESPACE, account,
-                                                           platform.workdir / "operator.kubeconfig")
+            kubeconfig = op_mod.service_account_kubeconfig(
+                cp, op_mod.NAMESPACE, account, platform.workdir / "operator.kubeconfig"
+            )
             backer = Backer(cp, platform.workdir / "backed", platform.workdir / "endpoint-map.json").start()
             print(f"== running the operator on this host as serviceaccount {op_mod.NAMESPACE}/{account}", flush=True)
             operator = op_mod.start_operator(stack, kubeconfig, platform.workdir, backer.map_path)
             cp.kubectl("create", "namespace", NAMESPACE)
-            procs.wait_until("the demo namespace's ServiceAccount", lambda: cp.kubectl(
-                "get", "sa", "default", "-n", NAMESPACE, check=False).returncode == 0, 60)
+            procs.wait_until(
+                "the demo namespace's ServiceAccount",
+                lambda: cp.kubectl("get", "sa", "default", "-n", NAMESPACE, check=False).returncode == 0,
+                60,
+            )
             print(f"== applying manifests/samples/ into namespace {NAMESPACE}", flush=True)
             docs = []
             for doc in samples():
                 doc["metadata"]["namespace"] = NAMESPACE
                 doc, secret = localize(doc, platform)
                 if secret:
-                    cp.kubectl("create", "secret", "generic", secret[0], "-n", NAMESPACE,
-                               f"--from-literal=username={secret[1]}", f"--from-literal=password={secret[2]}")
+                    cp.kubectl(
+                        "create",
+                        "secret",
+                        "generic",
+                        secret[0],
+                        "-n",
+                        NAMESPACE,
+                        f"--from-literal=username={secret[1]}",
+                        f"--from-literal=password={secret[2]}",
+                    )
                 docs.append(doc)
             cp.apply(docs, field_manager="mlinfra-demo")
             # The managed Qdrant store is served by qdrant-client local mode (no server binary here).
@@ -134,8 +151,9 @@ def run(state_dir: Path, once: bool = False, timeout: float = 300) -> int:
                         doc["metadata"]["namespace"] = NAMESPACE
                     cp.apply(registries, field_manager="mlinfra-demo")
                     print("== ModelRegistry models: migrations, roles, register a model version, lineage", flush=True)
-                    ok = _wait_ready(cp.kubectl, [r["metadata"]["name"] for r in registries], timeout,
-                                     "modelregistries")
+                    ok = _wait_ready(
+                        cp.kubectl, [r["metadata"]["name"] for r in registries], timeout, "modelregistries"
+                    )
                     if ok:
                         print(registry_loop(cp, via_endpoint_map(backer.map_path)), flush=True)
                         indexes = samples("vectorindex-*.yaml")
@@ -143,10 +161,12 @@ def run(state_dir: Path, once: bool = False, timeout: float = 300) -> int:
                             doc["metadata"]["namespace"] = NAMESPACE
                             load_vector_source(cp, backer.map_path, doc)
                         cp.apply(indexes, field_manager="mlinfra-demo")
-                        print("== VectorIndex docs: 2,000 documents with 384-d embeddings, sync now, query "
-                              "through the alias", flush=True)
-                        ok = _wait_ready(cp.kubectl, [i["metadata"]["name"] for i in indexes], timeout,
-                                         "vectorindexes")
+                        print(
+                            "== VectorIndex docs: 2,000 documents with 384-d embeddings, sync now, query "
+                            "through the alias",
+                            flush=True,
+                        )
+                        ok = _wait_ready(cp.kubectl, [i["metadata"]["name"] for i in indexes], timeout, "vectorindexes")
                         if ok:
                             print(vector_loop(cp, backer.map_path, platform.workdir / "vector-sync"), flush=True)
             items = json.loads(cp.kubectl("get", "datastores", "-n", NAMESPACE, "-o", "json").stdout)["items"]
@@ -158,8 +178,11 @@ def run(state_dir: Path, once: bool = False, timeout: float = 300) -> int:
                     keep = True
                     print(f"logs kept in {platform.workdir}", flush=True)
                 return 0 if ok else 1
-            print(f"\nrunning; in another shell:  export KUBECONFIG={cp.kubeconfig}\n"
-                  f"kubectl: {cp.tools.kubectl}\nCtrl-C stops everything.", flush=True)
+            print(
+                f"\nrunning; in another shell:  export KUBECONFIG={cp.kubeconfig}\n"
+                f"kubectl: {cp.tools.kubectl}\nCtrl-C stops everything.",
+                flush=True,
+            )
             while True:
                 time.sleep(3600)
     except KeyboardInterrupt:
@@ -181,9 +204,11 @@ def _wait_ready(kubectl: Callable[..., Any], names: list[str], timeout: float, p
     while time.monotonic() < deadline:
         items = json.loads(kubectl("get", plural, "-n", NAMESPACE, "-o", "json").stdout)["items"]
         ready = sorted(
-            i["metadata"]["name"] for i in items
-            if any(c["type"] == "Ready" and c["status"] == "True"
-                   for c in (i.get("status") or {}).get("conditions", []))
+            i["metadata"]["name"]
+            for i in items
+            if any(
+                c["type"] == "Ready" and c["status"] == "True" for c in (i.get("status") or {}).get("conditions", [])
+            )
         )
         line = f"   {plural} Ready: {len([n for n in ready if n in names])}/{len(names)}  {', '.join(ready)}"
         if line != last:
@@ -214,26 +239,41 @@ def feature_loop(cp: ControlPlane, endpoint_map: Path, tmp: Path, view: str = "u
     now = datetime.datetime.now(datetime.UTC)
     insert_offline_rows(offline, fv["status"]["offlineTable"], now)
     requested = now.isoformat()
-    cp.kubectl("annotate", "featureview", view, "-n", NAMESPACE, f"{SYNC_REQUESTED_ANNOTATION}={requested}",
-               "--overwrite")
+    cp.kubectl(
+        "annotate", "featureview", view, "-n", NAMESPACE, f"{SYNC_REQUESTED_ANNOTATION}={requested}", "--overwrite"
+    )
     job = ondemand_job_name(view, requested)
-    procs.wait_until("the sync Job", lambda: cp.kubectl("get", "job", job, "-n", NAMESPACE,
-                                                        check=False).returncode == 0, 60)
+    procs.wait_until(
+        "the sync Job", lambda: cp.kubectl("get", "job", job, "-n", NAMESPACE, check=False).returncode == 0, 60
+    )
     # kwok's Pods run nothing: run the Job's container command here, with its environment and mounts.
-    container = json.loads(cp.kubectl("get", "job", job, "-n", NAMESPACE, "-o", "json").stdout)[
-        "spec"]["template"]["spec"]["containers"][0]
-    env = {**os.environ, **{e["name"]: e["value"] for e in container["env"]},
-           "MLINFRA_OFFLINE_CONN_DIR": str(conns["offline"][0]), "MLINFRA_ONLINE_CONN_DIR": str(conns["online"][0]),
-           "MLINFRA_ENDPOINT_MAP": str(endpoint_map)}
+    container = json.loads(cp.kubectl("get", "job", job, "-n", NAMESPACE, "-o", "json").stdout)["spec"]["template"][
+        "spec"
+    ]["containers"][0]
+    env = {
+        **os.environ,
+        **{e["name"]: e["value"] for e in container["env"]},
+        "MLINFRA_OFFLINE_CONN_DIR": str(conns["offline"][0]),
+        "MLINFRA_ONLINE_CONN_DIR": str(conns["online"][0]),
+        "MLINFRA_ENDPOINT_MAP": str(endpoint_map),
+    }
     env.pop("KUBECONFIG", None)
-    run = subprocess.run([sys.executable, "-m", "mlinfra", *container["args"]], env=env, capture_output=True,
-                         text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", "mlinfra", *container["args"]], env=env, capture_output=True, text=True, timeout=300
+    )
     if run.returncode != 0:
         return f"sync failed: {run.stderr[-2000:]}"
     read = read_online(fv, online, offline)
-    procs.wait_until("the run in status", lambda: json.loads(cp.kubectl(
-        "get", "featureview", view, "-n", NAMESPACE, "-o", "json").stdout)["status"].get(
-        "lastMaterialization", {}).get("outcome") == "Succeeded", 60)
+    procs.wait_until(
+        "the run in status",
+        lambda: (
+            json.loads(cp.kubectl("get", "featureview", view, "-n", NAMESPACE, "-o", "json").stdout)["status"]
+            .get("lastMaterialization", {})
+            .get("outcome")
+            == "Succeeded"
+        ),
+        60,
+    )
     st = json.loads(cp.kubectl("get", "featureview", view, "-n", NAMESPACE, "-o", "json").stdout)["status"]
     lines = [f"$ mlinfra sync featureview {NAMESPACE}/{view}   (the Job's command)", run.stdout.strip(), *read]
     lines.append(f"status.lastMaterialization: {st['lastMaterialization']}")
@@ -246,9 +286,11 @@ def insert_offline_rows(offline: ConnectionInfo, table: str, now: datetime.datet
     rows = [(1, 42, 0.12, "DE", 30), (1, 45, 0.13, "DE", 5), (2, 7, 0.05, "FR", 10), (3, 19, 0.31, "JP", 2)]
     with connection.postgres(offline) as conn:
         for uid, clicks, ctr, country, age in rows:
-            conn.execute(f"INSERT INTO {table} "  # noqa: S608 - the operator's table name
-                         "(user_id, clicks_7d, ctr_7d, country, event_timestamp) VALUES (%s, %s, %s, %s, %s)",
-                         (uid, clicks, ctr, country, now - datetime.timedelta(minutes=age)))
+            conn.execute(
+                f"INSERT INTO {table} "  # noqa: S608 - the operator's table name
+                "(user_id, clicks_7d, ctr_7d, country, event_timestamp) VALUES (%s, %s, %s, %s, %s)",
+                (uid, clicks, ctr, country, now - datetime.timedelta(minutes=age)),
+            )
 
 
 def read_online(fv: dict[str, Any], online: ConnectionInfo, offline: ConnectionInfo) -> list[str]:
@@ -259,8 +301,10 @@ def read_online(fv: dict[str, Any], online: ConnectionInfo, offline: ConnectionI
         values = store.get_online_features(fv["metadata"]["name"], keys)
     finally:
         store.close()
-    return ["online read (mlinfra.client.FeatureStore.get_online_features, user_id 1..4):",
-            *(f"   user_id={uid}: {value}" for uid, value in zip(keys, values, strict=True))]
+    return [
+        "online read (mlinfra.client.FeatureStore.get_online_features, user_id 1..4):",
+        *(f"   user_id={uid}: {value}" for uid, value in zip(keys, values, strict=True)),
+    ]
 
 
 def run_job_command(cp: ControlPlane, job: str, endpoint_map: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
@@ -280,15 +324,17 @@ def run_job_command(cp: ControlPlane, job: str, endpoint_map: Path, tmp: Path) -
         for var in (e["name"] for e in container["env"] if e["value"] == mount):
             env[var] = str(directory)
     env.pop("KUBECONFIG", None)
-    return subprocess.run([sys.executable, "-m", "mlinfra", *container["args"]], env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "mlinfra", *container["args"]], env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def load_vector_source(cp: ControlPlane, endpoint_map: Path, index: dict[str, Any]) -> None:
     """The sample's source table in its PostgreSQL store, as the application owning it would create it."""
     ref = index["spec"]["source"]["storeRef"]["name"]
     pg = EndpointMap(endpoint_map).resolve(
-        ConnectionInfo.from_secret_data(_secret_data(cp, f"{ref}-conn")), NAMESPACE, ref)
+        ConnectionInfo.from_secret_data(_secret_data(cp, f"{ref}-conn")), NAMESPACE, ref
+    )
     with connection.postgres(pg) as conn:
         if conn.execute("SELECT to_regclass('public.doc_embeddings')").fetchone() == (None,):
             vector_sample.create_table(conn)
@@ -303,16 +349,25 @@ def vector_loop(cp: ControlPlane, endpoint_map: Path, tmp: Path, name: str = "do
     src_ref, q_ref = spec["source"]["storeRef"]["name"], spec["storeRef"]["name"]
     pg = emap.resolve(ConnectionInfo.from_secret_data(_secret_data(cp, f"{src_ref}-conn")), NAMESPACE, src_ref)
     qdrant = emap.resolve(ConnectionInfo.from_secret_data(_secret_data(cp, f"{q_ref}-conn")), NAMESPACE, q_ref)
-    procs.wait_until("rowsBehind in status", lambda: json.loads(cp.kubectl(
-        "get", "vectorindex", name, "-n", NAMESPACE, "-o", "json").stdout)["status"].get("sync", {}).get(
-        "rowsBehind", 0) > 0, 60)
+    procs.wait_until(
+        "rowsBehind in status",
+        lambda: (
+            json.loads(cp.kubectl("get", "vectorindex", name, "-n", NAMESPACE, "-o", "json").stdout)["status"]
+            .get("sync", {})
+            .get("rowsBehind", 0)
+            > 0
+        ),
+        60,
+    )
     before = json.loads(cp.kubectl("get", "vectorindex", name, "-n", NAMESPACE, "-o", "json").stdout)["status"]
     requested = datetime.datetime.now(datetime.UTC).isoformat()
-    cp.kubectl("annotate", "vectorindex", name, "-n", NAMESPACE, f"{SYNC_REQUESTED_ANNOTATION}={requested}",
-               "--overwrite")
+    cp.kubectl(
+        "annotate", "vectorindex", name, "-n", NAMESPACE, f"{SYNC_REQUESTED_ANNOTATION}={requested}", "--overwrite"
+    )
     job = ondemand_job_name(name, requested)
-    procs.wait_until("the sync Job", lambda: cp.kubectl("get", "job", job, "-n", NAMESPACE,
-                                                        check=False).returncode == 0, 60)
+    procs.wait_until(
+        "the sync Job", lambda: cp.kubectl("get", "job", job, "-n", NAMESPACE, check=False).returncode == 0, 60
+    )
     run = run_job_command(cp, job, endpoint_map, tmp)
     if run.returncode != 0:
         return f"sync failed: {run.stdout[-1000:]} {run.stderr[-2000:]}"
@@ -329,10 +384,13 @@ def vector_loop(cp: ControlPlane, endpoint_map: Path, tmp: Path, name: str = "do
         hits = client.query_points(spec["collection"], query=query, limit=3, with_payload=True).points
     with connection.postgres(pg) as conn:
         exact = vector_sample.brute_force_top_k(conn, "doc_embeddings", query, 3)
-    lines = [f"status before the sync: rowsBehind={before['sync'].get('rowsBehind')} points={before.get('points')}",
-             f"$ mlinfra sync vectorindex {NAMESPACE}/{name}   (the Job's command)", run.stdout.strip(),
-             f"status: activeCollection={st['activeCollection']} points={st['points']} sync={st['sync']}",
-             f"query {query_text!r} through the alias {spec['collection']!r} (top 3):"]
+    lines = [
+        f"status before the sync: rowsBehind={before['sync'].get('rowsBehind')} points={before.get('points')}",
+        f"$ mlinfra sync vectorindex {NAMESPACE}/{name}   (the Job's command)",
+        run.stdout.strip(),
+        f"status: activeCollection={st['activeCollection']} points={st['points']} sync={st['sync']}",
+        f"query {query_text!r} through the alias {spec['collection']!r} (top 3):",
+    ]
     lines += [f"   id={h.id} score={h.score:.3f} {h.payload}" for h in hits]
     same = [h.id for h in hits] == [i for i, _ in exact]
     lines.append(f"brute force over the source rows gives the same ids: {same}")
@@ -350,8 +408,9 @@ def via_endpoint_map(endpoint_map: Path) -> Callable[[ConnectionInfo, str], Conn
     return lambda conn, store: emap.resolve(conn, NAMESPACE, store)
 
 
-def registry_loop(cp: ControlPlane, reach: Callable[[ConnectionInfo, str], ConnectionInfo],
-                  name: str = "models") -> str:
+def registry_loop(
+    cp: ControlPlane, reach: Callable[[ConnectionInfo, str], ConnectionInfo], name: str = "models"
+) -> str:
     """Register a model version trained on a dataset with the user-activity features, then ask the graph.
     ``reach(conn, store)``: how this host reaches the DataStore ``store`` whose Secret gave ``conn``."""
     mr = json.loads(cp.kubectl("get", "modelregistry", name, "-n", NAMESPACE, "-o", "json").stdout)
@@ -378,11 +437,14 @@ def registry_loop(cp: ControlPlane, reach: Callable[[ConnectionInfo, str], Conne
         up = lineage.upstream("churn", version.version)
         down = lineage.downstream_of_feature_view(NAMESPACE, "user-activity")
     st = json.loads(cp.kubectl("get", "modelregistry", name, "-n", NAMESPACE, "-o", "json").stdout)["status"]
-    return "\n".join([
-        f"registered churn v{version.version} (trained on sessions-2026-11, uses user-activity), deployed to staging",
-        f"status: schemaVersion={st['schemaVersion']} counts={st.get('counts')} lineage={st.get('lineage')}",
-        f"upstream of churn v{version.version}: datasets={sorted(d.name for d in up.datasets)} "
-        f"featureViews={sorted(f'{f.namespace}/{f.name}' for f in up.feature_views)}",
-        f"downstream of feature view user-activity: models={sorted(down.models)} "
-        f"deployments={sorted(d.environment for d in down.deployments)}",
-    ])
+    return "\n".join(
+        [
+            f"registered churn v{version.version} (trained on sessions-2026-11, uses user-activity), "
+            "deployed to staging",
+            f"status: schemaVersion={st['schemaVersion']} counts={st.get('counts')} lineage={st.get('lineage')}",
+            f"upstream of churn v{version.version}: datasets={sorted(d.name for d in up.datasets)} "
+            f"featureViews={sorted(f'{f.namespace}/{f.name}' for f in up.feature_views)}",
+            f"downstream of feature view user-activity: models={sorted(down.models)} "
+            f"deployments={sorted(d.environment for d in down.deployments)}",
+        ]
+    )

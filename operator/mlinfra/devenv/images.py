@@ -121,17 +121,26 @@ class _Neo4j(_Debian):
 
 _DEBIAN: Mapping[str, _Debian] = {
     "redis": _Debian(
-        version_of="redis-server", env=(f"PATH={_DEFAULT_PATH}", "LANG=C.UTF-8"), cmd=("redis-server",),
-        workdir="/data", engine="redis", service_user="redis",
+        version_of="redis-server",
+        env=(f"PATH={_DEFAULT_PATH}", "LANG=C.UTF-8"),
+        cmd=("redis-server",),
+        workdir="/data",
+        engine="redis",
+        service_user="redis",
         dirs=("/data:0750", "/var/lib/redis", "/var/log/redis", "/var/run/redis"),
     ),
     "postgres": _Debian(
         version_of="postgresql-15",
-        env=(f"PATH=/usr/lib/postgresql/15/bin:{_DEFAULT_PATH}", "LANG=C.UTF-8",
-             "PGDATA=/var/lib/postgresql/data"),
-        cmd=("postgres",), engine="postgres", service_user="postgres",
-        dirs=("/var/lib/postgresql", "/var/lib/postgresql/data:0700", "/var/run/postgresql:2775",
-              "/var/log/postgresql"),
+        env=(f"PATH=/usr/lib/postgresql/15/bin:{_DEFAULT_PATH}", "LANG=C.UTF-8", "PGDATA=/var/lib/postgresql/data"),
+        cmd=("postgres",),
+        engine="postgres",
+        service_user="postgres",
+        dirs=(
+            "/var/lib/postgresql",
+            "/var/lib/postgresql/data:0700",
+            "/var/run/postgresql:2775",
+            "/var/log/postgresql",
+        ),
         hook="postgres.hook.sh",
     ),
     "python": _Debian(version_of="python3.11", env=(f"PATH={_DEFAULT_PATH}", "LANG=C.UTF-8"), cmd=("python3",)),
@@ -139,7 +148,10 @@ _DEBIAN: Mapping[str, _Debian] = {
     "neo4j": _Neo4j(
         version_of="openjdk-17-jre-headless",
         env=(f"PATH=/var/lib/neo4j/bin:{_DEFAULT_PATH}", "LANG=C.UTF-8", "NEO4J_HOME=/var/lib/neo4j"),
-        cmd=("neo4j", "console"), workdir="/var/lib/neo4j", engine="neo4j", service_user="neo4j",
+        cmd=("neo4j", "console"),
+        workdir="/var/lib/neo4j",
+        engine="neo4j",
+        service_user="neo4j",
         # start.sh's run directory (the pod mounts memory there), the data and logs volumes' mount points,
         # and NEO4J_HOME/run (server.directories.run when no rendered neo4j.conf says otherwise).
         dirs=("/data:0750", "/logs", "/run/mlinfra:0700", "/var/lib/neo4j/run"),
@@ -280,8 +292,10 @@ def _neo4j_jars() -> tuple[str, list[Path]]:
     jars = sorted(jar for d in dirs if d.is_dir() for jar in d.glob("*.jar"))
     versions = [m.group(1) for jar in jars if (m := re.fullmatch(r"neo4j-([0-9]+(?:\.[0-9]+)+)\.jar", jar.name))]
     if len(versions) != 1:
-        raise ImageBuildError("the neo4j image needs the Neo4j jars of the tools cache (run `make tools`, or "
-                              f"e2e/tools/build.sh neo4j); found {len(jars)} jars in {dirs or classpath!r}")
+        raise ImageBuildError(
+            "the neo4j image needs the Neo4j jars of the tools cache (run `make tools`, or "
+            f"e2e/tools/build.sh neo4j); found {len(jars)} jars in {dirs or classpath!r}"
+        )
     return versions[0], jars
 
 
@@ -290,8 +304,12 @@ def _operator_sources(root: Path) -> list[Path]:
     found = []
     for path in sorted((root / "operator").rglob("*")):
         parts = path.relative_to(root).parts
-        if path.is_file() and "__pycache__" not in parts and not any(p.endswith(".egg-info") for p in parts) \
-                and path.suffix not in (".pyc", ".pyo", ".pyd"):
+        if (
+            path.is_file()
+            and "__pycache__" not in parts
+            and not any(p.endswith(".egg-info") for p in parts)
+            and path.suffix not in (".pyc", ".pyo", ".pyd")
+        ):
             found.append(path)
     return found
 
@@ -308,9 +326,12 @@ def _build_pause(key: str, work: Path, tmp: Path, steps: _Steps) -> str:
     gcc = _require("gcc", "gcc")
     binary = work / "pause"
     with steps.step("gcc -Os -static pause.c"):
-        _run([str(gcc), "-Os", "-static", "-s", "-Wall", "-Wextra", "-o", str(binary),
-              str(_inputs_dir() / "pause.c")], steps, timeout=_SHORT_TIMEOUT,
-             hint="a static binary needs libc6-dev (libc.a)")
+        _run(
+            [str(gcc), "-Os", "-static", "-s", "-Wall", "-Wextra", "-o", str(binary), str(_inputs_dir() / "pause.c")],
+            steps,
+            timeout=_SHORT_TIMEOUT,
+            hint="a static binary needs libc6-dev (libc.a)",
+        )
     layer = work / "layer.tar"
     with tarfile.open(layer, "w", format=tarfile.PAX_FORMAT) as tar:
         info = tar.gettarinfo(str(binary), arcname="pause")
@@ -322,8 +343,7 @@ def _build_pause(key: str, work: Path, tmp: Path, steps: _Steps) -> str:
             tar.addfile(info, data)
     ref = f"{REGISTRY}/pause:{key}"
     # 65535, like Kubernetes' pause image: the sandbox needs no privilege (and no passwd entry: static).
-    config = {"Entrypoint": ["/pause"], "Env": [f"PATH={_DEFAULT_PATH}"], "User": "65535:65535",
-              "WorkingDir": "/"}
+    config = {"Entrypoint": ["/pause"], "Env": [f"PATH={_DEFAULT_PATH}"], "User": "65535:65535", "WorkingDir": "/"}
     with steps.step("docker-archive"):
         _write_docker_archive(tmp, ref, layer, config)
     return ref
@@ -345,28 +365,45 @@ def _build_debian(name: str, spec: _Debian, key: str, work: Path, tmp: Path, ste
         uid = PROFILES[spec.engine].uid
         if isinstance(spec, _Neo4j):
             hooks.append(_add_user_hook(spec.service_user, uid, spec.home))
-        hooks.append(" ".join(["sh", shlex.quote(str(images / "service-user.sh")), '"$1"',
-                               shlex.quote(spec.service_user), str(uid), *map(shlex.quote, spec.dirs)]))
+        hooks.append(
+            " ".join(
+                [
+                    "sh",
+                    shlex.quote(str(images / "service-user.sh")),
+                    '"$1"',
+                    shlex.quote(spec.service_user),
+                    str(uid),
+                    *map(shlex.quote, spec.dirs),
+                ]
+            )
+        )
     if isinstance(spec, _Neo4j):
         version, jars = _neo4j_jars()
         staged = _stage_neo4j_home(spec, jars, work / "neo4j-home")
         # sync-in: mmdebstrap's own copy into the chroot (symlinks stay links, never followed on the host).
-        hooks += [f"chroot \"$1\" mkdir -p {shlex.quote(spec.home)}",
-                  f"sync-in {shlex.quote(str(staged))} {shlex.quote(spec.home)}"]
+        hooks += [
+            f'chroot "$1" mkdir -p {shlex.quote(spec.home)}',
+            f"sync-in {shlex.quote(str(staged))} {shlex.quote(spec.home)}",
+        ]
     if spec.hook is not None:
         hooks.append(f'sh {shlex.quote(str(images / spec.hook))} "$1"')
-    hooks.append(f"chroot \"$1\" dpkg-query -W -f='${{Version}}' {shlex.quote(spec.version_of)}"
-                 f" > {shlex.quote(str(version_file))}")
+    hooks.append(
+        f"chroot \"$1\" dpkg-query -W -f='${{Version}}' {shlex.quote(spec.version_of)}"
+        f" > {shlex.quote(str(version_file))}"
+    )
     rootfs = work / "rootfs.tar"
     # Java's postinst registers alternatives whose man-page links live in /usr/share/man/man1, which the dpkg
     # excludes leave uncreated: update-alternatives then fails ("error creating symbolic link").
     before_packages = ['mkdir -p "$1/usr/share/man/man1"'] if isinstance(spec, _Neo4j) else []
     command = [
-        str(mmdebstrap), "--variant=minbase", "--mode=root", "--format=tar",
+        str(mmdebstrap),
+        "--variant=minbase",
+        "--mode=root",
+        "--format=tar",
         f"--include={','.join(packages)}",
         *(f"--essential-hook={hook}" for hook in before_packages),
         # The package registry may serve a snapshot whose Release files are past their Valid-Until.
-        "--aptopt=Acquire::Check-Valid-Until \"false\"",
+        '--aptopt=Acquire::Check-Valid-Until "false"',
         # Keep what the hooks create under /run (e.g. /var/run/postgresql): mmdebstrap empties it by default,
         # and under Kubernetes /run is the image's own directory, not a tmpfs.
         "--skip=cleanup/run",
@@ -375,7 +412,9 @@ def _build_debian(name: str, spec: _Debian, key: str, work: Path, tmp: Path, ste
         "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
         *(f"--dpkgopt={rule}" for rule in _DPKG_EXCLUDES),
         *(f"--customize-hook={hook}" for hook in hooks),
-        SUITE, str(rootfs), *MIRRORS,
+        SUITE,
+        str(rootfs),
+        *MIRRORS,
     ]
     with steps.step(f"mmdebstrap {SUITE} minbase + {' '.join(packages)}"):
         _run(command, steps, timeout=_MMDEBSTRAP_TIMEOUT)
@@ -396,11 +435,15 @@ def _build_debian(name: str, spec: _Debian, key: str, work: Path, tmp: Path, ste
 def _add_user_hook(user: str, uid: int, home: str) -> str:
     """A customize hook adding ``user`` and its group with ``uid`` (no package of the image creates them)."""
     q = shlex.quote
-    taken = " || ".join(f'chroot "$1" getent {db} {q(key)} >/dev/null'
-                        for db, key in (("passwd", user), ("passwd", str(uid)), ("group", user), ("group", str(uid))))
-    return (f'if {taken}; then echo "{user} or id {uid} is taken in the image" >&2; exit 1; fi; '
-            f'echo {q(f"{user}:x:{uid}:")} >> "$1/etc/group"; '
-            f'echo {q(f"{user}:x:{uid}:{uid}:{user}:{home}:/usr/sbin/nologin")} >> "$1/etc/passwd"')
+    taken = " || ".join(
+        f'chroot "$1" getent {db} {q(key)} >/dev/null'
+        for db, key in (("passwd", user), ("passwd", str(uid)), ("group", user), ("group", str(uid)))
+    )
+    return (
+        f'if {taken}; then echo "{user} or id {uid} is taken in the image" >&2; exit 1; fi; '
+        f'echo {q(f"{user}:x:{uid}:")} >> "$1/etc/group"; '
+        f'echo {q(f"{user}:x:{uid}:{uid}:{user}:{home}:/usr/sbin/nologin")} >> "$1/etc/passwd"'
+    )
 
 
 def _stage_neo4j_home(spec: _Neo4j, jars: Sequence[Path], staged: Path) -> Path:
@@ -433,22 +476,49 @@ def _build_operator(key: str, python: Image, work: Path, tmp: Path, steps: _Step
     # build's mounts, stale layers) carried from one build to the next. vfs: no overlay mounts to leak.
     store = cache_dir() / "buildah"
     _remove_tree(store)
-    base = [str(buildah), "--root", str(store / "storage"), "--runroot", str(store / "run"),
-            "--storage-driver", "vfs"]
+    base = [str(buildah), "--root", str(store / "storage"), "--runroot", str(store / "run"), "--storage-driver", "vfs"]
     env = {**os.environ, "TMPDIR": str(work), "BUILDAH_ISOLATION": "chroot"}
     try:
         with steps.step(f"buildah pull {python.ref}"):
-            image_id = _run([*base, "pull", "--quiet", f"docker-archive:{python.archive}"], steps,
-                            timeout=_SHORT_TIMEOUT, env=env).strip().splitlines()[-1]
+            image_id = (
+                _run(
+                    [*base, "pull", "--quiet", f"docker-archive:{python.archive}"],
+                    steps,
+                    timeout=_SHORT_TIMEOUT,
+                    env=env,
+                )
+                .strip()
+                .splitlines()[-1]
+            )
             _run([*base, "tag", image_id, python.ref], steps, timeout=_SHORT_TIMEOUT, env=env)
         with steps.step("buildah bud Dockerfile (pip install from PyPI)"):
-            _run([*base, "bud", "--isolation", "chroot", "--network", "host", "--pull=never", "--layers=false",
-                  "--format", "docker", "--build-arg", f"BASE_IMAGE={python.ref}", *_pip_access(work),
-                  "-f", str(root / "Dockerfile"), "-t", ref, str(root)],
-                 steps, timeout=_BUILDAH_TIMEOUT, env=env)
+            _run(
+                [
+                    *base,
+                    "bud",
+                    "--isolation",
+                    "chroot",
+                    "--network",
+                    "host",
+                    "--pull=never",
+                    "--layers=false",
+                    "--format",
+                    "docker",
+                    "--build-arg",
+                    f"BASE_IMAGE={python.ref}",
+                    *_pip_access(work),
+                    "-f",
+                    str(root / "Dockerfile"),
+                    "-t",
+                    ref,
+                    str(root),
+                ],
+                steps,
+                timeout=_BUILDAH_TIMEOUT,
+                env=env,
+            )
         with steps.step("buildah push docker-archive"):
-            _run([*base, "push", "--quiet", ref, f"docker-archive:{tmp}:{ref}"], steps, timeout=_SHORT_TIMEOUT,
-                 env=env)
+            _run([*base, "push", "--quiet", ref, f"docker-archive:{tmp}:{ref}"], steps, timeout=_SHORT_TIMEOUT, env=env)
     finally:
         _remove_tree(store)
     return ref
@@ -463,13 +533,27 @@ def _pip_access(work: Path) -> list[str]:
     stage, which the final image does not keep).
     """
     volumes: list[str] = []
-    bundle = next((Path(p) for p in (os.environ.get("PIP_CERT"), os.environ.get("SSL_CERT_FILE"),
-                                     os.environ.get("REQUESTS_CA_BUNDLE"), "/etc/ssl/certs/ca-certificates.crt")
-                   if p and Path(p).is_file()), None)
+    bundle = next(
+        (
+            Path(p)
+            for p in (
+                os.environ.get("PIP_CERT"),
+                os.environ.get("SSL_CERT_FILE"),
+                os.environ.get("REQUESTS_CA_BUNDLE"),
+                "/etc/ssl/certs/ca-certificates.crt",
+            )
+            if p and Path(p).is_file()
+        ),
+        None,
+    )
     if bundle is not None:
         volumes += ["--volume", f"{bundle.resolve()}:/etc/ssl/certs/ca-certificates.crt:ro"]
-    settings = {"index-url": os.environ.get("PIP_INDEX_URL"), "extra-index-url": os.environ.get("PIP_EXTRA_INDEX_URL"),
-                "trusted-host": os.environ.get("PIP_TRUSTED_HOST"), "timeout": os.environ.get("PIP_DEFAULT_TIMEOUT")}
+    settings = {
+        "index-url": os.environ.get("PIP_INDEX_URL"),
+        "extra-index-url": os.environ.get("PIP_EXTRA_INDEX_URL"),
+        "trusted-host": os.environ.get("PIP_TRUSTED_HOST"),
+        "timeout": os.environ.get("PIP_DEFAULT_TIMEOUT"),
+    }
     lines = [f"{k} = {v}" for k, v in settings.items() if v]
     if lines:
         conf = work / "pip.conf"
@@ -510,8 +594,9 @@ def _require(tool: str, package: str) -> Path:
     return Path(found)
 
 
-def _run(command: Sequence[str], steps: _Steps, *, timeout: float, env: Mapping[str, str] | None = None,
-         hint: str = "") -> str:
+def _run(
+    command: Sequence[str], steps: _Steps, *, timeout: float, env: Mapping[str, str] | None = None, hint: str = ""
+) -> str:
     """Run ``command`` with its stderr (and stdout) appended to the image's log; return its stdout.
 
     Its own process group, so a timeout kills what it started too (mmdebstrap's apt, buildah's RUN steps).
@@ -519,22 +604,24 @@ def _run(command: Sequence[str], steps: _Steps, *, timeout: float, env: Mapping[
     with steps.log.open("a") as log:
         log.write(f"$ {shlex.join(command)}\n")
         log.flush()
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, env=env, start_new_session=True,
-                                text=True)
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, env=env, start_new_session=True, text=True)
         try:
             out, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             _stop_group(proc)
-            raise ImageBuildError(f"{steps.name}: {command[0]} timed out after {timeout:.0f} s (log: {steps.log})"
-                                  ) from None
+            raise ImageBuildError(
+                f"{steps.name}: {command[0]} timed out after {timeout:.0f} s (log: {steps.log})"
+            ) from None
         except BaseException:  # Ctrl-C, SystemExit from SIGTERM: the group would go on building unwatched
             _stop_group(proc)
             raise
         log.write(out)
     if proc.returncode != 0:
         tail = "\n".join(steps.log.read_text().splitlines()[-25:])
-        raise ImageBuildError(f"{steps.name}: {shlex.join(command[:3])} ... exited {proc.returncode}"
-                              f"{' (' + hint + ')' if hint else ''}; log {steps.log}, ending:\n{tail}")
+        raise ImageBuildError(
+            f"{steps.name}: {shlex.join(command[:3])} ... exited {proc.returncode}"
+            f"{' (' + hint + ')' if hint else ''}; log {steps.log}, ending:\n{tail}"
+        )
     return out
 
 
@@ -604,8 +691,7 @@ def _write_docker_archive(dest: Path, ref: str, layer: Path, config: Mapping[str
         info.mode = 0o644
         with layer.open("rb") as data:
             tar.addfile(info, data)
-        _add_bytes(tar, "repositories", json.dumps({ref.rsplit(":", 1)[0]: {ref.rsplit(":", 1)[1]: diff_id}}
-                                                   ).encode())
+        _add_bytes(tar, "repositories", json.dumps({ref.rsplit(":", 1)[0]: {ref.rsplit(":", 1)[1]: diff_id}}).encode())
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -37,11 +37,22 @@ class Neo4jServer:
     def start(self, stack: procs.ProcStack, classpath: str | None = None) -> Neo4jServer:
         cp = classpath or tools.ensure_tools().neo4j_classpath
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.proc = stack.add(procs.Proc("neo4j", [
-            "java", *JVM_FLAGS, "-cp", cp, "io.mlinfra.e2e.Neo4jServer", str(self.workdir / "home"),
-            str(self.port),
-        ], self.workdir / "neo4j.log", env={"NEO4J_PASSWORD": self.password}))
+        self.proc = stack.add(
+            procs.Proc(
+                "neo4j",
+                [
+                    "java",
+                    *JVM_FLAGS,
+                    "-cp",
+                    cp,
+                    "io.mlinfra.e2e.Neo4jServer",
+                    str(self.workdir / "home"),
+                    str(self.port),
+                ],
+                self.workdir / "neo4j.log",
+                env={"NEO4J_PASSWORD": self.password},
+            )
+        )
         log_path = self.proc.log_path
-        procs.wait_until("neo4j to announce READY", lambda: "READY bolt://" in log_path.read_text(), 180,
-                         self.proc)
+        procs.wait_until("neo4j to announce READY", lambda: "READY bolt://" in log_path.read_text(), 180, self.proc)
         return self

@@ -72,8 +72,11 @@ def setup(layout: NodeLayout, service_cidr: str) -> None:
     _run("ip", "-n", ns, "link", "set", "svc0", "up")
     _run("ip", "-n", ns, "route", "add", service_cidr, "dev", "svc0")
     _run("ip", "route", "add", layout.pod_cidr, "via", layout.node_ip, "dev", veth)
-    for key, value in (("net/ipv4/ip_forward", "1"), ("net/bridge/bridge-nf-call-iptables", "1"),
-                       ("net/ipv4/conf/all/route_localnet", "1")):
+    for key, value in (
+        ("net/ipv4/ip_forward", "1"),
+        ("net/bridge/bridge-nf-call-iptables", "1"),
+        ("net/ipv4/conf/all/route_localnet", "1"),
+    ):
         # /proc/sys/net is per network namespace, as seen by the writer.
         _run(*in_netns(ns, "sh", "-c", f"echo {value} > /proc/sys/{key}"))
 

@@ -93,7 +93,7 @@ class NodeLayout:
 def containerd_config(layout: NodeLayout, sandbox_image: str, cni_bin_dir: str = "/usr/lib/cni") -> str:
     """containerd 1.6 (config version 2) with its own root, state and socket."""
     d = layout.containerd_dir
-    cri = "plugins.\"io.containerd.grpc.v1.cri\""
+    cri = 'plugins."io.containerd.grpc.v1.cri"'
     lines = [
         "version = 2",
         f'root = "{d / "root"}"',
@@ -192,8 +192,12 @@ def kubelet_config(layout: NodeLayout, client_ca: Path, resolv_conf: Path) -> di
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
         # The disk is shared with builds and other test servers: evict only when it is really gone.
-        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%",
-                         "nodefs.inodesFree": "1%"},
+        "evictionHard": {
+            "memory.available": "100Mi",
+            "nodefs.available": "1%",
+            "imagefs.available": "1%",
+            "nodefs.inodesFree": "1%",
+        },
         "evictionPressureTransitionPeriod": "10s",
         "protectKernelDefaults": False,
         "makeIPTablesUtilChains": False,
@@ -228,27 +232,29 @@ def kube_proxy_config(layout: NodeLayout, kubeconfig: Path) -> dict[str, Any]:
 def corefile(kubeconfig: Path) -> str:
     """Cluster DNS only. Names outside the cluster get NXDOMAIN: no forward plugin exists in our build,
     so no query can leave the node."""
-    return "\n".join([
-        f"{CLUSTER_DOMAIN}:53 in-addr.arpa:53 ip6.arpa:53 {{",
-        "    errors",
-        "    ready 127.0.0.1:8181",
-        "    health 127.0.0.1:8080",
-        f"    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{",
-        f"        kubeconfig {kubeconfig}",
-        "        pods insecure",
-        "        ttl 5",
-        "    }",
-        "    cache 5",
-        "    loadbalance",
-        "}",
-        ".:53 {",
-        "    errors",
-        "    template ANY ANY {",
-        "        rcode NXDOMAIN",
-        "    }",
-        "}",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"{CLUSTER_DOMAIN}:53 in-addr.arpa:53 ip6.arpa:53 {{",
+            "    errors",
+            "    ready 127.0.0.1:8181",
+            "    health 127.0.0.1:8080",
+            f"    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{",
+            f"        kubeconfig {kubeconfig}",
+            "        pods insecure",
+            "        ttl 5",
+            "    }",
+            "    cache 5",
+            "    loadbalance",
+            "}",
+            ".:53 {",
+            "    errors",
+            "    template ANY ANY {",
+            "        rcode NXDOMAIN",
+            "    }",
+            "}",
+            "",
+        ]
+    )
 
 
 def coredns_rbac(user: str) -> list[dict[str, Any]]:
@@ -260,8 +266,7 @@ def coredns_rbac(user: str) -> list[dict[str, Any]]:
             "kind": "ClusterRole",
             "metadata": {"name": role},
             "rules": [
-                {"apiGroups": [""], "resources": ["services", "pods", "namespaces"],
-                 "verbs": ["list", "watch"]},
+                {"apiGroups": [""], "resources": ["services", "pods", "namespaces"], "verbs": ["list", "watch"]},
                 {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
             ],
         },
@@ -275,48 +280,62 @@ def coredns_rbac(user: str) -> list[dict[str, Any]]:
     ]
 
 
-def host_service(namespace: str, name: str, ip: str, ports: list[tuple[str, str, int]],
-                 cluster_ip: str | None = None) -> list[dict[str, Any]]:
+def host_service(
+    namespace: str, name: str, ip: str, ports: list[tuple[str, str, int]], cluster_ip: str | None = None
+) -> list[dict[str, Any]]:
     """A selector-less Service and its EndpointSlice for a process that runs on the node, not in a Pod
     (cluster DNS, the API server's forwarder). ``ports``: (name, protocol, port)."""
     objs: list[dict[str, Any]] = []
     if cluster_ip is not None:
-        objs.append({
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": name, "namespace": namespace, "labels": {"k8s-app": name}},
-            "spec": {"clusterIP": cluster_ip,
-                     "ports": [{"name": n, "protocol": p, "port": port, "targetPort": port}
-                               for n, p, port in ports]},
-        })
-    objs.append({
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": f"{name}-mlinfra-node",
-            "namespace": namespace,
-            "labels": {"kubernetes.io/service-name": name,
-                       "endpointslice.kubernetes.io/managed-by": "mlinfra-devenv"},
-        },
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}],
-        "ports": [{"name": n, "protocol": p, "port": port} for n, p, port in ports],
-    })
+        objs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": name, "namespace": namespace, "labels": {"k8s-app": name}},
+                "spec": {
+                    "clusterIP": cluster_ip,
+                    "ports": [{"name": n, "protocol": p, "port": port, "targetPort": port} for n, p, port in ports],
+                },
+            }
+        )
+    objs.append(
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": f"{name}-mlinfra-node",
+                "namespace": namespace,
+                "labels": {
+                    "kubernetes.io/service-name": name,
+                    "endpointslice.kubernetes.io/managed-by": "mlinfra-devenv",
+                },
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}],
+            "ports": [{"name": n, "protocol": p, "port": port} for n, p, port in ports],
+        }
+    )
     return objs
 
 
 def kubeconfig(server: str, ca: Path, cert: Path, key: Path, user: str) -> str:
     """A kubeconfig reaching the API server through the node's forwarder. The forwarder's address is not
     in the serving certificate: the name checked is ``localhost``, which is."""
-    return yaml.safe_dump({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "mlinfra-local", "cluster": {
-            "server": server, "certificate-authority": str(ca), "tls-server-name": "localhost"}}],
-        "users": [{"name": user, "user": {"client-certificate": str(cert), "client-key": str(key)}}],
-        "contexts": [{"name": "mlinfra-local", "context": {"cluster": "mlinfra-local", "user": user}}],
-        "current-context": "mlinfra-local",
-    })
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "mlinfra-local",
+                    "cluster": {"server": server, "certificate-authority": str(ca), "tls-server-name": "localhost"},
+                }
+            ],
+            "users": [{"name": user, "user": {"client-certificate": str(cert), "client-key": str(key)}}],
+            "contexts": [{"name": "mlinfra-local", "context": {"cluster": "mlinfra-local", "user": user}}],
+            "current-context": "mlinfra-local",
+        }
+    )
 
 
 def to_json(obj: Any) -> str:

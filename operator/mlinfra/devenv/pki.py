@@ -24,8 +24,9 @@ def _key() -> ec.EllipticCurvePrivateKey:
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     path.chmod(0o600)
 
 
@@ -51,8 +52,9 @@ class Pki:
     clients: dict[str, CertPair]
 
 
-def _issue(directory: Path, ca: CertPair, stem: str, cn: str, org: str | None, server: bool,
-           extra_sans: tuple[str, ...] = ()) -> CertPair:
+def _issue(
+    directory: Path, ca: CertPair, stem: str, cn: str, org: str | None, server: bool, extra_sans: tuple[str, ...] = ()
+) -> CertPair:
     """A certificate signed by the CA in ``ca`` (client, or server for 127.0.0.1/localhost + ``extra_sans``)."""
     ca_cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
     ca_key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
@@ -68,13 +70,15 @@ def _issue(directory: Path, ca: CertPair, stem: str, cn: str, org: str | None, s
         .not_valid_before(now)
         .not_valid_after(now + _VALIDITY)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage(
-            [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
-            critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
     )
     if server:
-        names: list[x509.GeneralName] = [x509.DNSName(n) for n in (
-            "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc")]
+        names: list[x509.GeneralName] = [
+            x509.DNSName(n) for n in ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc")
+        ]
         ips = ("127.0.0.1", "10.0.0.1", *extra_sans)
         names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
@@ -109,10 +113,20 @@ def create_pki(directory: Path, clients: dict[str, tuple[str, str | None]]) -> P
         .not_valid_before(now)
         .not_valid_after(now + _VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, encipher_only=False,
-                                     decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .sign(ca_key, hashes.SHA256())
     )
     ca = CertPair(directory / "ca.crt", directory / "ca.key")
@@ -125,6 +139,7 @@ def create_pki(directory: Path, clients: dict[str, tuple[str, str | None]]) -> P
     sa = _key()
     sa_key, sa_pub = directory / "sa.key", directory / "sa.pub"
     _write_key(sa_key, sa)
-    sa_pub.write_bytes(sa.public_key().public_bytes(serialization.Encoding.PEM,
-                                                    serialization.PublicFormat.SubjectPublicKeyInfo))
+    sa_pub.write_bytes(
+        sa.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     return Pki(ca=ca, serving=serving, sa_key=sa_key, sa_pub=sa_pub, clients=issued)

@@ -77,15 +77,21 @@ class Platform:
     def summary(self) -> str:
         lines = []
         if self.control_plane:
-            lines.append(f"kube-apiserver  {self.control_plane.server} "
-                         f"({self.control_plane.tools.kubernetes_version}, {self.control_plane.nodes} kwok nodes)")
+            lines.append(
+                f"kube-apiserver  {self.control_plane.server} "
+                f"({self.control_plane.tools.kubernetes_version}, {self.control_plane.nodes} kwok nodes)"
+            )
             lines.append(f"kubectl         {self.control_plane.tools.kubectl}")
         if self.redis:
-            lines.append(f"redis           {self.redis.primary.url} + "
-                         f"{len(self.redis.replicas)} replica(s) {[r.url for r in self.redis.replicas]}")
+            lines.append(
+                f"redis           {self.redis.primary.url} + "
+                f"{len(self.redis.replicas)} replica(s) {[r.url for r in self.redis.replicas]}"
+            )
         if self.postgres:
-            lines.append(f"postgresql      {self.postgres.primary.url} + "
-                         f"{len(self.postgres.standbys)} standby(s) {[s.url for s in self.postgres.standbys]}")
+            lines.append(
+                f"postgresql      {self.postgres.primary.url} + "
+                f"{len(self.postgres.standbys)} standby(s) {[s.url for s in self.postgres.standbys]}"
+            )
         if self.neo4j:
             lines.append(f"neo4j           {self.neo4j.uri}")
         return "\n".join(lines)

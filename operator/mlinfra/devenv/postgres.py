@@ -31,8 +31,11 @@ def _run_as() -> tuple[int | None, int | None]:
     try:
         entry = pwd.getpwnam(PG_USER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_USER],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_USER],
+            check=True,
+            capture_output=True,
+        )
         entry = pwd.getpwnam(PG_USER)
     return entry.pw_uid, entry.pw_gid
 
@@ -80,8 +83,10 @@ class PostgresServer:
         return Path(tempfile.gettempdir()) / f"mlinfra-pg-{digest}"
 
     def dsn(self, dbname: str = "postgres", user: str | None = None, password: str | None = None) -> str:
-        return (f"host=127.0.0.1 port={self.port} dbname={dbname} user={user or self.user} "
-                f"password={password or self.password} connect_timeout=5")
+        return (
+            f"host=127.0.0.1 port={self.port} dbname={dbname} user={user or self.user} "
+            f"password={password or self.password} connect_timeout=5"
+        )
 
     @property
     def url(self) -> str:
@@ -101,9 +106,16 @@ class PostgresServer:
 
     def _tool(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
         uid, gid = _run_as()
-        result = subprocess.run([str(tools.which(name)), *args], capture_output=True, text=True,
-                                user=uid, group=gid, env={**os.environ, **(env or {})}, cwd=self.workdir,
-                                timeout=300)
+        result = subprocess.run(
+            [str(tools.which(name)), *args],
+            capture_output=True,
+            text=True,
+            user=uid,
+            group=gid,
+            env={**os.environ, **(env or {})},
+            cwd=self.workdir,
+            timeout=300,
+        )
         if result.returncode != 0:
             raise procs.StartupError(f"{name} failed ({result.returncode}): {result.stderr[-2000:]}")
 
@@ -115,8 +127,19 @@ class PostgresServer:
         pwfile.chmod(0o600)
         _own(pwfile, uid, gid)
         try:
-            self._tool("initdb", "-D", str(self.datadir), "-U", "postgres", "--auth=scram-sha-256",
-                       f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C", "--no-sync")
+            self._tool(
+                "initdb",
+                "-D",
+                str(self.datadir),
+                "-U",
+                "postgres",
+                "--auth=scram-sha-256",
+                f"--pwfile={pwfile}",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            )
         finally:
             pwfile.unlink()
         with open(self.datadir / "postgresql.conf", "a") as f:
@@ -130,11 +153,20 @@ class PostgresServer:
         """Run ``argv`` in ``workdir`` as the user the server runs as (e.g. a rendered bootstrap script that
         fills ``datadir``); raises StartupError with its output when it fails."""
         uid, gid = self._prepare_dirs()
-        result = subprocess.run(argv, capture_output=True, text=True, user=uid, group=gid,
-                                env={**os.environ, **(env or {})}, cwd=self.workdir, timeout=300)
+        result = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            user=uid,
+            group=gid,
+            env={**os.environ, **(env or {})},
+            cwd=self.workdir,
+            timeout=300,
+        )
         if result.returncode != 0:
-            raise procs.StartupError(f"{argv[0]} failed ({result.returncode}):\n{result.stdout[-2000:]}"
-                                     f"{result.stderr[-2000:]}")
+            raise procs.StartupError(
+                f"{argv[0]} failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}"
+            )
         return result
 
     def start(self, stack: procs.ProcStack) -> PostgresServer:
@@ -143,16 +175,38 @@ class PostgresServer:
         _own(self.socket_dir, uid, gid)
         sock = self.socket_dir
         stack.callback(lambda: shutil.rmtree(sock, ignore_errors=True))
-        self.proc = stack.add(procs.Proc(f"postgres-{self.name}", [
-            str(tools.which("postgres")), "-D", str(self.datadir),
-            "-c", f"port={self.port}", "-c", "listen_addresses=127.0.0.1",
-            "-c", f"unix_socket_directories={self.socket_dir}",
-            "-c", f"cluster_name={self.name}",  # becomes application_name in pg_stat_replication
-            # Test data only: durability costs seconds per test on small disks.
-            "-c", "fsync=off", "-c", "full_page_writes=off",
-        ], self.workdir / "postgres.log", user=uid, group=gid))
-        procs.wait_until(f"postgres {self.name} to accept connections",
-                         lambda: bool(self.connect().execute("select 1").fetchone()), 60, self.proc)
+        self.proc = stack.add(
+            procs.Proc(
+                f"postgres-{self.name}",
+                [
+                    str(tools.which("postgres")),
+                    "-D",
+                    str(self.datadir),
+                    "-c",
+                    f"port={self.port}",
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    f"unix_socket_directories={self.socket_dir}",
+                    "-c",
+                    f"cluster_name={self.name}",  # becomes application_name in pg_stat_replication
+                    # Test data only: durability costs seconds per test on small disks.
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "full_page_writes=off",
+                ],
+                self.workdir / "postgres.log",
+                user=uid,
+                group=gid,
+            )
+        )
+        procs.wait_until(
+            f"postgres {self.name} to accept connections",
+            lambda: bool(self.connect().execute("select 1").fetchone()),
+            60,
+            self.proc,
+        )
         return self
 
     def pause(self) -> None:
@@ -177,8 +231,9 @@ class PostgresCluster:
         return self.primary.password
 
 
-def start_postgres(stack: procs.ProcStack, workdir: Path, standbys: int = 1, password: str | None = None,
-                   conf: str = "") -> PostgresCluster:
+def start_postgres(
+    stack: procs.ProcStack, workdir: Path, standbys: int = 1, password: str | None = None, conf: str = ""
+) -> PostgresCluster:
     password = password or secrets.token_urlsafe(24)
     repl_password = secrets.token_urlsafe(24)
     primary = PostgresServer(workdir / "primary", "primary", password, conf=conf).init().start(stack)
@@ -189,9 +244,24 @@ def start_postgres(stack: procs.ProcStack, workdir: Path, standbys: int = 1, pas
         standby = PostgresServer(workdir / f"standby-{i}", f"standby-{i}", password, conf=conf)
         standby._prepare_dirs()
         # -R writes standby.signal and primary_conninfo: the standby streams from the primary.
-        standby._tool("pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port), "-U", "replicator",
-                      "-D", str(standby.datadir), "-R", "-X", "stream", "-c", "fast", "--no-sync",
-                      env={"PGPASSWORD": repl_password})
+        standby._tool(
+            "pg_basebackup",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(primary.port),
+            "-U",
+            "replicator",
+            "-D",
+            str(standby.datadir),
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "--no-sync",
+            env={"PGPASSWORD": repl_password},
+        )
         followers.append(standby.start(stack))
     cluster = PostgresCluster(primary, followers, "replicator", repl_password)
 

@@ -56,8 +56,10 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float, proc: Proc 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and not proc.running():
-            raise StartupError(f"{proc.name} exited with {proc.popen.returncode} while waiting for {what}"
-                               f"\n--- last lines of {proc.log_path} ---\n{proc.log_tail()}")
+            raise StartupError(
+                f"{proc.name} exited with {proc.popen.returncode} while waiting for {what}"
+                f"\n--- last lines of {proc.log_path} ---\n{proc.log_tail()}"
+            )
         with contextlib.suppress(Exception):
             if check():
                 return

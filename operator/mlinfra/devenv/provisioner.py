@@ -35,8 +35,10 @@ def storage_class(name: str, default: bool) -> dict[str, Any]:
     return {
         "apiVersion": "storage.k8s.io/v1",
         "kind": "StorageClass",
-        "metadata": {"name": name,
-                     "annotations": {"storageclass.kubernetes.io/is-default-class": str(default).lower()}},
+        "metadata": {
+            "name": name,
+            "annotations": {"storageclass.kubernetes.io/is-default-class": str(default).lower()},
+        },
         "provisioner": PROVISIONER,
         "reclaimPolicy": "Delete",
         "volumeBindingMode": "Immediate",
@@ -56,10 +58,19 @@ def volume_for(claim: dict[str, Any], path: Path, node: str, reclaim: str) -> di
             "storageClassName": spec["storageClassName"],
             "volumeMode": spec.get("volumeMode", "Filesystem"),
             "hostPath": {"path": str(path), "type": "Directory"},
-            "claimRef": {"kind": "PersistentVolumeClaim", "namespace": meta["namespace"], "name": meta["name"],
-                         "uid": meta["uid"]},
-            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}},
+            "claimRef": {
+                "kind": "PersistentVolumeClaim",
+                "namespace": meta["namespace"],
+                "name": meta["name"],
+                "uid": meta["uid"],
+            },
+            "nodeAffinity": {
+                "required": {
+                    "nodeSelectorTerms": [
+                        {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}
+                    ]
+                }
+            },
         },
     }
 
@@ -77,8 +88,12 @@ def reconcile_once(api: client.ApiClient, class_name: str, root: Path, node: str
     bound_claims = {v["spec"]["claimRef"]["uid"] for v in volumes if v["spec"].get("claimRef")}
     for claim in _items(api, core.list_persistent_volume_claim_for_all_namespaces(_request_timeout=10)):
         meta, spec = claim["metadata"], claim["spec"]
-        if (spec.get("storageClassName") != class_name or spec.get("volumeName")
-                or meta["uid"] in bound_claims or meta.get("deletionTimestamp")):
+        if (
+            spec.get("storageClassName") != class_name
+            or spec.get("volumeName")
+            or meta["uid"] in bound_claims
+            or meta.get("deletionTimestamp")
+        ):
             continue
         path = root / f"{meta['namespace']}-{meta['name']}-{meta['uid'][:8]}"
         path.mkdir(parents=True, exist_ok=True)
@@ -89,8 +104,11 @@ def reconcile_once(api: client.ApiClient, class_name: str, root: Path, node: str
     for volume in volumes:
         ours = (volume["metadata"].get("annotations") or {}).get(PROVISIONED_BY) == PROVISIONER
         spec = volume["spec"]
-        if ours and volume.get("status", {}).get("phase") == "Released" \
-                and spec.get("persistentVolumeReclaimPolicy") == "Delete":
+        if (
+            ours
+            and volume.get("status", {}).get("phase") == "Released"
+            and spec.get("persistentVolumeReclaimPolicy") == "Delete"
+        ):
             path = Path(spec["hostPath"]["path"])
             if path.parent == root:
                 shutil.rmtree(path, ignore_errors=True)

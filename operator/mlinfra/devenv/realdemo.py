@@ -45,11 +45,13 @@ def _get(cp: ControlPlane, kind: str, name: str, ns: str = NAMESPACE) -> dict[st
 
 def reach(cp: ControlPlane, namespace: str = NAMESPACE) -> Callable[[ConnectionInfo, str], ConnectionInfo]:
     """From this host: a managed store at its pod 0's IP (the primary), an external one as it is."""
+
     def resolve(conn: ConnectionInfo, store: str) -> ConnectionInfo:
         if _get(cp, "datastore", store, namespace)["spec"].get("managed") is None:
             return conn
         ip = _get(cp, "pod", f"{store}-0", namespace)["status"]["podIP"]
         return replace(conn, host=ip)
+
     return resolve
 
 
@@ -64,11 +66,13 @@ def feature_loop(cp: ControlPlane, view: str = "user-activity") -> str:
     now = datetime.datetime.now(datetime.UTC)
     kwok_demo.insert_offline_rows(offline, fv["status"]["offlineTable"], now)
     requested = now.isoformat()
-    cp.kubectl("annotate", "featureview", view, "-n", NAMESPACE, f"{SYNC_REQUESTED_ANNOTATION}={requested}",
-               "--overwrite")
+    cp.kubectl(
+        "annotate", "featureview", view, "-n", NAMESPACE, f"{SYNC_REQUESTED_ANNOTATION}={requested}", "--overwrite"
+    )
     job = ondemand_job_name(view, requested)
-    procs.wait_until("the sync Job", lambda: cp.kubectl("get", "job", job, "-n", NAMESPACE,
-                                                        check=False).returncode == 0, 60)
+    procs.wait_until(
+        "the sync Job", lambda: cp.kubectl("get", "job", job, "-n", NAMESPACE, check=False).returncode == 0, 60
+    )
 
     def finished() -> bool:
         conds = _get(cp, "job", job).get("status", {}).get("conditions", [])
@@ -79,11 +83,18 @@ def feature_loop(cp: ControlPlane, view: str = "user-activity") -> str:
     pod = pods["items"][-1]
     log = cp.kubectl("logs", "-n", NAMESPACE, pod["metadata"]["name"]).stdout.strip()
     read = kwok_demo.read_online(fv, online, offline)
-    procs.wait_until("the run in status", lambda: _get(cp, "featureview", view)["status"].get(
-        "lastMaterialization", {}).get("outcome") == "Succeeded", 60)
+    procs.wait_until(
+        "the run in status",
+        lambda: _get(cp, "featureview", view)["status"].get("lastMaterialization", {}).get("outcome") == "Succeeded",
+        60,
+    )
     st = _get(cp, "featureview", view)["status"]
-    lines = [f"Job {job}: Pod {pod['metadata']['name']} on node {pod['spec']['nodeName']}, "
-             f"{pod['status']['phase']}; its log:", log, *read]
+    lines = [
+        f"Job {job}: Pod {pod['metadata']['name']} on node {pod['spec']['nodeName']}, "
+        f"{pod['status']['phase']}; its log:",
+        log,
+        *read,
+    ]
     lines.append(f"status.lastMaterialization: {st['lastMaterialization']}")
     return "\n".join(lines)
 
@@ -91,8 +102,12 @@ def feature_loop(cp: ControlPlane, view: str = "user-activity") -> str:
 def run(state_dir: Path, once: bool = False, timeout: float = 300) -> int:
     """Run the demo on a real node; ``once`` stops after printing (exit code 1 when a sample is not Ready)."""
     if os.geteuid() != 0:
-        print("the real node needs root (network namespaces, containerd, mounts): run `sudo make demo`, or "
-              "`mlinfra demo --kwok` for the demo on fake nodes", file=sys.stderr, flush=True)
+        print(
+            "the real node needs root (network namespaces, containerd, mounts): run `sudo make demo`, or "
+            "`mlinfra demo --kwok` for the demo on fake nodes",
+            file=sys.stderr,
+            flush=True,
+        )
         return 2
     stack = procs.ProcStack()
     cp = ControlPlane(state_dir / "kube", nodes=0)
@@ -103,28 +118,54 @@ def run(state_dir: Path, once: bool = False, timeout: float = 300) -> int:
         with procs.stopping_on_signals():
             print("== starting the control plane (etcd, kube-apiserver, controller-manager, scheduler)", flush=True)
             cp.start()
-            print("== starting a real node: kubelet, kube-proxy, containerd + runc + CNI, CoreDNS; building and "
-                  "importing the images (the first run builds them: a few minutes)", flush=True)
+            print(
+                "== starting a real node: kubelet, kube-proxy, containerd + runc + CNI, CoreDNS; building and "
+                "importing the images (the first run builds them: a few minutes)",
+                flush=True,
+            )
             node.start()
             assert node.layout is not None
-            print(f"   node {node.name} Ready: network namespace {node.layout.netns}, Pods in "
-                  f"{node.layout.pod_cidr}", flush=True)
-            print("== starting the servers of the external samples on this host: Redis + replica, "
-                  "PostgreSQL + standby, Neo4j", flush=True)
+            print(
+                f"   node {node.name} Ready: network namespace {node.layout.netns}, Pods in {node.layout.pod_cidr}",
+                flush=True,
+            )
+            print(
+                "== starting the servers of the external samples on this host: Redis + replica, "
+                "PostgreSQL + standby, Neo4j",
+                flush=True,
+            )
             host.start()
             forwarded = _forward_host_servers(stack, host, node.layout.host_ip, state_dir / "logs")
             print("== installing the Helm chart: the operator as a Pod, from our Dockerfile's image", flush=True)
             repo, tag = node.image("operator").rsplit(":", 1)
-            op_mod.install_chart(cp, extra=(
-                "--set", f"image.repository={repo}", "--set", f"image.tag={tag}", "--set", "image.pullPolicy=Never",
-                *[arg for engine, image in ENGINE_IMAGES.items()
-                  for arg in ("--set", f"engineImages.{engine}={node.image(image)}")],
-                "--set-json", 'extraEnv=[{"name": "MLINFRA_OBSERVE_INTERVAL", "value": "5"}]'))
+            op_mod.install_chart(
+                cp,
+                extra=(
+                    "--set",
+                    f"image.repository={repo}",
+                    "--set",
+                    f"image.tag={tag}",
+                    "--set",
+                    "image.pullPolicy=Never",
+                    *[
+                        arg
+                        for engine, image in ENGINE_IMAGES.items()
+                        for arg in ("--set", f"engineImages.{engine}={node.image(image)}")
+                    ],
+                    "--set-json",
+                    'extraEnv=[{"name": "MLINFRA_OBSERVE_INTERVAL", "value": "5"}]',
+                ),
+            )
             cp.kubectl("create", "namespace", NAMESPACE)
-            procs.wait_until("the demo namespace's ServiceAccount", lambda: cp.kubectl(
-                "get", "sa", "default", "-n", NAMESPACE, check=False).returncode == 0, 60)
-            print(f"== applying manifests/samples/ into namespace {NAMESPACE} (Qdrant left out: no server binary)",
-                  flush=True)
+            procs.wait_until(
+                "the demo namespace's ServiceAccount",
+                lambda: cp.kubectl("get", "sa", "default", "-n", NAMESPACE, check=False).returncode == 0,
+                60,
+            )
+            print(
+                f"== applying manifests/samples/ into namespace {NAMESPACE} (Qdrant left out: no server binary)",
+                flush=True,
+            )
             docs = []
             for doc in kwok_demo.samples():
                 if doc["spec"]["engine"] == "qdrant":
@@ -136,8 +177,16 @@ def run(state_dir: Path, once: bool = False, timeout: float = 300) -> int:
                     ext["endpoint"] = endpoint
                     if database:
                         ext["database"] = database
-                    cp.kubectl("create", "secret", "generic", ext["credentialsSecretRef"]["name"], "-n", NAMESPACE,
-                               f"--from-literal=username={user}", f"--from-literal=password={password}")
+                    cp.kubectl(
+                        "create",
+                        "secret",
+                        "generic",
+                        ext["credentialsSecretRef"]["name"],
+                        "-n",
+                        NAMESPACE,
+                        f"--from-literal=username={user}",
+                        f"--from-literal=password={password}",
+                    )
                 docs.append(doc)
             cp.apply(docs, field_manager="mlinfra-demo")
             ok = kwok_demo._wait_ready(cp.kubectl, [d["metadata"]["name"] for d in docs], timeout)
@@ -147,33 +196,41 @@ def run(state_dir: Path, once: bool = False, timeout: float = 300) -> int:
                     doc["metadata"]["namespace"] = NAMESPACE
                 cp.apply(views, field_manager="mlinfra-demo")
                 print("== FeatureView user-activity: rows offline, sync now (a Job's Pod), read online", flush=True)
-                ok = kwok_demo._wait_ready(cp.kubectl, [v["metadata"]["name"] for v in views], timeout,
-                                           "featureviews")
+                ok = kwok_demo._wait_ready(cp.kubectl, [v["metadata"]["name"] for v in views], timeout, "featureviews")
                 if ok:
                     print(feature_loop(cp), flush=True)
                     registries = kwok_demo.samples("modelregistry-*.yaml")
                     for doc in registries:
                         doc["metadata"]["namespace"] = NAMESPACE
                     cp.apply(registries, field_manager="mlinfra-demo")
-                    print("== ModelRegistry models: migrations, roles, a model version, lineage in Neo4j",
-                          flush=True)
-                    ok = kwok_demo._wait_ready(cp.kubectl, [r["metadata"]["name"] for r in registries], timeout,
-                                               "modelregistries")
+                    print("== ModelRegistry models: migrations, roles, a model version, lineage in Neo4j", flush=True)
+                    ok = kwok_demo._wait_ready(
+                        cp.kubectl, [r["metadata"]["name"] for r in registries], timeout, "modelregistries"
+                    )
                     if ok:
                         print(kwok_demo.registry_loop(cp, reach(cp)), flush=True)
             items = json.loads(cp.kubectl("get", "datastores", "-n", NAMESPACE, "-o", "json").stdout)["items"]
-            print(f"\n$ kubectl get pods -n {NAMESPACE} -o wide\n"
-                  + cp.kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide").stdout, flush=True)
+            print(
+                f"\n$ kubectl get pods -n {NAMESPACE} -o wide\n"
+                + cp.kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide").stdout,
+                flush=True,
+            )
             print(f"$ kubectl get mlinfra -n {NAMESPACE} -o wide\n" + kwok_demo.table(cp.kubectl), flush=True)
-            print("observed replication (measured by the operator's Pod on the store Pods):\n"
-                  + kwok_demo.lag_report(items), flush=True)
+            print(
+                "observed replication (measured by the operator's Pod on the store Pods):\n"
+                + kwok_demo.lag_report(items),
+                flush=True,
+            )
             if once:
                 if not ok:
                     keep = True
                     print(f"logs kept in {state_dir}", flush=True)
                 return 0 if ok else 1
-            print(f"\nrunning; in another shell:  export KUBECONFIG={cp.kubeconfig}\n"
-                  f"kubectl: {cp.tools.kubectl}\nCtrl-C stops everything.", flush=True)
+            print(
+                f"\nrunning; in another shell:  export KUBECONFIG={cp.kubeconfig}\n"
+                f"kubectl: {cp.tools.kubectl}\nCtrl-C stops everything.",
+                flush=True,
+            )
             while True:
                 time.sleep(3600)
     except KeyboardInterrupt:
@@ -188,8 +245,9 @@ def run(state_dir: Path, once: bool = False, timeout: float = 300) -> int:
             host.remove()
 
 
-def _forward_host_servers(stack: procs.ProcStack, host: Platform, bind: str,
-                          logs: Path) -> dict[str, tuple[str, str, str, str | None]]:
+def _forward_host_servers(
+    stack: procs.ProcStack, host: Platform, bind: str, logs: Path
+) -> dict[str, tuple[str, str, str, str | None]]:
     """Forwarders from the host end of the node's link to the host's servers (bound to 127.0.0.1): the
     external samples' endpoints. engine -> (endpoint, username, password, database)."""
     servers: dict[str, tuple[int, str, str, str | None]] = {}
@@ -201,9 +259,13 @@ def _forward_host_servers(stack: procs.ProcStack, host: Platform, bind: str,
         servers["neo4j"] = (host.neo4j.port, "neo4j", host.neo4j.password, None)
     out = {}
     for engine, (port, user, password, database) in servers.items():
-        stack.add(procs.Proc(f"forward-{engine}", [
-            "socat", f"TCP-LISTEN:{port},bind={bind},fork,reuseaddr", f"TCP:127.0.0.1:{port}"],
-            logs / f"forward-{engine}.log"))
+        stack.add(
+            procs.Proc(
+                f"forward-{engine}",
+                ["socat", f"TCP-LISTEN:{port},bind={bind},fork,reuseaddr", f"TCP:127.0.0.1:{port}"],
+                logs / f"forward-{engine}.log",
+            )
+        )
         procs.wait_until(f"the {engine} forwarder", lambda p=port: procs.port_open(p, bind), 30)  # type: ignore[misc]
         out[engine] = (f"{bind}:{port}", user, password, database)
     return out

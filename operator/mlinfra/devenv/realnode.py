@@ -54,8 +54,9 @@ STARTED: list[NodeLayout] = []
 class RealNode:
     """One real node joined to ``control_plane``. ``start()``/``stop()``, or a context manager."""
 
-    def __init__(self, control_plane: ControlPlane, workdir: Path, name: str = "real-node",
-                 images: tuple[str, ...] = NODE_IMAGES) -> None:
+    def __init__(
+        self, control_plane: ControlPlane, workdir: Path, name: str = "real-node", images: tuple[str, ...] = NODE_IMAGES
+    ) -> None:
         self.cp = control_plane
         self.workdir = workdir
         self.name = name
@@ -73,8 +74,12 @@ class RealNode:
         except BaseException:
             self.stop()
             raise
-        log.info("real node %s ready in %.1fs (%s)", self.name, time.monotonic() - started,
-                 self.layout.node_ip if self.layout else "?")
+        log.info(
+            "real node %s ready in %.1fs (%s)",
+            self.name,
+            time.monotonic() - started,
+            self.layout.node_ip if self.layout else "?",
+        )
         return self
 
     def __enter__(self) -> RealNode:
@@ -94,14 +99,20 @@ class RealNode:
 
     def ctr(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         assert self.layout is not None
-        return subprocess.run(["ctr", "-a", str(self.layout.containerd_socket), "-n", "k8s.io", *args],
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            ["ctr", "-a", str(self.layout.containerd_socket), "-n", "k8s.io", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     # -- start ----------------------------------------------------------------------------------------
     def _start(self) -> None:
         if os.geteuid() != 0:
-            raise procs.StartupError("the real node needs root (network namespaces, containerd, mounts, cgroups): "
-                                     "run the real tier and `make demo` as root")
+            raise procs.StartupError(
+                "the real node needs root (network namespaces, containerd, mounts, cgroups): "
+                "run the real tier and `make demo` as root"
+            )
         t = self.cp.tools
         self.images = images_mod.build_images(list(self.image_names), progress=log.info)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -120,9 +131,17 @@ class RealNode:
 
         # The API server for everything on the node: a forwarder on the host end of the link.
         api_port = self.cp.server.rsplit(":", 1)[1]
-        self._stack.add(procs.Proc("apiserver-forwarder", [
-            "socat", f"TCP-LISTEN:{FORWARD_PORT},bind={layout.host_ip},fork,reuseaddr",
-            f"TCP:127.0.0.1:{api_port}"], logs / "forwarder.log"))
+        self._stack.add(
+            procs.Proc(
+                "apiserver-forwarder",
+                [
+                    "socat",
+                    f"TCP-LISTEN:{FORWARD_PORT},bind={layout.host_ip},fork,reuseaddr",
+                    f"TCP:127.0.0.1:{api_port}",
+                ],
+                logs / "forwarder.log",
+            )
+        )
         server = f"https://{layout.host_ip}:{FORWARD_PORT}"
         procs.wait_until("the API server forwarder", lambda: procs.port_open(FORWARD_PORT, layout.host_ip), 30)
 
@@ -136,12 +155,19 @@ class RealNode:
         proxy_kc = client_config("kube-proxy", "system:kube-proxy", None)
         dns_kc = client_config("coredns", "mlinfra:coredns", None)
         self.cp.apply(nodeconfig.coredns_rbac("mlinfra:coredns"))
-        self.cp.apply(nodeconfig.host_service("default", "kubernetes", layout.host_ip,
-                                              [("https", "TCP", FORWARD_PORT)]))
+        self.cp.apply(
+            nodeconfig.host_service("default", "kubernetes", layout.host_ip, [("https", "TCP", FORWARD_PORT)])
+        )
         self.cp.kubectl("create", "namespace", "kube-system", check=False)
-        self.cp.apply(nodeconfig.host_service("kube-system", "kube-dns", layout.node_ip,
-                                              [("dns", "UDP", 53), ("dns-tcp", "TCP", 53)],
-                                              cluster_ip=nodeconfig.CLUSTER_DNS_IP))
+        self.cp.apply(
+            nodeconfig.host_service(
+                "kube-system",
+                "kube-dns",
+                layout.node_ip,
+                [("dns", "UDP", 53), ("dns-tcp", "TCP", 53)],
+                cluster_ip=nodeconfig.CLUSTER_DNS_IP,
+            )
+        )
 
         for ctl in _cgroup_controllers():
             (ctl / layout.cgroup_root.lstrip("/")).mkdir(exist_ok=True)
@@ -152,11 +178,14 @@ class RealNode:
         (layout.cni_conf_dir / "10-mlinfra.conflist").write_text(nodeconfig.to_json(nodeconfig.cni_config(layout)))
         cfg = self.workdir / "containerd.toml"
         cfg.write_text(nodeconfig.containerd_config(layout, self.image("pause")))
-        self._containerd = self._stack.add(procs.Proc(
-            "containerd", netns.in_netns(ns, "containerd", f"--config={cfg}", "--log-level=warn"),
-            logs / "containerd.log"))
-        procs.wait_until("containerd", lambda: self.ctr("version", timeout=10).returncode == 0, 60,
-                         self._containerd)
+        self._containerd = self._stack.add(
+            procs.Proc(
+                "containerd",
+                netns.in_netns(ns, "containerd", f"--config={cfg}", "--log-level=warn"),
+                logs / "containerd.log",
+            )
+        )
+        procs.wait_until("containerd", lambda: self.ctr("version", timeout=10).returncode == 0, 60, self._containerd)
         for image in self.images.values():
             log.info("importing %s into the node's containerd", image.ref)
             result = self.ctr("images", "import", "--no-unpack", str(image.archive))
@@ -168,27 +197,58 @@ class RealNode:
         resolv.write_text("")
         kcfg = self.workdir / "kubelet.yaml"
         kcfg.write_text(yaml.safe_dump(nodeconfig.kubelet_config(layout, self.cp.ca, resolv)))
-        kubelet = self._stack.add(procs.Proc("kubelet", netns.in_netns(
-            ns, str(t.kubelet), f"--config={kcfg}", f"--kubeconfig={kubelet_kc}",
-            f"--root-dir={layout.kubelet_dir}", f"--cert-dir={certs / 'kubelet-serving'}",
-            f"--hostname-override={self.name}", f"--node-ip={layout.node_ip}",
-            "--node-labels=mlinfra.io/node-kind=real", "--v=1"), logs / "kubelet.log"))
+        kubelet = self._stack.add(
+            procs.Proc(
+                "kubelet",
+                netns.in_netns(
+                    ns,
+                    str(t.kubelet),
+                    f"--config={kcfg}",
+                    f"--kubeconfig={kubelet_kc}",
+                    f"--root-dir={layout.kubelet_dir}",
+                    f"--cert-dir={certs / 'kubelet-serving'}",
+                    f"--hostname-override={self.name}",
+                    f"--node-ip={layout.node_ip}",
+                    "--node-labels=mlinfra.io/node-kind=real",
+                    "--v=1",
+                ),
+                logs / "kubelet.log",
+            )
+        )
 
         proxy_cfg = self._write_yaml("kube-proxy.yaml", nodeconfig.kube_proxy_config(layout, proxy_kc))
-        self._stack.add(procs.Proc("kube-proxy", netns.in_netns(
-            ns, str(t.kube_proxy), f"--config={proxy_cfg}", f"--hostname-override={self.name}", "--v=1"),
-            logs / "kube-proxy.log"))
+        self._stack.add(
+            procs.Proc(
+                "kube-proxy",
+                netns.in_netns(
+                    ns, str(t.kube_proxy), f"--config={proxy_cfg}", f"--hostname-override={self.name}", "--v=1"
+                ),
+                logs / "kube-proxy.log",
+            )
+        )
 
         corefile = self.workdir / "Corefile"
         corefile.write_text(nodeconfig.corefile(dns_kc))
-        coredns = self._stack.add(procs.Proc("coredns", netns.in_netns(
-            ns, str(t.coredns), "-conf", str(corefile)), logs / "coredns.log"))
+        coredns = self._stack.add(
+            procs.Proc("coredns", netns.in_netns(ns, str(t.coredns), "-conf", str(corefile)), logs / "coredns.log")
+        )
 
         self.cp.apply([_storage_class()])
-        self._stack.add(procs.Proc("volume-provisioner", [
-            sys.executable, "-m", "mlinfra.devenv.provisioner", f"--kubeconfig={self.cp.kubeconfig}",
-            f"--root={layout.volumes_dir}", f"--node={self.name}", f"--storage-class={STORAGE_CLASS}",
-        ], logs / "provisioner.log"))
+        self._stack.add(
+            procs.Proc(
+                "volume-provisioner",
+                [
+                    sys.executable,
+                    "-m",
+                    "mlinfra.devenv.provisioner",
+                    f"--kubeconfig={self.cp.kubeconfig}",
+                    f"--root={layout.volumes_dir}",
+                    f"--node={self.name}",
+                    f"--storage-class={STORAGE_CLASS}",
+                ],
+                logs / "provisioner.log",
+            )
+        )
 
         procs.wait_until(f"node {self.name} Ready", self._ready, 180, kubelet)
         probe = "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8181/ready', timeout=2)"
@@ -201,8 +261,7 @@ class RealNode:
 
     def _in_node(self, *argv: str) -> bool:
         assert self.layout is not None
-        return subprocess.run(netns.in_netns(self.layout.netns, *argv), capture_output=True,
-                              timeout=10).returncode == 0
+        return subprocess.run(netns.in_netns(self.layout.netns, *argv), capture_output=True, timeout=10).returncode == 0
 
     def _ready(self) -> bool:
         out = self.cp.kubectl("get", "node", self.name, "-o", "json", check=False)
@@ -302,8 +361,11 @@ def _storage_class() -> dict[str, Any]:
 
 def _cgroup_controllers() -> list[Path]:
     """The cgroup v1 hierarchies (cpu, memory, ...), not the empty unified mount."""
-    return [p for p in _CGROUP_FS.iterdir() if p.is_dir() and not p.is_symlink() and p.name != "unified"
-            and (p / "cgroup.procs").exists()]
+    return [
+        p
+        for p in _CGROUP_FS.iterdir()
+        if p.is_dir() and not p.is_symlink() and p.name != "unified" and (p / "cgroup.procs").exists()
+    ]
 
 
 def _cgroup_dirs(root: str) -> list[Path]:

@@ -36,8 +36,9 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self) -> redis_lib.Redis:
-        return redis_lib.Redis(host="127.0.0.1", port=self.port, password=self.password,
-                               decode_responses=True, socket_timeout=5)
+        return redis_lib.Redis(
+            host="127.0.0.1", port=self.port, password=self.password, decode_responses=True, socket_timeout=5
+        )
 
     def conf_text(self) -> str:
         lines = [
@@ -66,8 +67,7 @@ class RedisServer:
             conf.chmod(0o600)  # holds the password
             argv = [str(tools.which("redis-server")), str(conf)]
         self.proc = stack.add(procs.Proc(f"redis-{self.name}", argv, self.workdir / "redis.log", env=self.env))
-        procs.wait_until(f"redis {self.name} to answer PING", lambda: bool(self.client().ping()), 30,
-                         self.proc)
+        procs.wait_until(f"redis {self.name} to answer PING", lambda: bool(self.client().ping()), 30, self.proc)
         return self
 
     def pause(self) -> None:
@@ -92,12 +92,15 @@ class RedisCluster:
         return self.primary.password
 
 
-def start_redis(stack: procs.ProcStack, workdir: Path, replicas: int = 1, password: str | None = None,
-                config: str = "") -> RedisCluster:
+def start_redis(
+    stack: procs.ProcStack, workdir: Path, replicas: int = 1, password: str | None = None, config: str = ""
+) -> RedisCluster:
     password = password or secrets.token_urlsafe(24)
     primary = RedisServer(workdir / "primary", "primary", password, config=config).start(stack)
-    followers = [RedisServer(workdir / f"replica-{i}", f"replica-{i}", password, primary=primary,
-                             config=config).start(stack) for i in range(replicas)]
+    followers = [
+        RedisServer(workdir / f"replica-{i}", f"replica-{i}", password, primary=primary, config=config).start(stack)
+        for i in range(replicas)
+    ]
     for follower in followers:
         procs.wait_until(f"redis {follower.name} to sync from the primary", _link_up(follower), 30, follower.proc)
     return RedisCluster(primary, followers)

@@ -54,9 +54,19 @@ class Tools:
     coredns: Path
 
     def missing(self) -> list[str]:
-        paths = [self.etcd, self.kube_apiserver, self.kube_controller_manager, self.kube_scheduler,
-                 self.kubectl, self.kwok, self.kwok_stages, self.helm, self.kubelet, self.kube_proxy,
-                 self.coredns]
+        paths = [
+            self.etcd,
+            self.kube_apiserver,
+            self.kube_controller_manager,
+            self.kube_scheduler,
+            self.kubectl,
+            self.kwok,
+            self.kwok_stages,
+            self.helm,
+            self.kubelet,
+            self.kube_proxy,
+            self.coredns,
+        ]
         gone = [str(p) for p in paths if not p.exists()]
         if not self.neo4j_classpath:
             gone.append("neo4j classpath")
@@ -138,7 +148,11 @@ def which(name: str) -> Path:
         return candidate
     package = DEBIAN_PACKAGE_OF.get(name)
     if package:
-        raise FileNotFoundError(f"{name} not found: run `sudo apt-get install {package}`, or `make system-deps`"
-                                " (as root it installs every Debian package the platform needs)")
-    raise FileNotFoundError(f"{name} not found: install the Debian package that provides it; `make system-deps`"
-                            " checks those the platform needs (e2e/tools/debian-packages.txt)")
+        raise FileNotFoundError(
+            f"{name} not found: run `sudo apt-get install {package}`, or `make system-deps`"
+            " (as root it installs every Debian package the platform needs)"
+        )
+    raise FileNotFoundError(
+        f"{name} not found: install the Debian package that provides it; `make system-deps`"
+        " checks those the platform needs (e2e/tools/debian-packages.txt)"
+    )

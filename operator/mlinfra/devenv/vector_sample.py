@@ -51,16 +51,56 @@ TOPICS: dict[str, tuple[str, ...]] = {
     "kubernetes": ("pods", "operators", "helm", "controllers", "scheduler", "crds", "namespaces", "rbac"),
     "vector-search": ("embeddings", "hnsw", "qdrant", "similarity", "quantization", "cosine", "recall", "ann"),
     "training": ("gradients", "epochs", "optimizers", "datasets", "checkpoints", "gpus", "loss", "finetuning"),
-    "feature-stores": ("features", "materialization", "freshness", "entities", "redis", "backfills", "online",
-                       "offline"),
+    "feature-stores": (
+        "features",
+        "materialization",
+        "freshness",
+        "entities",
+        "redis",
+        "backfills",
+        "online",
+        "offline",
+    ),
     "observability": ("metrics", "prometheus", "alerts", "tracing", "logs", "dashboards", "slos", "latency"),
     "cooking": ("bread", "sourdough", "pasta", "sauces", "spices", "baking", "knives", "fermentation"),
     "travel": ("trains", "hiking", "islands", "museums", "visas", "luggage", "beaches", "mountains"),
 }
-TEMPLATES = ("A guide to {0} and {1}", "Why {0} matters for {1}", "Debugging {0} with {1}",
-             "Notes on {0}, {1} and {2}", "{0} and {1} in practice", "What {0} can teach us about {1} and {2}")
-STOPWORDS = frozenset(("a", "an", "and", "the", "to", "of", "for", "in", "on", "with", "about", "what", "why", "us",
-                       "can", "teach", "matters", "guide", "debugging", "notes", "practice", "is", "are", "how"))
+TEMPLATES = (
+    "A guide to {0} and {1}",
+    "Why {0} matters for {1}",
+    "Debugging {0} with {1}",
+    "Notes on {0}, {1} and {2}",
+    "{0} and {1} in practice",
+    "What {0} can teach us about {1} and {2}",
+)
+STOPWORDS = frozenset(
+    (
+        "a",
+        "an",
+        "and",
+        "the",
+        "to",
+        "of",
+        "for",
+        "in",
+        "on",
+        "with",
+        "about",
+        "what",
+        "why",
+        "us",
+        "can",
+        "teach",
+        "matters",
+        "guide",
+        "debugging",
+        "notes",
+        "practice",
+        "is",
+        "are",
+        "how",
+    )
+)
 LANGS = ("en", "de", "fr", "es")
 LANG_WEIGHTS = (0.55, 0.2, 0.15, 0.1)
 WORD_SPREAD = 0.8  # length of a word's own direction added to its topic centroid
@@ -155,18 +195,29 @@ def create_table(conn: Conn, schema: str = DEFAULT_SCHEMA, table: str = DEFAULT_
     ident = sql.Identifier(schema, table)
     with conn.transaction():
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-        conn.execute(sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {} (id bigint PRIMARY KEY, title text NOT NULL, lang text NOT NULL, "
-            "embedding real[], updated_at timestamptz NOT NULL DEFAULT now(), deleted boolean NOT NULL DEFAULT "
-            "false)").format(ident))
-        conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (updated_at, (id::text))").format(
-            sql.Identifier(f"{table}_sync_order"), ident))
-        conn.execute(sql.SQL(
-            "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS "
-            "$$ BEGIN NEW.updated_at := clock_timestamp(); RETURN NEW; END $$").format(
-            sql.Identifier(schema, f"{table}_touch")))
-        conn.execute(sql.SQL("CREATE OR REPLACE TRIGGER {} BEFORE UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION {}()")
-                     .format(sql.Identifier(f"{table}_touch"), ident, sql.Identifier(schema, f"{table}_touch")))
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (id bigint PRIMARY KEY, title text NOT NULL, lang text NOT NULL, "
+                "embedding real[], updated_at timestamptz NOT NULL DEFAULT now(), deleted boolean NOT NULL DEFAULT "
+                "false)"
+            ).format(ident)
+        )
+        conn.execute(
+            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (updated_at, (id::text))").format(
+                sql.Identifier(f"{table}_sync_order"), ident
+            )
+        )
+        conn.execute(
+            sql.SQL(
+                "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN NEW.updated_at := clock_timestamp(); RETURN NEW; END $$"
+            ).format(sql.Identifier(schema, f"{table}_touch"))
+        )
+        conn.execute(
+            sql.SQL("CREATE OR REPLACE TRIGGER {} BEFORE UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
+                sql.Identifier(f"{table}_touch"), ident, sql.Identifier(schema, f"{table}_touch")
+            )
+        )
 
 
 def _copy_row(doc: Document) -> bytes:
@@ -175,15 +226,33 @@ def _copy_row(doc: Document) -> bytes:
     cells = np.empty(len(doc.embedding), dtype=[("n", ">i4"), ("v", ">f4")])
     cells["n"], cells["v"] = 4, doc.embedding
     array = struct.pack(">iiiii", 1, 0, _PG_FLOAT4_OID, len(doc.embedding), 1) + cells.tobytes()
-    return b"".join((struct.pack(">hiq", 4, 8, doc.id), struct.pack(">i", len(title)), title,
-                     struct.pack(">i", len(lang)), lang, struct.pack(">i", len(array)), array))
+    return b"".join(
+        (
+            struct.pack(">hiq", 4, 8, doc.id),
+            struct.pack(">i", len(title)),
+            title,
+            struct.pack(">i", len(lang)),
+            lang,
+            struct.pack(">i", len(array)),
+            array,
+        )
+    )
 
 
-def load(conn: Conn, table: str = DEFAULT_TABLE, rows: int = DEFAULT_ROWS, seed: int = DEFAULT_SEED, *,
-         schema: str = DEFAULT_SCHEMA, start_id: int = 1, chunk: int = 2000) -> int:
+def load(
+    conn: Conn,
+    table: str = DEFAULT_TABLE,
+    rows: int = DEFAULT_ROWS,
+    seed: int = DEFAULT_SEED,
+    *,
+    schema: str = DEFAULT_SCHEMA,
+    start_id: int = 1,
+    chunk: int = 2000,
+) -> int:
     """Insert ``rows`` documents (one transaction, binary COPY); returns how many."""
     copy_sql = sql.SQL("COPY {} (id, title, lang, embedding) FROM STDIN (FORMAT BINARY)").format(
-        sql.Identifier(schema, table))
+        sql.Identifier(schema, table)
+    )
     written = 0
     with conn.transaction(), conn.cursor() as cur, cur.copy(copy_sql) as copy:
         copy.write(_COPY_HEADER)
@@ -213,18 +282,30 @@ def _scores(matrix: npt.NDArray[np.float64], query: npt.NDArray[np.float64], dis
     raise ValueError(f"unknown distance {distance!r}: Cosine, Dot, Euclid or Manhattan")
 
 
-def brute_force_top_k(conn: Conn, table: str, query: Sequence[float], k: int, distance: str = "Cosine", *,
-                      schema: str = DEFAULT_SCHEMA, lang: str | None = None) -> list[tuple[int, float]]:
+def brute_force_top_k(
+    conn: Conn,
+    table: str,
+    query: Sequence[float],
+    k: int,
+    distance: str = "Cosine",
+    *,
+    schema: str = DEFAULT_SCHEMA,
+    lang: str | None = None,
+) -> list[tuple[int, float]]:
     """The exact ``k`` nearest live rows (not soft-deleted, vector of the query's length) as ``(id, score)``,
     nearest first, computed over the source table — what a search through the index must return."""
     where: sql.Composable = sql.SQL(
-        "NOT deleted AND cardinality(embedding) = %s AND array_position(embedding, NULL) IS NULL")
+        "NOT deleted AND cardinality(embedding) = %s AND array_position(embedding, NULL) IS NULL"
+    )
     params: list[Any] = [len(query)]
     if lang is not None:
         where += sql.SQL(" AND lang = %s")
         params.append(lang)
-    rows = conn.execute(sql.SQL("SELECT id, embedding FROM {} WHERE {}").format(
-        sql.Identifier(schema, table), where), params, binary=True).fetchall()
+    rows = conn.execute(
+        sql.SQL("SELECT id, embedding FROM {} WHERE {}").format(sql.Identifier(schema, table), where),
+        params,
+        binary=True,
+    ).fetchall()
     if not rows:
         return []
     ids = np.array([r[0] for r in rows])

@@ -235,8 +235,9 @@ def redis_kwargs(info: ConnectionInfo, timeout: float) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def libpq_params(info: ConnectionInfo, connect_timeout: float, application_name: str,
-                 **extra: Any) -> Iterator[dict[str, Any]]:
+def libpq_params(
+    info: ConnectionInfo, connect_timeout: float, application_name: str, **extra: Any
+) -> Iterator[dict[str, Any]]:
     """psycopg/libpq connection parameters. With TLS and a CA the server is verified (``verify-full``);
     the CA goes through a private temporary file that lives as long as the context (libpq reads it at
     connect time)."""
@@ -261,14 +262,17 @@ def libpq_params(info: ConnectionInfo, connect_timeout: float, application_name:
 
 
 @contextlib.contextmanager
-def postgres(info: ConnectionInfo, application_name: str = "mlinfra-sync", connect_timeout: int = 10,
-             database: str | None = None) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+def postgres(
+    info: ConnectionInfo, application_name: str = "mlinfra-sync", connect_timeout: int = 10, database: str | None = None
+) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
     """The one way to open a PostgreSQL connection: autocommit, TLS verified against ``ca.crt`` when given,
     closed on exit; ``database`` instead of the connection's own when given."""
     if database:
         info = dataclasses.replace(info, database=database)
-    with libpq_params(info, connect_timeout, application_name, autocommit=True) as params, \
-            psycopg.connect(**params) as conn:
+    with (
+        libpq_params(info, connect_timeout, application_name, autocommit=True) as params,
+        psycopg.connect(**params) as conn,
+    ):
         yield conn
 
 
@@ -281,10 +285,14 @@ def redis_client(info: ConnectionInfo, timeout: float = 30.0) -> redis.Redis:
 def neo4j_driver(info: ConnectionInfo, timeout: float, **options: Any) -> Iterator[neo4j.Driver]:
     """A Neo4j driver (closed on exit). With TLS and a CA the server is verified against it (the CA goes
     through a private temporary file); ``options`` are the driver's own settings."""
-    settings: dict[str, Any] = {"connection_timeout": timeout, "connection_acquisition_timeout": timeout,
-                                # Queries may name labels or relationship types that do not exist yet:
-                                # the server's notifications about it are expected, not warnings.
-                                "notifications_min_severity": "OFF", **options}
+    settings: dict[str, Any] = {
+        "connection_timeout": timeout,
+        "connection_acquisition_timeout": timeout,
+        # Queries may name labels or relationship types that do not exist yet:
+        # the server's notifications about it are expected, not warnings.
+        "notifications_min_severity": "OFF",
+        **options,
+    }
     with contextlib.ExitStack() as stack:
         if info.tls and info.ca_cert:
             ca = stack.enter_context(tempfile.NamedTemporaryFile("w", suffix=".crt"))
@@ -294,5 +302,6 @@ def neo4j_driver(info: ConnectionInfo, timeout: float, **options: Any) -> Iterat
             settings.update(encrypted=True, trusted_certificates=neo4j.TrustCustomCAs(ca.name))
         else:
             uri = f"{'bolt+s' if info.tls else 'bolt'}://{info.endpoint}"
-        yield stack.enter_context(neo4j.GraphDatabase.driver(uri, auth=(info.username or "neo4j", info.password),
-                                                             **settings))
+        yield stack.enter_context(
+            neo4j.GraphDatabase.driver(uri, auth=(info.username or "neo4j", info.password), **settings)
+        )

@@ -76,9 +76,14 @@ class EndpointMap:
         if not entry:
             return None
         host, port = split_endpoint(str(entry.get("endpoint", "127.0.0.1")), default_port)
-        return Override(host=host, port=port, members=dict(entry.get("members", {})),
-                        aliases=dict(entry.get("aliases", {})), unserved=entry.get("unserved"),
-                        local_path=entry.get("localPath"))
+        return Override(
+            host=host,
+            port=port,
+            members=dict(entry.get("members", {})),
+            aliases=dict(entry.get("aliases", {})),
+            unserved=entry.get("unserved"),
+            local_path=entry.get("localPath"),
+        )
 
     def resolve(self, conn: ConnectionInfo, namespace: str, name: str) -> ConnectionInfo:
         """``conn`` of the managed store ``namespace/name``, redirected when the map has an entry for it."""

@@ -28,8 +28,7 @@ ENTERPRISE_NOTE = "Neo4j Enterprise clustering is not observed: members lists th
 PROCEDURE_CAPABILITIES = {"apoc.": "apoc", "gds.": "gds"}
 
 _COMPONENTS = "CALL dbms.components() YIELD name, versions, edition RETURN name, versions, edition"
-_PROCEDURES = ("SHOW PROCEDURES YIELD name WHERE name STARTS WITH 'apoc.' OR name STARTS WITH 'gds.' "
-               "RETURN name")
+_PROCEDURES = "SHOW PROCEDURES YIELD name WHERE name STARTS WITH 'apoc.' OR name STARTS WITH 'gds.' RETURN name"
 
 
 def probe(conn: connection.ConnectionInfo, timeout: float = 5.0) -> observation.Observation:
@@ -37,10 +36,12 @@ def probe(conn: connection.ConnectionInfo, timeout: float = 5.0) -> observation.
     try:
         with _driver(conn, timeout) as driver:
             database = conn.database or None
-            components = driver.execute_query(_COMPONENTS, database_=database,
-                                              routing_=neo4j_lib.RoutingControl.READ).records
-            procedures = driver.execute_query(_PROCEDURES, database_=database,
-                                              routing_=neo4j_lib.RoutingControl.READ).records
+            components = driver.execute_query(
+                _COMPONENTS, database_=database, routing_=neo4j_lib.RoutingControl.READ
+            ).records
+            procedures = driver.execute_query(
+                _PROCEDURES, database_=database, routing_=neo4j_lib.RoutingControl.READ
+            ).records
     except (neo4j_errors.Neo4jError, neo4j_errors.DriverError, OSError, ValueError) as exc:
         return observation.Observation.unreachable(observation.error_message(exc, conn))
 
@@ -69,13 +70,13 @@ def parse_components(components: Iterable[Mapping[str, Any]]) -> tuple[str | Non
         if component.get("name") == "Neo4j Kernel":
             versions = component.get("versions") or []
             edition = component.get("edition")
-            return (str(versions[0]) if versions else None,
-                    str(edition).lower() if edition is not None else None)
+            return (str(versions[0]) if versions else None, str(edition).lower() if edition is not None else None)
     return None, None
 
 
 def capabilities_from_procedures(names: Iterable[str]) -> list[str]:
     """``apoc``/``gds`` when any procedure of that library is installed."""
-    found = {capability for name in names for prefix, capability in PROCEDURE_CAPABILITIES.items()
-             if name.startswith(prefix)}
+    found = {
+        capability for name in names for prefix, capability in PROCEDURE_CAPABILITIES.items() if name.startswith(prefix)
+    }
     return sorted(found)

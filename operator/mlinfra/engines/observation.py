@@ -124,8 +124,12 @@ _KEY_VALUE = re.compile(
 
 def scrub(text: str, *secrets: str) -> str:
     """``text`` without the given secrets (also URL-encoded), URL credentials and ``password=`` values."""
-    forms = {form for secret in secrets if secret for form in (secret, parse.quote(secret, safe=""),
-                                                               parse.quote_plus(secret))}
+    forms = {
+        form
+        for secret in secrets
+        if secret
+        for form in (secret, parse.quote(secret, safe=""), parse.quote_plus(secret))
+    }
     for form in sorted(forms, key=len, reverse=True):  # longest first: one secret may contain another
         text = text.replace(form, REDACTED)
     text = _URL_USERINFO.sub(lambda m: f"{m['head']}:{REDACTED}@", text)

@@ -99,9 +99,12 @@ def probe(conn: connection.ConnectionInfo, timeout: float = 5.0) -> observation.
 
 @contextlib.contextmanager
 def _connect(conn: connection.ConnectionInfo, timeout: float) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
-    with connection.libpq_params(conn, timeout, "mlinfra-probe", autocommit=True,
-                                 options=f"-c statement_timeout={int(timeout * 1000)}") as params, \
-            psycopg.connect(**params) as pg:
+    with (
+        connection.libpq_params(
+            conn, timeout, "mlinfra-probe", autocommit=True, options=f"-c statement_timeout={int(timeout * 1000)}"
+        ) as params,
+        psycopg.connect(**params) as pg,
+    ):
         yield pg
 
 
@@ -138,8 +141,7 @@ def parse_version(server_version: str) -> str:
     return server_version.split()[0] if server_version.strip() else server_version
 
 
-def lag_seconds(lag_bytes: int | None, replay: float | None, flush: float | None,
-                write: float | None) -> float | None:
+def lag_seconds(lag_bytes: int | None, replay: float | None, flush: float | None, write: float | None) -> float | None:
     """A standby's lag in seconds from ``pg_stat_replication``; see the module docstring for the rules."""
     if lag_bytes == 0:
         return 0.0
@@ -173,8 +175,7 @@ def self_as_standby(row: Sequence[Any], self_name: str) -> observation.MemberObs
         seconds: float | None = 0.0
     else:
         seconds = max(0.0, float(replay_age)) if replay_age is not None and byte_lag is not None else None
-    return observation.MemberObservation(self_name, "replica", ready=ready, lag_bytes=byte_lag,
-                                         lag_seconds=seconds)
+    return observation.MemberObservation(self_name, "replica", ready=ready, lag_bytes=byte_lag, lag_seconds=seconds)
 
 
 def unique_names(members: Sequence[observation.MemberObservation]) -> list[observation.MemberObservation]:
@@ -187,8 +188,7 @@ def unique_names(members: Sequence[observation.MemberObservation]) -> list[obser
     for m in members:
         if counts[m.name] > 1:
             seen[m.name] = seen.get(m.name, 0) + 1
-            m = observation.MemberObservation(f"{m.name}-{seen[m.name]}", m.role, m.ready, m.lag_bytes,
-                                              m.lag_seconds)
+            m = observation.MemberObservation(f"{m.name}-{seen[m.name]}", m.role, m.ready, m.lag_bytes, m.lag_seconds)
         result.append(m)
     return result
 

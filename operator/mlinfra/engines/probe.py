@@ -28,7 +28,8 @@ def probe(conn: connection.ConnectionInfo, timeout: float = 5.0) -> observation.
 
 
 async def probe_async(
-    conn: connection.ConnectionInfo, timeout: float = 5.0  # noqa: ASYNC109  (the drivers' timeout, in the thread)
+    conn: connection.ConnectionInfo,
+    timeout: float = 5.0,  # noqa: ASYNC109  (the drivers' timeout, in the thread)
 ) -> observation.Observation:
     """:func:`probe` in a worker thread."""
     return await asyncio.to_thread(probe, conn, timeout)

@@ -33,8 +33,10 @@ from mlinfra.engines import connection, observation
 
 LOCAL_MODE = "local-mode"
 LOCAL_LOCK_FILE = ".mlinfra.lock"
-LOCAL_NOTE = ("qdrant-client local mode: no server, no cluster and no server version; "
-              "the store is observed through the client library only")
+LOCAL_NOTE = (
+    "qdrant-client local mode: no server, no cluster and no server version; "
+    "the store is observed through the client library only"
+)
 STANDALONE_NOTE = "Qdrant cluster mode is disabled: a single server, no shard replication"
 LAG_NOTE = "Qdrant reports shard replica states, not lag: see the collections' replicas"
 
@@ -84,8 +86,9 @@ def open_client(conn: connection.ConnectionInfo, timeout: float = 30.0) -> Itera
             finally:
                 client.close()
         return
-    client = QdrantClient(url=conn.uri, api_key=conn.password or None, timeout=max(1, math.ceil(timeout)),
-                          check_compatibility=False)
+    client = QdrantClient(
+        url=conn.uri, api_key=conn.password or None, timeout=max(1, math.ceil(timeout)), check_compatibility=False
+    )
     try:
         yield client
     finally:
@@ -101,8 +104,9 @@ def probe(conn: connection.ConnectionInfo, timeout: float = 5.0) -> observation.
         return observation.Observation.unreachable(observation.error_message(exc, conn))
 
 
-def probe_client(client: QdrantClient, name: str = LOCAL_MODE,
-                 conn: connection.ConnectionInfo | None = None) -> observation.Observation:
+def probe_client(
+    client: QdrantClient, name: str = LOCAL_MODE, conn: connection.ConnectionInfo | None = None
+) -> observation.Observation:
     """Observe through an existing client: a real server, or local mode (reported as such).
 
     ``name`` names this server's member when the cluster is disabled; ``conn`` (when given) supplies the

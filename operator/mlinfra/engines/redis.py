@@ -82,9 +82,7 @@ def replication_members(
     replica: itself only, ready when its link to the primary is up and not resyncing.
     """
     if info.get("role") == "slave":
-        return [_replica_self(info, self_name)], (
-            "streaming" if info.get("master_link_status") == "up" else "degraded"
-        )
+        return [_replica_self(info, self_name)], ("streaming" if info.get("master_link_status") == "up" else "degraded")
     replicas = _attached_replicas(info)
     role: observation.Role = "primary" if replicas else "standalone"
     members = [observation.MemberObservation(self_name, role, ready=True), *replicas]
@@ -93,8 +91,9 @@ def replication_members(
 
 def _attached_replicas(info: Mapping[str, Any]) -> list[observation.MemberObservation]:
     primary_offset = _int(info.get("master_repl_offset"))
-    slaves = sorted((int(key[5:]), value) for key, value in info.items() if key.startswith("slave")
-                    and key[5:].isdigit())
+    slaves = sorted(
+        (int(key[5:]), value) for key, value in info.items() if key.startswith("slave") and key[5:].isdigit()
+    )
     members = []
     for _, raw in slaves:
         fields = _slave_fields(raw)
@@ -105,13 +104,15 @@ def _attached_replicas(info: Mapping[str, Any]) -> list[observation.MemberObserv
             lag_seconds: float | None = 0.0
         else:
             lag_seconds = float(lag) if lag is not None and lag >= 0 else None
-        members.append(observation.MemberObservation(
-            name=f"{fields.get('ip', '?')}:{fields.get('port', '?')}",
-            role="replica",
-            ready=fields.get("state") == "online",
-            lag_bytes=lag_bytes,
-            lag_seconds=lag_seconds,
-        ))
+        members.append(
+            observation.MemberObservation(
+                name=f"{fields.get('ip', '?')}:{fields.get('port', '?')}",
+                role="replica",
+                ready=fields.get("state") == "online",
+                lag_bytes=lag_bytes,
+                lag_seconds=lag_seconds,
+            )
+        )
     return members
 
 
@@ -124,8 +125,9 @@ def _replica_self(info: Mapping[str, Any], self_name: str) -> observation.Member
     else:
         down_since = _int(info.get("master_link_down_since_seconds"))
         lag_seconds = float(down_since) if down_since is not None and down_since >= 0 else None
-    return observation.MemberObservation(self_name, "replica", ready=link_up and not syncing,
-                                         lag_bytes=None, lag_seconds=lag_seconds)
+    return observation.MemberObservation(
+        self_name, "replica", ready=link_up and not syncing, lag_bytes=None, lag_seconds=lag_seconds
+    )
 
 
 def _slave_fields(raw: object) -> Mapping[str, Any]:

@@ -78,25 +78,46 @@ class Profile:
 
 PROFILES: Mapping[datastore.Engine, Profile] = {
     "redis": Profile(
-        image="redis:{version}", default_version="7.2", ports=(Port("redis", 6379),), client_ports=("redis",),
-        primary_only=True, uid=999, data_dir="/data", files=("redis.conf", "entrypoint.sh"),
+        image="redis:{version}",
+        default_version="7.2",
+        ports=(Port("redis", 6379),),
+        client_ports=("redis",),
+        primary_only=True,
+        uid=999,
+        data_dir="/data",
+        files=("redis.conf", "entrypoint.sh"),
     ),
     "postgres": Profile(
-        image="postgres:{version}", default_version="15", ports=(Port("postgres", 5432),),
-        client_ports=("postgres",), primary_only=True, uid=999, data_dir="/var/lib/postgresql/data",
+        image="postgres:{version}",
+        default_version="15",
+        ports=(Port("postgres", 5432),),
+        client_ports=("postgres",),
+        primary_only=True,
+        uid=999,
+        data_dir="/var/lib/postgresql/data",
         files=("postgresql.conf", "pg_hba.conf", "start.sh", "bootstrap.sh", "init-primary.sh"),
         # Standbys that fall behind by more than this need a new base backup: be generous.
         defaults={"wal_keep_size": "1GB"},
     ),
     "neo4j": Profile(
-        image="neo4j:{version}-community", default_version="5.26", ports=(Port("bolt", 7687), Port("http", 7474)),
-        client_ports=("bolt", "http"), primary_only=False, uid=7474, data_dir="/data",
+        image="neo4j:{version}-community",
+        default_version="5.26",
+        ports=(Port("bolt", 7687), Port("http", 7474)),
+        client_ports=("bolt", "http"),
+        primary_only=False,
+        uid=7474,
+        data_dir="/data",
         files=("neo4j.conf", "start.sh"),
     ),
     "qdrant": Profile(
-        image="qdrant/qdrant:v{version}", default_version="1.13.6",
-        ports=(Port("http", 6333), Port("grpc", 6334), Port("p2p", 6335)), client_ports=("http", "grpc"),
-        primary_only=False, uid=1000, data_dir="/qdrant/storage", files=("config.yaml", "entrypoint.sh"),
+        image="qdrant/qdrant:v{version}",
+        default_version="1.13.6",
+        ports=(Port("http", 6333), Port("grpc", 6334), Port("p2p", 6335)),
+        client_ports=("http", "grpc"),
+        primary_only=False,
+        uid=1000,
+        data_dir="/qdrant/storage",
+        files=("config.yaml", "entrypoint.sh"),
     ),
 }
 
@@ -181,7 +202,12 @@ def environment() -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters.update(
-        tojson=_tojson, shell=_shell, redis=_redis, pgconf=_pgconf, neo4jconf=_neo4jconf, token=_token,
+        tojson=_tojson,
+        shell=_shell,
+        redis=_redis,
+        pgconf=_pgconf,
+        neo4jconf=_neo4jconf,
+        token=_token,
         setting=_setting,
     )
     return env

@@ -82,9 +82,8 @@ def online_watermark(conn: psycopg.Connection[tuple[Any, ...]], namespace: str, 
     if not _relation_exists(conn, layout.WATERMARKS):
         return None
     row = conn.execute(
-        sql.SQL(
-            "SELECT watermark FROM {marks} WHERE namespace = %s AND view = %s"
-        ).format(marks=_MARKS), (namespace, view)
+        sql.SQL("SELECT watermark FROM {marks} WHERE namespace = %s AND view = %s").format(marks=_MARKS),
+        (namespace, view),
     ).fetchone()
     return row[0] if row else None
 

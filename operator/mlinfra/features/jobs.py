@@ -28,14 +28,25 @@ def ondemand_job_name(view: str, requested_at: str) -> str:
 def sync_job(fv: api.FeatureView) -> syncjobs.SyncJob:
     ns, name = fv.metadata.namespace or "default", fv.metadata.name
     return syncjobs.SyncJob(
-        kind_label="mlinfra.io/featureview", owner_name=name, namespace=ns,
-        args=("sync", "featureview", f"{ns}/{name}"), spec_env=SPEC_ENV,
+        kind_label="mlinfra.io/featureview",
+        owner_name=name,
+        namespace=ns,
+        args=("sync", "featureview", f"{ns}/{name}"),
+        spec_env=SPEC_ENV,
         spec=fv.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
         mounts=(
-            syncjobs.Mount("offline-conn", store_names.connection_secret(fv.spec.offline.store_ref.name),
-                           OFFLINE_DIR, sync_cli.OFFLINE_DIR_ENV),
-            syncjobs.Mount("online-conn", store_names.connection_secret(fv.spec.online.store_ref.name),
-                           ONLINE_DIR, sync_cli.ONLINE_DIR_ENV),
+            syncjobs.Mount(
+                "offline-conn",
+                store_names.connection_secret(fv.spec.offline.store_ref.name),
+                OFFLINE_DIR,
+                sync_cli.OFFLINE_DIR_ENV,
+            ),
+            syncjobs.Mount(
+                "online-conn",
+                store_names.connection_secret(fv.spec.online.store_ref.name),
+                ONLINE_DIR,
+                sync_cli.ONLINE_DIR_ENV,
+            ),
         ),
         component=COMPONENT,
     )

@@ -307,6 +307,7 @@ def encode_features(
 
 def decode_features(features: Iterable[tuple[str, str]], fields: Mapping[Any, Any]) -> dict[str, Any]:
     """The typed values of the requested ``(name, type)`` features from a hash (keys ``str`` or ``bytes``)."""
+
     def field(name: str) -> Any:
         return fields.get(name, fields.get(name.encode()))
 

@@ -119,17 +119,15 @@ BatchHook = Callable[[int, int], None]  # (batches done, rows done), called afte
 def read_watermarks(conn: psycopg.Connection[tuple[Any, ...]], namespace: str, view: str) -> Watermarks:
     """The committed watermarks of a view (empty before its first successful run)."""
     row = conn.execute(
-        sql.SQL(
-            "SELECT watermark, ingested_through FROM {marks} WHERE namespace = %s AND view = %s"
-        ).format(marks=_MARKS),
+        sql.SQL("SELECT watermark, ingested_through FROM {marks} WHERE namespace = %s AND view = %s").format(
+            marks=_MARKS
+        ),
         (namespace, view),
     ).fetchone()
     return Watermarks(*row) if row else Watermarks()
 
 
-def select_latest(
-    spec: featureview.FeatureViewSpec, view: str, with_ttl: bool
-) -> tuple[sql.Composed, sql.Composed]:
+def select_latest(spec: featureview.FeatureViewSpec, view: str, with_ttl: bool) -> tuple[sql.Composed, sql.Composed]:
     """The two queries of a run: (bounds: max event time and created_at read, latest row per entity).
 
     Parameters: ``since`` (created_at lower bound, exclusive) and, with a TTL, ``cutoff`` (event time lower
@@ -249,9 +247,9 @@ def _start_run(conn: psycopg.Connection[tuple[Any, ...]], namespace: str, view: 
 def _fail_run(conn: psycopg.Connection[tuple[Any, ...]], run_id: int, error: BaseException) -> None:
     message = f"{type(error).__name__}: {error}"[:_MAX_ERROR]
     conn.execute(
-        sql.SQL(
-            "UPDATE {runs} SET outcome = 'Failed', end_time = clock_timestamp(), error = %s WHERE id = %s"
-        ).format(runs=_RUNS),
+        sql.SQL("UPDATE {runs} SET outcome = 'Failed', end_time = clock_timestamp(), error = %s WHERE id = %s").format(
+            runs=_RUNS
+        ),
         (message, run_id),
     )
 

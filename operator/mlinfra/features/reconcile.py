@@ -36,8 +36,9 @@ def stores(ctx: Context, obj: Obj[api.FeatureView]) -> Stores:
     """Both DataStores, checked (exist, right engine, Ready) and reachable by the operator."""
     spec = obj.model.spec
     return Stores(
-        offline=refs.connection_of(ctx, obj.namespace, spec.offline.store_ref.name, "postgres",
-                                   "spec.offline.storeRef"),
+        offline=refs.connection_of(
+            ctx, obj.namespace, spec.offline.store_ref.name, "postgres", "spec.offline.storeRef"
+        ),
         online=refs.connection_of(ctx, obj.namespace, spec.online.store_ref.name, "redis", "spec.online.storeRef"),
     )
 
@@ -51,8 +52,9 @@ def reconcile(ctx: Context, obj: Obj[api.FeatureView]) -> None:
             schema.ensure_bookkeeping(conn)
             result = schema.ensure_offline_table(conn, fv.spec, obj.name)
     except schema.ImmutableFieldChange as exc:
-        raise ProblemError(Problem(IMMUTABLE_FIELD_CHANGE, f"refused, nothing was changed: {exc}",
-                                   stalled=True)) from None
+        raise ProblemError(
+            Problem(IMMUTABLE_FIELD_CHANGE, f"refused, nothing was changed: {exc}", stalled=True)
+        ) from None
     if result.created:
         obj.report.event("TableCreated", f"table {result.table} created")
     if result.added:
@@ -61,8 +63,9 @@ def reconcile(ctx: Context, obj: Obj[api.FeatureView]) -> None:
     if cron is not None:
         ctx.kube.apply(cron)
     elif ctx.kube.delete("CronJob", obj.namespace, jobs.cronjob_name(obj.name)):
-        obj.report.event("CronJobDeleted", f"CronJob {jobs.cronjob_name(obj.name)} deleted: "
-                         "spec.materialization is not set")
+        obj.report.event(
+            "CronJobDeleted", f"CronJob {jobs.cronjob_name(obj.name)} deleted: spec.materialization is not set"
+        )
 
 
 def request_sync(ctx: Context, obj: Obj[api.FeatureView], requested_at: str) -> str:
@@ -77,8 +80,9 @@ def schema_message(table: schema.TableState) -> str:
     if not table.exists:
         raise ProblemError(Problem(TABLE_MISSING, f"table {table.table} does not exist", stalled=False))
     if table.missing:
-        raise ProblemError(Problem(COLUMNS_MISSING, f"table {table.table} lacks columns "
-                                   f"{', '.join(table.missing)}", stalled=False))
+        raise ProblemError(
+            Problem(COLUMNS_MISSING, f"table {table.table} lacks columns {', '.join(table.missing)}", stalled=False)
+        )
     parts = [f"table {table.table} up to date"]
     if table.retained:
         parts.append(f"kept columns of removed features {', '.join(table.retained)} (not served)")
@@ -98,10 +102,20 @@ def observe(ctx: Context, obj: Obj[api.FeatureView]) -> dict[str, Any]:
     objective = status.max_lag(fv)
     if fresh.lag_seconds is not None:
         metrics.FEATUREVIEW_FRESHNESS_LAG.labels(ns, name).set(fresh.lag_seconds)
-    metrics.set_objective(metrics.FEATUREVIEW_FRESHNESS_MAX_LAG, ns, name,
-                          objective.total_seconds() if objective is not None else None)
+    metrics.set_objective(
+        metrics.FEATUREVIEW_FRESHNESS_MAX_LAG, ns, name, objective.total_seconds() if objective is not None else None
+    )
     schema_name, table = layout.offline_table(name, fv.spec.offline.schema_name, fv.spec.offline.table)
-    return status.compute(status.Facts(
-        generation=obj.generation, offline_table=layout.qualified_name(schema_name, table),
-        online_key_pattern=layout.key_pattern(ns, name), schema_message=message, freshness=fresh,
-        last_run=last, job_failed=failed, max_lag=objective), obj.status)
+    return status.compute(
+        status.Facts(
+            generation=obj.generation,
+            offline_table=layout.qualified_name(schema_name, table),
+            online_key_pattern=layout.key_pattern(ns, name),
+            schema_message=message,
+            freshness=fresh,
+            last_run=last,
+            job_failed=failed,
+            max_lag=objective,
+        ),
+        obj.status,
+    )

@@ -137,9 +137,7 @@ def ensure_bookkeeping(conn: psycopg.Connection[tuple[object, ...]]) -> None:
                 outcome text NOT NULL,
                 error text)"""
         )
-        conn.execute(
-            f"CREATE INDEX IF NOT EXISTS sync_runs_view_idx ON {layout.SYNC_RUNS} (namespace, view, id DESC)"
-        )
+        conn.execute(f"CREATE INDEX IF NOT EXISTS sync_runs_view_idx ON {layout.SYNC_RUNS} (namespace, view, id DESC)")
         # watermark: newest event time materialized (status onlineWatermark); ingested_through: the
         # created_at high-water mark the next run reads from (see materialize.py for the semantics).
         conn.execute(
@@ -194,8 +192,12 @@ def inspect_offline_table(
     if existing is None:
         return TableState(table=name, exists=False, missing=(), retained=())
     wanted = [e.name for e in spec.entities] + [f.name for f in spec.features] + list(_OPERATOR_COLUMNS)
-    return TableState(table=name, exists=True, missing=tuple(n for n in wanted if n not in existing),
-                      retained=plan(spec, existing, None).retained)
+    return TableState(
+        table=name,
+        exists=True,
+        missing=tuple(n for n in wanted if n not in existing),
+        retained=plan(spec, existing, None).retained,
+    )
 
 
 def ensure_offline_table(
@@ -213,16 +215,20 @@ def ensure_offline_table(
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         existing = _columns(conn, schema, table)
         if existing is None:
-            columns = [
-                sql.SQL("{} {} NOT NULL").format(sql.Identifier(e.name), sql.SQL(layout.sql_type(e.type)))
-                for e in spec.entities
-            ] + [
-                sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(layout.sql_type(f.type)))
-                for f in spec.features
-            ] + [
-                sql.SQL("{} timestamptz NOT NULL").format(sql.Identifier(layout.EVENT_TIMESTAMP)),
-                sql.SQL("{} timestamptz NOT NULL DEFAULT now()").format(sql.Identifier(layout.CREATED_AT)),
-            ]
+            columns = (
+                [
+                    sql.SQL("{} {} NOT NULL").format(sql.Identifier(e.name), sql.SQL(layout.sql_type(e.type)))
+                    for e in spec.entities
+                ]
+                + [
+                    sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(layout.sql_type(f.type)))
+                    for f in spec.features
+                ]
+                + [
+                    sql.SQL("{} timestamptz NOT NULL").format(sql.Identifier(layout.EVENT_TIMESTAMP)),
+                    sql.SQL("{} timestamptz NOT NULL DEFAULT now()").format(sql.Identifier(layout.CREATED_AT)),
+                ]
+            )
             conn.execute(sql.SQL("CREATE TABLE {} ({})").format(ident, sql.SQL(", ").join(columns)))
             created = True
             decision = Plan(add=(), retained=(), refusals=())

@@ -66,8 +66,11 @@ def compute(facts: Facts, previous: Mapping[str, Any] | None) -> dict[str, Any]:
     status: dict[str, Any] = {"observedGeneration": facts.generation}
     p = facts.problem
     if p is not None:
-        schema_cond = (Cond("SchemaApplied", "False", p.reason, p.message) if p.reason in SCHEMA_REASONS
-                       else Cond("SchemaApplied", "Unknown", p.reason, "waiting for the stores"))
+        schema_cond = (
+            Cond("SchemaApplied", "False", p.reason, p.message)
+            if p.reason in SCHEMA_REASONS
+            else Cond("SchemaApplied", "Unknown", p.reason, "waiting for the stores")
+        )
         for key in ("offlineTable", "onlineKeyPattern"):
             if (previous or {}).get(key):
                 status[key] = previous[key]  # type: ignore[index]
@@ -103,12 +106,18 @@ def compute(facts: Facts, previous: Mapping[str, Any] | None) -> dict[str, Any]:
         met = fresh_mod.slo_met(facts.freshness, facts.max_lag)
         lag = round(facts.freshness.lag_seconds)
         budget = int(facts.max_lag.total_seconds())
-        slo = (Cond("FreshnessSLOMet", "True", "WithinObjective", f"lag {lag}s <= {budget}s") if met
-               else Cond("FreshnessSLOMet", "False", "FreshnessSLOBreached", f"lag {lag}s > {budget}s"))
+        slo = (
+            Cond("FreshnessSLOMet", "True", "WithinObjective", f"lag {lag}s <= {budget}s")
+            if met
+            else Cond("FreshnessSLOMet", "False", "FreshnessSLOBreached", f"lag {lag}s > {budget}s")
+        )
 
     failed = materialized.status == "False"
-    ready = (Cond("Ready", "False", materialized.reason, materialized.message) if failed
-             else Cond("Ready", "True", "Ready", f"{facts.offline_table} -> {facts.online_key_pattern}"))
+    ready = (
+        Cond("Ready", "False", materialized.reason, materialized.message)
+        if failed
+        else Cond("Ready", "True", "Ready", f"{facts.offline_table} -> {facts.online_key_pattern}")
+    )
     conds = [
         *problems.settled(ready),
         Cond("SchemaApplied", "True", "TableReady", facts.schema_message),

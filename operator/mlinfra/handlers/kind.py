@@ -97,8 +97,9 @@ def register(registry: kopf.OperatorRegistry, ctx: Context, kind: Kind) -> None:
     def handler_id(name: str) -> str:
         return f"register.<locals>.{name}"
 
-    reconcile_id, observe_id, delete_id = (handler_id(f"{verb}_{kind.controller}")
-                                           for verb in ("reconcile", "observe", "delete"))
+    reconcile_id, observe_id, delete_id = (
+        handler_id(f"{verb}_{kind.controller}") for verb in ("reconcile", "observe", "delete")
+    )
 
     @kopf.on.resume(*resource, id=reconcile_id, registry=registry)
     @kopf.on.create(*resource, id=reconcile_id, registry=registry)
@@ -112,12 +113,18 @@ def register(registry: kopf.OperatorRegistry, ctx: Context, kind: Kind) -> None:
                 observe_into(body, patch, obj)
             except ProblemError as exc:
                 memo.mlinfra_reconciled = None
-                statuswrite.fail(body, patch, exc.problem, kind.problem_status(body, exc.problem), kind.owned,
-                                 kind.retry_delay)
+                statuswrite.fail(
+                    body, patch, exc.problem, kind.problem_status(body, exc.problem), kind.owned, kind.retry_delay
+                )
             memo.mlinfra_reconciled = body["metadata"].get("generation")
 
-    @kopf.timer(*resource, id=observe_id, interval=settings.observe_interval,
-                initial_delay=settings.observe_interval, registry=registry)
+    @kopf.timer(
+        *resource,
+        id=observe_id,
+        interval=settings.observe_interval,
+        initial_delay=settings.observe_interval,
+        registry=registry,
+    )
     def observe(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
         startup.touch()
         # A generation the reconcile handler has not brought about yet (or refused) is its to report.
@@ -133,8 +140,14 @@ def register(registry: kopf.OperatorRegistry, ctx: Context, kind: Kind) -> None:
                 statuswrite.write_status(body, patch, kind.problem_status(body, exc.problem), kind.owned)
 
     if kind.drift_timer:
-        @kopf.timer(*resource, id=handler_id("correct_drift"), interval=settings.drift_interval,
-                    initial_delay=settings.drift_interval, registry=registry)
+
+        @kopf.timer(
+            *resource,
+            id=handler_id("correct_drift"),
+            interval=settings.drift_interval,
+            initial_delay=settings.drift_interval,
+            registry=registry,
+        )
         def correct_drift(body: kopf.Body, memo: Any, **_: Any) -> None:
             # Server-side apply of unchanged children is a no-op for the API server (no write, no new
             # resourceVersion); children edited by hand are put back.
@@ -147,8 +160,12 @@ def register(registry: kopf.OperatorRegistry, ctx: Context, kind: Kind) -> None:
     if kind.request_sync is not None:
         request_sync = kind.request_sync
 
-        @kopf.on.field(*resource, id=handler_id("sync_now"), field=("metadata", "annotations",
-                                                         syncjobs.SYNC_REQUESTED_ANNOTATION), registry=registry)
+        @kopf.on.field(
+            *resource,
+            id=handler_id("sync_now"),
+            field=("metadata", "annotations", syncjobs.SYNC_REQUESTED_ANNOTATION),
+            registry=registry,
+        )
         def sync_now(body: kopf.Body, new: Any, logger: kopf.Logger, **_: Any) -> None:
             if not new:
                 return

@@ -34,7 +34,8 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=STORAGE_PREFIX)
         # Argo CD's tracking annotation must not look like a spec change.
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=STORAGE_PREFIX, key="last-handled-configuration", ignored_fields=[ARGOCD_TRACKING])
+            prefix=STORAGE_PREFIX, key="last-handled-configuration", ignored_fields=[ARGOCD_TRACKING]
+        )
         # Only warnings become Kubernetes Events: every handler's INFO line as an Event is noise and API writes.
         settings.posting.level = logging.WARNING
         settings.execution.default_backoff = 10

@@ -31,8 +31,14 @@ def write_now(kube: objects.Kube, body: Mapping[str, Any], new: Mapping[str, Any
         kube.merge_patch(body["kind"], meta["namespace"], meta["name"], {"status": diff}, subresource="status")
 
 
-def fail(body: kopf.Body, patch: kopf.Patch, problem: Problem, problem_status: Mapping[str, Any],
-         owned: Iterable[str], retry_delay: float) -> NoReturn:
+def fail(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    problem: Problem,
+    problem_status: Mapping[str, Any],
+    owned: Iterable[str],
+    retry_delay: float,
+) -> NoReturn:
     """Report ``problem`` (status, a Warning event) and end the handler the way Kopf should treat it:
     a spec only the user can fix is not retried; anything else is retried after ``retry_delay``."""
     write_status(body, patch, problem_status, owned)

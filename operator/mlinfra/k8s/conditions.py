@@ -45,8 +45,12 @@ def is_true(conditions: Iterable[Mapping[str, Any]] | None, type_: str) -> bool:
     return cond is not None and cond.get("status") == "True"
 
 
-def merge(previous: Sequence[Mapping[str, Any]] | None, computed: Iterable[Cond], generation: int | None,
-          timestamp: str | None = None) -> list[dict[str, Any]]:
+def merge(
+    previous: Sequence[Mapping[str, Any]] | None,
+    computed: Iterable[Cond],
+    generation: int | None,
+    timestamp: str | None = None,
+) -> list[dict[str, Any]]:
     """The new condition list: ``computed`` in order, each keeping its old transition time unless its
     status flipped. Conditions of other types (written by someone else) are kept after ours."""
     stamp = timestamp or now()
@@ -56,13 +60,15 @@ def merge(previous: Sequence[Mapping[str, Any]] | None, computed: Iterable[Cond]
         ours.add(cond.type)
         old = get(previous, cond.type)
         changed = old is None or old.get("status") != cond.status
-        result.append({
-            "type": cond.type,
-            "status": cond.status,
-            "observedGeneration": generation,
-            "lastTransitionTime": stamp if changed or not old else old.get("lastTransitionTime", stamp),
-            "reason": cond.reason,
-            "message": cond.message[:32768],
-        })
+        result.append(
+            {
+                "type": cond.type,
+                "status": cond.status,
+                "observedGeneration": generation,
+                "lastTransitionTime": stamp if changed or not old else old.get("lastTransitionTime", stamp),
+                "reason": cond.reason,
+                "message": cond.message[:32768],
+            }
+        )
     result.extend(dict(c) for c in previous or () if c.get("type") not in ours)
     return result

@@ -31,11 +31,20 @@ class ApiError(RuntimeError):
 class Kube:
     """The Kubernetes API as the operator uses it (the process-wide client of ``k8s.client``)."""
 
-    def _call(self, method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None,
-              content_type: str = "application/json") -> Any:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
         api = client.api_client()
         method_, url, headers, body_, _ = api.param_serialize(
-            method, path, query_params=query or [], body=body,
+            method,
+            path,
+            query_params=query or [],
+            body=body,
             header_params={"Accept": "application/json", "Content-Type": content_type},
             auth_settings=["BearerToken"],
         )
@@ -51,16 +60,14 @@ class Kube:
             raise ApiError(resp.status, message)
         return json.loads(raw) if raw else {}
 
-    def apply(self, obj: Mapping[str, Any], field_manager: str = FIELD_MANAGER,
-              force: bool = True) -> dict[str, Any]:
+    def apply(self, obj: Mapping[str, Any], field_manager: str = FIELD_MANAGER, force: bool = True) -> dict[str, Any]:
         """Server-side apply ``obj``; returns the object as stored. ``force`` takes over fields that another
         manager set by hand, which is how drift gets corrected."""
         meta = obj["metadata"]
         kind = resources.kind_of(dict(obj))
         path = kind.path(meta.get("namespace"), meta["name"])
         query = [("fieldManager", field_manager)] + ([("force", "true")] if force else [])
-        result = self._call("PATCH", path, body=dict(obj), query=query,
-                            content_type="application/apply-patch+yaml")
+        result = self._call("PATCH", path, body=dict(obj), query=query, content_type="application/apply-patch+yaml")
         return dict(result)
 
     def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any]:
@@ -72,8 +79,7 @@ class Kube:
         except NotFound:
             return None
 
-    def list_(self, kind: str, namespace: str | None,
-              labels: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    def list_(self, kind: str, namespace: str | None, labels: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
         query = []
         if labels:
             query.append(("labelSelector", ",".join(f"{k}={v}" for k, v in sorted(labels.items()))))
@@ -82,14 +88,14 @@ class Kube:
     def delete(self, kind: str, namespace: str | None, name: str) -> bool:
         """Delete (background propagation); False when it was already gone."""
         try:
-            self._call("DELETE", resources.KINDS[kind].path(namespace, name),
-                       body={"propagationPolicy": "Background"})
+            self._call("DELETE", resources.KINDS[kind].path(namespace, name), body={"propagationPolicy": "Background"})
         except NotFound:
             return False
         return True
 
-    def merge_patch(self, kind: str, namespace: str | None, name: str, patch: Mapping[str, Any],
-                    subresource: str | None = None) -> dict[str, Any]:
+    def merge_patch(
+        self, kind: str, namespace: str | None, name: str, patch: Mapping[str, Any], subresource: str | None = None
+    ) -> dict[str, Any]:
         path = resources.KINDS[kind].path(namespace, name) + (f"/{subresource}" if subresource else "")
         return dict(self._call("PATCH", path, body=dict(patch), content_type="application/merge-patch+json"))
 

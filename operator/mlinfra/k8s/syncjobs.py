@@ -78,17 +78,22 @@ def pod_spec(job: SyncJob, image: str) -> dict[str, Any]:
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [{
-            "name": "sync",
-            "image": image,
-            "args": list(job.args),
-            "env": env,
-            "volumeMounts": [{"name": m.volume, "mountPath": m.path, "readOnly": True} for m in job.mounts]
-            + [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108 - an emptyDir: the root filesystem is read-only
-            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
-            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                "capabilities": {"drop": ["ALL"]}},
-        }],
+        "containers": [
+            {
+                "name": "sync",
+                "image": image,
+                "args": list(job.args),
+                "env": env,
+                "volumeMounts": [{"name": m.volume, "mountPath": m.path, "readOnly": True} for m in job.mounts]
+                + [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108 - an emptyDir: the root filesystem is read-only
+                "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+            }
+        ],
         "volumes": [{"name": m.volume, "secret": {"secretName": m.secret}} for m in job.mounts]
         + [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
     }
@@ -104,13 +109,13 @@ def job_spec(job: SyncJob, image: str) -> dict[str, Any]:
     }
 
 
-def cronjob(job: SyncJob, name: str, schedule: str, suspend: bool, image: str,
-            owner: Mapping[str, Any]) -> dict[str, Any]:
+def cronjob(
+    job: SyncJob, name: str, schedule: str, suspend: bool, image: str, owner: Mapping[str, Any]
+) -> dict[str, Any]:
     return {
         "apiVersion": "batch/v1",
         "kind": "CronJob",
-        "metadata": {"name": name, "namespace": job.namespace, "labels": labels(job),
-                     "ownerReferences": [dict(owner)]},
+        "metadata": {"name": name, "namespace": job.namespace, "labels": labels(job), "ownerReferences": [dict(owner)]},
         "spec": {
             "schedule": schedule,
             "suspend": suspend,
@@ -128,9 +133,12 @@ def ondemand_job(job: SyncJob, image: str, owner: Mapping[str, Any], requested_a
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": ondemand_job_name(job.owner_name, requested_at), "namespace": job.namespace,
-                     "labels": {**labels(job), "mlinfra.io/trigger": "on-demand"},
-                     "annotations": {SYNC_REQUESTED_ANNOTATION: requested_at},
-                     "ownerReferences": [dict(owner)]},
+        "metadata": {
+            "name": ondemand_job_name(job.owner_name, requested_at),
+            "namespace": job.namespace,
+            "labels": {**labels(job), "mlinfra.io/trigger": "on-demand"},
+            "annotations": {SYNC_REQUESTED_ANNOTATION: requested_at},
+            "ownerReferences": [dict(owner)],
+        },
         "spec": job_spec(job, image),
     }

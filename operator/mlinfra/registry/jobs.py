@@ -25,14 +25,25 @@ def sync_job(mr: api.ModelRegistry) -> syncjobs.SyncJob:
     ns, name = mr.metadata.namespace or "default", mr.metadata.name
     assert mr.spec.lineage_store_ref is not None
     return syncjobs.SyncJob(
-        kind_label="mlinfra.io/modelregistry", owner_name=name, namespace=ns,
-        args=("sync", "modelregistry", f"{ns}/{name}"), spec_env=sync_cli.SPEC_ENV,
+        kind_label="mlinfra.io/modelregistry",
+        owner_name=name,
+        namespace=ns,
+        args=("sync", "modelregistry", f"{ns}/{name}"),
+        spec_env=sync_cli.SPEC_ENV,
         spec=mr.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
         mounts=(
-            syncjobs.Mount("metadata-conn", store_names.connection_secret(mr.spec.metadata_store_ref.name),
-                           METADATA_DIR, sync_cli.METADATA_DIR_ENV),
-            syncjobs.Mount("lineage-conn", store_names.connection_secret(mr.spec.lineage_store_ref.name),
-                           LINEAGE_DIR, sync_cli.LINEAGE_DIR_ENV),
+            syncjobs.Mount(
+                "metadata-conn",
+                store_names.connection_secret(mr.spec.metadata_store_ref.name),
+                METADATA_DIR,
+                sync_cli.METADATA_DIR_ENV,
+            ),
+            syncjobs.Mount(
+                "lineage-conn",
+                store_names.connection_secret(mr.spec.lineage_store_ref.name),
+                LINEAGE_DIR,
+                sync_cli.LINEAGE_DIR_ENV,
+            ),
         ),
         component="lineage-sync",
     )

@@ -116,8 +116,12 @@ _UPSERTS = {
     "datasets": _UPSERT_DATASET,
     "deployments": _UPSERT_DEPLOYMENT,
 }
-_NODE_LABELS = {"registered_models": "Model", "model_versions": "ModelVersion", "datasets": "Dataset",
-                "deployments": "Deployment"}
+_NODE_LABELS = {
+    "registered_models": "Model",
+    "model_versions": "ModelVersion",
+    "datasets": "Dataset",
+    "deployments": "Deployment",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,8 +135,9 @@ class Event:
     old: Mapping[str, Any] | None
 
     @classmethod
-    def from_row(cls, id_: int, event_type: str, payload: Mapping[str, Any],
-                 old_payload: Mapping[str, Any] | None) -> Event:
+    def from_row(
+        cls, id_: int, event_type: str, payload: Mapping[str, Any], old_payload: Mapping[str, Any] | None
+    ) -> Event:
         if event_type.endswith(".delete"):
             return cls(id_, event_type, None, payload)
         return cls(id_, event_type, payload, old_payload)
@@ -161,8 +166,10 @@ def statements(event: Event) -> list[tuple[str, dict[str, Any]]]:
     """The Cypher statements (each an ``UNWIND $events AS e`` over ``e.new`` / ``e.old``) that apply one
     event, with the event's parameters; [] for events the graph does not show. Pure."""
     table, _, op = event.event_type.partition(".")
-    params = {"new": dict(event.new) if event.new is not None else None,
-              "old": dict(event.old) if event.old is not None else None}
+    params = {
+        "new": dict(event.new) if event.new is not None else None,
+        "old": dict(event.old) if event.old is not None else None,
+    }
     if table in _UPSERTS:
         if op == "delete":
             return [(_delete_node(_NODE_LABELS[table]), params)]
@@ -188,8 +195,7 @@ def plan(events: Iterable[Event]) -> list[tuple[str, list[dict[str, Any]]]]:
     """Group the statements of ``events``, in order, into runs of the same statement: one UNWIND each.
     Returns (cypher, parameter list) pairs. Pure."""
     steps = [step for event in events for step in statements(event)]
-    return [(query, [params for _, params in run])
-            for query, run in itertools.groupby(steps, key=lambda step: step[0])]
+    return [(query, [params for _, params in run]) for query, run in itertools.groupby(steps, key=lambda step: step[0])]
 
 
 def write_events(driver: neo4j.Driver, events: Sequence[Event], database: str | None = None) -> None:
@@ -209,6 +215,7 @@ def write_events(driver: neo4j.Driver, events: Sequence[Event], database: str | 
 
 def write_events_one_by_one(driver: neo4j.Driver, events: Sequence[Event], database: str | None = None) -> None:
     """The same graph as ``write_events``, one Neo4j transaction per event: the benchmark's baseline."""
+
     def work(tx: neo4j.ManagedTransaction, runs: list[tuple[str, list[dict[str, Any]]]]) -> None:
         for query, params in runs:
             tx.run(query, events=params).consume()
@@ -220,9 +227,15 @@ def write_events_one_by_one(driver: neo4j.Driver, events: Sequence[Event], datab
                 session.execute_write(work, runs)
 
 
-def sync(pg_conn: psycopg.Connection[Any], driver: neo4j.Driver, batch_size: int = 500,
-         database: str | None = None, max_batches: int | None = None, lock_timeout_seconds: float = 60.0,
-         one_by_one: bool = False) -> SyncResult:
+def sync(
+    pg_conn: psycopg.Connection[Any],
+    driver: neo4j.Driver,
+    batch_size: int = 500,
+    database: str | None = None,
+    max_batches: int | None = None,
+    lock_timeout_seconds: float = 60.0,
+    one_by_one: bool = False,
+) -> SyncResult:
     """Drain pending outbox events into the graph; returns when none are left (or after ``max_batches``).
 
     ``pg_conn`` (the operator's connection to the registry database) must be outside a transaction.
@@ -236,15 +249,16 @@ def sync(pg_conn: psycopg.Connection[Any], driver: neo4j.Driver, batch_size: int
     has_old = _has_column(pg_conn, "outbox", "old_payload")
     has_state = _has_table(pg_conn, "lineage_sync_state")
     columns = "id, event_type, payload, old_payload" if has_old else "id, event_type, payload, NULL"
-    query = (f"SELECT {columns} FROM registry.outbox WHERE processed_at IS NULL "  # noqa: S608 - constants
-             "ORDER BY id LIMIT %s").encode()
+    query = (
+        f"SELECT {columns} FROM registry.outbox WHERE processed_at IS NULL "  # noqa: S608 - constants
+        "ORDER BY id LIMIT %s"
+    ).encode()
     total = batches = ignored = 0
     last_id: int | None = None
     finished: tuple[Any, ...] | None = None
     while max_batches is None or batches < max_batches:
         with pg_conn.transaction():
-            pg_conn.execute("SELECT set_config('lock_timeout', %s, true)",
-                            (f"{int(lock_timeout_seconds * 1000)}ms",))
+            pg_conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(lock_timeout_seconds * 1000)}ms",))
             pg_conn.execute("SELECT pg_advisory_xact_lock(%s)", (SYNC_LOCK_KEY,))
             rows = pg_conn.execute(query, (batch_size,)).fetchall()
             events = [Event.from_row(int(r[0]), str(r[1]), r[2], r[3]) for r in rows]
@@ -255,8 +269,9 @@ def sync(pg_conn: psycopg.Connection[Any], driver: neo4j.Driver, batch_size: int
                     write_events(driver, events, database)
                 # Only now, after the graph committed: mark them done.
                 ids = [e.id for e in events]
-                pg_conn.execute("UPDATE registry.outbox SET processed_at = clock_timestamp() WHERE id = ANY(%s)",
-                                (ids,))
+                pg_conn.execute(
+                    "UPDATE registry.outbox SET processed_at = clock_timestamp() WHERE id = ANY(%s)", (ids,)
+                )
                 total += len(events)
                 ignored += sum(1 for e in events if not statements(e))
                 last_id = ids[-1]
@@ -268,13 +283,20 @@ def sync(pg_conn: psycopg.Connection[Any], driver: neo4j.Driver, batch_size: int
                     "SET last_sync_at = excluded.last_sync_at, "
                     "last_event_id = coalesce(excluded.last_event_id, lineage_sync_state.last_event_id) "
                     "RETURNING last_sync_at",
-                    (last_id,)).fetchone()
+                    (last_id,),
+                ).fetchone()
             else:
                 finished = pg_conn.execute("SELECT clock_timestamp()").fetchone()
         if len(events) < batch_size:
             break
-    return SyncResult(total, batches, ignored, last_id, time.monotonic() - started,
-                      finished[0] if finished else datetime.now().astimezone())
+    return SyncResult(
+        total,
+        batches,
+        ignored,
+        last_id,
+        time.monotonic() - started,
+        finished[0] if finished else datetime.now().astimezone(),
+    )
 
 
 def _has_table(conn: psycopg.Connection[Any], table: str) -> bool:
@@ -285,5 +307,7 @@ def _has_table(conn: psycopg.Connection[Any], table: str) -> bool:
 def _has_column(conn: psycopg.Connection[Any], table: str, column: str) -> bool:
     row = conn.execute(
         "SELECT 1 FROM information_schema.columns WHERE table_schema = 'registry' AND table_name = %s "
-        "AND column_name = %s", (table, column)).fetchone()
+        "AND column_name = %s",
+        (table, column),
+    ).fetchone()
     return row is not None

@@ -88,12 +88,17 @@ def resolve_target(target: Target, migrations: Sequence[Migration]) -> int:
     if target == "latest":
         return newest
     if not isinstance(target, int) or target < 1:
-        raise ProblemError(Problem(
-            INVALID_SPEC, f"spec.schemaVersion must be 'latest' or a number >= 1, got {target!r}", True))
+        raise ProblemError(
+            Problem(INVALID_SPEC, f"spec.schemaVersion must be 'latest' or a number >= 1, got {target!r}", True)
+        )
     if target > newest:
-        raise ProblemError(Problem(
-            INVALID_SPEC,
-            f"spec.schemaVersion {target} does not exist: this operator ships migrations up to {newest}", True))
+        raise ProblemError(
+            Problem(
+                INVALID_SPEC,
+                f"spec.schemaVersion {target} does not exist: this operator ships migrations up to {newest}",
+                True,
+            )
+        )
     return target
 
 
@@ -107,24 +112,33 @@ def plan(applied: dict[int, str], migrations: Sequence[Migration], target: Targe
     for version in sorted(applied):
         shipped_one = by_version.get(version)
         if shipped_one is None:
-            raise ProblemError(Problem(
-                SCHEMA_NEWER_THAN_OPERATOR,
-                f"the database has migration {version} applied; this operator ships up to {len(migrations)}",
-                True))
+            raise ProblemError(
+                Problem(
+                    SCHEMA_NEWER_THAN_OPERATOR,
+                    f"the database has migration {version} applied; this operator ships up to {len(migrations)}",
+                    True,
+                )
+            )
         if shipped_one.checksum != applied[version]:
-            raise ProblemError(Problem(
-                MIGRATION_CHECKSUM_MISMATCH,
-                f"migration {shipped_one.filename} changed after it was applied (checksum "
-                f"{applied[version][:12]}... recorded, {shipped_one.checksum[:12]}... shipped); "
-                "migrations are never edited, add a new one",
-                True))
+            raise ProblemError(
+                Problem(
+                    MIGRATION_CHECKSUM_MISMATCH,
+                    f"migration {shipped_one.filename} changed after it was applied (checksum "
+                    f"{applied[version][:12]}... recorded, {shipped_one.checksum[:12]}... shipped); "
+                    "migrations are never edited, add a new one",
+                    True,
+                )
+            )
     wanted = resolve_target(target, migrations)
     current = max(applied, default=0)
     if wanted < current:
-        raise ProblemError(Problem(
-            INVALID_SPEC,
-            f"spec.schemaVersion {wanted} is below the applied version {current}: migrations never downgrade",
-            True))
+        raise ProblemError(
+            Problem(
+                INVALID_SPEC,
+                f"spec.schemaVersion {wanted} is below the applied version {current}: migrations never downgrade",
+                True,
+            )
+        )
     return [m for m in migrations if current < m.version <= wanted]
 
 
@@ -142,8 +156,12 @@ def applied_version(conn: psycopg.Connection[Any]) -> int:
     return max(applied_checksums(conn), default=0)
 
 
-def apply(conn: psycopg.Connection[Any], target: Target = "latest",
-          migrations: Sequence[Migration] | None = None, lock_timeout_seconds: float = 60.0) -> int:
+def apply(
+    conn: psycopg.Connection[Any],
+    target: Target = "latest",
+    migrations: Sequence[Migration] | None = None,
+    lock_timeout_seconds: float = 60.0,
+) -> int:
     """Apply the missing migrations up to ``target``, one transaction each; returns the applied version.
 
     ``conn`` must be outside a transaction (autocommit or idle). Idempotent: with nothing to do it only

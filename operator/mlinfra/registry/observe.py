@@ -52,23 +52,31 @@ def outbox(conn: psycopg.Connection[Any]) -> Outbox:
     (``lineage_sync_state`` from migration 3, else the newest ``processed_at``) with its age."""
     row = conn.execute(
         "SELECT count(*), extract(epoch FROM clock_timestamp() - min(created_at)) "
-        "FROM registry.outbox WHERE processed_at IS NULL").fetchone()
+        "FROM registry.outbox WHERE processed_at IS NULL"
+    ).fetchone()
     pending, age = (int(row[0]), float(row[1]) if row[1] is not None else None) if row else (0, None)
     records = conn.execute("SELECT to_regclass('registry.lineage_sync_state') IS NOT NULL").fetchone() == (True,)
     column, table = ("last_sync_at", "lineage_sync_state") if records else ("processed_at", "outbox")
     last = conn.execute(
         f"SELECT max({column}), extract(epoch FROM clock_timestamp() - max({column})) "  # noqa: S608 - constants
-        f"FROM registry.{table}").fetchone()
+        f"FROM registry.{table}"
+    ).fetchone()
     since = float(last[1]) if last and last[1] is not None else None
-    return Outbox(pending, max(age, 0.0) if age is not None else None, last[0] if last else None,
-                  max(since, 0.0) if since is not None else None, records)
+    return Outbox(
+        pending,
+        max(age, 0.0) if age is not None else None,
+        last[0] if last else None,
+        max(since, 0.0) if since is not None else None,
+        records,
+    )
 
 
 def counts(conn: psycopg.Connection[Any]) -> Counts:
     """Rows of the main tables (exact counts: registries are small)."""
     row = conn.execute(
         "SELECT (SELECT count(*) FROM registry.registered_models), (SELECT count(*) FROM registry.model_versions), "
-        "(SELECT count(*) FROM registry.datasets), (SELECT count(*) FROM registry.deployments)").fetchone()
+        "(SELECT count(*) FROM registry.datasets), (SELECT count(*) FROM registry.deployments)"
+    ).fetchone()
     assert row is not None
     return Counts(*(int(v) for v in row))
 

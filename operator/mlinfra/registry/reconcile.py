@@ -79,8 +79,9 @@ def resolve_stores(ctx: Context, obj: Obj[api.ModelRegistry]) -> Stores:
     return Stores(metadata, published, database, graph, problem)
 
 
-def _postgres(info: connection.ConnectionInfo,
-              database: str) -> contextlib.AbstractContextManager[psycopg.Connection[Any]]:
+def _postgres(
+    info: connection.ConnectionInfo, database: str
+) -> contextlib.AbstractContextManager[psycopg.Connection[Any]]:
     return connection.postgres(info, APPLICATION_NAME, database=database)
 
 
@@ -106,17 +107,27 @@ def _credentials(ctx: Context, obj: Obj[api.ModelRegistry], stores: Stores, kind
     user = role_name(ns, name, kind)
     labels = {"app.kubernetes.io/managed-by": store_names.MANAGED_BY, "mlinfra.io/modelregistry": name}
     owner = obj.owner_reference()
-    password = credentials.ensure(ctx.kube, ns, secret_name(name, kind), fixed={}, generated=("password",),
-                                  labels=labels, owner=owner)["password"]
+    password = credentials.ensure(
+        ctx.kube, ns, secret_name(name, kind), fixed={}, generated=("password",), labels=labels, owner=owner
+    )["password"]
     pub = stores.published
-    info = connection.ConnectionInfo("postgres", pub.host, pub.port, user, password, stores.database, pub.tls,
-                                     pub.ca_cert)
-    ctx.kube.apply({
-        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-        "metadata": {"name": secret_name(name, kind), "namespace": ns, "labels": labels,
-                     "ownerReferences": [owner]},
-        "stringData": info.to_secret_data(),
-    })
+    info = connection.ConnectionInfo(
+        "postgres", pub.host, pub.port, user, password, stores.database, pub.tls, pub.ca_cert
+    )
+    ctx.kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {
+                "name": secret_name(name, kind),
+                "namespace": ns,
+                "labels": labels,
+                "ownerReferences": [owner],
+            },
+            "stringData": info.to_secret_data(),
+        }
+    )
     return user, password
 
 
@@ -132,8 +143,7 @@ def sync_due(outbox: observe_mod.Outbox, interval: datetime.timedelta) -> bool:
     return outbox.seconds_since_sync is None or outbox.seconds_since_sync >= interval.total_seconds()
 
 
-def _sync_lineage(mr: api.ModelRegistry, graph: connection.ConnectionInfo,
-                  conn: psycopg.Connection[Any]) -> str | None:
+def _sync_lineage(mr: api.ModelRegistry, graph: connection.ConnectionInfo, conn: psycopg.Connection[Any]) -> str | None:
     """One pass of the outbox -> graph sync (constraints first); the error text when it could not run."""
     batch = (mr.spec.lineage_sync or api.LineageSync()).batch_size
     try:
@@ -178,8 +188,11 @@ def observe(ctx: Context, obj: Obj[api.ModelRegistry]) -> dict[str, Any]:
     sync = mr.spec.lineage_sync or api.LineageSync()
     lineage_problem = stores.lineage_problem
     with _postgres(stores.metadata, stores.database) as conn:
-        if (_syncs_in_process(mr) and stores.lineage is not None
-                and sync_due(observe_mod.outbox(conn), common.parse_duration(sync.interval))):
+        if (
+            _syncs_in_process(mr)
+            and stores.lineage is not None
+            and sync_due(observe_mod.outbox(conn), common.parse_duration(sync.interval))
+        ):
             lineage_problem = _sync_lineage(mr, stores.lineage, conn)
         version = observe_mod.schema_version(conn)
         counts = observe_mod.counts(conn)
@@ -196,13 +209,23 @@ def observe(ctx: Context, obj: Obj[api.ModelRegistry]) -> dict[str, Any]:
     metrics.REGISTRY_LINEAGE_LAG.labels(ns, name).set(outbox.oldest_pending_age_seconds or 0)
     metrics.REGISTRY_LINEAGE_MAX_LAG.labels(ns, name).set(max_lag.total_seconds())
     facts = status.Facts(
-        generation=obj.generation, schema_version=version,
-        writer_secret=secret_name(name, "writer"), reader_secret=secret_name(name, "reader"),
-        counts={"registeredModels": counts.registered_models, "modelVersions": counts.model_versions,
-                "datasets": counts.datasets, "deployments": counts.deployments},
-        lineage_enabled=mr.spec.lineage_store_ref is not None, lineage_problem=lineage_problem,
-        pending_events=outbox.pending_events, oldest_pending_age=outbox.oldest_pending_age_seconds,
+        generation=obj.generation,
+        schema_version=version,
+        writer_secret=secret_name(name, "writer"),
+        reader_secret=secret_name(name, "reader"),
+        counts={
+            "registeredModels": counts.registered_models,
+            "modelVersions": counts.model_versions,
+            "datasets": counts.datasets,
+            "deployments": counts.deployments,
+        },
+        lineage_enabled=mr.spec.lineage_store_ref is not None,
+        lineage_problem=lineage_problem,
+        pending_events=outbox.pending_events,
+        oldest_pending_age=outbox.oldest_pending_age_seconds,
         last_sync_time=outbox.last_sync_time,
-        nodes=graph.nodes if graph else None, relationships=graph.relationships if graph else None,
-        max_lag=max_lag)
+        nodes=graph.nodes if graph else None,
+        relationships=graph.relationships if graph else None,
+        max_lag=max_lag,
+    )
     return status.compute(facts, obj.status)

@@ -29,13 +29,18 @@ _LOCK_KEY = int.from_bytes(hashlib.sha256(b"mlinfra.registry.roles").digest()[:8
 
 def registry_tables(conn: psycopg.Connection[Any]) -> list[str]:
     """The tables of schema ``registry`` the writer may change."""
-    rows = conn.execute(
-        "SELECT tablename FROM pg_tables WHERE schemaname = 'registry' ORDER BY tablename").fetchall()
+    rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'registry' ORDER BY tablename").fetchall()
     return [str(name) for (name,) in rows if name not in TRIGGER_OR_OPERATOR_TABLES]
 
 
-def ensure_roles(conn: psycopg.Connection[Any], database: str, writer_name: str, writer_password: str,
-                 reader_name: str, reader_password: str) -> None:
+def ensure_roles(
+    conn: psycopg.Connection[Any],
+    database: str,
+    writer_name: str,
+    writer_password: str,
+    reader_name: str,
+    reader_password: str,
+) -> None:
     """Create or update both roles and their grants on ``database`` (the one ``conn`` is connected to).
 
     Idempotent, and serialised by an advisory lock (roles are cluster-wide). ``conn`` must be outside a
@@ -66,11 +71,17 @@ def ensure_roles(conn: psycopg.Connection[Any], database: str, writer_name: str,
         ]
         tables = registry_tables(conn)
         if tables:
-            statements.append(sql.SQL("GRANT INSERT, UPDATE, DELETE ON {} TO {}").format(
-                sql.SQL(", ").join(sql.Identifier("registry", t) for t in tables), writer))
+            statements.append(
+                sql.SQL("GRANT INSERT, UPDATE, DELETE ON {} TO {}").format(
+                    sql.SQL(", ").join(sql.Identifier("registry", t) for t in tables), writer
+                )
+            )
         for table in APPEND_ONLY_TABLES:
-            statements.append(sql.SQL("REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {} FROM PUBLIC, {}").format(
-                sql.Identifier("registry", table), both))
+            statements.append(
+                sql.SQL("REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {} FROM PUBLIC, {}").format(
+                    sql.Identifier("registry", table), both
+                )
+            )
         for statement in statements:
             conn.execute(statement)
 
@@ -80,6 +91,8 @@ def _ensure_login_role(conn: psycopg.Connection[Any], name: str, password: str) 
     exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
     if not exists:
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
-    conn.execute(sql.SQL(
-        "ALTER ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD {}"
-    ).format(role, sql.Literal(password)))
+    conn.execute(
+        sql.SQL(
+            "ALTER ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD {}"
+        ).format(role, sql.Literal(password))
+    )

@@ -91,9 +91,13 @@ def compute(f: Facts, previous: Mapping[str, Any] | None) -> dict[str, Any]:
     elif f.lineage_problem:
         in_sync = Cond("LineageInSync", "False", "LineageStoreUnavailable", f.lineage_problem)
     elif f.oldest_pending_age is not None and f.oldest_pending_age > f.max_lag.total_seconds():
-        in_sync = Cond("LineageInSync", "False", "LineageLagging",
-                       f"{f.pending_events} events pending, the oldest for {round(f.oldest_pending_age)}s "
-                       f"(> {int(f.max_lag.total_seconds())}s)")
+        in_sync = Cond(
+            "LineageInSync",
+            "False",
+            "LineageLagging",
+            f"{f.pending_events} events pending, the oldest for {round(f.oldest_pending_age)}s "
+            f"(> {int(f.max_lag.total_seconds())}s)",
+        )
     else:
         in_sync = Cond("LineageInSync", "True", "InSync", f"{f.pending_events or 0} events pending")
     conds = [

@@ -64,16 +64,25 @@ def run(target: str, batch_size: int | None = None) -> int:
         return EXIT_UNUSABLE
     size = batch_size or (spec.lineage_sync.batch_size if spec.lineage_sync else 500)
     try:
-        with connection.postgres(pg_info, "mlinfra-lineage-sync", database=spec.database) as conn, \
-                connection.neo4j_driver(graph_info, 10) as driver:
+        with (
+            connection.postgres(pg_info, "mlinfra-lineage-sync", database=spec.database) as conn,
+            connection.neo4j_driver(graph_info, 10) as driver,
+        ):
             lineage.ensure_schema(driver)
             result = lineage.sync(conn, driver, batch_size=size)
     except (psycopg.Error, neo4j.exceptions.Neo4jError, neo4j.exceptions.DriverError, OSError) as exc:
         _emit({"outcome": "Failed", "error": f"{type(exc).__name__}: {exc}"})
         return EXIT_FAILED
-    _emit({"outcome": "Synced", "events": result.events, "batches": result.batches,
-           "lastEventId": result.last_event_id, "seconds": round(result.seconds, 3),
-           "finishedAt": result.finished_at.isoformat()})
+    _emit(
+        {
+            "outcome": "Synced",
+            "events": result.events,
+            "batches": result.batches,
+            "lastEventId": result.last_event_id,
+            "seconds": round(result.seconds, 3),
+            "finishedAt": result.finished_at.isoformat(),
+        }
+    )
     return EXIT_OK
 
 

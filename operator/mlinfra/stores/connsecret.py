@@ -31,10 +31,10 @@ def read_key(kube: objects.Kube, namespace: str, name: str, key: str, what: str)
     it later) naming ``what`` refers to it."""
     secret = kube.get_or_none("Secret", namespace, name)
     if secret is None:
-        raise ProblemError(Problem(SECRET_NOT_FOUND, f"{what}: Secret {name!r} not found in namespace "
-                                   f"{namespace!r}", stalled=False))
+        raise ProblemError(
+            Problem(SECRET_NOT_FOUND, f"{what}: Secret {name!r} not found in namespace {namespace!r}", stalled=False)
+        )
     value = values(secret).get(key)
     if value is None:
-        raise ProblemError(Problem(SECRET_NOT_FOUND, f"{what}: Secret {name!r} has no key {key!r}",
-                                   stalled=False))
+        raise ProblemError(Problem(SECRET_NOT_FOUND, f"{what}: Secret {name!r} has no key {key!r}", stalled=False))
     return value

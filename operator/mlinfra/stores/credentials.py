@@ -19,16 +19,27 @@ def new_password() -> str:
     return secrets.token_urlsafe(24)
 
 
-def ensure(kube: objects.Kube, namespace: str, name: str, fixed: Mapping[str, str], generated: tuple[str, ...],
-           labels: Mapping[str, str], owner: Mapping[str, Any]) -> dict[str, str]:
+def ensure(
+    kube: objects.Kube,
+    namespace: str,
+    name: str,
+    fixed: Mapping[str, str],
+    generated: tuple[str, ...],
+    labels: Mapping[str, str],
+    owner: Mapping[str, Any],
+) -> dict[str, str]:
     """The values of the Secret ``name``: created with ``fixed`` values and a new password for each key of
     ``generated`` when absent, else read as it is. It is (re-)owned by ``owner``; a Secret lacking one of
     the keys is the user's to fix (Stalled), never overwritten."""
-    created = kube.create({
-        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-        "metadata": {"name": name, "namespace": namespace, "labels": dict(labels), "ownerReferences": [owner]},
-        "stringData": {**fixed, **{key: new_password() for key in generated}},
-    })
+    created = kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {"name": name, "namespace": namespace, "labels": dict(labels), "ownerReferences": [owner]},
+            "stringData": {**fixed, **{key: new_password() for key in generated}},
+        }
+    )
     secret = created or kube.get("Secret", namespace, name)
     refs = secret["metadata"].get("ownerReferences") or []
     if not any(r.get("uid") == owner["uid"] for r in refs):
@@ -36,6 +47,11 @@ def ensure(kube: objects.Kube, namespace: str, name: str, fixed: Mapping[str, st
     found = connsecret.values(secret)
     missing = [key for key in (*fixed, *generated) if key not in found]
     if missing:
-        raise ProblemError(Problem(SECRET_NOT_FOUND, f"Secret {name!r} lacks the key(s) {', '.join(missing)}; "
-                                   "delete it to have new credentials generated", stalled=True))
+        raise ProblemError(
+            Problem(
+                SECRET_NOT_FOUND,
+                f"Secret {name!r} lacks the key(s) {', '.join(missing)}; delete it to have new credentials generated",
+                stalled=True,
+            )
+        )
     return found

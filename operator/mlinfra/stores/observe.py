@@ -80,9 +80,14 @@ def observe(ctx: Context, obj: Obj[api.DataStore]) -> dict[str, Any]:
         # Only after the Secret was deleted by hand (a reconcile publishes it before the first observation):
         # clients cannot connect until the next reconcile (the drift timer) publishes it again.
         secret = names.connection_secret(obj.name)
-        raise ProblemError(Problem(SECRET_NOT_FOUND, f"connection Secret {secret!r} not found in namespace "
-                                   f"{obj.namespace!r}: it is published again at the next reconcile",
-                                   stalled=False))
+        raise ProblemError(
+            Problem(
+                SECRET_NOT_FOUND,
+                f"connection Secret {secret!r} not found in namespace "
+                f"{obj.namespace!r}: it is published again at the next reconcile",
+                stalled=False,
+            )
+        )
     new = status.compute(facts(ctx, obj, conn), obj.status)
     metrics.record_datastore(obj.namespace, obj.name, obj.model.spec.engine, new)
     return new

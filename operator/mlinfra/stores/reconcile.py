@@ -26,18 +26,25 @@ def _managed(ctx: Context, obj: Obj[api.DataStore]) -> connection.ConnectionInfo
     default_username = connection.DEFAULT_USERNAMES[engine]
     owner = obj.owner_reference()
     found = credentials.ensure(
-        ctx.kube, obj.namespace, names.credentials_secret(obj.name),
+        ctx.kube,
+        obj.namespace,
+        names.credentials_secret(obj.name),
         fixed={names.USERNAME_KEY: default_username} if names.USERNAME_KEY in keys else {},
         generated=tuple(key for key in keys if key != names.USERNAME_KEY),
-        labels=names.labels(ds), owner=owner,
+        labels=names.labels(ds),
+        owner=owner,
     )
     for child in render.render_managed(ds, ctx.settings.engine_images):
         child.setdefault("metadata", {})["ownerReferences"] = [owner]
         ctx.kube.apply(child)
     return connection.ConnectionInfo(
-        engine=engine, host=names.service_host(ds), port=connection.default_port(engine),
-        username=found.get(names.USERNAME_KEY) or default_username, password=found[names.PASSWORD_KEY],
-        database=connection.DEFAULT_DATABASES[engine], tls=False,
+        engine=engine,
+        host=names.service_host(ds),
+        port=connection.default_port(engine),
+        username=found.get(names.USERNAME_KEY) or default_username,
+        password=found[names.PASSWORD_KEY],
+        database=connection.DEFAULT_DATABASES[engine],
+        tls=False,
     )
 
 
@@ -58,14 +65,20 @@ def _external(ctx: Context, obj: Obj[api.DataStore]) -> connection.ConnectionInf
     try:
         host, port = connection.split_endpoint(ext.endpoint, connection.default_port(engine))
         return connection.ConnectionInfo(
-            engine=engine, host=host, port=port, username=username, password=password,
+            engine=engine,
+            host=host,
+            port=port,
+            username=username,
+            password=password,
             database=ext.database or connection.DEFAULT_DATABASES[engine],
-            tls=bool(ext.tls and ext.tls.enabled), ca_cert=ca,
+            tls=bool(ext.tls and ext.tls.enabled),
+            ca_cert=ca,
         )
     except ValueError as exc:
         # What the schema cannot say (a port above 65535): the message names the field, never a secret.
-        raise ProblemError(Problem(INVALID_SPEC, f"spec.external.endpoint {ext.endpoint!r}: {exc}",
-                                   stalled=True)) from None
+        raise ProblemError(
+            Problem(INVALID_SPEC, f"spec.external.endpoint {ext.endpoint!r}: {exc}", stalled=True)
+        ) from None
 
 
 def apply(ctx: Context, obj: Obj[api.DataStore]) -> connection.ConnectionInfo:
@@ -73,12 +86,20 @@ def apply(ctx: Context, obj: Obj[api.DataStore]) -> connection.ConnectionInfo:
     Raises ProblemError for what the user must fix."""
     ds = obj.model
     conn = _managed(ctx, obj) if ds.spec.managed is not None else _external(ctx, obj)
-    ctx.kube.apply({
-        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-        "metadata": {"name": names.connection_secret(obj.name), "namespace": obj.namespace,
-                     "labels": names.labels(ds), "ownerReferences": [obj.owner_reference()]},
-        "stringData": conn.to_secret_data(),
-    })
+    ctx.kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {
+                "name": names.connection_secret(obj.name),
+                "namespace": obj.namespace,
+                "labels": names.labels(ds),
+                "ownerReferences": [obj.owner_reference()],
+            },
+            "stringData": conn.to_secret_data(),
+        }
+    )
     return conn
 
 

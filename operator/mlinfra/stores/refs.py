@@ -18,18 +18,23 @@ def connection_of(ctx: Context, namespace: str, ref: str, engine: str, role: str
     operator reaches it. ``role`` names the referring field in messages (e.g. ``spec.offline.storeRef``)."""
     ds = ctx.kube.get_or_none("DataStore", namespace, ref)
     if ds is None:
-        raise ProblemError(Problem(STORE_NOT_FOUND, f"{role}: DataStore {ref!r} not found in namespace "
-                                   f"{namespace!r}", stalled=False))
+        raise ProblemError(
+            Problem(STORE_NOT_FOUND, f"{role}: DataStore {ref!r} not found in namespace {namespace!r}", stalled=False)
+        )
     actual = ds.get("spec", {}).get("engine")
     if actual != engine:
-        raise ProblemError(Problem(WRONG_ENGINE, f"{role}: DataStore {ref!r} is a {actual} store; "
-                                   f"a {engine} store is required", stalled=True))
+        raise ProblemError(
+            Problem(
+                WRONG_ENGINE,
+                f"{role}: DataStore {ref!r} is a {actual} store; a {engine} store is required",
+                stalled=True,
+            )
+        )
     ready = conditions.get((ds.get("status") or {}).get("conditions"), "Ready")
     conn = connsecret.read_connection(ctx.kube, namespace, ref)
     if ready is None or ready.get("status") != "True" or conn is None:
         why = (ready or {}).get("message") or "not observed yet"
-        raise ProblemError(Problem(STORE_NOT_READY, f"{role}: DataStore {ref!r} is not Ready: {why}",
-                                   stalled=False))
+        raise ProblemError(Problem(STORE_NOT_READY, f"{role}: DataStore {ref!r} is not Ready: {why}", stalled=False))
     return ctx.reach(conn, namespace, ref) if ds["spec"].get("managed") else conn
 
 

@@ -64,7 +64,7 @@ def _members(facts: Facts) -> list[dict[str, Any]]:
     o = facts.observation
     members: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for m in (o.members if o else []):
+    for m in o.members if o else []:
         name = facts.member_names.get(m.name, m.name)
         seen.add(name)
         entry: dict[str, Any] = {"name": name, "role": m.role, "ready": m.ready}
@@ -107,10 +107,12 @@ def _replicating(facts: Facts, members: list[dict[str, Any]]) -> Cond:
         return Cond("Replicating", "False", REPLICA_NOT_STREAMING, f"not streaming: {detail}")
     rep = _replication(facts, members)
     lag = ", ".join(
-        part for part in (
+        part
+        for part in (
             f"max lag {rep['maxLagBytes']} bytes" if "maxLagBytes" in rep else "",
             f"{rep['maxLagSeconds']}s" if "maxLagSeconds" in rep else "",
-        ) if part
+        )
+        if part
     )
     return Cond("Replicating", "True", STREAMING, f"{len(replicas)} replica(s) streaming" + (f"; {lag}" if lag else ""))
 
@@ -177,9 +179,11 @@ def problem_status(body: Mapping[str, Any], problem: Problem) -> dict[str, Any]:
     may be that the model refuses it."""
     spec = body.get("spec") or {}
     mode: Literal["managed", "external"] | None = (
-        "managed" if spec.get("managed") else "external" if spec.get("external") else None)
-    facts = Facts(generation=body["metadata"].get("generation"), engine=str(spec.get("engine")), mode=mode,
-                  problem=problem)
+        "managed" if spec.get("managed") else "external" if spec.get("external") else None
+    )
+    facts = Facts(
+        generation=body["metadata"].get("generation"), engine=str(spec.get("engine")), mode=mode, problem=problem
+    )
     return compute(facts, body.get("status"))
 
 
@@ -188,5 +192,14 @@ def changed(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
     return bool(patches.status_patch(previous, new, OWNED))
 
 
-OWNED = ("observedGeneration", "mode", "endpoint", "connectionSecret", "version", "members", "replication",
-         "capabilities", "conditions")
+OWNED = (
+    "observedGeneration",
+    "mode",
+    "endpoint",
+    "connectionSecret",
+    "version",
+    "members",
+    "replication",
+    "capabilities",
+    "conditions",
+)

@@ -41,8 +41,9 @@ def parse_target(target: str) -> tuple[str, str]:
 
 def read_conn_dir(directory: pathlib.Path) -> connection.ConnectionInfo:
     """A connection Secret mounted as a directory (one file per key; ``..data`` links are skipped)."""
-    data = {path.name: path.read_bytes() for path in directory.iterdir()
-            if not path.name.startswith(".") and path.is_file()}
+    data = {
+        path.name: path.read_bytes() for path in directory.iterdir() if not path.name.startswith(".") and path.is_file()
+    }
     return connection.ConnectionInfo.from_secret_data(data)
 
 
@@ -60,8 +61,9 @@ def resolve_connection(env: str, namespace: str, datastore: str) -> connection.C
     return Context.from_settings(Settings.from_env()).reach(info, namespace, datastore)
 
 
-def load_resource(model: type[Model], kind: str, spec_env: str, namespace: str, name: str,
-                  file: pathlib.Path | None = None) -> Model:
+def load_resource(
+    model: type[Model], kind: str, spec_env: str, namespace: str, name: str, file: pathlib.Path | None = None
+) -> Model:
     """The resource from ``file`` (YAML or JSON), from the spec the operator put in ``spec_env`` (in the
     Job, so the pod needs no Kubernetes API access), or from the Kubernetes API."""
     spec_json = os.environ.get(spec_env)

@@ -80,8 +80,11 @@ class Result:
 
 
 def immutable_settings(spec: vectorindex.VectorIndexSpec) -> dict[str, Any]:
-    settings: dict[str, Any] = {"size": spec.vectors.size, "distance": spec.vectors.distance,
-                                "datatype": spec.vectors.datatype}
+    settings: dict[str, Any] = {
+        "size": spec.vectors.size,
+        "distance": spec.vectors.distance,
+        "datatype": spec.vectors.datatype,
+    }
     if spec.shards is not None:  # only when set, so that names of collections without it stay the same
         settings["shards"] = spec.shards
     return settings
@@ -105,24 +108,32 @@ def desired_optimizers(spec: vectorindex.VectorIndexSpec) -> dict[str, int]:
     """The optimizer thresholds the spec sets (omitted ones are Qdrant's business)."""
     if spec.optimizers is None:
         return {}
-    values = {"indexing_threshold": spec.optimizers.indexing_threshold,
-              "memmap_threshold": spec.optimizers.memmap_threshold,
-              "default_segment_number": spec.optimizers.default_segment_number}
+    values = {
+        "indexing_threshold": spec.optimizers.indexing_threshold,
+        "memmap_threshold": spec.optimizers.memmap_threshold,
+        "default_segment_number": spec.optimizers.default_segment_number,
+    }
     return {key: value for key, value in values.items() if value is not None}
 
 
 def desired_params(spec: vectorindex.VectorIndexSpec) -> dict[str, Any]:
     """Collection parameters Qdrant changes in place (the spec's set ones)."""
-    values = {"replication_factor": spec.replication_factor, "on_disk_payload": spec.on_disk_payload,
-              "vectors_on_disk": spec.vectors.on_disk}
+    values = {
+        "replication_factor": spec.replication_factor,
+        "on_disk_payload": spec.on_disk_payload,
+        "vectors_on_disk": spec.vectors.on_disk,
+    }
     return {key: value for key, value in values.items() if value is not None}
 
 
 def observed_params(params: models.CollectionParams) -> dict[str, Any]:
     vectors = params.vectors
-    return {"replication_factor": params.replication_factor, "on_disk_payload": params.on_disk_payload,
-            # Unset means in memory.
-            "vectors_on_disk": bool(vectors.on_disk) if isinstance(vectors, models.VectorParams) else None}
+    return {
+        "replication_factor": params.replication_factor,
+        "on_disk_payload": params.on_disk_payload,
+        # Unset means in memory.
+        "vectors_on_disk": bool(vectors.on_disk) if isinstance(vectors, models.VectorParams) else None,
+    }
 
 
 def desired_quantization(spec: vectorindex.VectorIndexSpec) -> dict[str, Any] | None:
@@ -138,30 +149,47 @@ def quantization_config(
     if desired is None:
         return None
     if desired["type"] == "scalar":
-        return models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
-            type=models.ScalarType.INT8, quantile=desired["quantile"], always_ram=desired["always_ram"]))
+        return models.ScalarQuantization(
+            scalar=models.ScalarQuantizationConfig(
+                type=models.ScalarType.INT8, quantile=desired["quantile"], always_ram=desired["always_ram"]
+            )
+        )
     if desired["type"] == "product":
-        return models.ProductQuantization(product=models.ProductQuantizationConfig(
-            compression=models.CompressionRatio(desired["compression"]), always_ram=desired["always_ram"]))
+        return models.ProductQuantization(
+            product=models.ProductQuantizationConfig(
+                compression=models.CompressionRatio(desired["compression"]), always_ram=desired["always_ram"]
+            )
+        )
     return models.BinaryQuantization(binary=models.BinaryQuantizationConfig(always_ram=desired["always_ram"]))
 
 
 def observed_quantization(config: Any) -> dict[str, Any] | None:
     """A server's quantization config in the spec's terms (None: no quantization)."""
     if isinstance(config, models.ScalarQuantization):
-        return {"type": "scalar", "quantile": config.scalar.quantile, "compression": None,
-                "always_ram": config.scalar.always_ram}
+        return {
+            "type": "scalar",
+            "quantile": config.scalar.quantile,
+            "compression": None,
+            "always_ram": config.scalar.always_ram,
+        }
     if isinstance(config, models.ProductQuantization):
-        return {"type": "product", "quantile": None, "compression": str(config.product.compression.value),
-                "always_ram": config.product.always_ram}
+        return {
+            "type": "product",
+            "quantile": None,
+            "compression": str(config.product.compression.value),
+            "always_ram": config.product.always_ram,
+        }
     if isinstance(config, models.BinaryQuantization):
         return {"type": "binary", "quantile": None, "compression": None, "always_ram": config.binary.always_ram}
     return None
 
 
 def hnsw_changes(desired: dict[str, int], observed: dict[str, Any], prefix: str = "hnsw") -> list[str]:
-    return [f"{prefix}.{key}: {observed.get(key)} -> {value}" for key, value in sorted(desired.items())
-            if observed.get(key) != value]
+    return [
+        f"{prefix}.{key}: {observed.get(key)} -> {value}"
+        for key, value in sorted(desired.items())
+        if observed.get(key) != value
+    ]
 
 
 def quantization_changes(desired: dict[str, Any] | None, observed: dict[str, Any] | None) -> list[str]:
@@ -170,8 +198,11 @@ def quantization_changes(desired: dict[str, Any] | None, observed: dict[str, Any
     if observed is None:
         return [f"quantization: none -> {desired['type']}"]
     # Fields the spec leaves out are Qdrant's defaults: not compared.
-    return [f"quantization.{key}: {observed.get(key)} -> {value}" for key, value in desired.items()
-            if value is not None and observed.get(key) != value]
+    return [
+        f"quantization.{key}: {observed.get(key)} -> {value}"
+        for key, value in desired.items()
+        if value is not None and observed.get(key) != value
+    ]
 
 
 def immutable_reasons(spec: vectorindex.VectorIndexSpec, params: models.VectorParams | Any) -> list[str]:
@@ -219,9 +250,16 @@ def create(client: QdrantClient, spec: vectorindex.VectorIndexSpec, name: str) -
         shard_number=spec.shards,
         replication_factor=spec.replication_factor,
         on_disk_payload=spec.on_disk_payload,
-        metadata={APPLIED_KEY: {"hnsw": hnsw, "quantization": quantization, "optimizers": optimizers,
-                                "params": desired_params(spec)},
-                  IMMUTABLE_KEY: immutable_settings(spec), OWNED_INDEXES_KEY: {}},
+        metadata={
+            APPLIED_KEY: {
+                "hnsw": hnsw,
+                "quantization": quantization,
+                "optimizers": optimizers,
+                "params": desired_params(spec),
+            },
+            IMMUTABLE_KEY: immutable_settings(spec),
+            OWNED_INDEXES_KEY: {},
+        },
     )
 
 
@@ -230,8 +268,9 @@ def point_alias(client: QdrantClient, alias: str, collection: str, previous: str
     operations: list[Any] = []
     if previous is not None:
         operations.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)))
-    operations.append(models.CreateAliasOperation(
-        create_alias=models.CreateAlias(collection_name=collection, alias_name=alias)))
+    operations.append(
+        models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=collection, alias_name=alias))
+    )
     client.update_collection_aliases(change_aliases_operations=operations)
 
 
@@ -243,8 +282,10 @@ def ensure(client: QdrantClient, spec: vectorindex.VectorIndexSpec) -> Result:
     repaired: list[str] = []
     if current is None:
         if client.collection_exists(alias):
-            raise CollectionError(f"a collection named {alias!r} exists and is not an alias: the operator "
-                                  "does not adopt it; rename it or choose another spec.collection")
+            raise CollectionError(
+                f"a collection named {alias!r} exists and is not an alias: the operator "
+                "does not adopt it; rename it or choose another spec.collection"
+            )
         if not client.collection_exists(target):
             create(client, spec, target)
             created = True
@@ -261,17 +302,26 @@ def ensure(client: QdrantClient, spec: vectorindex.VectorIndexSpec) -> Result:
         reasons.append(f"shards: {created_shards or 'default'} -> {spec.shards}")
     changes = repaired + _apply_mutable(client, spec, current, info)
     made, dropped, conflicts = reconcile_indexes(client, spec, current, info)
-    return Result(alias=alias, collection=current, target=target, created=created, changes=tuple(changes),
-                  indexes_created=made, indexes_dropped=dropped, index_conflicts=conflicts,
-                  rebuild_reasons=tuple(reasons))
+    return Result(
+        alias=alias,
+        collection=current,
+        target=target,
+        created=created,
+        changes=tuple(changes),
+        indexes_created=made,
+        indexes_dropped=dropped,
+        index_conflicts=conflicts,
+        rebuild_reasons=tuple(reasons),
+    )
 
 
 def _metadata(info: models.CollectionInfo) -> dict[str, Any]:
     return dict(info.config.metadata or {})
 
 
-def _apply_mutable(client: QdrantClient, spec: vectorindex.VectorIndexSpec, name: str,
-                   info: models.CollectionInfo) -> list[str]:
+def _apply_mutable(
+    client: QdrantClient, spec: vectorindex.VectorIndexSpec, name: str, info: models.CollectionInfo
+) -> list[str]:
     hnsw, quantization, optimizers = desired_hnsw(spec), desired_quantization(spec), desired_optimizers(spec)
     params = desired_params(spec)
     if qdrant_engine.is_local_mode(client):
@@ -299,18 +349,23 @@ def _apply_mutable(client: QdrantClient, spec: vectorindex.VectorIndexSpec, name
         quantization_config=q_config,
         optimizers_config=models.OptimizersConfigDiff(**optimizers) if opt_diff else None,
         collection_params=models.CollectionParamsDiff(
-            replication_factor=params.get("replication_factor"),
-            on_disk_payload=params.get("on_disk_payload")) if p_diff else None,
+            replication_factor=params.get("replication_factor"), on_disk_payload=params.get("on_disk_payload")
+        )
+        if p_diff
+        else None,
         vectors_config={"": models.VectorParamsDiff(on_disk=params["vectors_on_disk"])}
-        if p_diff and "vectors_on_disk" in params else None,
-        metadata={APPLIED_KEY: {"hnsw": hnsw, "quantization": quantization, "optimizers": optimizers,
-                                "params": params}},
+        if p_diff and "vectors_on_disk" in params
+        else None,
+        metadata={
+            APPLIED_KEY: {"hnsw": hnsw, "quantization": quantization, "optimizers": optimizers, "params": params}
+        },
     )
     return hnsw_diff + q_diff + opt_diff + p_diff
 
 
-def reconcile_indexes(client: QdrantClient, spec: vectorindex.VectorIndexSpec, name: str,
-                      info: models.CollectionInfo) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+def reconcile_indexes(
+    client: QdrantClient, spec: vectorindex.VectorIndexSpec, name: str, info: models.CollectionInfo
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """Create the spec's missing payload indexes, drop owned ones the spec no longer lists.
 
     Returns ``(created, dropped, conflicts)``; a conflict is a spec'd field that a foreign index of another
@@ -321,8 +376,10 @@ def reconcile_indexes(client: QdrantClient, spec: vectorindex.VectorIndexSpec, n
     if qdrant_engine.is_local_mode(client):
         observed = dict(owned)  # local mode keeps no payload indexes: what we created stands for them
     else:
-        observed = {field: str(getattr(schema.data_type, "value", schema.data_type))
-                    for field, schema in (info.payload_schema or {}).items()}
+        observed = {
+            field: str(getattr(schema.data_type, "value", schema.data_type))
+            for field, schema in (info.payload_schema or {}).items()
+        }
     created, dropped, conflicts = [], [], []
     for field in sorted(owned.keys() - desired.keys()):
         if field in observed:
@@ -363,8 +420,13 @@ def is_ours(client: QdrantClient, alias: str, name: str) -> bool:
     return IMMUTABLE_KEY in _metadata(client.get_collection(name))
 
 
-def prune_previous(client: QdrantClient, spec: vectorindex.VectorIndexSpec, active: str,
-                   retention: datetime.timedelta | None, now: datetime.datetime) -> str | None:
+def prune_previous(
+    client: QdrantClient,
+    spec: vectorindex.VectorIndexSpec,
+    active: str,
+    retention: datetime.timedelta | None,
+    now: datetime.datetime,
+) -> str | None:
     """Delete the collection the last rebuild replaced once ``retention`` has passed; its name, or None.
 
     Only a collection this operator created for this alias is ever deleted, never the live one.

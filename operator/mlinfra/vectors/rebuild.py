@@ -36,8 +36,12 @@ class RebuildResult:
     points: int
 
 
-def rebuild(client: QdrantClient, spec: vectorindex.VectorIndexSpec, backfill: Callable[[str], int],
-            expected_count: int | Callable[[], int]) -> RebuildResult:
+def rebuild(
+    client: QdrantClient,
+    spec: vectorindex.VectorIndexSpec,
+    backfill: Callable[[str], int],
+    expected_count: int | Callable[[], int],
+) -> RebuildResult:
     """Build ``spec``'s physical collection beside the live one, fill, verify, swap the alias.
 
     ``backfill(new_collection)`` writes the points (waiting for Qdrant's acknowledgement) and returns how
@@ -61,11 +65,20 @@ def rebuild(client: QdrantClient, spec: vectorindex.VectorIndexSpec, backfill: C
     if callable(expected_count):
         expected_count = expected_count()
     if points != expected_count:
-        raise BackfillFailed(f"backfill of {target!r} wrote {written} points, the collection holds {points}, "
-                             f"the source has {expected_count}; alias {alias!r} left on {previous!r}")
+        raise BackfillFailed(
+            f"backfill of {target!r} wrote {written} points, the collection holds {points}, "
+            f"the source has {expected_count}; alias {alias!r} left on {previous!r}"
+        )
     collection.point_alias(client, alias, target, previous)
     if previous is not None:
         # Recorded on the collection itself, so status and retention read it from Qdrant, not from memory.
-        client.update_collection(target, metadata={collection.PREVIOUS_KEY: {
-            "name": previous, "swappedAt": datetime.datetime.now(datetime.UTC).isoformat()}})
+        client.update_collection(
+            target,
+            metadata={
+                collection.PREVIOUS_KEY: {
+                    "name": previous,
+                    "swappedAt": datetime.datetime.now(datetime.UTC).isoformat(),
+                }
+            },
+        )
     return RebuildResult(alias=alias, active=target, previous=previous, points=points)

@@ -67,20 +67,26 @@ def announce(report: Reporter, applied: Applied, drift: bool) -> None:
     if ensured.created:
         report.event("CollectionCreated", f"created {ensured.collection} behind alias {ensured.alias}")
     if ensured.changes:
-        report.event("DriftRepaired" if drift else "SettingsUpdated",
-                     ("changed by hand, restored: " if drift else "updated in place: ") + "; ".join(ensured.changes))
+        report.event(
+            "DriftRepaired" if drift else "SettingsUpdated",
+            ("changed by hand, restored: " if drift else "updated in place: ") + "; ".join(ensured.changes),
+        )
     if ensured.indexes_created or ensured.indexes_dropped:
-        report.event("PayloadIndexesReconciled",
-                     f"created {list(ensured.indexes_created)}, dropped {list(ensured.indexes_dropped)}")
+        report.event(
+            "PayloadIndexesReconciled",
+            f"created {list(ensured.indexes_created)}, dropped {list(ensured.indexes_dropped)}",
+        )
     if ensured.index_conflicts and drift:
         report.warning("PayloadIndexConflict", "; ".join(ensured.index_conflicts))
     if applied.rebuilt is not None:
         r = applied.rebuilt
-        report.event("Rebuilt", f"alias {r.alias} moved from {r.previous} to {r.active} "
-                     f"({r.points} points, count verified against the source)")
+        report.event(
+            "Rebuilt",
+            f"alias {r.alias} moved from {r.previous} to {r.active} "
+            f"({r.points} points, count verified against the source)",
+        )
     if applied.pruned:
-        report.event("PreviousCollectionDeleted",
-                     f"deleted {applied.pruned}: spec.previousCollectionRetention passed")
+        report.event("PreviousCollectionDeleted", f"deleted {applied.pruned}: spec.previousCollectionRetention passed")
     if applied.watermark_reset:
         report.event("WatermarkReset", "new empty collection: the next sync copies every row")
 
@@ -113,8 +119,7 @@ def reconcile(ctx: Context, obj: Obj[api.VectorIndex]) -> None:
         why = ", ".join(found.rebuild_reasons)
         obj.report.event("Rebuilding", f"{why}: building {found.target} beside {found.collection}")
         # Written now, not with the status at the end: the rebuild may take minutes.
-        obj.report.status_now(status.compute(status.Facts(generation=obj.generation, rebuilding=why),
-                                             obj.status))
+        obj.report.status_now(status.compute(status.Facts(generation=obj.generation, rebuilding=why), obj.status))
 
     try:
         with qdrant_engine.open_client(stores.qdrant) as client:
@@ -129,13 +134,20 @@ def reconcile(ctx: Context, obj: Obj[api.VectorIndex]) -> None:
         ctx.kube.delete("CronJob", obj.namespace, jobs.cronjob_name(obj.name))
 
 
-def _ensure_in(client: QdrantClient, vi: api.VectorIndex, stores: Stores, shape: source.SourceShape | None,
-               on_rebuild: Callable[[collection.Result], None] | None, allow_rebuild: bool) -> Applied:
+def _ensure_in(
+    client: QdrantClient,
+    vi: api.VectorIndex,
+    stores: Stores,
+    shape: source.SourceShape | None,
+    on_rebuild: Callable[[collection.Result], None] | None,
+    allow_rebuild: bool,
+) -> Applied:
     """The collection part of :func:`reconcile`; :func:`observe` runs it too (drift repair, retention) but
     never rebuilds from there (``allow_rebuild=False``)."""
     spec, ns, name = vi.spec, vi.metadata.namespace or "default", vi.metadata.name
-    retention = (common.parse_duration(spec.previous_collection_retention)
-                 if spec.previous_collection_retention else None)
+    retention = (
+        common.parse_duration(spec.previous_collection_retention) if spec.previous_collection_retention else None
+    )
     try:
         ensured = collection.ensure(client, spec)
     except collection.CollectionError as exc:
@@ -147,17 +159,23 @@ def _ensure_in(client: QdrantClient, vi: api.VectorIndex, stores: Stores, shape:
     if ensured.rebuild_needed:
         if spec.source is None or stores.source is None:
             changes = ", ".join(ensured.rebuild_reasons)
-            raise ProblemError(Problem(IMMUTABLE_WITHOUT_SOURCE, (
-                f"{changes} needs a rebuild into a new collection, and without spec.source there is "
-                f"nothing to backfill it from: nothing was changed, {ensured.collection!r} still serves "
-                f"the alias; revert the change, or add spec.source"), stalled=True))
+            raise ProblemError(
+                Problem(
+                    IMMUTABLE_WITHOUT_SOURCE,
+                    (
+                        f"{changes} needs a rebuild into a new collection, and without spec.source there is "
+                        f"nothing to backfill it from: nothing was changed, {ensured.collection!r} still serves "
+                        f"the alias; revert the change, or add spec.source"
+                    ),
+                    stalled=True,
+                )
+            )
         if allow_rebuild:
             if on_rebuild is not None:
                 on_rebuild(ensured)
             rebuilt = _rebuild(client, vi, stores.source, shape)
     active = rebuilt.active if rebuilt else ensured.collection
-    pruned = collection.prune_previous(client, spec, active, retention,
-                                           datetime.datetime.now(datetime.UTC))
+    pruned = collection.prune_previous(client, spec, active, retention, datetime.datetime.now(datetime.UTC))
     return Applied(ensured=ensured, rebuilt=rebuilt, pruned=pruned, watermark_reset=reset)
 
 
@@ -166,8 +184,9 @@ def _reset_watermark(pg: connection.ConnectionInfo, ns: str, name: str) -> None:
         sync.commit_watermark(conn, ns, name, sync.Watermark())
 
 
-def _rebuild(client: QdrantClient, vi: api.VectorIndex, pg: connection.ConnectionInfo,
-             shape: source.SourceShape | None) -> rebuild.RebuildResult:
+def _rebuild(
+    client: QdrantClient, vi: api.VectorIndex, pg: connection.ConnectionInfo, shape: source.SourceShape | None
+) -> rebuild.RebuildResult:
     ns, name = vi.metadata.namespace or "default", vi.metadata.name
     with connection.postgres(pg, application_name="mlinfra-operator-rebuild") as conn:
         filled: list[sync.Backfill] = []
@@ -225,24 +244,36 @@ def observe(ctx: Context, obj: Obj[api.VectorIndex]) -> dict[str, Any]:
         except source.SourceInvalid as exc:
             raise ProblemError(Problem(INVALID_SPEC, str(exc), stalled=True, recheck=SOURCE_RECHECK)) from None
     limit = status.max_lag(vi)
-    new = status.compute(status.Facts(
-        generation=obj.generation, active=active, previous=previous, points=points, indexed_vectors=indexed,
-        collection_status=collection_status, optimizer_error=optimizer_error, replicas=replicas,
-        has_source=spec.source is not None,
-        source_watermark=progress.source_watermark if progress else None,
-        index_watermark=progress.index_watermark if progress else None,
-        rows_behind=progress.rows_behind if progress else None,
-        lag_seconds=progress.lag_seconds if progress else None,
-        last_run=last, job_failed=jobstatus.newest_failure(ctx.kube, ns, {jobs.KIND_LABEL: name}),
-        max_lag=limit), obj.status)
+    new = status.compute(
+        status.Facts(
+            generation=obj.generation,
+            active=active,
+            previous=previous,
+            points=points,
+            indexed_vectors=indexed,
+            collection_status=collection_status,
+            optimizer_error=optimizer_error,
+            replicas=replicas,
+            has_source=spec.source is not None,
+            source_watermark=progress.source_watermark if progress else None,
+            index_watermark=progress.index_watermark if progress else None,
+            rows_behind=progress.rows_behind if progress else None,
+            lag_seconds=progress.lag_seconds if progress else None,
+            last_run=last,
+            job_failed=jobstatus.newest_failure(ctx.kube, ns, {jobs.KIND_LABEL: name}),
+            max_lag=limit,
+        ),
+        obj.status,
+    )
     if points is not None:
         metrics.VECTORINDEX_POINTS.labels(ns, name).set(points)
     if progress is not None:
         metrics.VECTORINDEX_ROWS_BEHIND.labels(ns, name).set(progress.rows_behind)
         if progress.lag_seconds is not None:
             metrics.VECTORINDEX_SYNC_LAG.labels(ns, name).set(progress.lag_seconds)
-    metrics.set_objective(metrics.VECTORINDEX_SYNC_MAX_LAG, ns, name,
-                          limit.total_seconds() if limit is not None else None)
+    metrics.set_objective(
+        metrics.VECTORINDEX_SYNC_MAX_LAG, ns, name, limit.total_seconds() if limit is not None else None
+    )
     return new
 
 
@@ -250,8 +281,11 @@ def request_sync(ctx: Context, obj: Obj[api.VectorIndex], requested_at: str) -> 
     """Start the one-off Job for a ``mlinfra.io/sync-requested-at`` value (idempotent); its name."""
     vi = obj.model
     if vi.spec.source is None:
-        raise ProblemError(Problem(INVALID_SPEC, "sync requested, but spec.source is not set: there is "
-                                   "nothing to sync from", stalled=True))
+        raise ProblemError(
+            Problem(
+                INVALID_SPEC, "sync requested, but spec.source is not set: there is nothing to sync from", stalled=True
+            )
+        )
     job = jobs.ondemand_job(vi, ctx.settings.job_image, obj.owner_reference(), requested_at)
     ctx.kube.create(job)
     return str(job["metadata"]["name"])

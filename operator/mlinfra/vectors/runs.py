@@ -31,13 +31,19 @@ class RunInProgress(Exception):
 def ensure_table(conn: Conn) -> None:
     with conn.transaction():
         conn.execute("CREATE SCHEMA IF NOT EXISTS mlinfra")
-        conn.execute(sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {} (id bigserial PRIMARY KEY, namespace text NOT NULL, "
-            "name text NOT NULL, start_time timestamptz NOT NULL DEFAULT now(), end_time timestamptz, "
-            "rows bigint, upserted bigint, deleted bigint, bad_rows bigint, watermark timestamptz, "
-            "outcome text NOT NULL, error text)").format(RUNS))
-        conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS vector_sync_runs_name_idx ON {} (namespace, name, id DESC)")
-                     .format(RUNS))
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (id bigserial PRIMARY KEY, namespace text NOT NULL, "
+                "name text NOT NULL, start_time timestamptz NOT NULL DEFAULT now(), end_time timestamptz, "
+                "rows bigint, upserted bigint, deleted bigint, bad_rows bigint, watermark timestamptz, "
+                "outcome text NOT NULL, error text)"
+            ).format(RUNS)
+        )
+        conn.execute(
+            sql.SQL("CREATE INDEX IF NOT EXISTS vector_sync_runs_name_idx ON {} (namespace, name, id DESC)").format(
+                RUNS
+            )
+        )
 
 
 def _lock_key(namespace: str, name: str) -> str:
@@ -60,23 +66,49 @@ def exclusive(conn: Conn, namespace: str, name: str) -> Iterator[None]:
 def start(conn: Conn, namespace: str, name: str) -> int:
     """Mark dead runs Failed and record a new Running one (call while holding :func:`exclusive`)."""
     with conn.transaction():
-        conn.execute(sql.SQL("UPDATE {} SET outcome = 'Failed', end_time = now(), error = %s "
-                             "WHERE namespace = %s AND name = %s AND outcome = 'Running'").format(RUNS),
-                     (KILLED, namespace, name))
-        row = conn.execute(sql.SQL("INSERT INTO {} (namespace, name, outcome) VALUES (%s, %s, 'Running') "
-                                   "RETURNING id").format(RUNS), (namespace, name)).fetchone()
+        conn.execute(
+            sql.SQL(
+                "UPDATE {} SET outcome = 'Failed', end_time = now(), error = %s "
+                "WHERE namespace = %s AND name = %s AND outcome = 'Running'"
+            ).format(RUNS),
+            (KILLED, namespace, name),
+        )
+        row = conn.execute(
+            sql.SQL("INSERT INTO {} (namespace, name, outcome) VALUES (%s, %s, 'Running') RETURNING id").format(RUNS),
+            (namespace, name),
+        ).fetchone()
     assert row is not None
     return int(row[0])
 
 
-def finish(conn: Conn, run_id: int, *, rows: int, upserted: int, deleted: int, bad_rows: int,
-           watermark: datetime.datetime | None, error: str | None = None) -> None:
+def finish(
+    conn: Conn,
+    run_id: int,
+    *,
+    rows: int,
+    upserted: int,
+    deleted: int,
+    bad_rows: int,
+    watermark: datetime.datetime | None,
+    error: str | None = None,
+) -> None:
     with conn.transaction():
-        conn.execute(sql.SQL(
-            "UPDATE {} SET end_time = now(), rows = %s, upserted = %s, deleted = %s, bad_rows = %s, "
-            "watermark = %s, outcome = %s, error = %s WHERE id = %s").format(RUNS),
-            (rows, upserted, deleted, bad_rows, watermark, "Failed" if error else "Succeeded",
-             (error or None) and error[:1024], run_id))
+        conn.execute(
+            sql.SQL(
+                "UPDATE {} SET end_time = now(), rows = %s, upserted = %s, deleted = %s, bad_rows = %s, "
+                "watermark = %s, outcome = %s, error = %s WHERE id = %s"
+            ).format(RUNS),
+            (
+                rows,
+                upserted,
+                deleted,
+                bad_rows,
+                watermark,
+                "Failed" if error else "Succeeded",
+                (error or None) and error[:1024],
+                run_id,
+            ),
+        )
 
 
 def last(conn: Conn, namespace: str, name: str) -> common.SyncRun | None:
@@ -84,12 +116,22 @@ def last(conn: Conn, namespace: str, name: str) -> common.SyncRun | None:
     exists = conn.execute("SELECT to_regclass('mlinfra.vector_sync_runs') IS NOT NULL").fetchone()
     if not exists or not exists[0]:
         return None
-    row = conn.execute(sql.SQL("SELECT start_time, end_time, upserted, deleted, watermark, outcome, error "
-                               "FROM {} WHERE namespace = %s AND name = %s ORDER BY id DESC LIMIT 1")
-                       .format(RUNS), (namespace, name)).fetchone()
+    row = conn.execute(
+        sql.SQL(
+            "SELECT start_time, end_time, upserted, deleted, watermark, outcome, error "
+            "FROM {} WHERE namespace = %s AND name = %s ORDER BY id DESC LIMIT 1"
+        ).format(RUNS),
+        (namespace, name),
+    ).fetchone()
     if row is None:
         return None
     start_time, end_time, upserted, deleted, watermark, outcome, error = row
     rows = None if upserted is None else int(upserted) + int(deleted or 0)
-    return common.SyncRun(start_time=start_time, end_time=end_time, rows=rows, watermark=watermark,
-                          outcome=outcome, message=(error or None) and str(error)[:1024])
+    return common.SyncRun(
+        start_time=start_time,
+        end_time=end_time,
+        rows=rows,
+        watermark=watermark,
+        outcome=outcome,
+        message=(error or None) and str(error)[:1024],
+    )

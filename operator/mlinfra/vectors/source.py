@@ -44,8 +44,11 @@ def qualified(source: vectorindex.Source) -> str:
 def column_problems(source: vectorindex.Source, columns: dict[str, str]) -> list[str]:
     """What is wrong with ``columns`` (name -> udt name) for ``source``; empty when usable. Pure."""
     problems = []
-    named = {"idColumn": source.id_column, "vectorColumn": source.vector_column,
-             "updatedAtColumn": source.updated_at_column}
+    named = {
+        "idColumn": source.id_column,
+        "vectorColumn": source.vector_column,
+        "updatedAtColumn": source.updated_at_column,
+    }
     if source.deleted_column is not None:
         named["deletedColumn"] = source.deleted_column
     for index, column in enumerate(source.payload_columns or ()):
@@ -53,18 +56,28 @@ def column_problems(source: vectorindex.Source, columns: dict[str, str]) -> list
     for field, column in named.items():
         if column not in columns:
             problems.append(f"spec.source.{field}: column {column!r} does not exist in {qualified(source)}")
-    expectations = (("idColumn", source.id_column, ID_TYPES, "an integer or uuid"),
-                    ("vectorColumn", source.vector_column, ARRAY_TYPES + PGVECTOR_TYPES,
-                     "real[], double precision[] or pgvector's vector"),
-                    ("updatedAtColumn", source.updated_at_column, TIME_TYPES, "a timestamp"))
+    expectations = (
+        ("idColumn", source.id_column, ID_TYPES, "an integer or uuid"),
+        (
+            "vectorColumn",
+            source.vector_column,
+            ARRAY_TYPES + PGVECTOR_TYPES,
+            "real[], double precision[] or pgvector's vector",
+        ),
+        ("updatedAtColumn", source.updated_at_column, TIME_TYPES, "a timestamp"),
+    )
     for field, column, allowed, what in expectations:
         udt = columns.get(column)
         if udt is not None and udt not in allowed:
-            problems.append(f"spec.source.{field}: column {column!r} is {udt.lstrip('_')}"
-                            f"{'[]' if udt.startswith('_') else ''}, expected {what}")
+            problems.append(
+                f"spec.source.{field}: column {column!r} is {udt.lstrip('_')}"
+                f"{'[]' if udt.startswith('_') else ''}, expected {what}"
+            )
     if source.deleted_column is not None and columns.get(source.deleted_column) not in (None, "bool"):
-        problems.append(f"spec.source.deletedColumn: column {source.deleted_column!r} is "
-                        f"{columns[source.deleted_column]}, expected boolean")
+        problems.append(
+            f"spec.source.deletedColumn: column {source.deleted_column!r} is "
+            f"{columns[source.deleted_column]}, expected boolean"
+        )
     return problems
 
 
@@ -74,10 +87,13 @@ def inspect(conn: Conn, source: vectorindex.Source) -> SourceShape:
         "SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
         "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped",
-        (source.schema_name or DEFAULT_SCHEMA, source.table)).fetchall()
+        (source.schema_name or DEFAULT_SCHEMA, source.table),
+    ).fetchall()
     if not rows:
-        raise SourceInvalid(f"spec.source.table: table {qualified(source)} does not exist (or has no columns) "
-                            "in the source database; create it or fix spec.source.schema/table")
+        raise SourceInvalid(
+            f"spec.source.table: table {qualified(source)} does not exist (or has no columns) "
+            "in the source database; create it or fix spec.source.schema/table"
+        )
     columns = {str(name): str(udt) for name, udt in rows}
     problems = column_problems(source, columns)
     if problems:

@@ -21,10 +21,26 @@ from mlinfra.k8s.conditions import Cond
 from mlinfra.problems import Problem
 from mlinfra.vectors import rebuild
 
-OWNED = ("observedGeneration", "activeCollection", "previousCollection", "points", "indexedVectors",
-         "collectionStatus", "replicas", "sync", "conditions")
-OBSERVED_FIELDS = ("activeCollection", "previousCollection", "points", "indexedVectors", "collectionStatus",
-                   "replicas", "sync")
+OWNED = (
+    "observedGeneration",
+    "activeCollection",
+    "previousCollection",
+    "points",
+    "indexedVectors",
+    "collectionStatus",
+    "replicas",
+    "sync",
+    "conditions",
+)
+OBSERVED_FIELDS = (
+    "activeCollection",
+    "previousCollection",
+    "points",
+    "indexedVectors",
+    "collectionStatus",
+    "replicas",
+    "sync",
+)
 
 CAUGHT_UP, BEHIND, LAG_EXCEEDED, SYNC_FAILED, NO_SOURCE = "CaughtUp", "Behind", "LagExceeded", "SyncFailed", "NoSource"
 REBUILDING, IDLE = "Rebuilding", "Idle"
@@ -82,10 +98,16 @@ def problem_status(body: Mapping[str, Any], problem: Problem) -> dict[str, Any]:
     says ``BackfillFailed`` when a rebuild failed (the alias stayed), else keeps what it said."""
     previous, generation = body.get("status"), body["metadata"].get("generation")
     prev = (previous or {}).get("conditions")
-    reindexing = (Cond("Reindexing", "False", rebuild.BACKFILL_FAILED, problem.message)
-                  if problem.reason == rebuild.BACKFILL_FAILED else _reindexing_kept(prev))
-    return {"observedGeneration": generation, **_kept(previous),
-            "conditions": conditions.merge(prev, [*problems.summary(problem), reindexing], generation)}
+    reindexing = (
+        Cond("Reindexing", "False", rebuild.BACKFILL_FAILED, problem.message)
+        if problem.reason == rebuild.BACKFILL_FAILED
+        else _reindexing_kept(prev)
+    )
+    return {
+        "observedGeneration": generation,
+        **_kept(previous),
+        "conditions": conditions.merge(prev, [*problems.summary(problem), reindexing], generation),
+    }
 
 
 def compute(facts: Facts, previous: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -94,8 +116,13 @@ def compute(facts: Facts, previous: Mapping[str, Any] | None) -> dict[str, Any]:
     if facts.rebuilding is not None:
         status.update(_kept(previous))
         conds = [
-            Cond("Ready", "False", REBUILDING, f"rebuilding: {facts.rebuilding}; the alias keeps serving the "
-                 "current collection until the new one is verified"),
+            Cond(
+                "Ready",
+                "False",
+                REBUILDING,
+                f"rebuilding: {facts.rebuilding}; the alias keeps serving the "
+                "current collection until the new one is verified",
+            ),
             Cond("Reconciling", "True", REBUILDING, facts.rebuilding),
             Cond("Stalled", "False", REBUILDING, ""),
             Cond("Reindexing", "True", REBUILDING, facts.rebuilding),
@@ -103,9 +130,13 @@ def compute(facts: Facts, previous: Mapping[str, Any] | None) -> dict[str, Any]:
         status["conditions"] = conditions.merge(prev, conds, facts.generation)
         return status
 
-    for key, value in (("activeCollection", facts.active), ("previousCollection", facts.previous),
-                       ("points", facts.points), ("indexedVectors", facts.indexed_vectors),
-                       ("collectionStatus", facts.collection_status)):
+    for key, value in (
+        ("activeCollection", facts.active),
+        ("previousCollection", facts.previous),
+        ("points", facts.points),
+        ("indexedVectors", facts.indexed_vectors),
+        ("collectionStatus", facts.collection_status),
+    ):
         if value is not None:
             status[key] = value
     if facts.replicas is not None:
@@ -116,24 +147,36 @@ def compute(facts: Facts, previous: Mapping[str, Any] | None) -> dict[str, Any]:
     if facts.active is None:
         collection = Cond("CollectionReady", "False", "AliasMissing", "the alias points at no collection")
     elif facts.collection_status == "red":
-        collection = Cond("CollectionReady", "False", "CollectionRed",
-                          f"collection {facts.active} is red: {facts.optimizer_error or 'see the Qdrant logs'}")
+        collection = Cond(
+            "CollectionReady",
+            "False",
+            "CollectionRed",
+            f"collection {facts.active} is red: {facts.optimizer_error or 'see the Qdrant logs'}",
+        )
     else:
-        collection = Cond("CollectionReady", "True", "Ready",
-                          f"alias serves {facts.active} ({facts.collection_status or 'unknown'})")
+        collection = Cond(
+            "CollectionReady", "True", "Ready", f"alias serves {facts.active} ({facts.collection_status or 'unknown'})"
+        )
 
     synced = _synced(facts)
     ready_blocker = collection if collection.status != "True" else synced if synced.reason == SYNC_FAILED else None
-    ready = (Cond("Ready", "False", ready_blocker.reason, ready_blocker.message) if ready_blocker
-             else Cond("Ready", "True", "Ready", f"{facts.points or 0} points in {facts.active}"))
+    ready = (
+        Cond("Ready", "False", ready_blocker.reason, ready_blocker.message)
+        if ready_blocker
+        else Cond("Ready", "True", "Ready", f"{facts.points or 0} points in {facts.active}")
+    )
     old = conditions.get(prev, "Reindexing")
     if old is not None and old.get("reason") == rebuild.BACKFILL_FAILED:
         reindexing = Cond("Reindexing", "False", IDLE, "")  # the spec is realized now: the failure is over
     else:
         reindexing = _reindexing_kept(prev)
     if reindexing.reason == IDLE:
-        reindexing = Cond("Reindexing", "False", IDLE,
-                          f"previous collection {facts.previous} kept for rollback" if facts.previous else "")
+        reindexing = Cond(
+            "Reindexing",
+            "False",
+            IDLE,
+            f"previous collection {facts.previous} kept for rollback" if facts.previous else "",
+        )
     conds = [*problems.settled(ready), collection, synced, reindexing]
     status["conditions"] = conditions.merge(prev, conds, facts.generation)
     return status
@@ -152,8 +195,12 @@ def _synced(facts: Facts) -> Cond:
         return Cond("Synced", "True", CAUGHT_UP, "every source row is indexed")
     lag = facts.lag_seconds
     if facts.max_lag is not None and lag is not None and lag > facts.max_lag.total_seconds():
-        return Cond("Synced", "False", LAG_EXCEEDED,
-                    f"{behind} rows behind, lag {round(lag)}s > {int(facts.max_lag.total_seconds())}s")
+        return Cond(
+            "Synced",
+            "False",
+            LAG_EXCEEDED,
+            f"{behind} rows behind, lag {round(lag)}s > {int(facts.max_lag.total_seconds())}s",
+        )
     detail = f", lag {round(lag)}s" if lag is not None else " (no sync has run yet)"
     return Cond("Synced", "False", BEHIND, f"{behind} rows not indexed yet{detail}")
 

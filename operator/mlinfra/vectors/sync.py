@@ -64,25 +64,33 @@ def ensure_bookkeeping(conn: Conn) -> None:
     """The watermark table (idempotent)."""
     with conn.transaction():
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(BOOKKEEPING_SCHEMA)))
-        conn.execute(sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {} (namespace text NOT NULL, name text NOT NULL, "
-            "updated_at_mark timestamptz, last_id text, updated_at timestamptz NOT NULL DEFAULT now(), "
-            "PRIMARY KEY (namespace, name))").format(WATERMARKS))
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (namespace text NOT NULL, name text NOT NULL, "
+                "updated_at_mark timestamptz, last_id text, updated_at timestamptz NOT NULL DEFAULT now(), "
+                "PRIMARY KEY (namespace, name))"
+            ).format(WATERMARKS)
+        )
 
 
 def read_watermark(conn: Conn, namespace: str, name: str) -> Watermark:
-    row = conn.execute(sql.SQL("SELECT updated_at_mark, last_id FROM {} WHERE namespace = %s AND name = %s")
-                       .format(WATERMARKS), (namespace, name)).fetchone()
+    row = conn.execute(
+        sql.SQL("SELECT updated_at_mark, last_id FROM {} WHERE namespace = %s AND name = %s").format(WATERMARKS),
+        (namespace, name),
+    ).fetchone()
     return Watermark(row[0], row[1]) if row else Watermark()
 
 
 def _commit_watermark(conn: Conn, namespace: str, name: str, mark: Watermark) -> None:
     with conn.transaction():
-        conn.execute(sql.SQL(
-            "INSERT INTO {} (namespace, name, updated_at_mark, last_id) VALUES (%s, %s, %s, %s) "
-            "ON CONFLICT (namespace, name) DO UPDATE SET updated_at_mark = EXCLUDED.updated_at_mark, "
-            "last_id = EXCLUDED.last_id, updated_at = now()").format(WATERMARKS),
-            (namespace, name, mark.updated_at, mark.last_id))
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (namespace, name, updated_at_mark, last_id) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (namespace, name) DO UPDATE SET updated_at_mark = EXCLUDED.updated_at_mark, "
+                "last_id = EXCLUDED.last_id, updated_at = now()"
+            ).format(WATERMARKS),
+            (namespace, name, mark.updated_at, mark.last_id),
+        )
 
 
 def _table(source: vectorindex.Source) -> sql.Identifier:
@@ -95,16 +103,23 @@ def _deleted(source: vectorindex.Source) -> sql.Composable:
     return sql.SQL("coalesce({}, false)").format(sql.Identifier(source.deleted_column))
 
 
-def select_changed(source: vectorindex.Source, after: bool,
-                   shape: source_mod.SourceShape | None = None) -> sql.Composed:
+def select_changed(
+    source: vectorindex.Source, after: bool, shape: source_mod.SourceShape | None = None
+) -> sql.Composed:
     """Rows ``(id, id::text, vector, updated_at, deleted, *payload)`` after ``(%(ts)s, %(id)s)`` when
     ``after``, in watermark order, at most ``%(limit)s``."""
     ident, updated = sql.Identifier(source.id_column), sql.Identifier(source.updated_at_column)
-    columns = [ident, sql.SQL("{}::text").format(ident), source_mod.vector_expression(source, shape), updated,
-               _deleted(source)] + [sql.Identifier(c) for c in source.payload_columns or ()]
+    columns = [
+        ident,
+        sql.SQL("{}::text").format(ident),
+        source_mod.vector_expression(source, shape),
+        updated,
+        _deleted(source),
+    ] + [sql.Identifier(c) for c in source.payload_columns or ()]
     where = sql.SQL("WHERE ({}, {}::text) > (%(ts)s, %(id)s) ").format(updated, ident) if after else sql.SQL("")
     return sql.SQL("SELECT {} FROM {} {}ORDER BY {}, {}::text LIMIT %(limit)s").format(
-        sql.SQL(", ").join(columns), _table(source), where, updated, ident)
+        sql.SQL(", ").join(columns), _table(source), where, updated, ident
+    )
 
 
 def point_id(value: Any) -> PointId:
@@ -140,22 +155,25 @@ def vector_problem(vector: Any, size: int) -> str | None:
     return None
 
 
-def _batches(conn: Conn, source: vectorindex.Source, start: Watermark, size: int,
-             shape: source_mod.SourceShape | None = None) -> Iterator[list[tuple[Any, ...]]]:
+def _batches(
+    conn: Conn, source: vectorindex.Source, start: Watermark, size: int, shape: source_mod.SourceShape | None = None
+) -> Iterator[list[tuple[Any, ...]]]:
     mark = start
     while True:
         query = select_changed(source, after=mark.updated_at is not None, shape=shape)
         # Binary results: real[] arrive as floats without a text round trip (half the read time).
-        rows = conn.execute(query, {"ts": mark.updated_at, "id": mark.last_id or "", "limit": size},
-                            binary=True).fetchall()
+        rows = conn.execute(
+            query, {"ts": mark.updated_at, "id": mark.last_id or "", "limit": size}, binary=True
+        ).fetchall()
         if not rows:
             return
         yield rows
         mark = Watermark(rows[-1][3], rows[-1][1])
 
 
-def _write(client: QdrantClient, collection: str, spec: vectorindex.VectorIndexSpec,
-           rows: Sequence[tuple[Any, ...]]) -> tuple[int, int, list[tuple[str, str]]]:
+def _write(
+    client: QdrantClient, collection: str, spec: vectorindex.VectorIndexSpec, rows: Sequence[tuple[Any, ...]]
+) -> tuple[int, int, list[tuple[str, str]]]:
     assert spec.source is not None
     payload_columns = spec.source.payload_columns or []
     points, gone, bad = [], [], []
@@ -182,9 +200,18 @@ def _write(client: QdrantClient, collection: str, spec: vectorindex.VectorIndexS
     return len(points), len(gone), bad
 
 
-def sync(conn: Conn, client: QdrantClient, spec: vectorindex.VectorIndexSpec, namespace: str, name: str, *,
-         full: bool = False, collection: str | None = None, shape: source_mod.SourceShape | None = None,
-         on_batch: Callable[[int, int], None] | None = None) -> SyncResult:
+def sync(
+    conn: Conn,
+    client: QdrantClient,
+    spec: vectorindex.VectorIndexSpec,
+    namespace: str,
+    name: str,
+    *,
+    full: bool = False,
+    collection: str | None = None,
+    shape: source_mod.SourceShape | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> SyncResult:
     """One sync run into ``collection`` (default: the alias). ``conn`` must be in autocommit mode.
 
     ``on_batch(batches, rows)`` is called after each committed batch (progress, and the tests' kill hook).
@@ -206,13 +233,21 @@ def sync(conn: Conn, client: QdrantClient, spec: vectorindex.VectorIndexSpec, na
         if on_batch is not None:
             on_batch(batches, rows)
     removed = remove_orphans(conn, client, spec, target) if full else 0
-    return SyncResult(rows=rows, upserted=upserted, deleted=deleted, removed=removed, batches=batches,
-                      bad_rows=tuple(bad), watermark=mark)
+    return SyncResult(
+        rows=rows,
+        upserted=upserted,
+        deleted=deleted,
+        removed=removed,
+        batches=batches,
+        bad_rows=tuple(bad),
+        watermark=mark,
+    )
 
 
 def live_ids(conn: Conn, source: vectorindex.Source) -> set[PointId]:
     query = sql.SQL("SELECT {} FROM {} WHERE NOT {}").format(
-        sql.Identifier(source.id_column), _table(source), _deleted(source))
+        sql.Identifier(source.id_column), _table(source), _deleted(source)
+    )
     ids: set[PointId] = set()
     for (key,) in conn.execute(query):
         try:
@@ -222,15 +257,15 @@ def live_ids(conn: Conn, source: vectorindex.Source) -> set[PointId]:
     return ids
 
 
-def remove_orphans(conn: Conn, client: QdrantClient, spec: vectorindex.VectorIndexSpec, collection: str,
-                   page: int = 1000) -> int:
+def remove_orphans(
+    conn: Conn, client: QdrantClient, spec: vectorindex.VectorIndexSpec, collection: str, page: int = 1000
+) -> int:
     """Delete points whose row is gone or soft-deleted; returns how many."""
     assert spec.source is not None
     live = live_ids(conn, spec.source)
     removed, offset = 0, None
     while True:
-        records, offset = client.scroll(collection, limit=page, offset=offset, with_payload=False,
-                                        with_vectors=False)
+        records, offset = client.scroll(collection, limit=page, offset=offset, with_payload=False, with_vectors=False)
         orphans = [r.id for r in records if _normalize(r.id) not in live]
         if orphans:
             client.delete(collection, points_selector=models.PointIdsList(points=orphans), wait=True)
@@ -260,8 +295,13 @@ class Backfill:
     watermark: Watermark  # the last row read: incremental syncs continue after it
 
 
-def snapshot_backfill(conn: Conn, client: QdrantClient, spec: vectorindex.VectorIndexSpec, collection: str,
-                      shape: source_mod.SourceShape | None = None) -> Backfill:
+def snapshot_backfill(
+    conn: Conn,
+    client: QdrantClient,
+    spec: vectorindex.VectorIndexSpec,
+    collection: str,
+    shape: source_mod.SourceShape | None = None,
+) -> Backfill:
     """Copy every live row into ``collection`` and count the expected points, both in one REPEATABLE READ
     snapshot: rows written meanwhile change neither, so the count check stays exact under writes (the
     incremental sync picks those rows up after the returned watermark)."""
@@ -293,8 +333,9 @@ def expected_count(conn: Conn, spec: vectorindex.VectorIndexSpec, shape: source_
         raise ValueError("spec.source is not set")
     source = spec.source
     vector = source_mod.vector_expression(source, shape)
-    query = sql.SQL("SELECT count(*) FROM {} WHERE NOT {} AND cardinality({}) = %s "
-                    "AND array_position({}, NULL) IS NULL").format(_table(source), _deleted(source), vector, vector)
+    query = sql.SQL(
+        "SELECT count(*) FROM {} WHERE NOT {} AND cardinality({}) = %s AND array_position({}, NULL) IS NULL"
+    ).format(_table(source), _deleted(source), vector, vector)
     row = conn.execute(query, (spec.vectors.size,)).fetchone()
     return int(row[0]) if row else 0
 
@@ -312,7 +353,8 @@ def rows_behind(conn: Conn, spec: vectorindex.VectorIndexSpec, namespace: str, n
         row = conn.execute(query).fetchone()
     else:
         query = sql.SQL("SELECT count(*) FROM {} WHERE ({}, {}::text) > (%s, %s)").format(
-            _table(source), updated, ident)
+            _table(source), updated, ident
+        )
         row = conn.execute(query, (mark.updated_at, mark.last_id or "")).fetchone()
     return int(row[0]) if row else 0
 
@@ -340,8 +382,9 @@ class Progress:
 def progress(conn: Conn, spec: vectorindex.VectorIndexSpec, namespace: str, name: str) -> Progress:
     if spec.source is None:
         raise ValueError("spec.source is not set")
-    row = conn.execute(sql.SQL("SELECT max({}) FROM {}").format(
-        sql.Identifier(spec.source.updated_at_column), _table(spec.source))).fetchone()
+    row = conn.execute(
+        sql.SQL("SELECT max({}) FROM {}").format(sql.Identifier(spec.source.updated_at_column), _table(spec.source))
+    ).fetchone()
     newest = row[0] if row else None
     if isinstance(newest, datetime.datetime) and newest.tzinfo is None:
         newest = newest.replace(tzinfo=datetime.UTC)

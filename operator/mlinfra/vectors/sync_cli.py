@@ -62,26 +62,48 @@ def run(target: str, file: pathlib.Path | None = None, full: bool = False) -> in
                 try:
                     shape = source.inspect(conn, spec.source)
                     with qdrant_engine.open_client(qdrant_info) as client:
-                        result = sync.sync(conn, client, spec, namespace, name, full=full, shape=shape,
-                                           on_batch=sync_command.pause_hook())
+                        result = sync.sync(
+                            conn,
+                            client,
+                            spec,
+                            namespace,
+                            name,
+                            full=full,
+                            shape=shape,
+                            on_batch=sync_command.pause_hook(),
+                        )
                 except Exception as error:
                     message = f"{type(error).__name__}: {error}"
-                    runs.finish(conn, run_id, rows=0, upserted=0, deleted=0, bad_rows=0, watermark=None,
-                                error=message)
+                    runs.finish(conn, run_id, rows=0, upserted=0, deleted=0, bad_rows=0, watermark=None, error=message)
                     _emit({"vectorIndex": target, "outcome": "Failed", "error": message})
                     return sync_command.EXIT_FAILED
-                runs.finish(conn, run_id, rows=result.rows, upserted=result.upserted,
-                            deleted=result.deleted + result.removed, bad_rows=len(result.bad_rows),
-                            watermark=result.watermark.updated_at)
+                runs.finish(
+                    conn,
+                    run_id,
+                    rows=result.rows,
+                    upserted=result.upserted,
+                    deleted=result.deleted + result.removed,
+                    bad_rows=len(result.bad_rows),
+                    watermark=result.watermark.updated_at,
+                )
     except runs.RunInProgress as error:
         _emit({"vectorIndex": target, "outcome": "Skipped", "error": str(error)})
         return sync_command.EXIT_UNUSABLE
     except Exception as error:
         _emit({"vectorIndex": target, "outcome": "Failed", "error": f"{type(error).__name__}: {error}"})
         return sync_command.EXIT_FAILED
-    _emit({"vectorIndex": target, "outcome": "Succeeded", "rows": result.rows, "upserted": result.upserted,
-           "deleted": result.deleted, "removed": result.removed, "batches": result.batches,
-           "badRows": len(result.bad_rows),
-           "badRowIds": [{"id": key, "problem": why} for key, why in result.bad_rows[:MAX_BAD_ROWS_SHOWN]],
-           "watermark": result.watermark.updated_at.isoformat() if result.watermark.updated_at else None})
+    _emit(
+        {
+            "vectorIndex": target,
+            "outcome": "Succeeded",
+            "rows": result.rows,
+            "upserted": result.upserted,
+            "deleted": result.deleted,
+            "removed": result.removed,
+            "batches": result.batches,
+            "badRows": len(result.bad_rows),
+            "badRowIds": [{"id": key, "problem": why} for key, why in result.bad_rows[:MAX_BAD_ROWS_SHOWN]],
+            "watermark": result.watermark.updated_at.isoformat() if result.watermark.updated_at else None,
+        }
+    )
     return sync_command.EXIT_OK

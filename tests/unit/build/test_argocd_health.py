@@ -25,8 +25,10 @@ ROOT = argocd.repo_root()
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "argocd"
 EXPECTED = {"ready": "Healthy", "progressing": "Progressing", "degraded": "Degraded", "suspended": "Suspended"}
 KINDS = ("DataStore", "FeatureView", "ModelRegistry", "VectorIndex")
-NAME = re.compile(r"^(datastore|featureview|modelregistry|vectorindex)-(ready|progressing|degraded|suspended)"
-                  r"(-[a-z0-9-]+)?\.json$")
+NAME = re.compile(
+    r"^(datastore|featureview|modelregistry|vectorindex)-(ready|progressing|degraded|suspended)"
+    r"(-[a-z0-9-]+)?\.json$"
+)
 
 
 def script(kind: str) -> str:
@@ -63,8 +65,9 @@ def test_health_of_each_captured_object(fixture: Path) -> None:
 def test_every_kind_has_every_state_captured_or_written() -> None:
     states = {(m.group(1), m.group(2)) for p in fixtures() if (m := NAME.match(p.name))}
     for kind in KINDS:
-        wanted = {"ready", "progressing", "degraded"} | ({"suspended"} if kind in ("FeatureView", "VectorIndex")
-                                                         else set())
+        wanted = {"ready", "progressing", "degraded"} | (
+            {"suspended"} if kind in ("FeatureView", "VectorIndex") else set()
+        )
         assert {s for k, s in states if k == kind.lower()} >= wanted, kind
 
 
@@ -73,7 +76,10 @@ def test_only_vectorindex_objects_are_handwritten() -> None:
     handwritten = [p.name for p in fixtures() if p.stem.endswith("-handwritten")]
     assert all(name.startswith("vectorindex-") for name in handwritten)
     assert {p.name.split("-")[0] for p in fixtures() if not p.stem.endswith("-handwritten")} >= {
-        "datastore", "featureview", "modelregistry"}
+        "datastore",
+        "featureview",
+        "modelregistry",
+    }
 
 
 def test_captured_objects_keep_only_what_health_needs() -> None:
@@ -83,22 +89,25 @@ def test_captured_objects_keep_only_what_health_needs() -> None:
         assert set(obj["metadata"]) <= {"name", "namespace", "generation"}, fixture.name
 
 
-@pytest.mark.parametrize(("fixture", "source"), [
-    ("datastore-degraded-unreachable", "Ready"),
-    ("datastore-degraded-stalled", "Stalled"),
-    ("featureview-degraded-slo", "FreshnessSLOMet"),
-    ("featureview-degraded-stalled", "Stalled"),
-    ("modelregistry-degraded-lineage", "LineageInSync"),
-    ("modelregistry-degraded-stalled", "Stalled"),
-    ("datastore-ready", "Ready"),
-    ("featureview-ready", "Ready"),
-    ("modelregistry-ready", "Ready"),
-    ("datastore-progressing-reconciling", "Reconciling"),
-    ("vectorindex-degraded-lag", "Synced"),
-    ("vectorindex-degraded-stalled", "Stalled"),
-    ("vectorindex-degraded-backfill-handwritten", "Reindexing"),
-    ("vectorindex-progressing-reindexing-handwritten", "Reindexing"),
-])
+@pytest.mark.parametrize(
+    ("fixture", "source"),
+    [
+        ("datastore-degraded-unreachable", "Ready"),
+        ("datastore-degraded-stalled", "Stalled"),
+        ("featureview-degraded-slo", "FreshnessSLOMet"),
+        ("featureview-degraded-stalled", "Stalled"),
+        ("modelregistry-degraded-lineage", "LineageInSync"),
+        ("modelregistry-degraded-stalled", "Stalled"),
+        ("datastore-ready", "Ready"),
+        ("featureview-ready", "Ready"),
+        ("modelregistry-ready", "Ready"),
+        ("datastore-progressing-reconciling", "Reconciling"),
+        ("vectorindex-degraded-lag", "Synced"),
+        ("vectorindex-degraded-stalled", "Stalled"),
+        ("vectorindex-degraded-backfill-handwritten", "Reindexing"),
+        ("vectorindex-progressing-reindexing-handwritten", "Reindexing"),
+    ],
+)
 def test_message_is_the_condition_that_decided(fixture: str, source: str) -> None:
     obj = json.loads((FIXTURES / f"{fixture}.json").read_text())
     hs = argocd.evaluate(script(obj["kind"]), obj)
@@ -118,14 +127,25 @@ def test_progressing_generation_names_both_generations() -> None:
 # --- edge cases no live run shows ---------------------------------------------------------------------------
 
 
-def obj_with(kind: str, conditions: list[tuple[str, str, str]], generation: int = 3, observed: int | None = 3,
-             spec: dict[str, Any] | None = None) -> dict[str, Any]:
-    status: dict[str, Any] = {"conditions": [{"type": t, "status": s, "reason": r, "message": f"{t} {r}"}
-                                             for t, s, r in conditions]}
+def obj_with(
+    kind: str,
+    conditions: list[tuple[str, str, str]],
+    generation: int = 3,
+    observed: int | None = 3,
+    spec: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "conditions": [{"type": t, "status": s, "reason": r, "message": f"{t} {r}"} for t, s, r in conditions]
+    }
     if observed is not None:
         status["observedGeneration"] = observed
-    return {"apiVersion": "mlinfra.io/v1alpha1", "kind": kind, "metadata": {"name": "x", "generation": generation},
-            "spec": spec or {}, "status": status}
+    return {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": "x", "generation": generation},
+        "spec": spec or {},
+        "status": status,
+    }
 
 
 READY = ("Ready", "True", "Ready")
@@ -133,27 +153,34 @@ READY = ("Ready", "True", "Ready")
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_no_status_yet_is_progressing(kind: str) -> None:
-    fresh = {"apiVersion": "mlinfra.io/v1alpha1", "kind": kind, "metadata": {"name": "x", "generation": 1},
-             "spec": {}}
-    assert argocd.evaluate(script(kind), fresh) == {"status": "Progressing",
-                                                    "message": "Waiting for the operator to report status"}
+    fresh = {"apiVersion": "mlinfra.io/v1alpha1", "kind": kind, "metadata": {"name": "x", "generation": 1}, "spec": {}}
+    assert argocd.evaluate(script(kind), fresh) == {
+        "status": "Progressing",
+        "message": "Waiting for the operator to report status",
+    }
     assert argocd.evaluate(script(kind), {**fresh, "status": {}})["status"] == "Progressing"  # type: ignore[index]
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize(("conditions", "expected", "message"), [
-    ([READY], "Healthy", "Ready Ready"),
-    ([], "Progressing", "Waiting for the Ready condition"),
-    ([("Ready", "Unknown", "NotObserved")], "Progressing", "Ready NotObserved"),
-    ([("Ready", "False", "Provisioning"), ("Reconciling", "True", "Provisioning")], "Progressing",
-     "Reconciling Provisioning"),
-    # A transient reason without Reconciling (another writer, an older operator): still only Progressing.
-    ([("Ready", "False", "StoreNotReady")], "Progressing", "Ready StoreNotReady"),
-    ([("Ready", "False", "Unreachable"), ("Reconciling", "False", "Unreachable")], "Degraded", "Ready Unreachable"),
-    ([("Ready", "False", "InvalidSpec"), ("Stalled", "True", "InvalidSpec")], "Degraded", "Stalled InvalidSpec"),
-    # Stalled wins over a Ready left True by an earlier generation's observation.
-    ([READY, ("Stalled", "True", "ImmutableFieldChange")], "Degraded", "Stalled ImmutableFieldChange"),
-])
+@pytest.mark.parametrize(
+    ("conditions", "expected", "message"),
+    [
+        ([READY], "Healthy", "Ready Ready"),
+        ([], "Progressing", "Waiting for the Ready condition"),
+        ([("Ready", "Unknown", "NotObserved")], "Progressing", "Ready NotObserved"),
+        (
+            [("Ready", "False", "Provisioning"), ("Reconciling", "True", "Provisioning")],
+            "Progressing",
+            "Reconciling Provisioning",
+        ),
+        # A transient reason without Reconciling (another writer, an older operator): still only Progressing.
+        ([("Ready", "False", "StoreNotReady")], "Progressing", "Ready StoreNotReady"),
+        ([("Ready", "False", "Unreachable"), ("Reconciling", "False", "Unreachable")], "Degraded", "Ready Unreachable"),
+        ([("Ready", "False", "InvalidSpec"), ("Stalled", "True", "InvalidSpec")], "Degraded", "Stalled InvalidSpec"),
+        # Stalled wins over a Ready left True by an earlier generation's observation.
+        ([READY, ("Stalled", "True", "ImmutableFieldChange")], "Degraded", "Stalled ImmutableFieldChange"),
+    ],
+)
 def test_common_rules(kind: str, conditions: list[tuple[str, str, str]], expected: str, message: str) -> None:
     assert argocd.evaluate(script(kind), obj_with(kind, conditions)) == {"status": expected, "message": message}
 
@@ -163,7 +190,8 @@ def test_a_newer_generation_is_progressing_whatever_the_conditions_say(kind: str
     stale = obj_with(kind, [READY, ("Stalled", "True", "InvalidSpec")], generation=5, observed=4)
     assert argocd.evaluate(script(kind), stale) == {
         "status": "Progressing",
-        "message": "Waiting for the operator to observe generation 5 (status is at generation 4)"}
+        "message": "Waiting for the operator to observe generation 5 (status is at generation 4)",
+    }
 
 
 def test_an_empty_message_falls_back_to_the_reason() -> None:
@@ -172,35 +200,66 @@ def test_an_empty_message_falls_back_to_the_reason() -> None:
     assert argocd.evaluate(script("DataStore"), obj) == {"status": "Degraded", "message": "Ready: Unreachable"}
 
 
-@pytest.mark.parametrize(("kind", "conditions", "spec", "expected", "message"), [
-    ("FeatureView", [READY, ("FreshnessSLOMet", "False", "FreshnessSLOBreached")], {}, "Degraded",
-     "FreshnessSLOMet FreshnessSLOBreached"),
-    ("FeatureView", [READY, ("FreshnessSLOMet", "Unknown", "NoData")], {}, "Healthy", "Ready Ready"),
-    ("FeatureView", [("Ready", "False", "SyncFailed")], {}, "Degraded", "Ready SyncFailed"),
-    ("FeatureView", [("Ready", "False", "JobFailed")], {}, "Degraded", "Ready JobFailed"),
-    ("FeatureView", [READY], {"materialization": {"suspend": True}}, "Suspended",
-     "Materialization is suspended (spec.materialization.suspend)"),
-    ("FeatureView", [READY], {"materialization": {"suspend": False}}, "Healthy", "Ready Ready"),
-    # Suspended only when otherwise healthy: a breached SLO still shows.
-    ("FeatureView", [READY, ("FreshnessSLOMet", "False", "FreshnessSLOBreached")],
-     {"materialization": {"suspend": True}}, "Degraded", "FreshnessSLOMet FreshnessSLOBreached"),
-    ("ModelRegistry", [READY, ("LineageInSync", "False", "LineageLagging")], {}, "Degraded",
-     "LineageInSync LineageLagging"),
-    ("ModelRegistry", [READY, ("LineageInSync", "True", "NotApplicable")], {}, "Healthy", "Ready Ready"),
-    ("VectorIndex", [READY, ("Synced", "False", "LagExceeded")], {}, "Degraded", "Synced LagExceeded"),
-    ("VectorIndex", [READY, ("Synced", "False", "Behind")], {}, "Healthy", "Ready Ready"),
-    ("VectorIndex", [READY, ("Synced", "False", "NoSource")], {}, "Healthy", "Ready Ready"),
-    ("VectorIndex", [READY, ("Reindexing", "False", "BackfillFailed")], {}, "Degraded",
-     "Reindexing BackfillFailed"),
-    ("VectorIndex", [READY, ("Reindexing", "False", "Idle")], {}, "Healthy", "Ready Ready"),
-    ("VectorIndex", [READY, ("Reindexing", "True", "Rebuilding")], {}, "Progressing", "Reindexing Rebuilding"),
-    ("VectorIndex", [READY], {"sync": {"suspend": True}}, "Suspended", "Sync is suspended (spec.sync.suspend)"),
-    ("DataStore", [READY, ("Replicating", "False", "ReplicaNotStreaming")], {}, "Healthy", "Ready Ready"),
-])
-def test_kind_rules(kind: str, conditions: list[tuple[str, str, str]], spec: dict[str, Any], expected: str,
-                    message: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "conditions", "spec", "expected", "message"),
+    [
+        (
+            "FeatureView",
+            [READY, ("FreshnessSLOMet", "False", "FreshnessSLOBreached")],
+            {},
+            "Degraded",
+            "FreshnessSLOMet FreshnessSLOBreached",
+        ),
+        ("FeatureView", [READY, ("FreshnessSLOMet", "Unknown", "NoData")], {}, "Healthy", "Ready Ready"),
+        ("FeatureView", [("Ready", "False", "SyncFailed")], {}, "Degraded", "Ready SyncFailed"),
+        ("FeatureView", [("Ready", "False", "JobFailed")], {}, "Degraded", "Ready JobFailed"),
+        (
+            "FeatureView",
+            [READY],
+            {"materialization": {"suspend": True}},
+            "Suspended",
+            "Materialization is suspended (spec.materialization.suspend)",
+        ),
+        ("FeatureView", [READY], {"materialization": {"suspend": False}}, "Healthy", "Ready Ready"),
+        # Suspended only when otherwise healthy: a breached SLO still shows.
+        (
+            "FeatureView",
+            [READY, ("FreshnessSLOMet", "False", "FreshnessSLOBreached")],
+            {"materialization": {"suspend": True}},
+            "Degraded",
+            "FreshnessSLOMet FreshnessSLOBreached",
+        ),
+        (
+            "ModelRegistry",
+            [READY, ("LineageInSync", "False", "LineageLagging")],
+            {},
+            "Degraded",
+            "LineageInSync LineageLagging",
+        ),
+        ("ModelRegistry", [READY, ("LineageInSync", "True", "NotApplicable")], {}, "Healthy", "Ready Ready"),
+        ("VectorIndex", [READY, ("Synced", "False", "LagExceeded")], {}, "Degraded", "Synced LagExceeded"),
+        ("VectorIndex", [READY, ("Synced", "False", "Behind")], {}, "Healthy", "Ready Ready"),
+        ("VectorIndex", [READY, ("Synced", "False", "NoSource")], {}, "Healthy", "Ready Ready"),
+        (
+            "VectorIndex",
+            [READY, ("Reindexing", "False", "BackfillFailed")],
+            {},
+            "Degraded",
+            "Reindexing BackfillFailed",
+        ),
+        ("VectorIndex", [READY, ("Reindexing", "False", "Idle")], {}, "Healthy", "Ready Ready"),
+        ("VectorIndex", [READY, ("Reindexing", "True", "Rebuilding")], {}, "Progressing", "Reindexing Rebuilding"),
+        ("VectorIndex", [READY], {"sync": {"suspend": True}}, "Suspended", "Sync is suspended (spec.sync.suspend)"),
+        ("DataStore", [READY, ("Replicating", "False", "ReplicaNotStreaming")], {}, "Healthy", "Ready Ready"),
+    ],
+)
+def test_kind_rules(
+    kind: str, conditions: list[tuple[str, str, str]], spec: dict[str, Any], expected: str, message: str
+) -> None:
     assert argocd.evaluate(script(kind), obj_with(kind, conditions, spec=spec)) == {
-        "status": expected, "message": message}
+        "status": expected,
+        "message": message,
+    }
 
 
 # --- the scripts and what ships them -------------------------------------------------------------------------
@@ -252,7 +311,10 @@ def test_snippet_and_values_carry_the_scripts_verbatim() -> None:
     snippet = yaml.safe_load((ROOT / argocd.SNIPPET).read_text())
     values = yaml.safe_load((ROOT / argocd.VALUES).read_text())
     assert (snippet["kind"], snippet["metadata"]["name"], snippet["metadata"]["namespace"]) == (
-        "ConfigMap", "argocd-cm", "argocd")
+        "ConfigMap",
+        "argocd-cm",
+        "argocd",
+    )
     assert snippet["data"] == values["configs"]["cm"]
     for kind in KINDS:
         # Argo CD splits the key at its first three dots and the rest at "_": group mlinfra.io, this kind.
@@ -262,7 +324,8 @@ def test_snippet_and_values_carry_the_scripts_verbatim() -> None:
         ignore = yaml.safe_load(snippet["data"][f"resource.customizations.ignoreResourceUpdates.mlinfra.io_{kind}"])
         assert ignore["jsonPointers"] == ["/status"]
         assert ignore["jqPathExpressions"] == [
-            '.metadata.annotations | objects | .[keys[] | select(startswith("kopf.mlinfra.io/"))]']
+            '.metadata.annotations | objects | .[keys[] | select(startswith("kopf.mlinfra.io/"))]'
+        ]
     assert len(snippet["data"]) == 2 * len(KINDS)
 
 

@@ -54,8 +54,9 @@ def test_imports_flow_one_way() -> None:
 
 
 def test_kopf_only_in_the_handler_shape() -> None:
-    users = {p.relative_to(PKG).as_posix() for p in sources()
-             if any(m.split(".")[0] == "kopf" for m in imported_modules(p))}
+    users = {
+        p.relative_to(PKG).as_posix() for p in sources() if any(m.split(".")[0] == "kopf" for m in imported_modules(p))
+    }
     assert users <= layers.KOPF_MODULES, sorted(users - layers.KOPF_MODULES)
 
 
@@ -68,15 +69,22 @@ def test_kind_handler_files_are_wiring_only() -> None:
 
 
 def test_no_module_imports_a_reconciler_but_the_handlers() -> None:
-    offenders = [f"{p.relative_to(PKG)} imports {m}" for p in sources() if layer_of(p) != "handlers"
-                 for m in imported_modules(p) if m.startswith("mlinfra.") and m.endswith(".reconcile")
-                 and m.split(".")[1] != layer_of(p)]
+    offenders = [
+        f"{p.relative_to(PKG)} imports {m}"
+        for p in sources()
+        if layer_of(p) != "handlers"
+        for m in imported_modules(p)
+        if m.startswith("mlinfra.") and m.endswith(".reconcile") and m.split(".")[1] != layer_of(p)
+    ]
     assert offenders == []
 
 
 def test_status_is_written_through_one_path() -> None:
-    writers = {p.relative_to(PKG).as_posix() for p in sources() if layer_of(p) not in ("devenv", "build")
-               and 'subresource="status"' in p.read_text()}
+    writers = {
+        p.relative_to(PKG).as_posix()
+        for p in sources()
+        if layer_of(p) not in ("devenv", "build") and 'subresource="status"' in p.read_text()
+    }
     assert writers == {"handlers/statuswrite.py"}
 
 
@@ -86,14 +94,18 @@ def test_concepts_keep_their_one_owner() -> None:
         rel = path.relative_to(PKG).as_posix()
         if layer_of(path) in layers.OWNER_EXEMPT:
             continue
-        offenders += [f"{rel} imports {m}" for m in imported_modules(path)
-                      if m in layers.OWNERS and rel not in layers.OWNERS[m]]
+        offenders += [
+            f"{rel} imports {m}" for m in imported_modules(path) if m in layers.OWNERS and rel not in layers.OWNERS[m]
+        ]
     assert offenders == []
 
 
 def test_the_endpoint_map_is_development_wiring_of_the_context_only() -> None:
-    users = {p.relative_to(PKG).as_posix() for p in sources()
-             if layer_of(p) != "devenv" and "mlinfra.engines.endpoints" in imported_modules(p)}
+    users = {
+        p.relative_to(PKG).as_posix()
+        for p in sources()
+        if layer_of(p) != "devenv" and "mlinfra.engines.endpoints" in imported_modules(p)
+    }
     assert users <= {"context.py"}, sorted(users)
 
 
@@ -110,7 +122,9 @@ def test_the_operator_process_loads_no_generator_and_no_dev_platform() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, mlinfra.run, mlinfra.handlers; "
-            "print(sorted(m for m in sys.modules if m.startswith(('mlinfra.build', 'mlinfra.devenv'))))")
+    code = (
+        "import sys, mlinfra.run, mlinfra.handlers; "
+        "print(sorted(m for m in sys.modules if m.startswith(('mlinfra.build', 'mlinfra.devenv'))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"

@@ -10,8 +10,15 @@ from mlinfra.client import connections
 from mlinfra.engines import connection
 
 REDIS = connection.ConnectionInfo.for_engine("redis", "redis.ml.svc", "s3cret", port=6380, database="2")
-POSTGRES = connection.ConnectionInfo.for_engine("postgres", "pg.ml.svc", "pw", username="app", database="features",
-                                                tls=True, ca_cert="-----BEGIN CERTIFICATE-----\n")
+POSTGRES = connection.ConnectionInfo.for_engine(
+    "postgres",
+    "pg.ml.svc",
+    "pw",
+    username="app",
+    database="features",
+    tls=True,
+    ca_cert="-----BEGIN CERTIFICATE-----\n",
+)
 
 
 @pytest.mark.parametrize("info", [REDIS, POSTGRES])
@@ -39,17 +46,24 @@ def test_a_mapping_of_secret_keys(info: connection.ConnectionInfo) -> None:
     assert connections.resolve(info) is info
 
 
-@pytest.mark.parametrize(("url", "expected"), [
-    ("redis://:s3cret@redis.ml.svc:6380/2", REDIS),
-    ("redis://default:s3cret@redis.ml.svc:6380/2", REDIS),
-    ("redis://h", connection.ConnectionInfo.for_engine("redis", "h", "")),
-    ("rediss://u:p@h:1/0", connection.ConnectionInfo("redis", "h", 1, "u", "p", "0", True)),
-    ("postgresql://app:pw@pg.ml.svc/features?sslmode=require",
-     connection.ConnectionInfo("postgres", "pg.ml.svc", 5432, "app", "pw", "features", True)),
-    ("postgres://app:p%40ss@[::1]:5433/db",
-     connection.ConnectionInfo("postgres", "::1", 5433, "app", "p@ss", "db", False)),
-    ("postgresql://h", connection.ConnectionInfo.for_engine("postgres", "h", "")),
-])
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://:s3cret@redis.ml.svc:6380/2", REDIS),
+        ("redis://default:s3cret@redis.ml.svc:6380/2", REDIS),
+        ("redis://h", connection.ConnectionInfo.for_engine("redis", "h", "")),
+        ("rediss://u:p@h:1/0", connection.ConnectionInfo("redis", "h", 1, "u", "p", "0", True)),
+        (
+            "postgresql://app:pw@pg.ml.svc/features?sslmode=require",
+            connection.ConnectionInfo("postgres", "pg.ml.svc", 5432, "app", "pw", "features", True),
+        ),
+        (
+            "postgres://app:p%40ss@[::1]:5433/db",
+            connection.ConnectionInfo("postgres", "::1", 5433, "app", "p@ss", "db", False),
+        ),
+        ("postgresql://h", connection.ConnectionInfo.for_engine("postgres", "h", "")),
+    ],
+)
 def test_urls(url: str, expected: connection.ConnectionInfo) -> None:
     assert connections.from_url(url) == expected
     assert connections.resolve(url) == expected
@@ -59,11 +73,14 @@ def test_an_explicit_password_wins_over_the_urls() -> None:
     assert connections.from_url("redis://:old@h/0", password="new").password == "new"
 
 
-@pytest.mark.parametrize(("url", "message"), [
-    ("http://h", "unsupported URL scheme"),
-    ("redis:///0", "no host"),
-    ("redis://h:99999", "port"),
-])
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://h", "unsupported URL scheme"),
+        ("redis:///0", "no host"),
+        ("redis://h:99999", "port"),
+    ],
+)
 def test_bad_urls(url: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         connections.from_url(url)

@@ -20,8 +20,11 @@ def body(**spec: Any) -> dict[str, Any]:
         "metadata": {"name": "user-stats", "namespace": "ml"},
         "spec": {
             "entities": [{"name": "shop", "type": "string"}, {"name": "item", "type": "int64"}],
-            "features": [{"name": "clicks", "type": "int64"}, {"name": "score", "type": "float64"},
-                         {"name": "tags", "type": "string"}],
+            "features": [
+                {"name": "clicks", "type": "int64"},
+                {"name": "score", "type": "float64"},
+                {"name": "tags", "type": "string"},
+            ],
             "offline": {"storeRef": {"name": "pg"}},
             "online": {"storeRef": {"name": "redis"}},
             **spec,
@@ -34,13 +37,18 @@ VIEW = fx.View.from_featureview(body(online={"storeRef": {"name": "redis"}, "ttl
 
 def test_a_view_from_a_body_or_the_model_applies_the_layouts_defaults() -> None:
     expected = fx.View(
-        name="user-stats", namespace="ml", entities=(("shop", "string"), ("item", "int64")),
+        name="user-stats",
+        namespace="ml",
+        entities=(("shop", "string"), ("item", "int64")),
         features=(("clicks", "int64"), ("score", "float64"), ("tags", "string")),
-        schema=layout.DEFAULT_SCHEMA, table="user_stats", ttl=datetime.timedelta(hours=1),
+        schema=layout.DEFAULT_SCHEMA,
+        table="user_stats",
+        ttl=datetime.timedelta(hours=1),
     )
     assert expected == VIEW
-    model = featureview.FeatureView.model_validate(body(offline={"storeRef": {"name": "pg"}, "schema": "fs",
-                                                                 "table": "t"}))
+    model = featureview.FeatureView.model_validate(
+        body(offline={"storeRef": {"name": "pg"}, "schema": "fs", "table": "t"})
+    )
     view = fx.View.from_featureview(model, namespace="other")
     assert (view.namespace, view.schema, view.table, view.ttl) == ("other", "fs", "t", None)
 
@@ -100,8 +108,10 @@ def test_the_as_of_query() -> None:
 
 def test_the_as_of_parameters() -> None:
     naive = datetime.datetime(2024, 5, 1, 12, 0)  # naive on purpose: taken as UTC
-    rows = [{"shop": "a", "item": 1, "event_timestamp": T, "extra": 1},
-            {"shop": "b", "item": 2, "event_timestamp": naive}]
+    rows = [
+        {"shop": "a", "item": 1, "event_timestamp": T, "extra": 1},
+        {"shop": "b", "item": 2, "event_timestamp": naive},
+    ]
     assert fx.historical_params(VIEW, rows) == [["a", "b"], [1, 2], [T, T], datetime.timedelta(hours=1)]
     assert fx.historical_params(VIEW, rows, apply_ttl=False) == [["a", "b"], [1, 2], [T, T]]
     with pytest.raises(ValueError, match="lacks the entity column"):
@@ -116,7 +126,9 @@ def test_historical_rows_extend_the_input_rows_with_typed_values() -> None:
     selected = VIEW.select(["clicks", "score"])
     rows = [{"shop": "a", "item": 1, "event_timestamp": T}, {"shop": "b", "item": 2, "event_timestamp": T}]
     assert fx.historical_rows(selected, rows, [(1, 5, 0.5), (2, None, None)]) == [
-        {**rows[0], "clicks": 5, "score": 0.5}, {**rows[1], "clicks": None, "score": None}]
+        {**rows[0], "clicks": 5, "score": 0.5},
+        {**rows[1], "clicks": None, "score": None},
+    ]
     with pytest.raises(ValueError, match="requested features"):
         fx.check_entity_rows(selected, [{"shop": "a", "item": 1, "event_timestamp": T, "score": 1.0}])
 

@@ -68,8 +68,9 @@ def test_coredns_serves_the_cluster_and_forwards_nothing() -> None:
 
 
 def test_host_service_slices_name_the_host_process() -> None:
-    objs = nodeconfig.host_service("kube-system", "kube-dns", "10.89.7.2", [("dns", "UDP", 53)],
-                                   cluster_ip=nodeconfig.CLUSTER_DNS_IP)
+    objs = nodeconfig.host_service(
+        "kube-system", "kube-dns", "10.89.7.2", [("dns", "UDP", 53)], cluster_ip=nodeconfig.CLUSTER_DNS_IP
+    )
     svc, eps = objs
     assert "selector" not in svc["spec"] and svc["spec"]["clusterIP"] == "10.0.0.10"
     assert eps["metadata"]["labels"]["kubernetes.io/service-name"] == "kube-dns"

@@ -25,8 +25,9 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def store_engines() -> dict[str, str]:
-    return {doc["metadata"]["name"]: doc["spec"]["engine"]
-            for doc in map(load, sorted(SAMPLES.glob("datastore-*.yaml")))}
+    return {
+        doc["metadata"]["name"]: doc["spec"]["engine"] for doc in map(load, sorted(SAMPLES.glob("datastore-*.yaml")))
+    }
 
 
 def test_the_sample_validates_with_the_model() -> None:
@@ -52,8 +53,13 @@ def test_the_sample_reads_the_sample_table() -> None:
     assert source is not None
     assert (source.schema_name, source.table) == (sample.DEFAULT_SCHEMA, sample.DEFAULT_TABLE)
     assert spec.vectors.size == sample.DIM
-    columns = [source.id_column, source.vector_column, source.updated_at_column, source.deleted_column,
-               *(source.payload_columns or ())]
+    columns = [
+        source.id_column,
+        source.vector_column,
+        source.updated_at_column,
+        source.deleted_column,
+        *(source.payload_columns or ()),
+    ]
     assert set(columns) <= set(sample.COLUMNS)
     assert source.payload_columns == ["title", "lang"]
 

@@ -9,12 +9,15 @@ import pytest
 from mlinfra.engines import connection, endpoints
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("db.example.com:5432", ("db.example.com", 5432)),
-    ("10.0.0.1:6379", ("10.0.0.1", 6379)),
-    ("[::1]:7687", ("::1", 7687)),
-    ("bare-host", ("bare-host", 1234)),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("db.example.com:5432", ("db.example.com", 5432)),
+        ("10.0.0.1:6379", ("10.0.0.1", 6379)),
+        ("[::1]:7687", ("::1", 7687)),
+        ("bare-host", ("bare-host", 1234)),
+    ],
+)
 def test_split_endpoint(text: str, expected: tuple[str, int]) -> None:
     assert connection.split_endpoint(text, 1234) == expected
 

@@ -16,8 +16,12 @@ pytestmark = pytest.mark.unit
 
 
 def store(engine: str = "redis", **managed: object) -> DataStore:
-    return DataStore.model_validate({"metadata": {"name": "kv", "namespace": "ml", "uid": "u", "generation": 1},
-                                     "spec": {"engine": engine, "managed": {"replicas": 1, **managed}}})
+    return DataStore.model_validate(
+        {
+            "metadata": {"name": "kv", "namespace": "ml", "uid": "u", "generation": 1},
+            "spec": {"engine": engine, "managed": {"replicas": 1, **managed}},
+        }
+    )
 
 
 def test_the_setting_lists_every_engine_of_the_api() -> None:
@@ -27,7 +31,9 @@ def test_the_setting_lists_every_engine_of_the_api() -> None:
 def test_parse_engine_images() -> None:
     assert config.parse_engine_images("") == {}
     assert config.parse_engine_images(" redis=m.local/redis:{version} , postgres=m.local/pg:15 ") == {
-        "redis": "m.local/redis:{version}", "postgres": "m.local/pg:15"}
+        "redis": "m.local/redis:{version}",
+        "postgres": "m.local/pg:15",
+    }
 
 
 @pytest.mark.parametrize("bad", ["redis", "mysql=x", "redis=", "=x", "redis=a b"])

@@ -82,8 +82,7 @@ def test_secret_values_are_exactly_the_documented_strings() -> None:
         ("qdrant", 6333, True, "https://db.example.com:6333"),
     ],
 )
-def test_uri_per_engine_never_embeds_the_password(engine: connection.Engine, port: int, tls: bool,
-                                                  uri: str) -> None:
+def test_uri_per_engine_never_embeds_the_password(engine: connection.Engine, port: int, tls: bool, uri: str) -> None:
     conn = info(engine, port=port, tls=tls)
     assert conn.uri == uri
     assert PASSWORD not in conn.uri
@@ -114,8 +113,12 @@ def test_with_endpoint_keeps_everything_else() -> None:
 
 @pytest.mark.parametrize(
     ("engine", "port", "username", "database"),
-    [("redis", 6379, "default", "0"), ("postgres", 5432, "postgres", "postgres"), ("neo4j", 7687, "neo4j", "neo4j"),
-     ("qdrant", 6333, "", "")],
+    [
+        ("redis", 6379, "default", "0"),
+        ("postgres", 5432, "postgres", "postgres"),
+        ("neo4j", 7687, "neo4j", "neo4j"),
+        ("qdrant", 6333, "", ""),
+    ],
 )
 def test_for_engine_fills_the_defaults(engine: connection.Engine, port: int, username: str, database: str) -> None:
     conn = connection.ConnectionInfo.for_engine(engine, "h", "pw")

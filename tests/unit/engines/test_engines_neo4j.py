@@ -15,8 +15,10 @@ def test_parse_components_reads_the_kernel() -> None:
 
 
 def test_parse_components_normalises_the_edition_and_ignores_other_components() -> None:
-    components: list[dict[str, Any]] = [{"name": "Other", "versions": ["1"], "edition": "x"},
-                                        {"name": "Neo4j Kernel", "versions": ["5.26.0"], "edition": "Enterprise"}]
+    components: list[dict[str, Any]] = [
+        {"name": "Other", "versions": ["1"], "edition": "x"},
+        {"name": "Neo4j Kernel", "versions": ["5.26.0"], "edition": "Enterprise"},
+    ]
     assert neo4j.parse_components(components) == ("5.26.0", "enterprise")
 
 

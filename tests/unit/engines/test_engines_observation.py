@@ -33,8 +33,9 @@ def test_observed_takes_the_maximum_lag_of_the_members_that_report_one() -> None
 
 
 def test_no_lag_reported_means_unknown_not_zero() -> None:
-    obs = observation.Observation.observed(version=None, members=[Member("s", "standalone", True)],
-                                           replication="not-applicable")
+    obs = observation.Observation.observed(
+        version=None, members=[Member("s", "standalone", True)], replication="not-applicable"
+    )
     assert obs.max_lag_bytes is None and obs.max_lag_seconds is None
 
 
@@ -47,8 +48,13 @@ def test_unreachable_knows_nothing_else() -> None:
 
 @pytest.mark.parametrize(
     ("readiness", "state"),
-    [([], "none"), ([True], "streaming"), ([True, True], "streaming"), ([True, False], "degraded"),
-     ([False], "degraded")],
+    [
+        ([], "none"),
+        ([True], "streaming"),
+        ([True, True], "streaming"),
+        ([True, False], "degraded"),
+        ([False], "degraded"),
+    ],
 )
 def test_replication_state(readiness: list[bool], state: observation.ReplicationState) -> None:
     replicas = [Member(f"r{i}", "replica", ready) for i, ready in enumerate(readiness)]

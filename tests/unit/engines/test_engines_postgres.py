@@ -9,9 +9,16 @@ import pytest
 from mlinfra.engines import postgres
 
 
-def row(app: str | None = "standby-0", addr: str | None = "10.0.0.2", port: int | None = 40000,
-        state: str | None = "streaming", lag_bytes: int | None = 0, replay: float | None = None,
-        flush: float | None = None, write: float | None = None) -> tuple[Any, ...]:
+def row(
+    app: str | None = "standby-0",
+    addr: str | None = "10.0.0.2",
+    port: int | None = 40000,
+    state: str | None = "streaming",
+    lag_bytes: int | None = 0,
+    replay: float | None = None,
+    flush: float | None = None,
+    write: float | None = None,
+) -> tuple[Any, ...]:
     return (app, addr, port, state, lag_bytes, replay, flush, write)
 
 
@@ -28,8 +35,9 @@ def row(app: str | None = "standby-0", addr: str | None = "10.0.0.2", port: int 
         (None, None, None, None, None),
     ],
 )
-def test_lag_seconds(lag_bytes: int | None, replay: float | None, flush: float | None, write: float | None,
-                     seconds: float | None) -> None:
+def test_lag_seconds(
+    lag_bytes: int | None, replay: float | None, flush: float | None, write: float | None, seconds: float | None
+) -> None:
     assert postgres.lag_seconds(lag_bytes, replay, flush, write) == seconds
 
 
@@ -55,8 +63,13 @@ def test_negative_byte_lag_is_clamped() -> None:
 
 
 def test_colliding_names_are_made_unique() -> None:
-    members = postgres.unique_names([postgres.standby_member(row(app="s")), postgres.standby_member(row(app="s")),
-                                     postgres.standby_member(row(app="t"))])
+    members = postgres.unique_names(
+        [
+            postgres.standby_member(row(app="s")),
+            postgres.standby_member(row(app="s")),
+            postgres.standby_member(row(app="t")),
+        ]
+    )
     assert [m.name for m in members] == ["s-1", "s-2", "t"]
 
 
@@ -70,8 +83,15 @@ def test_colliding_names_are_made_unique() -> None:
         (None, True, 0, None, True, 0, 0.0),  # no pg_read_all_stats: the receiver exists, status hidden
     ],
 )
-def test_self_as_standby(status: str | None, has_receiver: bool, behind: int | None, age: float | None, ready: bool,
-                         lag_bytes: int | None, lag_seconds: float | None) -> None:
+def test_self_as_standby(
+    status: str | None,
+    has_receiver: bool,
+    behind: int | None,
+    age: float | None,
+    ready: bool,
+    lag_bytes: int | None,
+    lag_seconds: float | None,
+) -> None:
     member = postgres.self_as_standby((status, has_receiver, behind, age), "10.0.0.2:5432")
     assert (member.name, member.role) == ("10.0.0.2:5432", "replica")
     assert (member.ready, member.lag_bytes, member.lag_seconds) == (ready, lag_bytes, lag_seconds)

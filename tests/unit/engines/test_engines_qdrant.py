@@ -16,16 +16,21 @@ def enabled(peer_id: int, peers: dict[int, str], failing: tuple[str, ...] = ()) 
         status="enabled",
         peer_id=peer_id,
         peers={str(pid): models.PeerInfo(uri=uri) for pid, uri in peers.items()},
-        raft_info=models.RaftInfo(term=3, commit=10, pending_operations=0, leader=peer_id,
-                                  role=models.StateRole.LEADER, is_voter=True),
-        consensus_thread_status=models.ConsensusThreadStatusOneOf(consensus_thread_status="working",
-                                                                  last_update="2025-01-01T00:00:00Z"),
+        raft_info=models.RaftInfo(
+            term=3, commit=10, pending_operations=0, leader=peer_id, role=models.StateRole.LEADER, is_voter=True
+        ),
+        consensus_thread_status=models.ConsensusThreadStatusOneOf(
+            consensus_thread_status="working", last_update="2025-01-01T00:00:00Z"
+        ),
         message_send_failures={uri: models.MessageSendErrors(count=3, latest_error="timeout") for uri in failing},
     )
 
 
-PEERS = {11: "http://qdrant-0.qdrant-headless:6335/", 22: "http://qdrant-1.qdrant-headless:6335/",
-         3: "http://qdrant-2.qdrant-headless:6335/"}
+PEERS = {
+    11: "http://qdrant-0.qdrant-headless:6335/",
+    22: "http://qdrant-1.qdrant-headless:6335/",
+    3: "http://qdrant-2.qdrant-headless:6335/",
+}
 
 
 def test_cluster_disabled_is_one_standalone_server() -> None:
@@ -61,14 +66,22 @@ def test_replicas_from_cluster_info() -> None:
     info = models.CollectionClusterInfo(
         peer_id=11,
         shard_count=2,
-        local_shards=[models.LocalShardInfo(shard_id=1, points_count=5, state=models.ReplicaState.ACTIVE),
-                      models.LocalShardInfo(shard_id=0, points_count=5, state=models.ReplicaState.ACTIVE)],
-        remote_shards=[models.RemoteShardInfo(shard_id=0, peer_id=22, state=models.ReplicaState.PARTIAL),
-                       models.RemoteShardInfo(shard_id=1, peer_id=3, state=models.ReplicaState.DEAD)],
+        local_shards=[
+            models.LocalShardInfo(shard_id=1, points_count=5, state=models.ReplicaState.ACTIVE),
+            models.LocalShardInfo(shard_id=0, points_count=5, state=models.ReplicaState.ACTIVE),
+        ],
+        remote_shards=[
+            models.RemoteShardInfo(shard_id=0, peer_id=22, state=models.ReplicaState.PARTIAL),
+            models.RemoteShardInfo(shard_id=1, peer_id=3, state=models.ReplicaState.DEAD),
+        ],
         shard_transfers=[],
     )
-    assert qdrant.replicas_from_cluster_info(info) == [(0, 11, "Active"), (0, 22, "Partial"), (1, 3, "Dead"),
-                                                       (1, 11, "Active")]
+    assert qdrant.replicas_from_cluster_info(info) == [
+        (0, 11, "Active"),
+        (0, 22, "Partial"),
+        (1, 3, "Dead"),
+        (1, 11, "Active"),
+    ]
 
 
 @pytest.fixture

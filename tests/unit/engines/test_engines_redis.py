@@ -45,8 +45,9 @@ def test_a_caught_up_replica_is_zero_seconds_behind_whatever_its_last_ack() -> N
 
 
 def test_replicas_are_ordered_by_their_index_not_as_text() -> None:
-    slaves = {f"slave{i}": {"ip": f"10.0.1.{i}", "port": 1, "state": "online", "offset": 5000, "lag": 0}
-              for i in (10, 2, 1)}
+    slaves = {
+        f"slave{i}": {"ip": f"10.0.1.{i}", "port": 1, "state": "online", "offset": 5000, "lag": 0} for i in (10, 2, 1)
+    }
     members, _ = redis.replication_members(primary_info(**slaves), SELF)
     assert [m.name for m in members[1:]] == ["10.0.1.1:1", "10.0.1.2:1", "10.0.1.10:1"]
 
@@ -55,7 +56,11 @@ def test_an_unparsed_slave_line_is_understood_too() -> None:
     info = primary_info(slave0="ip=10.0.0.2,port=6379,state=online,offset=4990,lag=1")
     members, _ = redis.replication_members(info, SELF)
     assert (members[1].name, members[1].ready, members[1].lag_bytes, members[1].lag_seconds) == (
-        "10.0.0.2:6379", True, 10, 1.0)
+        "10.0.0.2:6379",
+        True,
+        10,
+        1.0,
+    )
 
 
 def test_a_replica_ahead_of_a_stale_info_never_reports_negative_lag() -> None:
@@ -71,8 +76,15 @@ def test_a_primary_without_replicas_is_standalone() -> None:
 
 
 def test_seen_from_a_replica_with_its_link_up() -> None:
-    info = {"role": "slave", "master_host": "10.0.0.1", "master_port": 6379, "master_link_status": "up",
-            "master_last_io_seconds_ago": 3, "master_sync_in_progress": 0, "slave_repl_offset": 4000}
+    info = {
+        "role": "slave",
+        "master_host": "10.0.0.1",
+        "master_port": 6379,
+        "master_link_status": "up",
+        "master_last_io_seconds_ago": 3,
+        "master_sync_in_progress": 0,
+        "slave_repl_offset": 4000,
+    }
     members, state = redis.replication_members(info, "10.0.0.2:6379")
     assert state == "streaming"
     assert len(members) == 1
@@ -81,8 +93,13 @@ def test_seen_from_a_replica_with_its_link_up() -> None:
 
 
 def test_seen_from_a_replica_whose_link_is_down() -> None:
-    info = {"role": "slave", "master_link_status": "down", "master_last_io_seconds_ago": -1,
-            "master_sync_in_progress": 0, "master_link_down_since_seconds": 42}
+    info = {
+        "role": "slave",
+        "master_link_status": "down",
+        "master_last_io_seconds_ago": -1,
+        "master_sync_in_progress": 0,
+        "master_link_down_since_seconds": 42,
+    }
     members, state = redis.replication_members(info, "r")
     assert state == "degraded"
     assert (members[0].ready, members[0].lag_seconds) == (False, 42.0)
@@ -99,8 +116,10 @@ def test_a_replica_still_syncing_is_not_ready() -> None:
     [
         ([], []),
         ([{"name": "search", "ver": 21005}, {"name": "ReJSON", "ver": 20803}], ["redisearch", "redisjson"]),
-        ([{"name": "timeseries"}, {"name": "bf"}, {"name": "vectorset"}], ["redisbloom", "redistimeseries",
-                                                                          "vectorset"]),
+        (
+            [{"name": "timeseries"}, {"name": "bf"}, {"name": "vectorset"}],
+            ["redisbloom", "redistimeseries", "vectorset"],
+        ),
         ([{b"name": b"search"}, {"name": b"ReJSON"}], ["redisjson"]),  # bytes keys are not ours to guess
         ([{"name": "MyModule"}], ["mymodule"]),
     ],

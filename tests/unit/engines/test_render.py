@@ -20,15 +20,22 @@ CASES = [("redis", 1), ("redis", 3), ("postgres", 1), ("postgres", 3), ("neo4j",
 
 
 def store(engine: str = "redis", replicas: int = 1, **managed: Any) -> DataStore:
-    return DataStore.model_validate({
-        "metadata": {
-            "name": NAME, "namespace": NS, "uid": "u-1", "generation": 4,
-            "labels": {"team": "ranking", "app.kubernetes.io/part-of": "argo-app"},
-            "annotations": {"argocd.argoproj.io/tracking-id": "app:mlinfra.io/DataStore:ml/feats",
-                            "note": "user-owned"},
-        },
-        "spec": {"engine": engine, "managed": {"replicas": replicas, **managed}},
-    })
+    return DataStore.model_validate(
+        {
+            "metadata": {
+                "name": NAME,
+                "namespace": NS,
+                "uid": "u-1",
+                "generation": 4,
+                "labels": {"team": "ranking", "app.kubernetes.io/part-of": "argo-app"},
+                "annotations": {
+                    "argocd.argoproj.io/tracking-id": "app:mlinfra.io/DataStore:ml/feats",
+                    "note": "user-owned",
+                },
+            },
+            "spec": {"engine": engine, "managed": {"replicas": replicas, **managed}},
+        }
+    )
 
 
 def by_kind(objects: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -61,8 +68,7 @@ def walk(node: Any) -> Iterator[Any]:
 @pytest.mark.parametrize(("engine", "replicas"), CASES)
 def test_objects_and_names(engine: str, replicas: int) -> None:
     objects = render.render_managed(store(engine, replicas))
-    expected = [("ConfigMap", "feats-config"), ("Service", "feats-hl"), ("Service", "feats"),
-                ("StatefulSet", "feats")]
+    expected = [("ConfigMap", "feats-config"), ("Service", "feats-hl"), ("Service", "feats"), ("StatefulSet", "feats")]
     if replicas > 1:
         expected.append(("PodDisruptionBudget", "feats"))
     assert [(o["kind"], o["metadata"]["name"]) for o in objects] == expected
@@ -76,8 +82,10 @@ def test_labels_and_selectors(engine: str, replicas: int) -> None:
     objects = render.render_managed(ds)
     labels, selector = names.labels(ds), names.selector_labels(ds)
     assert labels == {
-        "app.kubernetes.io/name": engine, "app.kubernetes.io/instance": NAME,
-        "app.kubernetes.io/managed-by": "mlinfra-operator", "app.kubernetes.io/component": "datastore",
+        "app.kubernetes.io/name": engine,
+        "app.kubernetes.io/instance": NAME,
+        "app.kubernetes.io/managed-by": "mlinfra-operator",
+        "app.kubernetes.io/component": "datastore",
         "mlinfra.io/datastore": NAME,
     }
     for obj in objects:
@@ -103,8 +111,9 @@ def test_the_datastores_own_labels_and_annotations_are_never_copied() -> None:
         assert value not in text
 
 
-@pytest.mark.parametrize(("engine", "primary_only"), [("redis", True), ("postgres", True), ("neo4j", False),
-                                                     ("qdrant", False)])
+@pytest.mark.parametrize(
+    ("engine", "primary_only"), [("redis", True), ("postgres", True), ("neo4j", False), ("qdrant", False)]
+)
 def test_client_service_selects_the_primary_where_replicas_are_read_only(engine: str, primary_only: bool) -> None:
     ds = store(engine, 1 if engine == "neo4j" else 3)
     client = by_kind(render.render_managed(ds))["Service", "feats"]
@@ -114,12 +123,15 @@ def test_client_service_selects_the_primary_where_replicas_are_read_only(engine:
         assert expected["statefulset.kubernetes.io/pod-name"] == "feats-0"
 
 
-@pytest.mark.parametrize(("engine", "ports", "client_ports"), [
-    ("redis", {"redis": 6379}, {"redis": 6379}),
-    ("postgres", {"postgres": 5432}, {"postgres": 5432}),
-    ("neo4j", {"bolt": 7687, "http": 7474}, {"bolt": 7687, "http": 7474}),
-    ("qdrant", {"http": 6333, "grpc": 6334, "p2p": 6335}, {"http": 6333, "grpc": 6334}),
-])
+@pytest.mark.parametrize(
+    ("engine", "ports", "client_ports"),
+    [
+        ("redis", {"redis": 6379}, {"redis": 6379}),
+        ("postgres", {"postgres": 5432}, {"postgres": 5432}),
+        ("neo4j", {"bolt": 7687, "http": 7474}, {"bolt": 7687, "http": 7474}),
+        ("qdrant", {"http": 6333, "grpc": 6334, "p2p": 6335}, {"http": 6333, "grpc": 6334}),
+    ],
+)
 def test_service_ports(engine: str, ports: dict[str, int], client_ports: dict[str, int]) -> None:
     objs = by_kind(render.render_managed(store(engine)))
     headless, client = objs["Service", "feats-hl"]["spec"], objs["Service", "feats"]["spec"]
@@ -156,11 +168,17 @@ def test_statefulset(engine: str, replicas: int) -> None:
 
 def test_storage_and_resources() -> None:
     resources = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": 2}}
-    sts = sts_of(render.render_managed(store("postgres", 2, storage={"size": "50Gi", "storageClassName": "fast"},
-                                            resources=resources)))
+    sts = sts_of(
+        render.render_managed(
+            store("postgres", 2, storage={"size": "50Gi", "storageClassName": "fast"}, resources=resources)
+        )
+    )
     [claim] = sts["spec"]["volumeClaimTemplates"]
-    assert claim["spec"] == {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast",
-                             "resources": {"requests": {"storage": "50Gi"}}}
+    assert claim["spec"] == {
+        "accessModes": ["ReadWriteOnce"],
+        "storageClassName": "fast",
+        "resources": {"requests": {"storage": "50Gi"}},
+    }
     for container in containers(sts):
         assert container["resources"] == resources
 
@@ -168,16 +186,19 @@ def test_storage_and_resources() -> None:
 # --- images ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("engine", "version", "image"), [
-    ("redis", None, "redis:7.2"),
-    ("redis", "7.4", "redis:7.4"),
-    ("postgres", None, "postgres:15"),
-    ("postgres", "16", "postgres:16"),
-    ("neo4j", None, "neo4j:5.26-community"),
-    ("neo4j", "5.20", "neo4j:5.20-community"),
-    ("qdrant", None, "qdrant/qdrant:v1.13.6"),
-    ("qdrant", "1.14.1", "qdrant/qdrant:v1.14.1"),
-])
+@pytest.mark.parametrize(
+    ("engine", "version", "image"),
+    [
+        ("redis", None, "redis:7.2"),
+        ("redis", "7.4", "redis:7.4"),
+        ("postgres", None, "postgres:15"),
+        ("postgres", "16", "postgres:16"),
+        ("neo4j", None, "neo4j:5.26-community"),
+        ("neo4j", "5.20", "neo4j:5.20-community"),
+        ("qdrant", None, "qdrant/qdrant:v1.13.6"),
+        ("qdrant", "1.14.1", "qdrant/qdrant:v1.14.1"),
+    ],
+)
 def test_image_per_engine_and_version(engine: str, version: str | None, image: str) -> None:
     ds = store(engine, version=version) if version else store(engine)
     assert render.image(ds) == image
@@ -188,7 +209,8 @@ def test_image_per_engine_and_version(engine: str, version: str | None, image: s
 def test_image_override(engine: str) -> None:
     ds = store(engine, version="7.0", image="registry.example.com/mirror/db:pinned@sha256:abc")
     assert {c["image"] for c in containers(sts_of(render.render_managed(ds)))} == {
-        "registry.example.com/mirror/db:pinned@sha256:abc"}
+        "registry.example.com/mirror/db:pinned@sha256:abc"
+    }
 
 
 # --- security -------------------------------------------------------------------------------------------
@@ -266,12 +288,15 @@ def test_network_policy_only_when_asked(engine: str) -> None:
 # --- config files ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("engine", "files"), [
-    ("redis", {"redis.conf", "entrypoint.sh"}),
-    ("postgres", {"postgresql.conf", "pg_hba.conf", "start.sh", "bootstrap.sh", "init-primary.sh"}),
-    ("neo4j", {"neo4j.conf", "start.sh"}),
-    ("qdrant", {"config.yaml", "entrypoint.sh"}),
-])
+@pytest.mark.parametrize(
+    ("engine", "files"),
+    [
+        ("redis", {"redis.conf", "entrypoint.sh"}),
+        ("postgres", {"postgresql.conf", "pg_hba.conf", "start.sh", "bootstrap.sh", "init-primary.sh"}),
+        ("neo4j", {"neo4j.conf", "start.sh"}),
+        ("qdrant", {"config.yaml", "entrypoint.sh"}),
+    ],
+)
 def test_config_map_holds_the_config_files(engine: str, files: set[str]) -> None:
     ds = store(engine)
     rendered = render.render_config_files(ds)
@@ -279,14 +304,26 @@ def test_config_map_holds_the_config_files(engine: str, files: set[str]) -> None
     assert by_kind(render.render_managed(ds))["ConfigMap", "feats-config"]["data"] == rendered
 
 
-@pytest.mark.parametrize(("engine", "config", "lines"), [
-    ("redis", {"maxmemory": "1gb", "maxmemory-policy": "allkeys-lru", "save": "3600 1 300 100"},
-     ['maxmemory "1gb"', 'maxmemory-policy "allkeys-lru"', 'save "3600 1 300 100"']),
-    ("postgres", {"shared_buffers": "256MB", "statement_timeout": "30s"},
-     ["shared_buffers = '256MB'", "statement_timeout = '30s'", "wal_keep_size = '1GB'"]),
-    ("neo4j", {"server.memory.heap.max_size": "1g", "db.logs.query.enabled": "INFO"},
-     ["server.memory.heap.max_size=1g", "db.logs.query.enabled=INFO"]),
-])
+@pytest.mark.parametrize(
+    ("engine", "config", "lines"),
+    [
+        (
+            "redis",
+            {"maxmemory": "1gb", "maxmemory-policy": "allkeys-lru", "save": "3600 1 300 100"},
+            ['maxmemory "1gb"', 'maxmemory-policy "allkeys-lru"', 'save "3600 1 300 100"'],
+        ),
+        (
+            "postgres",
+            {"shared_buffers": "256MB", "statement_timeout": "30s"},
+            ["shared_buffers = '256MB'", "statement_timeout = '30s'", "wal_keep_size = '1GB'"],
+        ),
+        (
+            "neo4j",
+            {"server.memory.heap.max_size": "1g", "db.logs.query.enabled": "INFO"},
+            ["server.memory.heap.max_size=1g", "db.logs.query.enabled=INFO"],
+        ),
+    ],
+)
 def test_allow_listed_config_is_rendered(engine: str, config: dict[str, str], lines: list[str]) -> None:
     text = next(iter(render.render_config_files(store(engine, config=config)).values()))
     for line in lines:
@@ -316,8 +353,12 @@ def test_only_allow_listed_keys_are_written(engine: str) -> None:
     ds = store(engine)
     assert ds.spec.managed is not None
     # The API refuses these; should one get through, it must not reach the config file.
-    ds.spec.managed.config = {"replicaof": "evil 6379", "primary_conninfo": "host=evil",
-                              "dbms.security.auth_enabled": "false", "service.api_key": "x"}
+    ds.spec.managed.config = {
+        "replicaof": "evil 6379",
+        "primary_conninfo": "host=evil",
+        "dbms.security.auth_enabled": "false",
+        "service.api_key": "x",
+    }
     text = "\n".join(render.render_config_files(ds).values())
     for forbidden in ("evil", "auth_enabled=false", "api_key: x"):
         assert forbidden not in text
@@ -391,8 +432,9 @@ def test_postgres_start_script_runs_initdb_and_the_rendered_config() -> None:
     assert '--pwfile="$pwfile"' in start
     # The auth methods initdb writes agree with the rendered pg_hba.conf.
     assert "--auth-local=scram-sha-256 --auth-host=scram-sha-256" in start
-    assert [line.split()[-1] for line in files["pg_hba.conf"].splitlines() if line and not line.startswith("#")] \
-        == ["scram-sha-256"] * 3
+    assert [line.split()[-1] for line in files["pg_hba.conf"].splitlines() if line and not line.startswith("#")] == [
+        "scram-sha-256"
+    ] * 3
     assert 'bash "${config_dir}/init-primary.sh"' in start
     assert 'exec postgres -D "$pgdata" "${server_args[@]}"' in start
     assert '"cluster_name=${pod}"' in start
@@ -484,8 +526,17 @@ def test_every_template_renders_for_every_engine() -> None:
     loader = render.environment().loader
     assert loader is not None
     templates = set(loader.list_templates())
-    used = {f"common/{t}" for t in ("configmap.yaml.j2", "headless-service.yaml.j2", "client-service.yaml.j2",
-                                    "statefulset.yaml.j2", "pdb.yaml.j2", "networkpolicy.yaml.j2")}
+    used = {
+        f"common/{t}"
+        for t in (
+            "configmap.yaml.j2",
+            "headless-service.yaml.j2",
+            "client-service.yaml.j2",
+            "statefulset.yaml.j2",
+            "pdb.yaml.j2",
+            "networkpolicy.yaml.j2",
+        )
+    }
     for engine, profile in render.PROFILES.items():
         used |= {f"{engine}/{f}.j2" for f in profile.files} | {f"{engine}/pod.yaml.j2"}
         render.render_managed(store(engine, 1 if engine == "neo4j" else 2, networkPolicy=True))
@@ -493,7 +544,14 @@ def test_every_template_renders_for_every_engine() -> None:
 
 
 def test_external_stores_are_not_rendered() -> None:
-    ds = DataStore.model_validate({"metadata": {"name": NAME, "namespace": NS}, "spec": {
-        "engine": "redis", "external": {"endpoint": "r.example.com:6379", "credentialsSecretRef": {"name": "r"}}}})
+    ds = DataStore.model_validate(
+        {
+            "metadata": {"name": NAME, "namespace": NS},
+            "spec": {
+                "engine": "redis",
+                "external": {"endpoint": "r.example.com:6379", "credentialsSecretRef": {"name": "r"}},
+            },
+        }
+    )
     with pytest.raises(render.RenderError, match="not managed"):
         render.render_managed(ds)

@@ -11,10 +11,12 @@ pytestmark = pytest.mark.unit
 
 
 def store(engine: str = "postgres", namespace: str | None = "ml") -> DataStore:
-    return DataStore.model_validate({
-        "metadata": {"name": "feats", "namespace": namespace, "labels": {"team": "x"}},
-        "spec": {"engine": engine, "managed": {"replicas": 3}},
-    })
+    return DataStore.model_validate(
+        {
+            "metadata": {"name": "feats", "namespace": namespace, "labels": {"team": "x"}},
+            "spec": {"engine": engine, "managed": {"replicas": 3}},
+        }
+    )
 
 
 def test_child_names() -> None:
@@ -41,12 +43,17 @@ def test_dns_names() -> None:
 def test_labels_never_include_the_datastores_own() -> None:
     ds = store("qdrant")
     assert names.selector_labels(ds) == {
-        "app.kubernetes.io/name": "qdrant", "app.kubernetes.io/instance": "feats", "mlinfra.io/datastore": "feats"}
-    assert names.labels(ds) == {**names.selector_labels(ds), "app.kubernetes.io/managed-by": "mlinfra-operator",
-                                "app.kubernetes.io/component": "datastore"}
+        "app.kubernetes.io/name": "qdrant",
+        "app.kubernetes.io/instance": "feats",
+        "mlinfra.io/datastore": "feats",
+    }
+    assert names.labels(ds) == {
+        **names.selector_labels(ds),
+        "app.kubernetes.io/managed-by": "mlinfra-operator",
+        "app.kubernetes.io/component": "datastore",
+    }
     assert "team" not in names.labels(ds)
-    assert names.primary_selector(ds) == {**names.selector_labels(ds),
-                                          "statefulset.kubernetes.io/pod-name": "feats-0"}
+    assert names.primary_selector(ds) == {**names.selector_labels(ds), "statefulset.kubernetes.io/pod-name": "feats-0"}
 
 
 def test_credentials_keys_cover_what_the_pods_read() -> None:
@@ -69,11 +76,19 @@ def test_rendered_objects_use_these_names() -> None:
 
 @pytest.mark.parametrize("engine", ["redis", "postgres", "neo4j", "qdrant"])
 def test_credentials_keys_are_exactly_the_keys_the_pods_read(engine: str) -> None:
-    ds = store(engine) if engine != "neo4j" else DataStore.model_validate(
-        {"metadata": {"name": "feats", "namespace": "ml"}, "spec": {"engine": "neo4j", "managed": {}}})
+    ds = (
+        store(engine)
+        if engine != "neo4j"
+        else DataStore.model_validate(
+            {"metadata": {"name": "feats", "namespace": "ml"}, "spec": {"engine": "neo4j", "managed": {}}}
+        )
+    )
     [sts] = [o for o in render.render_managed(ds) if o["kind"] == "StatefulSet"]
     pod = sts["spec"]["template"]["spec"]
-    refs = {var["valueFrom"]["secretKeyRef"]["key"]
-            for container in [*pod.get("initContainers", []), *pod["containers"]]
-            for var in container.get("env", []) if "secretKeyRef" in var.get("valueFrom", {})}
+    refs = {
+        var["valueFrom"]["secretKeyRef"]["key"]
+        for container in [*pod.get("initContainers", []), *pod["containers"]]
+        for var in container.get("env", [])
+        if "secretKeyRef" in var.get("valueFrom", {})
+    }
     assert refs == set(names.credentials_keys(ds.spec.engine))

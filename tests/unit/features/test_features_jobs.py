@@ -8,17 +8,29 @@ from typing import Any
 from mlinfra.api.featureview import FeatureView
 from mlinfra.features import jobs
 
-OWNER = {"apiVersion": "mlinfra.io/v1alpha1", "kind": "FeatureView", "name": "users", "uid": "u-1",
-         "controller": True, "blockOwnerDeletion": True}
+OWNER = {
+    "apiVersion": "mlinfra.io/v1alpha1",
+    "kind": "FeatureView",
+    "name": "users",
+    "uid": "u-1",
+    "controller": True,
+    "blockOwnerDeletion": True,
+}
 
 
 def view(**spec: Any) -> FeatureView:
-    body = {"apiVersion": "mlinfra.io/v1alpha1", "kind": "FeatureView",
-            "metadata": {"name": "users", "namespace": "ml"},
-            "spec": {"entities": [{"name": "user_id", "type": "int64"}],
-                     "features": [{"name": "clicks", "type": "int64"}],
-                     "offline": {"storeRef": {"name": "pg"}}, "online": {"storeRef": {"name": "kv"}},
-                     **spec}}
+    body = {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": "FeatureView",
+        "metadata": {"name": "users", "namespace": "ml"},
+        "spec": {
+            "entities": [{"name": "user_id", "type": "int64"}],
+            "features": [{"name": "clicks", "type": "int64"}],
+            "offline": {"storeRef": {"name": "pg"}},
+            "online": {"storeRef": {"name": "kv"}},
+            **spec,
+        },
+    }
     return FeatureView.model_validate(body)
 
 

@@ -21,9 +21,7 @@ def test_composite_keys_are_unambiguous() -> None:
     assert layout.parse_online_key(b, "ns", "v", ["string", "string"]) == ("a", "b:c")
 
 
-@pytest.mark.parametrize(
-    "values", [("%3A",), ("",), ("", ""), ("ü/ ?*",), (42, "x"), (-7,), ("a%b", 2**62)]
-)
+@pytest.mark.parametrize("values", [("%3A",), ("",), ("", ""), ("ü/ ?*",), (42, "x"), (-7,), ("a%b", 2**62)])
 def test_entity_key_round_trip(values: tuple[object, ...]) -> None:
     types = ["string" if isinstance(v, str) else "int64" for v in values]
     assert layout.decode_entity_key(layout.entity_key(values), types) == values

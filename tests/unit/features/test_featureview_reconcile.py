@@ -30,12 +30,16 @@ def view_body(materialization: bool = True, previous: dict[str, Any] | None = No
         "features": [{"name": "clicks", "type": "int64"}],
         "offline": {"storeRef": {"name": "offline"}},
         "online": {"storeRef": {"name": "online"}},
-        "freshness": {"maxLag": "10m"}}
+        "freshness": {"maxLag": "10m"},
+    }
     if materialization:
         spec["materialization"] = {"schedule": "*/5 * * * *"}
-    body: dict[str, Any] = {"apiVersion": "mlinfra.io/v1alpha1", "kind": "FeatureView",
-                            "metadata": {"name": VIEW, "namespace": NS, "uid": "fv-uid", "generation": 3},
-                            "spec": spec}
+    body: dict[str, Any] = {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": "FeatureView",
+        "metadata": {"name": VIEW, "namespace": NS, "uid": "fv-uid", "generation": 3},
+        "spec": spec,
+    }
     if previous is not None:
         body["status"] = previous
     return body
@@ -46,16 +50,41 @@ def obj_of(body: dict[str, Any]) -> Obj[api.FeatureView]:
 
 
 def put_store(kube: FakeKube, name: str, engine: str, ready: bool = True) -> None:
-    kube.put({"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore", "metadata": {"name": name, "namespace": NS},
-              "spec": {"engine": engine, "external": {"endpoint": f"{name}.example:1"}},
-              "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False",
-                                         "reason": "Ready" if ready else "Unreachable",
-                                         "message": "" if ready else "connection refused"}]}})
-    info = connection.ConnectionInfo(engine=engine, host=f"{name}.example", port=1, username="u",  # type: ignore[arg-type]
-                                     password="p", database="db" if engine == "postgres" else "0", tls=False)
-    kube.put({"apiVersion": "v1", "kind": "Secret",
-              "metadata": {"name": names.connection_secret(name), "namespace": NS},
-              "stringData": info.to_secret_data()})
+    kube.put(
+        {
+            "apiVersion": "mlinfra.io/v1alpha1",
+            "kind": "DataStore",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"engine": engine, "external": {"endpoint": f"{name}.example:1"}},
+            "status": {
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True" if ready else "False",
+                        "reason": "Ready" if ready else "Unreachable",
+                        "message": "" if ready else "connection refused",
+                    }
+                ]
+            },
+        }
+    )
+    info = connection.ConnectionInfo(
+        engine=engine,
+        host=f"{name}.example",
+        port=1,
+        username="u",  # type: ignore[arg-type]
+        password="p",
+        database="db" if engine == "postgres" else "0",
+        tls=False,
+    )
+    kube.put(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": names.connection_secret(name), "namespace": NS},
+            "stringData": info.to_secret_data(),
+        }
+    )
 
 
 def problem_of(call: Any) -> Problem:
@@ -129,26 +158,34 @@ def stores_ready(kube: FakeKube, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_reconcile_posts_what_it_did_to_the_table_and_applies_the_cronjob(
-        ctx: Context, kube: FakeKube, stores_ready: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    results = iter([schema.SchemaResult("public.clicks", created=True, added=(), retained=()),
-                    schema.SchemaResult("public.clicks", created=False, added=("ctr", "views"), retained=()),
-                    schema.SchemaResult("public.clicks", created=False, added=(), retained=())])
+    ctx: Context, kube: FakeKube, stores_ready: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results = iter(
+        [
+            schema.SchemaResult("public.clicks", created=True, added=(), retained=()),
+            schema.SchemaResult("public.clicks", created=False, added=("ctr", "views"), retained=()),
+            schema.SchemaResult("public.clicks", created=False, added=(), retained=()),
+        ]
+    )
     monkeypatch.setattr(schema, "ensure_offline_table", lambda conn, spec, view: next(results))
     events = []
     for _ in range(3):
         obj = obj_of(view_body())
         reconcile.reconcile(ctx, obj)
         events.append(obj.report.events)  # type: ignore[attr-defined]
-    assert events == [[("Normal", "TableCreated", "table public.clicks created")],
-                      [("Normal", "ColumnsAdded", "table public.clicks: added columns ctr, views")],
-                      []]
+    assert events == [
+        [("Normal", "TableCreated", "table public.clicks created")],
+        [("Normal", "ColumnsAdded", "table public.clicks: added columns ctr, views")],
+        [],
+    ]
     cron = kube.get("CronJob", NS, jobs.cronjob_name(VIEW))
     assert cron["metadata"]["ownerReferences"][0]["uid"] == "fv-uid"
     assert kube.writes == [("apply", "CronJob", NS, jobs.cronjob_name(VIEW))]  # idempotent afterwards
 
 
 def test_reconcile_refuses_an_immutable_change_and_removes_an_unscheduled_cronjob(
-        ctx: Context, kube: FakeKube, stores_ready: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    ctx: Context, kube: FakeKube, stores_ready: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def refuse(conn: Any, spec: Any, view: str) -> schema.SchemaResult:
         raise schema.ImmutableFieldChange(["public.clicks: feature column clicks: type bigint in the table, text"])
 
@@ -157,8 +194,9 @@ def test_reconcile_refuses_an_immutable_change_and_removes_an_unscheduled_cronjo
     assert (p.reason, p.stalled) == ("ImmutableFieldChange", True)
     assert p.message.startswith("refused, nothing was changed: public.clicks: feature column clicks")
 
-    monkeypatch.setattr(schema, "ensure_offline_table",
-                        lambda conn, spec, view: schema.SchemaResult("public.clicks", False, (), ()))
+    monkeypatch.setattr(
+        schema, "ensure_offline_table", lambda conn, spec, view: schema.SchemaResult("public.clicks", False, (), ())
+    )
     reconcile.reconcile(ctx, obj_of(view_body()))
     obj = obj_of(view_body(materialization=False))
     reconcile.reconcile(ctx, obj)
@@ -170,22 +208,45 @@ def test_reconcile_refuses_an_immutable_change_and_removes_an_unscheduled_cronjo
 
 
 def test_observe_reports_the_table_from_postgres_and_the_spec_not_from_status(
-        ctx: Context, stores_ready: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(schema, "inspect_offline_table", lambda conn, spec, view: schema.TableState(
-        "public.clicks", exists=True, missing=(), retained=("old_a", "old_b")))
-    monkeypatch.setattr(freshness, "compute", lambda conn, spec, ns, view: freshness.Freshness(
-        source_watermark=None, online_watermark=None, lag_seconds=42.0))
+    ctx: Context, stores_ready: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        schema,
+        "inspect_offline_table",
+        lambda conn, spec, view: schema.TableState(
+            "public.clicks", exists=True, missing=(), retained=("old_a", "old_b")
+        ),
+    )
+    monkeypatch.setattr(
+        freshness,
+        "compute",
+        lambda conn, spec, ns, view: freshness.Freshness(
+            source_watermark=None, online_watermark=None, lag_seconds=42.0
+        ),
+    )
     monkeypatch.setattr(freshness, "last_run", lambda conn, ns, view: None)
-    stale = {"offlineTable": "elsewhere.x", "onlineKeyPattern": "wrong",
-             "conditions": [{"type": "SchemaApplied", "status": "True", "reason": "TableReady",
-                             "message": "table public.clicks created", "lastTransitionTime": "2026-01-01T00:00:00Z",
-                             "observedGeneration": 3}]}
+    stale = {
+        "offlineTable": "elsewhere.x",
+        "onlineKeyPattern": "wrong",
+        "conditions": [
+            {
+                "type": "SchemaApplied",
+                "status": "True",
+                "reason": "TableReady",
+                "message": "table public.clicks created",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+                "observedGeneration": 3,
+            }
+        ],
+    }
     new = reconcile.observe(ctx, obj_of(view_body(previous=stale)))
     assert new["offlineTable"] == "public.clicks"
     assert new["onlineKeyPattern"] == f"fv:{NS}:{VIEW}:*"
     cond = {c["type"]: c for c in new["conditions"]}
-    assert cond["SchemaApplied"]["message"] == \
-        "table public.clicks up to date; kept columns of removed features old_a, old_b (not served)"
+    assert (
+        cond["SchemaApplied"]["message"]
+        == "table public.clicks up to date; kept columns of removed features old_a, old_b (not served)"
+    )
     assert cond["SchemaApplied"]["lastTransitionTime"] == "2026-01-01T00:00:00Z"  # no flip: kept
     assert [cond[t]["status"] for t in ("Ready", "Reconciling", "Stalled")] == ["True", "False", "False"]
     assert metrics.FEATUREVIEW_FRESHNESS_LAG.labels(NS, VIEW)._value.get() == 42.0
@@ -193,15 +254,29 @@ def test_observe_reports_the_table_from_postgres_and_the_spec_not_from_status(
     metrics.forget_featureview(NS, VIEW)
 
 
-@pytest.mark.parametrize(("state", "reason", "message"), [
-    (schema.TableState("public.clicks", exists=False, missing=(), retained=()), "TableMissing",
-     "table public.clicks does not exist"),
-    (schema.TableState("public.clicks", exists=True, missing=("clicks", "created_at"), retained=()),
-     "ColumnsMissing", "table public.clicks lacks columns clicks, created_at"),
-])
+@pytest.mark.parametrize(
+    ("state", "reason", "message"),
+    [
+        (
+            schema.TableState("public.clicks", exists=False, missing=(), retained=()),
+            "TableMissing",
+            "table public.clicks does not exist",
+        ),
+        (
+            schema.TableState("public.clicks", exists=True, missing=("clicks", "created_at"), retained=()),
+            "ColumnsMissing",
+            "table public.clicks lacks columns clicks, created_at",
+        ),
+    ],
+)
 def test_a_table_dropped_or_altered_by_hand_is_for_the_reconcile_to_reapply(
-        ctx: Context, stores_ready: None, monkeypatch: pytest.MonkeyPatch, state: schema.TableState, reason: str,
-        message: str) -> None:
+    ctx: Context,
+    stores_ready: None,
+    monkeypatch: pytest.MonkeyPatch,
+    state: schema.TableState,
+    reason: str,
+    message: str,
+) -> None:
     monkeypatch.setattr(schema, "inspect_offline_table", lambda conn, spec, view: state)
     p = problem_of(lambda: reconcile.observe(ctx, obj_of(view_body())))
     assert (p.reason, p.message, p.stalled) == (reason, message, False)
@@ -219,16 +294,20 @@ def triple(st: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
 def test_problem_status_keeps_the_table_shown_and_says_why() -> None:
     previous = {"offlineTable": "public.clicks", "onlineKeyPattern": f"fv:{NS}:{VIEW}:*"}
-    waiting = status.problem_status(view_body(previous=previous),
-                                    Problem("StoreNotReady", "spec.online.storeRef: down", stalled=False))
+    waiting = status.problem_status(
+        view_body(previous=previous), Problem("StoreNotReady", "spec.online.storeRef: down", stalled=False)
+    )
     assert waiting["observedGeneration"] == 3
-    assert (waiting["offlineTable"], waiting["onlineKeyPattern"]) == (previous["offlineTable"],
-                                                                     previous["onlineKeyPattern"])
+    assert (waiting["offlineTable"], waiting["onlineKeyPattern"]) == (
+        previous["offlineTable"],
+        previous["onlineKeyPattern"],
+    )
     assert triple(waiting) == [
         ("Ready", "False", "StoreNotReady", "spec.online.storeRef: down"),
         ("Reconciling", "True", "StoreNotReady", "spec.online.storeRef: down"),
         ("Stalled", "False", "Ready", ""),
-        ("SchemaApplied", "Unknown", "StoreNotReady", "waiting for the stores")]
+        ("SchemaApplied", "Unknown", "StoreNotReady", "waiting for the stores"),
+    ]
 
     refused = status.problem_status(view_body(), Problem("ImmutableFieldChange", "refused", stalled=True))
     assert "offlineTable" not in refused
@@ -236,7 +315,8 @@ def test_problem_status_keeps_the_table_shown_and_says_why() -> None:
         ("Ready", "False", "ImmutableFieldChange", "refused"),
         ("Reconciling", "False", "ImmutableFieldChange", ""),
         ("Stalled", "True", "ImmutableFieldChange", "refused"),
-        ("SchemaApplied", "False", "ImmutableFieldChange", "refused")]
+        ("SchemaApplied", "False", "ImmutableFieldChange", "refused"),
+    ]
 
 
 def test_an_invalid_spec_is_a_stalled_problem_with_schema_not_applied() -> None:
@@ -256,10 +336,27 @@ def test_the_handler_wires_the_package_into_the_one_shape(ctx: Context) -> None:
     from mlinfra.handlers import kind
 
     k = handler.KIND
-    assert (k.model, k.owned, k.reconcile, k.observe, k.problem_status, k.request_sync, k.forget, k.retry_delay,
-            k.drift_timer) == (
-        api.FeatureView, status.OWNED, reconcile.reconcile, reconcile.observe, status.problem_status,
-        reconcile.request_sync, metrics.forget_featureview, 15, True)
+    assert (
+        k.model,
+        k.owned,
+        k.reconcile,
+        k.observe,
+        k.problem_status,
+        k.request_sync,
+        k.forget,
+        k.retry_delay,
+        k.drift_timer,
+    ) == (
+        api.FeatureView,
+        status.OWNED,
+        reconcile.reconcile,
+        reconcile.observe,
+        status.problem_status,
+        reconcile.request_sync,
+        metrics.forget_featureview,
+        15,
+        True,
+    )
     registry = kopf.OperatorRegistry()
     kind.register(registry, ctx, handler.KIND)
     assert registry._changing.get_all_handlers() and registry._spawning.get_all_handlers()

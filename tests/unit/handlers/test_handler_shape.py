@@ -21,9 +21,14 @@ NS = "hd"
 
 
 def body(spec: dict[str, Any], generation: int = 2) -> kopf.Body:
-    return kopf.Body({"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore",
-                      "metadata": {"name": "db", "namespace": NS, "uid": "u-9", "generation": generation},
-                      "spec": spec})
+    return kopf.Body(
+        {
+            "apiVersion": "mlinfra.io/v1alpha1",
+            "kind": "DataStore",
+            "metadata": {"name": "db", "namespace": NS, "uid": "u-9", "generation": generation},
+            "spec": spec,
+        }
+    )
 
 
 def handler(registry: kopf.OperatorRegistry, name: str) -> Callable[..., Any]:
@@ -61,8 +66,9 @@ def test_reconcile_applies_observes_and_patches_status_once(kube: FakeKube, tmp_
     assert memo.mlinfra_reconciled == 2
 
 
-def test_a_refused_spec_is_reported_and_not_retried(kube: FakeKube, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_refused_spec_is_reported_and_not_retried(
+    kube: FakeKube, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     warnings: list[str] = []
     monkeypatch.setattr(kopf, "warn", lambda _body, reason, message: warnings.append(reason))
     registry = registered(kube, tmp_path)
@@ -76,12 +82,12 @@ def test_a_refused_spec_is_reported_and_not_retried(kube: FakeKube, tmp_path: Pa
     assert warnings == ["InvalidSpec"] and kube.writes == []
 
 
-def test_a_missing_user_secret_is_retried_after_30_seconds(kube: FakeKube, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_missing_user_secret_is_retried_after_30_seconds(
+    kube: FakeKube, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(kopf, "warn", lambda *_a, **_k: None)
     registry = registered(kube, tmp_path)
-    spec = {"engine": "redis", "external": {"endpoint": "r.svc:6379",
-                                            "credentialsSecretRef": {"name": "nope"}}}
+    spec = {"engine": "redis", "external": {"endpoint": "r.svc:6379", "credentialsSecretRef": {"name": "nope"}}}
     with pytest.raises(kopf.TemporaryError) as exc:
         handler(registry, "reconcile")(body=body(spec), patch=kopf.Patch(), memo=kopf.Memo())
     assert exc.value.delay == 30

@@ -6,8 +6,16 @@ from mlinfra.k8s.conditions import Cond
 
 def test_new_conditions_get_the_timestamp_and_generation() -> None:
     out = conditions.merge(None, [Cond("Ready", "True", "Ready", "ok")], generation=3, timestamp="T1")
-    assert out == [{"type": "Ready", "status": "True", "observedGeneration": 3, "lastTransitionTime": "T1",
-                    "reason": "Ready", "message": "ok"}]
+    assert out == [
+        {
+            "type": "Ready",
+            "status": "True",
+            "observedGeneration": 3,
+            "lastTransitionTime": "T1",
+            "reason": "Ready",
+            "message": "ok",
+        }
+    ]
 
 
 def test_transition_time_changes_only_when_status_flips() -> None:
@@ -26,8 +34,9 @@ def test_recomputing_identical_conditions_is_equal() -> None:
 
 
 def test_foreign_conditions_are_kept() -> None:
-    prev = [{"type": "example.com/Audited", "status": "True", "reason": "Done", "message": "",
-             "lastTransitionTime": "T0"}]
+    prev = [
+        {"type": "example.com/Audited", "status": "True", "reason": "Done", "message": "", "lastTransitionTime": "T0"}
+    ]
     out = conditions.merge(prev, [Cond("Ready", "True", "Ready")], 1, "T1")
     assert [c["type"] for c in out] == ["Ready", "example.com/Audited"]
 

@@ -26,14 +26,19 @@ pytestmark = pytest.mark.unit
 NS, NAME, UID = "team", "models", "mr-uid"
 
 
-def mr_body(lineage: bool = True, schedule: str | None = None, previous: dict[str, Any] | None = None,
-            **spec: Any) -> dict[str, Any]:
+def mr_body(
+    lineage: bool = True, schedule: str | None = None, previous: dict[str, Any] | None = None, **spec: Any
+) -> dict[str, Any]:
     s: dict[str, Any] = {"metadataStoreRef": {"name": "meta"}, "database": "reg", **spec}
     if lineage:
         s["lineageStoreRef"] = {"name": "graph"}
         s["lineageSync"] = {"interval": "30s", "maxLag": "1m", **({"schedule": schedule} if schedule else {})}
-    body: dict[str, Any] = {"apiVersion": "mlinfra.io/v1alpha1", "kind": "ModelRegistry",
-                            "metadata": {"name": NAME, "namespace": NS, "uid": UID, "generation": 4}, "spec": s}
+    body: dict[str, Any] = {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": "ModelRegistry",
+        "metadata": {"name": NAME, "namespace": NS, "uid": UID, "generation": 4},
+        "spec": s,
+    }
     if previous is not None:
         body["status"] = previous
     return body
@@ -44,17 +49,41 @@ def obj_of(body: dict[str, Any]) -> Obj[api.ModelRegistry]:
 
 
 def put_store(kube: FakeKube, name: str, engine: str, ready: bool = True) -> None:
-    kube.put({"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore", "metadata": {"name": name, "namespace": NS},
-              "spec": {"engine": engine, "external": {"endpoint": f"{name}.example:1"}},
-              "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False",
-                                         "reason": "Ready" if ready else "Unreachable",
-                                         "message": "" if ready else "connection refused"}]}})
-    info = connection.ConnectionInfo(engine=engine, host=f"{name}.{NS}.svc", port=7, username="admin",  # type: ignore[arg-type]
-                                     password="admin-pw", database="app" if engine == "postgres" else "neo4j",
-                                     tls=False)
-    kube.put({"apiVersion": "v1", "kind": "Secret",
-              "metadata": {"name": names.connection_secret(name), "namespace": NS},
-              "stringData": info.to_secret_data()})
+    kube.put(
+        {
+            "apiVersion": "mlinfra.io/v1alpha1",
+            "kind": "DataStore",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"engine": engine, "external": {"endpoint": f"{name}.example:1"}},
+            "status": {
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True" if ready else "False",
+                        "reason": "Ready" if ready else "Unreachable",
+                        "message": "" if ready else "connection refused",
+                    }
+                ]
+            },
+        }
+    )
+    info = connection.ConnectionInfo(
+        engine=engine,
+        host=f"{name}.{NS}.svc",
+        port=7,
+        username="admin",  # type: ignore[arg-type]
+        password="admin-pw",
+        database="app" if engine == "postgres" else "neo4j",
+        tls=False,
+    )
+    kube.put(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": names.connection_secret(name), "namespace": NS},
+            "stringData": info.to_secret_data(),
+        }
+    )
 
 
 def problem_of(call: Any) -> Problem:
@@ -140,8 +169,9 @@ def test_a_metadata_store_of_the_wrong_engine_stalls(ctx: Context, kube: FakeKub
 
 
 @pytest.mark.parametrize("step", [reconcile.reconcile, reconcile.observe])
-def test_a_lineage_store_of_the_wrong_engine_stalls_the_registry(ctx: Context, kube: FakeKube, dbs: Databases,
-                                                                step: Any) -> None:
+def test_a_lineage_store_of_the_wrong_engine_stalls_the_registry(
+    ctx: Context, kube: FakeKube, dbs: Databases, step: Any
+) -> None:
     put_store(kube, "meta", "postgres")
     put_store(kube, "graph", "postgres")
     p = problem_of(lambda: step(ctx, obj_of(mr_body())))
@@ -150,12 +180,16 @@ def test_a_lineage_store_of_the_wrong_engine_stalls_the_registry(ctx: Context, k
     assert dbs.roles == [] and kube.get_or_none("Secret", NS, "models-writer") is None  # nothing done
 
 
-@pytest.mark.parametrize(("present", "expected"), [
-    (False, "spec.lineageStoreRef: DataStore 'graph' not found in namespace 'team'"),
-    (True, "spec.lineageStoreRef: DataStore 'graph' is not Ready: connection refused"),
-])
-def test_a_lineage_store_missing_or_not_ready_only_delays_the_graph(ctx: Context, kube: FakeKube, dbs: Databases,
-                                                                   present: bool, expected: str) -> None:
+@pytest.mark.parametrize(
+    ("present", "expected"),
+    [
+        (False, "spec.lineageStoreRef: DataStore 'graph' not found in namespace 'team'"),
+        (True, "spec.lineageStoreRef: DataStore 'graph' is not Ready: connection refused"),
+    ],
+)
+def test_a_lineage_store_missing_or_not_ready_only_delays_the_graph(
+    ctx: Context, kube: FakeKube, dbs: Databases, present: bool, expected: str
+) -> None:
     put_store(kube, "meta", "postgres")
     if present:
         put_store(kube, "graph", "neo4j", ready=False)
@@ -175,7 +209,8 @@ def test_a_lineage_store_missing_or_not_ready_only_delays_the_graph(ctx: Context
 
 
 def test_reconcile_makes_the_role_secrets_once_in_the_connection_format_and_syncs_once(
-        ctx: Context, kube: FakeKube, dbs: Databases) -> None:
+    ctx: Context, kube: FakeKube, dbs: Databases
+) -> None:
     put_store(kube, "meta", "postgres")
     put_store(kube, "graph", "neo4j")
     obj = obj_of(mr_body())
@@ -189,10 +224,13 @@ def test_reconcile_makes_the_role_secrets_once_in_the_connection_format_and_sync
     for name in ("models-writer", "models-reader"):
         secret = kube.get("Secret", NS, name)
         assert [r["uid"] for r in secret["metadata"]["ownerReferences"]] == [UID]
-        assert secret["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "mlinfra-operator",
-                                                "mlinfra.io/modelregistry": NAME}
-    assert dbs.roles == [("reg", "mlinfra_team_models_writer", writer["password"],
-                          "mlinfra_team_models_reader", reader["password"])]
+        assert secret["metadata"]["labels"] == {
+            "app.kubernetes.io/managed-by": "mlinfra-operator",
+            "mlinfra.io/modelregistry": NAME,
+        }
+    assert dbs.roles == [
+        ("reg", "mlinfra_team_models_writer", writer["password"], "mlinfra_team_models_reader", reader["password"])
+    ]
     assert dbs.sync_passes == 1  # in process: one pass on every reconcile
     assert ("Normal", "Migrated", f"schema version 0 -> {migrate.latest_version()}") in obj.report.events  # type: ignore[attr-defined]
     assert kube.kinds("CronJob") == []
@@ -208,11 +246,18 @@ def test_reconcile_makes_the_role_secrets_once_in_the_connection_format_and_sync
 
 
 def test_an_existing_role_secret_keeps_its_password_and_is_owned_again(
-        ctx: Context, kube: FakeKube, dbs: Databases) -> None:
+    ctx: Context, kube: FakeKube, dbs: Databases
+) -> None:
     put_store(kube, "meta", "postgres")
     put_store(kube, "graph", "neo4j")
-    kube.put({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "models-writer", "namespace": NS},
-              "stringData": {"username": "mlinfra_team_models_writer", "password": "kept-from-before"}})
+    kube.put(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "models-writer", "namespace": NS},
+            "stringData": {"username": "mlinfra_team_models_writer", "password": "kept-from-before"},
+        }
+    )
     reconcile.reconcile(ctx, obj_of(mr_body()))
     assert decoded(kube, "models-writer")["password"] == "kept-from-before"
     assert [r["uid"] for r in kube.get("Secret", NS, "models-writer")["metadata"]["ownerReferences"]] == [UID]
@@ -220,11 +265,18 @@ def test_an_existing_role_secret_keeps_its_password_and_is_owned_again(
 
 
 def test_a_role_secret_without_a_password_is_stalled_and_never_overwritten(
-        ctx: Context, kube: FakeKube, dbs: Databases) -> None:
+    ctx: Context, kube: FakeKube, dbs: Databases
+) -> None:
     put_store(kube, "meta", "postgres")
     put_store(kube, "graph", "neo4j")
-    kube.put({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "models-writer", "namespace": NS},
-              "stringData": {"username": "someone"}})
+    kube.put(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "models-writer", "namespace": NS},
+            "stringData": {"username": "someone"},
+        }
+    )
     p = problem_of(lambda: reconcile.reconcile(ctx, obj_of(mr_body())))
     assert (p.reason, p.stalled) == (problems.SECRET_NOT_FOUND, True)
     assert "'models-writer'" in p.message
@@ -232,14 +284,14 @@ def test_a_role_secret_without_a_password_is_stalled_and_never_overwritten(
 
 
 def test_with_a_schedule_the_cronjob_syncs_and_the_operator_does_not(
-        ctx: Context, kube: FakeKube, dbs: Databases) -> None:
+    ctx: Context, kube: FakeKube, dbs: Databases
+) -> None:
     put_store(kube, "meta", "postgres")
     put_store(kube, "graph", "neo4j")
     reconcile.reconcile(ctx, obj_of(mr_body(schedule="*/10 * * * *")))
     cron = kube.get("CronJob", NS, jobs.cronjob_name(NAME))
     assert cron["spec"]["schedule"] == "*/10 * * * *"
-    assert cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["image"] == \
-        "example.test/mlinfra:1"
+    assert cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["image"] == "example.test/mlinfra:1"
     assert [r["uid"] for r in cron["metadata"]["ownerReferences"]] == [UID]
     dbs.outbox = observe_mod.Outbox(5, 100.0, None, None, records_passes=True)  # due, were it in process
     reconcile.observe(ctx, obj_of(mr_body(schedule="*/10 * * * *")))
@@ -253,31 +305,47 @@ def test_with_a_schedule_the_cronjob_syncs_and_the_operator_does_not(
 # --- observe: the lineage schedule, from what the registry database recorded -------------------------------
 
 
-@pytest.mark.parametrize(("outbox", "due"), [
-    (observe_mod.Outbox(0, None, None, None, records_passes=True), True),  # never synced
-    (observe_mod.Outbox(0, None, None, 29.0, records_passes=True), False),
-    (observe_mod.Outbox(0, None, None, 30.0, records_passes=True), True),  # every interval, even idle
-    (observe_mod.Outbox(3, 40.0, None, 10.0, records_passes=True), False),
-    (observe_mod.Outbox(0, None, None, None, records_passes=False), False),  # nothing to do, no trace left
-    (observe_mod.Outbox(0, None, None, 999.0, records_passes=False), False),
-    (observe_mod.Outbox(2, 5.0, None, None, records_passes=False), True),
-    (observe_mod.Outbox(2, 5.0, None, 31.0, records_passes=False), True),
-    (observe_mod.Outbox(2, 5.0, None, 3.0, records_passes=False), False),
-])
-def test_a_sync_pass_is_due_once_the_interval_passed_since_the_recorded_one(outbox: observe_mod.Outbox,
-                                                                            due: bool) -> None:
+@pytest.mark.parametrize(
+    ("outbox", "due"),
+    [
+        (observe_mod.Outbox(0, None, None, None, records_passes=True), True),  # never synced
+        (observe_mod.Outbox(0, None, None, 29.0, records_passes=True), False),
+        (observe_mod.Outbox(0, None, None, 30.0, records_passes=True), True),  # every interval, even idle
+        (observe_mod.Outbox(3, 40.0, None, 10.0, records_passes=True), False),
+        (observe_mod.Outbox(0, None, None, None, records_passes=False), False),  # nothing to do, no trace left
+        (observe_mod.Outbox(0, None, None, 999.0, records_passes=False), False),
+        (observe_mod.Outbox(2, 5.0, None, None, records_passes=False), True),
+        (observe_mod.Outbox(2, 5.0, None, 31.0, records_passes=False), True),
+        (observe_mod.Outbox(2, 5.0, None, 3.0, records_passes=False), False),
+    ],
+)
+def test_a_sync_pass_is_due_once_the_interval_passed_since_the_recorded_one(
+    outbox: observe_mod.Outbox, due: bool
+) -> None:
     assert reconcile.sync_due(outbox, datetime.timedelta(seconds=30)) is due
 
 
 def test_observe_syncs_when_due_reports_the_databases_and_records_the_metrics(
-        ctx: Context, kube: FakeKube, dbs: Databases) -> None:
+    ctx: Context, kube: FakeKube, dbs: Databases
+) -> None:
     put_store(kube, "meta", "postgres")
     put_store(kube, "graph", "neo4j")
     dbs.applied = 3
     dbs.outbox = observe_mod.Outbox(4, 75.4, None, 5.0, records_passes=True)  # synced 5 s ago: not due
-    stale = {"schemaVersion": 1, "lineage": {"pendingEvents": 0, "nodes": 1},
-             "conditions": [{"type": "Ready", "status": "True", "reason": "Ready", "message": "schema version 3",
-                             "observedGeneration": 4, "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+    stale = {
+        "schemaVersion": 1,
+        "lineage": {"pendingEvents": 0, "nodes": 1},
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "Ready",
+                "message": "schema version 3",
+                "observedGeneration": 4,
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }
+        ],
+    }
     st = reconcile.observe(ctx, obj_of(mr_body(previous=stale)))
     assert dbs.sync_passes == 0
     assert st["schemaVersion"] == 3 and st["observedGeneration"] == 4
@@ -301,7 +369,8 @@ def test_observe_syncs_when_due_reports_the_databases_and_records_the_metrics(
 
 
 def test_an_unreachable_graph_is_the_lineage_problem_not_the_registrys(
-        ctx: Context, kube: FakeKube, dbs: Databases) -> None:
+    ctx: Context, kube: FakeKube, dbs: Databases
+) -> None:
     import neo4j
 
     put_store(kube, "meta", "postgres")
@@ -331,22 +400,41 @@ def triple(st: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
 
 def test_problem_status_keeps_what_was_reported_and_says_why() -> None:
-    previous = {"schemaVersion": 3, "writerSecret": "models-writer", "readerSecret": "models-reader",
-                "counts": {"registeredModels": 1}, "lineage": {"pendingEvents": 0},
-                "conditions": [{"type": "Ready", "status": "True", "reason": "Ready", "message": "schema version 3",
-                                "observedGeneration": 3, "lastTransitionTime": "2026-01-01T00:00:00Z"},
-                               {"type": "SomeoneElses", "status": "True", "reason": "X", "message": ""}]}
-    waiting = status.problem_status(mr_body(previous=previous),
-                                    Problem("StoreNotReady", "spec.metadataStoreRef: down", stalled=False))
+    previous = {
+        "schemaVersion": 3,
+        "writerSecret": "models-writer",
+        "readerSecret": "models-reader",
+        "counts": {"registeredModels": 1},
+        "lineage": {"pendingEvents": 0},
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "Ready",
+                "message": "schema version 3",
+                "observedGeneration": 3,
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            },
+            {"type": "SomeoneElses", "status": "True", "reason": "X", "message": ""},
+        ],
+    }
+    waiting = status.problem_status(
+        mr_body(previous=previous), Problem("StoreNotReady", "spec.metadataStoreRef: down", stalled=False)
+    )
     assert set(waiting) == {"observedGeneration", "schemaVersion", "writerSecret", "readerSecret", "conditions"}
-    assert (waiting["observedGeneration"], waiting["schemaVersion"], waiting["writerSecret"],
-            waiting["readerSecret"]) == (4, 3, "models-writer", "models-reader")
+    assert (
+        waiting["observedGeneration"],
+        waiting["schemaVersion"],
+        waiting["writerSecret"],
+        waiting["readerSecret"],
+    ) == (4, 3, "models-writer", "models-reader")
     assert triple(waiting) == [
         ("Ready", "False", "StoreNotReady", "spec.metadataStoreRef: down"),
         ("Reconciling", "True", "StoreNotReady", "spec.metadataStoreRef: down"),
         ("Stalled", "False", "Ready", ""),
         ("SchemaApplied", "Unknown", "StoreNotReady", "spec.metadataStoreRef: down"),
-        ("SomeoneElses", "True", "X", "")]
+        ("SomeoneElses", "True", "X", ""),
+    ]
     assert all(c["observedGeneration"] == 4 for c in waiting["conditions"][:4])
 
     refused = status.problem_status(mr_body(), Problem("InvalidSpec", "never downgrade", stalled=True))
@@ -355,7 +443,8 @@ def test_problem_status_keeps_what_was_reported_and_says_why() -> None:
         ("Ready", "False", "InvalidSpec", "never downgrade"),
         ("Reconciling", "False", "InvalidSpec", ""),
         ("Stalled", "True", "InvalidSpec", "never downgrade"),
-        ("SchemaApplied", "False", "InvalidSpec", "never downgrade")]
+        ("SchemaApplied", "False", "InvalidSpec", "never downgrade"),
+    ]
 
 
 def test_an_invalid_spec_is_a_stalled_problem() -> None:
@@ -369,20 +458,26 @@ def test_an_invalid_spec_is_a_stalled_problem() -> None:
 
 
 def test_role_names_are_distinct_per_namespace_and_kind_and_fit_postgres() -> None:
-    names_ = {reconcile.role_name(ns, name, kind) for ns in ("a", "b", "team-x") for name in ("models", "m2")
-              for kind in ("writer", "reader")}
+    names_ = {
+        reconcile.role_name(ns, name, kind)
+        for ns in ("a", "b", "team-x")
+        for name in ("models", "m2")
+        for kind in ("writer", "reader")
+    }
     assert len(names_) == 12
     assert reconcile.role_name("Team.X", "m-1", "writer") == "mlinfra_team_x_m_1_writer"
     long_ns, long_name = "n" * 63, "r" * 200
-    long_roles = {reconcile.role_name(long_ns, f"{long_name}{i}", kind) for i in range(50)
-                  for kind in ("writer", "reader")}
+    long_roles = {
+        reconcile.role_name(long_ns, f"{long_name}{i}", kind) for i in range(50) for kind in ("writer", "reader")
+    }
     assert len(long_roles) == 100
     assert all(len(r.encode()) <= 63 and r.startswith("mlinfra_nnn") for r in long_roles)
     assert all(r.endswith(("_writer", "_reader")) for r in long_roles)
     assert reconcile.role_name("n" * 20, "r" * 27, "writer") == f"mlinfra_{'n' * 20}_{'r' * 27}_writer"  # 63: fits
     hashed = reconcile.role_name("n" * 20, "r" * 28, "writer")  # 64: hashed
-    assert len(hashed) == 63 and hashed.endswith("_writer") and hashed != reconcile.role_name("n" * 20, "r" * 29,
-                                                                                              "writer")
+    assert (
+        len(hashed) == 63 and hashed.endswith("_writer") and hashed != reconcile.role_name("n" * 20, "r" * 29, "writer")
+    )
 
 
 # --- the handler: wiring only -------------------------------------------------------------------------------
@@ -393,10 +488,29 @@ def test_the_handler_wires_the_package_into_the_one_shape(ctx: Context) -> None:
     from mlinfra.handlers import modelregistry as handler
 
     k = handler.KIND
-    assert (k.model, k.owned, k.reconcile, k.observe, k.problem_status, k.forget, k.delete, k.request_sync,
-            k.retry_delay, k.drift_timer) == (
-        api.ModelRegistry, status.OWNED, reconcile.reconcile, reconcile.observe, status.problem_status,
-        metrics.forget_registry, None, None, 15, False)
+    assert (
+        k.model,
+        k.owned,
+        k.reconcile,
+        k.observe,
+        k.problem_status,
+        k.forget,
+        k.delete,
+        k.request_sync,
+        k.retry_delay,
+        k.drift_timer,
+    ) == (
+        api.ModelRegistry,
+        status.OWNED,
+        reconcile.reconcile,
+        reconcile.observe,
+        status.problem_status,
+        metrics.forget_registry,
+        None,
+        None,
+        15,
+        False,
+    )
     registry = kopf.OperatorRegistry()
     kind.register(registry, ctx, handler.KIND)
     assert registry._changing.get_all_handlers() and registry._spawning.get_all_handlers()

@@ -8,8 +8,11 @@ from mlinfra.problems import ProblemError
 from mlinfra.registry import lineage, migrate, sync_cli
 from mlinfra.registry.jobs import cronjob, cronjob_name
 
-M = [migrate.Migration(1, "core", "select 1"), migrate.Migration(2, "more", "select 2"),
-     migrate.Migration(3, "most", "select 3")]
+M = [
+    migrate.Migration(1, "core", "select 1"),
+    migrate.Migration(2, "more", "select 2"),
+    migrate.Migration(3, "most", "select 3"),
+]
 
 
 def applied(*versions: int) -> dict[int, str]:
@@ -24,12 +27,15 @@ def test_plan_from_empty_and_from_every_intermediate_version() -> None:
     assert migrate.plan(applied(1, 2, 3), M, "latest") == []
 
 
-@pytest.mark.parametrize(("done", "target", "reason", "words"), [
-    (applied(1, 2), 1, "InvalidSpec", "never downgrade"),
-    ({}, 9, "InvalidSpec", "does not exist"),
-    ({1: "0" * 64}, "latest", migrate.MIGRATION_CHECKSUM_MISMATCH, "0001_core.sql"),
-    ({**applied(1, 2, 3), 4: "x"}, "latest", migrate.SCHEMA_NEWER_THAN_OPERATOR, "migration 4"),
-])
+@pytest.mark.parametrize(
+    ("done", "target", "reason", "words"),
+    [
+        (applied(1, 2), 1, "InvalidSpec", "never downgrade"),
+        ({}, 9, "InvalidSpec", "does not exist"),
+        ({1: "0" * 64}, "latest", migrate.MIGRATION_CHECKSUM_MISMATCH, "0001_core.sql"),
+        ({**applied(1, 2, 3), 4: "x"}, "latest", migrate.SCHEMA_NEWER_THAN_OPERATOR, "migration 4"),
+    ],
+)
 def test_refusals_say_what_is_wrong(done: dict[int, str], target: migrate.Target, reason: str, words: str) -> None:
     with pytest.raises(ProblemError) as err:
         migrate.plan(done, M, target)
@@ -67,8 +73,12 @@ def test_events_the_graph_does_not_show_plan_nothing() -> None:
 def test_lineage_cronjob_only_with_a_schedule() -> None:
     from mlinfra.api.modelregistry import ModelRegistry
 
-    body = {"apiVersion": "mlinfra.io/v1alpha1", "kind": "ModelRegistry", "metadata": {"name": "m", "namespace": "ml"},
-            "spec": {"metadataStoreRef": {"name": "pg"}, "lineageStoreRef": {"name": "neo"}}}
+    body = {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": "ModelRegistry",
+        "metadata": {"name": "m", "namespace": "ml"},
+        "spec": {"metadataStoreRef": {"name": "pg"}, "lineageStoreRef": {"name": "neo"}},
+    }
     owner = {"apiVersion": "mlinfra.io/v1alpha1", "kind": "ModelRegistry", "name": "m", "uid": "u"}
     assert cronjob(ModelRegistry.model_validate(body), "img", owner) is None
     body["spec"]["lineageSync"] = {"schedule": "*/15 * * * *"}
@@ -76,5 +86,8 @@ def test_lineage_cronjob_only_with_a_schedule() -> None:
     assert cj is not None and cj["metadata"]["name"] == cronjob_name("m")
     container = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == ["sync", "modelregistry", "ml/m"]
-    assert {e["name"] for e in container["env"]} >= {sync_cli.SPEC_ENV, sync_cli.METADATA_DIR_ENV,
-                                                     sync_cli.LINEAGE_DIR_ENV}
+    assert {e["name"] for e in container["env"]} >= {
+        sync_cli.SPEC_ENV,
+        sync_cli.METADATA_DIR_ENV,
+        sync_cli.LINEAGE_DIR_ENV,
+    }

@@ -24,9 +24,12 @@ CLOSED = "127.0.0.1:1"  # nothing listens: refused at once
 
 
 def managed_body(replicas: int = 2, generation: int = 4) -> dict[str, Any]:
-    return {"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore",
-            "metadata": {"name": "db", "namespace": NS, "uid": "u-1", "generation": generation},
-            "spec": {"engine": "redis", "managed": {"replicas": replicas, "storage": {"size": "1Gi"}}}}
+    return {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": "DataStore",
+        "metadata": {"name": "db", "namespace": NS, "uid": "u-1", "generation": generation},
+        "spec": {"engine": "redis", "managed": {"replicas": replicas, "storage": {"size": "1Gi"}}},
+    }
 
 
 def obj(body: dict[str, Any]) -> Obj[api.DataStore]:
@@ -40,11 +43,20 @@ def context(kube: FakeKube, tmp_path: Path, entry: dict[str, Any] | None) -> Con
 
 
 def pod(name: str, ip: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": NS,
-                         "labels": {"app.kubernetes.io/name": "redis", "app.kubernetes.io/instance": "db",
-                                    "mlinfra.io/datastore": "db"}},
-            "status": {"podIP": ip}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "labels": {
+                "app.kubernetes.io/name": "redis",
+                "app.kubernetes.io/instance": "db",
+                "mlinfra.io/datastore": "db",
+            },
+        },
+        "status": {"podIP": ip},
+    }
 
 
 def conds(st: dict[str, Any]) -> dict[str, tuple[str, str, str]]:
@@ -108,11 +120,20 @@ def test_a_store_without_its_published_connection_is_not_observed(ctx: Context, 
 
 def test_an_unreachable_external_store_is_not_ready_and_not_reconciling(kube: FakeKube) -> None:
     ctx = Context(settings=Settings(probe_timeout=0.5), kube=kube)
-    kube.put({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds", "namespace": NS},
-              "stringData": {"username": "app", "password": "pw"}})
-    body = {"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore",
-            "metadata": {"name": "ext", "namespace": NS, "uid": "u-2", "generation": 1},
-            "spec": {"engine": "redis", "external": {"endpoint": CLOSED, "credentialsSecretRef": {"name": "creds"}}}}
+    kube.put(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "creds", "namespace": NS},
+            "stringData": {"username": "app", "password": "pw"},
+        }
+    )
+    body = {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": "DataStore",
+        "metadata": {"name": "ext", "namespace": NS, "uid": "u-2", "generation": 1},
+        "spec": {"engine": "redis", "external": {"endpoint": CLOSED, "credentialsSecretRef": {"name": "creds"}}},
+    }
     reconcile.reconcile(ctx, obj(body))
     st = observe.observe(ctx, obj(body))
     c = conds(st)

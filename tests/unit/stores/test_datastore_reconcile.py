@@ -21,21 +21,31 @@ UID = "11111111-2222-3333-4444-555555555555"
 
 
 def managed_body(engine: str = "redis", replicas: int = 2, policy: str = "Retain", name: str = "db") -> dict[str, Any]:
-    return {"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore",
-            "metadata": {"name": name, "namespace": NS, "uid": UID, "generation": 1},
-            "spec": {"engine": engine, "deletionPolicy": policy,
-                     "managed": {"replicas": replicas, "storage": {"size": "1Gi"}}}}
+    return {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": "DataStore",
+        "metadata": {"name": name, "namespace": NS, "uid": UID, "generation": 1},
+        "spec": {
+            "engine": engine,
+            "deletionPolicy": policy,
+            "managed": {"replicas": replicas, "storage": {"size": "1Gi"}},
+        },
+    }
 
 
 def external_body(endpoint: str = "redis.data.svc:6380", tls: dict[str, Any] | None = None) -> dict[str, Any]:
-    ext: dict[str, Any] = {"endpoint": endpoint,
-                           "credentialsSecretRef": {"name": "user-creds", "usernameKey": "user",
-                                                    "passwordKey": "pass"}}
+    ext: dict[str, Any] = {
+        "endpoint": endpoint,
+        "credentialsSecretRef": {"name": "user-creds", "usernameKey": "user", "passwordKey": "pass"},
+    }
     if tls is not None:
         ext["tls"] = tls
-    return {"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore",
-            "metadata": {"name": "ext", "namespace": NS, "uid": UID, "generation": 1},
-            "spec": {"engine": "redis", "external": ext}}
+    return {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": "DataStore",
+        "metadata": {"name": "ext", "namespace": NS, "uid": UID, "generation": 1},
+        "spec": {"engine": "redis", "external": ext},
+    }
 
 
 def obj(body: dict[str, Any]) -> Obj[api.DataStore]:
@@ -45,10 +55,21 @@ def obj(body: dict[str, Any]) -> Obj[api.DataStore]:
 def secret(name: str, data: dict[str, str], owner_uid: str | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name, "namespace": NS}
     if owner_uid:
-        meta["ownerReferences"] = [{"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore", "name": "db",
-                                    "uid": owner_uid, "controller": True}]
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": meta,
-            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": "mlinfra.io/v1alpha1",
+                "kind": "DataStore",
+                "name": "db",
+                "uid": owner_uid,
+                "controller": True,
+            }
+        ]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": meta,
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+    }
 
 
 def decoded(kube: FakeKube, name: str) -> dict[str, str]:
@@ -60,17 +81,24 @@ def owned(o: dict[str, Any]) -> bool:
 
 
 def test_managed_redis_creates_credentials_once_owns_children_and_publishes_the_connection(
-        ctx: Context, kube: FakeKube) -> None:
+    ctx: Context, kube: FakeKube
+) -> None:
     reconcile.reconcile(ctx, obj(managed_body("redis")))
 
     creds = decoded(kube, "db-credentials")
     assert set(creds) == {"password"} and len(creds["password"]) >= 24
     assert [w for w in kube.writes if w[1] == "Secret" and w[3] == "db-credentials"] == [
-        ("create", "Secret", NS, "db-credentials")]
+        ("create", "Secret", NS, "db-credentials")
+    ]
     sts = kube.get("StatefulSet", NS, "db")
     assert sts["spec"]["replicas"] == 2
-    children = [*kube.kinds("StatefulSet"), *kube.kinds("Service"), *kube.kinds("ConfigMap"),
-                *kube.kinds("PodDisruptionBudget"), *kube.kinds("Secret")]
+    children = [
+        *kube.kinds("StatefulSet"),
+        *kube.kinds("Service"),
+        *kube.kinds("ConfigMap"),
+        *kube.kinds("PodDisruptionBudget"),
+        *kube.kinds("Secret"),
+    ]
     assert {c["kind"] for c in children} >= {"StatefulSet", "Service", "ConfigMap", "Secret"}
     assert all(owned(c) for c in children), [c["metadata"]["name"] for c in children if not owned(c)]
     conn = decoded(kube, "db-conn")
@@ -85,8 +113,7 @@ def test_managed_redis_creates_credentials_once_owns_children_and_publishes_the_
     assert decoded(kube, "db-credentials") == creds
 
 
-def test_managed_postgres_credentials_carry_the_user_and_the_replication_password(
-        ctx: Context, kube: FakeKube) -> None:
+def test_managed_postgres_credentials_carry_the_user_and_the_replication_password(ctx: Context, kube: FakeKube) -> None:
     reconcile.reconcile(ctx, obj(managed_body("postgres")))
     creds = decoded(kube, "db-credentials")
     assert creds["username"] == "postgres"
@@ -97,25 +124,33 @@ def test_managed_postgres_credentials_carry_the_user_and_the_replication_passwor
 
 
 def test_a_credentials_secret_left_by_a_retained_store_is_adopted_with_its_password(
-        ctx: Context, kube: FakeKube) -> None:
-    kube.put(secret("db-credentials", {"username": "admin", "password": "kept-pw", "replication-password": "r"},
-                    owner_uid="old-uid"))
+    ctx: Context, kube: FakeKube
+) -> None:
+    kube.put(
+        secret(
+            "db-credentials",
+            {"username": "admin", "password": "kept-pw", "replication-password": "r"},
+            owner_uid="old-uid",
+        )
+    )
     reconcile.reconcile(ctx, obj(managed_body("postgres")))
-    assert decoded(kube, "db-credentials") == {"username": "admin", "password": "kept-pw",
-                                               "replication-password": "r"}
+    assert decoded(kube, "db-credentials") == {"username": "admin", "password": "kept-pw", "replication-password": "r"}
     assert owned(kube.get("Secret", NS, "db-credentials"))
     conn = decoded(kube, "db-conn")
     assert (conn["username"], conn["password"]) == ("admin", "kept-pw")
 
 
 def test_a_credentials_secret_without_the_password_is_stalled_and_never_overwritten(
-        ctx: Context, kube: FakeKube) -> None:
+    ctx: Context, kube: FakeKube
+) -> None:
     kube.put(secret("db-credentials", {"other": "x"}, owner_uid=UID))
     with pytest.raises(ProblemError) as exc:
         reconcile.reconcile(ctx, obj(managed_body("redis")))
     assert exc.value.problem == problems.Problem(
-        "SecretNotFound", "Secret 'db-credentials' lacks the key(s) password; delete it to have new credentials "
-        "generated", stalled=True)
+        "SecretNotFound",
+        "Secret 'db-credentials' lacks the key(s) password; delete it to have new credentials generated",
+        stalled=True,
+    )
     assert decoded(kube, "db-credentials") == {"other": "x"}
     assert kube.kinds("StatefulSet") == [] and kube.get_or_none("Secret", NS, "db-conn") is None
 
@@ -124,8 +159,10 @@ def test_external_store_with_its_credentials_secret_missing_waits_for_it(ctx: Co
     with pytest.raises(ProblemError) as exc:
         reconcile.reconcile(ctx, obj(external_body()))
     assert exc.value.problem == problems.Problem(
-        "SecretNotFound", "spec.external.credentialsSecretRef: Secret 'user-creds' not found in namespace 'ml'",
-        stalled=False)
+        "SecretNotFound",
+        "spec.external.credentialsSecretRef: Secret 'user-creds' not found in namespace 'ml'",
+        stalled=False,
+    )
     assert kube.writes == []
 
     kube.put(secret("user-creds", {"user": "app"}))
@@ -166,14 +203,21 @@ def test_a_spec_the_model_refuses_reports_engine_and_mode_from_the_raw_body() ->
     st = status.problem_status(body, exc.value.problem)
     assert st["mode"] == "managed" and st["observedGeneration"] == 1
     by_type = {c["type"]: (c["status"], c["reason"]) for c in st["conditions"]}
-    assert by_type == {"Ready": ("False", "InvalidSpec"), "Reconciling": ("False", "InvalidSpec"),
-                       "Stalled": ("True", "InvalidSpec"), "Reachable": ("Unknown", "InvalidSpec"),
-                       "Replicating": ("Unknown", "InvalidSpec")}
+    assert by_type == {
+        "Ready": ("False", "InvalidSpec"),
+        "Reconciling": ("False", "InvalidSpec"),
+        "Stalled": ("True", "InvalidSpec"),
+        "Reachable": ("Unknown", "InvalidSpec"),
+        "Replicating": ("Unknown", "InvalidSpec"),
+    }
 
 
 def pvc(name: str, labels: dict[str, str]) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": name, "namespace": NS, "labels": labels}}
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": NS, "labels": labels},
+    }
 
 
 def store_labels(name: str, engine: str = "redis") -> dict[str, str]:
@@ -192,8 +236,11 @@ def test_delete_with_retain_orphans_the_credentials_and_keeps_the_volumes(ctx: C
 def test_delete_with_delete_removes_the_store_volumes_only(ctx: Context, kube: FakeKube) -> None:
     body = managed_body("redis", policy="Delete")
     reconcile.reconcile(ctx, obj(body))
-    for claim in (pvc("data-db-0", store_labels("db")), pvc("data-db-1", store_labels("db")),
-                  pvc("data-other-0", store_labels("other"))):
+    for claim in (
+        pvc("data-db-0", store_labels("db")),
+        pvc("data-db-1", store_labels("db")),
+        pvc("data-other-0", store_labels("other")),
+    ):
         kube.put(claim)
     reconcile.delete(ctx, obj(body))
     assert [p["metadata"]["name"] for p in kube.kinds("PersistentVolumeClaim")] == ["data-other-0"]

@@ -15,17 +15,31 @@ def conds(st: dict[str, Any]) -> dict[str, tuple[str, str]]:
 
 
 def primary_with(*replicas: MemberObservation) -> Observation:
-    return Observation(reachable=True, version="7.0.15",
-                       members=[MemberObservation("10.0.0.1:6379", "primary", True), *replicas])
+    return Observation(
+        reachable=True, version="7.0.15", members=[MemberObservation("10.0.0.1:6379", "primary", True), *replicas]
+    )
 
 
 def test_healthy_external_store_with_a_streaming_replica() -> None:
     obs = primary_with(MemberObservation("10.0.0.2:6379", "replica", True, lag_bytes=3000, lag_seconds=1.4))
-    st = status.compute(Facts(generation=2, engine="redis", mode="external", endpoint="h:6379",
-                              connection_secret="c-conn", observation=obs), None)
-    assert conds(st) == {"Ready": ("True", "Ready"), "Reconciling": ("False", "Ready"),
-                         "Stalled": ("False", "Ready"), "Reachable": ("True", "Connected"),
-                         "Replicating": ("True", "Streaming")}
+    st = status.compute(
+        Facts(
+            generation=2,
+            engine="redis",
+            mode="external",
+            endpoint="h:6379",
+            connection_secret="c-conn",
+            observation=obs,
+        ),
+        None,
+    )
+    assert conds(st) == {
+        "Ready": ("True", "Ready"),
+        "Reconciling": ("False", "Ready"),
+        "Stalled": ("False", "Ready"),
+        "Reachable": ("True", "Connected"),
+        "Replicating": ("True", "Streaming"),
+    }
     assert st["observedGeneration"] == 2
     assert st["members"][0]["role"] == "primary"
     replica = st["members"][1]
@@ -53,24 +67,42 @@ def test_real_lag_changes_status() -> None:
 
 
 def test_invalid_spec_is_stalled() -> None:
-    st = status.compute(Facts(generation=4, engine="redis", mode="managed",
-                              problem=Problem("InvalidSpec", "spec.x: bad", stalled=True)), None)
+    st = status.compute(
+        Facts(
+            generation=4, engine="redis", mode="managed", problem=Problem("InvalidSpec", "spec.x: bad", stalled=True)
+        ),
+        None,
+    )
     assert conds(st)["Stalled"] == ("True", "InvalidSpec")
     assert conds(st)["Ready"] == ("False", "InvalidSpec")
     assert conds(st)["Reconciling"][0] == "False"
 
 
 def test_missing_secret_is_not_stalled() -> None:
-    st = status.compute(Facts(generation=1, engine="redis", mode="external",
-                              problem=Problem("SecretNotFound", "Secret 'x' not found", stalled=False)), None)
+    st = status.compute(
+        Facts(
+            generation=1,
+            engine="redis",
+            mode="external",
+            problem=Problem("SecretNotFound", "Secret 'x' not found", stalled=False),
+        ),
+        None,
+    )
     assert conds(st)["Ready"] == ("False", "SecretNotFound")
     assert conds(st)["Reconciling"] == ("True", "SecretNotFound")
     assert conds(st)["Stalled"][0] == "False"
 
 
 def test_unreachable() -> None:
-    st = status.compute(Facts(generation=1, engine="postgres", mode="external",
-                              observation=Observation(reachable=False, error="connection refused")), None)
+    st = status.compute(
+        Facts(
+            generation=1,
+            engine="postgres",
+            mode="external",
+            observation=Observation(reachable=False, error="connection refused"),
+        ),
+        None,
+    )
     assert conds(st)["Ready"] == ("False", "Unreachable")
     assert conds(st)["Replicating"][0] == "Unknown"
     ready = next(c for c in st["conditions"] if c["type"] == "Ready")
@@ -78,17 +110,32 @@ def test_unreachable() -> None:
 
 
 def test_managed_store_waits_for_its_pods_and_names_members_by_pod() -> None:
-    obs = Observation(reachable=True, version="15.4", members=[
-        MemberObservation("10.1.0.5:5432", "primary", True),
-        MemberObservation("standby-0", "replica", True, lag_bytes=0, lag_seconds=None)])
-    facts = Facts(generation=1, engine="postgres", mode="managed", desired_replicas=3, ready_pods=2,
-                  pod_names=["pg-0", "pg-1", "pg-2"], observation=obs,
-                  member_names={"10.1.0.5:5432": "pg-0", "standby-0": "pg-1"})
+    obs = Observation(
+        reachable=True,
+        version="15.4",
+        members=[
+            MemberObservation("10.1.0.5:5432", "primary", True),
+            MemberObservation("standby-0", "replica", True, lag_bytes=0, lag_seconds=None),
+        ],
+    )
+    facts = Facts(
+        generation=1,
+        engine="postgres",
+        mode="managed",
+        desired_replicas=3,
+        ready_pods=2,
+        pod_names=["pg-0", "pg-1", "pg-2"],
+        observation=obs,
+        member_names={"10.1.0.5:5432": "pg-0", "standby-0": "pg-1"},
+    )
     st = status.compute(facts, None)
     assert conds(st)["Ready"] == ("False", "Provisioning")
     assert conds(st)["Reconciling"] == ("True", "Provisioning")
     assert [(m["name"], m["role"], m["ready"]) for m in st["members"]] == [
-        ("pg-0", "primary", True), ("pg-1", "replica", True), ("pg-2", "unknown", False)]
+        ("pg-0", "primary", True),
+        ("pg-1", "replica", True),
+        ("pg-2", "unknown", False),
+    ]
     assert conds(st)["Replicating"] == ("False", "ReplicaNotStreaming")
 
 

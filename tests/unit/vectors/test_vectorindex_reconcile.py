@@ -29,11 +29,18 @@ NS, NAME = "ml", "docs"
 
 
 def body(**spec: Any) -> dict[str, Any]:
-    values: dict[str, Any] = {"storeRef": {"name": "vectors"}, "collection": "docs",
-                              "vectors": {"size": 4, "distance": "Cosine"}}
+    values: dict[str, Any] = {
+        "storeRef": {"name": "vectors"},
+        "collection": "docs",
+        "vectors": {"size": 4, "distance": "Cosine"},
+    }
     values.update(spec)
-    return {"apiVersion": "mlinfra.io/v1alpha1", "kind": "VectorIndex",
-            "metadata": {"name": NAME, "namespace": NS, "uid": "vi-uid", "generation": 1}, "spec": values}
+    return {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": "VectorIndex",
+        "metadata": {"name": NAME, "namespace": NS, "uid": "vi-uid", "generation": 1},
+        "spec": values,
+    }
 
 
 def obj_of(b: dict[str, Any]) -> Obj[api.VectorIndex]:
@@ -46,14 +53,24 @@ def events(o: Obj[api.VectorIndex]) -> list[tuple[str, str, str]]:
 
 
 def put_store(kube: FakeKube, name: str, engine: str, ready: str | None = "True", message: str = "") -> None:
-    ds: dict[str, Any] = {"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore",
-                          "metadata": {"name": name, "namespace": NS}, "spec": {"engine": engine, "managed": True}}
+    ds: dict[str, Any] = {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": "DataStore",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"engine": engine, "managed": True},
+    }
     if ready is not None:
         ds["status"] = {"conditions": [{"type": "Ready", "status": ready, "reason": "R", "message": message}]}
     kube.put(ds)
     info = connection.ConnectionInfo.for_engine(engine, host=f"{name}.{NS}.svc", password="pw")  # type: ignore[arg-type]
-    kube.put({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{name}-conn", "namespace": NS},
-              "stringData": info.to_secret_data()})
+    kube.put(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": f"{name}-conn", "namespace": NS},
+            "stringData": info.to_secret_data(),
+        }
+    )
 
 
 def problem_of(fn: Any, ctx: Context, o: Obj[api.VectorIndex]) -> Problem:
@@ -62,33 +79,83 @@ def problem_of(fn: Any, ctx: Context, o: Obj[api.VectorIndex]) -> Problem:
     return raised.value.problem
 
 
-SOURCE = {"storeRef": {"name": "pg"}, "table": "docs", "idColumn": "id", "vectorColumn": "embedding",
-          "updatedAtColumn": "updated_at"}
+SOURCE = {
+    "storeRef": {"name": "pg"},
+    "table": "docs",
+    "idColumn": "id",
+    "vectorColumn": "embedding",
+    "updatedAtColumn": "updated_at",
+}
 
 
 @pytest.mark.parametrize("step", [reconcile.reconcile, reconcile.observe], ids=["reconcile", "observe"])
-@pytest.mark.parametrize(("stores", "spec", "expected"), [
-    ([], {}, Problem(problems.STORE_NOT_FOUND, "spec.storeRef: DataStore 'vectors' not found in namespace 'ml'",
-                     stalled=False)),
-    ([("vectors", "redis", "True", "")], {},
-     Problem(problems.WRONG_ENGINE, "spec.storeRef: DataStore 'vectors' is a redis store; a qdrant store is "
-             "required", stalled=True)),
-    ([("vectors", "qdrant", None, "")], {},
-     Problem(problems.STORE_NOT_READY, "spec.storeRef: DataStore 'vectors' is not Ready: not observed yet",
-             stalled=False)),
-    ([("vectors", "qdrant", "False", "0/1 pods ready")], {},
-     Problem(problems.STORE_NOT_READY, "spec.storeRef: DataStore 'vectors' is not Ready: 0/1 pods ready",
-             stalled=False)),
-    ([("vectors", "qdrant", "True", "")], {"source": SOURCE},
-     Problem(problems.STORE_NOT_FOUND, "spec.source.storeRef: DataStore 'pg' not found in namespace 'ml'",
-             stalled=False)),
-    ([("vectors", "qdrant", "True", ""), ("pg", "qdrant", "True", "")], {"source": SOURCE},
-     Problem(problems.WRONG_ENGINE, "spec.source.storeRef: DataStore 'pg' is a qdrant store; a postgres store "
-             "is required", stalled=True)),
-])
-def test_store_references_become_problems(ctx: Context, kube: FakeKube, step: Any,
-                                          stores: list[tuple[str, str, str | None, str]], spec: dict[str, Any],
-                                          expected: Problem) -> None:
+@pytest.mark.parametrize(
+    ("stores", "spec", "expected"),
+    [
+        (
+            [],
+            {},
+            Problem(
+                problems.STORE_NOT_FOUND,
+                "spec.storeRef: DataStore 'vectors' not found in namespace 'ml'",
+                stalled=False,
+            ),
+        ),
+        (
+            [("vectors", "redis", "True", "")],
+            {},
+            Problem(
+                problems.WRONG_ENGINE,
+                "spec.storeRef: DataStore 'vectors' is a redis store; a qdrant store is required",
+                stalled=True,
+            ),
+        ),
+        (
+            [("vectors", "qdrant", None, "")],
+            {},
+            Problem(
+                problems.STORE_NOT_READY,
+                "spec.storeRef: DataStore 'vectors' is not Ready: not observed yet",
+                stalled=False,
+            ),
+        ),
+        (
+            [("vectors", "qdrant", "False", "0/1 pods ready")],
+            {},
+            Problem(
+                problems.STORE_NOT_READY,
+                "spec.storeRef: DataStore 'vectors' is not Ready: 0/1 pods ready",
+                stalled=False,
+            ),
+        ),
+        (
+            [("vectors", "qdrant", "True", "")],
+            {"source": SOURCE},
+            Problem(
+                problems.STORE_NOT_FOUND,
+                "spec.source.storeRef: DataStore 'pg' not found in namespace 'ml'",
+                stalled=False,
+            ),
+        ),
+        (
+            [("vectors", "qdrant", "True", ""), ("pg", "qdrant", "True", "")],
+            {"source": SOURCE},
+            Problem(
+                problems.WRONG_ENGINE,
+                "spec.source.storeRef: DataStore 'pg' is a qdrant store; a postgres store is required",
+                stalled=True,
+            ),
+        ),
+    ],
+)
+def test_store_references_become_problems(
+    ctx: Context,
+    kube: FakeKube,
+    step: Any,
+    stores: list[tuple[str, str, str | None, str]],
+    spec: dict[str, Any],
+    expected: Problem,
+) -> None:
     for name, engine, ready, message in stores:
         put_store(kube, name, engine, ready, message)
     o = obj_of(body(**spec))
@@ -98,8 +165,9 @@ def test_store_references_become_problems(ctx: Context, kube: FakeKube, step: An
 
 def test_sync_now_without_a_source_is_stalled(ctx: Context, kube: FakeKube) -> None:
     problem = problem_of(lambda c, o: reconcile.request_sync(c, o, "2026-01-01T00:00:00Z"), ctx, obj_of(body()))
-    assert problem == Problem(problems.INVALID_SPEC, "sync requested, but spec.source is not set: there is "
-                              "nothing to sync from", stalled=True)
+    assert problem == Problem(
+        problems.INVALID_SPEC, "sync requested, but spec.source is not set: there is nothing to sync from", stalled=True
+    )
     assert kube.writes == []
 
 
@@ -122,10 +190,12 @@ def local_ctx(kube: FakeKube, tmp_path: Path) -> Context:
     """A managed, Ready qdrant DataStore ``vectors`` served by local mode on a directory under tmp_path."""
     put_store(kube, "vectors", "qdrant")
     emap = tmp_path / "endpoints.json"
-    emap.write_text(json.dumps({f"{NS}/vectors": {"endpoint": "127.0.0.1:6333",
-                                                   "localPath": str(tmp_path / "qdrant")}}))
-    return Context(settings=Settings(job_image="example.test/mlinfra:1"), kube=kube,
-                   endpoints=endpoints.EndpointMap(emap))
+    emap.write_text(
+        json.dumps({f"{NS}/vectors": {"endpoint": "127.0.0.1:6333", "localPath": str(tmp_path / "qdrant")}})
+    )
+    return Context(
+        settings=Settings(job_image="example.test/mlinfra:1"), kube=kube, endpoints=endpoints.EndpointMap(emap)
+    )
 
 
 def gauge(name: str) -> float | None:
@@ -134,8 +204,14 @@ def gauge(name: str) -> float | None:
 
 def test_reconcile_and_observe_an_index_without_source_on_local_mode(local_ctx: Context, kube: FakeKube) -> None:
     # A CronJob left from when the spec had a source and a schedule: the spec no longer asks for one.
-    kube.put({"apiVersion": "batch/v1", "kind": "CronJob",
-              "metadata": {"name": jobs.cronjob_name(NAME), "namespace": NS}, "spec": {}})
+    kube.put(
+        {
+            "apiVersion": "batch/v1",
+            "kind": "CronJob",
+            "metadata": {"name": jobs.cronjob_name(NAME), "namespace": NS},
+            "spec": {},
+        }
+    )
     b = body()
     physical = collection.physical_name(api.VectorIndex.model_validate(b).spec)
     o = obj_of(b)
@@ -147,8 +223,9 @@ def test_reconcile_and_observe_an_index_without_source_on_local_mode(local_ctx: 
     try:
         st = reconcile.observe(local_ctx, o)
         assert events(o) == [("Normal", "CollectionCreated", f"created {physical} behind alias docs")]
-        assert st == status.compute(status.Facts(generation=1, active=physical, points=0, indexed_vectors=0,
-                                                 collection_status="green"), None)
+        assert st == status.compute(
+            status.Facts(generation=1, active=physical, points=0, indexed_vectors=0, collection_status="green"), None
+        )
         conds = {c["type"]: (c["status"], c["reason"], c["message"]) for c in st["conditions"]}
         assert conds["Ready"] == ("True", "Ready", f"0 points in {physical}")
         assert conds["Synced"] == ("True", "NoSource", "no spec.source: points are written by clients")
@@ -171,11 +248,13 @@ def test_observe_repairs_an_alias_deleted_by_hand(local_ctx: Context) -> None:
     b = body()
     reconcile.reconcile(local_ctx, obj_of(b))
     physical = collection.physical_name(api.VectorIndex.model_validate(b).spec)
-    conn = local_ctx.endpoints.resolve(connection.ConnectionInfo.for_engine("qdrant", host="x", password="pw"),
-                                       NS, "vectors")
+    conn = local_ctx.endpoints.resolve(
+        connection.ConnectionInfo.for_engine("qdrant", host="x", password="pw"), NS, "vectors"
+    )
     with qdrant_engine.open_client(conn) as client:
-        client.update_collection_aliases(change_aliases_operations=[
-            models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name="docs"))])
+        client.update_collection_aliases(
+            change_aliases_operations=[models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name="docs"))]
+        )
     o = obj_of(b)
     try:
         st = reconcile.observe(local_ctx, o)
@@ -205,9 +284,13 @@ def test_the_handler_is_wiring_of_the_package(ctx: Context) -> None:
     registry = kopf.OperatorRegistry()
     kind.register(registry, ctx, handler.KIND)
     changing = registry._changing.get_all_handlers()
-    assert {(h.selector.group, h.selector.version, h.selector.any_name) for h in changing  # type: ignore[union-attr]
-            } == {("mlinfra.io", "v1alpha1", "vectorindexes")}
+    assert {
+        (h.selector.group, h.selector.version, h.selector.any_name)
+        for h in changing  # type: ignore[union-attr]
+    } == {("mlinfra.io", "v1alpha1", "vectorindexes")}
     # The handler ids Kopf keys its progress annotations by stay those of the handlers this shape replaced.
     ids = {str(h.id).split("/")[0] for h in [*changing, *registry._spawning.get_all_handlers()]}
-    assert ids == {f"register.<locals>.{n}" for n in ("reconcile_vectorindex", "observe_vectorindex",
-                                                       "delete_vectorindex", "sync_now")}
+    assert ids == {
+        f"register.<locals>.{n}"
+        for n in ("reconcile_vectorindex", "observe_vectorindex", "delete_vectorindex", "sync_now")
+    }

@@ -14,8 +14,11 @@ pytestmark = pytest.mark.unit
 
 
 def spec(**overrides: Any) -> vectorindex.VectorIndexSpec:
-    body: dict[str, Any] = {"storeRef": {"name": "q"}, "collection": "docs",
-                            "vectors": {"size": 4, "distance": "Cosine"}}
+    body: dict[str, Any] = {
+        "storeRef": {"name": "q"},
+        "collection": "docs",
+        "vectors": {"size": 4, "distance": "Cosine"},
+    }
     body.update(overrides)
     return vectorindex.VectorIndexSpec.model_validate(body)
 
@@ -37,8 +40,11 @@ def test_hnsw_drift_against_a_reported_config() -> None:
 
 
 def test_quantization_round_trip_and_drift() -> None:
-    for q in ({"type": "scalar", "quantile": 0.99}, {"type": "product", "compression": "x16"},
-              {"type": "binary", "alwaysRam": True}):
+    for q in (
+        {"type": "scalar", "quantile": 0.99},
+        {"type": "product", "compression": "x16"},
+        {"type": "binary", "alwaysRam": True},
+    ):
         desired = collection.desired_quantization(spec(quantization=q))
         observed = collection.observed_quantization(collection.quantization_config(desired))
         assert collection.quantization_changes(desired, observed) == []
@@ -52,6 +58,7 @@ def test_quantization_round_trip_and_drift() -> None:
 def test_immutable_reasons() -> None:
     params = models.VectorParams(size=4, distance=models.Distance.COSINE)
     assert collection.immutable_reasons(spec(), params) == []
-    assert collection.immutable_reasons(spec(vectors={"size": 4, "distance": "Cosine", "datatype": "uint8"}),
-                                        params) == ["vectors.datatype: float32 -> uint8"]
+    assert collection.immutable_reasons(
+        spec(vectors={"size": 4, "distance": "Cosine", "datatype": "uint8"}), params
+    ) == ["vectors.datatype: float32 -> uint8"]
     assert collection.immutable_reasons(spec(), {"a": params}) != []

@@ -36,8 +36,9 @@ def test_vector_problems() -> None:
 
 
 def test_keyset_query_orders_by_watermark_then_id() -> None:
-    source = vectorindex.Source.model_validate({"storeRef": {"name": "pg"}, "table": "t", "idColumn": "id",
-                                                "vectorColumn": "v", "updatedAtColumn": "u"})
+    source = vectorindex.Source.model_validate(
+        {"storeRef": {"name": "pg"}, "table": "t", "idColumn": "id", "vectorColumn": "v", "updatedAtColumn": "u"}
+    )
     text = sync.select_changed(source, after=True).as_string(None)
     assert 'WHERE ("u", "id"::text) > (%(ts)s, %(id)s)' in text
     assert text.endswith('ORDER BY "u", "id"::text LIMIT %(limit)s')
