@@ -263,14 +263,19 @@ def libpq_params(
 
 @contextlib.contextmanager
 def postgres(
-    info: ConnectionInfo, application_name: str = "mlinfra-sync", connect_timeout: int = 10, database: str | None = None
+    info: ConnectionInfo,
+    application_name: str = "mlinfra-sync",
+    connect_timeout: float = 10,
+    database: str | None = None,
+    **extra: Any,
 ) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
     """The one way to open a PostgreSQL connection: autocommit, TLS verified against ``ca.crt`` when given,
-    closed on exit; ``database`` instead of the connection's own when given."""
+    closed on exit; ``database`` instead of the connection's own when given; ``extra``: more libpq
+    parameters (e.g. ``options``)."""
     if database:
         info = dataclasses.replace(info, database=database)
     with (
-        libpq_params(info, connect_timeout, application_name, autocommit=True) as params,
+        libpq_params(info, connect_timeout, application_name, autocommit=True, **extra) as params,
         psycopg.connect(**params) as conn,
     ):
         yield conn

@@ -99,12 +99,9 @@ def probe(conn: connection.ConnectionInfo, timeout: float = 5.0) -> observation.
 
 @contextlib.contextmanager
 def _connect(conn: connection.ConnectionInfo, timeout: float) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
-    with (
-        connection.libpq_params(
-            conn, timeout, "mlinfra-probe", autocommit=True, options=f"-c statement_timeout={int(timeout * 1000)}"
-        ) as params,
-        psycopg.connect(**params) as pg,
-    ):
+    with connection.postgres(
+        conn, "mlinfra-probe", connect_timeout=timeout, options=f"-c statement_timeout={int(timeout * 1000)}"
+    ) as pg:
         yield pg
 
 

@@ -8,10 +8,8 @@ from typing import Any
 
 import kopf
 
-from mlinfra.api import base
 from mlinfra.config import Settings
 
-GROUP, VERSION = base.GROUP, base.VERSION
 FINALIZER = "mlinfra.io/finalizer"
 STORAGE_PREFIX = "kopf.mlinfra.io"
 ARGOCD_TRACKING = ("metadata", "annotations", "argocd.argoproj.io/tracking-id")
