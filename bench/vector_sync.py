@@ -79,7 +79,7 @@ def drop(client: QdrantClient, alias: str) -> None:
 def bench_ours(conn: Any, client: QdrantClient, batch_size: int) -> tuple[float, int, int]:
     s = spec(f"bench-b{batch_size}", batch_size)
     drop(client, s.collection)
-    collection.ensure(client, s)
+    collection.ensure(client, s, owner="bench/vectors")
     started = time.perf_counter()
     result = sync.sync(conn, client, s, NAMESPACE, s.collection)
     secs = time.perf_counter() - started
@@ -91,7 +91,7 @@ def bench_ours(conn: Any, client: QdrantClient, batch_size: int) -> tuple[float,
 def bench_naive(conn: Any, client: QdrantClient, rows: int) -> tuple[float, int, int]:
     s = spec("bench-naive", 1)
     drop(client, s.collection)
-    collection.ensure(client, s)
+    collection.ensure(client, s, owner="bench/vectors")
     started = time.perf_counter()
     n = 0
     with conn.transaction(), conn.cursor(name="naive") as cur:
@@ -111,7 +111,7 @@ def bench_naive(conn: Any, client: QdrantClient, rows: int) -> tuple[float, int,
 def bench_raw(client: QdrantClient, rows: int, batch_size: int) -> tuple[float, int]:
     s = spec("bench-raw", batch_size)
     drop(client, s.collection)
-    collection.ensure(client, s)
+    collection.ensure(client, s, owner="bench/vectors")
     prebuilt = [
         models.PointStruct(id=d.id, vector=d.embedding.tolist(), payload={"title": d.title, "lang": d.lang})
         for d in sample.documents(rows, seed=1)

@@ -202,6 +202,105 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     (variant(VI, "vi-no-vectors", vectors=None), "spec.vectors: Required value"),
 ]
 
+# Issue 13, class 6: what the API server accepted before but Kubernetes or the engine then refused (the
+# operator retried a 422 or a crashing pod for ever). Each is refused at admission with the rule's message.
+# Valid object names (<= 253) that no label value can hold, one per kind (test ids are names).
+LONG = {kind: kind[0].lower() * 64 for kind in ("DataStore", "FeatureView", "ModelRegistry", "VectorIndex")}
+PG_MANAGED = obj("DataStore", "pg-managed", {"engine": "postgres", "managed": {"storage": {"size": "1Gi"}}})
+QDRANT_MANAGED = obj("DataStore", "qdrant-managed", {"engine": "qdrant", "managed": {}})
+REDIS_EXTERNAL = obj(
+    "DataStore",
+    "redis-ext",
+    {"engine": "redis", "external": {"endpoint": "r.example.com:6379", "credentialsSecretRef": {"name": "r"}}},
+)
+HOSTILE: list[tuple[dict[str, Any], str]] = [
+    # DataStore: names its children cannot carry
+    (variant(DS_MANAGED, "d" * 53), "the name of a managed DataStore must be at most 52 characters"),
+    (variant(DS_MANAGED, "cache.main"), "must start with a lower-case letter and contain only lower-case"),
+    (variant(DS_MANAGED, "1cache"), "must start with a lower-case letter and contain only lower-case"),
+    (variant(DS_EXTERNAL, LONG["DataStore"]), "the name of a DataStore must be at most 63 characters"),
+    # DataStore: engine settings the engine refuses
+    (
+        variant(DS_MANAGED, "ds-maxmemory", managed__config={"maxmemory": "256 MB"}),
+        "spec.managed.config[maxmemory] of a redis DataStore must be a number of bytes",
+    ),
+    (
+        variant(DS_MANAGED, "ds-policy", managed__config={"maxmemory-policy": "lru"}),
+        "spec.managed.config[maxmemory-policy] of a redis DataStore must be one of noeviction",
+    ),
+    (
+        variant(PG_MANAGED, "ds-pg-units", managed__config={"shared_buffers": "256mb"}),
+        "spec.managed.config[shared_buffers] of a postgres DataStore must be a number with an optional unit",
+    ),
+    (
+        variant(PG_MANAGED, "ds-pg-conns", managed__config={"max_connections": "3"}),
+        "spec.managed.config[max_connections] of a postgres DataStore must be a whole number from 4",
+    ),
+    (
+        variant(DS_NEO4J, "ds-neo4j-log", managed__config={"db.logs.query.enabled": "true"}),
+        "spec.managed.config[db.logs.query.enabled] of a neo4j DataStore must be OFF, INFO or VERBOSE",
+    ),
+    (
+        variant(QDRANT_MANAGED, "ds-qdrant-log", managed__config={"log_level": "loud"}),
+        "spec.managed.config[log_level] of a qdrant DataStore must be TRACE",
+    ),
+    # DataStore: volumes, resources and images the Pod and PVC APIs refuse
+    (variant(DS_MANAGED, "ds-half-byte", managed__storage__size="500m"), "must be a positive size in bytes"),
+    (variant(DS_MANAGED, "ds-no-bytes", managed__storage__size="0"), "must be a positive size in bytes"),
+    (
+        variant(DS_MANAGED, "ds-cpus", managed__resources={"requests": {"cpus": 1}}),
+        "requests: resource names must be cpu, memory, ephemeral-storage",
+    ),
+    (
+        variant(DS_MANAGED, "ds-negative", managed__resources={"limits": {"memory": "-1Gi"}}),
+        "limits: resource quantities must not be negative",
+    ),
+    (
+        variant(DS_MANAGED, "ds-over", managed__resources={"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}}),
+        "each request must be at most the limit of the same resource",
+    ),
+    (variant(DS_MANAGED, "ds-image", managed__image="redis 7.2"), "spec.managed.image must be an image reference"),
+    # DataStore: external settings the clients refuse
+    (
+        variant(DS_EXTERNAL, "ds-port-range", external__endpoint="pg.example.com:70000"),
+        "must be host:port with a port from 1 to 65535",
+    ),
+    (
+        variant(REDIS_EXTERNAL, "ds-redis-db", external__database="features"),
+        "spec.external.database of a redis DataStore must be a database number",
+    ),
+    (
+        variant(DS_EXTERNAL, "ds-sni", external__tls__serverName="db example com"),
+        "spec.external.tls.serverName must be a host name",
+    ),
+    # FeatureView
+    (variant(FV, LONG["FeatureView"]), "the name of a FeatureView must be at most 63 characters"),
+    (variant(FV, "fv-minute-60", materialization__schedule="60 * * * *"), "minute 0-59, hour 0-23"),
+    (variant(FV, "fv-sunday-7", materialization__schedule="0 0 * * 7"), "day of week 0-6 or SUN-SAT"),
+    (variant(FV, "fv-step-0", materialization__schedule="*/0 * * * *"), "cron schedule of 5 fields"),
+    (variant(FV, "fv-ttl-0", online__ttl="0s"), "must be longer than 0"),
+    (variant(FV, "fv-slo-0", freshness__maxLag="0m"), "must be longer than 0"),
+    (variant(FV, "fv-pg-schema", offline__schema="pg_catalog"), "choose another schema"),
+    (variant(FV, "fv-our-schema", offline__schema="mlinfra"), "mlinfra and registry are the operator's own"),
+    # ModelRegistry
+    (variant(MR, LONG["ModelRegistry"]), "the name of a ModelRegistry must be at most 63 characters"),
+    (variant(MR, "mr-template", database="template1"), "spec.database cannot be template0 or template1"),
+    (variant(MR, "mr-interval-0", lineageSync__interval="0s"), "must be longer than 0"),
+    (variant(MR, "mr-hour-25", lineageSync__schedule="0 25 * * *"), "minute 0-59, hour 0-23"),
+    # VectorIndex
+    (variant(VI, LONG["VectorIndex"]), "the name of a VectorIndex must be at most 63 characters"),
+    (variant(VI, "vi-day-32", sync__schedule="0 0 32 * *"), "day of month 1-31"),
+    (variant(VI, "vi-lag-0", sync__maxLag="0s"), "must be longer than 0"),
+]
+INVALID += HOSTILE
+# Valid objects near the new limits, accepted as they are.
+VALID += [
+    variant(DS_MANAGED, "d" * 52),
+    variant(DS_EXTERNAL, "pg.external"),  # a dot is fine where no Service is named after the store
+    variant(PG_MANAGED, "pg-tuned", managed__config={"shared_buffers": "256MB", "max_connections": "200"}),
+    variant(FV, "n" * 63, materialization__schedule="0 9-17/2 * jan-mar MON-FRI"),
+]
+
 # Updates: (original, changed, message if rejected or None if accepted).
 UPDATES: list[tuple[str, dict[str, Any], dict[str, Any], str | None]] = [
     (
@@ -236,6 +335,60 @@ UPDATES: list[tuple[str, dict[str, Any], dict[str, Any], str | None]] = [
         "vector-size-and-distance-change",
         variant(VI, "upd-vectors"),
         variant(VI, "upd-vectors", vectors={"size": 768, "distance": "Dot"}),
+        None,
+    ),
+    (
+        "storage-resize",
+        variant(DS_MANAGED, "upd-storage"),
+        variant(DS_MANAGED, "upd-storage", managed__storage__size="2Gi"),
+        "spec.managed.storage cannot change on an existing DataStore",
+    ),
+    (
+        "storage-class-set",
+        variant(DS_MANAGED, "upd-storage-class"),
+        variant(DS_MANAGED, "upd-storage-class", managed__storage__storageClassName="fast"),
+        "spec.managed.storage cannot change on an existing DataStore",
+    ),
+    (
+        "storage-default-spelt-out",
+        variant(PG_MANAGED, "upd-storage-default", managed__storage=None),
+        variant(PG_MANAGED, "upd-storage-default", managed__storage__size="10Gi"),
+        None,
+    ),
+    (
+        "storage-default-grown",
+        variant(PG_MANAGED, "upd-storage-grown", managed__storage=None),
+        variant(PG_MANAGED, "upd-storage-grown", managed__storage__size="20Gi"),
+        "spec.managed.storage cannot change on an existing DataStore",
+    ),
+    (
+        "managed-to-external",
+        variant(DS_MANAGED, "upd-mode"),
+        variant(REDIS_EXTERNAL, "upd-mode"),
+        "spec.managed and spec.external cannot be switched on an existing DataStore",
+    ),
+    (
+        "major-upgrade",
+        variant(DS_MANAGED, "upd-major"),
+        variant(DS_MANAGED, "upd-major", managed__version="8.0"),
+        "spec.managed.version cannot change its major version",
+    ),
+    (
+        "major-upgrade-from-the-default",
+        variant(PG_MANAGED, "upd-major-default"),
+        variant(PG_MANAGED, "upd-major-default", managed__version="16"),
+        "spec.managed.version cannot change its major version",
+    ),
+    (
+        "minor-upgrade",
+        variant(DS_MANAGED, "upd-minor"),
+        variant(DS_MANAGED, "upd-minor", managed__version="7.4"),
+        None,
+    ),
+    (
+        "default-version-spelt-out",
+        variant(PG_MANAGED, "upd-version-default"),
+        variant(PG_MANAGED, "upd-version-default", managed__version="15.8"),
         None,
     ),
     (
@@ -306,7 +459,8 @@ def get(cp: ControlPlane, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_the_table_is_big_enough() -> None:
-    assert len(INVALID) >= 15
+    assert len(INVALID) >= 60
+    assert {body["kind"] for body, _ in HOSTILE} == {"DataStore", "FeatureView", "ModelRegistry", "VectorIndex"}
     assert {body["kind"] for body, _ in INVALID} == {"DataStore", "FeatureView", "ModelRegistry", "VectorIndex"}
     assert len({body["metadata"]["name"] for body, _ in INVALID}) == len(INVALID)
 

@@ -201,7 +201,7 @@ def test_vectorindex_sync_rebuild_and_query(
         conn.execute(f"update public.{table} set deleted = true, updated_at = now() where id = 2")
     wait_for("rowsBehind = 31", lambda: vi(cp, ns, name)["status"]["sync"].get("rowsBehind") == 31, 60)
     cp.kubectl("annotate", "vectorindex", name, "-n", ns, f"{jobs.SYNC_REQUESTED_ANNOTATION}=now-1")
-    job_name = jobs.syncjobs.ondemand_job_name(name, "now-1")
+    job_name = jobs.ondemand_job_name(name, "now-1")
     wait_for("the on-demand Job", lambda: cp.kubectl("get", "job", job_name, "-n", ns, check=False).returncode == 0, 60)
     job = get_json(cp, "job", job_name, "-n", ns)
     summary = run_job_command(cp, ns, job["spec"]["template"]["spec"], backer, tmp_path / "run2")

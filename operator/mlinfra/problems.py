@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import pydantic
 
+from mlinfra.k8s import objects
 from mlinfra.k8s.conditions import Cond
 
 READY = "Ready"
@@ -23,6 +24,8 @@ STORE_NOT_FOUND = "StoreNotFound"
 STORE_NOT_READY = "StoreNotReady"
 WRONG_ENGINE = "WrongEngine"
 IMMUTABLE_FIELD_CHANGE = "ImmutableFieldChange"
+DEADLINE_EXCEEDED = "DeadlineExceeded"
+REFUSED_BY_KUBERNETES_RECHECK = 300.0  # seconds: the refusal may depend on something outside the spec
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,27 @@ def invalid_spec(exc: pydantic.ValidationError) -> Problem:
         f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False)
     )
     return Problem(INVALID_SPEC, f"invalid spec: {details}", stalled=True)
+
+
+def deadline_exceeded(exc: TimeoutError) -> Problem:
+    """A call that missed its deadline (a database that is stuck, slow or unreachable, a lock held by
+    another transaction): this object is degraded and retried; nothing waits for ever. The engines' errors
+    name the endpoint and the timeout and never a secret."""
+    message = " ".join(str(exc).split()) or "a call did not finish in time"
+    return Problem(DEADLINE_EXCEEDED, message[:1024], stalled=False)
+
+
+def refused_by_kubernetes(exc: objects.ApiError) -> Problem:
+    """The API server refused (422: invalid) a child the operator rendered from the spec: what the CRD's
+    rules let through but Kubernetes does not take. Stalled (retrying the same write changes nothing), looked
+    at again now and then (an admission webhook or quota may change), and the message is the API server's
+    own, which names the field."""
+    return Problem(
+        INVALID_SPEC,
+        f"Kubernetes refused what the spec asks for: {exc}"[:1024],
+        stalled=True,
+        recheck=REFUSED_BY_KUBERNETES_RECHECK,
+    )
 
 
 Model = TypeVar("Model", bound=pydantic.BaseModel)

@@ -12,7 +12,6 @@ import secrets
 import signal
 from collections.abc import Callable, Iterator
 
-import psycopg
 import pytest
 from qdrant_client import QdrantClient, models
 
@@ -351,16 +350,3 @@ def test_probe_dispatch_reads_the_connection_secret(postgres_cluster: PostgresCl
     obs = probe.probe(connection.ConnectionInfo.from_secret_data({k: v.encode() for k, v in data.items()}))
     assert obs.reachable and obs.members[0].role == "primary"
     assert postgres.EXTENSION_CAPABILITIES["pg_stat_statements"] in obs.capabilities
-
-
-def test_postgres_query_on_a_frozen_backend_is_cut_by_the_watchdog(postgres_cluster: PostgresCluster) -> None:
-    # statement_timeout cannot fire in a server that does not run; the probe's watchdog cuts the socket.
-    primary = postgres_cluster.primary
-    with primary.connect() as pg:
-        backend = pg.info.backend_pid
-        os.kill(backend, signal.SIGSTOP)
-        try:
-            with pytest.raises(psycopg.OperationalError), postgres._watchdog(pg, 1.0):
-                pg.execute("select 1")
-        finally:
-            os.kill(backend, signal.SIGCONT)

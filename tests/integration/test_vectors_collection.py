@@ -38,7 +38,7 @@ def spec(**overrides: Any) -> vectorindex.VectorIndexSpec:
 
 def test_create_points_the_alias_at_a_hashed_physical_collection(qdrant: QdrantClient) -> None:
     s = spec(hnsw={"m": 8}, payloadIndexes=[{"field": "lang", "type": "keyword"}])
-    result = collection.ensure(qdrant, s)
+    result = collection.ensure(qdrant, s, owner="test/vectors")
     assert result.created and not result.rebuild_needed
     assert result.collection == collection.physical_name(s) and result.collection.startswith("docs-")
     assert collection.alias_target(qdrant, "docs") == result.collection
@@ -46,25 +46,29 @@ def test_create_points_the_alias_at_a_hashed_physical_collection(qdrant: QdrantC
     params = qdrant.get_collection("docs").config.params.vectors
     assert isinstance(params, models.VectorParams)
     assert (params.size, params.distance) == (4, models.Distance.COSINE)
-    again = collection.ensure(qdrant, s)
+    again = collection.ensure(qdrant, s, owner="test/vectors")
     assert (again.created, again.changes, again.indexes_created, again.indexes_dropped) == (False, (), (), ())
 
 
 def test_mutable_change_is_applied_in_place_and_reported(qdrant: QdrantClient) -> None:
-    first = collection.ensure(qdrant, spec(hnsw={"m": 8}))
+    first = collection.ensure(qdrant, spec(hnsw={"m": 8}), owner="test/vectors")
     result = collection.ensure(
-        qdrant, spec(hnsw={"m": 16, "efConstruct": 200}, quantization={"type": "scalar", "quantile": 0.99})
+        qdrant,
+        spec(hnsw={"m": 16, "efConstruct": 200}, quantization={"type": "scalar", "quantile": 0.99}),
+        owner="test/vectors",
     )
     assert result.collection == first.collection and not result.created
     assert "hnsw.m: 8 -> 16" in result.changes
     assert "quantization: none -> scalar" in result.changes
     assert (
         collection.ensure(
-            qdrant, spec(hnsw={"m": 16, "efConstruct": 200}, quantization={"type": "scalar", "quantile": 0.99})
+            qdrant,
+            spec(hnsw={"m": 16, "efConstruct": 200}, quantization={"type": "scalar", "quantile": 0.99}),
+            owner="test/vectors",
         ).changes
         == ()
     )
-    removed = collection.ensure(qdrant, spec(hnsw={"m": 16, "efConstruct": 200}))
+    removed = collection.ensure(qdrant, spec(hnsw={"m": 16, "efConstruct": 200}), owner="test/vectors")
     assert removed.changes == ("quantization: scalar -> none",)
 
 
@@ -72,16 +76,16 @@ def test_drift_made_by_hand_is_repaired(qdrant: QdrantClient) -> None:
     if not devenv_qdrant.is_real_server():
         pytest.skip("local mode keeps no HNSW settings: a change by hand is not observable (set QDRANT_URL)")
     s = spec(hnsw={"m": 8})
-    name = collection.ensure(qdrant, s).collection
+    name = collection.ensure(qdrant, s, owner="test/vectors").collection
     qdrant.update_collection(name, hnsw_config=models.HnswConfigDiff(m=32))
-    result = collection.ensure(qdrant, s)
+    result = collection.ensure(qdrant, s, owner="test/vectors")
     assert result.changes == ("hnsw.m: 32 -> 8",)
     assert qdrant.get_collection(name).config.hnsw_config.m == 8
 
 
 def test_immutable_change_is_reported_not_applied(qdrant: QdrantClient) -> None:
-    before = collection.ensure(qdrant, spec())
-    result = collection.ensure(qdrant, spec(vectors={"size": 8, "distance": "Dot"}))
+    before = collection.ensure(qdrant, spec(), owner="test/vectors")
+    result = collection.ensure(qdrant, spec(vectors={"size": 8, "distance": "Dot"}), owner="test/vectors")
     assert result.rebuild_needed and result.collection == before.collection != result.target
     assert result.rebuild_reasons == ("vectors.size: 4 -> 8", "vectors.distance: Cosine -> Dot")
     assert collection.alias_target(qdrant, "docs") == before.collection
@@ -90,7 +94,9 @@ def test_immutable_change_is_reported_not_applied(qdrant: QdrantClient) -> None:
 
 def test_payload_index_reconcile_never_drops_a_foreign_index(qdrant: QdrantClient) -> None:
     name = collection.ensure(
-        qdrant, spec(payloadIndexes=[{"field": "lang", "type": "keyword"}, {"field": "year", "type": "integer"}])
+        qdrant,
+        spec(payloadIndexes=[{"field": "lang", "type": "keyword"}, {"field": "year", "type": "integer"}]),
+        owner="test/vectors",
     ).collection
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -103,10 +109,12 @@ def test_payload_index_reconcile_never_drops_a_foreign_index(qdrant: QdrantClien
         return original(collection_name, field_name, **kwargs)
 
     qdrant.delete_payload_index = spy  # type: ignore[method-assign]
-    result = collection.ensure(qdrant, spec(payloadIndexes=[{"field": "lang", "type": "keyword"}]))
+    result = collection.ensure(
+        qdrant, spec(payloadIndexes=[{"field": "lang", "type": "keyword"}]), owner="test/vectors"
+    )
     assert result.indexes_dropped == ("year",) and result.indexes_created == ()
     assert "team" not in deleted
-    result = collection.ensure(qdrant, spec())
+    result = collection.ensure(qdrant, spec(), owner="test/vectors")
     assert result.indexes_dropped == ("lang",)
     assert "team" not in deleted
     if devenv_qdrant.is_real_server():
@@ -116,7 +124,7 @@ def test_payload_index_reconcile_never_drops_a_foreign_index(qdrant: QdrantClien
 def test_a_plain_collection_with_the_alias_name_is_not_adopted(qdrant: QdrantClient) -> None:
     qdrant.create_collection("docs", vectors_config=models.VectorParams(size=4, distance=models.Distance.COSINE))
     with pytest.raises(collection.CollectionError, match="not an alias"):
-        collection.ensure(qdrant, spec())
+        collection.ensure(qdrant, spec(), owner="test/vectors")
 
 
 def _fill(client: QdrantClient, count: int, size: int) -> Any:
@@ -132,7 +140,7 @@ def _fill(client: QdrantClient, count: int, size: int) -> Any:
 
 
 def test_rebuild_swaps_the_alias_after_verification_and_keeps_the_previous(qdrant: QdrantClient) -> None:
-    old = collection.ensure(qdrant, spec()).collection
+    old = collection.ensure(qdrant, spec(), owner="test/vectors").collection
     _fill(qdrant, 3, 4)(old)
     new_spec = spec(vectors={"size": 8, "distance": "Dot"}, payloadIndexes=[{"field": "i", "type": "integer"}])
     seen: list[str | None] = []
@@ -141,19 +149,19 @@ def test_rebuild_swaps_the_alias_after_verification_and_keeps_the_previous(qdran
         seen.append(collection.alias_target(qdrant, "docs"))  # still the old one while filling
         return int(_fill(qdrant, 5, 8)(name))
 
-    result = rebuild.rebuild(qdrant, new_spec, backfill, expected_count=5)
+    result = rebuild.rebuild(qdrant, new_spec, backfill, expected_count=5, owner="test/vectors")
     assert seen == [old]
     assert (result.previous, result.active, result.points) == (old, collection.physical_name(new_spec), 5)
     assert collection.alias_target(qdrant, "docs") == result.active
     assert qdrant.count("docs", exact=True).count == 5
     assert qdrant.count(old, exact=True).count == 3  # kept for rollback
-    after = collection.ensure(qdrant, new_spec)
+    after = collection.ensure(qdrant, new_spec, owner="test/vectors")
     assert not after.rebuild_needed and after.collection == result.active and after.indexes_created == ()
 
 
 @pytest.mark.parametrize("failure", ["raises", "short"])
 def test_failed_backfill_keeps_the_old_alias(qdrant: QdrantClient, failure: str) -> None:
-    old = collection.ensure(qdrant, spec()).collection
+    old = collection.ensure(qdrant, spec(), owner="test/vectors").collection
     new_spec = spec(vectors={"size": 8, "distance": "Cosine"})
 
     def backfill(name: str) -> int:
@@ -163,21 +171,68 @@ def test_failed_backfill_keeps_the_old_alias(qdrant: QdrantClient, failure: str)
         return 2
 
     with pytest.raises(rebuild.BackfillFailed, match="alias 'docs' left on") as info:
-        rebuild.rebuild(qdrant, new_spec, backfill, expected_count=4)
+        rebuild.rebuild(qdrant, new_spec, backfill, expected_count=4, owner="test/vectors")
     assert info.value.reason == "BackfillFailed"
     assert collection.alias_target(qdrant, "docs") == old
     # A retry starts from an empty collection and succeeds.
-    result = rebuild.rebuild(qdrant, new_spec, _fill(qdrant, 4, 8), expected_count=4)
+    result = rebuild.rebuild(qdrant, new_spec, _fill(qdrant, 4, 8), expected_count=4, owner="test/vectors")
     assert result.previous == old and qdrant.count("docs", exact=True).count == 4
 
 
 def test_collection_params_change_in_place_and_shards_need_a_rebuild(qdrant: QdrantClient) -> None:
     first = spec(replicationFactor=1, onDiskPayload=False)
-    collection.ensure(qdrant, first)
-    changed = collection.ensure(qdrant, spec(replicationFactor=2, onDiskPayload=True))
+    collection.ensure(qdrant, first, owner="test/vectors")
+    changed = collection.ensure(qdrant, spec(replicationFactor=2, onDiskPayload=True), owner="test/vectors")
     assert set(changed.changes) == {"params.replication_factor: 1 -> 2", "params.on_disk_payload: False -> True"}
     assert not changed.rebuild_needed
-    assert collection.ensure(qdrant, spec(replicationFactor=2, onDiskPayload=True)).changes == ()
-    resharded = collection.ensure(qdrant, spec(replicationFactor=2, onDiskPayload=True, shards=2))
+    assert collection.ensure(qdrant, spec(replicationFactor=2, onDiskPayload=True), owner="test/vectors").changes == ()
+    resharded = collection.ensure(qdrant, spec(replicationFactor=2, onDiskPayload=True, shards=2), owner="test/vectors")
     assert resharded.rebuild_reasons == ("shards: default -> 2",)
     assert resharded.target != resharded.collection
+
+
+# --- tenants sharing one Qdrant: aliases are server-wide -------------------------------------------------------
+
+
+def test_an_alias_serving_another_vectorindex_is_refused_and_nothing_changes(qdrant: QdrantClient) -> None:
+    s = spec(hnsw={"m": 8})
+    mine = collection.ensure(qdrant, s, owner="team-a/docs")
+    before = qdrant.get_collection(mine.collection).config
+    # Another namespace's VectorIndex with the same alias and other settings: refused before any change.
+    with pytest.raises(collection.CollectionError, match="belongs to VectorIndex team-a/docs"):
+        collection.ensure(qdrant, spec(hnsw={"m": 32}), owner="team-b/docs")
+    assert qdrant.get_collection(mine.collection).config == before
+    assert collection.alias_target(qdrant, "docs") == mine.collection
+    assert collection.ensure(qdrant, s, owner="team-a/docs").changes == ()
+
+
+def test_another_vectorindex_never_prunes_or_rebuilds_over_a_collection_not_its_own(qdrant: QdrantClient) -> None:
+    old = collection.ensure(qdrant, spec(), owner="team-a/docs")
+    assert not collection.is_ours(qdrant, "docs", old.collection, "team-b/docs")
+    assert collection.is_ours(qdrant, "docs", old.collection, "team-a/docs")
+    # A rebuild by team-b towards a target that team-a already holds (same alias, same settings) is refused.
+    bigger = spec(vectors={"size": 8, "distance": "Cosine"})
+    collection.create(qdrant, bigger, collection.physical_name(bigger), owner="team-a/docs")
+    with pytest.raises(collection.CollectionError, match="not a collection of this VectorIndex"):
+        rebuild.rebuild(qdrant, bigger, lambda target: 0, 0, owner="team-b/docs")
+    assert qdrant.collection_exists(collection.physical_name(bigger))
+
+
+def test_a_collection_made_before_owners_were_recorded_is_claimed_by_the_first(qdrant: QdrantClient) -> None:
+    s = spec()
+    name = collection.physical_name(s)
+    collection.create(qdrant, s, name, owner="x/y")
+    qdrant.update_collection(name, metadata={collection.OWNER_KEY: None})  # as an older operator left it
+    collection.point_alias(qdrant, "docs", name, None)
+    collection.ensure(qdrant, s, owner="team-a/docs")
+    assert qdrant.get_collection(name).config.metadata[collection.OWNER_KEY] == "team-a/docs"
+    with pytest.raises(collection.CollectionError, match="team-a/docs"):
+        collection.ensure(qdrant, s, owner="team-b/docs")
+
+
+def test_an_alias_to_a_collection_the_operator_did_not_make_is_not_adopted(qdrant: QdrantClient) -> None:
+    qdrant.create_collection("theirs", vectors_config=models.VectorParams(size=4, distance=models.Distance.COSINE))
+    collection.point_alias(qdrant, "docs", "theirs", None)
+    with pytest.raises(collection.CollectionError, match="did not create"):
+        collection.ensure(qdrant, spec(hnsw={"m": 32}), owner="team-a/docs")
+    assert qdrant.get_collection("theirs").config.metadata in (None, {})

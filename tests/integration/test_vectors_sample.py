@@ -131,7 +131,7 @@ def test_search_through_the_alias_equals_brute_force_on_the_source(
 ) -> None:
     conn, name = table
     spec = make_spec(name, alias)
-    collection.ensure(qdrant, spec)
+    collection.ensure(qdrant, spec, owner="test/vectors")
     result = sync.sync(conn, qdrant, spec, "mlinfra-demo", alias)
     assert (result.rows, result.upserted, result.bad_rows) == (sample.DEFAULT_ROWS, sample.DEFAULT_ROWS, ())
     assert qdrant.count(alias, exact=True).count == sample.DEFAULT_ROWS
@@ -180,7 +180,7 @@ def test_soft_deleted_rows_leave_the_index_and_the_neighbours(
 ) -> None:
     conn, name = table
     spec = make_spec(name, alias)
-    collection.ensure(qdrant, spec)
+    collection.ensure(qdrant, spec, owner="test/vectors")
     sync.sync(conn, qdrant, spec, "mlinfra-demo", alias)
     query = sample.embed_query("sourdough bread")
     nearest = [i for i, _ in sample.brute_force_top_k(conn, name, query, 3, "Cosine")]

@@ -87,7 +87,7 @@ def test_sync_inserts_updates_soft_and_hard_deletes_and_bad_vectors(
 ) -> None:
     conn, name = table
     spec = make_spec(name)
-    collection.ensure(qdrant, spec)
+    collection.ensure(qdrant, spec, owner="test/vectors")
     rng = random.Random(1)
     source = {i: vec(rng) for i in range(1, 31)}
     insert(conn, name, [(i, v, "en" if i % 2 else "de") for i, v in source.items()])
@@ -126,7 +126,7 @@ def test_rerun_after_a_kill_is_exact(
 ) -> None:
     conn, name = table
     spec = make_spec(name, batch=5)
-    collection.ensure(qdrant, spec)
+    collection.ensure(qdrant, spec, owner="test/vectors")
     rng = random.Random(2)
     insert(conn, name, [(i, vec(rng), "en") for i in range(1, 24)])
     calls = 0
@@ -152,7 +152,7 @@ def test_rerun_after_a_kill_is_exact(
 def test_search_through_the_alias_equals_brute_force(qdrant: QdrantClient, table: tuple[Conn, str]) -> None:
     conn, name = table
     spec = make_spec(name, batch=50)
-    collection.ensure(qdrant, spec)
+    collection.ensure(qdrant, spec, owner="test/vectors")
     rng = random.Random(3)
     source = {i: vec(rng) for i in range(1, 201)}
     insert(conn, name, [(i, v, "en") for i, v in source.items()])
@@ -168,16 +168,17 @@ def test_search_through_the_alias_equals_brute_force(qdrant: QdrantClient, table
 def test_rebuild_backfills_from_the_source(qdrant: QdrantClient, table: tuple[Conn, str]) -> None:
     conn, name = table
     old_spec = make_spec(name)
-    old = collection.ensure(qdrant, old_spec).collection
+    old = collection.ensure(qdrant, old_spec, owner="test/vectors").collection
     rng = random.Random(4)
     insert(conn, name, [(i, vec(rng, 4), "en") for i in range(1, 11)])  # re-embedded at 4 dimensions
     new_spec = make_spec(name, size=4)
-    assert collection.ensure(qdrant, new_spec).rebuild_needed
+    assert collection.ensure(qdrant, new_spec, owner="test/vectors").rebuild_needed
     result = rebuild.rebuild(
         qdrant,
         new_spec,
         lambda target: sync.backfill(conn, qdrant, new_spec, target),
         sync.expected_count(conn, new_spec),
+        owner="test/vectors",
     )
     assert (result.previous, result.points) == (old, 10)
     assert collection.alias_target(qdrant, "emb") == result.active

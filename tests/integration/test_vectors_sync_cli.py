@@ -143,7 +143,7 @@ def setup(postgres_cluster: PostgresCluster, tmp_path: Path) -> Iterator[Setup]:
         )
         vi = sync_cli.load_index(NS, name, spec_file)
         with qdrant_engine.open_client(q_info) as client:
-            collection.ensure(client, vi.spec)
+            collection.ensure(client, vi.spec, owner="test/vectors")
         try:
             yield Setup(conn, table, name, env, q_info, spec_file)
         finally:

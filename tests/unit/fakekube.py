@@ -94,10 +94,12 @@ class FakeKube(objects.Kube):
                 out.append(copy.deepcopy(obj))
         return out
 
-    def delete(self, kind: str, namespace: str | None, name: str) -> bool:
+    def delete(self, kind: str, namespace: str | None, name: str, uid: str | None = None) -> bool:
         key = (kind, namespace, name)
         if key not in self.store:
             return False
+        if uid is not None and self.store[key]["metadata"].get("uid") != uid:
+            return False  # the API server's 409 on a failed uid precondition, as Kube.delete reports it
         del self.store[key]
         self.writes.append(("delete", kind, namespace, name))
         return True

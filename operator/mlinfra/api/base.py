@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from typing import Any, ClassVar, Final, Literal
 
 import pydantic
@@ -164,6 +165,59 @@ REASON_COLUMN = PrinterColumn(
 AGE_COLUMN = PrinterColumn("Age", "date", ".metadata.creationTimestamp", "Time since creation.")
 
 
+# --- names --------------------------------------------------------------------------------------------
+
+# A DNS-1035 label: what a Service name must be (it starts with a letter; no dots, unlike object names).
+DNS_LABEL_RE: Final = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+# Label values are at most 63 characters: every kind's name is a label value on what the operator creates.
+MAX_LABEL_VALUE: Final = 63
+
+
+@dataclasses.dataclass(frozen=True)
+class NameRule:
+    """A limit on ``metadata.name`` that the names derived from it impose, as a root CEL rule and its mirror.
+
+    ``when`` is a CEL condition on the object (e.g. ``has(self.spec.managed)``) and ``applies`` its Python
+    twin; ``max_length`` and ``regex`` are the limits; ``message`` says why and what to do.
+    """
+
+    message: str
+    max_length: int | None = None
+    regex: str | None = None
+    when: str | None = None
+    applies: Callable[[Resource], bool] | None = None
+
+    def cel(self) -> Cel:
+        checks = []
+        if self.max_length is not None:
+            checks.append(f"size(self.metadata.name) <= {self.max_length}")
+        if self.regex is not None:
+            checks.append(f"self.metadata.name.matches({cel_string(self.regex)})")
+        rule = " && ".join(checks)
+        if self.when is not None:
+            rule = f"!({self.when}) || ({rule})"
+        # No fieldPath: the schema does not describe metadata, so the API server could not resolve one.
+        return Cel(rule, self.message)
+
+    def check(self, resource: Resource) -> None:
+        if self.applies is not None and not self.applies(resource):
+            return
+        name = resource.metadata.name
+        if (self.max_length is not None and len(name) > self.max_length) or (
+            self.regex is not None and not re.search(self.regex, name)
+        ):
+            raise ValueError(f"metadata.name {name!r}: {self.message}")
+
+
+def label_value_name_rule(kind: str) -> NameRule:
+    """Names of the kinds whose name labels what the operator creates for them (sync Jobs, Secrets)."""
+    return NameRule(
+        f"the name of a {kind} must be at most {MAX_LABEL_VALUE} characters: it is the value of labels on the "
+        "objects the operator creates for it (Kubernetes limits label values to 63)",
+        max_length=MAX_LABEL_VALUE,
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class CRDInfo:
     """The names and columns of one kind's CRD; the schema itself comes from the model."""
@@ -189,11 +243,25 @@ class Resource(StatusModel):
     """
 
     crd_info: ClassVar[CRDInfo]
+    # Limits on metadata.name (rendered as root CEL rules by crdgen, checked here on every parse).
+    name_rules: ClassVar[tuple[NameRule, ...]] = ()
 
     api_version: Literal["mlinfra.io/v1alpha1"] = pydantic.Field(
         default=API_VERSION, description="API version of the object."
     )
     metadata: ObjectMeta = pydantic.Field(description="Standard object metadata.")
+
+    @pydantic.model_validator(mode="after")
+    def _check_name(self) -> Resource:
+        # Mirrors the root rules: an object created before they existed is refused with their message.
+        for rule in self.name_rules:
+            rule.check(self)
+        return self
+
+    @classmethod
+    def root_rules(cls) -> tuple[Cel, ...]:
+        """The CEL rules at the root of the kind's schema (the only place a rule sees metadata.name)."""
+        return tuple(rule.cel() for rule in cls.name_rules)
 
     @classmethod
     def spec_model(cls) -> type[SpecModel]:

@@ -7,6 +7,7 @@ operator publishes the one connection Secret ``<name>-conn``.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, ClassVar, Literal
 
 import pydantic
@@ -16,66 +17,120 @@ from mlinfra.api import base, common
 Engine = Literal["redis", "postgres", "neo4j", "qdrant"]
 ENGINES: tuple[Engine, ...] = ("redis", "postgres", "neo4j", "qdrant")
 
-# Engine settings a user may set in managed mode. Everything else (replication, listen addresses, auth,
-# paths) is the operator's to decide: a user setting would break the topology it builds.
-ALLOWED_CONFIG: dict[str, frozenset[str]] = {
-    "redis": frozenset(
-        {
-            "maxmemory",
-            "maxmemory-policy",
-            "appendonly",
-            "appendfsync",
-            "save",
-            "timeout",
-            "tcp-keepalive",
-            "hz",
-            "io-threads",
-            "lazyfree-lazy-eviction",
-            "slowlog-log-slower-than",
-            "latency-monitor-threshold",
-        }
-    ),
-    "postgres": frozenset(
-        {
-            "max_connections",
-            "shared_buffers",
-            "work_mem",
-            "maintenance_work_mem",
-            "effective_cache_size",
-            "max_wal_size",
-            "min_wal_size",
-            "wal_keep_size",
-            "checkpoint_timeout",
-            "random_page_cost",
-            "statement_timeout",
-            "idle_in_transaction_session_timeout",
-            "log_min_duration_statement",
-        }
-    ),
-    "neo4j": frozenset(
-        {
-            "server.memory.heap.initial_size",
-            "server.memory.heap.max_size",
-            "server.memory.pagecache.size",
-            "db.transaction.timeout",
-            "db.logs.query.enabled",
-            "db.logs.query.threshold",
-        }
-    ),
-    "qdrant": frozenset(
-        {
-            "log_level",
-            "storage.on_disk_payload",
-            "storage.performance.max_search_threads",
-            "storage.optimizers.default_segment_number",
-            "service.max_request_size_mb",
-        }
-    ),
-}
+# The version each engine runs when spec.managed.version is omitted, and the volume size when
+# spec.managed.storage is: the renderer's defaults (engines/render.py; a unit test keeps them equal), here
+# because the update rules below compare versions and sizes with them.
+DEFAULT_VERSIONS: dict[Engine, str] = {"redis": "7.2", "postgres": "15", "neo4j": "5.26", "qdrant": "1.13.6"}
+DEFAULT_STORAGE_SIZE = "10Gi"
 
-ENDPOINT_RE = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]{0,251}[A-Za-z0-9])?):[0-9]{1,5}$"
-ENDPOINT_MESSAGE = "must be host:port, e.g. redis.example.com:6379, 10.0.0.5:5432 or [::1]:7687"
+# Engine settings a user may set in managed mode, each with the shape of value the engine accepts (a value
+# it refuses would stop the pods from starting, and only a spec change could fix that). Everything else
+# (replication, listen addresses, auth, paths) is the operator's to decide: a user setting would break the
+# topology it builds. Key -> (regex, what a valid value looks like).
+_YES_NO = (r"^(yes|no)$", "yes or no")
+_REDIS_BYTES = (
+    r"^[0-9]{1,15}([kKmMgG][bB]?|[bB])?$",
+    "a number of bytes with an optional unit b, k, kb, m, mb, g or gb, e.g. 256mb",
+)
+_WHOLE = (r"^[0-9]{1,9}$", "a whole number, e.g. 300")
+_PG_MEMORY = (
+    r"^[0-9]{1,12}(\.[0-9]{1,6})? ?(B|kB|MB|GB|TB)?$",
+    "a number with an optional unit B, kB, MB, GB or TB (PostgreSQL units are case-sensitive), e.g. 256MB",
+)
+_PG_TIME = (
+    r"^[0-9]{1,12} ?(us|ms|s|min|h|d)?$",
+    "a whole number with an optional unit us, ms, s, min, h or d (minutes are min), e.g. 30s",
+)
+_NEO4J_BYTES = (
+    # Neo4j's own list of byte multipliers.
+    r"^[0-9]{1,12}(B|KiB|KB|K|kB|kb|k|MiB|MB|M|mB|mb|m|GiB|GB|G|gB|gb|g|TiB|TB|T|tB|tb|t)?$",
+    "a number of bytes with an optional unit such as k, m, g, t, KiB, MiB, GiB or MB, e.g. 512m or 1g",
+)
+_NEO4J_DURATION = (
+    r"^[0-9]{1,12}(ms|s|m|h|d)?$",
+    "a whole number with an optional unit ms, s, m, h or d (seconds when omitted), e.g. 30s",
+)
+
+CONFIG_VALUES: dict[Engine, dict[str, tuple[str, str]]] = {
+    "redis": {
+        "maxmemory": _REDIS_BYTES,
+        "maxmemory-policy": (
+            r"^(noeviction|allkeys-lru|allkeys-lfu|allkeys-random|volatile-lru|volatile-lfu|volatile-random"
+            r"|volatile-ttl)$",
+            "one of noeviction, allkeys-lru, allkeys-lfu, allkeys-random, volatile-lru, volatile-lfu, "
+            "volatile-random, volatile-ttl",
+        ),
+        "appendonly": _YES_NO,
+        "appendfsync": (r"^(always|everysec|no)$", "always, everysec or no"),
+        "save": (
+            r"^([1-9][0-9]{0,9} [0-9]{1,10}( [1-9][0-9]{0,9} [0-9]{1,10})*)?$",
+            "pairs of <seconds> <changes> separated by single spaces, e.g. '3600 1 300 100', or '' for no snapshots",
+        ),
+        "timeout": _WHOLE,
+        "tcp-keepalive": _WHOLE,
+        "hz": _WHOLE,  # Redis keeps it within 1-500 itself
+        "io-threads": (r"^([1-9]|[1-9][0-9]|1[01][0-9]|12[0-8])$", "a whole number from 1 to 128"),
+        "lazyfree-lazy-eviction": _YES_NO,
+        "slowlog-log-slower-than": (r"^-?[0-9]{1,12}$", "microseconds as a whole number (negative turns it off)"),
+        "latency-monitor-threshold": (r"^[0-9]{1,12}$", "milliseconds as a whole number (0 turns it off)"),
+    },
+    "postgres": {
+        # At least 4: PostgreSQL keeps 3 for superusers (superuser_reserved_connections). At most 262000: with
+        # the WAL senders, autovacuum and background workers it must stay under 262143 (MAX_BACKENDS).
+        "max_connections": (
+            r"^([4-9]|[1-9][0-9]{1,4}|1[0-9]{5}|2[0-5][0-9]{4}|26[01][0-9]{3}|262000)$",
+            "a whole number from 4 to 262000",
+        ),
+        "shared_buffers": _PG_MEMORY,
+        "work_mem": _PG_MEMORY,
+        "maintenance_work_mem": _PG_MEMORY,
+        "effective_cache_size": _PG_MEMORY,
+        "max_wal_size": _PG_MEMORY,
+        "min_wal_size": _PG_MEMORY,
+        "wal_keep_size": _PG_MEMORY,
+        "checkpoint_timeout": _PG_TIME,
+        "random_page_cost": (r"^[0-9]{1,6}(\.[0-9]{1,6})?$", "a number, e.g. 1.1"),
+        "statement_timeout": _PG_TIME,
+        "idle_in_transaction_session_timeout": _PG_TIME,
+        "log_min_duration_statement": (
+            r"^(-1|[0-9]{1,12} ?(us|ms|s|min|h|d)?)$",
+            "-1 (off) or a whole number with an optional unit us, ms, s, min, h or d, e.g. 250ms",
+        ),
+    },
+    "neo4j": {
+        "server.memory.heap.initial_size": _NEO4J_BYTES,
+        "server.memory.heap.max_size": _NEO4J_BYTES,
+        "server.memory.pagecache.size": _NEO4J_BYTES,
+        "db.transaction.timeout": _NEO4J_DURATION,
+        "db.logs.query.enabled": (r"^(?i:off|info|verbose)$", "OFF, INFO or VERBOSE"),
+        "db.logs.query.threshold": _NEO4J_DURATION,
+    },
+    "qdrant": {
+        "log_level": (r"^(?i:trace|debug|info|warn|error)$", "TRACE, DEBUG, INFO, WARN or ERROR"),
+        "storage.on_disk_payload": (r"^(?i:true|false)$", "true or false"),
+        "storage.performance.max_search_threads": (r"^[0-9]{1,4}$", "a whole number (0: as many as CPUs)"),
+        "storage.optimizers.default_segment_number": (r"^[0-9]{1,3}$", "a whole number (0: Qdrant chooses)"),
+        "service.max_request_size_mb": (r"^[1-9][0-9]{0,5}$", "a whole number of megabytes, at least 1"),
+    },
+}
+ALLOWED_CONFIG: dict[Engine, frozenset[str]] = {engine: frozenset(keys) for engine, keys in CONFIG_VALUES.items()}
+
+# host:port with a port from 1 to 65535 (the clients refuse anything else).
+_PORT_RE = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+ENDPOINT_RE = rf"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]{{0,251}}[A-Za-z0-9])?):{_PORT_RE}$"
+ENDPOINT_MESSAGE = (
+    "must be host:port with a port from 1 to 65535, e.g. redis.example.com:6379, 10.0.0.5:5432 or [::1]:7687"
+)
 VERSION_RE = r"^[0-9]{1,4}(\.[0-9]{1,4}){0,2}$"
+# An image reference: no spaces or control characters (the Pod API refuses them), e.g. redis:7.2 or
+# registry.example.com/db/postgres@sha256:...
+IMAGE_RE = r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$"
+IMAGE_MESSAGE = (
+    "spec.managed.image must be an image reference such as redis:7.2 or registry.example.com/postgres:16 (no spaces)"
+)
+HOSTNAME_RE = r"^[A-Za-z0-9]([-A-Za-z0-9.]{0,251}[A-Za-z0-9])?$"
+SERVER_NAME_MESSAGE = "spec.external.tls.serverName must be a host name, e.g. db.example.com"
+REDIS_DATABASE_RE = r"^[0-9]{1,5}$"
 
 ConfigValue = Annotated[str, pydantic.Field(max_length=256, description="Setting value.")]
 
@@ -83,21 +138,42 @@ ConfigValue = Annotated[str, pydantic.Field(max_length=256, description="Setting
 class Storage(base.SpecModel):
     """The PersistentVolumeClaim of each database pod."""
 
-    size: common.Quantity = pydantic.Field(description="Volume size per pod, e.g. 10Gi.")
+    size: common.StorageSize = pydantic.Field(description="Volume size per pod, e.g. 10Gi. Fixed once created.")
     storage_class_name: common.ObjectName | None = pydantic.Field(
-        default=None, description="StorageClass of the volumes; the cluster default when omitted."
+        default=None,
+        description="StorageClass of the volumes; the cluster default when omitted. Fixed once created.",
     )
+
+
+def _storage_part(side: str, part: str, default: str) -> str:
+    # CEL: spec.managed.storage.<part> of `self` or `oldSelf`, or the value it stands for when omitted.
+    return f"(has({side}.storage) && has({side}.storage.{part}) ? {side}.storage.{part} : {default!r})"
+
+
+# Compared as written: parsing both sizes as quantities (so that 10Gi equals 10240Mi) costs more than the API
+# server's CEL budget allows on an int-or-string. Spelling the same size differently is refused too.
+STORAGE_FIXED = base.Cel(
+    f"{_storage_part('self', 'size', DEFAULT_STORAGE_SIZE)} == {_storage_part('oldSelf', 'size', DEFAULT_STORAGE_SIZE)}"
+    f" && {_storage_part('self', 'storageClassName', '')} == {_storage_part('oldSelf', 'storageClassName', '')}",
+    "spec.managed.storage cannot change on an existing DataStore (omitted means 10Gi of the default class): "
+    "the StatefulSet's volume claim templates are immutable and the operator does not resize volumes; put "
+    "back the previous size and storageClassName as they were written, or create a new DataStore and move "
+    "the data",
+    field_path=".storage",
+)
 
 
 class Managed(base.SpecModel):
     """The operator runs the database: StatefulSet, Services, Secret, ConfigMap, PodDisruptionBudget."""
+
+    cel_rules: ClassVar[tuple[base.Cel, ...]] = (STORAGE_FIXED,)
 
     version: str | None = pydantic.Field(
         default=None,
         max_length=14,
         pattern=VERSION_RE,
         description="Engine version, e.g. 7.2 or 16; the operator's tested version when omitted "
-        "(status.version reports the running one).",
+        "(status.version reports the running one). Minor upgrades only: the major version is fixed once created.",
     )
     replicas: int = pydantic.Field(
         default=1,
@@ -112,7 +188,14 @@ class Managed(base.SpecModel):
     resources: common.ResourceRequirements | None = pydantic.Field(
         default=None, description="CPU and memory requests and limits of the database container."
     )
-    image: str | None = pydantic.Field(
+    image: (
+        Annotated[
+            str,
+            base.regex_check(IMAGE_RE, IMAGE_MESSAGE),
+            base.Cel(base.matches(IMAGE_RE), IMAGE_MESSAGE),
+        ]
+        | None
+    ) = pydantic.Field(
         default=None,
         min_length=1,
         max_length=512,
@@ -149,7 +232,14 @@ class TLS(base.SpecModel):
     ca_secret_ref: common.SecretKeyRef | None = pydantic.Field(
         default=None, description="CA certificate (PEM) to verify the server; system roots when omitted."
     )
-    server_name: str | None = pydantic.Field(
+    server_name: (
+        Annotated[
+            str,
+            base.regex_check(HOSTNAME_RE, SERVER_NAME_MESSAGE),
+            base.Cel(base.matches(HOSTNAME_RE), SERVER_NAME_MESSAGE),
+        ]
+        | None
+    ) = pydantic.Field(
         default=None, max_length=253, description="Name to verify in the server certificate, if not the host."
     )
     insecure_skip_verify: bool = pydantic.Field(
@@ -201,10 +291,65 @@ NEO4J_SINGLE = base.Cel(
 CONFIG_RULES: dict[Engine, base.Cel] = {engine: _config_rule(engine) for engine in ENGINES}
 
 
+def _config_value_rule(engine: Engine, key: str) -> base.Cel:
+    regex = CONFIG_VALUES[engine][key][0]
+    setting = f"self.managed.config[{base.cel_string(key)}]"
+    return base.Cel(
+        rule=f"self.engine != '{engine}' || !has(self.managed) || !has(self.managed.config) || "
+        f"!({base.cel_string(key)} in self.managed.config) || {setting}.matches({base.cel_string(regex)})",
+        message=config_value_message(engine, key),
+        field_path=".managed.config",
+    )
+
+
+def config_value_message(engine: Engine, key: str) -> str:
+    return f"spec.managed.config[{key}] of a {engine} DataStore must be {CONFIG_VALUES[engine][key][1]}"
+
+
+CONFIG_VALUE_RULES: tuple[base.Cel, ...] = tuple(
+    _config_value_rule(engine, key) for engine in ENGINES for key in sorted(CONFIG_VALUES[engine])
+)
+REDIS_DATABASE = base.Cel(
+    rule="self.engine != 'redis' || !has(self.external) || !has(self.external.database) || "
+    f"self.external.database.matches({base.cel_string(REDIS_DATABASE_RE)})",
+    message="spec.external.database of a redis DataStore must be a database number, e.g. 0",
+    field_path=".external.database",
+)
+
+# Changes an existing store cannot take (rules on oldSelf: checked on updates only).
+MODE_FIXED = base.Cel(
+    rule="has(self.managed) == has(oldSelf.managed)",
+    message="spec.managed and spec.external cannot be switched on an existing DataStore (the data would not "
+    "follow): create a new DataStore instead",
+)
+
+
+def _major(side: str) -> str:
+    defaults = ", ".join(f"'{engine}': '{version}'" for engine, version in DEFAULT_VERSIONS.items())
+    return f"(has({side}.managed.version) ? {side}.managed.version : {{{defaults}}}[{side}.engine]).split('.')[0]"
+
+
+MAJOR_VERSION_FIXED = base.Cel(
+    rule=f"!has(self.managed) || !has(oldSelf.managed) || {_major('self')} == {_major('oldSelf')}",
+    message="spec.managed.version cannot change its major version on an existing DataStore (an omitted version "
+    "means the operator's default, see status.version): the data on the volumes is in the old major's "
+    "format; keep the major version (minor upgrades are fine), or create a new DataStore and migrate the data",
+    field_path=".managed.version",
+)
+
+
 class DataStoreSpec(base.SpecModel):
     """The desired database: its engine, and either how to run it or where the existing one is."""
 
-    cel_rules: ClassVar[tuple[base.Cel, ...]] = (EXACTLY_ONE_MODE, NEO4J_SINGLE, *CONFIG_RULES.values())
+    cel_rules: ClassVar[tuple[base.Cel, ...]] = (
+        EXACTLY_ONE_MODE,
+        NEO4J_SINGLE,
+        *CONFIG_RULES.values(),
+        *CONFIG_VALUE_RULES,
+        REDIS_DATABASE,
+        MODE_FIXED,
+        MAJOR_VERSION_FIXED,
+    )
 
     engine: Annotated[
         Engine,
@@ -236,6 +381,12 @@ class DataStoreSpec(base.SpecModel):
             unknown = sorted(set(self.managed.config or {}) - ALLOWED_CONFIG[self.engine])
             if unknown:
                 raise ValueError(f"{CONFIG_RULES[self.engine].message} (not allowed: {', '.join(unknown)})")
+            for key, value in sorted((self.managed.config or {}).items()):
+                if not re.search(CONFIG_VALUES[self.engine][key][0], value):
+                    raise ValueError(f"{config_value_message(self.engine, key)}, not {value!r}")
+        database = self.external.database if self.external is not None else None
+        if self.engine == "redis" and database is not None and not re.search(REDIS_DATABASE_RE, database):
+            raise ValueError(REDIS_DATABASE.message)
         return self
 
 
@@ -296,8 +447,41 @@ class DataStoreStatus(base.StatusModel):
     )
 
 
+# A managed store's name is its StatefulSet's and its Services' name: a Service name is a DNS-1035 label, and
+# the StatefulSet controller labels the pods with controller-revision-hash `<name>-<hash of up to 10
+# characters>`, a label value (63 at most). Its other children add shorter suffixes (-hl, -config, -<ordinal>;
+# tests/unit/api/test_api_names.py checks every derived name against its limit).
+MAX_MANAGED_NAME = base.MAX_LABEL_VALUE - len("-") - 10
+
+
+def _is_managed(resource: base.Resource) -> bool:
+    return isinstance(resource, DataStore) and resource.spec.managed is not None
+
+
+MANAGED_NAME_LENGTH = base.NameRule(
+    f"the name of a managed DataStore must be at most {MAX_MANAGED_NAME} characters: its StatefulSet labels "
+    "its pods with <name>-<revision hash>, which Kubernetes limits to 63",
+    max_length=MAX_MANAGED_NAME,
+    when="has(self.spec.managed)",
+    applies=_is_managed,
+)
+MANAGED_NAME_DNS = base.NameRule(
+    "the name of a managed DataStore must start with a lower-case letter and contain only lower-case letters, "
+    "digits and '-' (no dots): it names the store's Services",
+    regex=base.DNS_LABEL_RE,
+    when="has(self.spec.managed)",
+    applies=_is_managed,
+)
+
+
 class DataStore(base.Resource):
     """A database instance, managed by the operator or external."""
+
+    name_rules: ClassVar[tuple[base.NameRule, ...]] = (
+        base.label_value_name_rule("DataStore"),
+        MANAGED_NAME_LENGTH,
+        MANAGED_NAME_DNS,
+    )
 
     crd_info: ClassVar[base.CRDInfo] = base.CRDInfo(
         kind="DataStore",

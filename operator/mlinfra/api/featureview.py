@@ -56,11 +56,36 @@ class Feature(base.SpecModel):
     )
 
 
+# Schemas a FeatureView's table may not go into: PostgreSQL's own (CREATE SCHEMA refuses pg_*), and the
+# operator's (its bookkeeping tables, the model registry's tables), whose tables a view would alter.
+RESERVED_SCHEMAS: tuple[str, ...] = ("mlinfra", "registry", "information_schema")
+_RESERVED_SCHEMA_MESSAGE = (
+    "spec.offline.schema: pg_* and information_schema are PostgreSQL's, mlinfra and registry are the operator's "
+    "own schemas: choose another schema"
+)
+
+
+def _schema_not_reserved(name: str) -> str:
+    if name.startswith("pg_") or name in RESERVED_SCHEMAS:
+        raise ValueError(_RESERVED_SCHEMA_MESSAGE)
+    return name
+
+
+OfflineSchema = Annotated[
+    common.SqlIdentifier,
+    pydantic.AfterValidator(_schema_not_reserved),
+    base.Cel(
+        f"!self.startsWith('pg_') && !(self in [{', '.join(base.cel_string(name) for name in RESERVED_SCHEMAS)}])",
+        _RESERVED_SCHEMA_MESSAGE,
+    ),
+]
+
+
 class Offline(base.SpecModel):
     """Where the history of feature values lives (PostgreSQL)."""
 
     store_ref: common.ObjectRef = pydantic.Field(description="A postgres DataStore in this namespace.")
-    schema_name: common.SqlIdentifier | None = pydantic.Field(
+    schema_name: OfflineSchema | None = pydantic.Field(
         default=None, alias="schema", description="Database schema of the table; public when omitted."
     )
     table: common.SqlIdentifier | None = pydantic.Field(
@@ -74,7 +99,7 @@ class Online(base.SpecModel):
     """Where the latest feature values are served from (Redis)."""
 
     store_ref: common.ObjectRef = pydantic.Field(description="A redis DataStore in this namespace.")
-    ttl: common.Duration | None = pydantic.Field(
+    ttl: common.PositiveDuration | None = pydantic.Field(
         default=None, description="Entity hashes expire this long after their last write; never when omitted."
     )
 
@@ -90,7 +115,7 @@ class Materialization(base.SpecModel):
 class Freshness(base.SpecModel):
     """The freshness objective reported by the FreshnessSLOMet condition."""
 
-    max_lag: common.Duration = pydantic.Field(
+    max_lag: common.PositiveDuration = pydantic.Field(
         description="Largest acceptable lag of the online store behind the offline source, e.g. 15m."
     )
 
@@ -194,6 +219,8 @@ class FeatureViewStatus(base.StatusModel):
 
 class FeatureView(base.Resource):
     """Features keyed by entities, offline in PostgreSQL and online in Redis."""
+
+    name_rules: ClassVar[tuple[base.NameRule, ...]] = (base.label_value_name_rule("FeatureView"),)
 
     crd_info: ClassVar[base.CRDInfo] = base.CRDInfo(
         kind="FeatureView",

@@ -42,14 +42,14 @@ SchemaVersion = Annotated[
 class LineageSync(base.SpecModel):
     """How the outbox of change events is drained into the lineage graph."""
 
-    interval: common.Duration = pydantic.Field(default="30s", description="Time between sync passes.")
+    interval: common.PositiveDuration = pydantic.Field(default="30s", description="Time between sync passes.")
     batch_size: int = pydantic.Field(default=500, ge=1, le=10000, description="Events per transaction.")
     schedule: common.CronSchedule | None = pydantic.Field(
         default=None,
         description="Run the sync as a CronJob on this schedule (`mlinfra sync modelregistry`) instead of "
         "inside the operator every interval; for registries whose outbox is too busy for the operator.",
     )
-    max_lag: common.Duration = pydantic.Field(
+    max_lag: common.PositiveDuration = pydantic.Field(
         default="5m",
         description="LineageInSync turns False when the oldest pending outbox event is older than this.",
     )
@@ -67,6 +67,25 @@ DISTINCT_STORES = base.Cel(
 )
 
 
+_TEMPLATE_DATABASE_MESSAGE = (
+    "spec.database cannot be template0 or template1: PostgreSQL copies them into every new database "
+    "(template0 takes no connections): choose another name"
+)
+
+
+def _not_template(name: str) -> str:
+    if name in ("template0", "template1"):
+        raise ValueError(_TEMPLATE_DATABASE_MESSAGE)
+    return name
+
+
+RegistryDatabase = Annotated[
+    common.SqlIdentifier,
+    pydantic.AfterValidator(_not_template),
+    base.Cel("!(self in ['template0', 'template1'])", _TEMPLATE_DATABASE_MESSAGE),
+]
+
+
 class ModelRegistrySpec(base.SpecModel):
     """Where the registry lives, which schema version it runs, and how lineage is synced."""
 
@@ -78,7 +97,7 @@ class ModelRegistrySpec(base.SpecModel):
     lineage_store_ref: common.ObjectRef | None = pydantic.Field(
         default=None, description="The neo4j DataStore holding the lineage graph; no lineage when omitted."
     )
-    database: common.SqlIdentifier | None = pydantic.Field(
+    database: RegistryDatabase | None = pydantic.Field(
         default=None,
         description="Database of the registry; the database of the metadata store's connection Secret when omitted.",
     )
@@ -145,6 +164,8 @@ class ModelRegistryStatus(base.StatusModel):
 
 class ModelRegistry(base.Resource):
     """A model registry in PostgreSQL with lineage in Neo4j."""
+
+    name_rules: ClassVar[tuple[base.NameRule, ...]] = (base.label_value_name_rule("ModelRegistry"),)
 
     crd_info: ClassVar[base.CRDInfo] = base.CRDInfo(
         kind="ModelRegistry",

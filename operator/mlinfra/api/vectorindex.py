@@ -143,7 +143,7 @@ class IndexSync(base.SpecModel):
         description="Also remove points whose row was deleted outright (DELETE, not deletedColumn). Each run "
         "then compares every point id with the table: slower on large collections.",
     )
-    max_lag: common.Duration | None = pydantic.Field(
+    max_lag: common.PositiveDuration | None = pydantic.Field(
         default=None,
         description="Index lag SLO: Synced is False (reason LagExceeded) while the collection is further behind "
         "its source table than this, e.g. '30m'. Omitted: any lag only reports Behind.",
@@ -257,6 +257,8 @@ class VectorIndexStatus(base.StatusModel):
 
 class VectorIndex(base.Resource):
     """A Qdrant collection behind an alias, optionally synced from PostgreSQL."""
+
+    name_rules: ClassVar[tuple[base.NameRule, ...]] = (base.label_value_name_rule("VectorIndex"),)
 
     crd_info: ClassVar[base.CRDInfo] = base.CRDInfo(
         kind="VectorIndex",

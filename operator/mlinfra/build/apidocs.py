@@ -95,7 +95,7 @@ def render_kind(resource: type[base.Resource]) -> str:
             for p, t, r, d, c in _rows(schema[part], part)
         ]
         lines.append("")
-    rules = list(_rules(schema["spec"], "spec"))
+    rules = [("metadata.name", rule.message) for rule in resource.root_rules()] + list(_rules(schema["spec"], "spec"))
     if rules:
         lines += ["### Validation rules (enforced by the API server)", ""]
         lines += [f"- `{path}`: {message}" for path, message in rules]

@@ -171,6 +171,8 @@ def build_crd(resource: type[base.Resource]) -> dict[str, Any]:
             "status": status,
         },
     }
+    if resource.root_rules():
+        root["x-kubernetes-validations"] = [rule.to_schema() for rule in resource.root_rules()]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import math
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any, get_args
 from urllib import parse
@@ -231,7 +232,132 @@ def redis_kwargs(info: ConnectionInfo, timeout: float) -> dict[str, Any]:
         "ssl_ca_data": info.ca_cert,
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
+        # A peer that vanished while the connection idles in a pool is noticed, not waited on.
+        "socket_keepalive": True,
     }
+
+
+# --- deadlines: no call the operator makes waits for ever ----------------------------------------------
+
+
+class DeadlineExceeded(TimeoutError):
+    """A call to a database did not finish in time: no connection within the connect timeout, a statement
+    or lock timeout, or a server that stopped answering. A ``TimeoutError``, so the handlers report it on
+    the object that made the call (not stalled: retried) without knowing the engines."""
+
+
+class PostgresDeadlineExceeded(DeadlineExceeded, psycopg.OperationalError):
+    """A PostgreSQL call that missed its deadline; still a ``psycopg.OperationalError`` for the code that
+    handles PostgreSQL errors as such (the sync commands)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PgTimeouts:
+    """How long a PostgreSQL connection may wait, in seconds (None: no limit).
+
+    ``statement``, ``lock`` and ``idle_in_transaction`` are the server's own timeouts, set at connect time.
+    The server cannot enforce them when it does not run at all (stopped, or a host that vanished after the
+    connection was made), so the client enforces one more: a single call (a statement, a fetch, a commit)
+    that outlives ``statement + CLIENT_GRACE`` closes the connection. ``total`` bounds the whole life of the
+    connection as well (a probe's budget).
+    """
+
+    statement: float | None = 60.0
+    lock: float | None = 10.0
+    idle_in_transaction: float | None = 300.0
+    total: float | None = None
+
+    @property
+    def client(self) -> float | None:
+        """The longest one call may block this client."""
+        return self.statement + CLIENT_GRACE if self.statement is not None else None
+
+    def options(self) -> str:
+        """The libpq ``options`` that set the server-side timeouts (``-c name=ms``; 0 is no limit)."""
+        settings = {
+            "statement_timeout": self.statement,
+            "lock_timeout": self.lock,
+            "idle_in_transaction_session_timeout": self.idle_in_transaction,
+        }
+        return " ".join(f"-c {name}={_ms(value)}" for name, value in settings.items())
+
+
+# The server's statement_timeout normally answers first (a clear error); the client's deadline is the backstop.
+CLIENT_GRACE = 5.0
+# The operator's handlers and timers: a statement is catalog reads, small DDL or a bounded batch; a lock is
+# never worth queueing for (DDL waiting on a lock blocks every writer behind it); nothing stays open.
+OPERATOR = PgTimeouts()
+# Sync Jobs: a materialization reads a whole table in one snapshot while it writes the online store, so
+# the server's timeouts stay off; the Job's activeDeadlineSeconds bounds the run.
+JOB = PgTimeouts(statement=None, lock=None, idle_in_transaction=None)
+# TCP keepalives and tcp_user_timeout (libpq, Linux): a peer that vanished (a node lost, a partition) ends
+# the connection within about half a minute even when no statement runs.
+KEEPALIVES: dict[str, int] = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,  # ms
+}
+
+
+def _ms(seconds: float | None) -> int:
+    return 0 if seconds is None else max(1, math.ceil(seconds * 1000))
+
+
+# What psycopg (pinned in pyproject) raises when ``Connection.wait`` reaches its ``timeout``.
+_WAIT_TIMEOUT: type[psycopg.Error] = psycopg.errors._WaitTimeout
+
+
+class _DeadlineConnection(psycopg.Connection[tuple[Any, ...]]):
+    """A psycopg connection whose every blocking call (``wait``) has a deadline; past it, the connection is
+    closed and :class:`PostgresDeadlineExceeded` raised (the server may be frozen mid-answer, so the
+    connection is unusable)."""
+
+    _call_limit: float | None = None
+    _ends_at: float | None = None  # monotonic; the whole connection's budget
+    _endpoint: str = ""
+
+    def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        limits = [t for t in (timeout, self._call_limit) if t is not None]
+        if self._ends_at is not None:
+            limits.append(max(0.0, self._ends_at - time.monotonic()))
+        limit = min(limits) if limits else None
+        try:
+            return super().wait(gen, interval, limit)
+        except _WAIT_TIMEOUT:
+            self.close()
+            raise PostgresDeadlineExceeded(
+                f"PostgreSQL at {self._endpoint} did not answer within {limit:.0f} s (the connection was closed)"
+            ) from None
+
+
+def deadline_error(exc: BaseException, timeouts: PgTimeouts, endpoint: str = "") -> PostgresDeadlineExceeded | None:
+    """``exc`` as a deadline error when it is one (connect, statement, lock or idle timeout), else None."""
+    if isinstance(exc, PostgresDeadlineExceeded):
+        return exc
+    if isinstance(exc, psycopg.errors.ConnectionTimeout):
+        return PostgresDeadlineExceeded(f"PostgreSQL at {endpoint}: no connection in time ({_first_line(exc)})")
+    if isinstance(exc, psycopg.errors.LockNotAvailable):
+        return PostgresDeadlineExceeded(
+            f"PostgreSQL: {_first_line(exc)} (lock_timeout {_seconds(timeouts.lock)}: the operator does not "
+            "queue behind another transaction's lock, it tries again later)"
+        )
+    if isinstance(exc, psycopg.errors.QueryCanceled) and "statement timeout" in str(exc):
+        return PostgresDeadlineExceeded(
+            f"PostgreSQL: {_first_line(exc)} (statement_timeout {_seconds(timeouts.statement)})"
+        )
+    if isinstance(exc, psycopg.errors.IdleInTransactionSessionTimeout):
+        return PostgresDeadlineExceeded(f"PostgreSQL: {_first_line(exc)}")
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _seconds(value: float | None) -> str:
+    return "off" if value is None else f"{value:g} s"
 
 
 @contextlib.contextmanager
@@ -267,18 +393,36 @@ def postgres(
     application_name: str = "mlinfra-sync",
     connect_timeout: float = 10,
     database: str | None = None,
+    timeouts: PgTimeouts = OPERATOR,
     **extra: Any,
 ) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
     """The one way to open a PostgreSQL connection: autocommit, TLS verified against ``ca.crt`` when given,
-    closed on exit; ``database`` instead of the connection's own when given; ``extra``: more libpq
-    parameters (e.g. ``options``)."""
+    closed on exit; ``database`` instead of the connection's own when given; ``timeouts``: the operator's
+    (default) or the sync Jobs' (:data:`JOB`); ``extra``: more libpq parameters.
+
+    Every wait has an end (see :class:`PgTimeouts`); one that is reached raises
+    :class:`PostgresDeadlineExceeded`, a ``TimeoutError``, naming the timeout.
+    """
     if database:
         info = dataclasses.replace(info, database=database)
-    with (
-        libpq_params(info, connect_timeout, application_name, autocommit=True, **extra) as params,
-        psycopg.connect(**params) as conn,
-    ):
-        yield conn
+    if timeouts.total is not None:
+        connect_timeout = min(connect_timeout, timeouts.total)
+    started = time.monotonic()
+    try:
+        with libpq_params(
+            info, connect_timeout, application_name, autocommit=True, options=timeouts.options(), **KEEPALIVES, **extra
+        ) as params:
+            conn = _DeadlineConnection.connect(**params)
+            conn._call_limit, conn._endpoint = timeouts.client, info.endpoint
+            if timeouts.total is not None:
+                conn._ends_at = started + timeouts.total
+            with conn:
+                yield conn
+    except psycopg.Error as exc:
+        translated = deadline_error(exc, timeouts, info.endpoint)
+        if translated is None or translated is exc:
+            raise
+        raise translated from exc
 
 
 def redis_client(info: ConnectionInfo, timeout: float = 30.0) -> redis.Redis:

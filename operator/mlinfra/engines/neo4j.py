@@ -36,11 +36,16 @@ def probe(conn: connection.ConnectionInfo, timeout: float = 5.0) -> observation.
     try:
         with _driver(conn, timeout) as driver:
             database = conn.database or None
+            # Transaction timeouts: the server ends a query that outlives the probe (a busy database).
             components = driver.execute_query(
-                _COMPONENTS, database_=database, routing_=neo4j_lib.RoutingControl.READ
+                neo4j_lib.Query(_COMPONENTS, timeout=timeout),
+                database_=database,
+                routing_=neo4j_lib.RoutingControl.READ,
             ).records
             procedures = driver.execute_query(
-                _PROCEDURES, database_=database, routing_=neo4j_lib.RoutingControl.READ
+                neo4j_lib.Query(_PROCEDURES, timeout=timeout),
+                database_=database,
+                routing_=neo4j_lib.RoutingControl.READ,
             ).records
     except (neo4j_errors.Neo4jError, neo4j_errors.DriverError, OSError, ValueError) as exc:
         return observation.Observation.unreachable(observation.error_message(exc, conn))

@@ -18,10 +18,7 @@ The row interpretation is pure (``standby_member``, ``lag_seconds``, ``parse_ver
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -68,7 +65,7 @@ _EXTENSIONS_SQL = "select name from pg_available_extensions where name = any(%s)
 def probe(conn: connection.ConnectionInfo, timeout: float = 5.0) -> observation.Observation:
     """Observe the server at ``conn``; never raises on connection failure (returns reachable=False)."""
     try:
-        with _connect(conn, timeout) as pg, _watchdog(pg, timeout):
+        with _connect(conn, timeout) as pg:
             version_row = _one(pg.execute(_VERSION_SQL).fetchone())
             in_recovery = bool(version_row[1])
             if in_recovery:
@@ -97,34 +94,13 @@ def probe(conn: connection.ConnectionInfo, timeout: float = 5.0) -> observation.
     )
 
 
-@contextlib.contextmanager
-def _connect(conn: connection.ConnectionInfo, timeout: float) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
-    with connection.postgres(
-        conn, "mlinfra-probe", connect_timeout=timeout, options=f"-c statement_timeout={int(timeout * 1000)}"
-    ) as pg:
-        yield pg
-
-
-@contextlib.contextmanager
-def _watchdog(pg: psycopg.Connection[tuple[Any, ...]], timeout: float) -> Iterator[None]:
-    """Cut the connection if the queries outlive ``timeout`` (e.g. a frozen server that never answers).
-
-    statement_timeout is enforced by the server, so it cannot help when the server does not run at all.
-    Shutting the socket down wakes libpq, which then fails the query with a connection error.
-    """
-    fd = pg.pgconn.socket
-
-    def cut() -> None:
-        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as sock:
-            sock.shutdown(socket.SHUT_RDWR)
-
-    timer = threading.Timer(timeout, cut)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield
-    finally:
-        timer.cancel()
+def _connect(
+    conn: connection.ConnectionInfo, timeout: float
+) -> contextlib.AbstractContextManager[psycopg.Connection[tuple[Any, ...]]]:
+    # The whole probe, connection included, within ``timeout``: the server's timeouts for a server that
+    # answers slowly, the client's deadline for one that does not run at all (stopped, black-holed).
+    limits = connection.PgTimeouts(statement=timeout, lock=timeout, idle_in_transaction=timeout, total=timeout)
+    return connection.postgres(conn, "mlinfra-probe", connect_timeout=timeout, timeouts=limits)
 
 
 def _one(row: tuple[Any, ...] | None) -> tuple[Any, ...]:

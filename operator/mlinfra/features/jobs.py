@@ -15,6 +15,7 @@ OFFLINE_DIR = "/var/run/mlinfra/offline"
 ONLINE_DIR = "/var/run/mlinfra/online"
 SPEC_ENV = sync_cli.SPEC_ENV
 COMPONENT = "materialization"
+KIND_LABEL = syncjobs.FEATUREVIEW_LABEL
 
 
 def cronjob_name(view: str) -> str:
@@ -22,13 +23,13 @@ def cronjob_name(view: str) -> str:
 
 
 def ondemand_job_name(view: str, requested_at: str) -> str:
-    return syncjobs.ondemand_job_name(view, requested_at)
+    return syncjobs.ondemand_job_name(KIND_LABEL, view, requested_at)
 
 
 def sync_job(fv: api.FeatureView) -> syncjobs.SyncJob:
     ns, name = fv.metadata.namespace or "default", fv.metadata.name
     return syncjobs.SyncJob(
-        kind_label="mlinfra.io/featureview",
+        kind_label=KIND_LABEL,
         owner_name=name,
         namespace=ns,
         args=("sync", "featureview", f"{ns}/{name}"),

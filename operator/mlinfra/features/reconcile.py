@@ -15,14 +15,16 @@ from mlinfra import metrics, problems
 from mlinfra.api import featureview as api
 from mlinfra.context import Context, Obj
 from mlinfra.engines import connection
-from mlinfra.features import freshness, jobs, layout, schema, status
+from mlinfra.features import claim, freshness, jobs, layout, schema, status
 from mlinfra.k8s import jobstatus
 from mlinfra.problems import Problem, ProblemError
-from mlinfra.stores import refs
+from mlinfra.stores import children, refs
 
 IMMUTABLE_FIELD_CHANGE = problems.IMMUTABLE_FIELD_CHANGE
 TABLE_MISSING, COLUMNS_MISSING = schema.TABLE_MISSING, schema.COLUMNS_MISSING
 APPLICATION_NAME = "mlinfra-operator"
+TABLE_IN_USE = "TableInUse"
+CONFLICT_RECHECK = 60.0  # seconds: the other view may go away or change its table without a spec change here
 JOB_LABEL = "mlinfra.io/featureview"
 
 
@@ -50,7 +52,19 @@ def reconcile(ctx: Context, obj: Obj[api.FeatureView]) -> None:
     try:
         with connection.postgres(offline, application_name=APPLICATION_NAME) as conn:
             schema.ensure_bookkeeping(conn)
+            schema_name, table = layout.offline_table(obj.name, fv.spec.offline.schema_name, fv.spec.offline.table)
+            claim.claim(conn, schema_name, table, f"{obj.namespace}/{obj.name}")
             result = schema.ensure_offline_table(conn, fv.spec, obj.name)
+    except claim.TableInUse as exc:
+        raise ProblemError(
+            Problem(
+                TABLE_IN_USE,
+                f"spec.offline.table: {exc} on this PostgreSQL server: nothing was changed; give this view a table of "
+                "its own (spec.offline.table or spec.offline.schema)",
+                stalled=True,
+                recheck=CONFLICT_RECHECK,
+            )
+        ) from None
     except schema.ImmutableFieldChange as exc:
         raise ProblemError(
             Problem(IMMUTABLE_FIELD_CHANGE, f"refused, nothing was changed: {exc}", stalled=True)
@@ -61,8 +75,8 @@ def reconcile(ctx: Context, obj: Obj[api.FeatureView]) -> None:
         obj.report.event("ColumnsAdded", f"table {result.table}: added columns {', '.join(result.added)}")
     cron = jobs.cronjob(fv, ctx.settings.job_image, obj.owner_reference())
     if cron is not None:
-        ctx.kube.apply(cron)
-    elif ctx.kube.delete("CronJob", obj.namespace, jobs.cronjob_name(obj.name)):
+        children.apply(ctx.kube, cron)
+    elif children.delete(ctx.kube, obj.owner_reference(), "CronJob", obj.namespace, jobs.cronjob_name(obj.name)):
         obj.report.event(
             "CronJobDeleted", f"CronJob {jobs.cronjob_name(obj.name)} deleted: spec.materialization is not set"
         )
@@ -71,7 +85,7 @@ def reconcile(ctx: Context, obj: Obj[api.FeatureView]) -> None:
 def request_sync(ctx: Context, obj: Obj[api.FeatureView], requested_at: str) -> str:
     """Start the one-off Job for a ``mlinfra.io/sync-requested-at`` value (idempotent); its name."""
     job = jobs.ondemand_job(obj.model, ctx.settings.job_image, obj.owner_reference(), requested_at)
-    ctx.kube.create(job)
+    children.create(ctx.kube, job)
     return str(job["metadata"]["name"])
 
 

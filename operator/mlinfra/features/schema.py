@@ -10,18 +10,23 @@ Called by the FeatureView reconcile (handlers) and by the materializer before ea
 Entities are read back from the operator's index on ``(entities..., event_timestamp DESC)``; a pre-existing
 table without that index is accepted when its entity columns have the right types (the index is then added).
 Every change runs in one transaction under an advisory lock per table, so concurrent reconciles and sync jobs
-cannot race on ``CREATE``/``ALTER``.
+cannot race on ``CREATE``/``ALTER``. DDL waits at most :data:`DDL_LOCK_TIMEOUT` for its table lock: an
+``ALTER TABLE`` queued behind a long transaction would block every reader and writer of the table behind it,
+so it gives up (:class:`~mlinfra.engines.connection.PostgresDeadlineExceeded`, retried later) instead, and
+nothing is locked at all when there is nothing to change (existing indexes and comments are left alone).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import psycopg
 from psycopg import sql
 
 from mlinfra.api import featureview
+from mlinfra.engines import connection
 from mlinfra.features import layout
 
 REASON = "ImmutableFieldChange"
@@ -30,6 +35,8 @@ REASON = "ImmutableFieldChange"
 TABLE_MISSING = "TableMissing"
 COLUMNS_MISSING = "ColumnsMissing"
 _BOOKKEEPING_LOCK = "mlinfra:bookkeeping"
+# Seconds a DDL statement may wait for its table lock (SET LOCAL: the transaction's statements only).
+DDL_LOCK_TIMEOUT = 3.0
 _OPERATOR_COLUMNS = {layout.EVENT_TIMESTAMP: "timestamp with time zone", layout.CREATED_AT: "timestamp with time zone"}
 
 
@@ -117,12 +124,33 @@ def plan(
 
 
 def _lock(conn: psycopg.Connection[tuple[object, ...]], key: str) -> None:
+    """The advisory lock of ``key`` (waited for under the connection's own lock_timeout: its holders are
+    DDL bounded by DDL_LOCK_TIMEOUT), then the short lock_timeout for the DDL that follows."""
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
+    conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(DDL_LOCK_TIMEOUT * 1000)}ms",))
+
+
+@contextlib.contextmanager
+def _ddl_gives_way(table: str) -> Iterator[None]:
+    """A DDL lock wait that timed out, as a deadline error saying which table and why (retried later)."""
+    try:
+        yield
+    except psycopg.errors.LockNotAvailable as exc:
+        raise connection.PostgresDeadlineExceeded(
+            f"table {table} is locked by another transaction (a long sync run, a migration, a user's session): "
+            f"the schema change waited {DDL_LOCK_TIMEOUT:g} s and gave up rather than block the table's readers "
+            "and writers behind it; it is tried again later"
+        ) from exc
+
+
+def _index_exists(conn: psycopg.Connection[tuple[object, ...]], schema: str, index: str) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}"."{index}"',)).fetchone()
+    return bool(row and row[0])
 
 
 def ensure_bookkeeping(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     """Create the ``mlinfra`` schema with ``sync_runs`` and ``watermarks`` if absent."""
-    with conn.transaction():
+    with _ddl_gives_way(f"{layout.BOOKKEEPING_SCHEMA} bookkeeping"), conn.transaction():
         _lock(conn, _BOOKKEEPING_LOCK)
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {layout.BOOKKEEPING_SCHEMA}")
         conn.execute(
@@ -137,7 +165,10 @@ def ensure_bookkeeping(conn: psycopg.Connection[tuple[object, ...]]) -> None:
                 outcome text NOT NULL,
                 error text)"""
         )
-        conn.execute(f"CREATE INDEX IF NOT EXISTS sync_runs_view_idx ON {layout.SYNC_RUNS} (namespace, view, id DESC)")
+        if not _index_exists(conn, layout.BOOKKEEPING_SCHEMA, "sync_runs_view_idx"):  # takes a SHARE lock
+            conn.execute(
+                f"CREATE INDEX IF NOT EXISTS sync_runs_view_idx ON {layout.SYNC_RUNS} (namespace, view, id DESC)"
+            )
         # watermark: newest event time materialized (status onlineWatermark); ingested_through: the
         # created_at high-water mark the next run reads from (see materialize.py for the semantics).
         conn.execute(
@@ -161,6 +192,16 @@ def _columns(conn: psycopg.Connection[tuple[object, ...]], schema: str, table: s
         exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}"."{table}"',)).fetchone()
         return {} if exists and exists[0] else None
     return {str(name): layout.sql_type_from_information_schema(str(dt), str(udt)) for name, dt, udt in rows}
+
+
+def _comments(conn: psycopg.Connection[tuple[object, ...]], schema: str, table: str) -> dict[str, str | None]:
+    """Column -> comment of the table (COMMENT takes a lock: only changed comments are written)."""
+    rows = conn.execute(
+        "SELECT a.attname, col_description(a.attrelid, a.attnum) FROM pg_attribute a "
+        "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped",
+        (f'"{schema}"."{table}"',),
+    ).fetchall()
+    return {str(name): (str(comment) if comment is not None else None) for name, comment in rows}
 
 
 def _indexed_entities(conn: psycopg.Connection[tuple[object, ...]], schema: str, table: str) -> list[str] | None:
@@ -210,7 +251,7 @@ def ensure_offline_table(
     schema, table = layout.offline_table(view, spec.offline.schema_name, spec.offline.table)
     ident = sql.Identifier(schema, table)
     created = False
-    with conn.transaction():
+    with _ddl_gives_way(layout.qualified_name(schema, table)), conn.transaction():
         _lock(conn, f"mlinfra:table:{schema}.{table}")
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         existing = _columns(conn, schema, table)
@@ -243,23 +284,27 @@ def ensure_offline_table(
                         ident, sql.Identifier(name), sql.SQL(type_), default
                     )
                 )
+        # CREATE INDEX takes a SHARE lock (every writer waits) even when the index exists: only when missing.
         keys = [sql.Identifier(e.name) for e in spec.entities]
-        conn.execute(
-            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({}, {} DESC)").format(
-                sql.Identifier(index_name(table, "entity_event_idx")),
-                ident,
-                sql.SQL(", ").join(keys),
-                sql.Identifier(layout.EVENT_TIMESTAMP),
+        if not _index_exists(conn, schema, index_name(table, "entity_event_idx")):
+            conn.execute(
+                sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({}, {} DESC)").format(
+                    sql.Identifier(index_name(table, "entity_event_idx")),
+                    ident,
+                    sql.SQL(", ").join(keys),
+                    sql.Identifier(layout.EVENT_TIMESTAMP),
+                )
             )
-        )
         # Incremental runs select by ingestion time (materialize.py).
-        conn.execute(
-            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
-                sql.Identifier(index_name(table, "created_at_idx")), ident, sql.Identifier(layout.CREATED_AT)
+        if not _index_exists(conn, schema, index_name(table, "created_at_idx")):
+            conn.execute(
+                sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
+                    sql.Identifier(index_name(table, "created_at_idx")), ident, sql.Identifier(layout.CREATED_AT)
+                )
             )
-        )
+        comments = _comments(conn, schema, table)
         for feature in spec.features:
-            if feature.description is not None:
+            if feature.description is not None and comments.get(feature.name) != feature.description:
                 conn.execute(
                     sql.SQL("COMMENT ON COLUMN {} IS {}").format(
                         sql.Identifier(schema, table, feature.name), sql.Literal(feature.description)

@@ -64,7 +64,7 @@ def run(target: str, file: pathlib.Path | None = None, batch_size: int | None = 
         return EXIT_UNUSABLE
     online = connection.redis_client(online_info)
     try:
-        with connection.postgres(offline_info) as offline:
+        with connection.postgres(offline_info, timeouts=connection.JOB) as offline:
             result = materialize.materialize(
                 view.spec, offline, online, namespace, name, batch_size=batch_size, on_batch=sync_command.pause_hook()
             )

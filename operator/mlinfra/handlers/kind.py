@@ -22,7 +22,7 @@ from mlinfra import metrics, problems
 from mlinfra.api import base
 from mlinfra.context import Context, Obj
 from mlinfra.handlers import startup, statuswrite
-from mlinfra.k8s import syncjobs
+from mlinfra.k8s import objects, syncjobs
 from mlinfra.problems import Problem, ProblemError
 
 
@@ -81,6 +81,24 @@ def _unless_busy(memo: Any) -> Iterator[bool]:
             lock.release()
 
 
+# What a reconcile or an observation may meet besides the Problems it raises: a call that missed its deadline,
+# and the API server refusing a rendered child as invalid (only 422: other API errors are retried by Kopf).
+_FAILURES = (ProblemError, TimeoutError, objects.ApiError)
+
+
+def _problem_of(exc: BaseException) -> Problem:
+    """A Problem as raised, a call that missed its deadline (a stuck store degrades this object only), or a
+    child Kubernetes refused."""
+    if isinstance(exc, ProblemError):
+        return exc.problem
+    if isinstance(exc, objects.ApiError):
+        if exc.status != 422:
+            raise exc
+        return problems.refused_by_kubernetes(exc)
+    assert isinstance(exc, TimeoutError)
+    return problems.deadline_exceeded(exc)
+
+
 def register(registry: kopf.OperatorRegistry, ctx: Context, kind: Kind) -> None:
     resource = (base.GROUP, base.VERSION, kind.model.crd_info.plural)
     settings = ctx.settings
@@ -111,11 +129,10 @@ def register(registry: kopf.OperatorRegistry, ctx: Context, kind: Kind) -> None:
                 obj = obj_of(body)
                 kind.reconcile(ctx, obj)
                 observe_into(body, patch, obj)
-            except ProblemError as exc:
+            except _FAILURES as exc:
+                problem = _problem_of(exc)
                 memo.mlinfra_reconciled = None
-                statuswrite.fail(
-                    body, patch, exc.problem, kind.problem_status(body, exc.problem), kind.owned, kind.retry_delay
-                )
+                statuswrite.fail(body, patch, problem, kind.problem_status(body, problem), kind.owned, kind.retry_delay)
             memo.mlinfra_reconciled = body["metadata"].get("generation")
 
     @kopf.timer(
@@ -135,9 +152,9 @@ def register(registry: kopf.OperatorRegistry, ctx: Context, kind: Kind) -> None:
                 return  # a reconcile (perhaps a rebuild) is running: it writes status when done
             try:
                 observe_into(body, patch, obj_of(body))
-            except ProblemError as exc:
-                # A store went away or is unhealthy: say so (the reconcile handler retries the rest).
-                statuswrite.write_status(body, patch, kind.problem_status(body, exc.problem), kind.owned)
+            except _FAILURES as exc:
+                # A store went away, is unhealthy or stuck: say so (the reconcile handler retries the rest).
+                statuswrite.write_status(body, patch, kind.problem_status(body, _problem_of(exc)), kind.owned)
 
     if kind.drift_timer:
 
@@ -153,7 +170,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context, kind: Kind) -> None:
             # resourceVersion); children edited by hand are put back.
             if getattr(memo, "mlinfra_reconciled", None) != body["metadata"].get("generation"):
                 return
-            with _unless_busy(memo) as free, contextlib.suppress(ProblemError):
+            with _unless_busy(memo) as free, contextlib.suppress(ProblemError, TimeoutError):
                 if free:
                     kind.reconcile(ctx, obj_of(body))
 

@@ -85,12 +85,20 @@ class Kube:
             query.append(("labelSelector", ",".join(f"{k}={v}" for k, v in sorted(labels.items()))))
         return list(self._call("GET", resources.KINDS[kind].path(namespace), query=query).get("items", []))
 
-    def delete(self, kind: str, namespace: str | None, name: str) -> bool:
-        """Delete (background propagation); False when it was already gone."""
+    def delete(self, kind: str, namespace: str | None, name: str, uid: str | None = None) -> bool:
+        """Delete (background propagation); False when it was already gone, or when ``uid`` is given and the
+        object of that name is another one (the precondition failed: nothing deleted)."""
+        body: dict[str, Any] = {"propagationPolicy": "Background"}
+        if uid is not None:
+            body["preconditions"] = {"uid": uid}
         try:
-            self._call("DELETE", resources.KINDS[kind].path(namespace, name), body={"propagationPolicy": "Background"})
+            self._call("DELETE", resources.KINDS[kind].path(namespace, name), body=body)
         except NotFound:
             return False
+        except ApiError as exc:
+            if uid is not None and exc.status == 409:
+                return False
+            raise
         return True
 
     def merge_patch(

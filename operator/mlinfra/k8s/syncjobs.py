@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 SYNC_REQUESTED_ANNOTATION = "mlinfra.io/sync-requested-at"
+# The first kind with on-demand Jobs: the digest in its Job names is of the requested-at value alone, as it was
+# before other kinds had such Jobs (a Job started before an upgrade keeps its name); other kinds mix in theirs.
+FEATUREVIEW_LABEL = "mlinfra.io/featureview"
 # CronJob names may not exceed 52 characters: the controller appends an 11-character suffix to its Jobs.
 _MAX_CRONJOB_NAME = 52
 
@@ -47,16 +50,22 @@ def bounded_name(name: str, suffix: str, limit: int) -> str:
     if len(full) <= limit:
         return full
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{name[: limit - len(suffix) - 10]}-{digest}-{suffix}"
+    # A cut right after a dot would leave ".-", which no DNS subdomain may contain.
+    return f"{name[: limit - len(suffix) - 10].rstrip('.')}-{digest}-{suffix}"
 
 
 def cronjob_name(owner: str, suffix: str) -> str:
+    """``<owner>-<suffix>``; each kind has its own suffix and none ends another (``materialize``,
+    ``index-sync``, ``lineage``), so two kinds' objects of any names never share a CronJob name."""
     return bounded_name(owner, suffix, _MAX_CRONJOB_NAME)
 
 
-def ondemand_job_name(owner: str, requested_at: str) -> str:
-    """Deterministic per request value: re-handling the same annotation never starts a second Job."""
-    digest = hashlib.sha256(requested_at.encode()).hexdigest()[:8]
+def ondemand_job_name(kind_label: str, owner: str, requested_at: str) -> str:
+    """Deterministic per kind, object and request value: re-handling the same annotation never starts a
+    second Job, and a FeatureView and a VectorIndex of one name asked for the same value get one Job each
+    (the digest covers the kind, except the FeatureView's, see FEATUREVIEW_LABEL)."""
+    seed = requested_at if kind_label == FEATUREVIEW_LABEL else f"{kind_label}\n{requested_at}"
+    digest = hashlib.sha256(seed.encode()).hexdigest()[:8]
     return bounded_name(owner, f"sync-{digest}", 63)
 
 
@@ -134,7 +143,7 @@ def ondemand_job(job: SyncJob, image: str, owner: Mapping[str, Any], requested_a
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": ondemand_job_name(job.owner_name, requested_at),
+            "name": ondemand_job_name(job.kind_label, job.owner_name, requested_at),
             "namespace": job.namespace,
             "labels": {**labels(job), "mlinfra.io/trigger": "on-demand"},
             "annotations": {SYNC_REQUESTED_ANNOTATION: requested_at},

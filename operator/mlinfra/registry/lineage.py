@@ -33,6 +33,10 @@ from psycopg import pq
 
 SYNC_LOCK_KEY = int.from_bytes(hashlib.sha256(b"mlinfra.registry.lineage").digest()[:8], "big", signed=True)
 
+# Seconds the server gives one graph transaction (a batch of events) before it ends it: a write stuck on a
+# lock or a runaway query ends instead of holding the sync (and the outbox transaction around it).
+TX_TIMEOUT = 60.0
+
 SCHEMA_STATEMENTS = (
     "CREATE CONSTRAINT model_id IF NOT EXISTS FOR (n:Model) REQUIRE n.id IS UNIQUE",
     "CREATE CONSTRAINT model_version_id IF NOT EXISTS FOR (n:ModelVersion) REQUIRE n.id IS UNIQUE",
@@ -155,11 +159,11 @@ class SyncResult:
     finished_at: datetime
 
 
-def ensure_schema(driver: neo4j.Driver, database: str | None = None) -> None:
+def ensure_schema(driver: neo4j.Driver, database: str | None = None, tx_timeout: float | None = TX_TIMEOUT) -> None:
     """Uniqueness constraints and indexes of the graph; idempotent."""
     with driver.session(database=database) as session:
         for statement in SCHEMA_STATEMENTS:
-            session.run(statement).consume()
+            session.run(neo4j.Query(statement, timeout=tx_timeout)).consume()
 
 
 def statements(event: Event) -> list[tuple[str, dict[str, Any]]]:
@@ -198,13 +202,16 @@ def plan(events: Iterable[Event]) -> list[tuple[str, list[dict[str, Any]]]]:
     return [(query, [params for _, params in run]) for query, run in itertools.groupby(steps, key=lambda step: step[0])]
 
 
-def write_events(driver: neo4j.Driver, events: Sequence[Event], database: str | None = None) -> None:
+def write_events(
+    driver: neo4j.Driver, events: Sequence[Event], database: str | None = None, tx_timeout: float | None = TX_TIMEOUT
+) -> None:
     """Apply ``events`` to the graph in one Neo4j transaction (retried on transient errors: replays are
     harmless)."""
     runs = plan(events)
     if not runs:
         return
 
+    @neo4j.unit_of_work(timeout=tx_timeout)
     def work(tx: neo4j.ManagedTransaction) -> None:
         for query, params in runs:
             tx.run(query, events=params).consume()
@@ -213,9 +220,12 @@ def write_events(driver: neo4j.Driver, events: Sequence[Event], database: str | 
         session.execute_write(work)
 
 
-def write_events_one_by_one(driver: neo4j.Driver, events: Sequence[Event], database: str | None = None) -> None:
+def write_events_one_by_one(
+    driver: neo4j.Driver, events: Sequence[Event], database: str | None = None, tx_timeout: float | None = TX_TIMEOUT
+) -> None:
     """The same graph as ``write_events``, one Neo4j transaction per event: the benchmark's baseline."""
 
+    @neo4j.unit_of_work(timeout=tx_timeout)
     def work(tx: neo4j.ManagedTransaction, runs: list[tuple[str, list[dict[str, Any]]]]) -> None:
         for query, params in runs:
             tx.run(query, events=params).consume()
@@ -235,11 +245,13 @@ def sync(
     max_batches: int | None = None,
     lock_timeout_seconds: float = 60.0,
     one_by_one: bool = False,
+    tx_timeout: float | None = TX_TIMEOUT,
 ) -> SyncResult:
     """Drain pending outbox events into the graph; returns when none are left (or after ``max_batches``).
 
     ``pg_conn`` (the operator's connection to the registry database) must be outside a transaction.
-    ``one_by_one`` writes each event in its own Neo4j transaction (for the benchmark).
+    ``one_by_one`` writes each event in its own Neo4j transaction (for the benchmark). ``tx_timeout``: the
+    server ends a graph transaction that runs longer (seconds; None: the server's default).
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
@@ -264,9 +276,9 @@ def sync(
             events = [Event.from_row(int(r[0]), str(r[1]), r[2], r[3]) for r in rows]
             if events:
                 if one_by_one:
-                    write_events_one_by_one(driver, events, database)
+                    write_events_one_by_one(driver, events, database, tx_timeout)
                 else:
-                    write_events(driver, events, database)
+                    write_events(driver, events, database, tx_timeout)
                 # Only now, after the graph committed: mark them done.
                 ids = [e.id for e in events]
                 pg_conn.execute(

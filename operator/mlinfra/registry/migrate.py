@@ -21,6 +21,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg import pq
 
+from mlinfra.engines import connection
 from mlinfra.problems import INVALID_SPEC, Problem, ProblemError
 
 SCHEMA = "registry"
@@ -30,6 +31,9 @@ SCHEMA_NEWER_THAN_OPERATOR = "SchemaNewerThanOperator"
 
 # One key for every applier of every registry: derived from a name so it does not collide by accident.
 LOCK_KEY = int.from_bytes(hashlib.sha256(b"mlinfra.registry.migrate").digest()[:8], "big", signed=True)
+
+# Seconds a migration's statements may wait for a table lock.
+DDL_LOCK_TIMEOUT = 5.0
 
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -161,11 +165,15 @@ def apply(
     target: Target = "latest",
     migrations: Sequence[Migration] | None = None,
     lock_timeout_seconds: float = 60.0,
+    ddl_lock_timeout_seconds: float = DDL_LOCK_TIMEOUT,
 ) -> int:
     """Apply the missing migrations up to ``target``, one transaction each; returns the applied version.
 
     ``conn`` must be outside a transaction (autocommit or idle). Idempotent: with nothing to do it only
-    checks the recorded checksums and the target.
+    checks the recorded checksums and the target. Appliers wait up to ``lock_timeout_seconds`` for each
+    other; a migration's own statements wait at most ``ddl_lock_timeout_seconds`` for a table lock (an
+    ALTER queued behind a long transaction would block every writer of the table behind it) and give up
+    with :class:`~mlinfra.engines.connection.PostgresDeadlineExceeded`, to be tried again.
     """
     if conn.info.transaction_status != pq.TransactionStatus.IDLE:
         raise ValueError("apply() needs a connection outside a transaction")
@@ -179,7 +187,14 @@ def apply(
             if not todo:
                 return max(applied, default=0)
             step = todo[0]
-            conn.execute(step.sql.encode())
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(ddl_lock_timeout_seconds * 1000)}ms",))
+            try:
+                conn.execute(step.sql.encode())
+            except psycopg.errors.LockNotAvailable as exc:
+                raise connection.PostgresDeadlineExceeded(
+                    f"migration {step.filename} waited {ddl_lock_timeout_seconds:g} s for a table lock held by another "
+                    "transaction and gave up rather than block the registry's writers; it is tried again later"
+                ) from exc
             conn.execute(
                 "INSERT INTO registry.schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
                 (step.version, step.name, step.checksum),

@@ -30,21 +30,25 @@ from mlinfra.api import modelregistry as api
 from mlinfra.context import Context, Obj
 from mlinfra.engines import connection
 from mlinfra.engines import names as store_names
-from mlinfra.problems import ProblemError
-from mlinfra.registry import jobs, lineage, migrate, roles, status
+from mlinfra.problems import Problem, ProblemError
+from mlinfra.registry import claim, jobs, lineage, migrate, roles, status
 from mlinfra.registry import observe as observe_mod
-from mlinfra.stores import credentials, refs
+from mlinfra.stores import children, credentials, refs
 
 APPLICATION_NAME = "mlinfra-operator"
+DATABASE_IN_USE = "DatabaseInUse"
+ROLE_CONFLICT = "RoleConflict"
+CONFLICT_RECHECK = 60.0  # seconds: the other registry or the role may go away without a spec change
 
 
 def role_name(namespace: str, name: str, kind: str) -> str:
-    """``mlinfra_<ns>_<name>_<kind>`` as a PostgreSQL identifier (63 bytes at most, unique by a hash)."""
-    raw = re.sub(r"[^a-z0-9_]", "_", f"mlinfra_{namespace}_{name}_{kind}".lower())
-    if len(raw) <= 63:
-        return raw
-    digest = hashlib.sha256(raw.encode()).hexdigest()[:8]
-    return f"{raw[: 63 - len(kind) - 10]}_{digest}_{kind}"
+    """``mlinfra_<ns>_<name>_<digest>_<kind>``: a PostgreSQL identifier of at most 63 bytes that is injective
+    over (namespace, name) — roles are server-wide, and ``team-x/models`` and ``team/x-models`` read alike
+    once made an identifier — by a 64-bit digest of the exact pair; the readable part is only for people."""
+    digest = hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:16]
+    readable = re.sub(r"[^a-z0-9_]", "_", f"{namespace}_{name}".lower())
+    room = 63 - len("mlinfra_") - len(digest) - len(kind) - 2
+    return f"mlinfra_{readable[:room].rstrip('_')}_{digest}_{kind}"
 
 
 def secret_name(name: str, kind: str) -> str:
@@ -164,17 +168,39 @@ def reconcile(ctx: Context, obj: Obj[api.ModelRegistry]) -> None:
         obj.report.event("DatabaseCreated", f"created database {stores.database!r}")
     writer = _credentials(ctx, obj, stores, "writer")
     reader = _credentials(ctx, obj, stores, "reader")
+    owner = f"{obj.namespace}/{obj.name}"
     with _postgres(stores.metadata, stores.database) as conn:
-        before = migrate.applied_version(conn)
-        version = migrate.apply(conn, mr.spec.schema_version)
-        roles.ensure_roles(conn, stores.database, writer[0], writer[1], reader[0], reader[1])
+        try:
+            claim.claim(conn, stores.database, owner)
+            before = migrate.applied_version(conn)
+            version = migrate.apply(conn, mr.spec.schema_version)
+            roles.ensure_roles(conn, stores.database, writer[0], writer[1], reader[0], reader[1], owner=owner)
+        except claim.DatabaseInUse as exc:
+            raise ProblemError(
+                Problem(
+                    DATABASE_IN_USE,
+                    f"spec.database: {exc} on DataStore {mr.spec.metadata_store_ref.name!r}: nothing was changed; "
+                    "give this registry a database of its own (spec.database)",
+                    stalled=True,
+                    recheck=CONFLICT_RECHECK,
+                )
+            ) from None
+        except roles.RoleConflict as exc:
+            raise ProblemError(
+                Problem(
+                    ROLE_CONFLICT,
+                    f"{exc}: nothing was changed; drop or rename that role on the server, or rename this registry",
+                    stalled=True,
+                    recheck=CONFLICT_RECHECK,
+                )
+            ) from None
     if version != before:
         obj.report.event("Migrated", f"schema version {before} -> {version}")
     cron = jobs.cronjob(mr, ctx.settings.job_image, obj.owner_reference())
     if cron is not None:
-        ctx.kube.apply(cron)
+        children.apply(ctx.kube, cron)
     else:
-        ctx.kube.delete("CronJob", ns, jobs.cronjob_name(name))
+        children.delete(ctx.kube, obj.owner_reference(), "CronJob", ns, jobs.cronjob_name(name))
     if _syncs_in_process(mr) and stores.lineage is not None:
         with _postgres(stores.metadata, stores.database) as conn:
             _sync_lineage(mr, stores.lineage, conn)

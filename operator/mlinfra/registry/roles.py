@@ -10,6 +10,11 @@ by this module) and reset on every call, so rotating them is calling ``ensure_ro
 
 Called by the ModelRegistry reconcile after ``migrate.apply``, with the operator's admin connection; the
 grants cover the tables present then, so it runs after every migration.
+
+Roles are server-wide, shared by every tenant of a PostgreSQL server. Each role the operator creates carries
+a comment naming the registry it belongs to (``owner``); a role of that name with any other comment (another
+registry's, or none: made by someone else) is never altered — :class:`RoleConflict` — so one tenant can
+never reset another's password.
 """
 
 from __future__ import annotations
@@ -23,6 +28,17 @@ from psycopg import pq, sql
 # Tables the writer may only read: written by triggers or by the operator.
 APPEND_ONLY_TABLES = ("audit_log",)
 TRIGGER_OR_OPERATOR_TABLES = ("audit_log", "outbox", "schema_migrations", "lineage_sync_state")
+
+COMMENT_PREFIX = "mlinfra-operator: role of ModelRegistry "
+
+
+class RoleConflict(Exception):
+    """A role of the name exists and belongs to someone else; nothing was changed."""
+
+    def __init__(self, role: str, holder: str | None) -> None:
+        super().__init__(f"role {role!r} exists and is not this registry's ({holder or 'made outside the operator'})")
+        self.role, self.holder = role, holder
+
 
 _LOCK_KEY = int.from_bytes(hashlib.sha256(b"mlinfra.registry.roles").digest()[:8], "big", signed=True)
 
@@ -40,11 +56,13 @@ def ensure_roles(
     writer_password: str,
     reader_name: str,
     reader_password: str,
+    owner: str | None = None,
 ) -> None:
     """Create or update both roles and their grants on ``database`` (the one ``conn`` is connected to).
 
     Idempotent, and serialised by an advisory lock (roles are cluster-wide). ``conn`` must be outside a
-    transaction; everything happens in one.
+    transaction; everything happens in one. ``owner`` (``<namespace>/<name>`` of the registry): the roles are
+    marked as its own when created, and altered only while they carry that mark (RoleConflict otherwise).
     """
     if conn.info.transaction_status != pq.TransactionStatus.IDLE:
         raise ValueError("ensure_roles() needs a connection outside a transaction")
@@ -56,7 +74,7 @@ def ensure_roles(
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
         for name, password in ((writer_name, writer_password), (reader_name, reader_password)):
-            _ensure_login_role(conn, name, password)
+            _ensure_login_role(conn, name, password, owner)
         db = sql.Identifier(database)
         both = sql.SQL("{}, {}").format(writer, reader)
         statements = [
@@ -86,11 +104,19 @@ def ensure_roles(
             conn.execute(statement)
 
 
-def _ensure_login_role(conn: psycopg.Connection[Any], name: str, password: str) -> None:
+def _ensure_login_role(conn: psycopg.Connection[Any], name: str, password: str, owner: str | None) -> None:
     role = sql.Identifier(name)
-    exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
-    if not exists:
+    row = conn.execute(
+        "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s", (name,)
+    ).fetchone()
+    mark = f"{COMMENT_PREFIX}{owner}" if owner else None
+    if row is None:
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
+        if mark:
+            conn.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal(mark)))
+    elif mark and row[0] != mark:
+        holder = str(row[0]).removeprefix(COMMENT_PREFIX) if row[0] else None
+        raise RoleConflict(name, holder)
     conn.execute(
         sql.SQL(
             "ALTER ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD {}"

@@ -65,7 +65,9 @@ def run(target: str, batch_size: int | None = None) -> int:
     size = batch_size or (spec.lineage_sync.batch_size if spec.lineage_sync else 500)
     try:
         with (
-            connection.postgres(pg_info, "mlinfra-lineage-sync", database=spec.database) as conn,
+            connection.postgres(
+                pg_info, "mlinfra-lineage-sync", database=spec.database, timeouts=connection.JOB
+            ) as conn,
             connection.neo4j_driver(graph_info, 10) as driver,
         ):
             lineage.ensure_schema(driver)

@@ -1,7 +1,8 @@
 """Generated credentials: created once in a Secret of their own, then only ever read.
 
-Every password the operator makes comes from here (``secrets.token_urlsafe``), and a Secret that already
-exists is kept (a store or registry re-created after a Retain deletion finds its data and password again).
+Every password the operator makes comes from here (``secrets.token_urlsafe``), and a Secret the operator made
+for an earlier object of the same name is kept (a store or registry re-created after a Retain deletion finds
+its data and password again); a Secret of that name someone else made is never taken over.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from mlinfra.k8s import objects
 from mlinfra.problems import SECRET_NOT_FOUND, Problem, ProblemError
-from mlinfra.stores import connsecret
+from mlinfra.stores import children, connsecret
 
 
 def new_password() -> str:
@@ -29,21 +30,22 @@ def ensure(
     owner: Mapping[str, Any],
 ) -> dict[str, str]:
     """The values of the Secret ``name``: created with ``fixed`` values and a new password for each key of
-    ``generated`` when absent, else read as it is. It is (re-)owned by ``owner``; a Secret lacking one of
-    the keys is the user's to fix (Stalled), never overwritten."""
-    created = kube.create(
+    ``generated`` when absent, else read as it is. An existing Secret is used only if it is ``owner``'s, or was
+    the operator's for an earlier object of the same kind and name (it carries the operator's labels for that
+    name, see ``k8s.ownership``: a store re-created after a Retain deletion finds its password) and is then
+    adopted; any other Secret
+    of that name is the user's: ChildConflict, untouched. A Secret lacking one of the keys is the user's to
+    fix (Stalled), never overwritten."""
+    secret = children.create(
+        kube,
         {
             "apiVersion": "v1",
             "kind": "Secret",
             "type": "Opaque",
             "metadata": {"name": name, "namespace": namespace, "labels": dict(labels), "ownerReferences": [owner]},
             "stringData": {**fixed, **{key: new_password() for key in generated}},
-        }
+        },
     )
-    secret = created or kube.get("Secret", namespace, name)
-    refs = secret["metadata"].get("ownerReferences") or []
-    if not any(r.get("uid") == owner["uid"] for r in refs):
-        kube.merge_patch("Secret", namespace, name, {"metadata": {"ownerReferences": [owner]}})
     found = connsecret.values(secret)
     missing = [key for key in (*fixed, *generated) if key not in found]
     if missing:

@@ -2,7 +2,9 @@
 
 Idempotent: deterministic names, server-side apply, create-once credentials. ``kubectl replace`` or an
 Argo CD ``Replace=true`` sync wipes Kopf's annotations and makes the object look new; running this again
-changes nothing but what drifted.
+changes nothing but what drifted. Every child is written through ``stores.children``: an object of a child's
+name that is not this DataStore's (a user's Service, another DataStore's child) is reported as ChildConflict
+and left alone, checked before the first write so that a conflicted store starts nothing.
 """
 
 from __future__ import annotations
@@ -13,18 +15,22 @@ from mlinfra.api import datastore as api
 from mlinfra.context import Context, Obj
 from mlinfra.engines import connection, names, render
 from mlinfra.problems import INVALID_SPEC, Problem, ProblemError
-from mlinfra.stores import connsecret, credentials
+from mlinfra.stores import children, connsecret, credentials
 
 
 def _managed(ctx: Context, obj: Obj[api.DataStore]) -> connection.ConnectionInfo:
     """Apply the managed store's children; its credentials are generated once in ``<name>-credentials`` and
-    adopted if that Secret already exists (a store re-created after a Retain deletion finds its data and
-    password again)."""
+    adopted if that Secret was left by an earlier DataStore of this name (a store re-created after a Retain
+    deletion finds its data and password again)."""
     ds = obj.model
     engine = ds.spec.engine
     keys = names.credentials_keys(engine)
     default_username = connection.DEFAULT_USERNAMES[engine]
     owner = obj.owner_reference()
+    rendered = render.render_managed(ds, ctx.settings.engine_images)
+    for child in rendered:
+        child.setdefault("metadata", {})["ownerReferences"] = [owner]
+    claimed = children.claim_all(ctx.kube, rendered)  # before the credentials are made: a conflict makes nothing
     found = credentials.ensure(
         ctx.kube,
         obj.namespace,
@@ -34,9 +40,7 @@ def _managed(ctx: Context, obj: Obj[api.DataStore]) -> connection.ConnectionInfo
         labels=names.labels(ds),
         owner=owner,
     )
-    for child in render.render_managed(ds, ctx.settings.engine_images):
-        child.setdefault("metadata", {})["ownerReferences"] = [owner]
-        ctx.kube.apply(child)
+    children.write_all(ctx.kube, claimed)
     return connection.ConnectionInfo(
         engine=engine,
         host=names.service_host(ds),
@@ -85,20 +89,25 @@ def apply(ctx: Context, obj: Obj[api.DataStore]) -> connection.ConnectionInfo:
     """Apply the desired state of the DataStore and publish ``<name>-conn``; the connection published.
     Raises ProblemError for what the user must fix."""
     ds = obj.model
+    owner = obj.owner_reference()
+    conn_secret = names.connection_secret(obj.name)
+    # Written last (it needs the password) but checked first: a conflicted DataStore starts nothing.
+    children.check(ctx.kube, owner, "Secret", obj.namespace, conn_secret)
     conn = _managed(ctx, obj) if ds.spec.managed is not None else _external(ctx, obj)
-    ctx.kube.apply(
+    children.apply(
+        ctx.kube,
         {
             "apiVersion": "v1",
             "kind": "Secret",
             "type": "Opaque",
             "metadata": {
-                "name": names.connection_secret(obj.name),
+                "name": conn_secret,
                 "namespace": obj.namespace,
                 "labels": names.labels(ds),
-                "ownerReferences": [obj.owner_reference()],
+                "ownerReferences": [owner],
             },
             "stringData": conn.to_secret_data(),
-        }
+        },
     )
     return conn
 
@@ -108,12 +117,19 @@ def reconcile(ctx: Context, obj: Obj[api.DataStore]) -> None:
     apply(ctx, obj)
 
 
+def _claim_of(pvc: str, store: str) -> bool:
+    """``pvc`` is one of the claims the store's StatefulSet makes (``data-<store>-<ordinal>``)."""
+    ordinal = pvc.rpartition("-")[2]
+    return ordinal.isascii() and ordinal.isdigit() and names.pvc(store, int(ordinal)) == pvc
+
+
 def delete(ctx: Context, obj: Obj[api.DataStore]) -> None:
     """Honour ``deletionPolicy`` for what garbage collection would otherwise decide.
 
     Retain: the credentials Secret is orphaned (not garbage-collected with the store) and PVCs, which the
-    StatefulSet never deletes, stay. Delete: the store's PVCs are deleted; everything else it owns goes
-    with it through owner references.
+    StatefulSet never deletes, stay. Delete: the store's PVCs are deleted — those of its StatefulSet's claim
+    template (``data-<name>-<ordinal>`` with its labels), never another claim that merely carries the labels;
+    everything else it owns goes with it through owner references.
     """
     ds = obj.model
     ns, name = obj.namespace, obj.name
@@ -122,10 +138,13 @@ def delete(ctx: Context, obj: Obj[api.DataStore]) -> None:
     if ds.spec.deletion_policy == "Retain":
         secret_name = names.credentials_secret(name)
         secret = ctx.kube.get_or_none("Secret", ns, secret_name)
-        if secret is not None:
-            uid = obj.body["metadata"]["uid"]
-            refs: list[Any] = [r for r in secret["metadata"].get("ownerReferences") or [] if r.get("uid") != uid]
+        uid = obj.body["metadata"]["uid"]
+        held: list[Any] = (secret or {}).get("metadata", {}).get("ownerReferences") or []
+        if any(r.get("uid") == uid for r in held):  # a Secret of that name that is not ours is not touched
+            refs = [r for r in held if r.get("uid") != uid]
             ctx.kube.merge_patch("Secret", ns, secret_name, {"metadata": {"ownerReferences": refs or None}})
         return
     for pvc in ctx.kube.list_("PersistentVolumeClaim", ns, names.selector_labels(ds)):
-        ctx.kube.delete("PersistentVolumeClaim", ns, pvc["metadata"]["name"])
+        meta = pvc["metadata"]
+        if _claim_of(meta["name"], name):
+            ctx.kube.delete("PersistentVolumeClaim", ns, meta["name"], uid=meta.get("uid"))

@@ -6,8 +6,12 @@ overwrites the live collection (:mod:`mlinfra.vectors.rebuild`). :func:`ensure` 
 updates mutable settings (HNSW, quantization) in place and reports what it changed (drift repair), reconciles
 payload indexes, and reports — never applies — an immutable change.
 
-Ownership: the payload indexes this operator created are recorded in the collection's metadata
-(:data:`OWNED_INDEXES_KEY`); only those are ever dropped.
+Ownership: every collection the operator creates names its VectorIndex (``<namespace>/<name>``) in its
+metadata (:data:`OWNER_KEY`). Aliases are server-wide: a VectorIndex whose alias serves another VectorIndex's
+collection (two namespaces, one Qdrant), or a collection the operator did not make, gets a CollectionConflict
+and changes nothing — no settings applied, no rebuild, nothing pruned. A collection made before owners were
+recorded (our metadata, no owner) is claimed by the first VectorIndex that reconciles it. The payload
+indexes this operator created are recorded too (:data:`OWNED_INDEXES_KEY`); only those are ever dropped.
 
 qdrant-client's local mode keeps vector parameters and metadata but neither HNSW, quantization nor payload
 indexes (it reports Qdrant's defaults). There the settings last applied, recorded in the metadata
@@ -29,6 +33,7 @@ from qdrant_client.http import models
 from mlinfra.api import vectorindex
 from mlinfra.engines import qdrant as qdrant_engine
 
+OWNER_KEY = "mlinfra.io/owner"  # "<namespace>/<name>" of the VectorIndex the collection belongs to
 OWNED_INDEXES_KEY = "mlinfra.io/payload-indexes"
 APPLIED_KEY = "mlinfra.io/applied"
 IMMUTABLE_KEY = "mlinfra.io/immutable"
@@ -231,8 +236,9 @@ def alias_target(client: QdrantClient, alias: str) -> str | None:
     return None
 
 
-def create(client: QdrantClient, spec: vectorindex.VectorIndexSpec, name: str) -> None:
-    """Create the physical collection ``name`` with all of the spec's settings (no alias, no indexes)."""
+def create(client: QdrantClient, spec: vectorindex.VectorIndexSpec, name: str, *, owner: str) -> None:
+    """Create the physical collection ``name`` of the VectorIndex ``owner`` with all of the spec's settings
+    (no alias, no indexes)."""
     hnsw = desired_hnsw(spec)
     quantization = desired_quantization(spec)
     optimizers = desired_optimizers(spec)
@@ -259,6 +265,7 @@ def create(client: QdrantClient, spec: vectorindex.VectorIndexSpec, name: str) -
             },
             IMMUTABLE_KEY: immutable_settings(spec),
             OWNED_INDEXES_KEY: {},
+            OWNER_KEY: owner,
         },
     )
 
@@ -274,8 +281,29 @@ def point_alias(client: QdrantClient, alias: str, collection: str, previous: str
     client.update_collection_aliases(change_aliases_operations=operations)
 
 
-def ensure(client: QdrantClient, spec: vectorindex.VectorIndexSpec) -> Result:
-    """Make the alias, its collection and the mutable settings match ``spec``; report an immutable change."""
+def claim(client: QdrantClient, alias: str, name: str, owner: str) -> None:
+    """Check that the collection ``name`` (served by ``alias``) belongs to ``owner``; claim it if it was made by
+    this operator before owners were recorded. CollectionError, changing nothing, otherwise."""
+    meta = _metadata(client.get_collection(name))
+    holder = meta.get(OWNER_KEY)
+    if holder == owner:
+        return
+    if holder is not None:
+        raise CollectionError(
+            f"alias {alias!r} on this Qdrant serves {name!r}, which belongs to VectorIndex {holder}: nothing was "
+            "changed; choose another spec.collection"
+        )
+    if IMMUTABLE_KEY not in meta:
+        raise CollectionError(
+            f"alias {alias!r} points at {name!r}, a collection the operator did not create: it does not adopt "
+            "it; remove the alias or choose another spec.collection"
+        )
+    client.update_collection(name, metadata={OWNER_KEY: owner})
+
+
+def ensure(client: QdrantClient, spec: vectorindex.VectorIndexSpec, *, owner: str) -> Result:
+    """Make the alias, its collection and the mutable settings match ``spec``; report an immutable change.
+    ``owner``: the VectorIndex (``<namespace>/<name>``), see the ownership rules above."""
     alias, target = spec.collection, physical_name(spec)
     current = alias_target(client, alias)
     created = False
@@ -287,13 +315,17 @@ def ensure(client: QdrantClient, spec: vectorindex.VectorIndexSpec) -> Result:
                 "does not adopt it; rename it or choose another spec.collection"
             )
         if not client.collection_exists(target):
-            create(client, spec, target)
+            create(client, spec, target, owner=owner)
             created = True
-        elif _metadata(client.get_collection(target)).get(OWNED_INDEXES_KEY) is not None:
-            # Ours, with the alias gone: deleted by hand (or a run stopped between create and alias).
-            repaired.append(f"alias {alias}: missing -> {target}")
+        else:
+            claim(client, alias, target, owner)
+            if _metadata(client.get_collection(target)).get(OWNED_INDEXES_KEY) is not None:
+                # Ours, with the alias gone: deleted by hand (or a run stopped between create and alias).
+                repaired.append(f"alias {alias}: missing -> {target}")
         point_alias(client, alias, target, None)
         current = target
+    else:
+        claim(client, alias, current, owner)
     info = client.get_collection(current)
     reasons = immutable_reasons(spec, info.config.params.vectors)
     created_shards = (_metadata(info).get(IMMUTABLE_KEY) or {}).get("shards")
@@ -413,11 +445,13 @@ def previous_of(info: models.CollectionInfo) -> tuple[str | None, datetime.datet
     return (str(name) if name else None), swapped
 
 
-def is_ours(client: QdrantClient, alias: str, name: str) -> bool:
-    """A physical collection this operator made for ``alias`` (its name and metadata say so)."""
+def is_ours(client: QdrantClient, alias: str, name: str, owner: str) -> bool:
+    """A physical collection this operator made for ``alias`` of the VectorIndex ``owner`` (its name and
+    metadata say so; one made before owners were recorded counts when it names no other owner)."""
     if not name.startswith(f"{alias}-") or not client.collection_exists(name):
         return False
-    return IMMUTABLE_KEY in _metadata(client.get_collection(name))
+    meta = _metadata(client.get_collection(name))
+    return IMMUTABLE_KEY in meta and meta.get(OWNER_KEY, owner) == owner
 
 
 def prune_previous(
@@ -426,6 +460,8 @@ def prune_previous(
     active: str,
     retention: datetime.timedelta | None,
     now: datetime.datetime,
+    *,
+    owner: str,
 ) -> str | None:
     """Delete the collection the last rebuild replaced once ``retention`` has passed; its name, or None.
 
@@ -436,7 +472,7 @@ def prune_previous(
     previous, swapped = previous_of(client.get_collection(active))
     if previous is None or previous == active or swapped is None or now - swapped < retention:
         return None
-    if not is_ours(client, spec.collection, previous):
+    if not is_ours(client, spec.collection, previous, owner):
         return None
     client.delete_collection(previous)
     return previous

@@ -21,6 +21,10 @@ def cronjob_name(index: str) -> str:
     return syncjobs.cronjob_name(index, "index-sync")
 
 
+def ondemand_job_name(index: str, requested_at: str) -> str:
+    return syncjobs.ondemand_job_name(KIND_LABEL, index, requested_at)
+
+
 def sync_job(vi: api.VectorIndex) -> syncjobs.SyncJob:
     assert vi.spec.source is not None
     ns, name = vi.metadata.namespace or "default", vi.metadata.name

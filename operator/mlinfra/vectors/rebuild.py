@@ -41,6 +41,8 @@ def rebuild(
     spec: vectorindex.VectorIndexSpec,
     backfill: Callable[[str], int],
     expected_count: int | Callable[[], int],
+    *,
+    owner: str,
 ) -> RebuildResult:
     """Build ``spec``'s physical collection beside the live one, fill, verify, swap the alias.
 
@@ -53,8 +55,12 @@ def rebuild(
     if previous == target:
         raise ValueError(f"alias {alias!r} already points at {target!r}: nothing to rebuild")
     if client.collection_exists(target):  # a failed earlier attempt: start from empty
+        if not collection.is_ours(client, alias, target, owner):
+            raise collection.CollectionError(
+                f"{target!r} exists and is not a collection of this VectorIndex: the rebuild does not replace it"
+            )
         client.delete_collection(target)
-    collection.create(client, spec, target)
+    collection.create(client, spec, target, owner=owner)
     info = client.get_collection(target)
     collection.reconcile_indexes(client, spec, target, info)
     try:

@@ -23,7 +23,7 @@ from mlinfra.engines import connection
 from mlinfra.engines import qdrant as qdrant_engine
 from mlinfra.k8s import jobstatus
 from mlinfra.problems import INVALID_SPEC, Problem, ProblemError
-from mlinfra.stores import refs
+from mlinfra.stores import children, refs
 from mlinfra.vectors import collection, jobs, rebuild, runs, source, status, sync
 
 IMMUTABLE_WITHOUT_SOURCE = "ImmutableFieldChange"
@@ -129,9 +129,9 @@ def reconcile(ctx: Context, obj: Obj[api.VectorIndex]) -> None:
     announce(obj.report, applied, drift=False)
     cron = jobs.cronjob(vi, ctx.settings.job_image, obj.owner_reference())
     if cron is not None:
-        ctx.kube.apply(cron)
+        children.apply(ctx.kube, cron)
     else:
-        ctx.kube.delete("CronJob", obj.namespace, jobs.cronjob_name(obj.name))
+        children.delete(ctx.kube, obj.owner_reference(), "CronJob", obj.namespace, jobs.cronjob_name(obj.name))
 
 
 def _ensure_in(
@@ -149,7 +149,7 @@ def _ensure_in(
         common.parse_duration(spec.previous_collection_retention) if spec.previous_collection_retention else None
     )
     try:
-        ensured = collection.ensure(client, spec)
+        ensured = collection.ensure(client, spec, owner=f"{ns}/{name}")
     except collection.CollectionError as exc:
         raise ProblemError(Problem(COLLECTION_CONFLICT, str(exc), stalled=True)) from None
     rebuilt, reset = None, False
@@ -175,7 +175,9 @@ def _ensure_in(
                 on_rebuild(ensured)
             rebuilt = _rebuild(client, vi, stores.source, shape)
     active = rebuilt.active if rebuilt else ensured.collection
-    pruned = collection.prune_previous(client, spec, active, retention, datetime.datetime.now(datetime.UTC))
+    pruned = collection.prune_previous(
+        client, spec, active, retention, datetime.datetime.now(datetime.UTC), owner=f"{ns}/{name}"
+    )
     return Applied(ensured=ensured, rebuilt=rebuilt, pruned=pruned, watermark_reset=reset)
 
 
@@ -198,12 +200,14 @@ def _rebuild(
         try:
             # Hold the sync lock: a sync Job running meanwhile would move the watermark of the old collection.
             with runs.exclusive(conn, ns, name):
-                result = rebuild.rebuild(client, vi.spec, backfill, lambda: filled[-1].expected)
+                result = rebuild.rebuild(client, vi.spec, backfill, lambda: filled[-1].expected, owner=f"{ns}/{name}")
                 sync.commit_watermark(conn, ns, name, filled[-1].watermark)
         except runs.RunInProgress as exc:
             raise ProblemError(Problem(BACKFILL_FAILED, f"rebuild postponed: {exc}", stalled=False)) from None
         except rebuild.BackfillFailed as exc:
             raise ProblemError(Problem(BACKFILL_FAILED, str(exc), stalled=False)) from None
+        except collection.CollectionError as exc:
+            raise ProblemError(Problem(COLLECTION_CONFLICT, str(exc), stalled=True)) from None
     return result
 
 
@@ -287,5 +291,5 @@ def request_sync(ctx: Context, obj: Obj[api.VectorIndex], requested_at: str) -> 
             )
         )
     job = jobs.ondemand_job(vi, ctx.settings.job_image, obj.owner_reference(), requested_at)
-    ctx.kube.create(job)
+    children.create(ctx.kube, job)
     return str(job["metadata"]["name"])

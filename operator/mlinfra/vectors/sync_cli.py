@@ -55,7 +55,7 @@ def run(target: str, file: pathlib.Path | None = None, full: bool = False) -> in
         _emit({"vectorIndex": target, "outcome": "Failed", "error": str(error)})
         return sync_command.EXIT_UNUSABLE
     try:
-        with connection.postgres(pg_info, application_name="mlinfra-vector-sync") as conn:
+        with connection.postgres(pg_info, application_name="mlinfra-vector-sync", timeouts=connection.JOB) as conn:
             runs.ensure_table(conn)
             with runs.exclusive(conn, namespace, name):
                 run_id = runs.start(conn, namespace, name)

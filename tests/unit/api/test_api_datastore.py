@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import pydantic
@@ -27,7 +28,7 @@ MANAGED: dict[str, Any] = {
         "version": "7.2",
         "replicas": 3,
         "storage": {"size": "10Gi", "storageClassName": "fast"},
-        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": 2}},
+        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
         "config": {"maxmemory": "1gb", "maxmemory-policy": "allkeys-lru"},
     },
     "deletionPolicy": "Delete",
@@ -77,7 +78,7 @@ def test_good_specs(spec: dict[str, Any]) -> None:
         (with_changes(MANAGED, managed__replicas=16), "less than or equal to 15"),
         (with_changes(MANAGED, engine="mysql"), "Input should be 'redis'"),
         (with_changes(MANAGED, managed__replica=2), "Extra inputs are not permitted"),
-        (with_changes(MANAGED, managed__storage__size="ten gigs"), "Kubernetes quantity"),
+        (with_changes(MANAGED, managed__storage__size="ten gigs"), "positive size in bytes"),
         (with_changes(MANAGED, managed__version="latest"), "should match pattern"),
         (with_changes(MANAGED, deletionPolicy="Keep"), "'Retain' or 'Delete'"),
         (with_changes(EXTERNAL, external__endpoint="pg.example.com"), "must be host:port"),
@@ -144,3 +145,118 @@ def test_a_whole_body_parses() -> None:
     assert resource.status.replication.max_lag_seconds == 0.5
     assert datastore.DataStore.spec_model() is datastore.DataStoreSpec
     assert datastore.DataStore.status_model() is datastore.DataStoreStatus
+
+
+# One value each engine accepts and one it refuses, for every allow-listed setting.
+CONFIG_CASES: dict[tuple[str, str], tuple[str, str]] = {
+    ("redis", "maxmemory"): ("256mb", "256 MB"),
+    ("redis", "maxmemory-policy"): ("allkeys-lfu", "lru"),
+    ("redis", "appendonly"): ("yes", "true"),
+    ("redis", "appendfsync"): ("everysec", "sometimes"),
+    ("redis", "save"): ("3600 1 300 100", "3600 1 300"),
+    ("redis", "timeout"): ("300", "5m"),
+    ("redis", "tcp-keepalive"): ("60", "-1"),
+    ("redis", "hz"): ("10", "ten"),
+    ("redis", "io-threads"): ("4", "129"),
+    ("redis", "lazyfree-lazy-eviction"): ("no", "off"),
+    ("redis", "slowlog-log-slower-than"): ("-1", "10ms"),
+    ("redis", "latency-monitor-threshold"): ("100", "-5"),
+    ("postgres", "max_connections"): ("262000", "300000"),
+    ("postgres", "shared_buffers"): ("256MB", "256mb"),
+    ("postgres", "work_mem"): ("4MB", "4 megabytes"),
+    ("postgres", "maintenance_work_mem"): ("1GB", "1Gi"),
+    ("postgres", "effective_cache_size"): ("4GB", "4G"),
+    ("postgres", "max_wal_size"): ("1GB", "-1GB"),
+    ("postgres", "min_wal_size"): ("80MB", "80M"),
+    ("postgres", "wal_keep_size"): ("1.5GB", "lots"),
+    ("postgres", "checkpoint_timeout"): ("5min", "5m"),
+    ("postgres", "random_page_cost"): ("1.1", "1,1"),
+    ("postgres", "statement_timeout"): ("30s", "-1"),
+    ("postgres", "idle_in_transaction_session_timeout"): ("0", "1 minute"),
+    ("postgres", "log_min_duration_statement"): ("-1", "-2"),
+    ("neo4j", "server.memory.heap.initial_size"): ("512m", "512 mega"),
+    ("neo4j", "server.memory.heap.max_size"): ("1GiB", "1.0.0g"),
+    ("neo4j", "server.memory.pagecache.size"): ("2g", "2x"),
+    ("neo4j", "db.transaction.timeout"): ("30s", "30 seconds"),
+    ("neo4j", "db.logs.query.enabled"): ("INFO", "true"),
+    ("neo4j", "db.logs.query.threshold"): ("500ms", "0.5s"),
+    ("qdrant", "log_level"): ("debug", "loud"),
+    ("qdrant", "storage.on_disk_payload"): ("True", "yes"),
+    ("qdrant", "storage.performance.max_search_threads"): ("0", "-1"),
+    ("qdrant", "storage.optimizers.default_segment_number"): ("2", "two"),
+    ("qdrant", "service.max_request_size_mb"): ("32", "0"),
+}
+
+
+def test_every_setting_has_a_case() -> None:
+    assert set(CONFIG_CASES) == {(e, k) for e, keys in datastore.CONFIG_VALUES.items() for k in keys}
+    assert {e: frozenset(keys) for e, keys in datastore.CONFIG_VALUES.items()} == datastore.ALLOWED_CONFIG
+
+
+def _managed(engine: str, config: dict[str, str]) -> dict[str, Any]:
+    return {"engine": engine, "managed": {"config": config}}
+
+
+@pytest.mark.parametrize(("engine", "key"), sorted(CONFIG_CASES))
+def test_config_values_the_engine_accepts_and_refuses(engine: str, key: str) -> None:
+    good, bad = CONFIG_CASES[engine, key]
+    datastore.DataStoreSpec.model_validate(_managed(engine, {key: good}))
+    with pytest.raises(pydantic.ValidationError, match=re.escape(f"spec.managed.config[{key}] of a {engine}")):
+        datastore.DataStoreSpec.model_validate(_managed(engine, {key: bad}))
+
+
+def test_config_value_rules_are_one_per_setting_and_guarded_by_the_engine() -> None:
+    rules = datastore.CONFIG_VALUE_RULES
+    assert len(rules) == len(CONFIG_CASES)
+    for rule in rules:
+        assert rule.rule.startswith("self.engine != '") and ".matches(" in rule.rule
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"external__endpoint": "pg.example.com:0"}, "port from 1 to 65535"),
+        ({"external__endpoint": "pg.example.com:65536"}, "port from 1 to 65535"),
+        ({"external__tls__serverName": "db example com"}, "serverName must be a host name"),
+    ],
+)
+def test_external_values_the_clients_refuse(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(pydantic.ValidationError, match=message):
+        datastore.DataStoreSpec.model_validate(with_changes(EXTERNAL, **change))
+
+
+def test_ports_at_the_bounds_are_fine() -> None:
+    for port in (1, 65535, 5432):
+        datastore.DataStoreSpec.model_validate(with_changes(EXTERNAL, external__endpoint=f"pg.example.com:{port}"))
+
+
+def test_a_redis_database_is_a_number() -> None:
+    redis = {"engine": "redis", "external": {"endpoint": "r:6379", "credentialsSecretRef": {"name": "r"}}}
+    datastore.DataStoreSpec.model_validate(with_changes(redis, external__database="3"))
+    with pytest.raises(pydantic.ValidationError, match="must be a database number"):
+        datastore.DataStoreSpec.model_validate(with_changes(redis, external__database="features"))
+    # Other engines name their databases.
+    datastore.DataStoreSpec.model_validate(with_changes(EXTERNAL, external__database="features"))
+
+
+@pytest.mark.parametrize(("image", "ok"), [("redis:7.2", True), ("r.example.com:5000/db/pg@sha256:abc", True),
+                                           ("redis 7.2", False), (" redis", False)])  # fmt: skip
+def test_images(image: str, ok: bool) -> None:
+    spec = with_changes(MANAGED, managed__image=image)
+    if ok:
+        datastore.DataStoreSpec.model_validate(spec)
+    else:
+        with pytest.raises(pydantic.ValidationError, match="must be an image reference"):
+            datastore.DataStoreSpec.model_validate(spec)
+
+
+def test_update_rules_sit_where_they_apply() -> None:
+    # Rules on oldSelf are transition rules: the API server checks them on updates only.
+    assert "oldSelf" in datastore.MODE_FIXED.rule
+    assert "oldSelf" in datastore.MAJOR_VERSION_FIXED.rule
+    assert datastore.STORAGE_FIXED in datastore.Managed.cel_rules
+    assert {datastore.MODE_FIXED, datastore.MAJOR_VERSION_FIXED} <= set(datastore.DataStoreSpec.cel_rules)
+    # The default each rule falls back on is the one the renderer uses.
+    for engine, version in datastore.DEFAULT_VERSIONS.items():
+        assert f"'{engine}': '{version}'" in datastore.MAJOR_VERSION_FIXED.rule
+    assert f"'{datastore.DEFAULT_STORAGE_SIZE}'" in datastore.STORAGE_FIXED.rule

@@ -96,3 +96,26 @@ def test_status_parses() -> None:
     )
     assert status.freshness is not None and status.freshness.lag_seconds == 12.5
     assert status.last_materialization is not None and status.last_materialization.outcome == "Succeeded"
+
+
+@pytest.mark.parametrize("schema", ["pg_catalog", "pg_temp", "information_schema", "mlinfra", "registry"])
+def test_offline_schemas_of_postgres_or_the_operator_are_refused(schema: str) -> None:
+    with pytest.raises(pydantic.ValidationError, match="choose another schema"):
+        featureview.FeatureViewSpec.model_validate(spec_with(offline={"storeRef": {"name": "pg"}, "schema": schema}))
+
+
+def test_other_offline_schemas_are_fine() -> None:
+    for schema in ("public", "features", "pgx", "my_registry"):
+        featureview.FeatureViewSpec.model_validate(spec_with(offline={"storeRef": {"name": "pg"}, "schema": schema}))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"online": {"storeRef": {"name": "cache"}, "ttl": "0s"}},  # every key would expire at once
+        {"freshness": {"maxLag": "0m"}},
+    ],
+)
+def test_zero_durations_are_refused(changes: dict[str, Any]) -> None:
+    with pytest.raises(pydantic.ValidationError, match="must be longer than 0"):
+        featureview.FeatureViewSpec.model_validate(spec_with(**changes))

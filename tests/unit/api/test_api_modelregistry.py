@@ -67,3 +67,15 @@ def test_status_parses() -> None:
     )
     assert status.lineage is not None and status.lineage.pending_events == 7
     assert status.counts is not None and status.counts.registered_models == 2
+
+
+@pytest.mark.parametrize("database", ["template0", "template1"])
+def test_template_databases_are_refused(database: str) -> None:
+    with pytest.raises(pydantic.ValidationError, match="cannot be template0 or template1"):
+        modelregistry.ModelRegistrySpec.model_validate({**SPEC, "database": database})
+
+
+@pytest.mark.parametrize("field", ["interval", "maxLag"])
+def test_zero_lineage_durations_are_refused(field: str) -> None:
+    with pytest.raises(pydantic.ValidationError, match="must be longer than 0"):
+        modelregistry.ModelRegistrySpec.model_validate({**SPEC, "lineageSync": {field: "0s"}})

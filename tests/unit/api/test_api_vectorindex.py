@@ -106,3 +106,13 @@ def test_status_parses() -> None:
     )
     assert status.replicas is not None and status.replicas[0].peer == "18446744073709551615"
     assert status.sync is not None and status.sync.last_run is not None
+
+
+def test_a_zero_lag_slo_is_refused() -> None:
+    with pytest.raises(pydantic.ValidationError, match="must be longer than 0"):
+        vectorindex.VectorIndexSpec.model_validate(spec_with(sync={"schedule": "@hourly", "maxLag": "0s"}))
+
+
+def test_a_zero_retention_stays_allowed() -> None:
+    # '0s' is documented: delete the replaced collection right after the alias swap.
+    vectorindex.VectorIndexSpec.model_validate(spec_with(previousCollectionRetention="0s"))

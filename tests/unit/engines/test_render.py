@@ -167,7 +167,7 @@ def test_statefulset(engine: str, replicas: int) -> None:
 
 
 def test_storage_and_resources() -> None:
-    resources = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": 2}}
+    resources = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
     sts = sts_of(
         render.render_managed(
             store("postgres", 2, storage={"size": "50Gi", "storageClassName": "fast"}, resources=resources)

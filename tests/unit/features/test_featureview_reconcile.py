@@ -16,7 +16,7 @@ from mlinfra import metrics, problems
 from mlinfra.api import featureview as api
 from mlinfra.context import Context, Obj, Recorder
 from mlinfra.engines import connection, names
-from mlinfra.features import freshness, jobs, reconcile, schema, status
+from mlinfra.features import claim, freshness, jobs, reconcile, schema, status
 from mlinfra.problems import Problem, ProblemError
 
 pytestmark = pytest.mark.unit
@@ -155,6 +155,7 @@ def stores_ready(kube: FakeKube, monkeypatch: pytest.MonkeyPatch) -> None:
     put_store(kube, "online", "redis")
     monkeypatch.setattr(connection, "postgres", lambda *a, **k: no_database())
     monkeypatch.setattr(schema, "ensure_bookkeeping", lambda conn: None)
+    monkeypatch.setattr(claim, "claim", lambda conn, schema_name, table, owner: None)
 
 
 def test_reconcile_posts_what_it_did_to_the_table_and_applies_the_cronjob(
@@ -181,6 +182,23 @@ def test_reconcile_posts_what_it_did_to_the_table_and_applies_the_cronjob(
     cron = kube.get("CronJob", NS, jobs.cronjob_name(VIEW))
     assert cron["metadata"]["ownerReferences"][0]["uid"] == "fv-uid"
     assert kube.writes == [("apply", "CronJob", NS, jobs.cronjob_name(VIEW))]  # idempotent afterwards
+
+
+def test_a_table_of_another_view_is_refused_and_rechecked(
+    ctx: Context, kube: FakeKube, stores_ready: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    claims: list[tuple[str, str, str]] = []
+
+    def taken(conn: Any, schema_name: str, table: str, owner: str) -> None:
+        claims.append((schema_name, table, owner))
+        raise claim.TableInUse(f"{schema_name}.{table}", "other/clicks")
+
+    monkeypatch.setattr(claim, "claim", taken)
+    monkeypatch.setattr(schema, "ensure_offline_table", lambda *a: pytest.fail("the table must not be touched"))
+    p = problem_of(lambda: reconcile.reconcile(ctx, obj_of(view_body())))
+    assert (p.reason, p.stalled, p.recheck) == (reconcile.TABLE_IN_USE, True, reconcile.CONFLICT_RECHECK)
+    assert "FeatureView other/clicks" in p.message and "nothing was changed" in p.message
+    assert claims == [("public", VIEW, f"{NS}/{VIEW}")] and kube.writes == []
 
 
 def test_reconcile_refuses_an_immutable_change_and_removes_an_unscheduled_cronjob(

@@ -12,10 +12,12 @@ import kopf
 import pytest
 from fakekube import FakeKube
 
+from mlinfra import problems
 from mlinfra.config import Settings
 from mlinfra.context import Context
 from mlinfra.engines import endpoints
 from mlinfra.handlers import datastore, kind
+from mlinfra.k8s import objects
 
 NS = "hd"
 
@@ -91,3 +93,42 @@ def test_a_missing_user_secret_is_retried_after_30_seconds(
     with pytest.raises(kopf.TemporaryError) as exc:
         handler(registry, "reconcile")(body=body(spec), patch=kopf.Patch(), memo=kopf.Memo())
     assert exc.value.delay == 30
+
+
+class RefusingKube(FakeKube):
+    """Kubernetes refusing one kind of child as invalid (what a CRD rule could not foresee), or failing."""
+
+    def __init__(self, kind: str, status: int) -> None:
+        super().__init__()
+        self.refused_kind, self.status = kind, status
+
+    def apply(self, obj: Any, field_manager: str = "mlinfra-operator", force: bool = True) -> dict[str, Any]:
+        if obj["kind"] == self.refused_kind:
+            raise objects.ApiError(self.status, f'{obj["kind"]} "{obj["metadata"]["name"]}" is invalid: spec.x: bad')
+        return super().apply(obj, field_manager, force)
+
+
+def test_a_child_kubernetes_refuses_is_stalled_invalid_spec_and_rechecked_not_retried_blindly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    warnings: list[str] = []
+    monkeypatch.setattr(kopf, "warn", lambda _body, reason, message: warnings.append(message))
+    kube = RefusingKube("StatefulSet", 422)
+    registry = registered(kube, tmp_path)
+    patch = kopf.Patch()
+    spec = {"engine": "redis", "managed": {"replicas": 1, "storage": {"size": "1Gi"}}}
+    with pytest.raises(kopf.TemporaryError) as retry:
+        handler(registry, "reconcile")(body=body(spec), patch=patch, memo=kopf.Memo())
+    assert retry.value.delay == problems.REFUSED_BY_KUBERNETES_RECHECK
+    st = {c["type"]: c for c in dict(patch["status"])["conditions"]}
+    assert (st["Stalled"]["status"], st["Stalled"]["reason"]) == ("True", "InvalidSpec")
+    assert 'Kubernetes refused what the spec asks for: 422: StatefulSet "db" is invalid' in st["Stalled"]["message"]
+    assert warnings and "is invalid" in warnings[0]
+
+
+def test_other_api_errors_are_left_to_kopf_retries(tmp_path: Path) -> None:
+    kube = RefusingKube("StatefulSet", 500)
+    registry = registered(kube, tmp_path)
+    spec = {"engine": "redis", "managed": {"replicas": 1, "storage": {"size": "1Gi"}}}
+    with pytest.raises(objects.ApiError):
+        handler(registry, "reconcile")(body=body(spec), patch=kopf.Patch(), memo=kopf.Memo())

@@ -18,7 +18,7 @@ from mlinfra.api import modelregistry as api
 from mlinfra.context import Context, Obj, Recorder
 from mlinfra.engines import connection, names
 from mlinfra.problems import Problem, ProblemError
-from mlinfra.registry import jobs, migrate, reconcile, roles, status
+from mlinfra.registry import claim, jobs, migrate, reconcile, roles, status
 from mlinfra.registry import observe as observe_mod
 
 pytestmark = pytest.mark.unit
@@ -102,6 +102,7 @@ class Databases:
     def __init__(self) -> None:
         self.applied = 0
         self.roles: list[tuple[str, ...]] = []
+        self.claims: list[tuple[str, str]] = []
         self.sync_passes = 0
         self.sync_error: str | None = None
         self.outbox = observe_mod.Outbox(0, None, None, None, records_passes=True)
@@ -137,7 +138,8 @@ def dbs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Databases]:
     monkeypatch.setattr(reconcile, "_sync_lineage", sync)
     monkeypatch.setattr(migrate, "applied_version", lambda conn: d.applied)
     monkeypatch.setattr(migrate, "apply", apply)
-    monkeypatch.setattr(roles, "ensure_roles", lambda conn, *args: d.roles.append(args))
+    monkeypatch.setattr(roles, "ensure_roles", lambda conn, *args, owner: d.roles.append((*args, owner)))
+    monkeypatch.setattr(claim, "claim", lambda conn, database, owner: d.claims.append((database, owner)))
     monkeypatch.setattr(observe_mod, "schema_version", lambda conn: d.applied)
     monkeypatch.setattr(observe_mod, "counts", lambda conn: observe_mod.Counts(2, 3, 1, 0))
     monkeypatch.setattr(observe_mod, "outbox", lambda conn: d.outbox)
@@ -217,10 +219,11 @@ def test_reconcile_makes_the_role_secrets_once_in_the_connection_format_and_sync
     reconcile.reconcile(ctx, obj)
 
     writer, reader = decoded(kube, "models-writer"), decoded(kube, "models-reader")
-    assert writer["username"] == "mlinfra_team_models_writer" and reader["username"] == "mlinfra_team_models_reader"
+    w_role, r_role = reconcile.role_name(NS, NAME, "writer"), reconcile.role_name(NS, NAME, "reader")
+    assert w_role.startswith("mlinfra_team_models_") and (writer["username"], reader["username"]) == (w_role, r_role)
     assert (writer["host"], writer["port"], writer["database"]) == (f"meta.{NS}.svc", "7", "reg")
     assert len(writer["password"]) >= 24 and writer["password"] != reader["password"]
-    assert writer["uri"].startswith("postgresql://mlinfra_team_models_writer@meta.team.svc:7/reg")
+    assert writer["uri"].startswith(f"postgresql://{w_role}@meta.team.svc:7/reg")
     for name in ("models-writer", "models-reader"):
         secret = kube.get("Secret", NS, name)
         assert [r["uid"] for r in secret["metadata"]["ownerReferences"]] == [UID]
@@ -228,9 +231,7 @@ def test_reconcile_makes_the_role_secrets_once_in_the_connection_format_and_sync
             "app.kubernetes.io/managed-by": "mlinfra-operator",
             "mlinfra.io/modelregistry": NAME,
         }
-    assert dbs.roles == [
-        ("reg", "mlinfra_team_models_writer", writer["password"], "mlinfra_team_models_reader", reader["password"])
-    ]
+    assert dbs.roles == [("reg", w_role, writer["password"], r_role, reader["password"], f"{NS}/{NAME}")]
     assert dbs.sync_passes == 1  # in process: one pass on every reconcile
     assert ("Normal", "Migrated", f"schema version 0 -> {migrate.latest_version()}") in obj.report.events  # type: ignore[attr-defined]
     assert kube.kinds("CronJob") == []
@@ -245,6 +246,11 @@ def test_reconcile_makes_the_role_secrets_once_in_the_connection_format_and_sync
     assert dbs.sync_passes == 2
 
 
+# What the operator puts on a role Secret: one left from an earlier registry of this name is adopted (a
+# Secret of that name without them is the user's, never taken over: see tests/unit/stores).
+OPERATORS_LABELS = {"app.kubernetes.io/managed-by": "mlinfra-operator", "mlinfra.io/modelregistry": "models"}
+
+
 def test_an_existing_role_secret_keeps_its_password_and_is_owned_again(
     ctx: Context, kube: FakeKube, dbs: Databases
 ) -> None:
@@ -254,7 +260,7 @@ def test_an_existing_role_secret_keeps_its_password_and_is_owned_again(
         {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": {"name": "models-writer", "namespace": NS},
+            "metadata": {"name": "models-writer", "namespace": NS, "labels": OPERATORS_LABELS},
             "stringData": {"username": "mlinfra_team_models_writer", "password": "kept-from-before"},
         }
     )
@@ -273,7 +279,7 @@ def test_a_role_secret_without_a_password_is_stalled_and_never_overwritten(
         {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": {"name": "models-writer", "namespace": NS},
+            "metadata": {"name": "models-writer", "namespace": NS, "labels": OPERATORS_LABELS},
             "stringData": {"username": "someone"},
         }
     )
@@ -457,15 +463,19 @@ def test_an_invalid_spec_is_a_stalled_problem() -> None:
 # --- role names ---------------------------------------------------------------------------------------------
 
 
-def test_role_names_are_distinct_per_namespace_and_kind_and_fit_postgres() -> None:
+def test_role_names_are_injective_over_namespace_and_name_and_fit_postgres() -> None:
     names_ = {
         reconcile.role_name(ns, name, kind)
-        for ns in ("a", "b", "team-x")
-        for name in ("models", "m2")
+        for ns in ("a", "b", "team-x", "team")
+        for name in ("models", "m2", "x-models")
         for kind in ("writer", "reader")
     }
-    assert len(names_) == 12
-    assert reconcile.role_name("Team.X", "m-1", "writer") == "mlinfra_team_x_m_1_writer"
+    assert len(names_) == 24
+    # Alike once made identifiers, distinct roles: neither tenant can reset the other's password.
+    assert reconcile.role_name("team-x", "models", "writer") != reconcile.role_name("team", "x-models", "writer")
+    assert reconcile.role_name("team-a", "models", "reader") != reconcile.role_name("team", "a-models", "reader")
+    readable = reconcile.role_name("Team.X", "m-1", "writer")
+    assert readable.startswith("mlinfra_team_x_m_1_") and readable.endswith("_writer") and len(readable) <= 63
     long_ns, long_name = "n" * 63, "r" * 200
     long_roles = {
         reconcile.role_name(long_ns, f"{long_name}{i}", kind) for i in range(50) for kind in ("writer", "reader")
@@ -473,11 +483,38 @@ def test_role_names_are_distinct_per_namespace_and_kind_and_fit_postgres() -> No
     assert len(long_roles) == 100
     assert all(len(r.encode()) <= 63 and r.startswith("mlinfra_nnn") for r in long_roles)
     assert all(r.endswith(("_writer", "_reader")) for r in long_roles)
-    assert reconcile.role_name("n" * 20, "r" * 27, "writer") == f"mlinfra_{'n' * 20}_{'r' * 27}_writer"  # 63: fits
-    hashed = reconcile.role_name("n" * 20, "r" * 28, "writer")  # 64: hashed
-    assert (
-        len(hashed) == 63 and hashed.endswith("_writer") and hashed != reconcile.role_name("n" * 20, "r" * 29, "writer")
+
+
+def test_the_registry_claims_its_database_and_marks_its_roles(ctx: Context, kube: FakeKube, dbs: Databases) -> None:
+    put_store(kube, "meta", "postgres")
+    reconcile.reconcile(ctx, obj_of(mr_body()))
+    assert dbs.claims and all(owner == f"{NS}/{NAME}" for _, owner in dbs.claims)
+    assert dbs.roles and all(args[-1] == f"{NS}/{NAME}" for args in dbs.roles)
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (lambda: claim.DatabaseInUse("postgres", "other/models"), reconcile.DATABASE_IN_USE),
+        (lambda: roles.RoleConflict("mlinfra_x_writer", "other/models"), reconcile.ROLE_CONFLICT),
+    ],
+)
+def test_a_database_or_role_held_by_another_registry_stalls_and_is_rechecked(
+    ctx: Context, kube: FakeKube, dbs: Databases, monkeypatch: pytest.MonkeyPatch, error: Any, reason: str
+) -> None:
+    put_store(kube, "meta", "postgres")
+
+    def refuse(*_: Any, **__: Any) -> None:
+        raise error()
+
+    monkeypatch.setattr(
+        claim if reason == reconcile.DATABASE_IN_USE else roles,
+        "claim" if reason == reconcile.DATABASE_IN_USE else "ensure_roles",
+        refuse,
     )
+    p = problem_of(lambda: reconcile.reconcile(ctx, obj_of(mr_body())))
+    assert (p.reason, p.stalled, p.recheck) == (reason, True, reconcile.CONFLICT_RECHECK)
+    assert "other/models" in p.message and "nothing was changed" in p.message
 
 
 # --- the handler: wiring only -------------------------------------------------------------------------------

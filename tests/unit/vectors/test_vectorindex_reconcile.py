@@ -21,7 +21,6 @@ from mlinfra.engines import connection, endpoints
 from mlinfra.engines import qdrant as qdrant_engine
 from mlinfra.handlers import kind
 from mlinfra.handlers import vectorindex as handler
-from mlinfra.k8s import syncjobs
 from mlinfra.problems import Problem, ProblemError
 from mlinfra.vectors import collection, jobs, reconcile, status
 
@@ -175,7 +174,7 @@ def test_sync_now_starts_one_job_per_request(ctx: Context, kube: FakeKube) -> No
     o = obj_of(body(source=SOURCE))
     first = reconcile.request_sync(ctx, o, "2026-01-01T00:00:00Z")
     again = reconcile.request_sync(ctx, o, "2026-01-01T00:00:00Z")
-    assert first == again == syncjobs.ondemand_job_name(NAME, "2026-01-01T00:00:00Z")
+    assert first == again == jobs.ondemand_job_name(NAME, "2026-01-01T00:00:00Z")
     assert kube.writes == [("create", "Job", NS, first)]
     job = kube.get("Job", NS, first)
     assert job["metadata"]["labels"][jobs.KIND_LABEL] == NAME
@@ -203,18 +202,22 @@ def gauge(name: str) -> float | None:
 
 
 def test_reconcile_and_observe_an_index_without_source_on_local_mode(local_ctx: Context, kube: FakeKube) -> None:
+    b = body()
+    o = obj_of(b)
     # A CronJob left from when the spec had a source and a schedule: the spec no longer asks for one.
     kube.put(
         {
             "apiVersion": "batch/v1",
             "kind": "CronJob",
-            "metadata": {"name": jobs.cronjob_name(NAME), "namespace": NS},
+            "metadata": {
+                "name": jobs.cronjob_name(NAME),
+                "namespace": NS,
+                "ownerReferences": [o.owner_reference()],
+            },
             "spec": {},
         }
     )
-    b = body()
     physical = collection.physical_name(api.VectorIndex.model_validate(b).spec)
-    o = obj_of(b)
     reconcile.reconcile(local_ctx, o)
     assert events(o) == [("Normal", "CollectionCreated", f"created {physical} behind alias docs")]
     assert kube.writes == [("delete", "CronJob", NS, jobs.cronjob_name(NAME))]

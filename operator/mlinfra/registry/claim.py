@@ -1,0 +1,47 @@
+"""Which registry a database holds: the first registry to reconcile on one claims it, and every other one
+is refused. Two ModelRegistries on one PostgreSQL database (the same DataStore, or two DataStores in
+different namespaces pointing at one server, with the same or no ``spec.database``) would otherwise share one
+``registry`` schema: each would read, migrate and grant the other's data.
+
+The claim is a one-row table in the database's ``public`` schema, keyed by ``<namespace>/<name>`` (not the
+uid: a registry deleted and created again with the same name finds its data again).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import psycopg
+
+TABLE = "mlinfra_registry_owner"
+_LOCK_KEY = int.from_bytes(hashlib.sha256(b"mlinfra.registry.claim").digest()[:8], "big", signed=True)
+
+
+class DatabaseInUse(Exception):
+    """The database holds another registry; nothing was changed."""
+
+    def __init__(self, database: str, holder: str) -> None:
+        super().__init__(f"database {database!r} holds the registry of ModelRegistry {holder}")
+        self.database, self.holder = database, holder
+
+
+def claim(conn: psycopg.Connection[Any], database: str, owner: str) -> None:
+    """Claim the database ``conn`` is connected to for ``owner`` (``<namespace>/<name>``), or raise
+    DatabaseInUse naming the registry that holds it. Idempotent; ``conn`` must be outside a transaction."""
+    with conn.transaction():
+        # CREATE TABLE IF NOT EXISTS is not safe against itself running concurrently: serialise.
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS public.{TABLE} ("
+            "only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row), "
+            "registry text NOT NULL, claimed_at timestamptz NOT NULL DEFAULT now())"
+        )
+        conn.execute(
+            f"INSERT INTO public.{TABLE} (registry) VALUES (%s) ON CONFLICT DO NOTHING",  # noqa: S608
+            (owner,),
+        )
+        row = conn.execute(f"SELECT registry FROM public.{TABLE}").fetchone()  # noqa: S608
+    holder = str(row[0]) if row else owner
+    if holder != owner:
+        raise DatabaseInUse(database, holder)
