@@ -102,7 +102,8 @@ def test_a_database_holds_one_registry(postgres_cluster: PostgresCluster, databa
         with pytest.raises(claim.DatabaseInUse) as refused:
             claim.claim(conn, database, "other/models")
         assert refused.value.holder == "team/models"
-        assert conn.execute(f"SELECT registry FROM public.{claim.TABLE}").fetchall() == [("team/models",)]
+        table = sql.Identifier(*claim.TABLE)
+        assert conn.execute(sql.SQL("SELECT holder FROM {}").format(table)).fetchall() == [("team/models",)]
 
 
 def test_an_offline_table_holds_one_featureview(postgres_cluster: PostgresCluster, database: str) -> None:

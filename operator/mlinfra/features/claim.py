@@ -10,15 +10,14 @@ made before claims were recorded is claimed by the first view that reconciles it
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import psycopg
 
+from mlinfra.engines import claims
 from mlinfra.features import layout
 
-TABLE = f"{layout.BOOKKEEPING_SCHEMA}.offline_tables"
-_LOCK_KEY = int.from_bytes(hashlib.sha256(b"mlinfra.features.claim").digest()[:8], "big", signed=True)
+TABLE = (layout.BOOKKEEPING_SCHEMA, "offline_tables")
 
 
 class TableInUse(Exception):
@@ -32,23 +31,6 @@ class TableInUse(Exception):
 def claim(conn: psycopg.Connection[Any], schema: str, table: str, owner: str) -> None:
     """Claim ``schema.table`` for the view ``owner`` (``<namespace>/<name>``) or raise TableInUse. Idempotent;
     ``conn`` must be outside a transaction (the bookkeeping schema exists: ``schema.ensure_bookkeeping``)."""
-    with conn.transaction():
-        # CREATE TABLE IF NOT EXISTS is not safe against itself running concurrently: serialise.
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-        conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {TABLE} (schema_name text NOT NULL, table_name text NOT NULL, "
-            "featureview text NOT NULL, claimed_at timestamptz NOT NULL DEFAULT now(), "
-            "PRIMARY KEY (schema_name, table_name))"
-        )
-        conn.execute(
-            f"INSERT INTO {TABLE} (schema_name, table_name, featureview) VALUES (%s, %s, %s) "  # noqa: S608
-            "ON CONFLICT DO NOTHING",
-            (schema, table, owner),
-        )
-        row = conn.execute(
-            f"SELECT featureview FROM {TABLE} WHERE schema_name = %s AND table_name = %s",  # noqa: S608
-            (schema, table),
-        ).fetchone()
-    holder = str(row[0]) if row else owner
+    holder = claims.claim(conn, TABLE, {"schema_name": schema, "table_name": table}, owner)
     if holder != owner:
         raise TableInUse(layout.qualified_name(schema, table), holder)

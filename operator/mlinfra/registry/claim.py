@@ -9,13 +9,13 @@ uid: a registry deleted and created again with the same name finds its data agai
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import psycopg
 
-TABLE = "mlinfra_registry_owner"
-_LOCK_KEY = int.from_bytes(hashlib.sha256(b"mlinfra.registry.claim").digest()[:8], "big", signed=True)
+from mlinfra.engines import claims
+
+TABLE = ("public", "mlinfra_registry_owner")
 
 
 class DatabaseInUse(Exception):
@@ -29,19 +29,6 @@ class DatabaseInUse(Exception):
 def claim(conn: psycopg.Connection[Any], database: str, owner: str) -> None:
     """Claim the database ``conn`` is connected to for ``owner`` (``<namespace>/<name>``), or raise
     DatabaseInUse naming the registry that holds it. Idempotent; ``conn`` must be outside a transaction."""
-    with conn.transaction():
-        # CREATE TABLE IF NOT EXISTS is not safe against itself running concurrently: serialise.
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-        conn.execute(
-            f"CREATE TABLE IF NOT EXISTS public.{TABLE} ("
-            "only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row), "
-            "registry text NOT NULL, claimed_at timestamptz NOT NULL DEFAULT now())"
-        )
-        conn.execute(
-            f"INSERT INTO public.{TABLE} (registry) VALUES (%s) ON CONFLICT DO NOTHING",  # noqa: S608
-            (owner,),
-        )
-        row = conn.execute(f"SELECT registry FROM public.{TABLE}").fetchone()  # noqa: S608
-    holder = str(row[0]) if row else owner
+    holder = claims.claim(conn, TABLE, {"claim": "registry"}, owner)
     if holder != owner:
         raise DatabaseInUse(database, holder)
