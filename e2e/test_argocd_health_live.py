@@ -202,10 +202,18 @@ def test_datastore_health(
         "datastore-degraded-unreachable",
     )
 
-    # A spec only the user can fix (a port the schema's pattern lets through).
-    cp.apply([external(ns, "badport", "redis", 99999, "creds")])
+    # A port no server can have is refused at admission now (a CEL rule), so nothing reaches the operator.
+    refused = cp.kubectl(
+        "apply", "-f", "-", input=json.dumps(external(ns, "badport", "redis", 99999, "creds")), check=False
+    )
+    assert refused.returncode != 0 and "a port from 1 to 65535" in refused.stderr, refused.stderr
+
+    # Something only the user can fix: the name of the store's connection Secret is held by a Secret the
+    # operator did not create (never taken over): Stalled.
+    secret(cp, ns, "taken-conn", "someone", "else")
+    cp.apply([external(ns, "taken", "redis", redis_cluster.primary.port, "creds")])
     expect(
-        reach(cp, "DataStore", ns, "badport", "Stalled", cond_is("Stalled", "True", "InvalidSpec")),
+        reach(cp, "DataStore", ns, "taken", "Stalled", cond_is("Stalled", "True", "ChildConflict")),
         "Degraded",
         "datastore-degraded-stalled",
     )

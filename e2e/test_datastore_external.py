@@ -189,31 +189,54 @@ def test_unreachable_store_reports_why_without_secrets(
 def test_spec_the_schema_cannot_refuse_is_stalled(
     control_plane: ControlPlane, operator: OperatorProcess, redis_cluster: RedisCluster, namespace: str
 ) -> None:
-    """A port above 65535 passes the schema's pattern; the operator reports InvalidSpec and a Warning."""
+    """A port above 65535 is refused at admission (a CEL rule); what no rule can say — a cron range that runs
+    backwards — reaches the operator, which reports InvalidSpec and a Warning, and a fixed spec recovers."""
     cp = control_plane
     credentials(cp, namespace, "creds", "default", redis_cluster.password)
-    cp.apply([external(namespace, "badport", "redis", 99999, "creds")])
+    refused = cp.kubectl(
+        "apply", "-f", "-", input=yaml.safe_dump(external(namespace, "badport", "redis", 99999, "creds")), check=False
+    )
+    assert refused.returncode != 0 and "a port from 1 to 65535" in refused.stderr, refused.stderr
+
+    view = {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": "FeatureView",
+        "metadata": {"name": "backwards", "namespace": namespace},
+        "spec": {
+            "entities": [{"name": "user_id", "type": "int64"}],
+            "features": [{"name": "clicks", "type": "int64"}],
+            "offline": {"storeRef": {"name": "offline"}},
+            "online": {"storeRef": {"name": "online"}, "ttl": "24h"},
+            "materialization": {"schedule": "0 17-9 * * *"},
+        },
+    }
+    cp.apply([view])
 
     def stalled() -> bool:
-        return condition(get_json(cp, "datastore", "badport", "-n", namespace), "Stalled").get("status") == "True"
+        return condition(get_json(cp, "featureview", "backwards", "-n", namespace), "Stalled").get("status") == "True"
 
     wait_for("Stalled=True", stalled, 60)
-    ds = get_json(cp, "datastore", "badport", "-n", namespace)
-    assert condition(ds, "Stalled")["reason"] == "InvalidSpec"
-    assert "99999" in condition(ds, "Stalled")["message"]
-    assert condition(ds, "Ready")["status"] == "False"
-    events = get_json(cp, "events", "-n", namespace, "--field-selector", "involvedObject.name=badport")["items"]
+    fv = get_json(cp, "featureview", "backwards", "-n", namespace)
+    assert condition(fv, "Stalled")["reason"] == "InvalidSpec"
+    assert "17-9" in condition(fv, "Stalled")["message"]
+    assert condition(fv, "Ready")["status"] == "False"
+    events = get_json(cp, "events", "-n", namespace, "--field-selector", "involvedObject.name=backwards")["items"]
     assert any(e["type"] == "Warning" and e["reason"] == "InvalidSpec" for e in events)
-    # Fixing the spec recovers the store.
+    # Fixing the spec: no longer stalled (it now waits for its stores, which this test does not create).
     cp.kubectl(
         "patch",
-        "datastore",
-        "badport",
+        "featureview",
+        "backwards",
         "-n",
         namespace,
         "--type=merge",
         "-p",
-        f'{{"spec":{{"external":{{"endpoint":"127.0.0.1:{redis_cluster.primary.port}"}}}}}}',
+        '{"spec":{"materialization":{"schedule":"0 9-17 * * *"}}}',
     )
-    ready(cp, namespace, "badport")
-    assert condition(get_json(cp, "datastore", "badport", "-n", namespace), "Stalled")["status"] == "False"
+    wait_for(
+        "Stalled=False",
+        lambda: (
+            condition(get_json(cp, "featureview", "backwards", "-n", namespace), "Stalled").get("status") == "False"
+        ),
+        60,
+    )
