@@ -39,6 +39,7 @@ from mlinfra.engines import qdrant as qdrant_engine
 from mlinfra.engines.connection import ConnectionInfo
 from mlinfra.engines.endpoints import EndpointMap
 from mlinfra.features.jobs import SYNC_REQUESTED_ANNOTATION, ondemand_job_name
+from mlinfra.vectors import jobs as vector_jobs
 
 log = logging.getLogger(__name__)
 NAMESPACE = "mlinfra-demo"
@@ -364,7 +365,7 @@ def vector_loop(cp: ControlPlane, endpoint_map: Path, tmp: Path, name: str = "do
     cp.kubectl(
         "annotate", "vectorindex", name, "-n", NAMESPACE, f"{SYNC_REQUESTED_ANNOTATION}={requested}", "--overwrite"
     )
-    job = ondemand_job_name(name, requested)
+    job = vector_jobs.ondemand_job_name(name, requested)
     procs.wait_until(
         "the sync Job", lambda: cp.kubectl("get", "job", job, "-n", NAMESPACE, check=False).returncode == 0, 60
     )
