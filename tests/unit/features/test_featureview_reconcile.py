@@ -11,13 +11,15 @@ from typing import Any
 import kopf
 import pytest
 from fakekube import FakeKube
+from kind_support import problem_of
+from kind_support import put_store as put_any_store
 
 from mlinfra import metrics, problems
 from mlinfra.api import featureview as api
 from mlinfra.context import Context, Obj, Recorder
-from mlinfra.engines import connection, names
+from mlinfra.engines import connection
 from mlinfra.features import claim, freshness, jobs, reconcile, schema, status
-from mlinfra.problems import Problem, ProblemError
+from mlinfra.problems import Problem
 
 pytestmark = pytest.mark.unit
 
@@ -47,50 +49,6 @@ def view_body(materialization: bool = True, previous: dict[str, Any] | None = No
 
 def obj_of(body: dict[str, Any]) -> Obj[api.FeatureView]:
     return Obj(body, problems.parse(api.FeatureView, body), Recorder())
-
-
-def put_store(kube: FakeKube, name: str, engine: str, ready: bool = True) -> None:
-    kube.put(
-        {
-            "apiVersion": "mlinfra.io/v1alpha1",
-            "kind": "DataStore",
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {"engine": engine, "external": {"endpoint": f"{name}.example:1"}},
-            "status": {
-                "conditions": [
-                    {
-                        "type": "Ready",
-                        "status": "True" if ready else "False",
-                        "reason": "Ready" if ready else "Unreachable",
-                        "message": "" if ready else "connection refused",
-                    }
-                ]
-            },
-        }
-    )
-    info = connection.ConnectionInfo(
-        engine=engine,
-        host=f"{name}.example",
-        port=1,
-        username="u",  # type: ignore[arg-type]
-        password="p",
-        database="db" if engine == "postgres" else "0",
-        tls=False,
-    )
-    kube.put(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": names.connection_secret(name), "namespace": NS},
-            "stringData": info.to_secret_data(),
-        }
-    )
-
-
-def problem_of(call: Any) -> Problem:
-    with pytest.raises(ProblemError) as caught:
-        call()
-    return caught.value.problem
 
 
 # --- store references ---------------------------------------------------------------------------------------
@@ -382,3 +340,7 @@ def test_the_handler_wires_the_package_into_the_one_shape(ctx: Context) -> None:
 
 def test_max_lag_is_the_spec_objective() -> None:
     assert status.max_lag(obj_of(view_body()).model) == datetime.timedelta(minutes=10)
+
+
+def put_store(kube: FakeKube, name: str, engine: str, ready: bool = True) -> None:
+    put_any_store(kube, NS, name, engine, ready, database="db" if engine == "postgres" else "0")

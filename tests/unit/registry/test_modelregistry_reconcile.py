@@ -12,12 +12,14 @@ from typing import Any
 import kopf
 import pytest
 from fakekube import FakeKube
+from kind_support import problem_of
+from kind_support import put_store as put_any_store
 
 from mlinfra import metrics, problems
 from mlinfra.api import modelregistry as api
 from mlinfra.context import Context, Obj, Recorder
-from mlinfra.engines import connection, names
-from mlinfra.problems import Problem, ProblemError
+from mlinfra.engines import connection
+from mlinfra.problems import Problem
 from mlinfra.registry import claim, jobs, migrate, reconcile, roles, status
 from mlinfra.registry import observe as observe_mod
 
@@ -46,50 +48,6 @@ def mr_body(
 
 def obj_of(body: dict[str, Any]) -> Obj[api.ModelRegistry]:
     return Obj(body, problems.parse(api.ModelRegistry, body), Recorder())
-
-
-def put_store(kube: FakeKube, name: str, engine: str, ready: bool = True) -> None:
-    kube.put(
-        {
-            "apiVersion": "mlinfra.io/v1alpha1",
-            "kind": "DataStore",
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {"engine": engine, "external": {"endpoint": f"{name}.example:1"}},
-            "status": {
-                "conditions": [
-                    {
-                        "type": "Ready",
-                        "status": "True" if ready else "False",
-                        "reason": "Ready" if ready else "Unreachable",
-                        "message": "" if ready else "connection refused",
-                    }
-                ]
-            },
-        }
-    )
-    info = connection.ConnectionInfo(
-        engine=engine,
-        host=f"{name}.{NS}.svc",
-        port=7,
-        username="admin",  # type: ignore[arg-type]
-        password="admin-pw",
-        database="app" if engine == "postgres" else "neo4j",
-        tls=False,
-    )
-    kube.put(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": names.connection_secret(name), "namespace": NS},
-            "stringData": info.to_secret_data(),
-        }
-    )
-
-
-def problem_of(call: Any) -> Problem:
-    with pytest.raises(ProblemError) as caught:
-        call()
-    return caught.value.problem
 
 
 def decoded(kube: FakeKube, name: str) -> dict[str, str]:
@@ -551,3 +509,18 @@ def test_the_handler_wires_the_package_into_the_one_shape(ctx: Context) -> None:
     registry = kopf.OperatorRegistry()
     kind.register(registry, ctx, handler.KIND)
     assert registry._changing.get_all_handlers() and registry._spawning.get_all_handlers()
+
+
+def put_store(kube: FakeKube, name: str, engine: str, ready: bool = True) -> None:
+    put_any_store(
+        kube,
+        NS,
+        name,
+        engine,
+        ready,
+        host=f"{name}.{NS}.svc",
+        port=7,
+        username="admin",
+        password="admin-pw",
+        database="app" if engine == "postgres" else "neo4j",
+    )
