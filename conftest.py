@@ -1,4 +1,6 @@
-"""Root conftest: the platform fixtures, and one pytest marker per test tier, taken from the directory."""
+"""Root conftest: the platform fixtures, one pytest marker per test tier (taken from the directory), and the
+``qdrant`` marker on every test that talks to Qdrant (``pytest -m qdrant`` with ``QDRANT_URL`` runs them against
+a real server)."""
 
 from __future__ import annotations
 
@@ -20,3 +22,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             if rel.startswith(prefix + "/"):
                 item.add_marker(marker)
                 break
+        if "qdrant_space" in getattr(item, "fixturenames", ()):
+            item.add_marker("qdrant")

@@ -11,6 +11,7 @@ from qdrant_client import QdrantClient, models
 from mlinfra.devenv import procs
 from mlinfra.devenv.neo4j import Neo4jServer
 from mlinfra.devenv.postgres import PostgresCluster, start_postgres
+from mlinfra.devenv.qdrant import QdrantSpace
 from mlinfra.devenv.redis import RedisCluster, start_redis
 
 
@@ -104,8 +105,8 @@ def test_neo4j_requires_the_password(neo4j_server: Neo4jServer) -> None:
         driver.verify_connectivity()
 
 
-def test_qdrant_round_trip(qdrant: QdrantClient) -> None:
-    name = f"c-{secrets.token_hex(4)}"
+def test_qdrant_round_trip(qdrant: QdrantClient, qdrant_space: QdrantSpace) -> None:
+    name = qdrant_space.name("round-trip")
     qdrant.create_collection(name, vectors_config=models.VectorParams(size=4, distance=models.Distance.COSINE))
     qdrant.upsert(
         name,
@@ -118,7 +119,6 @@ def test_qdrant_round_trip(qdrant: QdrantClient) -> None:
     hits = qdrant.query_points(name, query=[0.9, 0.1, 0, 0], limit=1).points
     assert [(h.id, h.payload) for h in hits] == [(1, {"k": "a"})]
     assert qdrant.count(name).count == 2
-    qdrant.delete_collection(name)
 
 
 def test_servers_and_their_children_are_stopped(tmp_path: Path) -> None:

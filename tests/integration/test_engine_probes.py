@@ -307,13 +307,10 @@ def test_neo4j_frozen_server_times_out_instead_of_hanging(neo4j_server: Neo4jSer
 
 
 @pytest.fixture
-def collection(qdrant: QdrantClient) -> Iterator[str]:
-    name = f"probe_{secrets.token_hex(4)}"
+def collection(qdrant: QdrantClient, qdrant_space: devenv_qdrant.QdrantSpace) -> str:
+    name = qdrant_space.name("probe")
     qdrant.create_collection(name, vectors_config=models.VectorParams(size=4, distance=models.Distance.COSINE))
-    try:
-        yield name
-    finally:
-        qdrant.delete_collection(name)
+    return name
 
 
 def test_qdrant_probe_through_the_client(qdrant: QdrantClient) -> None:

@@ -40,13 +40,6 @@ QUERIES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _which_qdrant(record_property: Any) -> None:
-    which = "real-server" if devenv_qdrant.is_real_server() else "local-mode"
-    record_property("qdrant", which)
-    print(f"qdrant: {which}")
-
-
 @pytest.fixture
 def table(postgres_cluster: PostgresCluster) -> Iterator[tuple[Conn, str]]:
     name = f"docs_{secrets.token_hex(4)}"
@@ -59,15 +52,8 @@ def table(postgres_cluster: PostgresCluster) -> Iterator[tuple[Conn, str]]:
 
 
 @pytest.fixture
-def alias(qdrant: QdrantClient) -> Iterator[str]:
-    name = f"docs-{secrets.token_hex(4)}"
-    yield name
-    physical = collection.alias_target(qdrant, name)
-    if physical is not None:  # a real server outlives the test: leave nothing behind
-        qdrant.update_collection_aliases(
-            change_aliases_operations=[models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=name))]
-        )
-        qdrant.delete_collection(physical)
+def alias(qdrant_space: devenv_qdrant.QdrantSpace) -> str:
+    return qdrant_space.name("docs")
 
 
 def make_spec(table: str, alias: str) -> vectorindex.VectorIndexSpec:

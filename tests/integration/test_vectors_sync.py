@@ -24,11 +24,10 @@ Conn = psycopg.Connection[tuple[Any, ...]]
 SIZE = 8
 
 
-@pytest.fixture(autouse=True)
-def _which_qdrant(record_property: Any) -> None:
-    which = "real-server" if devenv_qdrant.is_real_server() else "local-mode"
-    record_property("qdrant", which)
-    print(f"qdrant: {which}")
+@pytest.fixture
+def emb(qdrant_space: devenv_qdrant.QdrantSpace) -> str:
+    """The test's alias, also the VectorIndex name its watermark is kept under (unique per test and run)."""
+    return qdrant_space.name("emb")
 
 
 @pytest.fixture
@@ -43,11 +42,11 @@ def table(postgres_cluster: PostgresCluster) -> Iterator[tuple[Conn, str]]:
         conn.execute(f"DROP TABLE {name}")
 
 
-def make_spec(table: str, size: int = SIZE, batch: int = 7) -> vectorindex.VectorIndexSpec:
+def make_spec(table: str, alias: str, size: int = SIZE, batch: int = 7) -> vectorindex.VectorIndexSpec:
     return vectorindex.VectorIndexSpec.model_validate(
         {
             "storeRef": {"name": "qdrant"},
-            "collection": "emb",
+            "collection": alias,
             "vectors": {"size": size, "distance": "Cosine"},
             "source": {
                 "storeRef": {"name": "pg"},
@@ -83,23 +82,23 @@ def normalized(v: list[float]) -> list[float]:
 
 
 def test_sync_inserts_updates_soft_and_hard_deletes_and_bad_vectors(
-    qdrant: QdrantClient, table: tuple[Conn, str]
+    qdrant: QdrantClient, table: tuple[Conn, str], emb: str
 ) -> None:
     conn, name = table
-    spec = make_spec(name)
+    spec = make_spec(name, emb)
     collection.ensure(qdrant, spec, owner="test/vectors")
     rng = random.Random(1)
     source = {i: vec(rng) for i in range(1, 31)}
     insert(conn, name, [(i, v, "en" if i % 2 else "de") for i, v in source.items()])
     insert(conn, name, [(100, [1.0, 2.0, 3.0], "en"), (101, None, "en")])
-    first = sync.sync(conn, qdrant, spec, "ns", "vi")
+    first = sync.sync(conn, qdrant, spec, "ns", emb)
     assert (first.rows, first.upserted, first.batches) == (32, 30, 5)
     assert dict(first.bad_rows) == {"100": "vector has 3 components, expected 8", "101": "vector is NULL"}
-    got = points(qdrant, "emb")
+    got = points(qdrant, emb)
     assert set(got) == set(source) and got[2][1] == {"lang": "de"}
-    assert sync.rows_behind(conn, spec, "ns", "vi") == 0
+    assert sync.rows_behind(conn, spec, "ns", emb) == 0
 
-    rerun = sync.sync(conn, qdrant, spec, "ns", "vi")
+    rerun = sync.sync(conn, qdrant, spec, "ns", emb)
     assert (rerun.rows, rerun.upserted, rerun.bad_rows) == (0, 0, ())
 
     source[3] = vec(rng)
@@ -109,23 +108,23 @@ def test_sync_inserts_updates_soft_and_hard_deletes_and_bad_vectors(
     conn.execute(f"UPDATE {name} SET deleted = true, updated_at = clock_timestamp() WHERE id = 4")
     conn.execute(f"DELETE FROM {name} WHERE id = 5")
     insert(conn, name, [(31, vec(rng), "en")])
-    assert sync.rows_behind(conn, spec, "ns", "vi") == 3
-    second = sync.sync(conn, qdrant, spec, "ns", "vi")
+    assert sync.rows_behind(conn, spec, "ns", emb) == 3
+    second = sync.sync(conn, qdrant, spec, "ns", emb)
     assert (second.rows, second.upserted, second.deleted, second.removed) == (3, 2, 1, 0)
-    assert 5 in points(qdrant, "emb")  # an incremental pass cannot see a hard delete
-    full = sync.sync(conn, qdrant, spec, "ns", "vi", full=True)
+    assert 5 in points(qdrant, emb)  # an incremental pass cannot see a hard delete
+    full = sync.sync(conn, qdrant, spec, "ns", emb, full=True)
     assert (full.rows, full.removed) == (0, 1)
-    got = points(qdrant, "emb")
+    got = points(qdrant, emb)
     assert set(got) == (set(source) - {4, 5}) | {31}
     assert got[3][1] == {"lang": "fr"}
     assert got[3][0] == pytest.approx(normalized(source[3]), abs=1e-6)  # Cosine: Qdrant stores normalized
 
 
 def test_rerun_after_a_kill_is_exact(
-    qdrant: QdrantClient, table: tuple[Conn, str], monkeypatch: pytest.MonkeyPatch
+    qdrant: QdrantClient, table: tuple[Conn, str], monkeypatch: pytest.MonkeyPatch, emb: str
 ) -> None:
     conn, name = table
-    spec = make_spec(name, batch=5)
+    spec = make_spec(name, emb, batch=5)
     collection.ensure(qdrant, spec, owner="test/vectors")
     rng = random.Random(2)
     insert(conn, name, [(i, vec(rng), "en") for i in range(1, 24)])
@@ -141,37 +140,37 @@ def test_rerun_after_a_kill_is_exact(
 
     monkeypatch.setattr(qdrant, "upsert", dying_upsert)
     with pytest.raises(ConnectionError):
-        sync.sync(conn, qdrant, spec, "ns", "vi")
-    assert sync.rows_behind(conn, spec, "ns", "vi") == 13  # two batches of 5 acknowledged and committed
+        sync.sync(conn, qdrant, spec, "ns", emb)
+    assert sync.rows_behind(conn, spec, "ns", emb) == 13  # two batches of 5 acknowledged and committed
     monkeypatch.setattr(qdrant, "upsert", original)
-    result = sync.sync(conn, qdrant, spec, "ns", "vi")
+    result = sync.sync(conn, qdrant, spec, "ns", emb)
     assert (result.rows, result.upserted) == (13, 13)
-    assert set(points(qdrant, "emb")) == set(range(1, 24))
+    assert set(points(qdrant, emb)) == set(range(1, 24))
 
 
-def test_search_through_the_alias_equals_brute_force(qdrant: QdrantClient, table: tuple[Conn, str]) -> None:
+def test_search_through_the_alias_equals_brute_force(qdrant: QdrantClient, table: tuple[Conn, str], emb: str) -> None:
     conn, name = table
-    spec = make_spec(name, batch=50)
+    spec = make_spec(name, emb, batch=50)
     collection.ensure(qdrant, spec, owner="test/vectors")
     rng = random.Random(3)
     source = {i: vec(rng) for i in range(1, 201)}
     insert(conn, name, [(i, v, "en") for i, v in source.items()])
-    sync.sync(conn, qdrant, spec, "ns", "vi")
+    sync.sync(conn, qdrant, spec, "ns", emb)
     for _ in range(5):
         query = vec(rng)
         q = normalized(query)
         expected = sorted(source, key=lambda i: -sum(a * b for a, b in zip(q, normalized(source[i]), strict=True)))
-        hits = qdrant.query_points("emb", query=query, limit=10, search_params=None).points
+        hits = qdrant.query_points(emb, query=query, limit=10, search_params=None).points
         assert [int(h.id) for h in hits] == expected[:10]
 
 
-def test_rebuild_backfills_from_the_source(qdrant: QdrantClient, table: tuple[Conn, str]) -> None:
+def test_rebuild_backfills_from_the_source(qdrant: QdrantClient, table: tuple[Conn, str], emb: str) -> None:
     conn, name = table
-    old_spec = make_spec(name)
+    old_spec = make_spec(name, emb)
     old = collection.ensure(qdrant, old_spec, owner="test/vectors").collection
     rng = random.Random(4)
     insert(conn, name, [(i, vec(rng, 4), "en") for i in range(1, 11)])  # re-embedded at 4 dimensions
-    new_spec = make_spec(name, size=4)
+    new_spec = make_spec(name, emb, size=4)
     assert collection.ensure(qdrant, new_spec, owner="test/vectors").rebuild_needed
     result = rebuild.rebuild(
         qdrant,
@@ -181,4 +180,4 @@ def test_rebuild_backfills_from_the_source(qdrant: QdrantClient, table: tuple[Co
         owner="test/vectors",
     )
     assert (result.previous, result.points) == (old, 10)
-    assert collection.alias_target(qdrant, "emb") == result.active
+    assert collection.alias_target(qdrant, emb) == result.active

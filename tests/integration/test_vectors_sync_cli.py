@@ -28,7 +28,7 @@ from mlinfra.engines import qdrant as qdrant_engine
 from mlinfra.vectors import collection, runs, sync_cli
 from mlinfra.vectors import sync as vsync
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.qdrant]
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 NS, SIZE = "ml", 4
@@ -36,7 +36,7 @@ NS, SIZE = "ml", 4
 
 @pytest.fixture(autouse=True)
 def _which_qdrant(record_property: Any) -> None:
-    record_property("qdrant", "real-server" if devenv_qdrant.is_real_server() else "local-mode")
+    record_property("qdrant", devenv_qdrant.mode())
 
 
 @dataclasses.dataclass
@@ -85,8 +85,11 @@ def write_conn_dir(directory: Path, info: connection.ConnectionInfo) -> Path:
 
 @pytest.fixture
 def setup(postgres_cluster: PostgresCluster, tmp_path: Path) -> Iterator[Setup]:
+    # The job process opens a local-mode directory itself: this test holds no client on it while it runs, so
+    # it names its collection as a QdrantSpace would and removes that prefix at the end.
     suffix = secrets.token_hex(4)
-    table, name = f"emb_{suffix}", f"docs-{suffix}"
+    prefix = f"{devenv_qdrant.TEST_PREFIX}{suffix}-"
+    table, name = f"emb_{suffix}", f"{prefix}docs"
     pg = postgres_cluster.primary
     pg_info = connection.ConnectionInfo.for_engine("postgres", "127.0.0.1", pg.password, port=pg.port)
     env = {**os.environ, sync_cli.SOURCE_DIR_ENV: str(write_conn_dir(tmp_path / "source", pg_info))}
@@ -105,7 +108,8 @@ def setup(postgres_cluster: PostgresCluster, tmp_path: Path) -> Iterator[Setup]:
         # As on the local platform: the Secret names the in-cluster Service, the endpoint map a directory.
         q_info = connection.ConnectionInfo.for_engine("qdrant", "vectors.ml.svc", "")
         emap = tmp_path / "endpoint-map.json"
-        emap.write_text(json.dumps({f"{NS}/vectors": {"localPath": str(tmp_path / "qdrant")}}))
+        local = os.environ.get(devenv_qdrant.PATH_ENV) or str(tmp_path / "qdrant")
+        emap.write_text(json.dumps({f"{NS}/vectors": {"localPath": local}}))
         env[endpoints.ENV] = str(emap)
         q_info = endpoints.EndpointMap(emap).resolve(q_info, NS, "vectors")
     env[sync_cli.QDRANT_DIR_ENV] = str(
@@ -149,9 +153,7 @@ def setup(postgres_cluster: PostgresCluster, tmp_path: Path) -> Iterator[Setup]:
         finally:
             conn.execute(f"DROP TABLE {table}")
             with qdrant_engine.open_client(q_info) as client:
-                for c in client.get_collections().collections:
-                    if c.name.startswith(name):
-                        client.delete_collection(c.name)
+                devenv_qdrant.remove_prefixed(client, prefix)
 
 
 def count(s: Setup) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -54,13 +54,17 @@ def neo4j_server(devenv_dir: Path) -> Iterator[Neo4jServer]:
 
 
 @pytest.fixture
-def qdrant() -> Iterator[QdrantClient]:
-    """A fresh local-mode client per test, or the real server at ``QDRANT_URL``."""
-    client = qdrant_mod.qdrant_client()
-    try:
-        yield client
-    finally:
-        client.close()
+def qdrant_space(record_property: Callable[[str, object], None]) -> Iterator[qdrant_mod.QdrantSpace]:
+    """This test's share of Qdrant (``QDRANT_URL``, ``QDRANT_PATH`` or a fresh local mode): names from
+    ``qdrant_space.name(...)``, everything under them removed after the test, names made outside reported."""
+    record_property("qdrant", qdrant_mod.mode())
+    with qdrant_mod.space() as space:
+        yield space
+
+
+@pytest.fixture
+def qdrant(qdrant_space: qdrant_mod.QdrantSpace) -> QdrantClient:
+    return qdrant_space.client
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
