@@ -7,8 +7,14 @@ rebuild's backfill (:func:`snapshot_backfill`).
   time (keyset pagination: ties on ``updatedAt`` never split or skip rows).
 - **What is written.** Per batch: live rows with a vector of ``spec.vectors.size`` components are upserted
   (point id = the id column, payload = the payload columns); soft-deleted rows (``deletedColumn`` true) are
-  deleted; rows whose vector is NULL or of another length are reported by id in :attr:`SyncResult.bad_rows`
-  and skipped (their existing point, if any, is left as it was). Both calls wait for Qdrant's acknowledgement.
+  deleted; rows whose vector is NULL, of another length or not finite (NaN, Infinity) are reported by id in
+  :attr:`SyncResult.bad_rows` and skipped (their existing point, if any, is left as it was). Both calls wait
+  for Qdrant's acknowledgement.
+- **Rows that cannot be ordered** (a NULL or infinite ``updatedAt``, a NULL id) have no place in the watermark
+  order: paging over them would re-read the same page forever. They are left out of every pass, counted and
+  reported by id on every run until the table is fixed, and never stop the others.
+- **Bounded memory.** A batch at a time is held; a run keeps at most :data:`BAD_ROWS_KEPT` bad row ids (the
+  count is exact); a full pass finds orphans a Qdrant page at a time.
 - **What is committed.** The batch's last ``(updatedAt, id)`` in ``mlinfra.vector_watermarks``, only after
   Qdrant acknowledged the batch. A run killed half way resumes after the last acknowledged batch; replaying
   a batch is idempotent (upsert/delete by id).
@@ -20,9 +26,11 @@ rebuild's backfill (:func:`snapshot_backfill`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import decimal
+import math
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -38,6 +46,7 @@ from mlinfra.vectors import source as source_mod
 BOOKKEEPING_SCHEMA = "mlinfra"
 WATERMARKS = sql.Identifier(BOOKKEEPING_SCHEMA, "vector_watermarks")
 DEFAULT_SCHEMA = "public"
+BAD_ROWS_KEPT = 1000
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 PointId = int | str
@@ -58,6 +67,23 @@ class SyncResult:
     batches: int = 0
     bad_rows: tuple[tuple[str, str], ...] = ()  # (id, why), e.g. ("42", "vector has 3 components, expected 4")
     watermark: Watermark = Watermark()
+    bad_count: int = -1  # every bad row of the run; bad_rows keeps the first BAD_ROWS_KEPT (-1: len(bad_rows))
+
+    @property
+    def bad(self) -> int:
+        return len(self.bad_rows) if self.bad_count < 0 else self.bad_count
+
+
+class BadRows:
+    """The bad rows of one run: an exact count, the first :data:`BAD_ROWS_KEPT` (id, why) kept."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.kept: list[tuple[str, str]] = []
+
+    def add(self, found: Sequence[tuple[str, str]], total: int | None = None) -> None:
+        self.count += len(found) if total is None else total
+        self.kept += found[: max(0, BAD_ROWS_KEPT - len(self.kept))]
 
 
 def ensure_bookkeeping(conn: Conn) -> None:
@@ -103,10 +129,46 @@ def _deleted(source: vectorindex.Source) -> sql.Composable:
     return sql.SQL("coalesce({}, false)").format(sql.Identifier(source.deleted_column))
 
 
+def orderable(source: vectorindex.Source) -> sql.Composed:
+    """Rows with a place in the watermark order ``(updatedAt, id::text)``."""
+    updated = sql.Identifier(source.updated_at_column)
+    return sql.SQL("({} IS NOT NULL AND isfinite({}) AND {} IS NOT NULL)").format(
+        updated, updated, sql.Identifier(source.id_column)
+    )
+
+
+def unorderable(
+    conn: Conn, source: vectorindex.Source, limit: int = BAD_ROWS_KEPT
+) -> tuple[int, list[tuple[str, str]]]:
+    """Live rows without a place in the watermark order: how many, and the first ``limit`` as (id, why)."""
+    ident, updated = sql.Identifier(source.id_column), sql.Identifier(source.updated_at_column)
+    where = sql.SQL("WHERE NOT {} AND NOT {}").format(orderable(source), _deleted(source))
+    row = conn.execute(sql.SQL("SELECT count(*) FROM {} {}").format(_table(source), where)).fetchone()
+    total = int(row[0]) if row else 0
+    if not total:
+        return 0, []
+    found = conn.execute(
+        sql.SQL("SELECT {}::text, {} IS NULL FROM {} {} ORDER BY 1 LIMIT %s").format(
+            ident, updated, _table(source), where
+        ),
+        (limit,),
+    ).fetchall()
+    column = source.updated_at_column
+    return total, [
+        (
+            key if key is not None else "NULL",
+            f"id column {source.id_column!r} is NULL: the row cannot be a point"
+            if key is None
+            else f"{column} is {'NULL' if null else 'infinite'}: the row has no place in the sync order, set it",
+        )
+        for key, null in found
+    ]
+
+
 def select_changed(
     source: vectorindex.Source, after: bool, shape: source_mod.SourceShape | None = None
 ) -> sql.Composed:
-    """Rows ``(id, id::text, vector, updated_at, deleted, *payload)`` after ``(%(ts)s, %(id)s)`` when
+    """Orderable rows ``(id, id::text, vector, updated_at, deleted, *payload)`` after ``(%(ts)s, %(id)s)`` when
     ``after``, in watermark order, at most ``%(limit)s``."""
     ident, updated = sql.Identifier(source.id_column), sql.Identifier(source.updated_at_column)
     columns = [
@@ -116,8 +178,10 @@ def select_changed(
         updated,
         _deleted(source),
     ] + [sql.Identifier(c) for c in source.payload_columns or ()]
-    where = sql.SQL("WHERE ({}, {}::text) > (%(ts)s, %(id)s) ").format(updated, ident) if after else sql.SQL("")
-    return sql.SQL("SELECT {} FROM {} {}ORDER BY {}, {}::text LIMIT %(limit)s").format(
+    where = sql.SQL("WHERE {}").format(orderable(source))
+    if after:
+        where = sql.SQL("{} AND ({}, {}::text) > (%(ts)s, %(id)s)").format(where, updated, ident)
+    return sql.SQL("SELECT {} FROM {} {} ORDER BY {}, {}::text LIMIT %(limit)s").format(
         sql.SQL(", ").join(columns), _table(source), where, updated, ident
     )
 
@@ -134,10 +198,13 @@ def point_id(value: Any) -> PointId:
 
 
 def payload_value(value: Any) -> Any:
+    """A column value as Qdrant's JSON payload carries it; NaN and Infinity (JSON has neither) become None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if isinstance(value, datetime.datetime | datetime.date):
         return value.isoformat()
     if isinstance(value, decimal.Decimal):
-        return float(value)
+        return float(value) if value.is_finite() else None
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, list | tuple):
@@ -152,7 +219,25 @@ def vector_problem(vector: Any, size: int) -> str | None:
         return f"vector has {len(vector)} components, expected {size}"
     if any(v is None for v in vector):
         return "vector has NULL components"
+    if not all(math.isfinite(v) for v in vector):
+        return "vector has a NaN or infinite component"
     return None
+
+
+def payload_problem(columns: Sequence[str], values: Sequence[Any]) -> str | None:
+    """Payload values Qdrant's JSON cannot carry (stored as null; the row is reported, not skipped)."""
+    bad = [c for c, v in zip(columns, values, strict=True) if _non_finite(v)]
+    return f"payload {', '.join(bad)}: NaN or infinite, stored as null" if bad else None
+
+
+def _non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, decimal.Decimal):
+        return not value.is_finite()
+    if isinstance(value, list | tuple):
+        return any(_non_finite(v) for v in value)
+    return False
 
 
 def _batches(
@@ -192,6 +277,9 @@ def _write(
             bad.append((key_text, problem))
             continue
         payload = {column: payload_value(value) for column, value in zip(payload_columns, row[5:], strict=True)}
+        problem = payload_problem(payload_columns, row[5:])
+        if problem is not None:
+            bad.append((key_text, problem))
         points.append(models.PointStruct(id=pid, vector=[float(v) for v in vector], payload=payload))
     if points:
         client.upsert(collection, points=points, wait=True)
@@ -223,13 +311,15 @@ def sync(
     ensure_bookkeeping(conn)
     mark = read_watermark(conn, namespace, name)
     rows = upserted = deleted = batches = 0
-    bad: list[tuple[str, str]] = []
+    bad = BadRows()
+    total, found = unorderable(conn, spec.source)
+    bad.add(found, total)
     for batch in _batches(conn, spec.source, mark, batch_size, shape):
         written, gone, problems = _write(client, target, spec, batch)
         mark = Watermark(batch[-1][3], batch[-1][1])
         _commit_watermark(conn, namespace, name, mark)  # only after Qdrant acknowledged (wait=True)
         rows, upserted, deleted, batches = rows + len(batch), upserted + written, deleted + gone, batches + 1
-        bad += problems
+        bad.add(problems)
         if on_batch is not None:
             on_batch(batches, rows)
     removed = remove_orphans(conn, client, spec, target) if full else 0
@@ -239,22 +329,35 @@ def sync(
         deleted=deleted,
         removed=removed,
         batches=batches,
-        bad_rows=tuple(bad),
+        bad_rows=tuple(bad.kept),
+        bad_count=bad.count,
         watermark=mark,
     )
 
 
-def live_ids(conn: Conn, source: vectorindex.Source) -> set[PointId]:
-    query = sql.SQL("SELECT {} FROM {} WHERE NOT {}").format(
-        sql.Identifier(source.id_column), _table(source), _deleted(source)
-    )
-    ids: set[PointId] = set()
-    for (key,) in conn.execute(query):
-        try:
-            ids.add(point_id(key))
-        except ValueError:
+def live_among(conn: Conn, source: vectorindex.Source, ids: Sequence[PointId]) -> set[PointId]:
+    """Which of ``ids`` are live rows: one page of points at a time, through the id column's index."""
+    ident = sql.Identifier(source.id_column)
+    live: set[PointId] = set()
+    # Integer ids compare with any integer column through its index (cross-type btree operators); the
+    # other ids are uuids.
+    for values, array in (
+        ([i for i in ids if isinstance(i, int)], "bigint[]"),
+        ([str(i) for i in ids if not isinstance(i, int)], "uuid[]"),
+    ):
+        if not values:
             continue
-    return ids
+        query = sql.SQL("SELECT {} FROM {} WHERE {} = ANY(%s::{}) AND NOT {}").format(
+            ident, _table(source), ident, sql.SQL(array), _deleted(source)
+        )
+        try:
+            found = conn.execute(query, (values,)).fetchall()
+        except psycopg.errors.UndefinedFunction:  # ids of the other kind: points left from another id column
+            continue
+        for (key,) in found:
+            with contextlib.suppress(ValueError):
+                live.add(point_id(key))
+    return live
 
 
 def remove_orphans(
@@ -262,11 +365,12 @@ def remove_orphans(
 ) -> int:
     """Delete points whose row is gone or soft-deleted; returns how many."""
     assert spec.source is not None
-    live = live_ids(conn, spec.source)
     removed, offset = 0, None
     while True:
         records, offset = client.scroll(collection, limit=page, offset=offset, with_payload=False, with_vectors=False)
-        orphans = [r.id for r in records if _normalize(r.id) not in live]
+        ids = [_normalize(r.id) for r in records]
+        live = live_among(conn, spec.source, ids)
+        orphans = [i for i in ids if i not in live]
         if orphans:
             client.delete(collection, points_selector=models.PointIdsList(points=orphans), wait=True)
             removed += len(orphans)
@@ -333,9 +437,21 @@ def expected_count(conn: Conn, spec: vectorindex.VectorIndexSpec, shape: source_
         raise ValueError("spec.source is not set")
     source = spec.source
     vector = source_mod.vector_expression(source, shape)
+    # The writer's rules, in SQL: an orderable row, an id Qdrant takes (not negative), a vector of the right
+    # size with no NULL, NaN or infinite component (PostgreSQL's NaN equals NaN, so && finds it).
     query = sql.SQL(
-        "SELECT count(*) FROM {} WHERE NOT {} AND cardinality({}) = %s AND array_position({}, NULL) IS NULL"
-    ).format(_table(source), _deleted(source), vector, vector)
+        "SELECT count(*) FROM {} WHERE {} AND NOT {} AND {}::text NOT LIKE '-%%' AND cardinality({}) = %s "
+        "AND array_position({}, NULL) IS NULL "
+        "AND NOT ({}::float8[] && ARRAY['NaN', 'Infinity', '-Infinity']::float8[])"
+    ).format(
+        _table(source),
+        orderable(source),
+        _deleted(source),
+        sql.Identifier(source.id_column),
+        vector,
+        vector,
+        vector,
+    )
     row = conn.execute(query, (spec.vectors.size,)).fetchone()
     return int(row[0]) if row else 0
 
@@ -349,11 +465,11 @@ def rows_behind(conn: Conn, spec: vectorindex.VectorIndexSpec, namespace: str, n
     source = spec.source
     ident, updated = sql.Identifier(source.id_column), sql.Identifier(source.updated_at_column)
     if mark.updated_at is None:
-        query = sql.SQL("SELECT count(*) FROM {}").format(_table(source))
+        query = sql.SQL("SELECT count(*) FROM {} WHERE {}").format(_table(source), orderable(source))
         row = conn.execute(query).fetchone()
     else:
-        query = sql.SQL("SELECT count(*) FROM {} WHERE ({}, {}::text) > (%s, %s)").format(
-            _table(source), updated, ident
+        query = sql.SQL("SELECT count(*) FROM {} WHERE {} AND ({}, {}::text) > (%s, %s)").format(
+            _table(source), orderable(source), updated, ident
         )
         row = conn.execute(query, (mark.updated_at, mark.last_id or "")).fetchone()
     return int(row[0]) if row else 0
@@ -383,7 +499,9 @@ def progress(conn: Conn, spec: vectorindex.VectorIndexSpec, namespace: str, name
     if spec.source is None:
         raise ValueError("spec.source is not set")
     row = conn.execute(
-        sql.SQL("SELECT max({}) FROM {}").format(sql.Identifier(spec.source.updated_at_column), _table(spec.source))
+        sql.SQL("SELECT max({}) FROM {} WHERE {}").format(
+            sql.Identifier(spec.source.updated_at_column), _table(spec.source), orderable(spec.source)
+        )
     ).fetchone()
     newest = row[0] if row else None
     if isinstance(newest, datetime.datetime) and newest.tzinfo is None:

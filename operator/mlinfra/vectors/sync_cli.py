@@ -83,7 +83,7 @@ def run(target: str, file: pathlib.Path | None = None, full: bool = False) -> in
                     rows=result.rows,
                     upserted=result.upserted,
                     deleted=result.deleted + result.removed,
-                    bad_rows=len(result.bad_rows),
+                    bad_rows=result.bad,
                     watermark=result.watermark.updated_at,
                 )
     except runs.RunInProgress as error:
@@ -101,7 +101,7 @@ def run(target: str, file: pathlib.Path | None = None, full: bool = False) -> in
             "deleted": result.deleted,
             "removed": result.removed,
             "batches": result.batches,
-            "badRows": len(result.bad_rows),
+            "badRows": result.bad,
             "badRowIds": [{"id": key, "problem": why} for key, why in result.bad_rows[:MAX_BAD_ROWS_SHOWN]],
             "watermark": result.watermark.updated_at.isoformat() if result.watermark.updated_at else None,
         }

@@ -33,6 +33,8 @@ def test_vector_problems() -> None:
     assert sync.vector_problem(None, 2) == "vector is NULL"
     assert sync.vector_problem([1.0], 2) == "vector has 1 components, expected 2"
     assert sync.vector_problem([1.0, None], 2) == "vector has NULL components"
+    assert sync.vector_problem([1.0, float("nan")], 2) == "vector has a NaN or infinite component"
+    assert sync.vector_problem([float("-inf"), 1.0], 2) == "vector has a NaN or infinite component"
 
 
 def test_keyset_query_orders_by_watermark_then_id() -> None:
@@ -40,6 +42,8 @@ def test_keyset_query_orders_by_watermark_then_id() -> None:
         {"storeRef": {"name": "pg"}, "table": "t", "idColumn": "id", "vectorColumn": "v", "updatedAtColumn": "u"}
     )
     text = sync.select_changed(source, after=True).as_string(None)
-    assert 'WHERE ("u", "id"::text) > (%(ts)s, %(id)s)' in text
+    orderable = 'WHERE ("u" IS NOT NULL AND isfinite("u") AND "id" IS NOT NULL)'
+    assert f'{orderable} AND ("u", "id"::text) > (%(ts)s, %(id)s)' in text
     assert text.endswith('ORDER BY "u", "id"::text LIMIT %(limit)s')
-    assert "WHERE" not in sync.select_changed(source, after=False).as_string(None)
+    first = sync.select_changed(source, after=False).as_string(None)
+    assert f"{orderable} ORDER BY" in first and "%(ts)s" not in first
