@@ -1,5 +1,9 @@
-"""VectorIndex on the real control plane with the operator running: a real PostgreSQL source and the managed
-Qdrant store the local platform serves with qdrant-client local mode (no Qdrant server binary exists here)."""
+"""VectorIndex on the real control plane with the operator running: a real PostgreSQL source and a Qdrant store.
+
+The store is the one ``qdrant_target`` decides: with ``QDRANT_URL`` set, an external DataStore on that real
+server (the operator path against a server, not only the library); else the managed store the local platform
+serves with qdrant-client local mode (no Qdrant server binary exists here). Collection and alias names carry
+the test's own prefix and are removed after each test, failed or not (the ``space`` fixture)."""
 
 from __future__ import annotations
 
@@ -8,25 +12,62 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from qdrant_client.http import models
 
+import qdrant_target
 from e2e_support import condition, get_json, wait_for
+from mlinfra.api import datastore as datastore_api
 from mlinfra.devenv.backer import Backer
 from mlinfra.devenv.controlplane import ControlPlane
 from mlinfra.devenv.operator import OperatorProcess
 from mlinfra.devenv.postgres import PostgresCluster
 from mlinfra.engines import connection, endpoints
-from mlinfra.engines import qdrant as qdrant_engine
 from mlinfra.vectors import jobs
+from mlinfra.vectors.collection import APPLIED_KEY
 
 DIM = 8
+STORE = qdrant_target.STORE
 
 
-def stores(cp: ControlPlane, ns: str, pg: PostgresCluster) -> None:
+@pytest.fixture(scope="session")
+def qdrant_server() -> qdrant_target.Server | None:
+    """The real server at QDRANT_URL (None: the local platform's managed store). Requested first by the tests,
+    so a URL that cannot be used fails them at once, before the control plane starts."""
+    try:
+        server = qdrant_target.server_from_env(os.environ)
+        if server is not None:
+            qdrant_target.check_reachable(server)
+    except qdrant_target.TargetError as exc:
+        problem = str(exc)
+    else:
+        return server
+    pytest.fail(problem, pytrace=False)  # outside the except: the message alone, not a chained traceback
+
+
+@pytest.fixture
+def space(
+    qdrant_server: qdrant_target.Server | None,
+    control_plane: ControlPlane,
+    backer: Backer,
+    namespace: str,
+    record_property: Callable[[str, object], None],
+) -> Iterator[qdrant_target.Space]:
+    record_property("qdrant", "real-server" if qdrant_server else "local-mode")
+    target = qdrant_target.Space(control_plane, namespace, backer, qdrant_server)
+    yield target
+    # A teardown, so it runs when the test failed too (and a failure here does not hide the test's own).
+    removed, left = target.cleanup()
+    print(f"--- removed from Qdrant under {target.prefix}: {removed}")
+    assert not left, f"still on the Qdrant server after the cleanup: {left}"
+
+
+def stores(cp: ControlPlane, ns: str, pg: PostgresCluster, space: qdrant_target.Space) -> None:
     cp.kubectl(
         "create",
         "secret",
@@ -51,20 +92,17 @@ def stores(cp: ControlPlane, ns: str, pg: PostgresCluster) -> None:
                     },
                 },
             },
-            {
-                "apiVersion": "mlinfra.io/v1alpha1",
-                "kind": "DataStore",
-                "metadata": {"name": "vectors", "namespace": ns},
-                "spec": {"engine": "qdrant", "managed": {"replicas": 1, "storage": {"size": "1Gi"}}},
-            },
+            *space.store_objects(),
         ]
     )
 
 
-def index(ns: str, name: str, table: str, **extra: Any) -> dict[str, Any]:
+def index(ns: str, name: str, collection: str, table: str, **extra: Any) -> dict[str, Any]:
+    """The VectorIndex ``name`` (its Kubernetes name) serving the alias ``collection`` (a Qdrant name, unique
+    per test run: see ``qdrant_target``)."""
     spec: dict[str, Any] = {
-        "storeRef": {"name": "vectors"},
-        "collection": name,
+        "storeRef": {"name": STORE},
+        "collection": collection,
         "vectors": {"size": DIM, "distance": "Cosine"},
         "hnsw": {"m": 16},
         "payloadIndexes": [{"field": "lang", "type": "keyword"}],
@@ -117,7 +155,8 @@ def mounted(cp: ControlPlane, ns: str, secret: str, directory: Path) -> Path:
 
 def run_job_command(cp: ControlPlane, ns: str, pod: dict[str, Any], backer: Backer, tmp: Path) -> dict[str, Any]:
     """The sync Job's container, run as a process: its args, its env, its mounted Secrets. Pods on kwok run
-    nothing; the endpoint map is how a process on this host reaches the locally served Qdrant store."""
+    nothing; the endpoint map is how a process on this host reaches the locally served Qdrant store (an
+    external store at QDRANT_URL has no entry in it: reached as its connection Secret says)."""
     container = pod["containers"][0]
     env = {**os.environ, **{e["name"]: e["value"] for e in container["env"]}, endpoints.ENV: str(backer.map_path)}
     for volume in pod["volumes"]:
@@ -133,18 +172,33 @@ def run_job_command(cp: ControlPlane, ns: str, pod: dict[str, Any], backer: Back
     return dict(json.loads(run.stdout.strip().splitlines()[-1]))
 
 
-def qdrant_conn(cp: ControlPlane, ns: str, backer: Backer) -> connection.ConnectionInfo:
-    data = get_json(cp, "secret", "vectors-conn", "-n", ns)["data"]
-    info = connection.ConnectionInfo.from_secret_base64(data)
-    return endpoints.EndpointMap(backer.map_path).resolve(info, ns, "vectors")
-
-
 def events(cp: ControlPlane, ns: str, name: str) -> list[str]:
     items = get_json(cp, "events", "-n", ns, "--field-selector", f"involvedObject.name={name}")["items"]
     return [f"{e['reason']}: {e.get('message', '')}" for e in items]
 
 
+def store(cp: ControlPlane, ns: str, name: str = STORE) -> dict[str, Any]:
+    return dict(get_json(cp, "datastore", name, "-n", ns))
+
+
+def drift_hnsw_m(space: qdrant_target.Space, collection: str, m: int) -> None:
+    """Change the collection's HNSW ``m`` by hand, as a user with a Qdrant client would."""
+    with space.client() as client:
+        if space.real:
+            client.update_collection(collection, hnsw_config=models.HnswConfigDiff(m=m))
+            return
+        # Local mode builds no HNSW graph and ignores hnsw_config; the operator compares the spec with the
+        # settings the collection records (its metadata) instead, so that record is what a hand change alters.
+        metadata = client.get_collection(collection).config.metadata or {}
+        applied = dict(metadata[APPLIED_KEY])
+        applied["hnsw"] = {**applied["hnsw"], "m": m}
+        client.update_collection(collection, metadata={APPLIED_KEY: applied})
+
+
+@pytest.mark.qdrant
 def test_vectorindex_sync_rebuild_and_query(
+    qdrant_server: qdrant_target.Server | None,
+    space: qdrant_target.Space,
     control_plane: ControlPlane,
     operator: OperatorProcess,
     backer: Backer,
@@ -155,6 +209,7 @@ def test_vectorindex_sync_rebuild_and_query(
     cp, ns, pg = control_plane, namespace, postgres_cluster
     table = f"emb_{namespace[-6:]}"
     name = f"docs-{namespace[-6:]}"
+    alias = space.name("docs")
     with pg.primary.connect() as conn:
         conn.execute(
             f"create table public.{table} (id bigint primary key, title text, lang text, "
@@ -163,13 +218,35 @@ def test_vectorindex_sync_rebuild_and_query(
         )
     rng = np.random.default_rng(7)
     rows = insert(pg, table, range(1, 121), rng)
-    stores(cp, ns, pg)
-    cp.apply([index(ns, name, table)])
+    stores(cp, ns, pg, space)
+    cp.apply([index(ns, name, alias, table)])
     wait_for("VectorIndex Ready", lambda: cond(cp, ns, name, "Ready").get("status") == "True", 150)
     assert cond(cp, ns, name, "CollectionReady")["status"] == "True"
     st = vi(cp, ns, name)["status"]
     first = st["activeCollection"]
-    assert first.startswith(f"{name}-") and st["points"] == 0
+    assert first.startswith(f"{alias}-") and st["points"] == 0
+
+    # The store as the operator observed it.
+    wait_for("DataStore Ready", lambda: condition(store(cp, ns), "Ready").get("status") == "True")
+    ds = store(cp, ns)["status"]
+    if space.real:
+        # Only a server has a version to report, and shards whose replicas it reports per collection.
+        assert qdrant_server is not None
+        with space.client() as client:
+            version = client.info().version
+            cluster = client.collection_cluster_info(first)
+        assert (ds["mode"], ds["endpoint"], ds["version"]) == ("external", qdrant_server.endpoint, version)
+        shards = [(s.shard_id, cluster.peer_id, str(s.state)) for s in cluster.local_shards]
+        shards += [(s.shard_id, s.peer_id, str(s.state)) for s in cluster.remote_shards]
+        expected = [{"shard": s, "peer": str(p), "state": state} for s, p, state in sorted(shards)]
+        assert expected, "the server reports no shard for the collection"
+        wait_for("replicas[] from the server", lambda: vi(cp, ns, name)["status"].get("replicas") == expected, 60)
+    else:
+        # Local mode has no server: no version (it would be the client library's), and no shards or peers,
+        # so the VectorIndex reports no replicas rather than an invented list.
+        assert ds["mode"] == "managed" and "version" not in ds and "local-mode" in ds["capabilities"]
+        assert "replicas" not in vi(cp, ns, name)["status"]
+
     # Never synced: every row is behind.
     wait_for("rowsBehind = 120", lambda: vi(cp, ns, name)["status"].get("sync", {}).get("rowsBehind") == 120, 60)
     assert cond(cp, ns, name, "Synced")["reason"] == "Behind"
@@ -178,7 +255,7 @@ def test_vectorindex_sync_rebuild_and_query(
     cron = get_json(cp, "cronjob", jobs.cronjob_name(name), "-n", ns)
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert pod["containers"][0]["args"] == ["sync", "vectorindex", f"{ns}/{name}"]
-    assert {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v} == {"source-conn", "vectors-conn"}
+    assert {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v} == {"source-conn", f"{STORE}-conn"}
     summary = run_job_command(cp, ns, pod, backer, tmp_path / "run1")
     assert summary["outcome"] == "Succeeded" and summary["upserted"] == 120
     wait_for(
@@ -216,26 +293,42 @@ def test_vectorindex_sync_rebuild_and_query(
     )
 
     # A similarity query through the alias finds a row's own vector first.
-    with qdrant_engine.open_client(qdrant_conn(cp, ns, backer)) as client:
-        hits = client.query_points(name, query=rows[77], limit=3, with_payload=True).points
+    with space.client() as client:
+        hits = client.query_points(alias, query=rows[77], limit=3, with_payload=True).points
     assert hits[0].id == 77 and hits[0].payload == {"title": "doc 77", "lang": "en"}
 
     # Drift by hand: the alias deleted -> the timer restores it and says so.
-    with qdrant_engine.open_client(qdrant_conn(cp, ns, backer)) as client:
+    with space.client() as client:
         client.update_collection_aliases(
-            change_aliases_operations=[models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=name))]
+            change_aliases_operations=[models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))]
         )
     wait_for(
         "DriftRepaired event",
         lambda: any(
-            e.startswith(f"DriftRepaired: changed by hand, restored: alias {name}: missing -> {first}")
+            e.startswith(f"DriftRepaired: changed by hand, restored: alias {alias}: missing -> {first}")
             for e in events(cp, ns, name)
         ),
         60,
     )
+    # HNSW m changed by hand (spec says 16) -> set back in place, and said so.
+    drift_hnsw_m(space, first, 8)
+    wait_for(
+        "DriftRepaired event for hnsw.m",
+        lambda: any(
+            e.startswith("DriftRepaired: changed by hand, restored: ") and "hnsw.m: 8 -> 16" in e
+            for e in events(cp, ns, name)
+        ),
+        60,
+    )
+    with space.client() as client:
+        config = client.get_collection(first).config
+    if space.real:
+        assert config.hnsw_config.m == 16  # the server's own setting
+    else:
+        assert (config.metadata or {})[APPLIED_KEY]["hnsw"]["m"] == 16  # what local mode records
     # The whole collection deleted by hand: recreated empty, and the watermark reset so the next sync
     # copies every row again (rowsBehind shows it) instead of believing it is caught up.
-    with qdrant_engine.open_client(qdrant_conn(cp, ns, backer)) as client:
+    with space.client() as client:
         client.delete_collection(first)
     wait_for(
         "recreated, all rows behind",
@@ -273,12 +366,13 @@ def test_vectorindex_sync_rebuild_and_query(
     wait_for("rebuilt into a new collection", rebuilt, 150)
     st = vi(cp, ns, name)["status"]
     assert st["points"] == 149 and st["sync"]["rowsBehind"] == 0
+    assert st["activeCollection"].startswith(f"{alias}-")  # under the test's prefix: the cleanup finds it
     assert cond(cp, ns, name, "Reindexing")["reason"] == "Idle"
     seen = events(cp, ns, name)
     assert any(e.startswith("Rebuilding: vectors.distance: Cosine -> Dot") for e in seen), seen
-    assert any(e.startswith(f"Rebuilt: alias {name} moved from {first} to {st['activeCollection']}") for e in seen)
-    with qdrant_engine.open_client(qdrant_conn(cp, ns, backer)) as client:
-        info = client.get_collection(name)
+    assert any(e.startswith(f"Rebuilt: alias {alias} moved from {first} to {st['activeCollection']}") for e in seen)
+    with space.client() as client:
+        info = client.get_collection(alias)
         assert info.config.params.vectors.distance == models.Distance.DOT  # type: ignore[union-attr]
         assert client.collection_exists(first)  # kept for rollback
 
@@ -294,12 +388,15 @@ def test_vectorindex_sync_rebuild_and_query(
         json.dumps({"spec": {"previousCollectionRetention": "0s"}}),
     )
     wait_for("previous collection deleted", lambda: "previousCollection" not in vi(cp, ns, name)["status"], 90)
-    with qdrant_engine.open_client(qdrant_conn(cp, ns, backer)) as client:
+    with space.client() as client:
         assert not client.collection_exists(first)
-        assert client.count(name, exact=True).count == 149
+        assert client.count(alias, exact=True).count == 149
 
 
+@pytest.mark.qdrant
 def test_vectorindex_bad_input_is_reported(
+    qdrant_server: qdrant_target.Server | None,
+    space: qdrant_target.Space,
     control_plane: ControlPlane,
     operator: OperatorProcess,
     backer: Backer,
@@ -313,9 +410,9 @@ def test_vectorindex_bad_input_is_reported(
             f"create table public.{table} (id bigint primary key, title text, lang text, "
             "embedding real[], updated_at timestamptz not null default now())"
         )
-    stores(cp, ns, pg)
+    stores(cp, ns, pg, space)
     # A source column that does not exist: Stalled, InvalidSpec, naming the column.
-    cp.apply([index(ns, "missing-col", table)])
+    cp.apply([index(ns, "missing-col", space.name("missing-col"), table)])
     wait_for("Stalled InvalidSpec", lambda: cond(cp, ns, "missing-col", "Stalled").get("reason") == "InvalidSpec", 120)
     stalled = cond(cp, ns, "missing-col", "Stalled")
     assert stalled["status"] == "True"
@@ -333,8 +430,8 @@ def test_vectorindex_bad_input_is_reported(
                 "kind": "VectorIndex",
                 "metadata": {"name": "clientside", "namespace": ns},
                 "spec": {
-                    "storeRef": {"name": "vectors"},
-                    "collection": "clientside",
+                    "storeRef": {"name": STORE},
+                    "collection": space.name("clientside"),
                     "vectors": {"size": 4, "distance": "Cosine"},
                 },
             }
@@ -359,7 +456,7 @@ def test_vectorindex_bad_input_is_reported(
     assert vi(cp, ns, "clientside")["status"]["activeCollection"] == active
 
     # What the schema can say, the API server refuses.
-    bad = index(ns, "zero", table)
+    bad = index(ns, "zero", space.name("zero"), table)
     bad["spec"]["vectors"] = {"size": 0, "distance": "Cosine"}
     out = cp.kubectl("apply", "-f", "-", input=json.dumps(bad), check=False)
     assert out.returncode != 0 and "spec.vectors.size must be a positive number" in out.stderr
@@ -370,3 +467,80 @@ def test_vectorindex_bad_input_is_reported(
     bad["spec"]["payloadIndexes"] = [{"field": "lang", "type": "blob"}]
     out = cp.kubectl("apply", "-f", "-", input=json.dumps(bad), check=False)
     assert out.returncode != 0 and 'Unsupported value: "blob"' in out.stderr
+
+
+# --- the QDRANT_URL target itself: what it builds from the environment ---------------------------------------
+
+KEY = "k3y-never-shown"
+
+
+@pytest.mark.parametrize(
+    ("env", "endpoint", "tls", "password"),
+    [
+        ({"QDRANT_URL": "http://127.0.0.1:6333"}, "127.0.0.1:6333", False, ""),
+        ({"QDRANT_URL": "https://qdrant.example.com", "QDRANT_API_KEY": KEY}, "qdrant.example.com:6333", True, KEY),
+        ({"QDRANT_URL": "http://[::1]:7000/", "QDRANT_API_KEY": ""}, "[::1]:7000", False, ""),
+    ],
+)
+def test_a_qdrant_url_makes_an_external_store(env: dict[str, str], endpoint: str, tls: bool, password: str) -> None:
+    server = qdrant_target.server_from_env(env)
+    assert server is not None and KEY not in repr(server)
+    secret, ds = qdrant_target.store_objects("ns", server)
+    datastore_api.DataStore.model_validate(ds)  # what the operator itself accepts
+    external = ds["spec"]["external"]
+    assert (ds["spec"]["engine"], external["endpoint"], external.get("tls")) == (
+        "qdrant",
+        endpoint,
+        {"enabled": True} if tls else None,
+    )
+    assert external["credentialsSecretRef"] == {"name": secret["metadata"]["name"]}
+    # Without QDRANT_API_KEY: empty values, which the operator passes on as "no API key".
+    assert secret["stringData"] == {"username": "", "password": password}
+
+
+def test_no_qdrant_url_is_the_managed_store() -> None:
+    assert qdrant_target.server_from_env({"QDRANT_API_KEY": KEY}) is None
+    [ds] = qdrant_target.store_objects("ns", None)
+    assert datastore_api.DataStore.model_validate(ds).spec.managed is not None
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("grpc://127.0.0.1:6334", "http:// or https://"),
+        (f"http://admin:{KEY}@127.0.0.1:6333", "must not carry credentials"),
+        (f"http://127.0.0.1:6333/qdrant?api-key={KEY}", "no path, query or fragment"),
+        ("http://127.0.0.1:99999", "a port that is not a number from 1 to 65535"),
+        ("http://:6333", "names no host"),
+    ],
+)
+def test_a_qdrant_url_the_store_cannot_take_is_refused_saying_why(url: str, says: str) -> None:
+    with pytest.raises(qdrant_target.TargetError) as refused:
+        qdrant_target.server_from_env({"QDRANT_URL": url})
+    assert says in str(refused.value) and KEY not in str(refused.value)
+
+
+def test_the_external_store_a_url_makes_is_published_by_the_operator(
+    control_plane: ControlPlane, operator: OperatorProcess, namespace: str
+) -> None:
+    """The manifests of the QDRANT_URL path through the API server and the operator, here where no server
+    answers: each store's connection Secret says what the URL and the key said, and no status carries the key."""
+    cp, ns = control_plane, namespace
+    urls = {"plain": {"QDRANT_URL": "http://127.0.0.1:1"}, "keyed": {"QDRANT_URL": "https://127.0.0.1:1"}}
+    urls["keyed"]["QDRANT_API_KEY"] = KEY
+    for name, env in urls.items():
+        cp.apply(qdrant_target.store_objects(ns, qdrant_target.server_from_env(env), name=name))
+
+    def unreachable(name: str) -> bool:
+        return condition(store(cp, ns, name), "Reachable").get("status") == "False"
+
+    wait_for("both stores observed, unreachable", lambda: all(unreachable(name) for name in urls))
+    for name, tls, password in (("plain", False, ""), ("keyed", True, KEY)):
+        data = get_json(cp, "secret", f"{name}-conn", "-n", ns)["data"]
+        info = connection.ConnectionInfo.from_secret_base64(data)
+        assert (info.engine, info.endpoint, info.tls, info.password) == ("qdrant", "127.0.0.1:1", tls, password)
+        assert info.uri == f"{'https' if tls else 'http'}://127.0.0.1:1"
+        ds = store(cp, ns, name)
+        assert ds["status"]["mode"] == "external" and condition(ds, "Ready")["status"] == "False"
+    assert KEY not in json.dumps(get_json(cp, "datastores", "-n", ns))
+    assert KEY not in json.dumps(get_json(cp, "events", "-n", ns))
