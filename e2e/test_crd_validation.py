@@ -293,12 +293,37 @@ HOSTILE: list[tuple[dict[str, Any], str]] = [
     (variant(VI, "vi-lag-0", sync__maxLag="0s"), "must be longer than 0"),
 ]
 INVALID += HOSTILE
+# Issue 14: payload index fields Qdrant cannot parse (it answered 400 Invalid json path, which was retried for
+# ever) or would write back otherwise (the index re-created on every pass) are refused with what is allowed.
+PAYLOAD_KEY = "spec.payloadIndexes[].field must be a Qdrant payload key"
+
+
+def vi_field(name: str, field: str) -> dict[str, Any]:
+    return variant(VI, name, payloadIndexes=[{"field": field, "type": "keyword"}])
+
+
+INVALID += [
+    (vi_field("vi-field-path", "/../../../x#"), PAYLOAD_KEY),
+    (vi_field("vi-field-dots", "a..b"), PAYLOAD_KEY),
+    (vi_field("vi-field-space", "a b"), PAYLOAD_KEY),
+    (vi_field("vi-field-quoted", '"lang"'), PAYLOAD_KEY),
+    (vi_field("vi-field-zero", "tags[01]"), PAYLOAD_KEY),
+    (vi_field("vi-field-empty", ""), "should be at least 1 chars long"),
+]
 # Valid objects near the new limits, accepted as they are.
 VALID += [
     variant(DS_MANAGED, "d" * 52),
     variant(DS_EXTERNAL, "pg.external"),  # a dot is fine where no Service is named after the store
     variant(PG_MANAGED, "pg-tuned", managed__config={"shared_buffers": "256MB", "max_connections": "200"}),
     variant(FV, "n" * 63, materialization__schedule="0 9-17/2 * jan-mar MON-FRI"),
+    variant(
+        VI,
+        "vi-fields",
+        payloadIndexes=[
+            {"field": field, "type": "keyword"}
+            for field in ("meta.source", "tags[]", "authors[].name", "grid[0][12]", 'meta."first name"', "名前", "हिंदी")
+        ],
+    ),
 ]
 
 # Updates: (original, changed, message if rejected or None if accepted).

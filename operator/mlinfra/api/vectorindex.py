@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Annotated, ClassVar, Literal
 
 import pydantic
+import pydantic_core
+from pydantic_core import core_schema
 
 from mlinfra.api import base, common
 
@@ -101,10 +103,47 @@ class Optimizers(base.SpecModel):
     )
 
 
+# A payload key as Qdrant parses it (its JSON path grammar, lib/segment/src/json_path/parse.rs): a first key,
+# then any of `.key`, `[]` (every element of an array) and `[N]` (one element). A bare key is letters, digits,
+# `_` and `-`, Unicode ones included (Rust's is_alphanumeric). Combining marks are taken as letters: Rust
+# counts those of scripts such as Devanagari, so those keys need no quotes; a key with a mark Rust does not
+# count is refused by Qdrant itself, and the status says so. Any other key is double-quoted and holds no `"`
+# or `\`. Only the form Qdrant writes back is allowed (its payload_schema keys, which the operator compares
+# with the spec): quotes only where needed, no leading zeros. `"lang"` or `tags[01]` would never match what
+# Qdrant reports, and the index would be re-created on every pass.
+_BARE_CHAR = r"\p{L}\p{M}\p{N}_-"
+_PAYLOAD_KEY = rf'([{_BARE_CHAR}]+|"[^"\\]*[^"\\{_BARE_CHAR}][^"\\]*")'
+PAYLOAD_FIELD_RE = rf"^{_PAYLOAD_KEY}(\.{_PAYLOAD_KEY}|\[(0|[1-9][0-9]{{0,18}})?\])*$"
+PAYLOAD_FIELD_MESSAGE = (
+    "spec.payloadIndexes[].field must be a Qdrant payload key: names of letters, digits, _ and - joined by "
+    "dots, each optionally followed by [] (every array element) or [N] (one element), e.g. lang, meta.source, "
+    'tags[], authors[].name; a name with any other character is double-quoted (meta."first name"; quotes only '
+    'where needed: lang, not "lang") and holds no double quote or backslash'
+)
+# Python's re has no \p{..} classes; pydantic-core's Rust regex reads this one as the API server's RE2 does.
+_PAYLOAD_FIELD = pydantic_core.SchemaValidator(core_schema.str_schema(pattern=PAYLOAD_FIELD_RE))
+
+
+def _payload_field(value: str) -> str:
+    try:
+        _PAYLOAD_FIELD.validate_python(value)
+    except pydantic_core.ValidationError:
+        raise ValueError(PAYLOAD_FIELD_MESSAGE) from None
+    return value
+
+
+PayloadField = Annotated[
+    str,
+    pydantic.Field(min_length=1, max_length=256),
+    pydantic.AfterValidator(_payload_field),
+    base.Cel(base.matches(PAYLOAD_FIELD_RE), PAYLOAD_FIELD_MESSAGE),
+]
+
+
 class PayloadIndex(base.SpecModel):
     """An index on one payload field; only indexes the operator created are ever dropped."""
 
-    field: str = pydantic.Field(min_length=1, max_length=256, description="Payload key, e.g. lang or meta.source.")
+    field: PayloadField = pydantic.Field(description="Payload key, e.g. lang, meta.source or tags[].")
     type: Literal["keyword", "integer", "float", "bool", "geo", "datetime", "text", "uuid"] = pydantic.Field(
         description="Index type."
     )

@@ -10,14 +10,22 @@ In local mode (``QdrantClient(location=":memory:")`` or ``path=...``) there is n
 honestly: one standalone member, no version (the local mode would report the client library's version),
 replication not applicable, capability and note ``local-mode``.
 
-Interpretation is pure (``members_from_cluster_status``, ``replicas_from_cluster_info``); the probes only
-call the client.
+Interpretation is pure (``members_from_cluster_status``, ``replicas_from_cluster_info``, :func:`refusal`);
+the probes only call the client.
+
+A failed call is either a *refusal* — Qdrant answered and said no (a 4xx: an invalid request, a missing
+collection, a conflict, a wrong API key), so the same request gets the same answer until the request or the
+server's state changes — or something that may pass by itself (no answer, a 5xx, 408, 429). :func:`refusal`
+is the one place that tells them apart; callers turn a refusal into a status that says so instead of
+retrying it as a temporary error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
+import json
 import math
 import os
 import time
@@ -46,6 +54,66 @@ _ERRORS = (qdrant_errors.ApiException, httpx.HTTPError, OSError, ValueError)
 # What a client call can raise when the store is unreachable or refuses (RuntimeError: a local-mode directory
 # opened by a process that does not use open_client's lock).
 CLIENT_ERRORS: tuple[type[Exception], ...] = (*_ERRORS, RuntimeError)
+
+_TRANSIENT_4XX = frozenset({408, 429})  # about timing, not the request: retried like a 5xx
+_INVALID_REQUEST = frozenset({400, 422})  # the request's content is wrong (a payload key Qdrant cannot parse)
+MAX_REFUSAL_MESSAGE = 400  # characters of Qdrant's message kept, so that it fits a condition message
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """Qdrant answered and refused the request: asking again the same way gets the same answer."""
+
+    status: int
+    reason: str  # the HTTP reason phrase, e.g. Bad Request
+    message: str  # Qdrant's own words: ``status.error`` of its JSON answer, else the body as text
+
+    @property
+    def invalid_request(self) -> bool:
+        """The request itself is invalid (400, 422): what was asked for must change, not the server's state
+        (a missing collection, a conflict, a rejected API key)."""
+        return self.status in _INVALID_REQUEST
+
+    def __str__(self) -> str:
+        status = f"{self.status} {self.reason}".strip()
+        return f"qdrant refused ({status}): {self.message}"
+
+
+def refusal(exc: BaseException) -> Refusal | None:
+    """The refusal ``exc`` carries, or None for a failure that may pass by itself (no answer, a 5xx, 408
+    Request Timeout, 429 Too Many Requests, a local-mode or client-side error).
+
+    Only the HTTP API is classified: the operator and its jobs never use gRPC. qdrant-client's local mode
+    raises ValueError both for what a server would refuse and for races with a concurrent change (a collection
+    deleted meanwhile); it is a development stand-in, so its errors stay retried."""
+    if not isinstance(exc, qdrant_errors.UnexpectedResponse) or exc.status_code is None:
+        return None
+    if not 400 <= exc.status_code < 500 or exc.status_code in _TRANSIENT_4XX:
+        return None
+    return Refusal(exc.status_code, exc.reason_phrase, server_message(exc.content))
+
+
+def server_message(content: bytes) -> str:
+    """What Qdrant said in an error answer: ``status.error`` of its JSON body (``{"status": {"error": ...}}``),
+    else the body as text; one line, bounded."""
+    text = content.decode("utf-8", errors="replace")
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("status"), dict) and body["status"].get("error"):
+        text = str(body["status"]["error"])
+    text = " ".join(text.split()) or "no message"
+    return text if len(text) <= MAX_REFUSAL_MESSAGE else text[: MAX_REFUSAL_MESSAGE - 1] + "…"
+
+
+def describe(exc: BaseException, conn: connection.ConnectionInfo | None) -> str:
+    """One scrubbed line for a failed call: Qdrant's own words for a refusal, else the error's type and
+    message (never ``conn``'s API key)."""
+    refused = refusal(exc)
+    if refused is None:
+        return observation.error_message(exc, conn)
+    return observation.scrub(str(refused), conn.password if conn is not None else "")
 
 
 class LocalBusy(Exception):
@@ -101,7 +169,7 @@ def probe(conn: connection.ConnectionInfo, timeout: float = 5.0) -> observation.
         with open_client(conn, timeout) as client:
             return probe_client(client, conn.endpoint, conn)
     except (*_ERRORS, LocalBusy, RuntimeError) as exc:
-        return observation.Observation.unreachable(observation.error_message(exc, conn))
+        return observation.Observation.unreachable(describe(exc, conn))
 
 
 def probe_client(
@@ -124,7 +192,7 @@ def probe_client(
         version = client.info().version
         status = client.cluster_status()
     except _ERRORS as exc:
-        return observation.Observation.unreachable(observation.error_message(exc, conn))
+        return observation.Observation.unreachable(describe(exc, conn))
     members, state = members_from_cluster_status(status, name)
     return observation.Observation.observed(
         version=version,

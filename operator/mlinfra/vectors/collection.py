@@ -17,14 +17,20 @@ qdrant-client's local mode keeps vector parameters and metadata but neither HNSW
 indexes (it reports Qdrant's defaults). There the settings last applied, recorded in the metadata
 (:data:`APPLIED_KEY`), stand in for the observed ones: spec changes are applied and reported, but a change
 made by hand outside the operator is only visible against a real server.
+
+Qdrant refusing a request as invalid (400, 422) for one part of the spec raises :class:`SpecRefused` naming
+that part (``spec.payloadIndexes[<field>]``): the user fixes it there. Other failures propagate as raised,
+for the caller to classify (:func:`mlinfra.engines.qdrant.refusal`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import hashlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from qdrant_client import QdrantClient
@@ -60,6 +66,28 @@ INDEX_TYPES = {
 
 class CollectionError(Exception):
     """The collection cannot be managed as asked (e.g. a plain collection already carries the alias's name)."""
+
+
+class SpecRefused(Exception):
+    """Qdrant refused, as an invalid request, what one part of the spec asks for."""
+
+    def __init__(self, where: str, refusal: qdrant_engine.Refusal) -> None:
+        super().__init__(f"{where}: {refusal}")
+        self.where = where  # e.g. spec.payloadIndexes[lang]
+        self.refusal = refusal
+
+
+@contextlib.contextmanager
+def _for_spec(where: str) -> Iterator[None]:
+    """Calls made for one part of the spec: an invalid-request refusal names that part, since only a change
+    there can fix it; anything else propagates as raised."""
+    try:
+        yield
+    except qdrant_engine.CLIENT_ERRORS as exc:
+        refused = qdrant_engine.refusal(exc)
+        if refused is None or not refused.invalid_request:
+            raise
+        raise SpecRefused(where, refused) from exc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,32 +270,33 @@ def create(client: QdrantClient, spec: vectorindex.VectorIndexSpec, name: str, *
     hnsw = desired_hnsw(spec)
     quantization = desired_quantization(spec)
     optimizers = desired_optimizers(spec)
-    client.create_collection(
-        name,
-        vectors_config=models.VectorParams(
-            size=spec.vectors.size,
-            distance=DISTANCES[spec.vectors.distance],
-            datatype=DATATYPES[spec.vectors.datatype],
-            on_disk=spec.vectors.on_disk,
-        ),
-        hnsw_config=models.HnswConfigDiff(**hnsw) if hnsw else None,
-        quantization_config=quantization_config(quantization),
-        optimizers_config=models.OptimizersConfigDiff(**optimizers) if optimizers else None,
-        shard_number=spec.shards,
-        replication_factor=spec.replication_factor,
-        on_disk_payload=spec.on_disk_payload,
-        metadata={
-            APPLIED_KEY: {
-                "hnsw": hnsw,
-                "quantization": quantization,
-                "optimizers": optimizers,
-                "params": desired_params(spec),
+    with _for_spec("spec"):
+        client.create_collection(
+            name,
+            vectors_config=models.VectorParams(
+                size=spec.vectors.size,
+                distance=DISTANCES[spec.vectors.distance],
+                datatype=DATATYPES[spec.vectors.datatype],
+                on_disk=spec.vectors.on_disk,
+            ),
+            hnsw_config=models.HnswConfigDiff(**hnsw) if hnsw else None,
+            quantization_config=quantization_config(quantization),
+            optimizers_config=models.OptimizersConfigDiff(**optimizers) if optimizers else None,
+            shard_number=spec.shards,
+            replication_factor=spec.replication_factor,
+            on_disk_payload=spec.on_disk_payload,
+            metadata={
+                APPLIED_KEY: {
+                    "hnsw": hnsw,
+                    "quantization": quantization,
+                    "optimizers": optimizers,
+                    "params": desired_params(spec),
+                },
+                IMMUTABLE_KEY: immutable_settings(spec),
+                OWNED_INDEXES_KEY: {},
+                OWNER_KEY: owner,
             },
-            IMMUTABLE_KEY: immutable_settings(spec),
-            OWNED_INDEXES_KEY: {},
-            OWNER_KEY: owner,
-        },
-    )
+        )
 
 
 def point_alias(client: QdrantClient, alias: str, collection: str, previous: str | None) -> None:
@@ -375,24 +404,26 @@ def _apply_mutable(
     q_config: Any = None
     if q_diff:
         q_config = quantization_config(quantization) if quantization is not None else models.Disabled.DISABLED
-    client.update_collection(
-        name,
-        hnsw_config=models.HnswConfigDiff(**hnsw) if hnsw_diff else None,
-        quantization_config=q_config,
-        optimizers_config=models.OptimizersConfigDiff(**optimizers) if opt_diff else None,
-        collection_params=models.CollectionParamsDiff(
-            replication_factor=params.get("replication_factor"), on_disk_payload=params.get("on_disk_payload")
+    changes = hnsw_diff + q_diff + opt_diff + p_diff
+    with _for_spec(f"spec ({'; '.join(changes)})"):
+        client.update_collection(
+            name,
+            hnsw_config=models.HnswConfigDiff(**hnsw) if hnsw_diff else None,
+            quantization_config=q_config,
+            optimizers_config=models.OptimizersConfigDiff(**optimizers) if opt_diff else None,
+            collection_params=models.CollectionParamsDiff(
+                replication_factor=params.get("replication_factor"), on_disk_payload=params.get("on_disk_payload")
+            )
+            if p_diff
+            else None,
+            vectors_config={"": models.VectorParamsDiff(on_disk=params["vectors_on_disk"])}
+            if p_diff and "vectors_on_disk" in params
+            else None,
+            metadata={
+                APPLIED_KEY: {"hnsw": hnsw, "quantization": quantization, "optimizers": optimizers, "params": params}
+            },
         )
-        if p_diff
-        else None,
-        vectors_config={"": models.VectorParamsDiff(on_disk=params["vectors_on_disk"])}
-        if p_diff and "vectors_on_disk" in params
-        else None,
-        metadata={
-            APPLIED_KEY: {"hnsw": hnsw, "quantization": quantization, "optimizers": optimizers, "params": params}
-        },
-    )
-    return hnsw_diff + q_diff + opt_diff + p_diff
+    return changes
 
 
 def reconcile_indexes(
@@ -412,7 +443,9 @@ def reconcile_indexes(
             field: str(getattr(schema.data_type, "value", schema.data_type))
             for field, schema in (info.payload_schema or {}).items()
         }
-    created, dropped, conflicts = [], [], []
+    created: list[str] = []
+    dropped: list[str] = []
+    conflicts: list[str] = []
     for field in sorted(owned.keys() - desired.keys()):
         if field in observed:
             client.delete_payload_index(name, field, wait=True)
@@ -424,9 +457,17 @@ def reconcile_indexes(
         if field in observed and field not in owned:
             conflicts.append(f"{field}: a {observed[field]} index not created by the operator")
             continue
-        if field in observed:
-            client.delete_payload_index(name, field, wait=True)
-        client.create_payload_index(name, field, INDEX_TYPES[kind], wait=True)
+        try:
+            with _for_spec(f"spec.payloadIndexes[{field}]"):
+                if field in observed:
+                    client.delete_payload_index(name, field, wait=True)
+                client.create_payload_index(name, field, INDEX_TYPES[kind], wait=True)
+        except SpecRefused:
+            # The indexes made before this one stay recorded as the operator's: unrecorded, the next pass
+            # would take them for someone else's.
+            if created or dropped:
+                client.update_collection(name, metadata={OWNED_INDEXES_KEY: owned})
+            raise
         owned[field] = kind
         created.append(field)
     if created or dropped:

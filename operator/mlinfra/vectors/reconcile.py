@@ -19,7 +19,7 @@ from mlinfra import metrics
 from mlinfra.api import common
 from mlinfra.api import vectorindex as api
 from mlinfra.context import Context, Obj, Reporter
-from mlinfra.engines import connection
+from mlinfra.engines import connection, observation
 from mlinfra.engines import qdrant as qdrant_engine
 from mlinfra.k8s import jobstatus
 from mlinfra.problems import INVALID_SPEC, Problem, ProblemError
@@ -30,8 +30,16 @@ IMMUTABLE_WITHOUT_SOURCE = "ImmutableFieldChange"
 COLLECTION_CONFLICT = "CollectionConflict"
 BACKFILL_FAILED = rebuild.BACKFILL_FAILED
 QDRANT_ERROR = "QdrantError"
+QDRANT_REFUSED = "QdrantRefused"
 SOURCE_RECHECK = 30.0  # seconds between looks at a source table that is missing or lacks columns
-QDRANT_FAILURES: tuple[type[Exception], ...] = (qdrant_engine.LocalBusy, *qdrant_engine.CLIENT_ERRORS)
+# Seconds between attempts at what Qdrant refused: the answer may depend on the server's state (a collection
+# deleted by hand, an API key, a server upgrade) as much as on the spec.
+QDRANT_REFUSED_RECHECK = 60.0
+QDRANT_FAILURES: tuple[type[Exception], ...] = (
+    collection.SpecRefused,
+    qdrant_engine.LocalBusy,
+    *qdrant_engine.CLIENT_ERRORS,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,9 +111,17 @@ def _source_shape(vi: api.VectorIndex, stores: Stores) -> source.SourceShape | N
 
 
 def _qdrant_problem(exc: Exception, conn: connection.ConnectionInfo) -> ProblemError:
-    from mlinfra.engines import observation
-
-    return ProblemError(Problem(QDRANT_ERROR, f"qdrant: {observation.error_message(exc, conn)}", stalled=False))
+    """What a failed Qdrant call means for the index. Refused as invalid for a part of the spec: InvalidSpec
+    naming it. Refused otherwise (a collection gone, a rejected API key): QdrantRefused. Both Stalled, in
+    Qdrant's own words, and tried again every QDRANT_REFUSED_RECHECK seconds. Anything else may pass by
+    itself (no answer, a 5xx): QdrantError, retried."""
+    if isinstance(exc, collection.SpecRefused):
+        message = observation.scrub(str(exc), conn.password)
+        return ProblemError(Problem(INVALID_SPEC, message, stalled=True, recheck=QDRANT_REFUSED_RECHECK))
+    message = qdrant_engine.describe(exc, conn)
+    if qdrant_engine.refusal(exc) is not None:
+        return ProblemError(Problem(QDRANT_REFUSED, message, stalled=True, recheck=QDRANT_REFUSED_RECHECK))
+    return ProblemError(Problem(QDRANT_ERROR, f"qdrant: {message}", stalled=False))
 
 
 def reconcile(ctx: Context, obj: Obj[api.VectorIndex]) -> None:
@@ -205,10 +221,22 @@ def _rebuild(
         except runs.RunInProgress as exc:
             raise ProblemError(Problem(BACKFILL_FAILED, f"rebuild postponed: {exc}", stalled=False)) from None
         except rebuild.BackfillFailed as exc:
-            raise ProblemError(Problem(BACKFILL_FAILED, str(exc), stalled=False)) from None
+            raise ProblemError(backfill_problem(exc, pg)) from None
         except collection.CollectionError as exc:
             raise ProblemError(Problem(COLLECTION_CONFLICT, str(exc), stalled=True)) from None
     return result
+
+
+def backfill_problem(exc: rebuild.BackfillFailed, pg: connection.ConnectionInfo) -> Problem:
+    """A failed backfill (the alias stayed) is retried; when Qdrant refused the points, not a timeout or an
+    outage, every attempt fails the same way: Stalled, looked at again every QDRANT_REFUSED_RECHECK seconds."""
+    refused = exc.__cause__ is not None and qdrant_engine.refusal(exc.__cause__) is not None
+    return Problem(
+        BACKFILL_FAILED,
+        observation.scrub(str(exc), pg.password),
+        stalled=refused,
+        recheck=QDRANT_REFUSED_RECHECK if refused else None,
+    )
 
 
 def observe(ctx: Context, obj: Obj[api.VectorIndex]) -> dict[str, Any]:
