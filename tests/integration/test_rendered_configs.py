@@ -233,6 +233,39 @@ def test_rendered_init_primary_is_idempotent(pg_primary: PgPrimary) -> None:
     assert pg_primary.replication_password not in result.stdout + result.stderr
 
 
+def test_rendered_init_primary_never_logs_the_password(pg_primary: PgPrimary) -> None:
+    server = pg_primary.server
+    log = server.workdir / "postgres.log"
+    with server.connect() as conn:  # a server configured to log every statement, and every slow one
+        conn.execute("ALTER SYSTEM SET log_statement = 'all'")
+        conn.execute("ALTER SYSTEM SET log_min_duration_statement = 0")
+        conn.execute("SELECT pg_reload_conf()")
+    try:
+        start = log.stat().st_size
+        server.run(
+            ["bash", str(pg_primary.files["init-primary.sh"])],
+            env={
+                "PGHOST": "127.0.0.1",
+                "PGPORT": str(server.port),
+                "PGPASSWORD": server.password,
+                "POSTGRES_REPLICATION_PASSWORD": pg_primary.replication_password,
+                "PATH": _path_env(),
+            },
+        )
+        with server.connect() as conn:
+            conn.execute("SELECT 'marker-after-init-primary'")
+        with log.open("rb") as handle:
+            handle.seek(start)
+            logged = handle.read().decode(errors="replace")
+        assert "marker-after-init-primary" in logged  # the server did log statements meanwhile
+        assert pg_primary.replication_password not in logged
+    finally:
+        with server.connect() as conn:
+            conn.execute("ALTER SYSTEM RESET log_statement")
+            conn.execute("ALTER SYSTEM RESET log_min_duration_statement")
+            conn.execute("SELECT pg_reload_conf()")
+
+
 def test_rendered_bootstrap_makes_a_streaming_standby(pg_primary: PgPrimary, tmp_path: Path) -> None:
     primary = pg_primary.server
     pod = names.pod(NAME, 1)

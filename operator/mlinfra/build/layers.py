@@ -68,8 +68,10 @@ HANDLER_FILE_MAX_LINES = 60
 # Concepts with one owner in the product (devenv, build and cli excepted): module -> the only files that
 # may import it.
 OWNERS: dict[str, frozenset[str]] = {
-    "base64": frozenset({"engines/connection.py"}),  # Secret data is decoded in one place
-    "secrets": frozenset({"stores/credentials.py"}),  # generated credentials
+    # Secret data is decoded in one place; a SCRAM verifier is base64 by its definition (RFC 5802).
+    "base64": frozenset({"engines/connection.py", "engines/pg_scram.py"}),
+    # Generated credentials; a SCRAM verifier's salt (random, not a credential).
+    "secrets": frozenset({"stores/credentials.py", "engines/pg_scram.py"}),
 }
 OWNER_EXEMPT = frozenset({"devenv", "build", "cli", "client"})
 

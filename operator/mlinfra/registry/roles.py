@@ -25,6 +25,8 @@ from typing import Any
 import psycopg
 from psycopg import pq, sql
 
+from mlinfra.engines import pg_scram
+
 # Tables the writer may only read: written by triggers or by the operator.
 APPEND_ONLY_TABLES = ("audit_log",)
 TRIGGER_OR_OPERATOR_TABLES = ("audit_log", "outbox", "schema_migrations", "lineage_sync_state")
@@ -120,5 +122,5 @@ def _ensure_login_role(conn: psycopg.Connection[Any], name: str, password: str, 
     conn.execute(
         sql.SQL(
             "ALTER ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD {}"
-        ).format(role, sql.Literal(password))
+        ).format(role, sql.Literal(pg_scram.verifier(password)))  # the verifier: the password stays out of logs
     )
