@@ -8,7 +8,7 @@ from pathlib import Path
 
 import neo4j
 
-from mlinfra.devenv import procs, tools
+from mlinfra.devenv import procs, secretscan, tools
 
 JVM_FLAGS = [
     "--add-opens=java.base/java.nio=ALL-UNNAMED",
@@ -26,6 +26,9 @@ class Neo4jServer:
     port: int = field(default_factory=procs.free_port)
     user: str = "neo4j"
     proc: procs.Proc | None = None
+
+    def __post_init__(self) -> None:
+        secretscan.track(self.password)
 
     @property
     def uri(self) -> str:

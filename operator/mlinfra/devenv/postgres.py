@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psycopg
 
-from mlinfra.devenv import procs, tools
+from mlinfra.devenv import procs, secretscan, tools
 
 PG_USER = "mlinfra-pg"
 
@@ -236,6 +236,8 @@ def start_postgres(
 ) -> PostgresCluster:
     password = password or secrets.token_urlsafe(24)
     repl_password = secrets.token_urlsafe(24)
+    secretscan.track(password)
+    secretscan.track(repl_password)
     primary = PostgresServer(workdir / "primary", "primary", password, conf=conf).init().start(stack)
     with primary.connect() as conn:
         conn.execute(f"CREATE ROLE replicator WITH REPLICATION LOGIN PASSWORD '{repl_password}'")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from qdrant_client import QdrantClient
 
-from mlinfra.devenv import procs
+from mlinfra.devenv import procs, secretscan
 from mlinfra.devenv import qdrant as qdrant_mod
 from mlinfra.devenv.controlplane import ControlPlane
 from mlinfra.devenv.neo4j import Neo4jServer
@@ -24,8 +24,12 @@ from mlinfra.devenv.redis import RedisCluster, start_redis
 log = logging.getLogger(__name__)
 
 
+_SCANNED: list[Path] = []  # the run's temporary root: its log files are scanned for secrets at the end
+
+
 @pytest.fixture(scope="session")
 def devenv_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _SCANNED.append(tmp_path_factory.getbasetemp())
     return tmp_path_factory.mktemp("devenv")
 
 
@@ -73,10 +77,29 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     nodes = sys.modules.get("mlinfra.devenv.realnode")
     if nodes is not None:  # real nodes were started: their shims, mounts, network and cgroups too
         left += [item for layout in nodes.STARTED for item in nodes.leftovers(layout)]
+    _secret_scan(session)
     if left:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         message = f"platform processes or node resources still there after the session: {left}"
+        if reporter is not None:
+            reporter.write_line(message, red=True)
+        log.error(message)
+
+
+def _secret_scan(session: pytest.Session) -> None:
+    """Fail the run if a tracked secret reached a log file, an event or a status (see devenv.secretscan)."""
+    found = list(secretscan.findings)
+    for root in _SCANNED:
+        found += secretscan.scan_files(root)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and _SCANNED:
+        reporter.write_line(
+            f"secret scan: {len(secretscan.tracked())} secrets tracked, logs under {_SCANNED[0]}: {len(found)} findings"
+        )
+    if found:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        message = "secrets found where none may be (values not shown): " + "; ".join(found[:50])
         if reporter is not None:
             reporter.write_line(message, red=True)
         log.error(message)

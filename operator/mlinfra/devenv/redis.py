@@ -10,7 +10,7 @@ from pathlib import Path
 
 import redis as redis_lib
 
-from mlinfra.devenv import procs, tools
+from mlinfra.devenv import procs, secretscan, tools
 
 
 @dataclass
@@ -96,6 +96,7 @@ def start_redis(
     stack: procs.ProcStack, workdir: Path, replicas: int = 1, password: str | None = None, config: str = ""
 ) -> RedisCluster:
     password = password or secrets.token_urlsafe(24)
+    secretscan.track(password)
     primary = RedisServer(workdir / "primary", "primary", password, config=config).start(stack)
     followers = [
         RedisServer(workdir / f"replica-{i}", f"replica-{i}", password, primary=primary, config=config).start(stack)
