@@ -16,7 +16,7 @@ from mlinfra.devenv import procs
 from mlinfra.devenv.controlplane import ControlPlane
 from mlinfra.devenv.operator import OperatorProcess
 from mlinfra.devenv.postgres import PostgresCluster
-from mlinfra.devenv.redis import RedisCluster
+from mlinfra.devenv.redis import RedisCluster, start_redis
 from mlinfra.features import jobs, layout
 
 
@@ -94,6 +94,27 @@ def mounted(cp: ControlPlane, ns: str, secret: str, directory: Path) -> Path:
     return directory
 
 
+def job_command(cp: ControlPlane, ns: str, name: str, directory: Path) -> tuple[list[str], dict[str, str]]:
+    """The CronJob's command and the environment its pod would have (spec variable, mounted Secrets)."""
+    pod = get_json(cp, "cronjob", jobs.cronjob_name(name), "-n", ns)["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    env_spec = next(e["value"] for e in pod["containers"][0]["env"] if e["name"] == jobs.SPEC_ENV)
+    env = {
+        **os.environ,
+        jobs.SPEC_ENV: env_spec,
+        "MLINFRA_OFFLINE_CONN_DIR": str(mounted(cp, ns, "offline-conn", directory / "offline")),
+        "MLINFRA_ONLINE_CONN_DIR": str(mounted(cp, ns, "online-conn", directory / "online")),
+    }
+    env.pop("KUBECONFIG", None)  # the Job's pod has no API access
+    return [sys.executable, "-m", "mlinfra", *pod["containers"][0]["args"]], env
+
+
+def run_job(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """Run the Job's command as a process against the real stores; its summary line."""
+    run = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    return dict(json.loads(run.stdout.strip().splitlines()[-1]))
+
+
 def test_featureview_schema_jobs_sync_and_freshness(
     control_plane: ControlPlane,
     operator: OperatorProcess,
@@ -163,23 +184,7 @@ def test_featureview_schema_jobs_sync_and_freshness(
                 f"insert into public.{table} (user_id, clicks, ctr, event_timestamp) values (%s, %s, %s, %s)",
                 (uid, clicks, clicks / 100, now - datetime.timedelta(minutes=age)),
             )
-    env_spec = next(e["value"] for e in pod["containers"][0]["env"] if e["name"] == jobs.SPEC_ENV)
-    env = {
-        **os.environ,
-        jobs.SPEC_ENV: env_spec,
-        "MLINFRA_OFFLINE_CONN_DIR": str(mounted(cp, namespace, "offline-conn", tmp_path / "offline")),
-        "MLINFRA_ONLINE_CONN_DIR": str(mounted(cp, namespace, "online-conn", tmp_path / "online")),
-    }
-    env.pop("KUBECONFIG", None)  # the Job's pod has no API access
-    run = subprocess.run(
-        [sys.executable, "-m", "mlinfra", *pod["containers"][0]["args"]],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 0, run.stderr
-    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    summary = run_job(*job_command(cp, namespace, name, tmp_path))
     assert summary["outcome"] == "Succeeded" and summary["rows"] == 3
 
     def materialized() -> bool:
@@ -241,3 +246,74 @@ def test_feature_type_change_is_refused(
             (name.replace("-", "_"),),
         ).fetchone()
     assert kind == ("bigint",)
+
+
+def test_lost_online_data_is_said_and_comes_back(
+    control_plane: ControlPlane,
+    operator: OperatorProcess,
+    postgres_cluster: PostgresCluster,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    """FLUSHALL of the online Redis (one of the test's own: the session's is shared): the view stops saying
+    fresh (OnlineDataLost, one Warning event, a sync Job requested), and the next run of the Job's command
+    rewrites every key and makes it Ready and fresh again."""
+    cp = control_plane
+    with procs.ProcStack() as stack:
+        kv = start_redis(stack, tmp_path / "redis", replicas=0, config='save ""\nappendonly no')
+        stores(cp, namespace, postgres_cluster, kv)
+        name = f"lost-{namespace[-6:]}"
+        table = name.replace("-", "_")
+        cp.apply([view(namespace, name)])
+        wait_for("Ready", lambda: fv_condition(cp, namespace, name, "Ready").get("status") == "True", 120)
+        now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+        with postgres_cluster.primary.connect() as conn:
+            for uid, clicks, age in ((1, 10, 30), (2, 5, 10), (3, 7, 5)):
+                conn.execute(
+                    f"insert into public.{table} (user_id, clicks, ctr, event_timestamp) values (%s, %s, %s, %s)",
+                    (uid, clicks, clicks / 100, now - datetime.timedelta(minutes=age)),
+                )
+        argv, env = job_command(cp, namespace, name, tmp_path)
+        assert run_job(argv, env)["rows"] == 3
+
+        def fresh() -> bool:
+            fv = get_json(cp, "featureview", name, "-n", namespace)
+            return (
+                condition(fv, "Ready").get("status") == "True"
+                and fv["status"].get("freshness", {}).get("lagSeconds") == 0
+            )
+
+        wait_for("fresh", fresh, 60)
+
+        online = kv.primary.client()
+        online.flushall()
+        wait_for(
+            "OnlineDataLost",
+            lambda: fv_condition(cp, namespace, name, "Materialized").get("reason") == "OnlineDataLost",
+            60,
+        )
+        fv = get_json(cp, "featureview", name, "-n", namespace)
+        assert "lagSeconds" not in fv["status"]["freshness"]  # unknown, not 0
+        assert (condition(fv, "Ready")["status"], condition(fv, "FreshnessSLOMet")["status"]) == ("False", "False")
+        assert "no materialization marker" in condition(fv, "Materialized")["message"]
+
+        def lost_events() -> list[dict[str, Any]]:
+            return [e for e in events(cp, namespace, name) if e["reason"] == "OnlineDataLost"]
+
+        wait_for("the OnlineDataLost event", lambda: len(lost_events()) == 1, 30)
+        assert lost_events()[0]["type"] == "Warning"
+        # The view has a schedule: a sync Job was requested rather than waiting for the cron.
+        requested = [
+            j
+            for j in get_json(cp, "jobs", "-n", namespace, "-l", f"{jobs.KIND_LABEL}={name}")["items"]
+            if j["metadata"]["annotations"].get(jobs.SYNC_REQUESTED_ANNOTATION, "").startswith("onlinestorelost-")
+        ]
+        assert len(requested) == 1
+        assert requested[0]["metadata"]["name"] in lost_events()[0]["message"]
+
+        # What that Job runs: a full run that says why, and every key back.
+        summary = run_job(argv, env)
+        assert (summary["outcome"], summary["rows"], summary["fullResync"]) == ("Succeeded", 3, ["OnlineStoreLost"])
+        wait_for("fresh again", fresh, 60)
+        assert {online.hget(layout.online_key(namespace, name, [u]), "clicks") for u in (1, 2, 3)} == {"10", "5", "7"}
+        assert len(lost_events()) == 1  # said once, not at every check

@@ -9,6 +9,9 @@ Called by the FeatureView freshness timer (handlers) to fill ``status.freshness`
 - ``lagSeconds``: ``sourceWatermark - onlineWatermark`` in seconds, ``0`` when caught up (never negative).
   An idle source is not stale: when nothing new arrives offline the lag stays ``0`` however old the data.
   Before any run, the lag is ``None`` (unknown) if the table has rows, ``0`` if it is empty.
+  When the watermark does not describe the data (``features.identity``: the online store lost its data or
+  is another Redis, the offline table changed), the online watermark and the lag are ``None``
+  (:func:`distrusted`): a lag of 0 would say fresh while the data is missing.
 """
 
 from __future__ import annotations
@@ -95,6 +98,11 @@ def compute(
     source = source_watermark(conn, spec, view)
     online = online_watermark(conn, namespace, view)
     return Freshness(source_watermark=source, online_watermark=online, lag_seconds=lag(source, online))
+
+
+def distrusted(value: Freshness) -> Freshness:
+    """``value`` for a watermark that does not describe the online data: only the source watermark stands."""
+    return dataclasses.replace(value, online_watermark=None, lag_seconds=None)
 
 
 def last_run(conn: psycopg.Connection[tuple[Any, ...]], namespace: str, view: str) -> common.SyncRun | None:

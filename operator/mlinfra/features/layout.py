@@ -11,6 +11,7 @@ Owned here, and nowhere else:
   a server-side script can compare it numerically);
 - the offline table's defaults (schema ``public``; table = view name with ``-`` as ``_``) and the operator's
   own columns ``event_timestamp`` and ``created_at``;
+- the materialization marker key ``fv:{namespace}:{view}`` (see :func:`marker_key` and ``features.identity``);
 - the bookkeeping tables ``mlinfra.sync_runs`` and ``mlinfra.watermarks``.
 
 Online field encoding (bytes in Redis, values in Python):
@@ -134,6 +135,16 @@ def key_prefix(namespace: str, view: str) -> str:
 def key_pattern(namespace: str, view: str) -> str:
     """The glob matching every online key of a view (``status.onlineKeyPattern``, ``SCAN MATCH``)."""
     return key_prefix(namespace, view) + "*"
+
+
+def marker_key(namespace: str, view: str) -> str:
+    """``fv:{namespace}:{view}``: the string key holding the token of the materialization that filled this
+    Redis for the view (``features.identity``).
+
+    Beside the entity keys rather than under :func:`key_pattern`: a ``SCAN`` of the pattern yields entity keys
+    only (clients parse every one, and count them), and no entity key can equal it (names have no ``:``, and an
+    entity key has one more ``:`` than this)."""
+    return f"{KEY_PREFIX}{_SEP}{namespace}{_SEP}{view}"
 
 
 def _entity_text(value: object) -> str:

@@ -20,6 +20,13 @@ Semantics (docs/featureview.md says the same for users):
   (``watermark`` = newest event time read, ``ingested_through`` = newest ``created_at`` read) and the run's
   ``mlinfra.sync_runs`` row (``Succeeded``). A run killed half way commits nothing; the rerun reads the same
   rows again and the guarded writes make the result exact. A failure is recorded as ``Failed`` with its error.
+- **Identity.** The watermark holds only for the Redis written to and the offline table read
+  (``features.identity``): a run finding the view's marker key missing or foreign (the Redis lost its data, or
+  is another one) or another offline table (``offline.table`` changed, the table created again) is a *full*
+  run: everything within the TTL, the watermark ignored. Its result says why (``fullResync``). A full run
+  writes a new marker before its first write; every run checks, after its last write, that the marker is
+  still its own (a ``FLUSHALL`` during the run fails it, commits nothing, and makes the next run full) and
+  commits the marker's token and the table's identity with the watermark.
 - **Concurrency.** One run per view at a time (a session advisory lock); a run finding the lock taken fails
   with :class:`SyncInProgress`. ``Running`` rows left by killed runs are closed as ``Failed`` by the next run.
 """
@@ -36,7 +43,7 @@ import redis
 from psycopg import sql
 
 from mlinfra.api import common, featureview
-from mlinfra.features import layout, schema
+from mlinfra.features import identity, layout, schema
 
 _RUNS = sql.Identifier(layout.BOOKKEEPING_SCHEMA, layout.SYNC_RUNS_TABLE)
 _MARKS = sql.Identifier(layout.BOOKKEEPING_SCHEMA, layout.WATERMARKS_TABLE)
@@ -75,6 +82,10 @@ class SyncInProgress(RuntimeError):
     """Another materialization of the same view holds the lock."""
 
 
+class OnlineStoreChanged(RuntimeError):
+    """The view's marker changed in Redis while the run wrote (FLUSHALL, restart): nothing was committed."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Watermarks:
     """The committed progress of a view: newest event time materialized, newest ``created_at`` read."""
@@ -97,6 +108,8 @@ class Result:
     batches: int
     watermark: datetime.datetime | None
     outcome: common.SyncOutcome
+    # Why the run ignored the watermark (identity.OFFLINE_TABLE_CHANGED, ONLINE_STORE_LOST); empty otherwise.
+    full_resync: tuple[str, ...] = ()
 
     def summary(self) -> dict[str, Any]:
         """The JSON-able one-line summary the CLI prints."""
@@ -110,6 +123,7 @@ class Result:
             "watermark": self.watermark.isoformat() if self.watermark else None,
             "startTime": self.start_time.isoformat(),
             "endTime": self.end_time.isoformat(),
+            **({"fullResync": list(self.full_resync)} if self.full_resync else {}),
         }
 
 
@@ -305,6 +319,18 @@ def _run(
     start_time: datetime.datetime,
 ) -> Result:
     previous = read_watermarks(offline, namespace, name)
+    known = identity.recorded(offline, namespace, name)
+    table_id = identity.offline_table(offline, spec, name)
+    marker_key = layout.marker_key(namespace, name)
+    found = identity.judge(known, identity.marker(online, namespace, name), table_id)
+    if found:  # the watermark describes other data: read everything within the TTL, forget the old bounds
+        previous = Watermarks()
+    # The same token while the store keeps it; a new one for a full run, a first run or an adopted row.
+    epoch = known.epoch if known is not None and known.epoch and not found else identity.new_epoch()
+    if known is None or known.epoch != epoch:
+        # Before the first write: a run that dies half way leaves a marker the bookkeeping does not hold,
+        # so the next run is full too.
+        online.set(marker_key, epoch)
     since = (
         previous.ingested_through - overlap
         if previous.ingested_through
@@ -331,16 +357,23 @@ def _run(
                 batches += 1
                 if on_batch is not None:
                     on_batch(batches, rows)
+    if identity.marker(online, namespace, name) != epoch:
+        raise OnlineStoreChanged(
+            f"the online store lost this run's marker {marker_key} while the run wrote (FLUSHALL, a restart "
+            "without persistence, eviction): nothing was committed; the next run rewrites every key"
+        )
     watermark = max((w for w in (previous.watermark, max_event) if w is not None), default=None)
     ingested = max((w for w in (previous.ingested_through, max_created) if w is not None), default=None)
     with offline.transaction():
         offline.execute(
             sql.SQL(
-                "INSERT INTO {marks} (namespace, view, watermark, ingested_through) "
-                "VALUES (%s, %s, %s, %s) ON CONFLICT (namespace, view) DO UPDATE SET "
-                "watermark = EXCLUDED.watermark, ingested_through = EXCLUDED.ingested_through, updated_at = now()"
+                "INSERT INTO {marks} (namespace, view, watermark, ingested_through, online_epoch, offline_table, "
+                "offline_oid) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (namespace, view) DO UPDATE SET "
+                "watermark = EXCLUDED.watermark, ingested_through = EXCLUDED.ingested_through, "
+                "online_epoch = EXCLUDED.online_epoch, offline_table = EXCLUDED.offline_table, "
+                "offline_oid = EXCLUDED.offline_oid, updated_at = now()"
             ).format(marks=_MARKS),
-            (namespace, name, watermark, ingested),
+            (namespace, name, watermark, ingested, epoch, table_id.table, table_id.oid),
         )
         row = offline.execute(
             sql.SQL(
@@ -361,4 +394,5 @@ def _run(
         batches=batches,
         watermark=watermark,
         outcome="Succeeded",
+        full_resync=tuple(m.run_reason for m in found),
     )

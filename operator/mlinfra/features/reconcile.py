@@ -8,15 +8,21 @@ Problems the user must act on are raised as ``ProblemError``; ``status.problem_s
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
+
+import psycopg
+import redis
+from redis import backoff as redis_backoff
+from redis import retry as redis_retry
 
 from mlinfra import metrics, problems
 from mlinfra.api import featureview as api
 from mlinfra.context import Context, Obj
-from mlinfra.engines import connection
-from mlinfra.features import claim, freshness, jobs, layout, schema, status
-from mlinfra.k8s import jobstatus
+from mlinfra.engines import connection, observation
+from mlinfra.features import claim, freshness, identity, jobs, layout, schema, status
+from mlinfra.k8s import conditions, jobstatus, objects
 from mlinfra.problems import Problem, ProblemError
 from mlinfra.stores import children, refs
 
@@ -26,6 +32,8 @@ APPLICATION_NAME = "mlinfra-operator"
 TABLE_IN_USE = "TableInUse"
 CONFLICT_RECHECK = 60.0  # seconds: the other view may go away or change its table without a spec change here
 JOB_LABEL = "mlinfra.io/featureview"
+ONLINE_UNREACHABLE = "OnlineStoreUnreachable"
+ONLINE_TIMEOUT = 5.0  # seconds for the marker's one GET: the timer must not hang on a stuck Redis
 
 
 @dataclass(frozen=True)
@@ -107,15 +115,18 @@ def observe(ctx: Context, obj: Obj[api.FeatureView]) -> dict[str, Any]:
     """The status from the stores, the offline table as it is, the last run and the newest sync Job; records
     the freshness metrics."""
     fv, ns, name = obj.model, obj.namespace, obj.name
-    offline = stores(ctx, obj).offline
-    with connection.postgres(offline, application_name=APPLICATION_NAME) as conn:
+    both = stores(ctx, obj)
+    with connection.postgres(both.offline, application_name=APPLICATION_NAME) as conn:
         message = schema_message(schema.inspect_offline_table(conn, fv.spec, name))
-        fresh = freshness.compute(conn, fv.spec, ns, name)
+        data = data_state(conn, both.online, fv.spec, ns, name)
         last = freshness.last_run(conn, ns, name)
+    fresh, mismatches = data.freshness, data.mismatches
+    if mismatches:
+        announce_loss(ctx, obj, list(mismatches), data.recorded)
     failed = jobstatus.newest_failure(ctx.kube, ns, {JOB_LABEL: name})
     objective = status.max_lag(fv)
-    if fresh.lag_seconds is not None:
-        metrics.FEATUREVIEW_FRESHNESS_LAG.labels(ns, name).set(fresh.lag_seconds)
+    # An unknown lag removes the series (as a removed objective does): 0 would claim the view is fresh.
+    metrics.set_objective(metrics.FEATUREVIEW_FRESHNESS_LAG, ns, name, fresh.lag_seconds)
     metrics.set_objective(
         metrics.FEATUREVIEW_FRESHNESS_MAX_LAG, ns, name, objective.total_seconds() if objective is not None else None
     )
@@ -130,6 +141,83 @@ def observe(ctx: Context, obj: Obj[api.FeatureView]) -> dict[str, Any]:
             last_run=last,
             job_failed=failed,
             max_lag=objective,
+            mismatches=mismatches,
         ),
         obj.status,
     )
+
+
+@dataclass(frozen=True)
+class DataState:
+    """Freshness as far as the watermark can be trusted, and why it cannot (``mismatches``)."""
+
+    freshness: freshness.Freshness
+    mismatches: tuple[identity.Mismatch, ...]
+    recorded: identity.Recorded | None
+
+
+def data_state(
+    conn: psycopg.Connection[tuple[Any, ...]],
+    online: connection.ConnectionInfo,
+    spec: api.FeatureViewSpec,
+    namespace: str,
+    view: str,
+) -> DataState:
+    """The view's freshness from PostgreSQL, checked against the online store's marker and the offline table
+    (``features.identity``): a watermark that describes other data gives an unknown lag."""
+    fresh = freshness.compute(conn, spec, namespace, view)
+    known = identity.recorded(conn, namespace, view)
+    table_id = identity.offline_table(conn, spec, view)
+    # The marker is read only when there is a recorded one to compare it with.
+    marker = online_marker(online, namespace, view) if known is not None and known.known else None
+    mismatches = tuple(identity.judge(known, marker, table_id))
+    return DataState(freshness.distrusted(fresh) if mismatches else fresh, mismatches, known)
+
+
+def online_marker(info: connection.ConnectionInfo, namespace: str, view: str) -> str | None:
+    """The view's marker in the online store: one GET, one attempt, :data:`ONLINE_TIMEOUT` (a timeout is a
+    ``TimeoutError``, reported as DeadlineExceeded by the handlers). Raises ProblemError when it cannot be
+    read: the data cannot be vouched for then."""
+    client = redis.Redis(
+        **connection.redis_kwargs(info, ONLINE_TIMEOUT), retry=redis_retry.Retry(redis_backoff.NoBackoff(), 0)
+    )
+    try:
+        return identity.marker(client, namespace, view)
+    except redis.TimeoutError as exc:
+        raise TimeoutError(f"spec.online.storeRef: {observation.error_message(exc, info)}") from None
+    except (redis.RedisError, OSError) as exc:
+        raise ProblemError(
+            Problem(
+                ONLINE_UNREACHABLE,
+                f"spec.online.storeRef: reading the materialization marker failed: "
+                f"{observation.error_message(exc, info)}",
+                stalled=False,
+            )
+        ) from None
+    finally:
+        client.close()
+
+
+def announce_loss(
+    ctx: Context, obj: Obj[api.FeatureView], mismatches: list[identity.Mismatch], known: identity.Recorded | None
+) -> None:
+    """One Warning event when the observation turns to "the data is not what the watermark says" (the status
+    stored before says otherwise), and, for a view synced on a schedule, a sync Job now rather than at the
+    next cron tick. A view without a schedule (or suspended) is synced when its user says so."""
+    first = mismatches[0]
+    previous = conditions.get(obj.status.get("conditions"), "Materialized")
+    if previous is not None and previous.get("reason") == first.status_reason:
+        return  # already said; a timer tick is not news
+    message = "; ".join(m.message for m in mismatches)
+    m = obj.model.spec.materialization
+    if m is not None and not m.suspend:
+        # One Job per lost epoch: the observation repeated (an operator restart) finds the same Job.
+        seed = f"{first.run_reason}/{known.epoch if known else ''}"
+        requested_at = f"{first.run_reason.lower()}-{hashlib.sha256(seed.encode()).hexdigest()[:12]}"
+        try:
+            job = request_sync(ctx, obj, requested_at)
+        except (ProblemError, objects.ApiError) as exc:
+            message += f"; starting a sync Job failed ({exc}), the CronJob resyncs at its next run"
+        else:
+            message += f"; sync Job {job} started"
+    obj.report.warning(first.status_reason, message)

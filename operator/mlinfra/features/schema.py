@@ -37,6 +37,9 @@ COLUMNS_MISSING = "ColumnsMissing"
 _BOOKKEEPING_LOCK = "mlinfra:bookkeeping"
 # Seconds a DDL statement may wait for its table lock (SET LOCAL: the transaction's statements only).
 DDL_LOCK_TIMEOUT = 3.0
+# mlinfra.watermarks columns added after its first release: the online store's materialization token and the
+# offline table (schema.table and its OID) the watermark was taken from.
+WATERMARK_IDENTITY_COLUMNS = {"online_epoch": "text", "offline_table": "text", "offline_oid": "bigint"}
 _OPERATOR_COLUMNS = {layout.EVENT_TIMESTAMP: "timestamp with time zone", layout.CREATED_AT: "timestamp with time zone"}
 
 
@@ -180,6 +183,13 @@ def ensure_bookkeeping(conn: psycopg.Connection[tuple[object, ...]]) -> None:
                 updated_at timestamptz NOT NULL DEFAULT now(),
                 PRIMARY KEY (namespace, view))"""
         )
+        # What the watermark describes (features.identity): installations made before these columns have the
+        # table without them. Added only when missing: ALTER TABLE takes an ACCESS EXCLUSIVE lock even when
+        # IF NOT EXISTS finds the column there, and this runs before every sync and reconcile.
+        have = _columns(conn, layout.BOOKKEEPING_SCHEMA, layout.WATERMARKS_TABLE) or {}
+        for column, type_ in WATERMARK_IDENTITY_COLUMNS.items():
+            if column not in have:
+                conn.execute(f"ALTER TABLE {layout.WATERMARKS} ADD COLUMN IF NOT EXISTS {column} {type_}")
 
 
 def _columns(conn: psycopg.Connection[tuple[object, ...]], schema: str, table: str) -> dict[str, str] | None:

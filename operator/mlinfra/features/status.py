@@ -2,6 +2,9 @@
 
 ``Ready``: the offline table is in place, both stores are Ready, and the last materialization did not fail.
 ``FreshnessSLOMet`` is separate (a stale view is usable, and Argo CD health reports it as Degraded).
+When the watermark does not describe the data (``features.identity``: online data lost, offline table
+changed), ``Materialized``, ``Ready`` and ``FreshnessSLOMet`` are False with that reason, objective or not:
+the status never says fresh while the data is missing.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from mlinfra import problems
 from mlinfra.api import common
 from mlinfra.api import featureview as api
 from mlinfra.features import freshness as fresh_mod
-from mlinfra.features import schema
+from mlinfra.features import identity, schema
 from mlinfra.k8s import conditions
 from mlinfra.k8s.conditions import Cond
 from mlinfra.problems import Problem
@@ -36,6 +39,7 @@ class Facts:
     last_run: common.SyncRun | None = None
     job_failed: str | None = None
     max_lag: datetime.timedelta | None = None
+    mismatches: tuple[identity.Mismatch, ...] = ()  # what the watermark no longer describes
 
 
 def _run(run: common.SyncRun) -> dict[str, Any]:
@@ -87,7 +91,11 @@ def compute(facts: Facts, previous: Mapping[str, Any] | None) -> dict[str, Any]:
         status["freshness"] = _freshness(facts.freshness)
 
     run = facts.last_run
-    if facts.job_failed and (run is None or run.outcome != "Failed"):
+    lost = facts.mismatches[0] if facts.mismatches else None
+    lost_message = "; ".join(m.message for m in facts.mismatches)
+    if lost is not None:
+        materialized = Cond("Materialized", "False", lost.status_reason, lost_message)
+    elif facts.job_failed and (run is None or run.outcome != "Failed"):
         materialized = Cond("Materialized", "False", "JobFailed", facts.job_failed)
     elif run is None:
         materialized = Cond("Materialized", "Unknown", "NeverRun", "no materialization has run yet")
@@ -98,7 +106,9 @@ def compute(facts: Facts, previous: Mapping[str, Any] | None) -> dict[str, Any]:
     else:
         materialized = Cond("Materialized", "True", "Succeeded", f"{run.rows or 0} rows in the last run")
 
-    if facts.max_lag is None:
+    if lost is not None:
+        slo = Cond("FreshnessSLOMet", "False", lost.status_reason, lost_message)
+    elif facts.max_lag is None:
         slo = Cond("FreshnessSLOMet", "True", "NoObjective", "spec.freshness.maxLag is not set")
     elif facts.freshness is None or facts.freshness.lag_seconds is None:
         slo = Cond("FreshnessSLOMet", "Unknown", "NoData", "no offline events yet")

@@ -10,6 +10,7 @@ from typing import Any
 
 import kopf
 import pytest
+import redis
 from fakekube import FakeKube
 from kind_support import problem_of
 from kind_support import put_store as put_any_store
@@ -18,7 +19,7 @@ from mlinfra import metrics, problems
 from mlinfra.api import featureview as api
 from mlinfra.context import Context, Obj, Recorder
 from mlinfra.engines import connection
-from mlinfra.features import claim, freshness, jobs, reconcile, schema, status
+from mlinfra.features import claim, freshness, identity, jobs, reconcile, schema, status
 from mlinfra.problems import Problem
 
 pytestmark = pytest.mark.unit
@@ -114,6 +115,8 @@ def stores_ready(kube: FakeKube, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(connection, "postgres", lambda *a, **k: no_database())
     monkeypatch.setattr(schema, "ensure_bookkeeping", lambda conn: None)
     monkeypatch.setattr(claim, "claim", lambda conn, schema_name, table, owner: None)
+    monkeypatch.setattr(identity, "recorded", lambda conn, ns, view: None)
+    monkeypatch.setattr(identity, "offline_table", lambda conn, spec, view: identity.TableId("public.clicks", 16384))
 
 
 def test_reconcile_posts_what_it_did_to_the_table_and_applies_the_cronjob(
@@ -344,3 +347,106 @@ def test_max_lag_is_the_spec_objective() -> None:
 
 def put_store(kube: FakeKube, name: str, engine: str, ready: bool = True) -> None:
     put_any_store(kube, NS, name, engine, ready, database="db" if engine == "postgres" else "0")
+
+
+# --- observe: a watermark that does not describe the data --------------------------------------------------
+
+EPOCH = "a" * 32
+
+
+@pytest.fixture
+def synced(stores_ready: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A view materialized before (identity recorded), caught up as far as PostgreSQL can tell."""
+    monkeypatch.setattr(
+        schema,
+        "inspect_offline_table",
+        lambda conn, spec, view: schema.TableState("public.clicks", exists=True, missing=(), retained=()),
+    )
+    when = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    monkeypatch.setattr(
+        freshness,
+        "compute",
+        lambda conn, spec, ns, view: freshness.Freshness(source_watermark=when, online_watermark=when, lag_seconds=0),
+    )
+    monkeypatch.setattr(freshness, "last_run", lambda conn, ns, view: None)
+    monkeypatch.setattr(identity, "recorded", lambda conn, ns, view: identity.Recorded(EPOCH, "public.clicks", 16384))
+
+
+def observe_with_marker(
+    ctx: Context, monkeypatch: pytest.MonkeyPatch, marker: str | None, body: dict[str, Any]
+) -> tuple[dict[str, Any], Obj[api.FeatureView]]:
+    monkeypatch.setattr(reconcile, "online_marker", lambda info, ns, view: marker)
+    obj = obj_of(body)
+    return dict(reconcile.observe(ctx, obj)), obj
+
+
+def test_a_lost_marker_is_never_fresh_warns_once_and_starts_a_sync(
+    ctx: Context, kube: FakeKube, synced: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    metrics.FEATUREVIEW_FRESHNESS_LAG.labels(NS, VIEW).set(0)
+    new, obj = observe_with_marker(ctx, monkeypatch, None, view_body())
+    cond = {c["type"]: c for c in new["conditions"]}
+    for type_ in ("Ready", "Materialized", "FreshnessSLOMet"):
+        assert (cond[type_]["status"], cond[type_]["reason"]) == ("False", "OnlineDataLost"), type_
+    assert "no materialization marker" in cond["Materialized"]["message"]
+    assert "the next materialization rewrites every key" in cond["Materialized"]["message"]
+    assert "lagSeconds" not in new["freshness"] and "onlineWatermark" not in new["freshness"]
+    assert (NS, VIEW) not in metrics.FEATUREVIEW_FRESHNESS_LAG._metrics  # unknown, not 0
+    [(kind_, reason, message)] = obj.report.events  # type: ignore[attr-defined]
+    assert (kind_, reason) == ("Warning", "OnlineDataLost")
+    [job] = [w for w in kube.writes if w[:2] == ("create", "Job")]
+    assert message.endswith(f"sync Job {job[3]} started")
+
+    # The next tick sees its own status: no second event, no second Job.
+    again, obj2 = observe_with_marker(ctx, monkeypatch, None, view_body(previous=new))
+    assert obj2.report.events == []  # type: ignore[attr-defined]
+    assert [w for w in kube.writes if w[:2] == ("create", "Job")] == [job]
+    assert {c["type"]: c["reason"] for c in again["conditions"]}["Materialized"] == "OnlineDataLost"
+
+
+def test_a_foreign_marker_or_another_table_is_said_and_unscheduled_views_get_no_job(
+    ctx: Context, kube: FakeKube, synced: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(identity, "offline_table", lambda conn, spec, view: identity.TableId("public.other", 99))
+    new, obj = observe_with_marker(ctx, monkeypatch, "b" * 32, view_body(materialization=False))
+    cond = {c["type"]: c for c in new["conditions"]}
+    assert cond["Materialized"]["reason"] == "OnlineDataLost"
+    assert "the marker of another materialization" in cond["Materialized"]["message"]
+    assert "taken from table public.clicks, the spec reads public.other" in cond["Materialized"]["message"]
+    assert [e[1] for e in obj.report.events] == ["OnlineDataLost"]  # type: ignore[attr-defined]
+    assert not [w for w in kube.writes if w[:2] == ("create", "Job")]
+
+
+def test_the_own_marker_keeps_the_lag(ctx: Context, synced: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    new, obj = observe_with_marker(ctx, monkeypatch, EPOCH, view_body())
+    cond = {c["type"]: c for c in new["conditions"]}
+    assert (cond["Ready"]["status"], cond["FreshnessSLOMet"]["reason"]) == ("True", "WithinObjective")
+    assert new["freshness"]["lagSeconds"] == 0
+    assert obj.report.events == []  # type: ignore[attr-defined]
+    metrics.forget_featureview(NS, VIEW)
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (redis.ConnectionError("Error 111 connecting to online.example:1. Refused."), "OnlineStoreUnreachable"),
+        (redis.TimeoutError("Timeout reading from online.example:1"), problems.DEADLINE_EXCEEDED),
+    ],
+)
+def test_an_unreadable_marker_is_a_problem_not_a_fresh_view(
+    ctx: Context, synced: None, monkeypatch: pytest.MonkeyPatch, error: Exception, reason: str
+) -> None:
+    def fail(client: redis.Redis, ns: str, view: str) -> str | None:
+        raise error
+
+    monkeypatch.setattr(identity, "marker", fail)
+    if isinstance(error, redis.TimeoutError):
+        # A TimeoutError: the handlers report it as DeadlineExceeded, as every missed deadline.
+        with pytest.raises(TimeoutError) as caught:
+            reconcile.observe(ctx, obj_of(view_body()))
+        p = problems.deadline_exceeded(caught.value)
+    else:
+        p = problem_of(lambda: reconcile.observe(ctx, obj_of(view_body())))
+    assert (p.reason, p.stalled) == (reason, False)
+    assert p.message.startswith("spec.online.storeRef: ")
+    assert type(error).__name__ in p.message  # says what happened (scrubbed of the password, "p" here)
