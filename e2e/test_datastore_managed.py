@@ -129,15 +129,25 @@ def test_managed_qdrant_is_served_by_local_mode_and_says_so(
     assert ds_condition(cp, namespace, "cluster", "Reachable")["status"] == "False"
 
 
-@pytest.mark.parametrize("policy", ["Retain", "Delete"])
+@pytest.mark.parametrize(
+    ("policy", "cascade"),
+    [("Retain", "background"), ("Retain", "foreground"), ("Delete", "background")],
+)
 def test_deletion_policy(
-    control_plane: ControlPlane, operator: OperatorProcess, backer: Backer, namespace: str, policy: str
+    control_plane: ControlPlane, operator: OperatorProcess, backer: Backer, namespace: str, policy: str, cascade: str
 ) -> None:
+    """Foreground is how Argo CD prunes: the garbage collector deletes the owner's dependents before the owner,
+    so Retain holds only if the retained Secret never named the store as its owner."""
     cp = control_plane
     cp.apply([managed(namespace, "kv", "redis", 2, policy)])
     wait_ready(cp, namespace, "kv")
     assert len(get_json(cp, "pvc", "-n", namespace)["items"]) == 2
-    cp.kubectl("delete", "datastore", "kv", "-n", namespace, "--timeout=60s")
+    credentials = get_json(cp, "secret", "kv-credentials", "-n", namespace)
+    password = credentials["data"]["password"]
+    # Retain: no reference for the garbage collector to follow, whichever runs first at deletion, it or the
+    # operator's finalizer (a race the finalizer alone can lose under foreground deletion).
+    assert bool(credentials["metadata"].get("ownerReferences")) == (policy == "Delete")
+    cp.kubectl("delete", "datastore", "kv", "-n", namespace, f"--cascade={cascade}", "--timeout=60s")
 
     def children_gone() -> bool:
         return cp.kubectl("get", "statefulset", "kv", "-n", namespace, check=False).returncode != 0
@@ -147,6 +157,12 @@ def test_deletion_policy(
         assert len(get_json(cp, "pvc", "-n", namespace)["items"]) == 2
         secret = get_json(cp, "secret", "kv-credentials", "-n", namespace)
         assert not secret["metadata"].get("ownerReferences")
+        # A DataStore of the same name is Ready on what was kept: the same claims, the same password.
+        cp.apply([managed(namespace, "kv", "redis", 2, policy)])
+        wait_ready(cp, namespace, "kv")
+        assert get_json(cp, "secret", "kv-credentials", "-n", namespace)["data"]["password"] == password
+        assert get_json(cp, "secret", "kv-conn", "-n", namespace)["data"]["password"] == password
+        assert len(get_json(cp, "pvc", "-n", namespace)["items"]) == 2
     else:
         wait_for("PVCs deleted", lambda: not get_json(cp, "pvc", "-n", namespace)["items"], 60)
         wait_for(

@@ -185,6 +185,39 @@ def create_owned(kube: objects.Kube, obj: Mapping[str, Any]) -> dict[str, Any]:
     raise objects.ApiError(409, f"{kind} {name} keeps being created and deleted")
 
 
+def create_retained(kube: objects.Kube, obj: Mapping[str, Any], owner: Mapping[str, Any]) -> dict[str, Any]:
+    """Create ``obj`` once, *without* an owner reference: a child that must outlive ``owner`` (a Retain
+    deletion policy). The garbage collector deletes whatever names a deleted owner — under foreground deletion
+    (Argo CD's prune) before the owner's finalizer runs — so only a child that names no owner survives every
+    kind of deletion. It stays ``owner``'s by its labels; an existing object is used if it is ``owner``'s or
+    was ours (:func:`verdict`), and then loses its references to ``owner`` or an earlier object of its name;
+    anything else is a :class:`Conflict`, unchanged."""
+    meta = obj["metadata"]
+    if meta.get("ownerReferences"):
+        raise ValueError(f"{obj['kind']} {meta['name']} is retained: it is created without owner references")
+    kind, namespace, name = str(obj["kind"]), meta.get("namespace"), meta["name"]
+    for _ in range(3):
+        created = kube.create(obj)
+        if created is not None:
+            return created
+        existing = kube.get_or_none(kind, namespace, name)
+        if existing is not None:
+            verdict(existing, owner)
+            return release(kube, existing, owner)
+    raise objects.ApiError(409, f"{kind} {name} keeps being created and deleted")
+
+
+def release(kube: objects.Kube, existing: Mapping[str, Any], owner: Mapping[str, Any]) -> dict[str, Any]:
+    """Drop ``existing``'s references to ``owner`` and to earlier objects of its name (others stay)."""
+    meta = existing["metadata"]
+    held = meta.get("ownerReferences") or []
+    kept = [r for r in held if not is_previous(r, owner) and r.get("uid") != owner["uid"]]
+    if len(kept) == len(held):
+        return dict(existing)
+    patch = {"metadata": {"ownerReferences": kept or None}}
+    return kube.merge_patch(str(existing["kind"]), meta.get("namespace"), meta["name"], patch)
+
+
 def delete_owned(kube: objects.Kube, owner: Mapping[str, Any], kind: str, namespace: str | None, name: str) -> bool:
     """Delete ``kind/name`` if ``owner`` controls it (an object of that name made by anyone else is left
     alone); False when nothing of the owner's was deleted."""

@@ -63,6 +63,11 @@ def create(kube: objects.Kube, obj: Mapping[str, Any]) -> dict[str, Any]:
         return ownership.create_owned(kube, obj)
 
 
+def create_retained(kube: objects.Kube, obj: Mapping[str, Any], owner: Mapping[str, Any]) -> dict[str, Any]:
+    with reported():
+        return ownership.create_retained(kube, obj, owner)
+
+
 def delete(kube: objects.Kube, owner: Mapping[str, Any], kind: str, namespace: str, name: str) -> bool:
     """Delete the owner's ``kind/name``; anything else of that name is left alone (not a conflict: the owner
     wants no such child)."""

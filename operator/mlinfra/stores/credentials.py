@@ -28,6 +28,7 @@ def ensure(
     generated: tuple[str, ...],
     labels: Mapping[str, str],
     owner: Mapping[str, Any],
+    retained: bool = False,
 ) -> dict[str, str]:
     """The values of the Secret ``name``: created with ``fixed`` values and a new password for each key of
     ``generated`` when absent, else read as it is. An existing Secret is used only if it is ``owner``'s, or was
@@ -35,17 +36,22 @@ def ensure(
     name, see ``k8s.ownership``: a store re-created after a Retain deletion finds its password) and is then
     adopted; any other Secret
     of that name is the user's: ChildConflict, untouched. A Secret lacking one of the keys is the user's to
-    fix (Stalled), never overwritten."""
-    secret = children.create(
-        kube,
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "type": "Opaque",
-            "metadata": {"name": name, "namespace": namespace, "labels": dict(labels), "ownerReferences": [owner]},
-            "stringData": {**fixed, **{key: new_password() for key in generated}},
-        },
-    )
+    fix (Stalled), never overwritten.
+
+    ``retained``: the Secret must outlive ``owner`` (deletionPolicy Retain), so it names no owner at all and is
+    ``owner``'s by its labels only (``k8s.ownership.create_retained``): a reference would let the garbage
+    collector delete it, under foreground deletion even before the owner's finalizer could keep it."""
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels)}
+    if not retained:
+        metadata["ownerReferences"] = [owner]
+    body = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": metadata,
+        "stringData": {**fixed, **{key: new_password() for key in generated}},
+    }
+    secret = children.create_retained(kube, body, owner) if retained else children.create(kube, body)
     found = connsecret.values(secret)
     missing = [key for key in (*fixed, *generated) if key not in found]
     if missing:

@@ -39,6 +39,7 @@ def _managed(ctx: Context, obj: Obj[api.DataStore]) -> connection.ConnectionInfo
         generated=tuple(key for key in keys if key != names.USERNAME_KEY),
         labels=names.labels(ds),
         owner=owner,
+        retained=ds.spec.deletion_policy == "Retain",
     )
     children.write_all(ctx.kube, claimed)
     return connection.ConnectionInfo(

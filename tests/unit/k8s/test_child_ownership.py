@@ -166,6 +166,35 @@ def test_create_owned_refuses_a_users_object_of_that_name(kube: FakeKube) -> Non
     assert kube.writes == []
 
 
+@pytest.mark.parametrize(
+    "refs",
+    [None, [OWNER], [ref("uid-before")], [ref("uid-before"), ref("uid-app", "Application", "x", "argoproj.io/v1")]],
+)
+def test_create_retained_makes_and_keeps_a_child_that_names_no_owner(
+    kube: FakeKube, refs: list[dict[str, Any]] | None
+) -> None:
+    kube.put(secret(refs, OURS, "kept"))
+    found = ownership.create_retained(kube, secret(None, OURS, "new"), OWNER)
+    assert found["data"] == kube.get("Secret", NS, "db-credentials")["data"]  # the kept password
+    # References to this owner or an earlier one of its name go (the garbage collector would follow them);
+    # another's (non-controller here) stays.
+    left = [r["uid"] for r in found["metadata"].get("ownerReferences") or []]
+    assert left == ([] if not refs or len(refs) == 1 else ["uid-app"])
+
+    fresh = FakeKube()
+    made = ownership.create_retained(fresh, secret(None, OURS, "first"), OWNER)
+    assert not made["metadata"].get("ownerReferences") and fresh.writes == [("create", "Secret", NS, "db-credentials")]
+
+
+def test_create_retained_refuses_a_users_object_and_a_child_written_with_an_owner(kube: FakeKube) -> None:
+    before = kube.put(secret(None, {}, "the-users"))
+    with pytest.raises(ownership.Conflict, match="was created by someone"):
+        ownership.create_retained(kube, secret(None, OURS, "new"), OWNER)
+    assert kube.get("Secret", NS, "db-credentials") == before and kube.writes == []
+    with pytest.raises(ValueError, match="created without owner references"):
+        ownership.create_retained(FakeKube(), secret([OWNER], OURS, "new"), OWNER)
+
+
 def test_delete_owned_deletes_only_the_owners_child(kube: FakeKube) -> None:
     assert not ownership.delete_owned(kube, OWNER, "Service", NS, "db")  # absent
     kube.put(service("db"))  # the user's

@@ -102,7 +102,12 @@ def test_managed_redis_creates_credentials_once_owns_children_and_publishes_the_
         *kube.kinds("Secret"),
     ]
     assert {c["kind"] for c in children} >= {"StatefulSet", "Service", "ConfigMap", "Secret"}
-    assert all(owned(c) for c in children), [c["metadata"]["name"] for c in children if not owned(c)]
+    # Retain (the default): the credentials Secret names no owner, or the garbage collector would take it.
+    retained = [c for c in children if c["metadata"]["name"] == "db-credentials"]
+    assert [c["metadata"].get("ownerReferences") for c in retained] == [None]
+    assert retained[0]["metadata"]["labels"]["mlinfra.io/datastore"] == "db"
+    others = [c for c in children if c not in retained]
+    assert all(owned(c) for c in others), [c["metadata"]["name"] for c in others if not owned(c)]
     conn = decoded(kube, "db-conn")
     assert conn["host"] == f"db.{NS}.svc" and conn["port"] == "6379"
     assert conn["username"] == "default" and conn["password"] == creds["password"]
@@ -125,8 +130,9 @@ def test_managed_postgres_credentials_carry_the_user_and_the_replication_passwor
     assert (conn["username"], conn["password"], conn["database"]) == ("postgres", creds["password"], "postgres")
 
 
+@pytest.mark.parametrize("policy", ["Retain", "Delete"])
 def test_a_credentials_secret_left_by_a_retained_store_is_adopted_with_its_password(
-    ctx: Context, kube: FakeKube
+    ctx: Context, kube: FakeKube, policy: str
 ) -> None:
     kube.put(
         secret(
@@ -136,9 +142,11 @@ def test_a_credentials_secret_left_by_a_retained_store_is_adopted_with_its_passw
             labels={"app.kubernetes.io/managed-by": "mlinfra-operator", "mlinfra.io/datastore": "db"},
         )
     )
-    reconcile.reconcile(ctx, obj(managed_body("postgres")))
+    reconcile.reconcile(ctx, obj(managed_body("postgres", policy=policy)))
     assert decoded(kube, "db-credentials") == {"username": "admin", "password": "kept-pw", "replication-password": "r"}
-    assert owned(kube.get("Secret", NS, "db-credentials"))
+    held = kube.get("Secret", NS, "db-credentials")["metadata"].get("ownerReferences")
+    # Retain: the old store's reference goes and none takes its place; Delete: owned, so collected with it.
+    assert held is None if policy == "Retain" else owned(kube.get("Secret", NS, "db-credentials"))
     conn = decoded(kube, "db-conn")
     assert (conn["username"], conn["password"]) == ("admin", "kept-pw")
 
