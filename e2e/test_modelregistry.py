@@ -124,9 +124,12 @@ def test_registry_schema_roles_and_lineage(
     wait_for("outbox synced", synced, 90)
     st = get_json(cp, "modelregistry", "models", "-n", namespace)["status"]
     assert st["counts"]["registeredModels"] == 3
+    # The graph is the registry's own share of the Neo4j database every test of the session uses.
     with neo4j_server.driver() as driver:
-        records, _, _ = driver.execute_query("MATCH (m:Model) RETURN m.name AS name")
-    assert {"churn", "fraud", "ranking"} <= {r["name"] for r in records}
+        records, _, _ = driver.execute_query(
+            "MATCH (m:Model {registry: $registry}) RETURN m.name AS name", registry=f"{namespace}/models"
+        )
+    assert sorted(r["name"] for r in records) == ["churn", "fraud", "ranking"]
     assert mr_condition(cp, namespace, "models", "LineageInSync")["status"] == "True"
     assert "mlinfra_modelregistry_lineage_pending_events" in operator.metrics()
 
@@ -283,3 +286,9 @@ def test_scheduled_lineage_sync_runs_as_a_cronjob(
         lambda: get_json(cp, "modelregistry", "cron", "-n", namespace)["status"]["lineage"]["pendingEvents"] == 0,
         60,
     )
+    # Its model 1 is a node of its own, next to any other registry's model 1 on this Neo4j.
+    with neo4j_server.driver() as driver:
+        records, _, _ = driver.execute_query(
+            "MATCH (m:Model {registry: $registry}) RETURN m.id AS id, m.name AS name", registry=f"{namespace}/cron"
+        )
+    assert [(r["id"], r["name"]) for r in records] == [(1, "scheduled")]

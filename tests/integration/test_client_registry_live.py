@@ -20,6 +20,7 @@ from mlinfra.engines import connection
 from mlinfra.registry import lineage, migrate, roles
 
 pytestmark = pytest.mark.integration
+REGISTRY = "ml/sdk"  # the ModelRegistry whose graph the sync writes and the client reads
 
 
 @pytest.fixture(scope="module")
@@ -242,27 +243,28 @@ def test_lineage_queries_after_the_sync(
     database: tuple[str, connection.ConnectionInfo],
     history: dict[str, Any],
 ) -> None:
-    """The scripted history synced from the outbox into the graph, then asked."""
+    """The scripted history synced from the outbox into the graph of its registry, then asked."""
     name, _ = database
     with neo4j_server.driver() as driver:
         driver.execute_query("MATCH (n) DETACH DELETE n")
         lineage.ensure_schema(driver)
         with postgres_cluster.primary.connect(name) as conn:
-            lineage.sync(conn, driver, batch_size=7)
+            lineage.sync(conn, driver, batch_size=7, registry=REGISTRY)
         graph = connection.ConnectionInfo.for_engine(
             "neo4j", "127.0.0.1", neo4j_server.password, port=neo4j_server.port, username=neo4j_server.user
         )
         DL, FV = lineage_client.DatasetLink, lineage_client.FeatureViewRef
         VL, DEP = lineage_client.VersionLink, lineage_client.DeploymentRef
-        with lineage_client.Lineage(graph.to_secret_data()) as graph_queries:
+        with lineage_client.Lineage(graph.to_secret_data(), registry=REGISTRY) as graph_queries:
             up = graph_queries.upstream("churn", 1)
             assert up.datasets == {DL("events", "2024-05", "TRAINED_ON"), DL("holdout", "", "EVALUATED_ON")}
             assert up.trained_on == {DL("events", "2024-05", "TRAINED_ON")}
             assert up.feature_views == {FV("ml", "user-stats")}
-            assert graph_queries.upstream("churn", 2) == lineage_client.Upstream(
+            up2 = lineage_client.Upstream(
                 frozenset({DL("events", "2024-05", "TRAINED_ON")}),
                 frozenset({FV("ml", "user-stats"), FV("ml", "sessions")}),
             )
+            assert graph_queries.upstream("churn", 2) == up2
             with pytest.raises(LookupError, match="no version 7 of model 'churn'"):
                 graph_queries.upstream("churn", 7)
 
@@ -290,6 +292,24 @@ def test_lineage_queries_after_the_sync(
                 frozenset(), frozenset()
             )
         # A driver passed in stays open (the caller owns it).
-        with lineage_client.Lineage(driver) as graph_queries:
+        with lineage_client.Lineage(driver, registry=REGISTRY) as graph_queries:
             assert graph_queries.upstream("ranker", 1).trained_on == {DL("holdout", "", "TRAINED_ON")}
         driver.verify_connectivity()
+        # Another registry's client, on the same database, sees none of it.
+        with lineage_client.Lineage(driver, registry="ml/other") as other:
+            with pytest.raises(LookupError):
+                other.upstream("churn", 1)
+            assert other.downstream_of_dataset("events") == lineage_client.Downstream(frozenset(), frozenset())
+        # Without registry= (the API before registries were scoped): the database's one registry is read...
+        with pytest.warns(DeprecationWarning, match="registry="), lineage_client.Lineage(driver) as unnamed:
+            assert unnamed.registry == REGISTRY
+            assert unnamed.upstream("churn", 2) == up2
+        # ...and a database holding the graphs of two registries is refused rather than guessed at.
+        driver.execute_query("CREATE (:LineageRegistry {registry: 'ml/other', history: 'elsewhere'})")
+        with (
+            pytest.warns(DeprecationWarning),
+            lineage_client.Lineage(driver) as unnamed,
+            pytest.raises(ValueError, match="several ModelRegistries"),
+        ):
+            unnamed.upstream("churn", 2)
+        driver.execute_query("MATCH (r:LineageRegistry {registry: 'ml/other'}) DELETE r")

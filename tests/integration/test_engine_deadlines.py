@@ -218,14 +218,15 @@ def test_a_lineage_write_blocked_on_a_locked_node_is_ended_by_its_transaction_ti
         lineage.ensure_schema(driver)  # the unique constraint: a second MERGE of the id waits for the first
         holder = holder_session.begin_transaction()
         try:
-            holder.run("MERGE (m:Model {id: $id}) SET m.name = 'held'", id=node_id).consume()
+            holder.run("MERGE (m:Model {registry: 'ml/deadlines', id: $id}) SET m.name = 'held'", id=node_id).consume()
             with pytest.raises(neo4j.exceptions.Neo4jError) as caught:
-                lineage.write_events(driver, [event], tx_timeout=1)
+                lineage.write_events(driver, [event], tx_timeout=1, registry="ml/deadlines")
             assert "Timed" in (caught.value.code or "") or "timeout" in str(caught.value).lower()
         finally:
             holder.rollback()
-        lineage.write_events(driver, [event], tx_timeout=5)  # the lock gone, the same write goes through
-        driver.execute_query("MATCH (m:Model {id: $id}) DETACH DELETE m", id=node_id)
+        # The lock gone, the same write goes through.
+        lineage.write_events(driver, [event], tx_timeout=5, registry="ml/deadlines")
+        driver.execute_query("MATCH (m:Model {registry: 'ml/deadlines', id: $id}) DETACH DELETE m", id=node_id)
 
 
 # --- every engine's probe of an endpoint that accepts and never answers -----------------------------------

@@ -1,5 +1,8 @@
 """registry.lineage and registry.observe on real PostgreSQL + Neo4j: a scripted history becomes exactly the
-expected graph; replays and a crash between the graph commit and the outbox mark change nothing."""
+expected graph of its registry; replays and a crash between the graph commit and the outbox mark change
+nothing; a lost graph is rebuilt from the outbox; a graph of the same registry name built from another
+registry database is refused and left alone. (Two registries on one Neo4j database, and graphs of the
+previous version: tests/integration/test_shared_servers.py.)"""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from mlinfra.devenv.postgres import PostgresCluster
 from mlinfra.registry import lineage, migrate, observe
 
 Conn = psycopg.Connection[tuple[Any, ...]]
+REGISTRY = "ml/registry"
 
 
 @pytest.fixture(scope="module")
@@ -76,16 +80,27 @@ def script(conn: Conn) -> None:
     x("UPDATE registry.registered_models SET description = 'churn model' WHERE name = 'churn'")
 
 
-def graph_state(driver: neo4j.Driver) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]]]:
+# An edge end outside the registry (another registry's node, or one without a registry) names its registry.
+_FOREIGN = "CASE {0}.registry WHEN $registry THEN '' ELSE ' of ' + coalesce({0}.registry, 'none') END"
+
+
+def graph_state(driver: neo4j.Driver, registry: str = REGISTRY) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]]]:
+    """The nodes and edges of ``registry``'s graph; an edge reaching a node of another registry (or of
+    none) shows it, so such an edge cannot hide."""
     nodes, _, _ = driver.execute_query(
-        "MATCH (n) RETURN labels(n)[0] AS label, coalesce(n.name, '') + '|' + coalesce(toString(n.version), '') "
+        "MATCH (n) WHERE n.registry = $registry AND NOT n:LineageRegistry "
+        "RETURN labels(n)[0] AS label, coalesce(n.name, '') + '|' + coalesce(toString(n.version), '') "
         "+ '|' + coalesce(n.stage, '') + '|' + coalesce(n.key, '') + '|' + coalesce(n.environment, '') "
-        "+ '|' + coalesce(n.description, '') AS what"
+        "+ '|' + coalesce(n.description, '') AS what",
+        registry=registry,
     )
     rels, _, _ = driver.execute_query(
-        "MATCH (a)-[r]->(b) RETURN type(r) AS t, coalesce(a.name, a.environment, toString(a.model_id) + 'v' "
-        "+ toString(a.version)) AS a, coalesce(b.key, b.name + '@' + b.version, "
-        "toString(b.model_id) + 'v' + toString(b.version)) AS b"
+        "MATCH (a)-[r]->(b) WHERE a.registry = $registry OR b.registry = $registry "
+        "RETURN type(r) AS t, coalesce(a.name, a.environment, toString(a.model_id) + 'v' + toString(a.version)) "
+        f"+ {_FOREIGN.format('a')} AS a, "
+        "coalesce(b.key, b.name + '@' + b.version, toString(b.model_id) + 'v' + toString(b.version)) "
+        f"+ {_FOREIGN.format('b')} AS b",
+        registry=registry,
     )
     return ({(r["label"], r["what"]) for r in nodes}, {(r["t"], r["a"], r["b"]) for r in rels})
 
@@ -125,14 +140,14 @@ def test_scripted_history_gives_exactly_the_expected_graph(pg: Conn, driver: neo
     pending = observe.outbox(pg)
     assert pending.pending_events > 0
     assert pending.oldest_pending_age_seconds is not None
-    result = lineage.sync(pg, driver, batch_size=7)
+    result = lineage.sync(pg, driver, batch_size=7, registry=REGISTRY)
     assert result.events == pending.pending_events
     assert result.batches == -(-result.events // 7)
     nodes, rels = graph_state(driver)
     want_nodes, want_rels = expected(pg)
     assert nodes == want_nodes  # as a set: churn and fraud each have a v1 and a v2, both deployed to prod
     assert rels == want_rels
-    g = observe.graph(driver)
+    g = observe.graph(driver, REGISTRY)
     assert g.nodes == 2 + 4 + 3 + 1 + 2  # 2 models, 4 versions, 3 datasets, 1 view, 2 deployments
     assert g.relationships == 4 + 2 + 4 + 2 + 2
     after = observe.outbox(pg)
@@ -149,28 +164,28 @@ def _all_events(conn: Conn) -> list[lineage.Event]:
 
 def test_replaying_the_outbox_twice_changes_nothing(pg: Conn, driver: neo4j.Driver) -> None:
     script(pg)
-    lineage.sync(pg, driver)
-    before = graph_state(driver), observe.graph(driver)
+    lineage.sync(pg, driver, registry=REGISTRY)
+    before = graph_state(driver), observe.graph(driver, REGISTRY)
     for _ in range(2):
         pg.execute("UPDATE registry.outbox SET processed_at = NULL")
-        assert lineage.sync(pg, driver, batch_size=5).events == len(_all_events(pg))
-        assert (graph_state(driver), observe.graph(driver)) == before
+        assert lineage.sync(pg, driver, batch_size=5, registry=REGISTRY).events == len(_all_events(pg))
+        assert (graph_state(driver), observe.graph(driver, REGISTRY)) == before
 
 
 def test_crash_between_graph_commit_and_outbox_mark_is_harmless(pg: Conn, driver: neo4j.Driver) -> None:
     script(pg)
     events = _all_events(pg)
     half = len(events) // 2
-    lineage.sync(pg, driver, batch_size=half // 2 or 1, max_batches=1)
+    lineage.sync(pg, driver, batch_size=half // 2 or 1, max_batches=1, registry=REGISTRY)
     # The "crash": the next batch reached the graph, the mark never happened.
     pending = [
         e
         for e in events
         if e.id in {r[0] for r in pg.execute("SELECT id FROM registry.outbox WHERE processed_at IS NULL").fetchall()}
     ]
-    lineage.write_events(driver, pending[:half])
+    lineage.write_events(driver, pending[:half], registry=REGISTRY)
     assert observe.outbox(pg).pending_events == len(pending)
-    lineage.sync(pg, driver, batch_size=4)
+    lineage.sync(pg, driver, batch_size=4, registry=REGISTRY)
     assert graph_state(driver) == lineage_reference(pg, driver)
 
 
@@ -178,13 +193,13 @@ def lineage_reference(pg: Conn, driver: neo4j.Driver) -> tuple[set[tuple[Any, ..
     """The graph a clean sync of the whole outbox makes."""
     driver.execute_query("MATCH (n) DETACH DELETE n")
     pg.execute("UPDATE registry.outbox SET processed_at = NULL")
-    lineage.sync(pg, driver)
+    lineage.sync(pg, driver, registry=REGISTRY)
     return graph_state(driver)
 
 
 def test_lineage_queries(pg: Conn, driver: neo4j.Driver) -> None:
     script(pg)
-    lineage.sync(pg, driver)
+    lineage.sync(pg, driver, registry=REGISTRY)
     upstream, _, _ = driver.execute_query(
         "MATCH (:Model {name: 'churn'})-[:HAS_VERSION]->(v:ModelVersion {version: 2})-[r]->(x) "
         "RETURN type(r) AS t, coalesce(x.key, x.name + '@' + x.version) AS what"
@@ -208,22 +223,67 @@ def test_lineage_queries(pg: Conn, driver: neo4j.Driver) -> None:
 
 
 def test_sync_with_nothing_pending_records_the_pass(pg: Conn, driver: neo4j.Driver) -> None:
-    result = lineage.sync(pg, driver)
-    assert (result.events, result.batches) == (0, 0)
+    lineage.sync(pg, driver, registry=REGISTRY)  # the first pass (re)builds the graph
+    result = lineage.sync(pg, driver, registry=REGISTRY)
+    assert (result.events, result.batches, result.rebuilt) == (0, 0, False)
     assert observe.outbox(pg).last_sync_time == result.finished_at
 
 
-def test_constraints_exist(driver: neo4j.Driver) -> None:
+def test_constraints_are_registry_scoped(driver: neo4j.Driver) -> None:
     lineage.ensure_schema(driver)  # idempotent
-    rows, _, _ = driver.execute_query("SHOW CONSTRAINTS YIELD labelsOrTypes, properties RETURN *")
-    got = {(r["labelsOrTypes"][0], r["properties"][0]) for r in rows}
+    rows, _, _ = driver.execute_query("SHOW CONSTRAINTS YIELD type, labelsOrTypes, properties RETURN *")
+    got = {(r["type"], r["labelsOrTypes"][0], tuple(r["properties"])) for r in rows}
     assert got >= {
-        ("Model", "id"),
-        ("ModelVersion", "id"),
-        ("Dataset", "id"),
-        ("FeatureView", "key"),
-        ("Deployment", "id"),
+        ("UNIQUENESS", "Model", ("registry", "id")),
+        ("UNIQUENESS", "ModelVersion", ("registry", "id")),
+        ("UNIQUENESS", "Dataset", ("registry", "id")),
+        ("UNIQUENESS", "FeatureView", ("registry", "key")),
+        ("UNIQUENESS", "Deployment", ("registry", "id")),
+        ("UNIQUENESS", "LineageRegistry", ("registry",)),
     }
+    assert not {c for c in got if c[2] in (("id",), ("key",))}  # nothing keyed by id alone
+    # The real server refuses a second node with the same (registry, id), and takes one of another registry.
+    driver.execute_query("CREATE (:Model {registry: 'a/x', id: 1}), (:Model {registry: 'b/x', id: 1})")
+    with pytest.raises(neo4j.exceptions.ConstraintError):
+        driver.execute_query("CREATE (:Model {registry: 'a/x', id: 1})")
+
+
+def test_a_lost_graph_is_rebuilt_from_the_outbox(pg: Conn, driver: neo4j.Driver) -> None:
+    script(pg)
+    first = lineage.sync(pg, driver, batch_size=6, registry=REGISTRY)
+    assert first.rebuilt
+    want = graph_state(driver)
+    assert want == expected(pg)
+    assert lineage.sync(pg, driver, registry=REGISTRY).rebuilt is False
+    # The Neo4j database lost everything (replaced, restored from an empty backup...): every event of the
+    # outbox, long processed, is replayed.
+    driver.execute_query("MATCH (n) DETACH DELETE n")
+    assert observe.outbox(pg).pending_events == 0
+    again = lineage.sync(pg, driver, batch_size=6, registry=REGISTRY)
+    assert again.rebuilt and again.events == len(_all_events(pg))
+    assert graph_state(driver) == want
+    # A stray node of ours that the history does not have (the graph of a crashed rebuild) goes with it.
+    driver.execute_query("MATCH (m:LineageRegistry) DETACH DELETE m")
+    driver.execute_query("CREATE (:Model {registry: $registry, id: -1, name: 'stray'})", registry=REGISTRY)
+    assert lineage.sync(pg, driver, registry=REGISTRY).rebuilt
+    assert graph_state(driver) == want
+
+
+def test_a_graph_built_from_another_registry_database_is_refused_and_left_alone(pg: Conn, driver: neo4j.Driver) -> None:
+    """The same namespace/name, another registry database (another cluster on this Neo4j, or this registry
+    before its database was created again): reported, never rebuilt over."""
+    script(pg)
+    lineage.sync(pg, driver, registry=REGISTRY)
+    theirs = "2001-01-01T00:00:00.000000Z"
+    driver.execute_query("MATCH (m:LineageRegistry {registry: $r}) SET m.history = $h", r=REGISTRY, h=theirs)
+    before = graph_state(driver)
+    pg.execute("INSERT INTO registry.registered_models (name) VALUES ('late')")
+    with pytest.raises(lineage.GraphInUse) as refused:
+        lineage.sync(pg, driver, registry=REGISTRY)
+    assert refused.value.held == theirs and refused.value.ours == lineage.history(pg)
+    assert REGISTRY in str(refused.value) and theirs in str(refused.value)
+    assert graph_state(driver) == before  # nothing deleted, nothing written
+    assert observe.outbox(pg).pending_events == 1  # nothing marked, nothing made pending again
 
 
 def test_sync_cli_from_mounted_dirs(
@@ -262,6 +322,12 @@ def test_sync_cli_from_mounted_dirs(
     )
     assert sync_cli.run("ml/registry", batch_size=3) == sync_cli.EXIT_OK
     summary = json.loads(capsys.readouterr().out)
-    assert summary["outcome"] == "Synced" and summary["events"] > 0
+    assert summary["outcome"] == "Synced" and summary["events"] > 0 and summary["rebuilt"] is True
     assert observe.outbox(pg).pending_events == 0
+    assert graph_state(driver, "ml/registry") == expected(pg)  # the target names the registry of the nodes
     assert sync_cli.run("no-slash") == sync_cli.EXIT_UNUSABLE
+    capsys.readouterr()
+    driver.execute_query("MATCH (m:LineageRegistry {registry: 'ml/registry'}) SET m.history = 'elsewhere'")
+    assert sync_cli.run("ml/registry") == sync_cli.EXIT_UNUSABLE
+    refused = json.loads(capsys.readouterr().out)
+    assert refused["outcome"] == "GraphInUse" and "ModelRegistry ml/registry" in refused["error"]

@@ -10,12 +10,20 @@ The graph (``(:Model)-[:HAS_VERSION]->(:ModelVersion)-[:TRAINED_ON|EVALUATED_ON]
 sync's; the client layer may not import
 ``mlinfra.registry`` (tests/unit/build/test_layers.py), so the Cypher here is checked against the sync by the
 integration tests.
+
+Several ModelRegistries may share one Neo4j database: every node carries ``registry``
+(``<namespace>/<name>`` of its ModelRegistry) and every query here matches only the nodes of this client's
+registry, so one registry's client never sees another's models, datasets or deployments. Pass ``registry=``;
+without it (the API before registries were scoped) the client reads the one registry the database holds, and
+refuses when it holds several.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
+import warnings
 from typing import Any, LiteralString
 
 import neo4j
@@ -88,34 +96,48 @@ class Downstream:
 
 
 # -- Cypher: the graph model of mlinfra.registry.lineage ---------------------------------------------------
+# Every node pattern carries ``registry: $registry`` (tests/unit/client/test_client_lineage.py checks it).
 
 UPSTREAM_DATASETS: LiteralString = """
-MATCH (:Model {name: $model})-[:HAS_VERSION]->(mv:ModelVersion {version: $version})
-      -[r:TRAINED_ON|EVALUATED_ON]->(d:Dataset)
+MATCH (:Model {registry: $registry, name: $model})-[:HAS_VERSION]->
+      (mv:ModelVersion {registry: $registry, version: $version})-[r:TRAINED_ON|EVALUATED_ON]->
+      (d:Dataset {registry: $registry})
 RETURN d.name AS name, d.version AS version, type(r) AS relation
 """
 UPSTREAM_FEATURE_VIEWS: LiteralString = """
-MATCH (:Model {name: $model})-[:HAS_VERSION]->(mv:ModelVersion {version: $version})-[:USES_FEATURE]->(f:FeatureView)
+MATCH (:Model {registry: $registry, name: $model})-[:HAS_VERSION]->
+      (mv:ModelVersion {registry: $registry, version: $version})-[:USES_FEATURE]->(f:FeatureView {registry: $registry})
 RETURN f.namespace AS namespace, f.name AS name
 """
 VERSION_EXISTS: LiteralString = """
-MATCH (:Model {name: $model})-[:HAS_VERSION]->(mv:ModelVersion {version: $version}) RETURN count(mv) AS n
+MATCH (:Model {registry: $registry, name: $model})-[:HAS_VERSION]->
+      (mv:ModelVersion {registry: $registry, version: $version})
+RETURN count(mv) AS n
 """
 DATASET_VERSIONS: LiteralString = """
-MATCH (m:Model)-[:HAS_VERSION]->(mv:ModelVersion)-[r:TRAINED_ON|EVALUATED_ON]->(d:Dataset {name: $name})
+MATCH (m:Model {registry: $registry})-[:HAS_VERSION]->(mv:ModelVersion {registry: $registry})
+      -[r:TRAINED_ON|EVALUATED_ON]->(d:Dataset {registry: $registry, name: $name})
 WHERE $version IS NULL OR d.version = $version
 RETURN mv.id AS id, m.name AS model, mv.version AS version, type(r) AS relation
 """
 FEATURE_VIEW_VERSIONS: LiteralString = """
-MATCH (m:Model)-[:HAS_VERSION]->(mv:ModelVersion)-[r:USES_FEATURE]->(:FeatureView {namespace: $namespace, name: $name})
+MATCH (m:Model {registry: $registry})-[:HAS_VERSION]->(mv:ModelVersion {registry: $registry})
+      -[r:USES_FEATURE]->(:FeatureView {registry: $registry, namespace: $namespace, name: $name})
 RETURN mv.id AS id, m.name AS model, mv.version AS version, type(r) AS relation
 """
 DEPLOYMENTS_OF: LiteralString = """
-MATCH (m:Model)-[:HAS_VERSION]->(mv:ModelVersion)<-[:DEPLOYS]-(dep:Deployment)
+MATCH (m:Model {registry: $registry})-[:HAS_VERSION]->(mv:ModelVersion {registry: $registry})
+      <-[:DEPLOYS]-(dep:Deployment {registry: $registry})
 WHERE mv.id IN $ids
 RETURN dep.id AS id, m.name AS model, mv.version AS version, dep.environment AS environment,
        dep.retired_at IS NOT NULL AS retired
 """
+# The registries whose graphs the database holds (one LineageRegistry node each, written by the sync).
+REGISTRIES: LiteralString = """
+MATCH (r:LineageRegistry) RETURN r.registry AS registry ORDER BY registry LIMIT 2
+"""
+
+REGISTRY_PATTERN = re.compile(r"[^/\s]+/[^/\s]+")  # as mlinfra.registry.lineage: <namespace>/<name>
 
 
 class Lineage:
@@ -123,12 +145,30 @@ class Lineage:
 
     ``graph``: a ``neo4j.Driver`` (kept open: the caller owns it), or the lineage store's connection (a
     ``ConnectionInfo``, its mounted Secret directory or a dict of its keys; the driver is then opened here and
-    closed by :meth:`close`, or ``with``). ``database``: the Neo4j database (default: the connection's).
+    closed by :meth:`close`, or ``with``). ``registry``: the ModelRegistry, ``"<namespace>/<name>"``; only
+    its nodes are read. Without it (deprecated) the database must hold the graph of one registry only, which
+    is then read; with several, every query raises ValueError. ``database``: the Neo4j database (default:
+    the connection's).
     """
 
     def __init__(
-        self, graph: neo4j.Driver | connections.ConnectionSource, *, database: str | None = None, timeout: float = 10.0
+        self,
+        graph: neo4j.Driver | connections.ConnectionSource,
+        *,
+        registry: str | None = None,
+        database: str | None = None,
+        timeout: float = 10.0,
     ) -> None:
+        if registry is None:
+            warnings.warn(
+                "Lineage() without registry='<namespace>/<name>' reads the one registry of the database and "
+                "fails when it holds several: pass registry=",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        elif not REGISTRY_PATTERN.fullmatch(registry):
+            raise ValueError(f"registry must be '<namespace>/<name>' of the ModelRegistry, got {registry!r}")
+        self._registry = registry
         self._stack = contextlib.ExitStack()
         if isinstance(graph, neo4j.Driver):
             self.driver = graph
@@ -176,7 +216,26 @@ class Lineage:
         )
         return Downstream(versions, deployments)
 
+    @property
+    def registry(self) -> str | None:
+        """The registry whose graph this client reads (without ``registry=``: the database's one registry,
+        None while it holds none)."""
+        if self._registry is None:
+            found = [r["registry"] for r in self._query(REGISTRIES, {})]
+            if len(found) > 1:
+                raise ValueError(
+                    "the lineage database holds the graphs of several ModelRegistries: "
+                    "pass Lineage(..., registry='<namespace>/<name>')"
+                )
+            if not found:
+                return None  # nothing synced yet: every answer is empty; looked up again on the next call
+            self._registry = str(found[0])
+        return self._registry
+
     def _read(self, query: LiteralString, params: dict[str, Any]) -> list[dict[str, Any]]:
+        return self._query(query, {**params, "registry": self.registry})
+
+    def _query(self, query: LiteralString, params: dict[str, Any]) -> list[dict[str, Any]]:
         records, _, _ = self.driver.execute_query(
             query, params, database_=self.database, routing_=neo4j.RoutingControl.READ
         )

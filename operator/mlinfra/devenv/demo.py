@@ -434,7 +434,7 @@ def registry_loop(
         return bool(st.get("lineage", {}).get("pendingEvents") == 0 and st["lineage"].get("nodes"))
 
     procs.wait_until("the lineage graph", synced, 120)
-    with Lineage(graph) as lineage:
+    with Lineage(graph, registry=f"{NAMESPACE}/{name}") as lineage:
         up = lineage.upstream("churn", version.version)
         down = lineage.downstream_of_feature_view(NAMESPACE, "user-activity")
     st = json.loads(cp.kubectl("get", "modelregistry", name, "-n", NAMESPACE, "-o", "json").stdout)["status"]

@@ -9,6 +9,10 @@ Without ``spec.lineageSync.schedule`` the operator drains the outbox itself: onc
 observation whenever a pass is due, i.e. ``spec.lineageSync.interval`` has passed since the last one the
 registry database recorded (``registry.lineage_sync_state``; before migration 3, which records every pass,
 only passes that synced events leave a trace, so a pass is due only with events pending).
+
+The lineage graph is the registry's share of its Neo4j database, keyed by ``<namespace>/<name>``
+(``registry.lineage``): other registries may use the same database. A graph of that name built from another
+registry database is ``LineageGraphInUse`` (Stalled), never taken over.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from mlinfra.stores import children, credentials, refs
 APPLICATION_NAME = "mlinfra-operator"
 DATABASE_IN_USE = "DatabaseInUse"
 ROLE_CONFLICT = "RoleConflict"
+LINEAGE_GRAPH_IN_USE = "LineageGraphInUse"
 CONFLICT_RECHECK = 60.0  # seconds: the other registry or the role may go away without a spec change
 
 
@@ -147,13 +152,32 @@ def sync_due(outbox: observe_mod.Outbox, interval: datetime.timedelta) -> bool:
     return outbox.seconds_since_sync is None or outbox.seconds_since_sync >= interval.total_seconds()
 
 
-def _sync_lineage(mr: api.ModelRegistry, graph: connection.ConnectionInfo, conn: psycopg.Connection[Any]) -> str | None:
-    """One pass of the outbox -> graph sync (constraints first); the error text when it could not run."""
+def graph_in_use(exc: lineage.GraphInUse) -> ProblemError:
+    """The Stalled problem of a lineage graph held by another registry database (nothing was changed)."""
+    return ProblemError(
+        Problem(
+            LINEAGE_GRAPH_IN_USE,
+            f"spec.lineageStoreRef: {exc}: nothing was changed; point spec.lineageStoreRef at another Neo4j "
+            f"database, or, if that graph is this registry's own from before its database was created again, "
+            f"delete it (MATCH (n {{registry: '{exc.registry}'}}) DETACH DELETE n)",
+            stalled=True,
+            recheck=CONFLICT_RECHECK,
+        )
+    )
+
+
+def _sync_lineage(
+    mr: api.ModelRegistry, registry: str, graph: connection.ConnectionInfo, conn: psycopg.Connection[Any]
+) -> str | None:
+    """One pass of the outbox -> graph sync of ``registry`` (``<namespace>/<name>``; constraints first); the
+    error text when it could not run. Raises ProblemError (LineageGraphInUse) for a graph it must not touch."""
     batch = (mr.spec.lineage_sync or api.LineageSync()).batch_size
     try:
         with _neo4j(graph) as driver:
             lineage.ensure_schema(driver)
-            lineage.sync(conn, driver, batch_size=batch, max_batches=20, lock_timeout_seconds=5)
+            lineage.sync(conn, driver, batch_size=batch, max_batches=20, lock_timeout_seconds=5, registry=registry)
+    except lineage.GraphInUse as exc:
+        raise graph_in_use(exc) from None
     except (neo4j.exceptions.Neo4jError, neo4j.exceptions.DriverError, OSError) as exc:
         return f"lineage sync failed: {type(exc).__name__}: {exc}"[:1024]
     return None
@@ -203,13 +227,14 @@ def reconcile(ctx: Context, obj: Obj[api.ModelRegistry]) -> None:
         children.delete(ctx.kube, obj.owner_reference(), "CronJob", ns, jobs.cronjob_name(name))
     if _syncs_in_process(mr) and stores.lineage is not None:
         with _postgres(stores.metadata, stores.database) as conn:
-            _sync_lineage(mr, stores.lineage, conn)
+            _sync_lineage(mr, owner, stores.lineage, conn)
 
 
 def observe(ctx: Context, obj: Obj[api.ModelRegistry]) -> dict[str, Any]:
     """The status from the registry database and the graph, after a lineage sync pass if one is due; records
     the lineage metrics."""
     mr, ns, name = obj.model, obj.namespace, obj.name
+    registry = f"{ns}/{name}"
     stores = resolve_stores(ctx, obj)
     sync = mr.spec.lineage_sync or api.LineageSync()
     lineage_problem = stores.lineage_problem
@@ -219,15 +244,21 @@ def observe(ctx: Context, obj: Obj[api.ModelRegistry]) -> dict[str, Any]:
             and stores.lineage is not None
             and sync_due(observe_mod.outbox(conn), common.parse_duration(sync.interval))
         ):
-            lineage_problem = _sync_lineage(mr, stores.lineage, conn)
+            lineage_problem = _sync_lineage(mr, registry, stores.lineage, conn)
         version = observe_mod.schema_version(conn)
+        history = lineage.history(conn) if version else None
         counts = observe_mod.counts(conn)
         outbox = observe_mod.outbox(conn)
     graph = None
     if stores.lineage is not None and lineage_problem is None:
         try:
             with _neo4j(stores.lineage) as driver:
-                graph = observe_mod.graph(driver)
+                # Checked on every observation, not only when a pass was due: the status must not
+                # flip between Stalled and Ready with the sync interval (e.g. with a CronJob syncing).
+                held = lineage.graph_history(driver, registry)
+                if held is not None and history is not None and held != history:
+                    raise graph_in_use(lineage.GraphInUse(registry, None, held, history))
+                graph = observe_mod.graph(driver, registry)
         except (neo4j.exceptions.Neo4jError, neo4j.exceptions.DriverError, OSError) as exc:
             lineage_problem = f"lineage store: {type(exc).__name__}: {exc}"[:1024]
     max_lag = common.parse_duration(sync.max_lag)

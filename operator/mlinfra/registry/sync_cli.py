@@ -5,7 +5,12 @@ in the Job) or from the Kubernetes API. Each store's connection comes from a mou
 directory (``MLINFRA_METADATA_CONN_DIR``, ``MLINFRA_LINEAGE_CONN_DIR``) or else from the DataStore's
 ``<name>-conn`` Secret through the API. The registry database is ``spec.database``, else the Secret's.
 
-Prints one JSON line and returns the exit code: 0 synced, 1 the sync failed, 2 it could not start.
+The graph written is the registry's own share of the Neo4j database, keyed by ``NAMESPACE/NAME``
+(``registry.lineage``); a graph of that name built from another registry database is refused (``GraphInUse``,
+nothing changed).
+
+Prints one JSON line and returns the exit code: 0 synced, 1 the sync failed, 2 it could not start (the
+graph held by another registry database included).
 """
 
 from __future__ import annotations
@@ -71,7 +76,10 @@ def run(target: str, batch_size: int | None = None) -> int:
             connection.neo4j_driver(graph_info, 10) as driver,
         ):
             lineage.ensure_schema(driver)
-            result = lineage.sync(conn, driver, batch_size=size)
+            result = lineage.sync(conn, driver, batch_size=size, registry=f"{namespace}/{name}")
+    except lineage.GraphInUse as exc:
+        _emit({"outcome": "GraphInUse", "error": str(exc)})
+        return EXIT_UNUSABLE
     except (psycopg.Error, neo4j.exceptions.Neo4jError, neo4j.exceptions.DriverError, OSError) as exc:
         _emit({"outcome": "Failed", "error": f"{type(exc).__name__}: {exc}"})
         return EXIT_FAILED
@@ -83,6 +91,7 @@ def run(target: str, batch_size: int | None = None) -> int:
             "lastEventId": result.last_event_id,
             "seconds": round(result.seconds, 3),
             "finishedAt": result.finished_at.isoformat(),
+            "rebuilt": result.rebuilt,
         }
     )
     return EXIT_OK

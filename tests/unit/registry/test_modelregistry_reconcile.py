@@ -20,12 +20,13 @@ from mlinfra.api import modelregistry as api
 from mlinfra.context import Context, Obj, Recorder
 from mlinfra.engines import connection
 from mlinfra.problems import Problem
-from mlinfra.registry import claim, jobs, migrate, reconcile, roles, status
+from mlinfra.registry import claim, jobs, lineage, migrate, reconcile, roles, status
 from mlinfra.registry import observe as observe_mod
 
 pytestmark = pytest.mark.unit
 
 NS, NAME, UID = "team", "models", "mr-uid"
+SYNC_LINEAGE = reconcile._sync_lineage  # the real one (the fixture below replaces it)
 
 
 def mr_body(
@@ -62,7 +63,11 @@ class Databases:
         self.roles: list[tuple[str, ...]] = []
         self.claims: list[tuple[str, str]] = []
         self.sync_passes = 0
+        self.synced_registries: set[str] = set()
         self.sync_error: str | None = None
+        self.history = "2024-05-01T12:00:00.000001Z"  # of the registry database
+        self.graph_history: str | None = None  # of the graph's LineageRegistry node
+        self.graph_registries: list[str] = []
         self.outbox = observe_mod.Outbox(0, None, None, None, records_passes=True)
         self.graph_error: Exception | None = None
 
@@ -79,10 +84,15 @@ def dbs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Databases]:
         d.applied = migrate.resolve_target(target, migrate.shipped())
         return d.applied
 
-    def sync(mr: Any, graph: connection.ConnectionInfo, conn: Any) -> str | None:
+    def sync(mr: Any, registry: str, graph: connection.ConnectionInfo, conn: Any) -> str | None:
         assert graph.engine == "neo4j"
         d.sync_passes += 1
+        d.synced_registries.add(registry)
         return d.sync_error
+
+    def graph(driver: Any, registry: str) -> observe_mod.Graph:
+        d.graph_registries.append(registry)
+        return observe_mod.Graph(9, 8)
 
     @contextlib.contextmanager
     def neo4j(info: Any) -> Iterator[object]:
@@ -101,7 +111,9 @@ def dbs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Databases]:
     monkeypatch.setattr(observe_mod, "schema_version", lambda conn: d.applied)
     monkeypatch.setattr(observe_mod, "counts", lambda conn: observe_mod.Counts(2, 3, 1, 0))
     monkeypatch.setattr(observe_mod, "outbox", lambda conn: d.outbox)
-    monkeypatch.setattr(observe_mod, "graph", lambda driver: observe_mod.Graph(9, 8))
+    monkeypatch.setattr(observe_mod, "graph", graph)
+    monkeypatch.setattr(lineage, "history", lambda conn: d.history)
+    monkeypatch.setattr(lineage, "graph_history", lambda driver, registry: d.graph_history)
     yield d
     metrics.forget_registry(NS, NAME)
 
@@ -191,6 +203,7 @@ def test_reconcile_makes_the_role_secrets_once_in_the_connection_format_and_sync
         }
     assert dbs.roles == [("reg", w_role, writer["password"], r_role, reader["password"], f"{NS}/{NAME}")]
     assert dbs.sync_passes == 1  # in process: one pass on every reconcile
+    assert dbs.synced_registries == {f"{NS}/{NAME}"}  # the graph's nodes are the registry's own
     assert ("Normal", "Migrated", f"schema version 0 -> {migrate.latest_version()}") in obj.report.events  # type: ignore[attr-defined]
     assert kube.kinds("CronJob") == []
 
@@ -524,3 +537,58 @@ def put_store(kube: FakeKube, name: str, engine: str, ready: bool = True) -> Non
         password="admin-pw",
         database="app" if engine == "postgres" else "neo4j",
     )
+
+
+# --- the lineage graph: the registry's own share of a shared Neo4j database -----------------------------------
+
+
+def test_observe_counts_only_the_registrys_own_graph(ctx: Context, kube: FakeKube, dbs: Databases) -> None:
+    put_store(kube, "meta", "postgres")
+    put_store(kube, "graph", "neo4j")
+    reconcile.reconcile(ctx, obj_of(mr_body()))
+    dbs.graph_history = dbs.history  # built from this registry database: fine
+    st = reconcile.observe(ctx, obj_of(mr_body()))
+    assert dbs.graph_registries == [f"{NS}/{NAME}"]
+    assert (st["lineage"]["nodes"], st["lineage"]["relationships"]) == (9, 8)
+    assert conds(st)["Ready"][0] == "True"
+
+
+@pytest.mark.parametrize("due", [True, False])
+def test_a_graph_of_this_name_built_from_another_database_stalls_on_every_observation(
+    ctx: Context, kube: FakeKube, dbs: Databases, due: bool
+) -> None:
+    """Whether or not a sync pass is due (a CronJob may sync): the status must not flip with the interval."""
+    put_store(kube, "meta", "postgres")
+    put_store(kube, "graph", "neo4j")
+    reconcile.reconcile(ctx, obj_of(mr_body()))
+    dbs.outbox = observe_mod.Outbox(0, None, None, None if due else 1.0, records_passes=True)
+    dbs.graph_history = "2001-01-01T00:00:00.000000Z"
+    passes = dbs.sync_passes
+    p = problem_of(lambda: reconcile.observe(ctx, obj_of(mr_body())))
+    assert (p.reason, p.stalled, p.recheck) == (reconcile.LINEAGE_GRAPH_IN_USE, True, reconcile.CONFLICT_RECHECK)
+    assert "ModelRegistry team/models built from another registry database" in p.message
+    assert "2001-01-01T00:00:00.000000Z" in p.message and "nothing was changed" in p.message
+    assert "MATCH (n {registry: 'team/models'}) DETACH DELETE n" in p.message
+    assert dbs.sync_passes == passes + (1 if due else 0)
+    assert dbs.graph_registries == []  # nothing of that graph is reported as this registry's
+
+
+def test_a_sync_refused_by_the_graph_is_a_stalled_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(*_: Any, **kwargs: Any) -> None:
+        raise lineage.GraphInUse(kwargs["registry"], None, "then", "now")
+
+    @contextlib.contextmanager
+    def driver(info: Any) -> Iterator[object]:
+        yield object()
+
+    monkeypatch.setattr(reconcile, "_neo4j", driver)
+    monkeypatch.setattr(lineage, "ensure_schema", lambda driver: None)
+    monkeypatch.setattr(lineage, "sync", refused)
+    mr = obj_of(mr_body()).model
+    graph = connection.ConnectionInfo.for_engine("neo4j", "graph.team.svc", "pw")
+    p = problem_of(lambda: SYNC_LINEAGE(mr, "team/models", graph, object()))  # type: ignore[arg-type]
+    assert (p.reason, p.stalled) == (reconcile.LINEAGE_GRAPH_IN_USE, True)
+    assert p.message.startswith(
+        "spec.lineageStoreRef: the Neo4j database holds a lineage graph of ModelRegistry team/models"
+    )
+    assert "pw" not in p.message

@@ -1,6 +1,10 @@
-"""The registry's pure planning: which migrations run, and how outbox events become Cypher runs."""
+"""The registry's pure planning: which migrations run, and how outbox events become Cypher runs (each within
+its registry)."""
 
 from __future__ import annotations
+
+import re
+from typing import Any
 
 import pytest
 
@@ -68,6 +72,92 @@ def test_a_relinked_dataset_loses_its_old_edge() -> None:
 
 def test_events_the_graph_does_not_show_plan_nothing() -> None:
     assert lineage.statements(lineage.Event(1, "params.insert", {"key": "lr"}, None)) == []
+
+
+def every_statement() -> set[str]:
+    """The Cypher of every event kind the graph shows, each operation, each relation."""
+    rows: dict[str, dict[str, Any]] = {
+        "registered_models": {"id": 1, "name": "m", "description": None},
+        "model_versions": {"id": 1, "model_id": 1, "version": 1, "stage": "none", "run_id": None},
+        "datasets": {"id": 1, "name": "d", "version": "", "uri": "s3://d", "checksum": None},
+        "deployments": {"id": 1, "model_version_id": 1, "environment": "prod", "deployed_at": None},
+        "model_version_features": {"model_version_id": 1, "feature_view_namespace": "ml", "feature_view_name": "f"},
+    }
+    for relation in lineage.RELATIONS:
+        rows[f"model_version_datasets:{relation}"] = {"model_version_id": 1, "dataset_id": 1, "relation": relation}
+    out = set()
+    for key, row in rows.items():
+        table = key.split(":")[0]
+        for op in ("insert", "update", "delete"):
+            event = lineage.Event(1, f"{table}.{op}", None if op == "delete" else row, None if op == "insert" else row)
+            out |= {query for query, _ in lineage.statements(event)}
+    return out
+
+
+NODE_PATTERN = re.compile(r"\(\s*\w*\s*:\s*(\w+)\s*(\{[^}]*\})?\s*\)")
+
+
+def test_every_node_the_sync_touches_is_one_of_its_registry() -> None:
+    """Two registries share one Neo4j database, with overlapping ids: a statement that matched or merged a
+    labelled node without its registry would reach (or merge into) another registry's node."""
+    queries = every_statement()
+    assert len(queries) == 4 + 4 + 2 * 2 + 2  # upserts and deletes of 4 tables, 2 relations, features
+    labelled = 0
+    for query in queries:
+        assert "$registry" in query
+        for match in NODE_PATTERN.finditer(query):
+            labelled += 1
+            assert match.group(2) and "registry: $registry" in match.group(2), (match.group(0), query)
+    assert labelled >= len(queries)
+
+
+def test_registry_is_namespace_slash_name() -> None:
+    assert lineage.check_registry("ml/models") == "ml/models"
+    for bad in ("models", "ml/models/x", "/models", "ml/", "ml /models", ""):
+        with pytest.raises(ValueError, match="<namespace>/<name>"):
+            lineage.check_registry(bad)
+
+
+class FakeSession:
+    """SHOW CONSTRAINTS / SHOW INDEXES answers (the only calls ``legacy_drops`` makes)."""
+
+    def __init__(self, constraints: list[dict[str, Any]], indexes: list[dict[str, Any]]) -> None:
+        self.answers = {"SHOW CONSTRAINTS": constraints, "SHOW INDEXES": indexes}
+
+    def run(self, query: Any) -> FakeSession.Result:
+        text = str(query.text)
+        return self.Result(next(rows for show, rows in self.answers.items() if text.startswith(show)))
+
+    class Result:
+        def __init__(self, rows: list[dict[str, Any]]) -> None:
+            self.rows = rows
+
+        def data(self) -> list[dict[str, Any]]:
+            return self.rows
+
+
+def test_only_the_previous_versions_own_constraints_and_indexes_are_dropped() -> None:
+    def row(name: str, label: str, *props: str) -> dict[str, Any]:
+        return {"name": name, "labelsOrTypes": [label], "properties": list(props)}
+
+    session = FakeSession(
+        [
+            row("model_id", "Model", "id"),  # the previous version's
+            row("deployment_id", "Deployment", "id"),
+            row("lineage_model", "Model", "registry", "id"),  # this version's
+            row("dataset_id", "Thing", "id"),  # a user's, named like ours
+        ],
+        [
+            row("model_name", "Model", "name"),
+            row("dataset_name", "Dataset", "name"),  # a user's: ours was on (name, version)
+            row("model_id", "Model", "id"),  # the constraint's own index: goes with it
+        ],
+    )
+    assert lineage.legacy_drops(session) == [  # type: ignore[arg-type]
+        "DROP CONSTRAINT model_id IF EXISTS",
+        "DROP CONSTRAINT deployment_id IF EXISTS",
+        "DROP INDEX model_name IF EXISTS",
+    ]
 
 
 def test_lineage_cronjob_only_with_a_schedule() -> None:
