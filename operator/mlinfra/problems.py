@@ -26,6 +26,7 @@ WRONG_ENGINE = "WrongEngine"
 IMMUTABLE_FIELD_CHANGE = "ImmutableFieldChange"
 DEADLINE_EXCEEDED = "DeadlineExceeded"
 REFUSED_BY_KUBERNETES_RECHECK = 300.0  # seconds: the refusal may depend on something outside the spec
+MAX_RETRY_DELAY = 600.0  # seconds: the longest a temporary problem waits between two attempts
 
 
 @dataclass(frozen=True)
@@ -109,3 +110,10 @@ def settled(ready: Cond, reconciling: Cond | None = None) -> list[Cond]:
     """The kstatus triple without a problem: ``ready`` as observed, not stalled, and reconciling only when
     the caller says the operator is still converging (pods starting)."""
     return [ready, reconciling or Cond("Reconciling", "False", READY, ""), Cond("Stalled", "False", READY, "")]
+
+
+def retry_delay(base: float, retries: int) -> float:
+    """How long a temporary problem waits before attempt ``retries + 1``: ``base`` doubled per failed attempt,
+    at most :data:`MAX_RETRY_DELAY`. A failure that keeps coming back (a rebuild whose backfill keeps failing
+    recopies the whole source table each time) then costs a few attempts an hour, not four a minute."""
+    return float(min(MAX_RETRY_DELAY, base * 2 ** min(max(retries, 0), 16)))

@@ -122,7 +122,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context, kind: Kind) -> None:
     @kopf.on.resume(*resource, id=reconcile_id, registry=registry)
     @kopf.on.create(*resource, id=reconcile_id, registry=registry)
     @kopf.on.update(*resource, id=reconcile_id, field="spec", registry=registry)
-    def reconcile(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
+    def reconcile(body: kopf.Body, patch: kopf.Patch, memo: Any, retry: int = 0, **_: Any) -> None:
         startup.touch()
         with _lock(memo), metrics.reconciling(kind.controller):
             try:
@@ -132,7 +132,9 @@ def register(registry: kopf.OperatorRegistry, ctx: Context, kind: Kind) -> None:
             except _FAILURES as exc:
                 problem = _problem_of(exc)
                 memo.mlinfra_reconciled = None
-                statuswrite.fail(body, patch, problem, kind.problem_status(body, problem), kind.owned, kind.retry_delay)
+                statuswrite.fail(
+                    body, patch, problem, kind.problem_status(body, problem), kind.owned, kind.retry_delay, retry
+                )
             memo.mlinfra_reconciled = body["metadata"].get("generation")
 
     @kopf.timer(

@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 import kopf
 
+from mlinfra import problems
 from mlinfra.k8s import objects, patches
 from mlinfra.problems import Problem
 
@@ -38,14 +39,16 @@ def fail(
     problem_status: Mapping[str, Any],
     owned: Iterable[str],
     retry_delay: float,
+    retries: int = 0,
 ) -> NoReturn:
     """Report ``problem`` (status, a Warning event) and end the handler the way Kopf should treat it:
-    a spec only the user can fix is not retried; anything else is retried after ``retry_delay``."""
+    a spec only the user can fix is not retried; one that names its recheck is looked at again then; anything
+    else is retried after ``retry_delay``, doubled per earlier failed attempt (``retries``, Kopf's count)."""
     write_status(body, patch, problem_status, owned)
     kopf.warn(body, reason=problem.reason, message=problem.message)
     if problem.stalled and problem.recheck is None:
         raise kopf.PermanentError(problem.message)
-    raise kopf.TemporaryError(problem.message, delay=problem.recheck or retry_delay)
+    raise kopf.TemporaryError(problem.message, delay=problem.recheck or problems.retry_delay(retry_delay, retries))
 
 
 def announce(body: kopf.Body, reason: str, message: str) -> None:

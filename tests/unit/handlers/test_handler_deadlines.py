@@ -67,6 +67,16 @@ def conditions(patch: kopf.Patch) -> dict[str, tuple[str, str]]:
     return {c["type"]: (c["status"], c["reason"]) for c in patch["status"]["conditions"]}
 
 
+@pytest.mark.parametrize(("retries", "delay"), [(0, 15.0), (1, 30.0), (3, 120.0), (6, 600.0), (50, 600.0)])
+def test_a_problem_that_keeps_coming_back_is_retried_less_and_less_often(
+    kube: FakeKube, warnings: list[tuple[str, str]], retries: int, delay: float
+) -> None:
+    with pytest.raises(kopf.TemporaryError) as retry:
+        handlers(kube)["reconcile"](body=body(), patch=kopf.Patch(), memo=kopf.Memo(), retry=retries)
+    assert retry.value.delay == delay == problems.retry_delay(featureview.KIND.retry_delay, retries)
+    assert len(warnings) == 1  # one Warning event per attempt: fewer attempts, fewer events
+
+
 def test_a_reconcile_that_missed_a_deadline_reports_it_and_is_retried(
     kube: FakeKube, warnings: list[tuple[str, str]]
 ) -> None:
