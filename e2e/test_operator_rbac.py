@@ -13,6 +13,8 @@ ALLOWED = [
     ("update", "datastores.mlinfra.io/finalizers"),
     ("patch", "statefulsets.apps"),
     ("create", "secrets"),
+    ("get", "secrets"),
+    ("patch", "secrets"),
     ("delete", "persistentvolumeclaims"),
     ("list", "customresourcedefinitions"),
     ("create", "cronjobs.batch"),
@@ -29,6 +31,11 @@ DENIED = [
     ("create", "persistentvolumeclaims"),
     ("update", "namespaces"),
     ("create", "serviceaccounts/token"),
+    # Secrets only by name: no listing or watching every Secret of the cluster, no deleting them.
+    ("list", "secrets"),
+    ("watch", "secrets"),
+    ("delete", "secrets"),
+    ("update", "secrets"),
 ]
 
 

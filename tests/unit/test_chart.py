@@ -39,7 +39,8 @@ OPERATOR_RULES = [
     ([""], ["events"], ["create", "patch"]),
     (["events.k8s.io"], ["events"], ["create", "patch"]),
     (["apps"], ["statefulsets"], FULL),
-    ([""], ["services", "configmaps", "secrets"], FULL),
+    ([""], ["services", "configmaps"], FULL),
+    ([""], ["secrets"], ["get", "create", "patch"]),
     (["policy"], ["poddisruptionbudgets"], FULL),
     (["networking.k8s.io"], ["networkpolicies"], FULL),
     ([""], ["persistentvolumeclaims"], ["get", "list", "watch", "delete"]),
@@ -174,6 +175,8 @@ def test_command_ports_probe_and_environment() -> None:
     assert "command" not in c, "the image's ENTRYPOINT is `mlinfra`"
     assert c["args"] == ["run", "--health-port", "8080", "--metrics-port", "9090"]
     assert {"name": "MLINFRA_LOG_FORMAT", "value": "json"} in c["env"]
+    namespace = {"fieldRef": {"fieldPath": "metadata.namespace"}}  # the stores' NetworkPolicies admit it from there
+    assert {"name": "MLINFRA_OPERATOR_NAMESPACE", "valueFrom": namespace} in c["env"]
     assert {(p["name"], p["containerPort"]) for p in c["ports"]} == {("http-health", 8080), ("http-metrics", 9090)}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-health"}
     assert "readinessProbe" not in c
