@@ -26,6 +26,9 @@ class Settings:
     # Default image per engine for managed stores without spec.managed.image (a mirror, or locally built
     # images); "{version}" is replaced by the store's version. Empty: the engines' public images.
     engine_images: Mapping[str, str] = field(default_factory=dict)
+    # The namespace of the operator's own pod (the chart sets it from the downward API); None when the
+    # operator runs outside the cluster. Managed stores' NetworkPolicies admit the operator from there only.
+    operator_namespace: str | None = None
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -40,6 +43,7 @@ class Settings:
             "log_format": "plain" if env.get("MLINFRA_LOG_FORMAT") == "plain" else "json",
             "job_image": env.get("MLINFRA_JOB_IMAGE", cls.job_image),
             "engine_images": parse_engine_images(env.get("MLINFRA_ENGINE_IMAGES", "")),
+            "operator_namespace": env.get("MLINFRA_OPERATOR_NAMESPACE") or None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

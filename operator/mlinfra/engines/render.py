@@ -261,7 +261,9 @@ def settings(ds: datastore.DataStore) -> list[tuple[str, str]]:
     return sorted(merged.items())
 
 
-def _context(ds: datastore.DataStore, images: Mapping[str, str] | None = None) -> dict[str, Any]:
+def _context(
+    ds: datastore.DataStore, images: Mapping[str, str] | None = None, operator_namespace: str | None = None
+) -> dict[str, Any]:
     managed = _managed(ds)
     profile = PROFILES[ds.spec.engine]
     name, ns = ds.metadata.name, names.namespace(ds)
@@ -304,6 +306,7 @@ def _context(ds: datastore.DataStore, images: Mapping[str, str] | None = None) -
         "selector": names.selector_labels(ds),
         "client_selector": names.primary_selector(ds) if profile.primary_only else names.selector_labels(ds),
         "operator_selector": dict(names.OPERATOR_POD_LABELS),
+        "operator_namespace": operator_namespace,
     }
 
 
@@ -377,14 +380,22 @@ def _statefulset(ds: datastore.DataStore, context: Mapping[str, Any]) -> dict[st
     return sts
 
 
-def render_managed(ds: datastore.DataStore, images: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+def render_managed(
+    ds: datastore.DataStore, images: Mapping[str, str] | None = None, operator_namespace: str | None = None
+) -> list[dict[str, Any]]:
     """Every object of the managed store ``ds`` except the credentials and connection Secrets: ConfigMap,
     headless and client Services, StatefulSet, PodDisruptionBudget (more than one replica) and
     NetworkPolicy (``spec.managed.networkPolicy``). Same input, same output, in this order. ``images``: the
-    operator's default image per engine (see :func:`image`)."""
+    operator's default image per engine (see :func:`image`). ``operator_namespace``: where the operator's pod
+    runs; the NetworkPolicy admits the operator's pods from that namespace only (a pod label alone would
+    admit any tenant's pod that copies it), and none from elsewhere when it is unknown."""
     managed = _managed(ds)
     files = render_config_files(ds)
-    context = {**_context(ds, images), "files": files, "config_hash": config_hash(files)}
+    context = {
+        **_context(ds, images, operator_namespace),
+        "files": files,
+        "config_hash": config_hash(files),
+    }
     objects = [
         _render_yaml("common/configmap.yaml.j2", context),
         _render_yaml("common/headless-service.yaml.j2", context),

@@ -27,7 +27,7 @@ def _managed(ctx: Context, obj: Obj[api.DataStore]) -> connection.ConnectionInfo
     keys = names.credentials_keys(engine)
     default_username = connection.DEFAULT_USERNAMES[engine]
     owner = obj.owner_reference()
-    rendered = render.render_managed(ds, ctx.settings.engine_images)
+    rendered = render.render_managed(ds, ctx.settings.engine_images, ctx.settings.operator_namespace)
     for child in rendered:
         child.setdefault("metadata", {})["ownerReferences"] = [owner]
     claimed = children.claim_all(ctx.kube, rendered)  # before the credentials are made: a conflict makes nothing

@@ -279,10 +279,21 @@ def test_network_policy_only_when_asked(engine: str) -> None:
     client_ports = {p["name"] for p in objs["Service", "feats"]["spec"]["ports"]}
     all_ports = {p["name"] for p in objs["Service", "feats-hl"]["spec"]["ports"]}
     assert {p["port"] for p in clients["ports"]} == client_ports
-    assert clients["from"][0] == {"podSelector": {}}  # any pod of the namespace
-    assert clients["from"][1] == {"namespaceSelector": {}, "podSelector": {"matchLabels": names.OPERATOR_POD_LABELS}}
+    # Any pod of the namespace; the operator runs outside the cluster (no namespace known): nobody else.
+    assert clients["from"] == [{"podSelector": {}}]
     assert {p["port"] for p in members["ports"]} == all_ports
     assert members["from"] == [{"podSelector": {"matchLabels": names.selector_labels(store(engine))}}]
+    # The operator as a pod: admitted from its own namespace only, by the label the API server sets on
+    # namespaces (a tenant can put the operator's pod labels on its own pods, not rename its namespace).
+    objs = by_kind(render.render_managed(store(engine, networkPolicy=True), operator_namespace="mlinfra-system"))
+    clients = objs["NetworkPolicy", "feats"]["spec"]["ingress"][0]
+    assert clients["from"] == [
+        {"podSelector": {}},
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mlinfra-system"}},
+            "podSelector": {"matchLabels": names.OPERATOR_POD_LABELS},
+        },
+    ]
 
 
 # --- config files ---------------------------------------------------------------------------------------
