@@ -61,6 +61,10 @@ class Port:
     port: int
 
 
+# On the StatefulSet: the engine version it was rendered with (stores.versions keeps a store's data on its major).
+VERSION_ANNOTATION = "mlinfra.io/engine-version"
+
+
 @dataclasses.dataclass(frozen=True)
 class Profile:
     """What differs between engines, beyond their templates."""
@@ -307,6 +311,8 @@ def _context(
         "client_selector": names.primary_selector(ds) if profile.primary_only else names.selector_labels(ds),
         "operator_selector": dict(names.OPERATOR_POD_LABELS),
         "operator_namespace": operator_namespace,
+        "engine_version": version(ds),
+        "version_annotation": VERSION_ANNOTATION,
     }
 
 

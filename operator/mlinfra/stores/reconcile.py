@@ -14,8 +14,9 @@ from typing import Any
 from mlinfra.api import datastore as api
 from mlinfra.context import Context, Obj
 from mlinfra.engines import connection, names, render
+from mlinfra.k8s import ownership
 from mlinfra.problems import INVALID_SPEC, Problem, ProblemError
-from mlinfra.stores import children, connsecret, credentials
+from mlinfra.stores import children, connsecret, credentials, versions
 
 
 def _managed(ctx: Context, obj: Obj[api.DataStore]) -> connection.ConnectionInfo:
@@ -27,6 +28,12 @@ def _managed(ctx: Context, obj: Obj[api.DataStore]) -> connection.ConnectionInfo
     keys = names.credentials_keys(engine)
     default_username = connection.DEFAULT_USERNAMES[engine]
     owner = obj.owner_reference()
+    # The version the data on the volumes was written with decides, not only the spec (stores/versions.py).
+    # A StatefulSet of that name that is not this store's says nothing about its data (claim_all reports it).
+    sts = ctx.kube.get_or_none("StatefulSet", obj.namespace, names.statefulset(obj.name))
+    ours = sts is not None and ownership.labelled_for(sts, owner)
+    was = versions.recorded(sts if ours else None, engine, ctx.settings.engine_images)
+    ds = versions.pinned(ds, versions.effective(ds, was))
     rendered = render.render_managed(ds, ctx.settings.engine_images, ctx.settings.operator_namespace)
     for child in rendered:
         child.setdefault("metadata", {})["ownerReferences"] = [owner]

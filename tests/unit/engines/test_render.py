@@ -90,8 +90,11 @@ def test_labels_and_selectors(engine: str, replicas: int) -> None:
     }
     for obj in objects:
         assert obj["metadata"]["labels"] == labels
-        assert "annotations" not in obj["metadata"]
+        if obj["kind"] != "StatefulSet":
+            assert "annotations" not in obj["metadata"]
     sts = sts_of(objects)
+    # The version the data will be written with (stores.versions keeps it across operator upgrades).
+    assert sts["metadata"]["annotations"] == {render.VERSION_ANNOTATION: render.version(ds)}
     assert sts["spec"]["selector"] == {"matchLabels": selector}
     assert sts["spec"]["template"]["metadata"]["labels"] == labels
     assert selector.items() <= labels.items()
