@@ -273,6 +273,10 @@ HOSTILE: list[tuple[dict[str, Any], str]] = [
         variant(DS_EXTERNAL, "ds-sni", external__tls__serverName="db example com"),
         "spec.external.tls.serverName must be a host name",
     ),
+    (
+        variant(REDIS_EXTERNAL, "ds-redis-sni", external__tls={"enabled": True, "serverName": "r.example.com"}),
+        "spec.external.tls.serverName is not supported for redis",
+    ),
     # FeatureView
     (variant(FV, LONG["FeatureView"]), "the name of a FeatureView must be at most 63 characters"),
     (variant(FV, "fv-minute-60", materialization__schedule="60 * * * *"), "minute 0-59, hour 0-23"),
@@ -314,6 +318,8 @@ INVALID += [
 VALID += [
     variant(DS_MANAGED, "d" * 52),
     variant(DS_EXTERNAL, "pg.external"),  # a dot is fine where no Service is named after the store
+    variant(DS_EXTERNAL, "pg-sni", external__tls__serverName="db.example.com"),  # postgres verifies another name
+    variant(REDIS_EXTERNAL, "redis-tls", external__tls={"enabled": True, "insecureSkipVerify": True}),
     variant(PG_MANAGED, "pg-tuned", managed__config={"shared_buffers": "256MB", "max_connections": "200"}),
     variant(FV, "n" * 63, materialization__schedule="0 9-17/2 * jan-mar MON-FRI"),
     variant(

@@ -228,7 +228,11 @@ class CredentialsSecretRef(base.SpecModel):
 class TLS(base.SpecModel):
     """How the operator and the apps connect to an external database over TLS."""
 
-    enabled: bool = pydantic.Field(default=False, description="Connect with TLS.")
+    enabled: bool = pydantic.Field(
+        default=False,
+        description="Connect with TLS; the server's certificate chain and host name are verified unless "
+        "insecureSkipVerify.",
+    )
     ca_secret_ref: common.SecretKeyRef | None = pydantic.Field(
         default=None, description="CA certificate (PEM) to verify the server; system roots when omitted."
     )
@@ -240,7 +244,10 @@ class TLS(base.SpecModel):
         ]
         | None
     ) = pydantic.Field(
-        default=None, max_length=253, description="Name to verify in the server certificate, if not the host."
+        default=None,
+        max_length=253,
+        description="Name to verify in the server certificate, if not the host (postgres, neo4j, qdrant; "
+        "redis clients cannot verify another name).",
     )
     insecure_skip_verify: bool = pydantic.Field(
         default=False, description="Do not verify the server certificate (testing only)."
@@ -309,6 +316,14 @@ def config_value_message(engine: Engine, key: str) -> str:
 CONFIG_VALUE_RULES: tuple[base.Cel, ...] = tuple(
     _config_value_rule(engine, key) for engine in ENGINES for key in sorted(CONFIG_VALUES[engine])
 )
+# redis-py verifies the certificate against the host it connects to and has no setting for another name.
+REDIS_SERVER_NAME = base.Cel(
+    rule="self.engine != 'redis' || !has(self.external) || !has(self.external.tls) || "
+    "!has(self.external.tls.serverName)",
+    message="spec.external.tls.serverName is not supported for redis (its clients verify the endpoint's host "
+    "name): use an endpoint whose host the certificate names",
+    field_path=".external.tls.serverName",
+)
 REDIS_DATABASE = base.Cel(
     rule="self.engine != 'redis' || !has(self.external) || !has(self.external.database) || "
     f"self.external.database.matches({base.cel_string(REDIS_DATABASE_RE)})",
@@ -347,6 +362,7 @@ class DataStoreSpec(base.SpecModel):
         *CONFIG_RULES.values(),
         *CONFIG_VALUE_RULES,
         REDIS_DATABASE,
+        REDIS_SERVER_NAME,
         MODE_FIXED,
         MAJOR_VERSION_FIXED,
     )
@@ -387,6 +403,9 @@ class DataStoreSpec(base.SpecModel):
         database = self.external.database if self.external is not None else None
         if self.engine == "redis" and database is not None and not re.search(REDIS_DATABASE_RE, database):
             raise ValueError(REDIS_DATABASE.message)
+        tls = self.external.tls if self.external is not None else None
+        if self.engine == "redis" and tls is not None and tls.server_name is not None:
+            raise ValueError(REDIS_SERVER_NAME.message)
         return self
 
 

@@ -64,8 +64,10 @@ def from_directory(path: str | os.PathLike[str]) -> ConnectionInfo:
 def from_url(url: str, password: str | None = None) -> ConnectionInfo:
     """The connection named by a URL, e.g. ``redis://:secret@host:6379/0`` or ``postgresql://u@host/db``.
 
-    ``password`` overrides (or supplies) the URL's password. ``rediss://`` and ``sslmode=require`` (or
-    ``verify-ca``/``verify-full``) turn TLS on.
+    ``password`` overrides (or supplies) the URL's password. ``rediss://`` and ``sslmode=verify-full`` (or
+    ``verify-ca``) turn TLS on, verified against the system roots and the host name; ``sslmode=require`` is
+    libpq's encrypted-but-unverified mode and reads as such (``insecure_skip_verify``). A CA or another name
+    to verify cannot come from a URL: use the connection Secret (``ca.crt``, ``serverName``).
     """
     parts = parse.urlsplit(url)
     if parts.scheme not in _SCHEMES:
@@ -78,8 +80,8 @@ def from_url(url: str, password: str | None = None) -> ConnectionInfo:
     except ValueError:
         raise ValueError("the URL's port is not a number between 0 and 65535") from None
     query = parse.parse_qs(parts.query)
-    if engine == "postgres" and query.get("sslmode", [""])[-1] in {"require", "verify-ca", "verify-full"}:
-        tls = True
+    sslmode = query.get("sslmode", [""])[-1] if engine == "postgres" else ""
+    tls = tls or sslmode in {"require", "verify-ca", "verify-full"}
     database = parse.unquote(parts.path.lstrip("/")) or None
     if engine == "redis" and database is None and "db" in query:
         database = query["db"][-1]
@@ -91,6 +93,7 @@ def from_url(url: str, password: str | None = None) -> ConnectionInfo:
         username=parse.unquote(parts.username) if parts.username else None,
         database=database,
         tls=tls,
+        insecure_skip_verify=sslmode == "require",
     )
 
 

@@ -1,9 +1,14 @@
 """The one connection-Secret format, for every engine, managed or external.
 
 The operator publishes a Secret ``<name>-conn`` per DataStore with the string keys ``engine, host, port,
-username, password, database, uri, tls`` (plus ``ca.crt`` when a CA certificate is configured). Sync jobs, the
-client SDK, the probes and users' apps all read it through :class:`ConnectionInfo`, so the format is written
-and parsed in this module only.
+username, password, database, uri, tls`` (plus ``ca.crt`` when a CA certificate is configured, ``serverName``
+when the certificate names another host than ``host``, and ``insecureSkipVerify`` when verification is off).
+Sync jobs, the client SDK, the probes and users' apps all read it through :class:`ConnectionInfo`, so the
+format is written and parsed in this module only.
+
+TLS is verified unless ``insecureSkipVerify`` says otherwise: the chain against ``ca.crt`` (or the system
+roots without one) and the host name (``serverName`` or else ``host``). The driver translations at the end
+of this module are the one place that turns that into each driver's settings.
 
 ``uri`` never embeds the password: it is safe to print, log and put in ``status``. Clients take the password
 from the ``password`` key.
@@ -15,6 +20,8 @@ import base64
 import contextlib
 import dataclasses
 import math
+import socket
+import ssl
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -33,9 +40,12 @@ DEFAULT_PORTS: dict[Engine, int] = {"redis": 6379, "postgres": 5432, "neo4j": 76
 DEFAULT_USERNAMES: dict[Engine, str] = {"redis": "default", "postgres": "postgres", "neo4j": "neo4j", "qdrant": ""}
 DEFAULT_DATABASES: dict[Engine, str] = {"redis": "0", "postgres": "postgres", "neo4j": "neo4j", "qdrant": ""}
 
-# The keys of the Secret, in the order DESIGN.md lists them. CA_KEY is present only when a CA is set.
+# The keys of the Secret, in the order DESIGN.md lists them. The optional keys are present only when set, so
+# Secrets written before they existed read as the defaults (verified, against the host's own name).
 SECRET_KEYS = ("engine", "host", "port", "username", "password", "database", "uri", "tls")
 CA_KEY = "ca.crt"
+SERVER_NAME_KEY = "serverName"
+INSECURE_KEY = "insecureSkipVerify"
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off", ""})
@@ -58,6 +68,10 @@ class ConnectionInfo:
     database: str
     tls: bool
     ca_cert: str | None = None
+    # The name to verify in the server's certificate (and send as SNI) when it is not ``host``.
+    server_name: str | None = None
+    # Encrypt without verifying the server at all (spec.external.tls.insecureSkipVerify: testing only).
+    insecure_skip_verify: bool = False
     # Development only, never in a Secret: qdrant-client local mode on this directory instead of a server
     # (set by the endpoint map of the local platform, where no Qdrant server binary exists).
     local_path: str | None = None
@@ -82,6 +96,8 @@ class ConnectionInfo:
         database: str | None = None,
         tls: bool = False,
         ca_cert: str | None = None,
+        server_name: str | None = None,
+        insecure_skip_verify: bool = False,
     ) -> ConnectionInfo:
         """A ConnectionInfo with the engine's default port, user name and database where not given."""
         return cls(
@@ -93,7 +109,14 @@ class ConnectionInfo:
             database=database if database is not None else DEFAULT_DATABASES[engine],
             tls=tls,
             ca_cert=ca_cert,
+            server_name=server_name,
+            insecure_skip_verify=insecure_skip_verify,
         )
+
+    @property
+    def verified(self) -> bool:
+        """TLS on and the server's certificate checked (chain and name)."""
+        return self.tls and not self.insecure_skip_verify
 
     @property
     def endpoint(self) -> str:
@@ -111,9 +134,11 @@ class ConnectionInfo:
         if self.engine == "postgres":
             user = f"{parse.quote(self.username, safe='')}@" if self.username else ""
             db = f"/{parse.quote(self.database, safe='')}" if self.database else ""
-            return f"postgresql://{user}{netloc}{db}{'?sslmode=require' if self.tls else ''}"
+            return f"postgresql://{user}{netloc}{db}{_pg_uri_query(self)}"
         if self.engine == "neo4j":
-            return f"{'neo4j+s' if self.tls else 'bolt'}://{netloc}"
+            # neo4j+ssc: encrypted, certificate not checked (the drivers' own scheme for it).
+            scheme = "neo4j+s" if self.verified else "neo4j+ssc" if self.tls else "bolt"
+            return f"{scheme}://{netloc}"
         return f"{'https' if self.tls else 'http'}://{netloc}"
 
     def with_endpoint(self, host: str, port: int) -> ConnectionInfo:
@@ -134,6 +159,10 @@ class ConnectionInfo:
         }
         if self.ca_cert:
             data[CA_KEY] = self.ca_cert
+        if self.server_name:
+            data[SERVER_NAME_KEY] = self.server_name
+        if self.insecure_skip_verify:
+            data[INSECURE_KEY] = "true"
         return data
 
     @classmethod
@@ -151,9 +180,6 @@ class ConnectionInfo:
             port = int(port_text)
         except ValueError:
             raise ValueError(f"connection secret: key 'port' is not a number: {port_text!r}") from None
-        tls_text = values.get("tls", "false").strip().lower()
-        if tls_text not in _TRUE | _FALSE:
-            raise ValueError(f"connection secret: key 'tls' must be true or false, got {tls_text!r}")
         return cls(
             engine=engine,  # type: ignore[arg-type]  # checked against Engine above
             host=_require(values, "host"),
@@ -161,8 +187,10 @@ class ConnectionInfo:
             username=values.get("username", ""),
             password=values.get("password", ""),
             database=values.get("database", ""),
-            tls=tls_text in _TRUE,
+            tls=_flag(values, "tls"),
             ca_cert=values.get(CA_KEY) or None,
+            server_name=values.get(SERVER_NAME_KEY, "").strip() or None,
+            insecure_skip_verify=_flag(values, INSECURE_KEY),
         )
 
     @classmethod
@@ -174,10 +202,29 @@ class ConnectionInfo:
         return (
             f"ConnectionInfo(engine={self.engine!r}, host={self.host!r}, port={self.port}, "
             f"username={self.username!r}, password='***', database={self.database!r}, tls={self.tls}, "
-            f"ca_cert={'<set>' if self.ca_cert else None})"
+            f"ca_cert={'<set>' if self.ca_cert else None}, server_name={self.server_name!r}, "
+            f"insecure_skip_verify={self.insecure_skip_verify})"
         )
 
     __str__ = __repr__
+
+
+def _flag(values: Mapping[str, str], key: str) -> bool:
+    """A true/false key of the Secret; missing is false."""
+    value = values.get(key, "false").strip().lower()
+    if value not in _TRUE | _FALSE:
+        raise ValueError(f"connection secret: key {key!r} must be true or false, got {value!r}")
+    return value in _TRUE
+
+
+def _pg_uri_query(info: ConnectionInfo) -> str:
+    # libpq's own words for what the operator does: verify-full checks chain and host name; without a CA
+    # the system roots (libpq >= 16); with one the app points sslrootcert at ca.crt. require: no check.
+    if not info.tls:
+        return ""
+    if info.insecure_skip_verify:
+        return "?sslmode=require"
+    return "?sslmode=verify-full" if info.ca_cert else "?sslmode=verify-full&sslrootcert=system"
 
 
 def _url_host(host: str) -> str:
@@ -220,21 +267,115 @@ def _require(values: Mapping[str, str], key: str) -> str:
 # --- driver parameters: the one translation of a ConnectionInfo into client settings --------------------
 
 
+class TLSNotSupported(ValueError):
+    """A TLS setting the engine's driver cannot honour (refused, never silently ignored)."""
+
+
+class _ServerNameContext(ssl.SSLContext):
+    """An SSLContext that sends and verifies ``server_name`` whatever host the driver connected to.
+
+    Drivers that take an SSLContext (neo4j, httpx under qdrant-client) pass their own host as
+    ``server_hostname``; Python checks the certificate against exactly that argument, so replacing it here
+    is how a certificate for another name is verified without switching verification off.
+    """
+
+    server_name: str | None = None
+
+    def wrap_socket(
+        self,
+        sock: socket.socket,
+        server_side: bool = False,
+        do_handshake_on_connect: bool = True,
+        suppress_ragged_eofs: bool = True,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLSocket:
+        return super().wrap_socket(
+            sock,
+            server_side,
+            do_handshake_on_connect,
+            suppress_ragged_eofs,
+            self.server_name or server_hostname,
+            session,
+        )
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        return super().wrap_bio(incoming, outgoing, server_side, self.server_name or server_hostname, session)
+
+
+def ssl_context(info: ConnectionInfo) -> ssl.SSLContext:
+    """The client SSLContext for ``info`` (neo4j, qdrant): the chain checked against ``ca.crt`` only, or the
+    system roots without one; the host name (``server_name`` or else the host) checked; TLS 1.2 or newer.
+    With ``insecure_skip_verify`` nothing is checked (the connection is still encrypted)."""
+    context = _ServerNameContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname by default
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.server_name = info.server_name
+    if info.insecure_skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif info.ca_cert:
+        context.load_verify_locations(cadata=info.ca_cert)
+    else:
+        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    return context
+
+
 def redis_kwargs(info: ConnectionInfo, timeout: float) -> dict[str, Any]:
-    """Keyword arguments of ``redis.Redis`` / ``redis.asyncio.Redis`` (replies stay bytes)."""
-    return {
+    """Keyword arguments of ``redis.Redis`` / ``redis.asyncio.Redis`` (replies stay bytes).
+
+    redis-py builds its own SSLContext from the system roots, adds ``ca.crt`` to them when given, and checks
+    the certificate against ``host`` (both stated here, not left to the library's defaults). It has no
+    setting for another name to verify, so a ``server_name`` is refused (:class:`TLSNotSupported`); the API
+    refuses ``serverName`` for redis DataStores for the same reason.
+    """
+    params: dict[str, Any] = {
         "host": info.host,
         "port": info.port,
         "db": int(info.database or 0),
         "username": info.username or None,
         "password": info.password or None,
         "ssl": info.tls,
-        "ssl_ca_data": info.ca_cert,
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
         # A peer that vanished while the connection idles in a pool is noticed, not waited on.
         "socket_keepalive": True,
     }
+    if info.tls:
+        if info.server_name:
+            raise TLSNotSupported(
+                f"redis at {info.endpoint}: serverName is not supported for redis (redis-py verifies the "
+                "endpoint's host name); use an endpoint whose host the certificate names"
+            )
+        params.update(
+            ssl_cert_reqs="none" if info.insecure_skip_verify else "required",
+            ssl_check_hostname=info.verified,
+            ssl_ca_data=info.ca_cert if info.verified else None,
+        )
+    return params
+
+
+def qdrant_kwargs(info: ConnectionInfo, timeout: float) -> dict[str, Any]:
+    """Keyword arguments of ``qdrant_client.QdrantClient`` for a server (the password is the API key).
+
+    qdrant-client hands ``verify`` to its httpx client: with TLS an SSLContext from :func:`ssl_context`
+    (CA, system roots, server name, or no check), so every Qdrant call verifies like the other engines.
+    """
+    params: dict[str, Any] = {
+        "url": info.uri,
+        "api_key": info.password or None,
+        "timeout": max(1, math.ceil(timeout)),
+        "check_compatibility": False,
+    }
+    if info.tls:
+        params["verify"] = ssl_context(info)
+    return params
 
 
 # --- deadlines: no call the operator makes waits for ever ----------------------------------------------
@@ -360,13 +501,47 @@ def _seconds(value: float | None) -> str:
     return "off" if value is None else f"{value:g} s"
 
 
+# libpq learnt ``sslrootcert=system`` (verify against the system roots) in PostgreSQL 16.
+_LIBPQ_SYSTEM_ROOTS = 160000
+
+
+def _pg_addresses(info: ConnectionInfo) -> str:
+    """The addresses of ``info.host`` for libpq's ``hostaddr`` (comma-separated; libpq tries each)."""
+    try:
+        found = socket.getaddrinfo(info.host, info.port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise psycopg.OperationalError(f"could not resolve the PostgreSQL host {info.host!r}: {exc}") from None
+    return ",".join(dict.fromkeys(str(entry[4][0]) for entry in found))
+
+
+def _pg_tls(info: ConnectionInfo, ca_file: str | None) -> dict[str, Any]:
+    """The libpq TLS parameters: ``verify-full`` (chain and host name) against ``ca_file`` or the system
+    roots; ``require`` (encrypted, unchecked) with insecure_skip_verify; plain TCP without TLS (``disable``,
+    not libpq's default ``prefer``: the spec says plain when TLS is off)."""
+    if not info.tls:
+        return {"sslmode": "disable"}
+    params: dict[str, Any] = {"sslmode": "require" if info.insecure_skip_verify else "verify-full"}
+    if info.verified:
+        if ca_file is None and psycopg.pq.version() < _LIBPQ_SYSTEM_ROOTS:
+            raise TLSNotSupported(
+                f"PostgreSQL at {info.endpoint}: verifying against the system roots needs libpq 16 or newer "
+                f"(this is {psycopg.pq.version()}); give a CA (caSecretRef)"
+            )
+        params["sslrootcert"] = ca_file or "system"
+    if info.server_name:
+        # The libpq way to verify another name: ``host`` is the name checked (and sent as SNI), ``hostaddr``
+        # where libpq connects, one entry per address so that every address is still tried.
+        addresses = _pg_addresses(info)
+        params.update(host=",".join([info.server_name] * (addresses.count(",") + 1)), hostaddr=addresses)
+    return params
+
+
 @contextlib.contextmanager
 def libpq_params(
     info: ConnectionInfo, connect_timeout: float, application_name: str, **extra: Any
 ) -> Iterator[dict[str, Any]]:
-    """psycopg/libpq connection parameters. With TLS and a CA the server is verified (``verify-full``);
-    the CA goes through a private temporary file that lives as long as the context (libpq reads it at
-    connect time)."""
+    """psycopg/libpq connection parameters, TLS as :func:`_pg_tls` says. A CA goes through a private
+    temporary file that lives as long as the context (libpq reads it at connect time)."""
     params: dict[str, Any] = {
         "host": info.host,
         "port": info.port,
@@ -375,15 +550,16 @@ def libpq_params(
         "dbname": info.database or None,
         "connect_timeout": max(1, math.ceil(connect_timeout)),  # libpq takes whole seconds
         "application_name": application_name,
-        "sslmode": "require" if info.tls else "prefer",
         **extra,
     }
     with contextlib.ExitStack() as stack:
-        if info.tls and info.ca_cert:
+        ca_file = None
+        if info.verified and info.ca_cert:
             ca = stack.enter_context(tempfile.NamedTemporaryFile("w", suffix=".crt"))
             ca.write(info.ca_cert)
             ca.flush()
-            params.update(sslmode="verify-full", sslrootcert=ca.name)
+            ca_file = ca.name
+        params.update(_pg_tls(info, ca_file))
         yield params
 
 
@@ -396,8 +572,8 @@ def postgres(
     timeouts: PgTimeouts = OPERATOR,
     **extra: Any,
 ) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
-    """The one way to open a PostgreSQL connection: autocommit, TLS verified against ``ca.crt`` when given,
-    closed on exit; ``database`` instead of the connection's own when given; ``timeouts``: the operator's
+    """The one way to open a PostgreSQL connection: autocommit, TLS as :func:`libpq_params` says, closed on
+    exit; ``database`` instead of the connection's own when given; ``timeouts``: the operator's
     (default) or the sync Jobs' (:data:`JOB`); ``extra``: more libpq parameters.
 
     Every wait has an end (see :class:`PgTimeouts`); one that is reached raises
@@ -430,10 +606,11 @@ def redis_client(info: ConnectionInfo, timeout: float = 30.0) -> redis.Redis:
     return redis.Redis(**redis_kwargs(info, timeout))
 
 
-@contextlib.contextmanager
-def neo4j_driver(info: ConnectionInfo, timeout: float, **options: Any) -> Iterator[neo4j.Driver]:
-    """A Neo4j driver (closed on exit). With TLS and a CA the server is verified against it (the CA goes
-    through a private temporary file); ``options`` are the driver's own settings."""
+def neo4j_settings(info: ConnectionInfo, timeout: float, **options: Any) -> tuple[str, dict[str, Any]]:
+    """The URI and settings of ``neo4j.GraphDatabase.driver`` (without auth). With TLS the driver gets the
+    SSLContext of :func:`ssl_context` over ``bolt://`` (the driver allows its own ``ssl_context`` only with
+    the plain schemes): CA or system roots, host or server name checked, or nothing with insecure_skip_verify.
+    ``options`` are the driver's own settings."""
     settings: dict[str, Any] = {
         "connection_timeout": timeout,
         "connection_acquisition_timeout": timeout,
@@ -442,15 +619,14 @@ def neo4j_driver(info: ConnectionInfo, timeout: float, **options: Any) -> Iterat
         "notifications_min_severity": "OFF",
         **options,
     }
-    with contextlib.ExitStack() as stack:
-        if info.tls and info.ca_cert:
-            ca = stack.enter_context(tempfile.NamedTemporaryFile("w", suffix=".crt"))
-            ca.write(info.ca_cert)
-            ca.flush()
-            uri = f"bolt://{info.endpoint}"
-            settings.update(encrypted=True, trusted_certificates=neo4j.TrustCustomCAs(ca.name))
-        else:
-            uri = f"{'bolt+s' if info.tls else 'bolt'}://{info.endpoint}"
-        yield stack.enter_context(
-            neo4j.GraphDatabase.driver(uri, auth=(info.username or "neo4j", info.password), **settings)
-        )
+    if info.tls:
+        settings["ssl_context"] = ssl_context(info)
+    return f"bolt://{info.endpoint}", settings
+
+
+@contextlib.contextmanager
+def neo4j_driver(info: ConnectionInfo, timeout: float, **options: Any) -> Iterator[neo4j.Driver]:
+    """A Neo4j driver (closed on exit), TLS as :func:`neo4j_settings` says."""
+    uri, settings = neo4j_settings(info, timeout, **options)
+    with neo4j.GraphDatabase.driver(uri, auth=(info.username or "neo4j", info.password), **settings) as driver:
+        yield driver

@@ -26,7 +26,6 @@ import contextlib
 import dataclasses
 import fcntl
 import json
-import math
 import os
 import time
 from collections.abc import Iterator
@@ -154,9 +153,8 @@ def open_client(conn: connection.ConnectionInfo, timeout: float = 30.0) -> Itera
             finally:
                 client.close()
         return
-    client = QdrantClient(
-        url=conn.uri, api_key=conn.password or None, timeout=max(1, math.ceil(timeout)), check_compatibility=False
-    )
+    # TLS verified like every engine (CA, system roots, server name, or insecureSkipVerify): connection.py.
+    client = QdrantClient(**connection.qdrant_kwargs(conn, timeout))
     try:
         yield client
     finally:

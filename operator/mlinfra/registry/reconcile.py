@@ -21,7 +21,7 @@ import contextlib
 import datetime
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import neo4j
@@ -120,9 +120,8 @@ def _credentials(ctx: Context, obj: Obj[api.ModelRegistry], stores: Stores, kind
         ctx.kube, ns, secret_name(name, kind), fixed={}, generated=("password",), labels=labels, owner=owner
     )["password"]
     pub = stores.published
-    info = connection.ConnectionInfo(
-        "postgres", pub.host, pub.port, user, password, stores.database, pub.tls, pub.ca_cert
-    )
+    # The published store's endpoint and every TLS setting, with the role's credentials and database.
+    info = replace(pub, username=user, password=password, database=stores.database)
     ctx.kube.apply(
         {
             "apiVersion": "v1",

@@ -69,9 +69,12 @@ def _external(ctx: Context, obj: Obj[api.DataStore]) -> connection.ConnectionInf
     what = "spec.external.credentialsSecretRef"
     username = connsecret.read_key(ctx.kube, ns, ref.name, ref.username_key, what)
     password = connsecret.read_key(ctx.kube, ns, ref.name, ref.password_key, what)
+    # Every TLS setting travels into the published Secret, so sync Jobs and the SDK verify as the operator does;
+    # none of them means anything when TLS is off.
+    tls = ext.tls if ext.tls and ext.tls.enabled else None
     ca = None
-    if ext.tls and ext.tls.ca_secret_ref:
-        ca_ref = ext.tls.ca_secret_ref
+    if tls and tls.ca_secret_ref:
+        ca_ref = tls.ca_secret_ref
         ca = connsecret.read_key(ctx.kube, ns, ca_ref.name, ca_ref.key, "spec.external.tls.caSecretRef")
     engine = ds.spec.engine
     try:
@@ -83,8 +86,10 @@ def _external(ctx: Context, obj: Obj[api.DataStore]) -> connection.ConnectionInf
             username=username,
             password=password,
             database=ext.database or connection.DEFAULT_DATABASES[engine],
-            tls=bool(ext.tls and ext.tls.enabled),
+            tls=tls is not None,
             ca_cert=ca,
+            server_name=tls.server_name if tls else None,
+            insecure_skip_verify=bool(tls and tls.insecure_skip_verify),
         )
     except ValueError as exc:
         # What the schema cannot say (a port above 65535): the message names the field, never a secret.

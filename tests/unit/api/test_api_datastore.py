@@ -239,6 +239,16 @@ def test_a_redis_database_is_a_number() -> None:
     datastore.DataStoreSpec.model_validate(with_changes(EXTERNAL, external__database="features"))
 
 
+def test_a_server_name_is_refused_for_redis_only() -> None:
+    # redis-py verifies the endpoint's host and cannot verify another name: refused, never ignored.
+    redis = {"engine": "redis", "external": {"endpoint": "r:6379", "credentialsSecretRef": {"name": "r"}}}
+    with pytest.raises(pydantic.ValidationError, match="serverName is not supported for redis"):
+        datastore.DataStoreSpec.model_validate(with_changes(redis, external__tls={"serverName": "r.example.com"}))
+    datastore.DataStoreSpec.model_validate(with_changes(redis, external__tls={"enabled": True}))
+    datastore.DataStoreSpec.model_validate(with_changes(EXTERNAL, external__tls__serverName="db.example.com"))
+    assert datastore.REDIS_SERVER_NAME in datastore.DataStoreSpec.cel_rules
+
+
 @pytest.mark.parametrize(("image", "ok"), [("redis:7.2", True), ("r.example.com:5000/db/pg@sha256:abc", True),
                                            ("redis 7.2", False), (" redis", False)])  # fmt: skip
 def test_images(image: str, ok: bool) -> None:

@@ -55,6 +55,12 @@ def test_a_mapping_of_secret_keys(info: connection.ConnectionInfo) -> None:
         ("rediss://u:p@h:1/0", connection.ConnectionInfo("redis", "h", 1, "u", "p", "0", True)),
         (
             "postgresql://app:pw@pg.ml.svc/features?sslmode=require",
+            connection.ConnectionInfo(
+                "postgres", "pg.ml.svc", 5432, "app", "pw", "features", True, insecure_skip_verify=True
+            ),
+        ),
+        (
+            "postgresql://app:pw@pg.ml.svc/features?sslmode=verify-full&sslrootcert=system",
             connection.ConnectionInfo("postgres", "pg.ml.svc", 5432, "app", "pw", "features", True),
         ),
         (

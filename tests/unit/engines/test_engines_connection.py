@@ -75,7 +75,12 @@ def test_secret_values_are_exactly_the_documented_strings() -> None:
         ("redis", 6379, False, "redis://app@db.example.com:6379/features"),
         ("redis", 6379, True, "rediss://app@db.example.com:6379/features"),
         ("postgres", 5432, False, "postgresql://app@db.example.com:5432/features"),
-        ("postgres", 5432, True, "postgresql://app@db.example.com:5432/features?sslmode=require"),
+        (
+            "postgres",
+            5432,
+            True,
+            "postgresql://app@db.example.com:5432/features?sslmode=verify-full&sslrootcert=system",
+        ),
         ("neo4j", 7687, False, "bolt://db.example.com:7687"),
         ("neo4j", 7687, True, "neo4j+s://db.example.com:7687"),
         ("qdrant", 6333, False, "http://db.example.com:6333"),

@@ -199,6 +199,29 @@ def test_external_store_publishes_its_endpoint_credentials_and_ca(ctx: Context, 
     assert kube.kinds("StatefulSet") == [] and kube.get_or_none("Secret", NS, "ext-credentials") is None
 
 
+@pytest.mark.parametrize(
+    ("engine", "tls", "published"),
+    [
+        # Each setting travels into the Secret, so sync Jobs and the SDK verify as the operator does.
+        ("postgres", {"enabled": True, "serverName": "db.example.com"}, {"serverName": "db.example.com"}),
+        ("redis", {"enabled": True, "insecureSkipVerify": True}, {"insecureSkipVerify": "true"}),
+        ("redis", {"enabled": True}, {}),  # verified against the host: no extra keys
+        # TLS off: the other settings mean nothing and are not published.
+        ("postgres", {"enabled": False, "serverName": "db.example.com", "insecureSkipVerify": True}, None),
+    ],
+)
+def test_external_tls_settings_are_published(
+    ctx: Context, kube: FakeKube, engine: str, tls: dict[str, Any], published: dict[str, str] | None
+) -> None:
+    kube.put(secret("user-creds", {"user": "app", "pass": "pw"}))
+    body = external_body(tls=tls)
+    body["spec"]["engine"] = engine
+    reconcile.reconcile(ctx, obj(body))
+    conn = decoded(kube, "ext-conn")
+    assert conn["tls"] == ("false" if published is None else "true")
+    assert {key: conn[key] for key in ("serverName", "insecureSkipVerify") if key in conn} == (published or {})
+
+
 def test_an_external_port_out_of_range_is_an_invalid_spec(ctx: Context, kube: FakeKube) -> None:
     kube.put(secret("user-creds", {"user": "app", "pass": "pw"}))
     with pytest.raises(ProblemError) as exc:
