@@ -3,13 +3,10 @@ backer serving managed stores with real local servers."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -58,23 +55,5 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> It
     # Shown by pytest only when the test failed: what the operator had written.
     dump = control_plane.kubectl("get", "datastores", "-n", name, "-o", "yaml", check=False)
     print(f"--- DataStores in {name} at teardown ---\n{dump.stdout}{dump.stderr}")
-    audit_secrets(control_plane, name)
+    secretscan.audit_namespace(control_plane, name)
     control_plane.kubectl("delete", "namespace", name, "--wait=false")
-
-
-def audit_secrets(cp: ControlPlane, namespace: str) -> None:
-    """Before the namespace goes: its Secrets' passwords join the run's secret scan, and its events and the
-    mlinfra objects' statuses must carry none of the secrets known so far (see mlinfra.devenv.secretscan)."""
-
-    def items(kind: str) -> list[dict[str, Any]]:
-        out = cp.kubectl("get", kind, "-n", namespace, "-o", "json", check=False)
-        return list(json.loads(out.stdout)["items"]) if out.returncode == 0 else []
-
-    for secret in items("secrets"):
-        data = secret.get("data") or {}
-        secretscan.track_secret_data(
-            {k: base64.b64decode(v).decode("utf-8", errors="replace") for k, v in data.items()}
-        )
-    secretscan.check_objects(f"events in {namespace}", items("events"), ".")
-    for kind in ("datastores", "featureviews", "modelregistries", "vectorindexes"):
-        secretscan.check_objects(f"{kind} in {namespace}", items(kind), "status")

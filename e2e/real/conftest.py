@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mlinfra.devenv import operator as op_mod
-from mlinfra.devenv import procs
+from mlinfra.devenv import procs, secretscan
 from mlinfra.devenv.controlplane import ControlPlane
 from mlinfra.devenv.realnode import RealNode
 
@@ -49,11 +49,13 @@ def real_ns(real_cp: ControlPlane, real_node: RealNode, request: pytest.FixtureR
             out = real_cp.kubectl("logs", "-n", name, pod, "--all-containers", "--tail=25", previous, check=False)
             if out.stdout.strip():
                 print(f"--- logs {previous or '(current)'} of {pod} ---\n{out.stdout}")
+    # The databases' own logs and the sync Jobs' are in these Pods: no tracked password may be in them.
+    secretscan.audit_namespace(real_cp, name, pod_logs=True)
     real_cp.kubectl("delete", "namespace", name, "--wait=false")
 
 
 @pytest.fixture(scope="session")
-def real_operator(real_cp: ControlPlane, real_node: RealNode) -> str:
+def real_operator(real_cp: ControlPlane, real_node: RealNode) -> Iterator[str]:
     """The chart installed with the operator image built from our Dockerfile: the operator runs as the
     chart's Deployment, in a Pod on the real node. Returns the release's namespace."""
     repo, tag = real_node.image("operator").rsplit(":", 1)
@@ -73,4 +75,6 @@ def real_operator(real_cp: ControlPlane, real_node: RealNode) -> str:
             'extraEnv=[{"name": "MLINFRA_OBSERVE_INTERVAL", "value": "2"}]',
         ),
     )
-    return op_mod.NAMESPACE
+    yield op_mod.NAMESPACE
+    # The operator's own log, as its Pod wrote it, against every secret the run tracked.
+    secretscan.check_pod_logs(real_cp, op_mod.NAMESPACE)
