@@ -217,9 +217,10 @@ def test_rendered_pg_hba_requires_the_password(pg_primary: PgPrimary) -> None:
         assert conn.execute("select rolreplication from pg_roles where rolname = current_user").fetchone() == (True,)
 
 
-def test_rendered_init_primary_is_idempotent(pg_primary: PgPrimary) -> None:
+def rerun_init_primary(pg_primary: PgPrimary) -> subprocess.CompletedProcess[str]:
+    """The rendered init-primary.sh once more against pod 0's server, as start.sh runs it."""
     server = pg_primary.server
-    result = server.run(
+    return server.run(
         ["bash", str(pg_primary.files["init-primary.sh"])],
         env={
             "PGHOST": "127.0.0.1",
@@ -229,6 +230,10 @@ def test_rendered_init_primary_is_idempotent(pg_primary: PgPrimary) -> None:
             "PATH": _path_env(),
         },
     )
+
+
+def test_rendered_init_primary_is_idempotent(pg_primary: PgPrimary) -> None:
+    result = rerun_init_primary(pg_primary)
     assert f"replication role {names.POSTGRES_REPLICATION_USER} ready" in result.stdout
     assert pg_primary.replication_password not in result.stdout + result.stderr
 
@@ -242,16 +247,7 @@ def test_rendered_init_primary_never_logs_the_password(pg_primary: PgPrimary) ->
         conn.execute("SELECT pg_reload_conf()")
     try:
         start = log.stat().st_size
-        server.run(
-            ["bash", str(pg_primary.files["init-primary.sh"])],
-            env={
-                "PGHOST": "127.0.0.1",
-                "PGPORT": str(server.port),
-                "PGPASSWORD": server.password,
-                "POSTGRES_REPLICATION_PASSWORD": pg_primary.replication_password,
-                "PATH": _path_env(),
-            },
-        )
+        rerun_init_primary(pg_primary)
         with server.connect() as conn:
             conn.execute("SELECT 'marker-after-init-primary'")
         with log.open("rb") as handle:
