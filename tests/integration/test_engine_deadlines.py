@@ -185,6 +185,135 @@ def test_an_unchanged_table_is_reconciled_without_taking_a_lock(
     assert (result.created, result.added) == (False, ())
 
 
+def indexes(server: PostgresServer, database: str, table: str) -> dict[str, bool]:
+    """Index name -> valid, of ``public.table``."""
+    with server.connect(database) as conn:
+        rows = conn.execute(
+            "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE i.indrelid = to_regclass(%s)",
+            (f"public.{table}",),
+        ).fetchall()
+    return {str(name): bool(valid) for name, valid in rows}
+
+
+def preexisting_table(server: PostgresServer, database: str, table: str, rows: int) -> None:
+    """A table of the view's shape made by someone else, without the operator's indexes, with data."""
+    with server.connect(database) as conn:
+        conn.execute(
+            psycopg.sql.SQL(
+                "CREATE TABLE {} (user_id bigint NOT NULL, clicks bigint, event_timestamp timestamptz NOT NULL, "
+                "created_at timestamptz NOT NULL DEFAULT now())"
+            ).format(psycopg.sql.Identifier("public", table))
+        )
+        conn.execute(
+            psycopg.sql.SQL(
+                "INSERT INTO {} (user_id, clicks, event_timestamp) "
+                "SELECT g, g, now() - g * interval '1 second' FROM generate_series(1, %s) g"
+            ).format(psycopg.sql.Identifier("public", table)),
+            (rows,),
+        )
+
+
+def test_an_adopted_table_is_indexed_concurrently_while_writers_go_on(
+    postgres_cluster: PostgresCluster, database: str
+) -> None:
+    # A plain CREATE INDEX on an existing table holds a SHARE lock for the whole build: every writer waits.
+    primary, table = postgres_cluster.primary, f"adopt_{secrets.token_hex(3)}"
+    preexisting_table(primary, database, table, 20_000)
+    spec = view_spec(table, "clicks")
+    with writer_in_a_long_transaction(primary, database, table):
+        with connection.postgres(info(primary, database), "mlinfra-operator") as conn:
+            result = schema.ensure_offline_table(conn, spec, table)
+        # The build did not start behind the open writer: nothing left behind, tried again later.
+        assert result.indexes_built == ()
+        assert set(result.indexes_pending) == {
+            f"{table}_entity_event_idx",
+            f"{table}_created_at_idx",
+            f"{table}_event_idx",
+        }
+        assert result.pending_why == schema.BUSY
+        assert indexes(primary, database, table) == {}
+        # Other writers were never queued behind it.
+        with primary.connect(database) as other:
+            other.execute("SET lock_timeout = '1s'")
+            other.execute(
+                psycopg.sql.SQL("INSERT INTO {} (user_id, event_timestamp) VALUES (2, now())").format(
+                    psycopg.sql.Identifier("public", table)
+                )
+            )
+    with connection.postgres(info(primary, database), "mlinfra-operator") as conn:
+        result = schema.ensure_offline_table(conn, spec, table)
+        assert result.indexes_pending == () and len(result.indexes_built) == 3
+        assert indexes(primary, database, table) == dict.fromkeys(result.indexes_built, True)
+        # The freshness timer's max(event_timestamp) reads the index, not the table.
+        plan = conn.execute(
+            psycopg.sql.SQL("EXPLAIN SELECT max(event_timestamp) FROM {}").format(
+                psycopg.sql.Identifier("public", table)
+            )
+        ).fetchall()
+        assert f"{table}_event_idx" in "\n".join(str(r[0]) for r in plan)
+        assert schema.ensure_offline_table(conn, spec, table).indexes_built == ()  # nothing left to do
+
+
+def test_an_invalid_index_left_by_a_failed_build_is_rebuilt(postgres_cluster: PostgresCluster, database: str) -> None:
+    primary, table = postgres_cluster.primary, f"invalid_{secrets.token_hex(3)}"
+    preexisting_table(primary, database, table, 100)
+    with primary.connect(database) as conn:
+        # A unique index build that fails on duplicates leaves an invalid index of that name behind.
+        conn.execute(
+            psycopg.sql.SQL(
+                "INSERT INTO {} (user_id, event_timestamp) SELECT 1, event_timestamp FROM {} LIMIT 1"
+            ).format(psycopg.sql.Identifier("public", table), psycopg.sql.Identifier("public", table))
+        )
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(
+                psycopg.sql.SQL("CREATE UNIQUE INDEX CONCURRENTLY {} ON {} (event_timestamp)").format(
+                    psycopg.sql.Identifier(f"{table}_event_idx"), psycopg.sql.Identifier("public", table)
+                )
+            )
+    assert indexes(primary, database, table) == {f"{table}_event_idx": False}
+    with connection.postgres(info(primary, database), "mlinfra-operator") as conn:
+        result = schema.ensure_offline_table(conn, view_spec(table, "clicks"), table)
+    assert f"{table}_event_idx" in result.indexes_built
+    assert set(indexes(primary, database, table).values()) == {True}
+
+
+def test_a_build_behind_an_old_snapshot_gives_up_and_leaves_no_index(
+    postgres_cluster: PostgresCluster, database: str
+) -> None:
+    # A CONCURRENTLY build ends by waiting for every transaction of the database that is older than it (a
+    # long sync run reading another table): past the lock timeout it gives up and drops what it built.
+    primary, table = postgres_cluster.primary, f"snap_{secrets.token_hex(3)}"
+    preexisting_table(primary, database, table, 1_000)
+    quick = schema.IndexBuild(max_bytes=None, lock_timeout=1.0)
+    with primary.connect(database, autocommit=False) as reader:
+        reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        reader.execute("SELECT count(*) FROM pg_class").fetchone()  # the snapshot is taken
+        with connection.postgres(info(primary, database), "mlinfra-operator") as conn:
+            result = schema.ensure_offline_table(conn, view_spec(table, "clicks"), table, indexes=quick)
+        assert result.indexes_built == () and len(result.indexes_pending) == 3
+        assert result.pending_why == schema.BUSY
+        assert indexes(primary, database, table) == {}
+        reader.rollback()
+    with connection.postgres(info(primary, database), "mlinfra-operator") as conn:
+        assert len(schema.ensure_offline_table(conn, view_spec(table, "clicks"), table).indexes_built) == 3
+
+
+def test_a_table_too_large_for_the_operator_is_left_to_the_sync_job(
+    postgres_cluster: PostgresCluster, database: str
+) -> None:
+    primary, table = postgres_cluster.primary, f"large_{secrets.token_hex(3)}"
+    preexisting_table(primary, database, table, 2_000)
+    spec = view_spec(table, "clicks")
+    small = schema.IndexBuild(max_bytes=8192, lock_timeout=schema.DDL_LOCK_TIMEOUT)
+    with connection.postgres(info(primary, database), "mlinfra-operator") as conn:
+        result = schema.ensure_offline_table(conn, spec, table, indexes=small)
+    assert len(result.indexes_pending) == 3 and "materialization Job" in result.pending_why
+    assert indexes(primary, database, table) == {}
+    with connection.postgres(info(primary, database), "mlinfra-sync", timeouts=connection.JOB) as conn:
+        assert len(schema.ensure_offline_table(conn, spec, table, indexes=schema.IN_JOB).indexes_built) == 3
+
+
 def test_a_migration_blocked_by_a_long_transaction_gives_up_naming_the_file(
     postgres_cluster: PostgresCluster, database: str
 ) -> None:

@@ -286,7 +286,7 @@ def materialize(
     """
     size = batch_size or (spec.materialization.batch_size if spec.materialization else 1000)
     schema.ensure_bookkeeping(offline)
-    schema.ensure_offline_table(offline, spec, name)
+    schema.ensure_offline_table(offline, spec, name, indexes=schema.IN_JOB)
     lock_key = f"mlinfra:sync:{namespace}/{name}"
     got = offline.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (lock_key,)).fetchone()
     if not (got and got[0]):

@@ -81,6 +81,13 @@ def reconcile(ctx: Context, obj: Obj[api.FeatureView]) -> None:
         obj.report.event("TableCreated", f"table {result.table} created")
     if result.added:
         obj.report.event("ColumnsAdded", f"table {result.table}: added columns {', '.join(result.added)}")
+    if result.indexes_built:
+        obj.report.event("IndexesBuilt", f"table {result.table}: built {', '.join(result.indexes_built)} concurrently")
+    if result.indexes_pending:
+        obj.report.event(
+            "IndexesPending",
+            f"table {result.table}: {', '.join(result.indexes_pending)} not built yet: {result.pending_why}",
+        )
     cron = jobs.cronjob(fv, ctx.settings.job_image, obj.owner_reference())
     if cron is not None:
         children.apply(ctx.kube, cron)

@@ -14,12 +14,21 @@ cannot race on ``CREATE``/``ALTER``. DDL waits at most :data:`DDL_LOCK_TIMEOUT` 
 ``ALTER TABLE`` queued behind a long transaction would block every reader and writer of the table behind it,
 so it gives up (:class:`~mlinfra.engines.connection.PostgresDeadlineExceeded`, retried later) instead, and
 nothing is locked at all when there is nothing to change (existing indexes and comments are left alone).
+
+The operator's indexes are built with the table when it creates it. An existing table that lacks one (a
+pre-existing table adopted, a table of an older operator, a build that failed) gets it ``CONCURRENTLY``: a
+plain ``CREATE INDEX`` holds a SHARE lock that stops every writer for the whole build. The operator builds
+them for tables up to :data:`IN_OPERATOR`'s size, inside its statement timeout; a larger table is indexed by
+the next materialization Job (:data:`IN_JOB`, no statement timeout). A build that cannot start (a long
+transaction in the way) gives up after its lock timeout, drops the invalid index it leaves, and is tried
+again later; the indexes still missing are reported (``SchemaResult.indexes_pending``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 
 import psycopg
@@ -37,10 +46,26 @@ COLUMNS_MISSING = "ColumnsMissing"
 _BOOKKEEPING_LOCK = "mlinfra:bookkeeping"
 # Seconds a DDL statement may wait for its table lock (SET LOCAL: the transaction's statements only).
 DDL_LOCK_TIMEOUT = 3.0
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexBuild:
+    """Where the missing indexes of an existing table are built (always CONCURRENTLY)."""
+
+    max_bytes: int | None  # a larger table is left to the sync Job (None: any size)
+    lock_timeout: float  # seconds a build may wait for the transactions it must outlive
+
+
+# A table up to 256 MiB is indexed in seconds, well inside the operator's statement timeout.
+IN_OPERATOR = IndexBuild(max_bytes=256 * 2**20, lock_timeout=DDL_LOCK_TIMEOUT)
+# A materialization Job has no statement timeout; a build blocked longer than this is left for its next run
+# (the run itself goes on).
+IN_JOB = IndexBuild(max_bytes=None, lock_timeout=30.0)
 # mlinfra.watermarks columns added after its first release: the online store's materialization token and the
 # offline table (schema.table and its OID) the watermark was taken from.
 WATERMARK_IDENTITY_COLUMNS = {"online_epoch": "text", "offline_table": "text", "offline_oid": "bigint"}
 _OPERATOR_COLUMNS = {layout.EVENT_TIMESTAMP: "timestamp with time zone", layout.CREATED_AT: "timestamp with time zone"}
+log = logging.getLogger(__name__)
 
 
 class ImmutableFieldChange(Exception):
@@ -70,6 +95,9 @@ class SchemaResult:
     created: bool
     added: tuple[str, ...]
     retained: tuple[str, ...]
+    indexes_built: tuple[str, ...] = ()  # built CONCURRENTLY on the existing table
+    indexes_pending: tuple[str, ...] = ()  # still missing (a table too large here, a long transaction in the way)
+    pending_why: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,7 +280,10 @@ def inspect_offline_table(
 
 
 def ensure_offline_table(
-    conn: psycopg.Connection[tuple[object, ...]], spec: featureview.FeatureViewSpec, view: str
+    conn: psycopg.Connection[tuple[object, ...]],
+    spec: featureview.FeatureViewSpec,
+    view: str,
+    indexes: IndexBuild = IN_OPERATOR,
 ) -> SchemaResult:
     """Create or evolve the offline table of ``spec``; raise :class:`ImmutableFieldChange` (nothing changed).
 
@@ -294,24 +325,9 @@ def ensure_offline_table(
                         ident, sql.Identifier(name), sql.SQL(type_), default
                     )
                 )
-        # CREATE INDEX takes a SHARE lock (every writer waits) even when the index exists: only when missing.
-        keys = [sql.Identifier(e.name) for e in spec.entities]
-        if not _index_exists(conn, schema, index_name(table, "entity_event_idx")):
-            conn.execute(
-                sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({}, {} DESC)").format(
-                    sql.Identifier(index_name(table, "entity_event_idx")),
-                    ident,
-                    sql.SQL(", ").join(keys),
-                    sql.Identifier(layout.EVENT_TIMESTAMP),
-                )
-            )
-        # Incremental runs select by ingestion time (materialize.py).
-        if not _index_exists(conn, schema, index_name(table, "created_at_idx")):
-            conn.execute(
-                sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
-                    sql.Identifier(index_name(table, "created_at_idx")), ident, sql.Identifier(layout.CREATED_AT)
-                )
-            )
+        if created:  # an empty table: its indexes cost nothing now
+            for index, keys in _wanted_indexes(spec, table):
+                conn.execute(sql.SQL("CREATE INDEX {} ON {} ({})").format(sql.Identifier(index), ident, keys))
         comments = _comments(conn, schema, table)
         for feature in spec.features:
             if feature.description is not None and comments.get(feature.name) != feature.description:
@@ -320,9 +336,124 @@ def ensure_offline_table(
                         sql.Identifier(schema, table, feature.name), sql.Literal(feature.description)
                     )
                 )
+    built: tuple[str, ...] = ()
+    pending: tuple[str, ...] = ()
+    why = ""
+    if not created:
+        built, pending, why = build_indexes(conn, spec, view, indexes)
     return SchemaResult(
         table=layout.qualified_name(schema, table),
         created=created,
         added=tuple(name for name, _ in decision.add),
         retained=decision.retained,
+        indexes_built=built,
+        indexes_pending=pending,
+        pending_why=why,
     )
+
+
+def _wanted_indexes(spec: featureview.FeatureViewSpec, table: str) -> list[tuple[str, sql.Composable]]:
+    """The operator's indexes of the offline table: (name, key columns)."""
+    entities = sql.SQL(", ").join(sql.Identifier(e.name) for e in spec.entities)
+    return [
+        # Point-in-time reads per entity; also where the entities are read back from (plan()).
+        (
+            index_name(table, "entity_event_idx"),
+            sql.SQL("{}, {} DESC").format(entities, sql.Identifier(layout.EVENT_TIMESTAMP)),
+        ),
+        # Incremental runs select by ingestion time (materialize.py).
+        (index_name(table, "created_at_idx"), sql.Identifier(layout.CREATED_AT)),
+        # The freshness timer's max(event_timestamp) (freshness.py): one index entry, not a scan of the table.
+        (index_name(table, "event_idx"), sql.Identifier(layout.EVENT_TIMESTAMP)),
+    ]
+
+
+def _index_valid(conn: psycopg.Connection[tuple[object, ...]], schema: str, index: str) -> bool | None:
+    """True for a usable index, False for one a failed CONCURRENTLY build left behind, None when absent."""
+    row = conn.execute(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", (f'"{schema}"."{index}"',)
+    ).fetchone()
+    return None if row is None else bool(row[0])
+
+
+def build_indexes(
+    conn: psycopg.Connection[tuple[object, ...]],
+    spec: featureview.FeatureViewSpec,
+    view: str,
+    how: IndexBuild = IN_OPERATOR,
+) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+    """Build the operator's missing indexes of the existing offline table CONCURRENTLY (writers go on).
+
+    Returns (built, still missing, why they are missing). ``conn`` must be in autocommit mode, outside a
+    transaction. One builder per table at a time (a session advisory lock; the others leave it to it).
+    """
+    schema, table = layout.offline_table(view, spec.offline.schema_name, spec.offline.table)
+    ident = sql.Identifier(schema, table)
+    missing = [(i, keys) for i, keys in _wanted_indexes(spec, table) if _index_valid(conn, schema, i) is not True]
+    if not missing:
+        return (), (), ""
+    names = tuple(i for i, _ in missing)
+    if how.max_bytes is not None:
+        size = conn.execute("SELECT pg_table_size(to_regclass(%s))", (f'"{schema}"."{table}"',)).fetchone()
+        if size and isinstance(size[0], int) and size[0] > how.max_bytes:
+            return (
+                (),
+                names,
+                f"the table is larger than {how.max_bytes // 2**20} MiB: the next materialization Job builds them",
+            )
+    # A build would first wait for every open writer of the table: with one there, it is not started at all
+    # (nothing left behind); the build's own lock timeout covers a writer that comes in after this look.
+    if _has_writers(conn, schema, table):
+        return (), names, BUSY
+    key = f"mlinfra:index:{schema}.{table}"
+    got = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)).fetchone()
+    if not (got and got[0]):
+        return (), names, "another reconcile or sync Job is building them"
+    previous = conn.execute("SELECT current_setting('lock_timeout')").fetchone()
+    conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(how.lock_timeout * 1000)}ms",))
+    built: list[str] = []
+    try:
+        for index, keys in missing:
+            target = sql.Identifier(schema, index)
+            try:
+                if _index_valid(conn, schema, index) is False:  # what a failed build left
+                    conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(target))
+                conn.execute(
+                    sql.SQL("CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} ({})").format(
+                        sql.Identifier(index), ident, keys
+                    )
+                )
+                built.append(index)
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
+                log.info("index %s.%s not built: %s", schema, index, (str(exc).splitlines() or [""])[0])
+                # A build that got past its first phase leaves an index maintained on every write: dropped
+                # now if it can be, else before the next build. The others would wait for the same thing.
+                with contextlib.suppress(psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled):
+                    conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(target))
+                break
+    finally:
+        conn.execute("SELECT set_config('lock_timeout', %s, false)", (previous[0] if previous else "0",))
+        conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+    pending = tuple(name for name in names if name not in built)
+    return tuple(built), pending, BUSY if pending else ""
+
+
+# Why an index build gave way (the next reconcile or sync run tries again).
+BUSY = "a transaction that writes to the table or reads it since before the build is still open (tried again later)"
+# What a CREATE INDEX CONCURRENTLY waits for first: holders of locks that conflict with SHARE.
+_WRITER_LOCKS = (
+    "RowExclusiveLock",
+    "ShareUpdateExclusiveLock",
+    "ShareRowExclusiveLock",
+    "ExclusiveLock",
+    "AccessExclusiveLock",
+)
+
+
+def _has_writers(conn: psycopg.Connection[tuple[object, ...]], schema: str, table: str) -> bool:
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = to_regclass(%s) AND granted "
+        "AND pid <> pg_backend_pid() AND mode = ANY(%s))",
+        (f'"{schema}"."{table}"', list(_WRITER_LOCKS)),
+    ).fetchone()
+    return bool(row and row[0])
