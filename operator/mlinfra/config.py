@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,12 @@ class Settings:
     # The namespace of the operator's own pod (the chart sets it from the downward API); None when the
     # operator runs outside the cluster. Managed stores' NetworkPolicies admit the operator from there only.
     operator_namespace: str | None = None
+    # The server-side timeouts of the operator's own PostgreSQL sessions, in seconds (never off: a stuck
+    # database must degrade one object, not hold a handler for ever). Sync Jobs have none (their Job's
+    # activeDeadlineSeconds bounds them).
+    pg_statement_timeout: float = 60.0
+    pg_lock_timeout: float = 10.0
+    pg_idle_in_transaction_timeout: float = 300.0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -44,12 +51,34 @@ class Settings:
             "job_image": env.get("MLINFRA_JOB_IMAGE", cls.job_image),
             "engine_images": parse_engine_images(env.get("MLINFRA_ENGINE_IMAGES", "")),
             "operator_namespace": env.get("MLINFRA_OPERATOR_NAMESPACE") or None,
+            "pg_statement_timeout": seconds(env, "MLINFRA_PG_STATEMENT_TIMEOUT", cls.pg_statement_timeout),
+            "pg_lock_timeout": seconds(env, "MLINFRA_PG_LOCK_TIMEOUT", cls.pg_lock_timeout),
+            "pg_idle_in_transaction_timeout": seconds(
+                env, "MLINFRA_PG_IDLE_IN_TRANSACTION_TIMEOUT", cls.pg_idle_in_transaction_timeout
+            ),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 
 
 ENGINES = ("redis", "postgres", "neo4j", "qdrant")
+# PostgreSQL keeps timeouts in whole milliseconds as a 32-bit int.
+_MAX_TIMEOUT = 2_147_483.0
+
+
+def seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A timeout setting in seconds: a number > 0 (and within PostgreSQL's range), refused at start-up with
+    the variable's name otherwise: 0 would mean "no limit" to the server, which the operator never runs with."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (0 < value <= _MAX_TIMEOUT):  # also NaN and inf
+        raise ValueError(f"{name}: {raw!r} is not a number of seconds > 0 and <= {_MAX_TIMEOUT:.0f}")
+    return value
 
 
 def parse_engine_images(value: str) -> dict[str, str]:

@@ -428,6 +428,20 @@ CLIENT_GRACE = 5.0
 # The operator's handlers and timers: a statement is catalog reads, small DDL or a bounded batch; a lock is
 # never worth queueing for (DDL waiting on a lock blocks every writer behind it); nothing stays open.
 OPERATOR = PgTimeouts()
+_operator_timeouts = OPERATOR
+
+
+def set_operator_timeouts(timeouts: PgTimeouts) -> None:
+    """The operator's settings (``mlinfra run``, once at start-up) in place of :data:`OPERATOR`."""
+    global _operator_timeouts
+    _operator_timeouts = timeouts
+
+
+def operator_timeouts() -> PgTimeouts:
+    """The timeouts of the operator's own connections: :data:`OPERATOR` or what the settings say."""
+    return _operator_timeouts
+
+
 # Sync Jobs: a materialization reads a whole table in one snapshot while it writes the online store, so
 # the server's timeouts stay off; the Job's activeDeadlineSeconds bounds the run.
 JOB = PgTimeouts(statement=None, lock=None, idle_in_transaction=None)
@@ -569,18 +583,19 @@ def postgres(
     application_name: str = "mlinfra-sync",
     connect_timeout: float = 10,
     database: str | None = None,
-    timeouts: PgTimeouts = OPERATOR,
+    timeouts: PgTimeouts | None = None,
     **extra: Any,
 ) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
     """The one way to open a PostgreSQL connection: autocommit, TLS as :func:`libpq_params` says, closed on
     exit; ``database`` instead of the connection's own when given; ``timeouts``: the operator's
-    (default) or the sync Jobs' (:data:`JOB`); ``extra``: more libpq parameters.
+    (default, :func:`operator_timeouts`) or the sync Jobs' (:data:`JOB`); ``extra``: more libpq parameters.
 
     Every wait has an end (see :class:`PgTimeouts`); one that is reached raises
     :class:`PostgresDeadlineExceeded`, a ``TimeoutError``, naming the timeout.
     """
     if database:
         info = dataclasses.replace(info, database=database)
+    timeouts = timeouts or _operator_timeouts
     if timeouts.total is not None:
         connect_timeout = min(connect_timeout, timeouts.total)
     started = time.monotonic()

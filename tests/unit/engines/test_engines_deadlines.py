@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from mlinfra import config
 from mlinfra.engines import connection, observation, probe
 
 PG = connection.ConnectionInfo.for_engine("postgres", "db.example", "s3cret", port=5432)
@@ -22,6 +23,33 @@ def test_operator_connections_have_statement_lock_and_idle_timeouts() -> None:
     )
     # The client's own deadline for one call is a little longer than the server's.
     assert connection.OPERATOR.client == 60.0 + connection.CLIENT_GRACE
+
+
+def test_the_operator_settings_replace_the_default_timeouts(
+    connects: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLINFRA_PG_STATEMENT_TIMEOUT", "12.5")
+    monkeypatch.setenv("MLINFRA_PG_LOCK_TIMEOUT", "2")
+    settings = config.Settings.from_env()
+    assert (settings.pg_statement_timeout, settings.pg_lock_timeout) == (12.5, 2.0)
+    assert settings.pg_idle_in_transaction_timeout == 300.0  # unset: the default
+    monkeypatch.setattr(connection, "_operator_timeouts", connection.OPERATOR)  # restored after the test
+    connection.set_operator_timeouts(connection.PgTimeouts(statement=12.5, lock=2.0, idle_in_transaction=300.0))
+    with pytest.raises(psycopg.OperationalError), connection.postgres(PG, "mlinfra-operator"):
+        pass
+    with pytest.raises(psycopg.OperationalError), connection.postgres(PG, "mlinfra-sync", timeouts=connection.JOB):
+        pass
+    assert connects[0]["options"] == (
+        "-c statement_timeout=12500 -c lock_timeout=2000 -c idle_in_transaction_session_timeout=300000"
+    )
+    assert connects[1]["options"] == connection.JOB.options()
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "ten", "nan", "inf", "1e12"])
+def test_a_timeout_setting_that_is_not_a_limit_is_refused_at_start(monkeypatch: pytest.MonkeyPatch, bad: str) -> None:
+    monkeypatch.setenv("MLINFRA_PG_LOCK_TIMEOUT", bad)
+    with pytest.raises(ValueError, match=r"MLINFRA_PG_LOCK_TIMEOUT: .* is not a number of seconds > 0"):
+        config.Settings.from_env()
 
 
 def test_sync_jobs_turn_the_server_timeouts_off() -> None:
