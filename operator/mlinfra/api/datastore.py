@@ -12,7 +12,7 @@ from typing import Annotated, ClassVar, Literal
 
 import pydantic
 
-from mlinfra.api import base, common
+from mlinfra.api import base, common, config_limits
 
 Engine = Literal["redis", "postgres", "neo4j", "qdrant"]
 ENGINES: tuple[Engine, ...] = ("redis", "postgres", "neo4j", "qdrant")
@@ -400,6 +400,10 @@ class DataStoreSpec(base.SpecModel):
             for key, value in sorted((self.managed.config or {}).items()):
                 if not re.search(CONFIG_VALUES[self.engine][key][0], value):
                     raise ValueError(f"{config_value_message(self.engine, key)}, not {value!r}")
+            # In the engine's range too (units: more than CEL can say; the operator reports InvalidSpec).
+            out_of_range = config_limits.refusals(self.engine, self.managed.config or {})
+            if out_of_range:
+                raise ValueError("; ".join(out_of_range))
         database = self.external.database if self.external is not None else None
         if self.engine == "redis" and database is not None and not re.search(REDIS_DATABASE_RE, database):
             raise ValueError(REDIS_DATABASE.message)

@@ -205,6 +205,53 @@ def test_config_values_the_engine_accepts_and_refuses(engine: str, key: str) -> 
         datastore.DataStoreSpec.model_validate(_managed(engine, {key: bad}))
 
 
+# Values of the right shape that the engine refuses at start-up: the model names the setting and its range.
+OUT_OF_RANGE: list[tuple[str, str, str, str]] = [
+    ("postgres", "shared_buffers", "64kB", "is 8 pages (8kB): the engine takes 16 to"),
+    ("postgres", "shared_buffers", "99999999999TB", "the engine takes 16 to 1073741823 pages"),
+    ("postgres", "work_mem", "32kB", "the engine takes 64 to 2147483647 kB"),
+    ("postgres", "maintenance_work_mem", "512kB", "the engine takes 1024 to"),
+    ("postgres", "max_wal_size", "16MB", "at least two 16MB WAL segments"),
+    ("postgres", "min_wal_size", "2", "at least two 16MB WAL segments"),
+    ("postgres", "checkpoint_timeout", "10s", "is 10 s: the engine takes 30 to 86400 s"),
+    ("postgres", "checkpoint_timeout", "2d", "the engine takes 30 to 86400 s"),
+    ("postgres", "statement_timeout", "30d", "the engine takes 0 to 2147483647 ms"),
+    ("postgres", "log_min_duration_statement", "999999999999", "-1 turns it off"),
+    ("redis", "slowlog-log-slower-than", "-2", "the engine takes -1 to"),
+    ("redis", "maxmemory", "999999999999999gb", "bytes: the engine takes 0 to 18446744073709551615 bytes"),
+]
+IN_RANGE: list[tuple[str, str, str]] = [
+    ("postgres", "shared_buffers", "127kB"),  # 15.9 pages, rounded to 16 as the server does
+    ("postgres", "shared_buffers", "16"),  # a bare number is in the setting's unit (pages)
+    ("postgres", "work_mem", "64kB"),
+    ("postgres", "min_wal_size", "32MB"),
+    ("postgres", "checkpoint_timeout", "1d"),
+    ("postgres", "log_min_duration_statement", "-1"),
+    ("redis", "maxmemory", "0"),
+    ("redis", "slowlog-log-slower-than", "-1"),
+]
+
+
+@pytest.mark.parametrize(("engine", "key", "value", "message"), OUT_OF_RANGE)
+def test_a_value_out_of_the_engines_range_is_refused_naming_it(engine: str, key: str, value: str, message: str) -> None:
+    with pytest.raises(pydantic.ValidationError) as caught:
+        datastore.DataStoreSpec.model_validate(_managed(engine, {key: value}))
+    assert f"spec.managed.config[{key}] is {value!r}" in str(caught.value)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(("engine", "key", "value"), IN_RANGE)
+def test_a_value_at_the_edge_of_the_range_is_taken(engine: str, key: str, value: str) -> None:
+    datastore.DataStoreSpec.model_validate(_managed(engine, {key: value}))
+
+
+def test_a_neo4j_initial_heap_above_the_maximum_is_refused() -> None:
+    heap = {"server.memory.heap.initial_size": "2g", "server.memory.heap.max_size": "1024m"}
+    with pytest.raises(pydantic.ValidationError, match="the JVM refuses to start with an initial heap above"):
+        datastore.DataStoreSpec.model_validate(_managed("neo4j", heap))
+    datastore.DataStoreSpec.model_validate(_managed("neo4j", heap | {"server.memory.heap.max_size": "2GiB"}))
+
+
 def test_config_value_rules_are_one_per_setting_and_guarded_by_the_engine() -> None:
     rules = datastore.CONFIG_VALUE_RULES
     assert len(rules) == len(CONFIG_CASES)
