@@ -205,7 +205,8 @@ class Managed(base.SpecModel):
         default=None,
         max_length=32,
         description="Engine settings from an allow-list per engine (e.g. redis maxmemory, postgres "
-        "shared_buffers); settings the operator owns, such as replication, cannot be set.",
+        "shared_buffers), each within the engine's own range; settings the operator owns, such as replication, "
+        "cannot be set.",
     )
     network_policy: bool = pydantic.Field(
         default=False,
