@@ -12,7 +12,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from mlinfra.api import base
 from mlinfra.config import Settings
-from mlinfra.engines import endpoints
+from mlinfra.engines import connection, endpoints
 from mlinfra.engines.connection import ConnectionInfo
 from mlinfra.k8s import objects
 
@@ -26,6 +26,15 @@ class Context:
 
     @classmethod
     def from_settings(cls, settings: Settings, kube: objects.Kube | None = None) -> Context:
+        # The operator's PostgreSQL sessions are opened deep in the engines (a default, not an argument
+        # threaded through every call): the settings replace that default here, for the process.
+        connection.set_operator_timeouts(
+            connection.PgTimeouts(
+                statement=settings.pg_statement_timeout,
+                lock=settings.pg_lock_timeout,
+                idle_in_transaction=settings.pg_idle_in_transaction_timeout,
+            )
+        )
         return cls(
             settings=settings, kube=kube or objects.Kube(), endpoints=endpoints.EndpointMap(settings.endpoint_map)
         )

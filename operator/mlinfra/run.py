@@ -10,7 +10,6 @@ import prometheus_client
 
 from mlinfra import handlers
 from mlinfra.config import Settings
-from mlinfra.engines import connection
 
 log = logging.getLogger(__name__)
 
@@ -18,13 +17,6 @@ log = logging.getLogger(__name__)
 def run(settings: Settings) -> None:
     kopf.configure(
         log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.PLAIN, verbose=False
-    )
-    connection.set_operator_timeouts(
-        connection.PgTimeouts(
-            statement=settings.pg_statement_timeout,
-            lock=settings.pg_lock_timeout,
-            idle_in_transaction=settings.pg_idle_in_transaction_timeout,
-        )
     )
     registry = kopf.OperatorRegistry()
     handlers.register(registry, settings)

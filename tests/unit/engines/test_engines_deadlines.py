@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from mlinfra import config
+from mlinfra.context import Context
 from mlinfra.engines import connection, observation, probe
 
 PG = connection.ConnectionInfo.for_engine("postgres", "db.example", "s3cret", port=5432)
@@ -34,7 +35,7 @@ def test_the_operator_settings_replace_the_default_timeouts(
     assert (settings.pg_statement_timeout, settings.pg_lock_timeout) == (12.5, 2.0)
     assert settings.pg_idle_in_transaction_timeout == 300.0  # unset: the default
     monkeypatch.setattr(connection, "_operator_timeouts", connection.OPERATOR)  # restored after the test
-    connection.set_operator_timeouts(connection.PgTimeouts(statement=12.5, lock=2.0, idle_in_transaction=300.0))
+    Context.from_settings(settings, kube=object())  # type: ignore[arg-type]  # what `mlinfra run` builds
     with pytest.raises(psycopg.OperationalError), connection.postgres(PG, "mlinfra-operator"):
         pass
     with pytest.raises(psycopg.OperationalError), connection.postgres(PG, "mlinfra-sync", timeouts=connection.JOB):
