@@ -161,8 +161,27 @@ def open_client(conn: connection.ConnectionInfo, timeout: float = 30.0) -> Itera
         client.close()
 
 
+def _held_by_another(path: str) -> bool:
+    """Whether an :func:`open_client` block (of this process or another) holds the local-mode directory now."""
+    lock_file = os.path.join(path, LOCAL_LOCK_FILE)
+    if not os.path.exists(lock_file):
+        return False
+    with open(lock_file, "a+") as handle:  # a lock of its own: flock conflicts between open files, not processes
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
 def probe(conn: connection.ConnectionInfo, timeout: float = 5.0) -> observation.Observation:
     """Observe the Qdrant server at ``conn`` (HTTP API; the password is the API key). Never raises on failure."""
+    if conn.local_path and _held_by_another(conn.local_path):
+        # A rebuild or a sync holds the directory for as long as it works (minutes): waiting for it would time
+        # the probe out and make the store not Ready, and every VectorIndex on it with it, for that long. Held
+        # means it was loaded and is in use; there is no server that could be down.
+        return _local_observation()
     try:
         with open_client(conn, timeout) as client:
             return probe_client(client, conn.endpoint, conn)
@@ -179,13 +198,7 @@ def probe_client(
     secret to scrub from errors.
     """
     if is_local_mode(client):
-        return observation.Observation.observed(
-            version=None,
-            members=[observation.MemberObservation(LOCAL_MODE, "standalone", ready=True)],
-            replication="not-applicable",
-            capabilities=[LOCAL_MODE],
-            notes=[LOCAL_NOTE],
-        )
+        return _local_observation()
     try:
         version = client.info().version
         status = client.cluster_status()
@@ -197,6 +210,42 @@ def probe_client(
         members=members,
         replication=state,
         notes=[STANDALONE_NOTE] if state == "not-applicable" else [LAG_NOTE],
+    )
+
+
+def peer_count(client: QdrantClient) -> int:
+    """How many servers can hold a copy of a shard: the cluster's peers; 1 for a server with the cluster
+    disabled, and for local mode (one process, one copy)."""
+    if is_local_mode(client):
+        return 1
+    return peers_in(client.cluster_status())
+
+
+def peers_in(status: models.ClusterStatusOneOf | models.ClusterStatusOneOf1) -> int:
+    return len(status.peers) if isinstance(status, models.ClusterStatusOneOf1) else 1
+
+
+def copies_refusal(replication_factor: int | None, peers: int, store: str) -> str | None:
+    """Why ``replication_factor`` cannot be honoured by ``peers`` servers (None when it can). Qdrant takes a
+    factor above its peer count and keeps fewer copies than it reports: the operator says so instead."""
+    if replication_factor is None or replication_factor <= peers:
+        return None
+    servers = "1 server" if peers == 1 else f"{peers} peers"
+    return (
+        f"spec.replicationFactor is {replication_factor}, but the Qdrant of DataStore {store} has {servers}: it "
+        f"would keep at most {peers} {'copy' if peers == 1 else 'copies'} of each shard while reporting "
+        f"{replication_factor}; set spec.replicationFactor to at most {peers}, or give the store more peers "
+        "(spec.managed.replicas of a managed store)"
+    )
+
+
+def _local_observation() -> observation.Observation:
+    return observation.Observation.observed(
+        version=None,
+        members=[observation.MemberObservation(LOCAL_MODE, "standalone", ready=True)],
+        replication="not-applicable",
+        capabilities=[LOCAL_MODE],
+        notes=[LOCAL_NOTE],
     )
 
 

@@ -161,6 +161,11 @@ def _ensure_in(
     """The collection part of :func:`reconcile`; :func:`observe` runs it too (drift repair, retention) but
     never rebuilds from there (``allow_rebuild=False``)."""
     spec, ns, name = vi.spec, vi.metadata.namespace or "default", vi.metadata.name
+    refused = qdrant_engine.copies_refusal(
+        spec.replication_factor, qdrant_engine.peer_count(client), spec.store_ref.name
+    )
+    if refused is not None:  # nothing is created or changed; peers may be added: looked at again
+        raise ProblemError(Problem(INVALID_SPEC, refused, stalled=True, recheck=QDRANT_REFUSED_RECHECK))
     retention = (
         common.parse_duration(spec.previous_collection_retention) if spec.previous_collection_retention else None
     )

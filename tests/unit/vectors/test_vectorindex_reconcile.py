@@ -285,6 +285,43 @@ def test_an_immutable_change_without_source_is_refused(local_ctx: Context) -> No
     assert [c["type"] for c in st["conditions"]] == ["Ready", "Reconciling", "Stalled", "Reindexing"]
 
 
+def test_more_copies_than_servers_is_refused_before_anything_is_created(local_ctx: Context) -> None:
+    # Local mode keeps one copy, like a server with the cluster disabled; Qdrant itself would take the factor
+    # and keep fewer copies than it reports.
+    o = obj_of(body(replicationFactor=2))
+    problem = problem_of(reconcile.reconcile, local_ctx, o)
+    assert (problem.reason, problem.stalled, problem.recheck) == ("InvalidSpec", True, reconcile.QDRANT_REFUSED_RECHECK)
+    assert problem.message.startswith("spec.replicationFactor is 2, but the Qdrant of DataStore vectors has 1 server")
+    assert "set spec.replicationFactor to at most 1" in problem.message
+    with qdrant_engine.open_client(local_conn(local_ctx)) as client:
+        assert client.get_collections().collections == []
+    reconcile.reconcile(local_ctx, obj_of(body(replicationFactor=1)))  # within the servers: fine
+    metrics.forget_vectorindex(NS, NAME)
+
+
+@pytest.mark.parametrize(
+    ("factor", "peers", "refused"), [(None, 1, False), (1, 1, False), (3, 3, False), (2, 1, True), (4, 3, True)]
+)
+def test_copies_refusal(factor: int | None, peers: int, refused: bool) -> None:
+    message = qdrant_engine.copies_refusal(factor, peers, "vectors")
+    assert (message is not None) == refused
+    if message is not None:
+        assert f"has {peers} {'server' if peers == 1 else 'peers'}" in message
+
+
+def test_peers_of_a_cluster_status() -> None:
+    disabled = models.ClusterStatusOneOf(status="disabled")
+    assert qdrant_engine.peers_in(disabled) == 1
+    raft = models.RaftInfo(term=1, commit=1, pending_operations=0, leader=1, role=None, is_voter=True)
+    peers = {str(i): models.PeerInfo(uri=f"http://q-{i}:6335/") for i in (1, 2, 3)}
+    working = models.ConsensusThreadStatusOneOf(consensus_thread_status="working", last_update="2026-01-01T00:00:00Z")
+    enabled = models.ClusterStatusOneOf1(
+        status="enabled", peer_id=1, peers=peers, raft_info=raft, consensus_thread_status=working,
+        message_send_failures={},
+    )  # fmt: skip
+    assert qdrant_engine.peers_in(enabled) == 3
+
+
 def test_the_handler_is_wiring_of_the_package(ctx: Context) -> None:
     assert handler.KIND.model is api.VectorIndex and handler.KIND.owned == status.OWNED
     assert handler.KIND.reconcile is reconcile.reconcile and handler.KIND.observe is reconcile.observe
