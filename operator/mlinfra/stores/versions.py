@@ -10,8 +10,12 @@ StatefulSets made before that annotation, read back from the engine's image tag)
   than what runs (a downgrade can leave data the older server cannot read): then the recorded version stays;
 - version set: a new major is refused (Stalled, ImmutableFieldChange, naming both), whatever the default.
 
-A store the operator cannot read a version from (a custom ``spec.managed.image`` made before the
-annotation) is not pinned: there is nothing to compare with.
+A custom ``spec.managed.image`` whose tag names a version (``registry.example/postgres:16.2-alpine``) is
+that version: a tag of another major than the data is refused like a version, and a tag that contradicts
+``spec.managed.version`` is invalid. A tag that names no version (a digest, ``stable``) cannot be checked:
+the version is then ``spec.managed.version`` (or the default), which is what the user says the image runs.
+A store the operator cannot read a version from (a custom image made before the annotation) is not pinned:
+there is nothing to compare with.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 
 from mlinfra.api import datastore as api
 from mlinfra.engines import render
-from mlinfra.problems import IMMUTABLE_FIELD_CHANGE, Problem, ProblemError
+from mlinfra.problems import IMMUTABLE_FIELD_CHANGE, INVALID_SPEC, Problem, ProblemError
 
 ANNOTATION = render.VERSION_ANNOTATION
 
@@ -61,10 +65,44 @@ def recorded(sts: Mapping[str, Any] | None, engine: api.Engine, images: Mapping[
     return None
 
 
+_TAG_VERSION = re.compile(r"v?(?P<version>[0-9]{1,4}(\.[0-9]{1,4}){0,2})(?![0-9])")
+
+
+def image_version(image: str) -> str | None:
+    """The version the tag of ``image`` starts with (``postgres:16.2-alpine`` -> ``16.2``); None for an image
+    without a tag (a digest only) or with a tag that names no version."""
+    name = image.split("@", 1)[0]
+    _, sep, tag = name.rpartition(":")
+    if not sep or "/" in tag:  # no tag; or the colon was a registry's port
+        return None
+    found = _TAG_VERSION.match(tag)
+    return found.group("version") if found else None
+
+
+def _wanted(ds: api.DataStore) -> tuple[str | None, str]:
+    """The version the spec asks for and the field that says it: the custom image's tag when it names
+    one (it must agree with spec.managed.version), else spec.managed.version."""
+    managed = ds.spec.managed
+    assert managed is not None
+    tagged = image_version(managed.image) if managed.image else None
+    if tagged is None:
+        return managed.version, f"spec.managed.version {managed.version!r}"
+    if managed.version is not None and major(managed.version) != major(tagged):
+        raise ProblemError(
+            Problem(
+                INVALID_SPEC,
+                f"spec.managed.image {managed.image!r} is tagged {tagged} (major {major(tagged)}), and "
+                f"spec.managed.version says {managed.version!r} (major {major(managed.version)}): make them "
+                "agree, or leave spec.managed.version out",
+                stalled=True,
+            )
+        )
+    return tagged, f"spec.managed.image {managed.image!r} (tagged {tagged})"
+
+
 def effective(ds: api.DataStore, was: str | None) -> str:
     """The version to render for ``ds`` whose StatefulSet was rendered with ``was`` (None: new, or unknown)."""
-    assert ds.spec.managed is not None
-    wanted = ds.spec.managed.version
+    wanted, field = _wanted(ds)
     default = render.PROFILES[ds.spec.engine].default_version
     if was is None:
         return wanted or default
@@ -74,7 +112,7 @@ def effective(ds: api.DataStore, was: str | None) -> str:
         raise ProblemError(
             Problem(
                 IMMUTABLE_FIELD_CHANGE,
-                f"spec.managed.version {wanted!r} is major version {major(wanted)}, and the data on this store's "
+                f"{field} is major version {major(wanted)}, and the data on this store's "
                 f"volumes was written by {was} (major {major(was)}): a server of another major cannot open it. "
                 f"Keep major {major(was)} (set spec.managed.version to {was!r} or a later {major(was)}.x), or "
                 "create a new DataStore and migrate the data",

@@ -113,3 +113,64 @@ def test_a_statefulset_that_is_not_the_stores_says_nothing_about_its_data(ctx: C
     with pytest.raises(ProblemError) as exc:
         reconcile.reconcile(ctx, Obj(body(), model(body())))
     assert exc.value.problem.reason == "ChildConflict"  # not ImmutableFieldChange about someone else's "9"
+
+
+@pytest.mark.parametrize(
+    ("image", "version"),
+    [
+        ("postgres:16.2", "16.2"),
+        ("registry.example:5000/db/postgres:16.2-alpine", "16.2"),
+        ("neo4j:5.26-community", "5.26"),
+        ("redis:v7.4.1", "7.4.1"),
+        ("registry.example:5000/db/postgres", None),  # the colon is the registry's port
+        ("postgres@sha256:" + "a" * 64, None),
+        ("postgres:stable", None),
+        ("postgres:16.2@sha256:" + "a" * 64, "16.2"),
+        ("postgres:20240101", None),  # a date, not a version
+    ],
+)
+def test_the_version_an_image_tag_names(image: str, version: str | None) -> None:
+    assert versions.image_version(image) == version
+
+
+def custom(b: dict[str, Any], image: str, version: str | None = None) -> dict[str, Any]:
+    b["spec"]["managed"]["image"] = image
+    if version is not None:
+        b["spec"]["managed"]["version"] = version
+    return b
+
+
+def test_a_custom_image_of_another_major_than_the_data_is_stalled_and_nothing_changes(
+    ctx: Context, kube: FakeKube
+) -> None:
+    reconcile.reconcile(ctx, Obj(body(), model(body())))  # postgres:15, annotated 15
+    before = sts(kube)
+    # The CRD's rule sees no version change (both omitted): only the image says 16.
+    b = custom(body(), "registry.example/postgres:16.1-alpine")
+    with pytest.raises(ProblemError) as exc:
+        reconcile.reconcile(ctx, Obj(b, model(b)))
+    p = exc.value.problem
+    assert (p.reason, p.stalled) == (problems.IMMUTABLE_FIELD_CHANGE, True)
+    assert p.message.startswith("spec.managed.image 'registry.example/postgres:16.1-alpine' (tagged 16.1) is major")
+    assert "written by 15" in p.message
+    assert sts(kube) == before
+    same_major = custom(body(), "registry.example/postgres:15.9-alpine")
+    reconcile.reconcile(ctx, Obj(same_major, model(same_major)))
+    assert image(kube) == "registry.example/postgres:15.9-alpine"
+    assert sts(kube)["metadata"]["annotations"][versions.ANNOTATION] == "15.9"
+
+
+def test_an_image_tag_that_contradicts_the_version_is_invalid(ctx: Context, kube: FakeKube) -> None:
+    b = custom(body(), "postgres:16.1", version="15")
+    with pytest.raises(ProblemError) as exc:
+        reconcile.reconcile(ctx, Obj(b, model(b)))
+    assert (exc.value.problem.reason, exc.value.problem.stalled) == ("InvalidSpec", True)
+    assert "tagged 16.1 (major 16), and spec.managed.version says '15' (major 15)" in exc.value.problem.message
+    assert kube.writes == [] or all(kind != "StatefulSet" for _, kind, *_ in kube.writes)
+
+
+def test_an_image_tag_without_a_version_is_taken_at_the_specs_word(ctx: Context, kube: FakeKube) -> None:
+    b = custom(body(), "registry.example/postgres:stable", version="15")
+    reconcile.reconcile(ctx, Obj(b, model(b)))
+    assert image(kube) == "registry.example/postgres:stable"
+    assert sts(kube)["metadata"]["annotations"][versions.ANNOTATION] == "15"
