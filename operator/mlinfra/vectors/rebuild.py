@@ -2,10 +2,10 @@
 
 Order, each step only after the previous one succeeded: create the new physical collection (with the spec's
 settings and payload indexes), backfill it through the caller's function, verify its exact point count equals
-the expected count, then move the alias in one atomic ``update_collection_aliases`` call. The previous
-collection is kept for rollback. Any failure before the swap leaves the alias where it was and raises
-:class:`BackfillFailed`; the half-filled new collection stays for inspection and is reused (emptied) by the
-next attempt.
+the expected count, record on it which collection it replaces, then move the alias in one atomic
+``update_collection_aliases`` call. The previous collection is kept for rollback. Any failure before the swap
+leaves the alias where it was and raises :class:`BackfillFailed`; the half-filled new collection stays for
+inspection and is reused (emptied) by the next attempt.
 """
 
 from __future__ import annotations
@@ -75,9 +75,11 @@ def rebuild(
             f"backfill of {target!r} wrote {written} points, the collection holds {points}, "
             f"the source has {expected_count}; alias {alias!r} left on {previous!r}"
         )
-    collection.point_alias(client, alias, target, previous)
     if previous is not None:
-        # Recorded on the collection itself, so status and retention read it from Qdrant, not from memory.
+        # Recorded on the collection itself, so status and retention read it from Qdrant, not from memory; and
+        # before the swap: a run killed between the swap and this write would leave the previous collection
+        # named nowhere, never pruned nor reported. Until the swap nothing reads it (only the live collection's
+        # record is read), and a run that stops before the swap has its collection made anew by the next attempt.
         client.update_collection(
             target,
             metadata={
@@ -87,4 +89,5 @@ def rebuild(
                 }
             },
         )
+    collection.point_alias(client, alias, target, previous)
     return RebuildResult(alias=alias, active=target, previous=previous, points=points)
