@@ -257,3 +257,24 @@ def test_an_alias_to_a_collection_the_operator_did_not_make_is_not_adopted(
     with pytest.raises(collection.CollectionError, match="did not create"):
         collection.ensure(qdrant, spec(hnsw={"m": 32}), owner="team-a/docs")
     assert qdrant.get_collection(theirs).config.metadata in (None, {})
+
+
+def test_collections_nothing_refers_to_are_pruned_and_nothing_else(qdrant: QdrantClient, spec: Spec, docs: str) -> None:
+    a, b, c = spec(), spec(vectors={"size": 8, "distance": "Dot"}), spec(vectors={"size": 8, "distance": "Euclid"})
+    first = collection.ensure(qdrant, a, owner="test/vectors").collection
+    to_b = rebuild.rebuild(qdrant, b, _fill(qdrant, 2, 8), expected_count=2, owner="test/vectors")
+    to_c = rebuild.rebuild(qdrant, c, _fill(qdrant, 2, 8), expected_count=2, owner="test/vectors")
+    assert (to_b.previous, to_c.previous) == (first, to_b.active)
+    # A rebuild that never swapped (the spec went back meanwhile): its collection is referred to by nothing.
+    abandoned = collection.physical_name(spec(vectors={"size": 16, "distance": "Dot"}))
+    collection.create(qdrant, spec(vectors={"size": 16, "distance": "Dot"}), abandoned, owner="test/vectors")
+    # Look-alikes that are not this index's: another owner's, and one made by hand without the operator's metadata.
+    foreign = f"{docs}-{'ab' * 4}"
+    collection.create(qdrant, spec(vectors={"size": 4, "distance": "Dot"}), foreign, owner="other/vectors")
+    by_hand = f"{docs}-{'cd' * 4}"
+    qdrant.create_collection(by_hand, vectors_config=models.VectorParams(size=4, distance=models.Distance.COSINE))
+    strays = collection.prune_strays(qdrant, c, to_c.active, owner="test/vectors")
+    assert strays == tuple(sorted([first, abandoned]))
+    left = {col.name for col in qdrant.get_collections().collections if col.name.startswith(f"{docs}-")}
+    assert left == {to_c.active, to_b.active, foreign, by_hand}  # live, previous, and what is not ours
+    assert collection.prune_strays(qdrant, c, to_c.active, owner="test/vectors") == ()

@@ -30,6 +30,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -517,3 +518,28 @@ def prune_previous(
         return None
     client.delete_collection(previous)
     return previous
+
+
+def prune_strays(
+    client: QdrantClient, spec: vectorindex.VectorIndexSpec, active: str, *, owner: str
+) -> tuple[str, ...]:
+    """Delete the collections of this VectorIndex that nothing refers to: neither the live one nor the one it
+    records as replaced. A rebuild leaves them when it never swapped (the spec changed back, the operator was
+    killed) or when two rebuilds came one after the other (A -> B -> C leaves A, named only by B). They are
+    copies of the source table, not data of their own; only collections this operator made for this alias
+    and ``owner`` are deleted. Run from the reconcile only: an observation may run beside a rebuild, whose
+    collection is not referred to yet."""
+    previous, _ = previous_of(client.get_collection(active))
+    own_name = re.compile(rf"{re.escape(spec.collection)}-[0-9a-f]{{8}}")
+    strays = tuple(
+        sorted(
+            c.name
+            for c in client.get_collections().collections
+            if own_name.fullmatch(c.name)
+            and c.name not in (active, previous)
+            and is_ours(client, spec.collection, c.name, owner)
+        )
+    )
+    for name in strays:
+        client.delete_collection(name)
+    return strays

@@ -65,6 +65,7 @@ class Applied:
     rebuilt: rebuild.RebuildResult | None = None
     pruned: str | None = None
     watermark_reset: bool = False  # a new empty collection: the next sync copies every row
+    strays: tuple[str, ...] = ()  # collections of this index nothing referred to, deleted
 
 
 def announce(report: Reporter, applied: Applied, drift: bool) -> None:
@@ -97,6 +98,12 @@ def announce(report: Reporter, applied: Applied, drift: bool) -> None:
         report.event("PreviousCollectionDeleted", f"deleted {applied.pruned}: spec.previousCollectionRetention passed")
     if applied.watermark_reset:
         report.event("WatermarkReset", "new empty collection: the next sync copies every row")
+    if applied.strays:
+        report.event(
+            "StrayCollectionsDeleted",
+            f"deleted {', '.join(applied.strays)}: collections of this index left by earlier rebuilds, neither "
+            "live nor kept as the previous one",
+        )
 
 
 def _source_shape(vi: api.VectorIndex, stores: Stores) -> source.SourceShape | None:
@@ -199,7 +206,8 @@ def _ensure_in(
     pruned = collection.prune_previous(
         client, spec, active, retention, datetime.datetime.now(datetime.UTC), owner=f"{ns}/{name}"
     )
-    return Applied(ensured=ensured, rebuilt=rebuilt, pruned=pruned, watermark_reset=reset)
+    strays = collection.prune_strays(client, spec, active, owner=f"{ns}/{name}") if allow_rebuild else ()
+    return Applied(ensured=ensured, rebuilt=rebuilt, pruned=pruned, watermark_reset=reset, strays=strays)
 
 
 def _reset_watermark(pg: connection.ConnectionInfo, ns: str, name: str) -> None:
