@@ -47,6 +47,16 @@ OPERATOR_RULES = [
     ([""], ["pods"], ["get", "list", "watch"]),
     (["batch"], ["jobs", "cronjobs"], FULL),
 ]
+# The cluster-scoped rules of OPERATOR_RULES; every other rule is on objects inside a namespace.
+CLUSTER_SCOPED = {"customresourcedefinitions", "namespaces"}
+# Namespaced mode (watchNamespaces set): the rules of each watched namespace's Role, and the only rules
+# cluster-wide: Kopf's runtime observation of the namespaces and CRDs (read-only, no `get` either).
+NAMESPACED_RULES = [rule for rule in OPERATOR_RULES if not CLUSTER_SCOPED & set(rule[1])]
+OBSERVATION_RULES = [
+    (["apiextensions.k8s.io"], ["customresourcedefinitions"], ["list", "watch"]),
+    ([""], ["namespaces"], ["list", "watch"]),
+]
+WATCHED = ["ml-a", "ml-b"]
 VIEW_VERBS = ["get", "list", "watch"]
 EDIT_VERBS = [*VIEW_VERBS, "create", "update", "patch", "delete", "deletecollection"]
 
@@ -261,6 +271,66 @@ def test_cluster_role_binding_binds_the_service_account() -> None:
     binding = _one(_render(), "ClusterRoleBinding", RELEASE)
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": RELEASE}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}]
+
+
+def test_namespaced_mode_objects() -> None:
+    """watchNamespaces set: a Role and RoleBinding per watched namespace besides the ClusterRole and binding."""
+    docs = _render(f"watchNamespaces={{{','.join(WATCHED)}}}")
+    rbac = sorted(
+        (d["kind"], d["metadata"].get("namespace", ""))
+        for d in docs
+        if d["kind"] in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+        and d["metadata"]["name"] == RELEASE
+    )
+    assert rbac == sorted(
+        [("ClusterRole", ""), ("ClusterRoleBinding", "")]
+        + [(kind, ns) for ns in WATCHED for kind in ("Role", "RoleBinding")]
+    )
+    off = _render("watchNamespaces={ml-a}", "rbac.create=false")
+    assert not [d for d in off if d["kind"] in ("ClusterRole", "Role") and d["metadata"]["name"] == RELEASE]
+    assert not [d for d in off if d["kind"] in ("ClusterRoleBinding", "RoleBinding")]
+
+
+def test_namespaced_mode_cluster_role_is_only_kopf_observation() -> None:
+    role = _one(_render(f"watchNamespaces={{{','.join(WATCHED)}}}"), "ClusterRole", RELEASE)
+    assert _rules(role) == OBSERVATION_RULES
+    binding = _one(_render(f"watchNamespaces={{{','.join(WATCHED)}}}"), "ClusterRoleBinding", RELEASE)
+    assert binding["roleRef"]["name"] == RELEASE
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}]
+
+
+@pytest.mark.parametrize("watched", WATCHED)
+def test_namespaced_mode_role_per_watched_namespace(watched: str) -> None:
+    docs = _render(f"watchNamespaces={{{','.join(WATCHED)}}}")
+    role = _one([d for d in docs if d["metadata"].get("namespace") == watched], "Role", RELEASE)
+    # The same rules as the cluster-wide ClusterRole, less the cluster-scoped ones (one rule list, shared).
+    assert _rules(role) == NAMESPACED_RULES
+    for rule in role["rules"]:
+        assert set(rule) == {"apiGroups", "resources", "verbs"}
+        assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"]
+    binding = _one([d for d in docs if d["metadata"].get("namespace") == watched], "RoleBinding", RELEASE)
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": RELEASE}
+    # The ServiceAccount lives in the release namespace, not in the watched one.
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}]
+
+
+def test_namespaced_mode_binds_a_custom_service_account() -> None:
+    docs = _render("watchNamespaces={ml-a}", "serviceAccount.create=false", "serviceAccount.name=existing")
+    for kind in ("ClusterRoleBinding", "RoleBinding"):
+        assert _one(docs, kind, RELEASE)["subjects"] == [
+            {"kind": "ServiceAccount", "name": "existing", "namespace": NAMESPACE}
+        ]
+
+
+def test_secrets_are_never_listed_watched_or_deleted() -> None:
+    """In both modes: Secrets by name only (get, create, patch), whichever role grants them."""
+    for docs in (_render(), _render(f"watchNamespaces={{{','.join(WATCHED)}}}")):
+        for doc in docs:
+            if doc["kind"] not in ("ClusterRole", "Role") or doc["metadata"]["name"] != RELEASE:
+                continue
+            for groups, resources, verbs in _rules(doc):
+                if "" in groups and "secrets" in resources:
+                    assert verbs == ["get", "create", "patch"], doc["kind"]
 
 
 def test_aggregated_user_roles() -> None:
