@@ -31,6 +31,8 @@ from urllib import parse
 import neo4j
 import psycopg
 import redis
+from redis import backoff as redis_backoff
+from redis import retry as redis_retry
 
 from mlinfra.api import datastore
 
@@ -617,8 +619,15 @@ def postgres(
 
 
 def redis_client(info: ConnectionInfo, timeout: float = 30.0) -> redis.Redis:
-    """The one way to open a synchronous Redis client; replies stay bytes (hash fields are binary)."""
-    return redis.Redis(**redis_kwargs(info, timeout))
+    """The one way to open a synchronous Redis client; replies stay bytes (hash fields are binary).
+
+    One call waits at most ``timeout`` for an answer: a timeout is final. redis-py's default policy tries
+    every call 10 more times, timeouts included, so a frozen server held a sync Job more than five minutes
+    per call. A connection refused or reset (a restart, a failover) is still tried again, a few times."""
+    retry = redis_retry.Retry(
+        redis_backoff.ExponentialWithJitterBackoff(base=0.1, cap=2.0), 3, supported_errors=(redis.ConnectionError,)
+    )
+    return redis.Redis(**redis_kwargs(info, timeout), retry=retry)
 
 
 def neo4j_settings(info: ConnectionInfo, timeout: float, **options: Any) -> tuple[str, dict[str, Any]]:

@@ -31,6 +31,9 @@ OFFLINE_DIR_ENV = "MLINFRA_OFFLINE_CONN_DIR"
 ONLINE_DIR_ENV = "MLINFRA_ONLINE_CONN_DIR"
 PAUSE_ENV = sync_command.PAUSE_ENV
 SPEC_ENV = "MLINFRA_FEATUREVIEW_SPEC"  # the spec as JSON, set by the operator in the Job (features.jobs)
+# Seconds the run waits for one answer of the online store (connect, each write): a stuck Redis fails the run
+# (recorded, retried by the next Job) instead of holding it until activeDeadlineSeconds.
+ONLINE_TIMEOUT = 30.0
 
 EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = sync_command.EXIT_OK, sync_command.EXIT_FAILED, sync_command.EXIT_UNUSABLE
 Unusable = sync_command.Unusable
@@ -62,7 +65,7 @@ def run(target: str, file: pathlib.Path | None = None, batch_size: int | None = 
     except (Unusable, ValueError, OSError, objects.ApiError) as error:
         _emit({"featureView": target, "outcome": "Failed", "error": str(error)})
         return EXIT_UNUSABLE
-    online = connection.redis_client(online_info)
+    online = connection.redis_client(online_info, ONLINE_TIMEOUT)
     try:
         with connection.postgres(offline_info, timeouts=connection.JOB) as offline:
             result = materialize.materialize(

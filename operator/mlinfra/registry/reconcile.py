@@ -35,7 +35,7 @@ from mlinfra.context import Context, Obj
 from mlinfra.engines import connection
 from mlinfra.engines import names as store_names
 from mlinfra.problems import Problem, ProblemError
-from mlinfra.registry import claim, jobs, lineage, migrate, roles, status
+from mlinfra.registry import claim, graphwork, jobs, lineage, migrate, roles, status
 from mlinfra.registry import observe as observe_mod
 from mlinfra.stores import children, credentials, refs
 
@@ -44,6 +44,10 @@ DATABASE_IN_USE = "DatabaseInUse"
 ROLE_CONFLICT = "RoleConflict"
 LINEAGE_GRAPH_IN_USE = "LineageGraphInUse"
 CONFLICT_RECHECK = 60.0  # seconds: the other registry or the role may go away without a spec change
+# Seconds a handler waits for a lineage pass or a graph read (registry.graphwork): more than a pass against
+# an unreachable server takes to fail on its own (a 5 s connect timeout, tried again for 5 s), far less than
+# a frozen server's connection can hold a read (the server's hint: 120 s by default, or none).
+NEO4J_WAIT = 15.0
 
 
 def role_name(namespace: str, name: str, kind: str) -> str:
@@ -165,18 +169,31 @@ def graph_in_use(exc: lineage.GraphInUse) -> ProblemError:
     )
 
 
-def _sync_lineage(
-    mr: api.ModelRegistry, registry: str, graph: connection.ConnectionInfo, conn: psycopg.Connection[Any]
-) -> str | None:
-    """One pass of the outbox -> graph sync of ``registry`` (``<namespace>/<name>``; constraints first); the
-    error text when it could not run. Raises ProblemError (LineageGraphInUse) for a graph it must not touch."""
+def _still_running(exc: graphwork.StillRunning, graph: connection.ConnectionInfo) -> str:
+    return (
+        f"DeadlineExceeded: Neo4j at {graph.endpoint}: the lineage work of {exc.key} started {exc.age:.0f} s ago "
+        f"has not finished (the operator waits {exc.wait:g} s, timeout; it goes on in the background)"
+    )
+
+
+def _sync_lineage(mr: api.ModelRegistry, registry: str, graph: connection.ConnectionInfo, stores: Stores) -> str | None:
+    """One pass of the outbox -> graph sync of ``registry`` (``<namespace>/<name>``; constraints first), on
+    connections of its own, waited for at most :data:`NEO4J_WAIT` (``registry.graphwork``); the error text
+    when it could not run or did not end in time. Raises ProblemError (LineageGraphInUse) for a graph it must
+    not touch."""
     batch = (mr.spec.lineage_sync or api.LineageSync()).batch_size
-    try:
-        with _neo4j(graph) as driver:
+
+    def work() -> None:
+        with _postgres(stores.metadata, stores.database) as conn, _neo4j(graph) as driver:
             lineage.ensure_schema(driver)
             lineage.sync(conn, driver, batch_size=batch, max_batches=20, lock_timeout_seconds=5, registry=registry)
+
+    try:
+        graphwork.run(registry, work, NEO4J_WAIT)
     except lineage.GraphInUse as exc:
         raise graph_in_use(exc) from None
+    except graphwork.StillRunning as exc:  # a TimeoutError, so an OSError: first
+        return _still_running(exc, graph)
     except (neo4j.exceptions.Neo4jError, neo4j.exceptions.DriverError, OSError) as exc:
         return f"lineage sync failed: {type(exc).__name__}: {exc}"[:1024]
     return None
@@ -225,8 +242,7 @@ def reconcile(ctx: Context, obj: Obj[api.ModelRegistry]) -> None:
     else:
         children.delete(ctx.kube, obj.owner_reference(), "CronJob", ns, jobs.cronjob_name(name))
     if _syncs_in_process(mr) and stores.lineage is not None:
-        with _postgres(stores.metadata, stores.database) as conn:
-            _sync_lineage(mr, owner, stores.lineage, conn)
+        _sync_lineage(mr, owner, stores.lineage, stores)
 
 
 def observe(ctx: Context, obj: Obj[api.ModelRegistry]) -> dict[str, Any]:
@@ -243,21 +259,28 @@ def observe(ctx: Context, obj: Obj[api.ModelRegistry]) -> dict[str, Any]:
             and stores.lineage is not None
             and sync_due(observe_mod.outbox(conn), common.parse_duration(sync.interval))
         ):
-            lineage_problem = _sync_lineage(mr, registry, stores.lineage, conn)
+            lineage_problem = _sync_lineage(mr, registry, stores.lineage, stores)
         version = observe_mod.schema_version(conn)
         history = lineage.history(conn) if version else None
         counts = observe_mod.counts(conn)
         outbox = observe_mod.outbox(conn)
     graph = None
     if stores.lineage is not None and lineage_problem is None:
-        try:
-            with _neo4j(stores.lineage) as driver:
+        info, ours = stores.lineage, history
+
+        def read() -> observe_mod.Graph:
+            with _neo4j(info) as driver:
                 # Checked on every observation, not only when a pass was due: the status must not
                 # flip between Stalled and Ready with the sync interval (e.g. with a CronJob syncing).
                 held = lineage.graph_history(driver, registry)
-                if held is not None and history is not None and held != history:
-                    raise graph_in_use(lineage.GraphInUse(registry, None, held, history))
-                graph = observe_mod.graph(driver, registry)
+                if held is not None and ours is not None and held != ours:
+                    raise graph_in_use(lineage.GraphInUse(registry, None, held, ours))
+                return observe_mod.graph(driver, registry)
+
+        try:
+            graph = graphwork.run(registry, read, NEO4J_WAIT)
+        except graphwork.StillRunning as exc:
+            lineage_problem = _still_running(exc, info)
         except (neo4j.exceptions.Neo4jError, neo4j.exceptions.DriverError, OSError) as exc:
             lineage_problem = f"lineage store: {type(exc).__name__}: {exc}"[:1024]
     max_lag = common.parse_duration(sync.max_lag)

@@ -582,11 +582,14 @@ def test_a_sync_refused_by_the_graph_is_a_stalled_problem(monkeypatch: pytest.Mo
         yield object()
 
     monkeypatch.setattr(reconcile, "_neo4j", driver)
+    monkeypatch.setattr(reconcile, "_postgres", lambda info, database: contextlib.nullcontext(object()))
     monkeypatch.setattr(lineage, "ensure_schema", lambda driver: None)
     monkeypatch.setattr(lineage, "sync", refused)
     mr = obj_of(mr_body()).model
     graph = connection.ConnectionInfo.for_engine("neo4j", "graph.team.svc", "pw")
-    p = problem_of(lambda: SYNC_LINEAGE(mr, "team/models", graph, object()))  # type: ignore[arg-type]
+    meta = connection.ConnectionInfo.for_engine("postgres", "meta.team.svc", "pw")
+    stores = reconcile.Stores(meta, meta, "reg", graph, None)
+    p = problem_of(lambda: SYNC_LINEAGE(mr, "team/models", graph, stores))
     assert (p.reason, p.stalled) == (reconcile.LINEAGE_GRAPH_IN_USE, True)
     assert p.message.startswith(
         "spec.lineageStoreRef: the Neo4j database holds a lineage graph of ModelRegistry team/models"
