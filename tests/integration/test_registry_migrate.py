@@ -271,3 +271,15 @@ def test_ensure_roles_is_idempotent_and_rotates_passwords(
         w.execute("INSERT INTO registry.registered_models (name) VALUES ('rotated')")
     with login(postgres_cluster, db_name, reader, reader_pw) as r:
         assert r.execute("SELECT name FROM registry.registered_models").fetchall() == [("rotated",)]
+
+
+def test_a_registry_schema_the_operator_did_not_make_is_refused_and_left_alone(db: tuple[str, Conn]) -> None:
+    name, conn = db
+    conn.execute("CREATE SCHEMA registry")
+    conn.execute("CREATE TABLE registry.registered_models (id bigint PRIMARY KEY, owner text)")
+    conn.execute("INSERT INTO registry.registered_models VALUES (1, 'someone')")
+    before = schema_snapshot(conn)
+    with pytest.raises(migrate.ForeignSchema, match=f"database '{name}' already has a schema named registry"):
+        migrate.apply(conn)
+    assert schema_snapshot(conn) == before
+    assert conn.execute("SELECT count(*) FROM registry.registered_models").fetchone() == (1,)

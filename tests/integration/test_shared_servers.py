@@ -19,6 +19,7 @@ from psycopg import sql
 from mlinfra.client import lineage as lineage_client
 from mlinfra.devenv.neo4j import Neo4jServer
 from mlinfra.devenv.postgres import PostgresCluster
+from mlinfra.engines import claims
 from mlinfra.features import claim as feature_claim
 from mlinfra.features import schema
 from mlinfra.registry import claim, lineage, migrate, observe, roles
@@ -121,6 +122,26 @@ def test_an_offline_table_holds_one_featureview(postgres_cluster: PostgresCluste
         with pytest.raises(feature_claim.TableInUse) as refused:
             feature_claim.claim(conn, "public", "clicks", "team-b/clicks")
         assert (refused.value.table, refused.value.holder) == ("public.clicks", "team-a/clicks")
+
+
+def test_a_users_own_table_is_not_taken_over_and_a_prepared_one_is(
+    postgres_cluster: PostgresCluster, database: str
+) -> None:
+    with postgres_cluster.primary.connect(database) as conn:
+        schema.ensure_bookkeeping(conn)
+        conn.execute("CREATE TABLE public.accounts (user_id bigint PRIMARY KEY, note text)")
+        with pytest.raises(feature_claim.NotAnOfflineTable) as refused:
+            feature_claim.claim(conn, "public", "accounts", "team-a/accounts")
+        assert "has no event_timestamp column" in str(refused.value)
+        assert claims.holder(conn, feature_claim.TABLE, {"schema_name": "public", "table_name": "accounts"}) is None
+        # A table prepared for the view (its event time column is there) is adopted.
+        conn.execute("CREATE TABLE public.prepared (user_id bigint NOT NULL, event_timestamp timestamptz NOT NULL)")
+        feature_claim.claim(conn, "public", "prepared", "team-a/prepared")
+        # And a table the view holds stays its own even if a column was dropped by hand.
+        conn.execute("ALTER TABLE public.prepared DROP COLUMN event_timestamp")
+        feature_claim.claim(conn, "public", "prepared", "team-a/prepared")
+        with pytest.raises(feature_claim.TableInUse):
+            feature_claim.claim(conn, "public", "prepared", "team-b/prepared")
 
 
 # --- Neo4j: two registries, one lineage database --------------------------------------------------------

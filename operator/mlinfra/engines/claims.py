@@ -46,3 +46,18 @@ def claim(conn: psycopg.Connection[Any], table: tuple[str, str], key: Mapping[st
             tuple(key.values()),
         ).fetchone()
     return str(row[0]) if row else holder
+
+
+def holder(conn: psycopg.Connection[Any], table: tuple[str, str], key: Mapping[str, str]) -> str | None:
+    """Who holds ``key`` in the claim table ``(schema, name)``: None when nobody (or no claim table yet)."""
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (".".join(f'"{part}"' for part in table),)).fetchone()
+    if not (exists and exists[0]):
+        return None
+    columns = [sql.Identifier(c) for c in key]
+    row = conn.execute(
+        sql.SQL("SELECT holder FROM {} WHERE {}").format(
+            sql.Identifier(*table), sql.SQL(" AND ").join(sql.SQL("{} = %s").format(c) for c in columns)
+        ),
+        tuple(key.values()),
+    ).fetchone()
+    return str(row[0]) if row else None

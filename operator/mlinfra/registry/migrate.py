@@ -160,6 +160,19 @@ def applied_version(conn: psycopg.Connection[Any]) -> int:
     return max(applied_checksums(conn), default=0)
 
 
+class ForeignSchema(Exception):
+    """The database has a ``registry`` schema the operator did not make (no ``registry.schema_migrations``):
+    migrating into it would mix the registry's tables with someone else's. Nothing was changed."""
+
+
+def _foreign_schema(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'registry') "
+        "AND to_regclass('registry.schema_migrations') IS NULL"
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def apply(
     conn: psycopg.Connection[Any],
     target: Target = "latest",
@@ -181,6 +194,12 @@ def apply(
     while True:
         with conn.transaction():
             _lock(conn, lock_timeout_seconds)
+            if _foreign_schema(conn):
+                db = conn.info.dbname
+                raise ForeignSchema(
+                    f"database {db!r} already has a schema named registry that the operator did not make (it has "
+                    "no registry.schema_migrations table)"
+                )
             conn.execute(_BOOTSTRAP)
             applied = applied_checksums(conn)
             todo = plan(applied, migrations, target)

@@ -215,6 +215,16 @@ def reconcile(ctx: Context, obj: Obj[api.ModelRegistry]) -> None:
             before = migrate.applied_version(conn)
             version = migrate.apply(conn, mr.spec.schema_version)
             roles.ensure_roles(conn, stores.database, writer[0], writer[1], reader[0], reader[1], owner=owner)
+        except migrate.ForeignSchema as exc:
+            raise ProblemError(
+                Problem(
+                    DATABASE_IN_USE,
+                    f"spec.database: {exc} on DataStore {mr.spec.metadata_store_ref.name!r}: nothing was changed; "
+                    "give this registry a database of its own (spec.database), or drop or rename that schema",
+                    stalled=True,
+                    recheck=CONFLICT_RECHECK,
+                )
+            ) from None
         except claim.DatabaseInUse as exc:
             raise ProblemError(
                 Problem(

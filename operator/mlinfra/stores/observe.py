@@ -12,8 +12,14 @@ from mlinfra import metrics
 from mlinfra.api import datastore as api
 from mlinfra.context import Context, Obj
 from mlinfra.engines import connection, names, observation, probe, render
-from mlinfra.problems import SECRET_NOT_FOUND, Problem, ProblemError
+from mlinfra.problems import INVALID_SPEC, SECRET_NOT_FOUND, Problem, ProblemError
 from mlinfra.stores import connsecret, status
+
+# Redis's answer to SELECT of a database it does not have (it has `databases` of them, 16 by default). The
+# schema takes any number: only the server knows how many it has.
+REDIS_DB_OUT_OF_RANGE = "DB index is out of range"
+# Seconds between looks at a database number the server refused: its `databases` setting may be raised.
+REFUSED_DATABASE_RECHECK = 300.0
 
 
 def _unreachable(message: str) -> observation.Observation:
@@ -73,6 +79,24 @@ def facts(ctx: Context, obj: Obj[api.DataStore], conn: connection.ConnectionInfo
     )
 
 
+def refused_database(ds: api.DataStore, obs: observation.Observation | None) -> Problem | None:
+    """An external Redis that refuses ``spec.external.database``: not unreachable (it answered), and only the
+    spec (or the server's configuration) can fix it, so Stalled, naming the field. None otherwise."""
+    ext = ds.spec.external
+    if ds.spec.engine != "redis" or ext is None or obs is None or obs.reachable:
+        return None
+    if REDIS_DB_OUT_OF_RANGE not in (obs.error or ""):
+        return None
+    return Problem(
+        INVALID_SPEC,
+        f"spec.external.database {ext.database!r}: the Redis server at {ext.endpoint} refused it "
+        f"({REDIS_DB_OUT_OF_RANGE}): it has fewer databases (its 'databases' setting, 16 by default); "
+        "choose a database number the server has",
+        stalled=True,
+        recheck=REFUSED_DATABASE_RECHECK,
+    )
+
+
 def observe(ctx: Context, obj: Obj[api.DataStore]) -> dict[str, Any]:
     """The DataStore's whole new status, from the published connection, Kubernetes and the live server."""
     conn = connsecret.read_connection(ctx.kube, obj.namespace, obj.name)
@@ -88,6 +112,10 @@ def observe(ctx: Context, obj: Obj[api.DataStore]) -> dict[str, Any]:
                 stalled=False,
             )
         )
-    new = status.compute(facts(ctx, obj, conn), obj.status)
+    found = facts(ctx, obj, conn)
+    refused = refused_database(obj.model, found.observation)
+    if refused is not None:
+        raise ProblemError(refused)
+    new = status.compute(found, obj.status)
     metrics.record_datastore(obj.namespace, obj.name, obj.model.spec.engine, new)
     return new
