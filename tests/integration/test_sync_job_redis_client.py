@@ -1,4 +1,5 @@
-"""The sync Jobs' Redis client (``connection.redis_client``) waits once per call: a timeout is final, a
+"""The Redis clients (the sync Jobs' ``connection.redis_client``, the SDK's sync and asyncio ones) wait
+once per call: a timeout is final, a
 dropped connection is tried again a few times. redis-py's own default tries every call 10 more times,
 timeouts included: against a frozen Redis one 30 s timeout became more than five minutes per call.
 
@@ -7,6 +8,7 @@ server: the kernel completes the connection, nobody reads), or closes each conne
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 from collections.abc import Iterator
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from mlinfra.client import connections as sdk
 from mlinfra.engines import connection
 
 
@@ -82,3 +85,22 @@ def test_a_connection_dropped_by_the_server_is_tried_again_a_few_times(closing: 
     with pytest.raises(redis.ConnectionError):
         client(closing.port).get("key")
     assert closing.accepted == 4
+
+
+def test_the_sdk_clients_wait_once_too(silent: Server) -> None:
+    # An app reading features from a frozen Redis: one timeout per call, not eleven.
+    info = connection.ConnectionInfo.for_engine("redis", "127.0.0.1", "pw", port=silent.port)
+    with pytest.raises(redis.TimeoutError):
+        sdk.redis_client(info, 0.3).get("key")
+    assert silent.accepted == 1
+
+    async def read() -> None:
+        client = sdk.redis_async_client(info, 0.3)
+        try:
+            await client.get("key")
+        finally:
+            await client.aclose()
+
+    with pytest.raises(redis.TimeoutError):
+        asyncio.run(read())
+    assert silent.accepted == 2

@@ -150,12 +150,16 @@ def _redis_kwargs(info: ConnectionInfo, timeout: float) -> dict[str, Any]:
 
 def redis_client(info: ConnectionInfo, timeout: float = 5.0) -> redis_lib.Redis:
     """A Redis client (``bytes`` replies) for a redis connection."""
-    return redis_lib.Redis(**_redis_kwargs(expect_engine(info, "redis", "online"), timeout))
+    return redis_lib.Redis(
+        **_redis_kwargs(expect_engine(info, "redis", "online"), timeout), retry=connection.redis_retry()
+    )
 
 
 def redis_async_client(info: ConnectionInfo, timeout: float = 5.0) -> redis_async.Redis:
     """An asyncio Redis client (``bytes`` replies) for a redis connection."""
-    return redis_async.Redis(**_redis_kwargs(expect_engine(info, "redis", "online"), timeout))
+    return redis_async.Redis(
+        **_redis_kwargs(expect_engine(info, "redis", "online"), timeout), retry=connection.redis_async_retry()
+    )
 
 
 @contextlib.contextmanager

@@ -32,7 +32,8 @@ import neo4j
 import psycopg
 import redis
 from redis import backoff as redis_backoff
-from redis import retry as redis_retry
+from redis import retry as redis_retry_mod
+from redis.asyncio import retry as redis_async_retry_mod
 
 from mlinfra.api import datastore
 
@@ -618,16 +619,26 @@ def postgres(
         raise translated from exc
 
 
-def redis_client(info: ConnectionInfo, timeout: float = 30.0) -> redis.Redis:
-    """The one way to open a synchronous Redis client; replies stay bytes (hash fields are binary).
-
-    One call waits at most ``timeout`` for an answer: a timeout is final. redis-py's default policy tries
-    every call 10 more times, timeouts included, so a frozen server held a sync Job more than five minutes
-    per call. A connection refused or reset (a restart, a failover) is still tried again, a few times."""
-    retry = redis_retry.Retry(
+def redis_retry() -> redis_retry_mod.Retry:
+    """The retry policy of every Redis client: one timeout is final; a connection refused or reset (a restart,
+    a failover) is tried again, a few times. redis-py's default tries every call 10 more times, timeouts
+    included, so a frozen server held the caller ten times its timeout per call."""
+    return redis_retry_mod.Retry(
         redis_backoff.ExponentialWithJitterBackoff(base=0.1, cap=2.0), 3, supported_errors=(redis.ConnectionError,)
     )
-    return redis.Redis(**redis_kwargs(info, timeout), retry=retry)
+
+
+def redis_async_retry() -> redis_async_retry_mod.Retry:
+    """:func:`redis_retry` for asyncio clients."""
+    return redis_async_retry_mod.Retry(
+        redis_backoff.ExponentialWithJitterBackoff(base=0.1, cap=2.0), 3, supported_errors=(redis.ConnectionError,)
+    )
+
+
+def redis_client(info: ConnectionInfo, timeout: float = 30.0) -> redis.Redis:
+    """The one way to open a synchronous Redis client; replies stay bytes (hash fields are binary). One call
+    waits at most ``timeout`` for an answer (:func:`redis_retry`)."""
+    return redis.Redis(**redis_kwargs(info, timeout), retry=redis_retry())
 
 
 def neo4j_settings(info: ConnectionInfo, timeout: float, **options: Any) -> tuple[str, dict[str, Any]]:
