@@ -1,7 +1,7 @@
 """The Redis clients (the sync Jobs' ``connection.redis_client``, the SDK's sync and asyncio ones) wait
-once per call: a timeout is final, a
-dropped connection is tried again a few times. redis-py's own default tries every call 10 more times,
-timeouts included: against a frozen Redis one 30 s timeout became more than five minutes per call.
+once per call: a timeout is final, a dropped connection is tried again a few times. redis-py's own default
+tries every call 10 more times, timeouts included: against a frozen Redis one 30 s timeout became more
+than five minutes per call.
 
 The server here is a loopback socket that counts the connections made to it: it never answers (a frozen
 server: the kernel completes the connection, nobody reads), or closes each connection at once."""
