@@ -15,7 +15,7 @@ from mlinfra import metrics, problems
 from mlinfra.api import datastore as api
 from mlinfra.config import Settings
 from mlinfra.context import Context, Obj
-from mlinfra.engines import endpoints
+from mlinfra.engines import endpoints, observation
 from mlinfra.problems import ProblemError
 from mlinfra.stores import observe, reconcile
 
@@ -141,3 +141,27 @@ def test_an_unreachable_external_store_is_not_ready_and_not_reconciling(kube: Fa
     assert c["Stalled"] == ("False", "Ready", "")
     assert (st["mode"], st["endpoint"], st["connectionSecret"]) == ("external", CLOSED, "ext-conn")
     assert "members" not in st and st["replication"] == {"desiredReplicas": 1, "readyReplicas": 0}
+
+
+def external_redis(database: str) -> api.DataStore:
+    body = {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": "DataStore",
+        "metadata": {"name": "cache", "namespace": NS, "uid": "u-2", "generation": 1},
+        "spec": {
+            "engine": "redis",
+            "external": {"endpoint": "redis.example:6379", "database": database, "credentialsSecretRef": {"name": "c"}},
+        },
+    }
+    return problems.parse(api.DataStore, body)
+
+
+def test_a_database_number_the_redis_server_refuses_is_stalled_naming_the_field() -> None:
+    refused = observation.Observation.unreachable("Redis at redis.example:6379: DB index is out of range")
+    problem = observe.refused_database(external_redis("99"), refused)
+    assert problem is not None
+    assert (problem.reason, problem.stalled, problem.recheck) == ("InvalidSpec", True, observe.REFUSED_DATABASE_RECHECK)
+    assert problem.message.startswith("spec.external.database '99': the Redis server at redis.example:6379 refused it")
+    # Anything else stays what it is: unreachable is retried, a reachable server is fine.
+    assert observe.refused_database(external_redis("99"), observation.Observation.unreachable("timed out")) is None
+    assert observe.refused_database(external_redis("1"), None) is None
