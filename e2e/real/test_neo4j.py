@@ -5,6 +5,8 @@ its Service's name, and a Bolt client on the host reaches it at the Pod's addres
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 
 import neo4j
@@ -17,6 +19,19 @@ from mlinfra.devenv.realnode import RealNode
 from mlinfra.engines.render import CONFIG_DIR, PROFILES
 
 UID = PROFILES["neo4j"].uid
+
+
+class HelloRecorder(logging.Handler):
+    """The connection.recv_timeout_seconds hints of the server's HELLO answers, from the driver's debug log."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.recv_timeouts: list[int] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        found = re.search(r"'connection\.recv_timeout_seconds': (\d+)", record.getMessage())
+        if found:
+            self.recv_timeouts.append(int(found.group(1)))
 
 
 def test_managed_neo4j_answers_bolt_with_the_generated_password(
@@ -65,9 +80,22 @@ def test_managed_neo4j_answers_bolt_with_the_generated_password(
     # the connection Secret's username and generated password.
     pod_ip = pod["status"]["podIP"]
     uri = f"bolt://{pod_ip}:7687"
-    with neo4j.GraphDatabase.driver(uri, auth=(conn["username"], conn["password"]), connection_timeout=10) as driver:
-        records = driver.execute_query("RETURN 1 AS one").records
-        assert [r["one"] for r in records] == [1]
+    hello = HelloRecorder()
+    logging.getLogger("neo4j").addHandler(hello)
+    level = logging.getLogger("neo4j").level
+    logging.getLogger("neo4j").setLevel(logging.DEBUG)
+    try:
+        with neo4j.GraphDatabase.driver(
+            uri, auth=(conn["username"], conn["password"]), connection_timeout=10
+        ) as driver:
+            records = driver.execute_query("RETURN 1 AS one").records
+            assert [r["one"] for r in records] == [1]
+    finally:
+        logging.getLogger("neo4j").removeHandler(hello)
+        logging.getLogger("neo4j").setLevel(level)
+    # The rendered keep-alive reached the server: it tells drivers to give a silent connection up after 20 s
+    # (the driver sets it as its socket's read timeout), not Neo4j's default 120 s.
+    assert hello.recv_timeouts and set(hello.recv_timeouts) == {20}, hello.recv_timeouts
     with (
         neo4j.GraphDatabase.driver(
             uri, auth=(conn["username"], conn["password"] + "-wrong"), connection_timeout=10

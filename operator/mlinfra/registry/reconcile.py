@@ -169,6 +169,16 @@ def graph_in_use(exc: lineage.GraphInUse) -> ProblemError:
     )
 
 
+def _driver_error(exc: BaseException) -> str:
+    """``exc`` with its cause: the Neo4j driver words a read that timed out as a "defunct connection" and
+    keeps the timeout itself as the cause."""
+    text = f"{type(exc).__name__}: {exc}"
+    cause = exc.__cause__
+    if cause is not None and str(cause) not in text:
+        text += f" ({type(cause).__name__}: {cause})"
+    return text
+
+
 def _still_running(exc: graphwork.StillRunning, graph: connection.ConnectionInfo) -> str:
     return (
         f"DeadlineExceeded: Neo4j at {graph.endpoint}: the lineage work of {exc.key} started {exc.age:.0f} s ago "
@@ -195,7 +205,7 @@ def _sync_lineage(mr: api.ModelRegistry, registry: str, graph: connection.Connec
     except graphwork.StillRunning as exc:  # a TimeoutError, so an OSError: first
         return _still_running(exc, graph)
     except (neo4j.exceptions.Neo4jError, neo4j.exceptions.DriverError, OSError) as exc:
-        return f"lineage sync failed: {type(exc).__name__}: {exc}"[:1024]
+        return f"lineage sync failed: {_driver_error(exc)}"[:1024]
     return None
 
 
@@ -292,7 +302,7 @@ def observe(ctx: Context, obj: Obj[api.ModelRegistry]) -> dict[str, Any]:
         except graphwork.StillRunning as exc:
             lineage_problem = _still_running(exc, info)
         except (neo4j.exceptions.Neo4jError, neo4j.exceptions.DriverError, OSError) as exc:
-            lineage_problem = f"lineage store: {type(exc).__name__}: {exc}"[:1024]
+            lineage_problem = f"lineage store: {_driver_error(exc)}"[:1024]
     max_lag = common.parse_duration(sync.max_lag)
     metrics.REGISTRY_PENDING_EVENTS.labels(ns, name).set(outbox.pending_events)
     metrics.REGISTRY_LINEAGE_LAG.labels(ns, name).set(outbox.oldest_pending_age_seconds or 0)

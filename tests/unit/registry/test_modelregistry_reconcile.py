@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import kopf
+import neo4j
 import pytest
 from fakekube import FakeKube
 from kind_support import problem_of
@@ -595,3 +596,16 @@ def test_a_sync_refused_by_the_graph_is_a_stalled_problem(monkeypatch: pytest.Mo
         "spec.lineageStoreRef: the Neo4j database holds a lineage graph of ModelRegistry team/models"
     )
     assert "pw" not in p.message
+
+
+def test_a_driver_error_names_its_cause() -> None:
+    # What the Neo4j driver raises when a read on a silent server times out: the timeout is only the cause.
+    try:
+        try:
+            raise TimeoutError("timed out")
+        except TimeoutError as timeout:
+            raise neo4j.exceptions.SessionExpired("Failed to read from defunct connection") from timeout
+    except neo4j.exceptions.SessionExpired as exc:
+        text = reconcile._driver_error(exc)
+    assert text == "SessionExpired: Failed to read from defunct connection (TimeoutError: timed out)"
+    assert reconcile._driver_error(OSError("refused")) == "OSError: refused"
