@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from typing import Any
@@ -23,3 +24,20 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = 90) -> None:
     procs.wait_until(what, check, timeout)
+
+
+def variant(base: dict[str, Any], name: str | None = None, **spec_changes: Any) -> dict[str, Any]:
+    """A copy of ``base`` (renamed when ``name``) with ``a__b`` spec paths set (``None`` removes the key)."""
+    out = copy.deepcopy(base)
+    if name is not None:
+        out["metadata"]["name"] = name
+    for dotted, value in spec_changes.items():
+        *parents, leaf = dotted.split("__")
+        node = out["spec"]
+        for key in parents:
+            node = node.setdefault(key, {})
+        if value is None:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
+    return out

@@ -16,12 +16,14 @@ in every run, and a run that was killed before its cleanup would leave names the
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib import parse
 
+import pytest
 from qdrant_client import QdrantClient
 
 from e2e_support import get_json
@@ -216,3 +218,17 @@ class Space:
             else:
                 removed, collections, aliases = [], set(), set()
         return removed, sorted(n for n in collections | aliases if n.startswith(self.prefix))
+
+
+def server_or_fail() -> Server | None:
+    """The real server at QDRANT_URL (None: local mode). A URL that cannot be used fails the test at once,
+    with the message alone (outside the except: no chained traceback)."""
+    try:
+        server = server_from_env(os.environ)
+        if server is not None:
+            check_reachable(server)
+    except TargetError as exc:
+        problem = str(exc)
+    else:
+        return server
+    pytest.fail(problem, pytrace=False)

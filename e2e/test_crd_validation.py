@@ -8,7 +8,6 @@ is accepted. The operator is not running: this is the API server alone.
 
 from __future__ import annotations
 
-import copy
 import pathlib
 import subprocess
 import time
@@ -17,6 +16,8 @@ from typing import Any, Protocol
 
 import pytest
 import yaml
+
+from e2e_support import variant
 
 pytestmark = pytest.mark.e2e
 
@@ -122,22 +123,6 @@ VI = obj(
     },
 )
 VALID = [DS_MANAGED, DS_EXTERNAL, DS_NEO4J, FV, MR, MR_MINIMAL, VI]
-
-
-def variant(base: dict[str, Any], name: str, **spec_changes: Any) -> dict[str, Any]:
-    """A renamed copy of ``base`` with ``a__b`` spec paths set (``None`` removes the key)."""
-    out = copy.deepcopy(base)
-    out["metadata"]["name"] = name
-    for dotted, value in spec_changes.items():
-        *parents, leaf = dotted.split("__")
-        node = out["spec"]
-        for key in parents:
-            node = node.setdefault(key, {})
-        if value is None:
-            node.pop(leaf, None)
-        else:
-            node[leaf] = value
-    return out
 
 
 # --- invalid objects and the message each must be rejected with ---------------------------------------------

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import collections
-import copy
 import datetime
 import hashlib
 import json
@@ -46,7 +45,7 @@ import pytest
 import yaml
 
 import qdrant_target
-from e2e_support import condition, get_json
+from e2e_support import condition, get_json, variant
 from mlinfra.devenv import secretscan
 from mlinfra.devenv.backer import Backer
 from mlinfra.devenv.controlplane import ControlPlane
@@ -177,23 +176,6 @@ def secret(ns: str, name: str, data: dict[str, str]) -> dict[str, Any]:
         "metadata": {"name": name, "namespace": ns},
         "stringData": data,
     }
-
-
-def variant(base: dict[str, Any], name: str | None = None, **spec_changes: Any) -> dict[str, Any]:
-    """A copy of ``base`` (renamed) with ``a__b`` spec paths set (``None`` removes the key)."""
-    out = copy.deepcopy(base)
-    if name is not None:
-        out["metadata"]["name"] = name
-    for dotted, value in spec_changes.items():
-        *parents, leaf = dotted.split("__")
-        node = out["spec"]
-        for key in parents:
-            node = node.setdefault(key, {})
-        if value is None:
-            node.pop(leaf, None)
-        else:
-            node[leaf] = value
-    return out
 
 
 def managed(ns: str, name: str, engine: str = "redis", **managed_spec: Any) -> dict[str, Any]:
@@ -1749,15 +1731,7 @@ BYSTANDERS: tuple[str, ...] = (
 
 @pytest.fixture(scope="module")
 def qdrant_server() -> qdrant_target.Server | None:
-    try:
-        server = qdrant_target.server_from_env(os.environ)
-        if server is not None:
-            qdrant_target.check_reachable(server)
-    except qdrant_target.TargetError as exc:
-        problem = str(exc)
-    else:
-        return server
-    pytest.fail(problem, pytrace=False)
+    return qdrant_target.server_or_fail()
 
 
 @pytest.fixture(scope="module")

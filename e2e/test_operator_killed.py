@@ -143,15 +143,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Control
 @pytest.fixture(scope="module")
 def qdrant_server() -> qdrant_target.Server | None:
     """The real server at QDRANT_URL (None: local mode); a URL that cannot be used fails the test at once."""
-    try:
-        server = qdrant_target.server_from_env(os.environ)
-        if server is not None:
-            qdrant_target.check_reachable(server)
-    except qdrant_target.TargetError as exc:
-        problem = str(exc)
-    else:
-        return server
-    pytest.fail(problem, pytrace=False)
+    return qdrant_target.server_or_fail()
 
 
 # --- small readers ---------------------------------------------------------------------------------------------

@@ -39,15 +39,7 @@ STORE = qdrant_target.STORE
 def qdrant_server() -> qdrant_target.Server | None:
     """The real server at QDRANT_URL (None: the local platform's managed store). Requested first by the tests,
     so a URL that cannot be used fails them at once, before the control plane starts."""
-    try:
-        server = qdrant_target.server_from_env(os.environ)
-        if server is not None:
-            qdrant_target.check_reachable(server)
-    except qdrant_target.TargetError as exc:
-        problem = str(exc)
-    else:
-        return server
-    pytest.fail(problem, pytrace=False)  # outside the except: the message alone, not a chained traceback
+    return qdrant_target.server_or_fail()
 
 
 @pytest.fixture
