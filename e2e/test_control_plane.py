@@ -32,7 +32,7 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> An
         lambda: control_plane.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0,
     )
     yield name
-    control_plane.kubectl("delete", "namespace", name, "--wait=false")
+    control_plane.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")
 
 
 def test_version_is_the_pinned_release(control_plane: ControlPlane) -> None:
@@ -226,3 +226,41 @@ def test_kubectl_errors_are_reported(control_plane: ControlPlane) -> None:
     with pytest.raises(subprocess.CalledProcessError) as err:
         control_plane.kubectl("get", "configmap", "does-not-exist", "-n", "default")
     assert "not found" in err.value.stderr
+
+
+def test_a_namespace_being_deleted_refuses_new_children_with_a_cause_the_client_recognises(
+    control_plane: ControlPlane, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the operator meets when it creates a child while the object's namespace is deleted: a 403 whose
+    cause the operator's client reads as NamespaceTerminating (handlers stall the object instead of crashing);
+    other refusals do not carry it."""
+    from mlinfra.k8s import client, objects
+
+    held = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "held", "namespace": namespace, "finalizers": ["mlinfra.io/test-hold"]},
+    }
+    control_plane.apply([held])
+    monkeypatch.setenv("KUBECONFIG", str(control_plane.kubeconfig))
+    client.reset()
+    try:
+        kube = objects.Kube()
+        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "late", "namespace": namespace}}
+        with pytest.raises(objects.ApiError) as other:  # not namespace deletion: a Secret with an invalid name
+            kube.create({**secret, "metadata": {"name": "Not_Valid", "namespace": namespace}})
+        assert not other.value.namespace_terminating
+        control_plane.kubectl("delete", "namespace", namespace, "--wait=false")
+        wait(
+            "the namespace Terminating",
+            lambda: get(control_plane, "namespace", namespace)["status"].get("phase") == "Terminating",
+        )
+        with pytest.raises(objects.ApiError) as refused:
+            kube.create(secret)
+        assert refused.value.status == 403 and refused.value.namespace_terminating, refused.value
+        assert "being terminated" in str(refused.value)
+    finally:
+        client.reset()
+        control_plane.kubectl(
+            "patch", "configmap", "held", "-n", namespace, "--type=merge", "-p", '{"metadata":{"finalizers":null}}'
+        )

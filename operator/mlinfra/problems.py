@@ -25,6 +25,7 @@ STORE_NOT_READY = "StoreNotReady"
 WRONG_ENGINE = "WrongEngine"
 IMMUTABLE_FIELD_CHANGE = "ImmutableFieldChange"
 DEADLINE_EXCEEDED = "DeadlineExceeded"
+NAMESPACE_TERMINATING = objects.NAMESPACE_TERMINATING
 REFUSED_BY_KUBERNETES_RECHECK = 300.0  # seconds: the refusal may depend on something outside the spec
 MAX_RETRY_DELAY = 600.0  # seconds: the longest a temporary problem waits between two attempts
 
@@ -76,6 +77,16 @@ def refused_by_kubernetes(exc: objects.ApiError) -> Problem:
         f"Kubernetes refused what the spec asks for: {exc}"[:1024],
         stalled=True,
         recheck=REFUSED_BY_KUBERNETES_RECHECK,
+    )
+
+
+def namespace_terminating(exc: objects.ApiError) -> Problem:
+    """A child could not be created because the object's namespace is being deleted: the object goes with it,
+    so nothing is retried (Stalled, never rechecked) and it is not a crash of the handler."""
+    return Problem(
+        NAMESPACE_TERMINATING,
+        f"the namespace is being deleted, nothing new can be created in it: {exc}"[:1024],
+        stalled=True,
     )
 
 

@@ -82,7 +82,8 @@ def _unless_busy(memo: Any) -> Iterator[bool]:
 
 
 # What a reconcile or an observation may meet besides the Problems it raises: a call that missed its deadline,
-# and the API server refusing a rendered child as invalid (only 422: other API errors are retried by Kopf).
+# the API server refusing a rendered child as invalid (422), and a child refused because the namespace is
+# being deleted (403 NamespaceTerminating); other API errors are retried by Kopf.
 _FAILURES = (ProblemError, TimeoutError, objects.ApiError)
 
 
@@ -92,6 +93,8 @@ def _problem_of(exc: BaseException) -> Problem:
     if isinstance(exc, ProblemError):
         return exc.problem
     if isinstance(exc, objects.ApiError):
+        if exc.namespace_terminating:
+            return problems.namespace_terminating(exc)
         if exc.status != 422:
             raise exc
         return problems.refused_by_kubernetes(exc)

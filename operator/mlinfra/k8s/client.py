@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 from kubernetes import client, config
@@ -19,7 +20,8 @@ def api_client() -> client.ApiClient:
                 config.load_incluster_config()  # type: ignore[no-untyped-call]
                 _api = client.ApiClient()
             except config.ConfigException:
-                _api = config.new_client_from_config()  # type: ignore[no-untyped-call]
+                # KUBECONFIG as it is now: the library reads it once, when it is imported.
+                _api = config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))  # type: ignore[no-untyped-call]
         return _api
 
 

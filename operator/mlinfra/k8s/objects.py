@@ -20,12 +20,35 @@ class NotFound(LookupError):
     """The object does not exist."""
 
 
-class ApiError(RuntimeError):
-    """The API server refused a request; the message is its own (it never contains Secret data)."""
+NAMESPACE_TERMINATING = "NamespaceTerminating"
 
-    def __init__(self, status: int, message: str) -> None:
+
+class ApiError(RuntimeError):
+    """The API server refused a request; the message is its own (it never contains Secret data).
+
+    ``causes``: the reasons of the Status object's ``details.causes`` (e.g. NamespaceTerminating)."""
+
+    def __init__(self, status: int, message: str, causes: tuple[str, ...] = ()) -> None:
         super().__init__(f"{status}: {message}")
         self.status = status
+        self.causes = causes
+
+    @property
+    def namespace_terminating(self) -> bool:
+        """Refused because the namespace is being deleted: nothing new may be created in it, ever again."""
+        return self.status == 403 and NAMESPACE_TERMINATING in self.causes
+
+
+def _refusal(raw: bytes) -> tuple[str, tuple[str, ...]]:
+    """The message and the cause reasons of the API server's Status answer (or the body's start)."""
+    try:
+        status = json.loads(raw)
+    except ValueError:
+        return (raw[:500].decode(errors="replace") if raw else ""), ()
+    if not isinstance(status, dict):
+        return str(status)[:500], ()
+    causes = ((status.get("details") or {}).get("causes")) or []
+    return str(status.get("message", "")), tuple(str(c.get("reason", "")) for c in causes if isinstance(c, dict))
 
 
 class Kube:
@@ -53,11 +76,8 @@ class Kube:
         if resp.status == 404:
             raise NotFound(path)
         if resp.status >= 400:
-            try:
-                message = json.loads(raw).get("message", "")
-            except ValueError:
-                message = raw[:500].decode(errors="replace") if raw else ""
-            raise ApiError(resp.status, message)
+            message, causes = _refusal(raw)
+            raise ApiError(resp.status, message, causes)
         return json.loads(raw) if raw else {}
 
     def apply(self, obj: Mapping[str, Any], field_manager: str = FIELD_MANAGER, force: bool = True) -> dict[str, Any]:

@@ -98,13 +98,14 @@ def test_a_missing_user_secret_is_retried_after_30_seconds(
 class RefusingKube(FakeKube):
     """Kubernetes refusing one kind of child as invalid (what a CRD rule could not foresee), or failing."""
 
-    def __init__(self, kind: str, status: int) -> None:
+    def __init__(self, kind: str, status: int, causes: tuple[str, ...] = ()) -> None:
         super().__init__()
-        self.refused_kind, self.status = kind, status
+        self.refused_kind, self.status, self.causes = kind, status, causes
 
     def apply(self, obj: Any, field_manager: str = "mlinfra-operator", force: bool = True) -> dict[str, Any]:
         if obj["kind"] == self.refused_kind:
-            raise objects.ApiError(self.status, f'{obj["kind"]} "{obj["metadata"]["name"]}" is invalid: spec.x: bad')
+            message = f'{obj["kind"]} "{obj["metadata"]["name"]}" is invalid: spec.x: bad'
+            raise objects.ApiError(self.status, message, self.causes)
         return super().apply(obj, field_manager, force)
 
 
@@ -132,3 +133,23 @@ def test_other_api_errors_are_left_to_kopf_retries(tmp_path: Path) -> None:
     spec = {"engine": "redis", "managed": {"replicas": 1, "storage": {"size": "1Gi"}}}
     with pytest.raises(objects.ApiError):
         handler(registry, "reconcile")(body=body(spec), patch=kopf.Patch(), memo=kopf.Memo())
+
+
+def test_a_namespace_being_deleted_stalls_the_object_without_a_crash_or_retries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler creating a child while its namespace is deleted is not a crash: the object goes with the
+    namespace, so it is Stalled NamespaceTerminating and not retried; any other 403 stays Kopf's to retry."""
+    monkeypatch.setattr(kopf, "warn", lambda *_a, **_k: None)
+    kube = RefusingKube("StatefulSet", 403, (objects.NAMESPACE_TERMINATING,))
+    registry = registered(kube, tmp_path)
+    patch = kopf.Patch()
+    spec = {"engine": "redis", "managed": {"replicas": 1, "storage": {"size": "1Gi"}}}
+    with pytest.raises(kopf.PermanentError):
+        handler(registry, "reconcile")(body=body(spec), patch=patch, memo=kopf.Memo())
+    st = {c["type"]: c for c in dict(patch["status"])["conditions"]}
+    assert (st["Stalled"]["status"], st["Stalled"]["reason"]) == ("True", "NamespaceTerminating")
+    assert "namespace is being deleted" in st["Stalled"]["message"]
+    forbidden = registered(RefusingKube("StatefulSet", 403), tmp_path)
+    with pytest.raises(objects.ApiError):
+        handler(forbidden, "reconcile")(body=body(spec), patch=kopf.Patch(), memo=kopf.Memo())
