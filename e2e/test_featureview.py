@@ -17,7 +17,7 @@ from mlinfra.devenv.controlplane import ControlPlane
 from mlinfra.devenv.operator import OperatorProcess
 from mlinfra.devenv.postgres import PostgresCluster
 from mlinfra.devenv.redis import RedisCluster, start_redis
-from mlinfra.features import jobs, layout
+from mlinfra.features import jobs, layout, syncrole, syncuser
 
 
 def stores(cp: ControlPlane, ns: str, pg: PostgresCluster, kv: RedisCluster) -> None:
@@ -95,15 +95,17 @@ def mounted(cp: ControlPlane, ns: str, secret: str, directory: Path) -> Path:
 
 
 def job_command(cp: ControlPlane, ns: str, name: str, directory: Path) -> tuple[list[str], dict[str, str]]:
-    """The CronJob's command and the environment its pod would have (spec variable, mounted Secrets)."""
+    """The CronJob's command and the environment its pod would have (spec variable, the Secrets its volumes
+    mount, at the directories its environment names)."""
     pod = get_json(cp, "cronjob", jobs.cronjob_name(name), "-n", ns)["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    env_spec = next(e["value"] for e in pod["containers"][0]["env"] if e["name"] == jobs.SPEC_ENV)
-    env = {
-        **os.environ,
-        jobs.SPEC_ENV: env_spec,
-        "MLINFRA_OFFLINE_CONN_DIR": str(mounted(cp, ns, "offline-conn", directory / "offline")),
-        "MLINFRA_ONLINE_CONN_DIR": str(mounted(cp, ns, "online-conn", directory / "online")),
-    }
+    container = pod["containers"][0]
+    env = {**os.environ, **{e["name"]: e["value"] for e in container["env"]}}
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    for mount in container["volumeMounts"]:
+        if mount["name"] in secrets:
+            path = mounted(cp, ns, secrets[mount["name"]], directory / mount["name"])
+            [var] = [k for k, v in env.items() if v == mount["mountPath"]]
+            env[var] = str(path)
     env.pop("KUBECONFIG", None)  # the Job's pod has no API access
     return [sys.executable, "-m", "mlinfra", *pod["containers"][0]["args"]], env
 
@@ -165,7 +167,37 @@ def test_featureview_schema_jobs_sync_and_freshness(
     assert cron["metadata"]["ownerReferences"][0]["uid"] == fv["metadata"]["uid"]
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert pod["containers"][0]["args"] == ["sync", "featureview", f"{namespace}/{name}"]
-    assert {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v} == {"offline-conn", "online-conn"}
+    # The view's own role and user (features.syncrole, features.syncuser), never the stores' admin credentials
+    # in offline-conn and online-conn.
+    assert {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v} == {
+        syncrole.secret_name(name),
+        syncuser.secret_name(name),
+    }
+    kv_user = {
+        k: base64.b64decode(v).decode()
+        for k, v in get_json(cp, "secret", syncuser.secret_name(name), "-n", namespace)["data"].items()
+    }
+    assert kv_user["username"] == syncuser.user_name(namespace, name) and kv_user["password"] != redis_cluster.password
+    acl = redis_cluster.primary.client().acl_getuser(kv_user["username"])
+    assert acl is not None and sorted(acl["keys"]) == sorted(syncuser.key_patterns(namespace, name))
+    role_secret = get_json(cp, "secret", syncrole.secret_name(name), "-n", namespace)
+    assert role_secret["metadata"]["ownerReferences"][0]["uid"] == fv["metadata"]["uid"]
+    role = {k: base64.b64decode(v).decode() for k, v in role_secret["data"].items()}
+    admin = {
+        k: base64.b64decode(v).decode()
+        for k, v in get_json(cp, "secret", "offline-conn", "-n", namespace)["data"].items()
+    }
+    assert role["username"] == syncrole.role_name(namespace, name) != admin["username"]
+    assert role["password"] != admin["password"]
+    assert {k: role[k] for k in ("engine", "host", "port", "database", "tls")} == {
+        k: admin[k] for k in ("engine", "host", "port", "database", "tls")
+    }
+    with postgres_cluster.primary.connect() as conn:
+        attrs = conn.execute(
+            "SELECT rolsuper, rolcreatedb, rolcreaterole, rolbypassrls FROM pg_roles WHERE rolname = %s",
+            (role["username"],),
+        ).fetchone()
+    assert attrs == (False, False, False, False)
 
     # "Sync now": the annotation makes a one-off Job, once per value.
     cp.kubectl("annotate", "featureview", name, "-n", namespace, f"{jobs.SYNC_REQUESTED_ANNOTATION}=now-1")
@@ -184,8 +216,15 @@ def test_featureview_schema_jobs_sync_and_freshness(
                 f"insert into public.{table} (user_id, clicks, ctr, event_timestamp) values (%s, %s, %s, %s)",
                 (uid, clicks, clicks / 100, now - datetime.timedelta(minutes=age)),
             )
-    summary = run_job(*job_command(cp, namespace, name, tmp_path))
+    argv, env = job_command(cp, namespace, name, tmp_path)
+    assert (tmp_path / "offline-conn" / "username").read_text() == role["username"]  # what the run logs in as
+    summary = run_job(argv, env)
     assert summary["outcome"] == "Succeeded" and summary["rows"] == 3
+    with postgres_cluster.primary.connect() as conn:
+        runs = conn.execute(
+            "SELECT count(*) FROM mlinfra.sync_runs WHERE namespace = %s AND view = %s", (namespace, name)
+        ).fetchone()
+    assert runs == (1,)
 
     def materialized() -> bool:
         s = get_json(cp, "featureview", name, "-n", namespace)["status"]
@@ -218,6 +257,12 @@ def test_featureview_schema_jobs_sync_and_freshness(
         "FeatureView not Ready", lambda: fv_condition(cp, namespace, name, "Ready").get("reason") == "StoreNotReady", 90
     )
     assert "online" in fv_condition(cp, namespace, name, "Ready")["message"]
+
+    # Deleted, the view's role goes (only the offline store is needed for that); its data stays.
+    cp.kubectl("delete", "featureview", name, "-n", namespace, "--wait=true", timeout=90)
+    with postgres_cluster.primary.connect() as conn:
+        assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role["username"],)).fetchone() is None
+        assert conn.execute(f"select count(*) from public.{table}").fetchone() == (4,)
 
 
 def test_feature_type_change_is_refused(

@@ -1,5 +1,6 @@
 """Sync Jobs in Pods: a FeatureView's on-demand Job and its CronJob run `mlinfra sync` from the operator
-image on the real node, with the connection Secrets mounted, and the online store holds what they wrote."""
+image on the real node, with the view's own least-privilege credentials mounted (never the stores' admin
+connection Secrets), and the online store holds what they wrote."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from real_support import condition, datastore, get, in_pod, ready, redis_cli, se
 from mlinfra.devenv import procs
 from mlinfra.devenv.controlplane import ControlPlane
 from mlinfra.devenv.realnode import RealNode
-from mlinfra.features import jobs, layout
+from mlinfra.features import jobs, layout, syncrole, syncuser
 
 
 def view(ns: str, name: str, suspend: bool) -> dict[str, Any]:
@@ -94,6 +95,17 @@ def test_featureview_sync_runs_as_jobs_in_pods(
     procs.wait_until("the on-demand Job complete", lambda: job_done(real_cp, ns, job), 180)
     [pod] = job_pods(real_cp, ns, job)
     assert pod["spec"]["nodeName"] == real_node.name and pod["status"]["phase"] == "Succeeded"
+    # The pod logged in with the view's own credentials, never the stores' admin ones (features.syncrole,
+    # features.syncuser): its Secrets name the view's role and user.
+    mounted = {v["secret"]["secretName"] for v in pod["spec"]["volumes"] if "secret" in v}
+    assert mounted == {syncrole.secret_name(name), syncuser.secret_name(name)}
+    for view_secret, store_secret in (
+        (syncrole.secret_name(name), "offline-conn"),
+        (syncuser.secret_name(name), "online-conn"),
+    ):
+        own, admin = secret(real_cp, ns, view_secret), secret(real_cp, ns, store_secret)
+        assert own["username"] == syncrole.role_name(ns, name) != admin["username"]
+        assert own["password"] != admin["password"] and own["host"] == admin["host"]
     assert pod["spec"]["containers"][0]["image"] == real_node.image("operator")
     summary = json.loads(real_cp.kubectl("logs", "-n", ns, pod["metadata"]["name"]).stdout.strip().splitlines()[-1])
     assert summary["outcome"] == "Succeeded" and summary["rows"] == 3

@@ -282,11 +282,12 @@ def materialize(
     """Run one materialization of the view ``namespace/name`` (see the module docstring).
 
     ``offline`` must be an autocommit connection; ``batch_size`` defaults to the spec's (1000); ``now`` (for
-    the TTL cutoff) to the current time. Raises on failure, after recording it in ``mlinfra.sync_runs``.
+    the TTL cutoff) to the current time. Raises on failure, after recording it in ``mlinfra.sync_runs``;
+    :class:`schema.NotReady` (nothing recorded) when the table or the bookkeeping is not in place.
     """
     size = batch_size or (spec.materialization.batch_size if spec.materialization else 1000)
-    schema.ensure_bookkeeping(offline)
-    schema.ensure_offline_table(offline, spec, name, indexes=schema.IN_JOB)
+    # No DDL here: the Job's role may not run any (features.syncrole); the operator's reconcile makes both.
+    schema.require(offline, spec, name)
     lock_key = f"mlinfra:sync:{namespace}/{name}"
     got = offline.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (lock_key,)).fetchone()
     if not (got and got[0]):

@@ -1,6 +1,8 @@
 """The offline table of a FeatureView and the operator's bookkeeping schema, created and evolved idempotently.
 
-Called by the FeatureView reconcile (handlers) and by the materializer before each run. Evolution rules:
+Called by the FeatureView reconcile (handlers), with the operator's admin connection. The materialization Job
+runs no DDL: its role may only read the table and write its own bookkeeping rows (``features.syncrole``), so it
+only checks that both are in place (:func:`require`). Evolution rules:
 
 - an added feature adds a nullable column (with the feature's description as the column comment);
 - a removed feature keeps its column: data users wrote is never dropped, it just stops being served;
@@ -17,11 +19,16 @@ nothing is locked at all when there is nothing to change (existing indexes and c
 
 The operator's indexes are built with the table when it creates it. An existing table that lacks one (a
 pre-existing table adopted, a table of an older operator, a build that failed) gets it ``CONCURRENTLY``: a
-plain ``CREATE INDEX`` holds a SHARE lock that stops every writer for the whole build. The operator builds
-them for tables up to :data:`IN_OPERATOR`'s size, inside its statement timeout; a larger table is indexed by
-the next materialization Job (:data:`IN_JOB`, no statement timeout). A build that cannot start (a long
+plain ``CREATE INDEX`` holds a SHARE lock that stops every writer for the whole build. The reconcile builds
+them for tables up to :data:`IN_OPERATOR`'s size, inside its statement timeout; a larger table
+(``SchemaResult.large``) is indexed by the operator in the background (``features.indexbuild``,
+:data:`IN_BACKGROUND`, no statement timeout, on a connection of its own) — not by the sync Job: building an
+index needs the table's ownership, and the Job's role may only read it. A build that cannot start (a long
 transaction in the way) gives up after its lock timeout, drops the invalid index it leaves, and is tried
 again later; the indexes still missing are reported (``SchemaResult.indexes_pending``).
+
+The bookkeeping tables have row level security on: a sync role sees and writes only its own view's rows
+(the policies are ``features.syncrole``'s); the operator owns the tables and is not subject to it.
 """
 
 from __future__ import annotations
@@ -58,9 +65,11 @@ class IndexBuild:
 
 # A table up to 256 MiB is indexed in seconds, well inside the operator's statement timeout.
 IN_OPERATOR = IndexBuild(max_bytes=256 * 2**20, lock_timeout=DDL_LOCK_TIMEOUT)
-# A materialization Job has no statement timeout; a build blocked longer than this is left for its next run
-# (the run itself goes on).
-IN_JOB = IndexBuild(max_bytes=None, lock_timeout=30.0)
+# The operator's background build (features.indexbuild) has no statement timeout; a build blocked longer than
+# this is left for the next reconcile.
+IN_BACKGROUND = IndexBuild(max_bytes=None, lock_timeout=30.0)
+# Why the indexes of a large table are not built by the reconcile itself.
+LARGE_TABLE = "the table is larger than {mib} MiB: the operator builds them in the background"
 # mlinfra.watermarks columns added after its first release: the online store's materialization token and the
 # offline table (schema.table and its OID) the watermark was taken from.
 WATERMARK_IDENTITY_COLUMNS = {"online_epoch": "text", "offline_table": "text", "offline_oid": "bigint"}
@@ -98,6 +107,7 @@ class SchemaResult:
     indexes_built: tuple[str, ...] = ()  # built CONCURRENTLY on the existing table
     indexes_pending: tuple[str, ...] = ()  # still missing (a table too large here, a long transaction in the way)
     pending_why: str = ""
+    large: bool = False  # pending only because the table is too large for a reconcile (features.indexbuild)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,6 +228,54 @@ def ensure_bookkeeping(conn: psycopg.Connection[tuple[object, ...]]) -> None:
         for column, type_ in WATERMARK_IDENTITY_COLUMNS.items():
             if column not in have:
                 conn.execute(f"ALTER TABLE {layout.WATERMARKS} ADD COLUMN IF NOT EXISTS {column} {type_}")
+        # Each view's sync role sees only its own rows (features.syncrole adds its policy); the operator owns
+        # the tables and bypasses it. Turned on only once: ALTER TABLE locks the table.
+        for table in RLS_TABLES:
+            if not _row_security(conn, table):
+                conn.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
+
+
+# The bookkeeping tables a sync role writes: one view's rows each, under row level security.
+RLS_TABLES = (layout.SYNC_RUNS, layout.WATERMARKS)
+
+
+def _row_security(conn: psycopg.Connection[tuple[object, ...]], table: str) -> bool:
+    row = conn.execute("SELECT relrowsecurity FROM pg_class WHERE oid = to_regclass(%s)", (table,)).fetchone()
+    return bool(row and row[0])
+
+
+class NotReady(RuntimeError):
+    """What a materialization needs is not in place (the operator's reconcile makes it); nothing was done."""
+
+
+def require(conn: psycopg.Connection[tuple[object, ...]], spec: featureview.FeatureViewSpec, view: str) -> None:
+    """Check, without changing anything, that the bookkeeping tables and the offline table with every column
+    the run reads are there and readable by this connection's role; raise :class:`NotReady` saying what is
+    missing. The sync Job calls this instead of creating them: its role may run no DDL."""
+    missing = [t for t in (layout.SYNC_RUNS, layout.WATERMARKS) if _columns(conn, *t.split(".")) is None]
+    if missing:
+        raise NotReady(
+            f"the bookkeeping table(s) {', '.join(missing)} do not exist or this role may not use them: the "
+            "FeatureView's reconcile creates them (is the view Ready?)"
+        )
+    marks = _columns(conn, layout.BOOKKEEPING_SCHEMA, layout.WATERMARKS_TABLE) or {}
+    lacking = [c for c in WATERMARK_IDENTITY_COLUMNS if c not in marks]
+    if lacking:
+        raise NotReady(
+            f"{layout.WATERMARKS} lacks the column(s) {', '.join(lacking)}: the FeatureView's reconcile adds them "
+            "(an operator older than this Job's image?)"
+        )
+    state = inspect_offline_table(conn, spec, view)
+    if not state.exists:
+        raise NotReady(
+            f"table {state.table} does not exist or this role may not read it: the FeatureView's reconcile "
+            "creates it and grants the sync role its columns (is the view Ready?)"
+        )
+    if state.missing:
+        raise NotReady(
+            f"table {state.table}: column(s) {', '.join(state.missing)} missing or not readable by this role: the "
+            "FeatureView's reconcile adds them and grants them to the sync role (is the view Ready?)"
+        )
 
 
 def _columns(conn: psycopg.Connection[tuple[object, ...]], schema: str, table: str) -> dict[str, str] | None:
@@ -349,6 +407,9 @@ def ensure_offline_table(
         indexes_built=built,
         indexes_pending=pending,
         pending_why=why,
+        large=bool(pending)
+        and indexes.max_bytes is not None
+        and why == LARGE_TABLE.format(mib=indexes.max_bytes // 2**20),
     )
 
 
@@ -396,11 +457,7 @@ def build_indexes(
     if how.max_bytes is not None:
         size = conn.execute("SELECT pg_table_size(to_regclass(%s))", (f'"{schema}"."{table}"',)).fetchone()
         if size and isinstance(size[0], int) and size[0] > how.max_bytes:
-            return (
-                (),
-                names,
-                f"the table is larger than {how.max_bytes // 2**20} MiB: the next materialization Job builds them",
-            )
+            return (), names, LARGE_TABLE.format(mib=how.max_bytes // 2**20)
     # A build would first wait for every open writer of the table: with one there, it is not started at all
     # (nothing left behind); the build's own lock timeout covers a writer that comes in after this look.
     if _has_writers(conn, schema, table):

@@ -1,7 +1,8 @@
 """FeatureView handlers: the offline schema and the sync CronJob on create/update/resume, "sync now" on the
 annotation, freshness and the last run observed by a timer (see handlers.kind and mlinfra.features).
 
-Deletion keeps the offline table and the online keys (users' data); the Jobs go with their owner."""
+Deletion keeps the offline table and the online keys (users' data) and drops the view's sync role (only while
+it is the view's: ``features.syncrole``); its Secret and the Jobs go with their owner."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ KIND = kind.Kind(
     observe=reconcile.observe,
     problem_status=status.problem_status,
     forget=metrics.forget_featureview,
+    delete=reconcile.delete,
     request_sync=reconcile.request_sync,
     retry_delay=15,
     # The table is re-applied now and then: one dropped by hand comes back without a spec change.

@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 from psycopg import pq, sql
 
-from mlinfra.engines import pg_scram
+from mlinfra.engines import pg_roles
 
 # Tables the writer may only read: written by triggers or by the operator.
 APPEND_ONLY_TABLES = ("audit_log",)
@@ -34,12 +34,7 @@ TRIGGER_OR_OPERATOR_TABLES = ("audit_log", "outbox", "schema_migrations", "linea
 COMMENT_PREFIX = "mlinfra-operator: role of ModelRegistry "
 
 
-class RoleConflict(Exception):
-    """A role of the name exists and belongs to someone else; nothing was changed."""
-
-    def __init__(self, role: str, holder: str | None) -> None:
-        super().__init__(f"role {role!r} exists and is not this registry's ({holder or 'made outside the operator'})")
-        self.role, self.holder = role, holder
+RoleConflict = pg_roles.RoleConflict  # the shared guard of every role the operator makes (engines.pg_roles)
 
 
 _LOCK_KEY = int.from_bytes(hashlib.sha256(b"mlinfra.registry.roles").digest()[:8], "big", signed=True)
@@ -107,20 +102,5 @@ def ensure_roles(
 
 
 def _ensure_login_role(conn: psycopg.Connection[Any], name: str, password: str, owner: str | None) -> None:
-    role = sql.Identifier(name)
-    row = conn.execute(
-        "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s", (name,)
-    ).fetchone()
     mark = f"{COMMENT_PREFIX}{owner}" if owner else None
-    if row is None:
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
-        if mark:
-            conn.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal(mark)))
-    elif mark and row[0] != mark:
-        holder = str(row[0]).removeprefix(COMMENT_PREFIX) if row[0] else None
-        raise RoleConflict(name, holder)
-    conn.execute(
-        sql.SQL(
-            "ALTER ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD {}"
-        ).format(role, sql.Literal(pg_scram.verifier(password)))  # the verifier: the password stays out of logs
-    )
+    pg_roles.ensure_login_role(conn, name, password, mark, COMMENT_PREFIX)

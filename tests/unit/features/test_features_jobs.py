@@ -34,7 +34,7 @@ def view(**spec: Any) -> FeatureView:
     return FeatureView.model_validate(body)
 
 
-def test_cronjob_runs_the_sync_command_with_both_connection_secrets() -> None:
+def test_cronjob_runs_the_sync_command_with_the_views_role_and_the_online_connection() -> None:
     cj = jobs.cronjob(view(materialization={"schedule": "*/5 * * * *", "suspend": True}), "img:1", OWNER)
     assert cj is not None
     assert cj["metadata"]["name"] == "users-materialize"
@@ -46,7 +46,8 @@ def test_cronjob_runs_the_sync_command_with_both_connection_secrets() -> None:
     container = pod["containers"][0]
     assert container["image"] == "img:1"
     assert container["args"] == ["sync", "featureview", "ml/users"]
-    assert {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v} == {"pg-conn", "kv-conn"}
+    # Offline: the view's own least-privilege role (features.syncrole), never the store's admin in pg-conn.
+    assert {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v} == {"users-sync-offline", "kv-conn"}
     assert pod["automountServiceAccountToken"] is False
     assert container["resources"]["requests"]
     env = {e["name"]: e["value"] for e in container["env"]}

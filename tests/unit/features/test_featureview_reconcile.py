@@ -19,8 +19,9 @@ from mlinfra import metrics, problems
 from mlinfra.api import featureview as api
 from mlinfra.context import Context, Obj, Recorder
 from mlinfra.engines import connection
-from mlinfra.features import claim, freshness, identity, jobs, reconcile, schema, status
+from mlinfra.features import claim, freshness, identity, indexbuild, jobs, reconcile, schema, status, syncrole, syncuser
 from mlinfra.problems import Problem
+from mlinfra.stores import connsecret
 
 pytestmark = pytest.mark.unit
 
@@ -117,6 +118,13 @@ def stores_ready(kube: FakeKube, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(claim, "claim", lambda conn, schema_name, table, owner: None)
     monkeypatch.setattr(identity, "recorded", lambda conn, ns, view: None)
     monkeypatch.setattr(identity, "offline_table", lambda conn, spec, view: identity.TableId("public.clicks", 16384))
+    monkeypatch.setattr(reconcile, "ensure_sync_role", lambda conn, offline, spec, ns, view, password: ROLE)
+    monkeypatch.setattr(reconcile, "ensure_online_user", lambda ctx, obj, both: None)
+    monkeypatch.setattr(syncrole, "in_place", lambda conn, spec, ns, view: True)
+
+
+ROLE = syncrole.role_name(NS, VIEW)
+SYNC_SECRET = syncrole.secret_name(VIEW)
 
 
 def test_reconcile_posts_what_it_did_to_the_table_and_applies_the_cronjob(
@@ -142,7 +150,11 @@ def test_reconcile_posts_what_it_did_to_the_table_and_applies_the_cronjob(
     ]
     cron = kube.get("CronJob", NS, jobs.cronjob_name(VIEW))
     assert cron["metadata"]["ownerReferences"][0]["uid"] == "fv-uid"
-    assert kube.writes == [("apply", "CronJob", NS, jobs.cronjob_name(VIEW))]  # idempotent afterwards
+    assert kube.writes == [  # idempotent afterwards
+        ("create", "Secret", NS, SYNC_SECRET),
+        ("apply", "Secret", NS, SYNC_SECRET),
+        ("apply", "CronJob", NS, jobs.cronjob_name(VIEW)),
+    ]
 
 
 def test_a_table_of_another_view_is_refused_and_rechecked(
@@ -181,6 +193,206 @@ def test_reconcile_refuses_an_immutable_change_and_removes_an_unscheduled_cronjo
     reconcile.reconcile(ctx, obj)
     assert kube.kinds("CronJob") == []
     assert [e[1] for e in obj.report.events] == ["CronJobDeleted"]  # type: ignore[attr-defined]
+
+
+# --- the sync role and the Secret the Job mounts ---------------------------------------------------------
+
+
+def test_the_job_gets_the_views_role_in_the_stores_connection_format_never_the_admins(
+    ctx: Context, kube: FakeKube, stores_ready: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    roles: list[tuple[str, str, str]] = []
+
+    def ensure_role(conn: Any, offline: Any, spec: Any, ns: str, view: str, password: str) -> str:
+        roles.append((ns, view, password))
+        return ROLE
+
+    monkeypatch.setattr(reconcile, "ensure_sync_role", ensure_role)
+    monkeypatch.setattr(
+        schema, "ensure_offline_table", lambda conn, spec, view: schema.SchemaResult("public.clicks", False, (), ())
+    )
+    reconcile.reconcile(ctx, obj_of(view_body()))
+    secret = kube.get("Secret", NS, SYNC_SECRET)
+    data = connsecret.values(secret)
+    store = connsecret.values(kube.get("Secret", NS, "offline-conn"))
+    assert data["username"] == ROLE and data["password"] == roles[0][2] != store["password"]
+    assert len(data["password"]) >= 32
+    # The store's endpoint, database and TLS as published; the format sync_command reads.
+    for key in ("engine", "host", "port", "database", "tls"):
+        assert data[key] == store[key], key
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "fv-uid"
+    pod = kube.get("CronJob", NS, jobs.cronjob_name(VIEW))["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    mounted = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert mounted == {SYNC_SECRET, "online-conn"} and "offline-conn" not in mounted
+    # The password is generated once: a second reconcile sets the same one again.
+    reconcile.reconcile(ctx, obj_of(view_body()))
+    assert [r[2] for r in roles] == [roles[0][2]] * 2
+    # A store moved (its published endpoint changed): the Secret follows at the next reconcile.
+    put_any_store(kube, NS, "offline", "postgres", host="moved.example", database="db")
+    reconcile.reconcile(ctx, obj_of(view_body()))
+    assert connsecret.values(kube.get("Secret", NS, SYNC_SECRET))["host"] == "moved.example"
+
+
+@pytest.fixture
+def online_users(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, str]]:
+    """The Redis steps of the sync user replaced: what ensure was asked, and no server."""
+    made: list[tuple[str, str, str]] = []
+
+    def ensure(client: Any, ns: str, view: str, password: str) -> str:
+        made.append((ns, view, password))
+        return syncuser.user_name(ns, view)
+
+    monkeypatch.setattr(syncuser, "ensure", ensure)
+    return made
+
+
+def test_the_job_gets_an_online_user_of_its_own_and_the_store_restarted_gets_it_back(
+    ctx: Context, kube: FakeKube, online_users: list[tuple[str, str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put_store(kube, "online", "redis")
+    obj = obj_of(view_body())
+    both = reconcile.Stores(offline=INFO, online=INFO, online_published=connsecret.read_connection(kube, NS, "online"))
+    assert reconcile.ensure_online_user(ctx, obj, both) == syncuser.secret_name(VIEW)
+    data = connsecret.values(kube.get("Secret", NS, syncuser.secret_name(VIEW)))
+    assert data["username"] == syncuser.user_name(NS, VIEW) and data["password"] == online_users[0][2]
+    assert data["host"] == "online.example" and data["engine"] == "redis"
+    assert reconcile.online_secret_of(ctx, obj) == syncuser.secret_name(VIEW)
+    job = kube.get("Job", NS, reconcile.request_sync(ctx, obj, "now-1"))
+    assert {v["secret"]["secretName"] for v in job["spec"]["template"]["spec"]["volumes"] if "secret" in v} == {
+        syncrole.secret_name(VIEW),
+        syncuser.secret_name(VIEW),
+    }
+    # The observation finds the user gone (a restart): made again with the Secret's password, said once.
+    monkeypatch.setattr(syncuser, "present", lambda client, ns, view: False)
+    reconcile.repair_online_user(ctx, obj, INFO)
+    assert online_users[-1] == (NS, VIEW, data["password"]) and len(online_users) == 2
+    assert [e[:2] for e in obj.report.events] == [("Warning", reconcile.SYNC_USER_RECREATED)]  # type: ignore[attr-defined]
+    monkeypatch.setattr(syncuser, "present", lambda client, ns, view: True)
+    reconcile.repair_online_user(ctx, obj, INFO)
+    assert len(online_users) == 2
+
+
+def test_store_credentials_that_may_not_make_users_are_used_as_they_are_and_said(
+    ctx: Context, kube: FakeKube, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(client: Any, ns: str, view: str, password: str) -> str:
+        raise syncuser.NotPermitted("the store's credentials may not run ACL SETUSER: NOPERM")
+
+    monkeypatch.setattr(syncuser, "ensure", refused)
+    put_store(kube, "online", "redis")
+    obj = obj_of(view_body())
+    assert reconcile.ensure_online_user(ctx, obj, reconcile.Stores(offline=INFO, online=INFO)) is None
+    assert kube.get_or_none("Secret", NS, syncuser.secret_name(VIEW)) is None
+    assert [w for w in kube.writes if w[1] == "Secret"] == []  # the user first: no Secret made and removed
+    [(kind, reason, message)] = obj.report.events  # type: ignore[attr-defined]
+    assert (kind, reason) == ("Warning", reconcile.ONLINE_CREDENTIALS_SHARED)
+    assert "NOPERM" in message and "online-conn" in message
+    job = kube.get("Job", NS, reconcile.request_sync(ctx, obj, "now-1"))
+    assert "online-conn" in {
+        v["secret"]["secretName"] for v in job["spec"]["template"]["spec"]["volumes"] if "secret" in v
+    }
+    # A user made while the store's credentials could: its Secret (the operator may not delete Secrets) is no
+    # longer the one Jobs mount, and whole again once they can.
+    monkeypatch.setattr(syncuser, "ensure", lambda client, ns, view, password: syncuser.user_name(ns, view))
+    both = reconcile.Stores(offline=INFO, online=INFO)
+    assert reconcile.ensure_online_user(ctx, obj, both) == syncuser.secret_name(VIEW)
+    monkeypatch.setattr(syncuser, "ensure", refused)
+    assert reconcile.ensure_online_user(ctx, obj, both) is None
+    assert reconcile.online_secret_of(ctx, obj) is None
+    assert "password" in connsecret.values(kube.get("Secret", NS, syncuser.secret_name(VIEW)))
+    assert not [w for w in kube.writes if w[0] == "delete"]
+    monkeypatch.setattr(syncuser, "ensure", lambda client, ns, view, password: syncuser.user_name(ns, view))
+    reconcile.ensure_online_user(ctx, obj, both)
+    assert reconcile.online_secret_of(ctx, obj) == syncuser.secret_name(VIEW)
+
+
+INFO = connection.ConnectionInfo("redis", "127.0.0.1", 1, "default", "p", "0", False)
+
+
+def test_the_observation_gives_a_role_that_lost_its_grants_them_again(
+    ctx: Context, kube: FakeKube, stores_ready: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        schema, "ensure_offline_table", lambda conn, spec, view: schema.SchemaResult("public.clicks", False, (), ())
+    )
+    reconcile.reconcile(ctx, obj_of(view_body()))
+    password = connsecret.values(kube.get("Secret", NS, SYNC_SECRET))["password"]
+    again: list[str] = []
+    monkeypatch.setattr(
+        reconcile, "ensure_sync_role", lambda conn, offline, spec, ns, view, pw: again.append(pw) or ROLE
+    )
+    obj = obj_of(view_body())
+    reconcile.repair_sync_role(ctx, obj, None, INFO)  # type: ignore[arg-type]
+    assert again == [] and obj.report.events == []  # type: ignore[attr-defined]
+    monkeypatch.setattr(syncrole, "in_place", lambda conn, spec, ns, view: False)
+    reconcile.repair_sync_role(ctx, obj, None, INFO)  # type: ignore[arg-type]
+    assert again == [password]
+    assert [e[:2] for e in obj.report.events] == [("Warning", reconcile.SYNC_ROLE_REPAIRED)]  # type: ignore[attr-defined]
+
+
+def test_a_role_of_the_views_name_held_by_someone_else_stalls_and_is_rechecked(
+    ctx: Context, kube: FakeKube, stores_ready: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def taken(*_: Any) -> str:
+        raise syncrole.RoleConflict(ROLE, None, "FeatureView")
+
+    monkeypatch.setattr(reconcile, "ensure_sync_role", taken)
+    monkeypatch.setattr(
+        schema, "ensure_offline_table", lambda conn, spec, view: schema.SchemaResult("public.clicks", False, (), ())
+    )
+    p = problem_of(lambda: reconcile.reconcile(ctx, obj_of(view_body())))
+    assert (p.reason, p.stalled, p.recheck) == (reconcile.ROLE_CONFLICT, True, reconcile.CONFLICT_RECHECK)
+    assert ROLE in p.message and "made outside the operator" in p.message and "nothing was changed" in p.message
+    assert kube.kinds("CronJob") == []
+
+
+def test_a_table_too_large_for_the_reconcile_is_indexed_in_the_background(
+    ctx: Context, kube: FakeKube, stores_ready: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    why = schema.LARGE_TABLE.format(mib=256)
+    pending = schema.SchemaResult("public.clicks", False, (), (), (), ("clicks_event_idx",), why, large=True)
+    monkeypatch.setattr(schema, "ensure_offline_table", lambda conn, spec, view: pending)
+    started: list[str] = []
+    monkeypatch.setattr(indexbuild, "start", lambda info, spec, view: started.append(view) or None)
+    obj = obj_of(view_body())
+    reconcile.reconcile(ctx, obj)
+    assert started == [VIEW]
+    [(kind, reason, message)] = obj.report.events  # type: ignore[attr-defined]
+    assert (kind, reason) == ("Normal", "IndexesPending")
+    assert "in the background" in message and "a build is running" in message
+
+
+def test_deletion_drops_the_role_and_a_store_out_of_reach_does_not_hold_it(
+    ctx: Context, kube: FakeKube, stores_ready: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dropped: list[tuple[str, str]] = []
+    monkeypatch.setattr(syncrole, "drop", lambda conn, ns, view: dropped.append((ns, view)) or True)
+    monkeypatch.setattr(syncuser, "delete", lambda client, ns, view: dropped.append(("redis", view)) or True)
+    obj = obj_of(view_body())
+    reconcile.delete(ctx, obj)
+    assert dropped == [(NS, VIEW), ("redis", VIEW)]
+    assert obj.report.events == [  # type: ignore[attr-defined]
+        ("Normal", "SyncRoleDropped", f"sync role {ROLE} dropped"),
+        ("Normal", "SyncUserDeleted", f"online store's sync user {ROLE} deleted"),
+    ]
+    monkeypatch.setattr(syncuser, "delete", lambda client, ns, view: False)  # not the view's: kept, not said
+
+    def down(*_: Any) -> bool:
+        raise connection.PostgresDeadlineExceeded("statement timeout (1 s) at offline.example:1")
+
+    monkeypatch.setattr(syncrole, "drop", down)
+    obj = obj_of(view_body())
+    reconcile.delete(ctx, obj)
+    [(kind, reason, message)] = obj.report.events  # type: ignore[attr-defined]
+    assert (kind, reason) == ("Warning", "SyncRoleKept") and ROLE in message and "statement timeout" in message
+    kube.delete("DataStore", NS, "offline")
+    obj = obj_of(view_body())
+    reconcile.delete(ctx, obj)  # the store is gone: said, not raised
+    assert [e[1] for e in obj.report.events] == ["SyncRoleKept"]  # type: ignore[attr-defined]
+    kube.delete("DataStore", NS, "online")
+    obj = obj_of(view_body())
+    reconcile.delete(ctx, obj)
+    assert [e[1] for e in obj.report.events] == ["SyncRoleKept", "SyncUserKept"]  # type: ignore[attr-defined]
 
 
 # --- observe: the table as it is, never the object's own status ------------------------------------------
