@@ -7,10 +7,12 @@ its data and password again); a Secret of that name someone else made is never t
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Mapping
 from typing import Any
 
+from mlinfra.engines import connection
 from mlinfra.k8s import objects
 from mlinfra.problems import SECRET_NOT_FOUND, Problem, ProblemError
 from mlinfra.stores import children, connsecret
@@ -63,3 +65,26 @@ def ensure(
             )
         )
     return found
+
+
+def login_secret(
+    namespace: str,
+    name: str,
+    labels: Mapping[str, str],
+    owner: Mapping[str, Any],
+    published: connection.ConnectionInfo,
+    username: str,
+    password: str,
+) -> dict[str, Any]:
+    """A Secret in the connection-Secret format of a store (``<store>-conn``: endpoint, database, TLS, CA as
+    ``published``) with other credentials: what a Job of an object mounts to log in as that object's own
+    least-privilege user. The sync commands read it as they read the store's Secret, and the development
+    platform's endpoint map still applies (by the store's host)."""
+    info = dataclasses.replace(published, username=username, password=password)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {"name": name, "namespace": namespace, "labels": dict(labels), "ownerReferences": [dict(owner)]},
+        "stringData": info.to_secret_data(),
+    }

@@ -19,7 +19,19 @@ from mlinfra import metrics, problems
 from mlinfra.api import featureview as api
 from mlinfra.context import Context, Obj, Recorder
 from mlinfra.engines import connection
-from mlinfra.features import claim, freshness, identity, indexbuild, jobs, reconcile, schema, status, syncrole, syncuser
+from mlinfra.features import (
+    claim,
+    freshness,
+    identity,
+    indexbuild,
+    jobs,
+    reconcile,
+    schema,
+    status,
+    synccreds,
+    syncrole,
+    syncuser,
+)
 from mlinfra.problems import Problem
 from mlinfra.stores import connsecret
 
@@ -118,8 +130,8 @@ def stores_ready(kube: FakeKube, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(claim, "claim", lambda conn, schema_name, table, owner: None)
     monkeypatch.setattr(identity, "recorded", lambda conn, ns, view: None)
     monkeypatch.setattr(identity, "offline_table", lambda conn, spec, view: identity.TableId("public.clicks", 16384))
-    monkeypatch.setattr(reconcile, "ensure_sync_role", lambda conn, offline, spec, ns, view, password: ROLE)
-    monkeypatch.setattr(reconcile, "ensure_online_user", lambda ctx, obj, both: None)
+    monkeypatch.setattr(synccreds, "ensure_sync_role", lambda conn, offline, spec, ns, view, password: ROLE)
+    monkeypatch.setattr(synccreds, "ensure_online_user", lambda ctx, obj, both: None)
     monkeypatch.setattr(syncrole, "in_place", lambda conn, spec, ns, view: True)
 
 
@@ -207,7 +219,7 @@ def test_the_job_gets_the_views_role_in_the_stores_connection_format_never_the_a
         roles.append((ns, view, password))
         return ROLE
 
-    monkeypatch.setattr(reconcile, "ensure_sync_role", ensure_role)
+    monkeypatch.setattr(synccreds, "ensure_sync_role", ensure_role)
     monkeypatch.setattr(
         schema, "ensure_offline_table", lambda conn, spec, view: schema.SchemaResult("public.clicks", False, (), ())
     )
@@ -252,11 +264,11 @@ def test_the_job_gets_an_online_user_of_its_own_and_the_store_restarted_gets_it_
     put_store(kube, "online", "redis")
     obj = obj_of(view_body())
     both = reconcile.Stores(offline=INFO, online=INFO, online_published=connsecret.read_connection(kube, NS, "online"))
-    assert reconcile.ensure_online_user(ctx, obj, both) == syncuser.secret_name(VIEW)
+    assert synccreds.ensure_online_user(ctx, obj, both) == syncuser.secret_name(VIEW)
     data = connsecret.values(kube.get("Secret", NS, syncuser.secret_name(VIEW)))
     assert data["username"] == syncuser.user_name(NS, VIEW) and data["password"] == online_users[0][2]
     assert data["host"] == "online.example" and data["engine"] == "redis"
-    assert reconcile.online_secret_of(ctx, obj) == syncuser.secret_name(VIEW)
+    assert synccreds.online_secret_of(ctx, obj) == syncuser.secret_name(VIEW)
     job = kube.get("Job", NS, reconcile.request_sync(ctx, obj, "now-1"))
     assert {v["secret"]["secretName"] for v in job["spec"]["template"]["spec"]["volumes"] if "secret" in v} == {
         syncrole.secret_name(VIEW),
@@ -264,11 +276,11 @@ def test_the_job_gets_an_online_user_of_its_own_and_the_store_restarted_gets_it_
     }
     # The observation finds the user gone (a restart): made again with the Secret's password, said once.
     monkeypatch.setattr(syncuser, "present", lambda client, ns, view: False)
-    reconcile.repair_online_user(ctx, obj, INFO)
+    synccreds.repair_online_user(ctx, obj, INFO)
     assert online_users[-1] == (NS, VIEW, data["password"]) and len(online_users) == 2
-    assert [e[:2] for e in obj.report.events] == [("Warning", reconcile.SYNC_USER_RECREATED)]  # type: ignore[attr-defined]
+    assert [e[:2] for e in obj.report.events] == [("Warning", synccreds.SYNC_USER_RECREATED)]  # type: ignore[attr-defined]
     monkeypatch.setattr(syncuser, "present", lambda client, ns, view: True)
-    reconcile.repair_online_user(ctx, obj, INFO)
+    synccreds.repair_online_user(ctx, obj, INFO)
     assert len(online_users) == 2
 
 
@@ -281,11 +293,11 @@ def test_store_credentials_that_may_not_make_users_are_used_as_they_are_and_said
     monkeypatch.setattr(syncuser, "ensure", refused)
     put_store(kube, "online", "redis")
     obj = obj_of(view_body())
-    assert reconcile.ensure_online_user(ctx, obj, reconcile.Stores(offline=INFO, online=INFO)) is None
+    assert synccreds.ensure_online_user(ctx, obj, reconcile.Stores(offline=INFO, online=INFO)) is None
     assert kube.get_or_none("Secret", NS, syncuser.secret_name(VIEW)) is None
     assert [w for w in kube.writes if w[1] == "Secret"] == []  # the user first: no Secret made and removed
     [(kind, reason, message)] = obj.report.events  # type: ignore[attr-defined]
-    assert (kind, reason) == ("Warning", reconcile.ONLINE_CREDENTIALS_SHARED)
+    assert (kind, reason) == ("Warning", synccreds.ONLINE_CREDENTIALS_SHARED)
     assert "NOPERM" in message and "online-conn" in message
     job = kube.get("Job", NS, reconcile.request_sync(ctx, obj, "now-1"))
     assert "online-conn" in {
@@ -295,15 +307,15 @@ def test_store_credentials_that_may_not_make_users_are_used_as_they_are_and_said
     # longer the one Jobs mount, and whole again once they can.
     monkeypatch.setattr(syncuser, "ensure", lambda client, ns, view, password: syncuser.user_name(ns, view))
     both = reconcile.Stores(offline=INFO, online=INFO)
-    assert reconcile.ensure_online_user(ctx, obj, both) == syncuser.secret_name(VIEW)
+    assert synccreds.ensure_online_user(ctx, obj, both) == syncuser.secret_name(VIEW)
     monkeypatch.setattr(syncuser, "ensure", refused)
-    assert reconcile.ensure_online_user(ctx, obj, both) is None
-    assert reconcile.online_secret_of(ctx, obj) is None
+    assert synccreds.ensure_online_user(ctx, obj, both) is None
+    assert synccreds.online_secret_of(ctx, obj) is None
     assert "password" in connsecret.values(kube.get("Secret", NS, syncuser.secret_name(VIEW)))
     assert not [w for w in kube.writes if w[0] == "delete"]
     monkeypatch.setattr(syncuser, "ensure", lambda client, ns, view, password: syncuser.user_name(ns, view))
-    reconcile.ensure_online_user(ctx, obj, both)
-    assert reconcile.online_secret_of(ctx, obj) == syncuser.secret_name(VIEW)
+    synccreds.ensure_online_user(ctx, obj, both)
+    assert synccreds.online_secret_of(ctx, obj) == syncuser.secret_name(VIEW)
 
 
 INFO = connection.ConnectionInfo("redis", "127.0.0.1", 1, "default", "p", "0", False)
@@ -319,15 +331,15 @@ def test_the_observation_gives_a_role_that_lost_its_grants_them_again(
     password = connsecret.values(kube.get("Secret", NS, SYNC_SECRET))["password"]
     again: list[str] = []
     monkeypatch.setattr(
-        reconcile, "ensure_sync_role", lambda conn, offline, spec, ns, view, pw: again.append(pw) or ROLE
+        synccreds, "ensure_sync_role", lambda conn, offline, spec, ns, view, pw: again.append(pw) or ROLE
     )
     obj = obj_of(view_body())
-    reconcile.repair_sync_role(ctx, obj, None, INFO)  # type: ignore[arg-type]
+    synccreds.repair_sync_role(ctx, obj, None, INFO)  # type: ignore[arg-type]
     assert again == [] and obj.report.events == []  # type: ignore[attr-defined]
     monkeypatch.setattr(syncrole, "in_place", lambda conn, spec, ns, view: False)
-    reconcile.repair_sync_role(ctx, obj, None, INFO)  # type: ignore[arg-type]
+    synccreds.repair_sync_role(ctx, obj, None, INFO)  # type: ignore[arg-type]
     assert again == [password]
-    assert [e[:2] for e in obj.report.events] == [("Warning", reconcile.SYNC_ROLE_REPAIRED)]  # type: ignore[attr-defined]
+    assert [e[:2] for e in obj.report.events] == [("Warning", synccreds.SYNC_ROLE_REPAIRED)]  # type: ignore[attr-defined]
 
 
 def test_a_role_of_the_views_name_held_by_someone_else_stalls_and_is_rechecked(
@@ -336,7 +348,7 @@ def test_a_role_of_the_views_name_held_by_someone_else_stalls_and_is_rechecked(
     def taken(*_: Any) -> str:
         raise syncrole.RoleConflict(ROLE, None, "FeatureView")
 
-    monkeypatch.setattr(reconcile, "ensure_sync_role", taken)
+    monkeypatch.setattr(synccreds, "ensure_sync_role", taken)
     monkeypatch.setattr(
         schema, "ensure_offline_table", lambda conn, spec, view: schema.SchemaResult("public.clicks", False, (), ())
     )

@@ -22,7 +22,7 @@ from mlinfra.context import Context, Obj, Recorder
 from mlinfra.engines import connection, names, render
 from mlinfra.features import jobs as fv_jobs
 from mlinfra.features import reconcile as fv_reconcile
-from mlinfra.features import schema
+from mlinfra.features import schema, synccreds
 from mlinfra.problems import Problem, ProblemError
 from mlinfra.stores import children, credentials, reconcile, status
 from mlinfra.vectors import jobs as vi_jobs
@@ -313,10 +313,8 @@ def tables_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
         schema, "ensure_offline_table", lambda conn, spec, view: schema.SchemaResult("public.x", False, (), ())
     )
-    if hasattr(fv_reconcile, "ensure_sync_role"):  # the view's sync role (class 7 of issue 13)
-        monkeypatch.setattr(fv_reconcile, "ensure_sync_role", lambda *_: "mlinfra_x_fv")
-    if hasattr(fv_reconcile, "ensure_online_user"):
-        monkeypatch.setattr(fv_reconcile, "ensure_online_user", lambda *_: None)
+    monkeypatch.setattr(synccreds, "ensure_sync_role", lambda *_: "mlinfra_x_fv")
+    monkeypatch.setattr(synccreds, "ensure_online_user", lambda *_: None)
 
 
 def fv_obj(b: dict[str, Any]) -> Obj[fv_api.FeatureView]:
