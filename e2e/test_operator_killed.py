@@ -10,13 +10,16 @@ On a control plane and an operator of their own, over the session's real Postgre
   again. Every object must end Ready at its generation with exactly the children it should own (none twice,
   none orphaned), no Kopf progress annotation left behind, each table, claim, migration and role there once,
   and no handler failing on what the killed run left half done;
-- a VectorIndex rebuild (an immutable change: Cosine -> Euclid) is killed while it fills the new collection
-  (the collection exists and holds a fifth of the points, the alias still serves the old one); the store is
-  looked at by another process before the restart (local mode: its directory is not left locked); after the
-  restart the rebuild completes, the alias serves a collection with every row, the killed run's half-built collection is
-  not left beside it, and similarity search finds each row's own vector first.
+- a VectorIndex rebuild (an immutable change: Cosine -> Euclid) runs in a Job (kwok runs nothing: the test runs
+  the Job's command as a process). Attempt 1's process is SIGKILLed while it fills the new collection (an OOM
+  kill's stand-in: the collection holds a fifth of the points, the alias still serves the old one); the store
+  is looked at by another process (local mode: its directory is not left locked); the status says
+  BackfillFailed naming attempt 1 and when attempt 2 starts, and no Job of attempt 2 exists before then. The
+  operator is SIGKILLed while attempt 2's process runs; the rebuild finishes without it; after the restart
+  the status reports it, the alias serves a collection with every row, the killed attempt's half-built
+  collection is not left beside it, and similarity search finds each row's own vector first.
 
-The time from each restart to all Ready (the rebuild done) is measured and printed, never asserted.
+The time from each restart to all Ready (the rebuild reported) is measured and printed, never asserted.
 """
 
 from __future__ import annotations
@@ -24,11 +27,14 @@ from __future__ import annotations
 import base64
 import collections
 import contextlib
+import datetime
 import json
 import os
+import re
 import secrets
 import signal
 import sqlite3
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,7 +45,7 @@ import psycopg
 import pytest
 
 import qdrant_target
-from e2e_support import condition, get_json, wait_for
+from e2e_support import condition, get_json, job_command, wait_for
 from mlinfra.api import vectorindex as vectorindex_api
 from mlinfra.devenv import operator as op_mod
 from mlinfra.devenv import procs
@@ -49,10 +55,13 @@ from mlinfra.devenv.postgres import PostgresCluster
 from mlinfra.devenv.redis import RedisCluster
 from mlinfra.engines import names
 from mlinfra.features import jobs as fv_jobs
-from mlinfra.features import layout
+from mlinfra.features import layout, syncrole, syncuser
 from mlinfra.registry import migrate
 from mlinfra.registry import reconcile as registry_reconcile
 from mlinfra.vectors import collection as vi_collection
+from mlinfra.vectors import jobs as vi_jobs
+from mlinfra.vectors import reconcile as vi_reconcile
+from mlinfra.vectors import runs, sync_cli
 
 OBSERVE_INTERVAL = 3.0
 BATCH_NS = "killed-batch"
@@ -70,6 +79,9 @@ DIM = 8
 # every point to SQLite on its own (a few hundred points a second); a server takes batches far faster.
 LOCAL_ROWS, SERVER_ROWS = 2500, 60000
 LOCAL_BATCH, SERVER_BATCH = 250, 250
+# Seconds from a failed rebuild attempt to the next (MLINFRA_REBUILD_BACKOFF; an hour's fraction in production).
+REBUILD_BACKOFF = 20.0
+RUNNING = vi_reconcile.RUNNING_PROCESS
 
 
 # --- the platform: a control plane, the Backer (local-mode Qdrant), an operator that can be killed ------------
@@ -91,7 +103,12 @@ class Operators:
 
     def start(self) -> op_mod.OperatorProcess:
         self.current = op_mod.start_operator(
-            self.stack, self.kubeconfig, self.work, self.backer.map_path, observe_interval=OBSERVE_INTERVAL
+            self.stack,
+            self.kubeconfig,
+            self.work,
+            self.backer.map_path,
+            observe_interval=OBSERVE_INTERVAL,
+            extra_env={"MLINFRA_REBUILD_BACKOFF": str(REBUILD_BACKOFF)},
         )
         return self.current
 
@@ -281,8 +298,12 @@ def expected_children(obj: dict[str, Any]) -> set[tuple[str, str]]:
     name = obj["metadata"]["name"]
     if obj["kind"] == "DataStore":
         return {("Secret", names.connection_secret(name))}
-    if obj["kind"] == "FeatureView":
-        return {("CronJob", fv_jobs.cronjob_name(name))}
+    if obj["kind"] == "FeatureView":  # and the Secrets of its sync Job's own credentials
+        return {
+            ("CronJob", fv_jobs.cronjob_name(name)),
+            ("Secret", syncrole.secret_name(name)),
+            ("Secret", syncuser.secret_name(name)),
+        }
     assert obj["kind"] == "ModelRegistry"
     return {("Secret", registry_reconcile.secret_name(name, kind)) for kind in ("writer", "reader")}
 
@@ -438,7 +459,7 @@ def test_killed_twice_mid_reconcile_every_object_ends_ready_with_its_children_on
     assert not handler_failures(ops.log_from(restart.log_offset))
 
 
-# --- 2: a VectorIndex rebuild, the operator killed while it fills the new collection ---------------------------
+# --- 2: a VectorIndex rebuild in a Job: its process killed, then the operator killed while it runs -------------
 
 
 def rebuild_index(ns: str, name: str, alias: str, table: str, distance: str, batch_size: int) -> dict[str, Any]:
@@ -464,8 +485,8 @@ def rebuild_index(ns: str, name: str, alias: str, table: str, distance: str, bat
 
 
 class Peek:
-    """The rebuild's progress as seen from outside the operator, without disturbing it: a server is asked;
-    local mode's directory is held by the operator for the whole rebuild, so its files are read (meta.json is
+    """The rebuild's progress as seen from outside, without disturbing it: a server is asked; local mode's
+    directory is held by the rebuild process for the whole backfill, so its files are read (meta.json is
     replaced whole, each collection's points are an SQLite database)."""
 
     def __init__(self, space: qdrant_target.Space, backer: Backer, ns: str) -> None:
@@ -490,11 +511,42 @@ class Peek:
         return meta["aliases"].get(alias), int(row[0])
 
 
+def start_job(
+    cp: ControlPlane, ns: str, job: str, backer: Backer, tmp: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """The rebuild Job's container started as a process (kwok runs nothing): its command, env and Secrets."""
+    pod = get_json(cp, "job", job, "-n", ns)["spec"]["template"]["spec"]
+    argv, env = job_command(cp, ns, pod, backer, tmp)
+    return subprocess.Popen(
+        argv, env={**env, **(extra_env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def paused(proc: subprocess.Popen[str], reported: Callable[[], bool], timeout: float = 120) -> str:
+    """Wait for the process's ``paused after batch N`` (the pause hook: the collection is being filled, the
+    alias has not moved), then for the operator to have ``reported`` the rebuild running."""
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "paused after batch" in line:
+            wait_for("the operator reporting the rebuild's process", reported, timeout)
+            return line.strip()
+    proc.wait(30)
+    raise AssertionError(f"the rebuild process ended (exit {proc.returncode}) before it paused")
+
+
+def exists(cp: ControlPlane, ns: str, job: str) -> bool:
+    return cp.kubectl("get", "job", job, "-n", ns, check=False).returncode == 0
+
+
 def test_killed_mid_rebuild_the_rebuild_completes_and_leaves_no_half_built_collection(
     platform: tuple[ControlPlane, Operators],
     qdrant_server: qdrant_target.Server | None,
     postgres_cluster: PostgresCluster,
+    tmp_path: Path,
 ) -> None:
+    """The rebuild runs in a Job: (1) its process killed mid-backfill (an OOM kill's stand-in): BackfillFailed
+    naming the attempt, no new Job before the backoff, then attempt 2; (2) the operator killed while attempt 2's
+    process runs: the rebuild finishes without it, and the restarted operator reports it."""
     cp, ops = platform
     ops.ensure_running()
     ns, pg = REBUILD_NS, postgres_cluster
@@ -513,6 +565,8 @@ def test_killed_mid_rebuild_the_rebuild_completes_and_leaves_no_half_built_colle
             f"array(select (random() * 2 - 1)::real from generate_series(1, {DIM}) where i > 0) "
             f"from generate_series(1, {rows}) i"
         )
+    procs_started: list[subprocess.Popen[str]] = []
+    blockers: list[psycopg.Connection[tuple[object, ...]]] = []
     try:
         creds(cp, ns, "pg-creds", "postgres", pg.password)
         cp.apply(
@@ -533,28 +587,33 @@ def test_killed_mid_rebuild_the_rebuild_completes_and_leaves_no_half_built_colle
         assert target != first
         peek = Peek(space, ops.backer, ns)
 
-        # The immutable change: a rebuild into `target`, killed once it holds some points and the alias has
-        # not moved.
+        # The immutable change: attempt 1 in a Job. Its process is killed once the new collection holds some
+        # points and the alias has not moved.
         cp.kubectl("patch", "vectorindex", name, "-n", ns, "--type=merge", "-p", json.dumps({"spec": spec}))
         patched = time.monotonic()
-        seen: dict[str, Any] = {}
+        job1, job2 = (vi_jobs.rebuild_job_name(name, target, n) for n in (1, 2))
+        wait_for("rebuild attempt 1's Job", lambda: exists(cp, ns, job1), 60)
+        # Paused (the sync commands' test hook) after a fifth of the rows: substantially filled, far from done.
+        pause_after = (rows // 5) // batch_size
+        proc = start_job(cp, ns, job1, ops.backer, tmp_path / "attempt1", {sync_cli.PAUSE_ENV: str(pause_after)})
+        procs_started.append(proc)
 
-        def half_built() -> str | None:
-            where, count = peek.state(alias, target)
-            seen.update(where=where, count=count)
-            if where == target:
-                raise AssertionError(
-                    f"the rebuild of {rows} rows finished before it could be killed: make the source bigger"
-                )
-            # A fifth in: the killed run's collection is substantially filled, and far from complete.
-            return f"{target} holds {count} of {rows} points" if count and count >= rows // 5 else None
+        def reported(job: str) -> Callable[[], bool]:
+            """The operator's status says the rebuild of ``job`` runs, its process seen (its lock held)."""
 
-        reason = wait_killed_when(cp, ops, f"{target} being filled", half_built, 120)
+            def check() -> bool:
+                reindexing = condition(vi(), "Reindexing")
+                message = reindexing.get("message", "")
+                return reindexing.get("status") == "True" and f"Job {job} " in message and RUNNING in message
+
+            return check
+
+        reason = paused(proc, reported(job1))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
         killed_after = time.monotonic() - patched
-        reindexing = condition(vi(), "Reindexing")
-        assert (reindexing.get("status"), reindexing.get("reason")) == ("True", "Rebuilding"), reindexing
-        # What the killed run left, looked at before the restart: with local mode this also shows the
-        # directory is not left locked (the operator's flock and qdrant-client's portalocker die with it).
+        # What the killed process left, looked at by another one: with local mode this also shows the directory
+        # is not left locked (qdrant-client's portalocker and the engine's flock die with the process).
         opened = time.monotonic()
         with space.client() as client:
             left_alias = vi_collection.alias_target(client, alias)
@@ -563,6 +622,57 @@ def test_killed_mid_rebuild_the_rebuild_completes_and_leaves_no_half_built_colle
         opened_in = time.monotonic() - opened
         assert left_alias == first and 0 < left_points < rows, (left_alias, left_points)
         assert left == sorted({first, target}), left
+
+        def attempt1_failed() -> bool:
+            reindexing = condition(vi(), "Reindexing")
+            return reindexing.get("reason") == "BackfillFailed" and "rebuild attempt 1 failed" in reindexing["message"]
+
+        wait_for("BackfillFailed naming attempt 1", attempt1_failed, 60)
+        failed = condition(vi(), "Reindexing")["message"]
+        seen_failed = datetime.datetime.now(datetime.UTC)
+        assert condition(vi(), "Ready")["status"] == "False"
+        found = re.search(r"attempt 2 starts at (\S+Z)", failed)
+        assert found, failed
+        next_at = datetime.datetime.fromisoformat(found.group(1))
+        if seen_failed < next_at:
+            assert not exists(cp, ns, job2), "attempt 2 started before the backoff was over"
+        wait_for("rebuild attempt 2's Job", lambda: exists(cp, ns, job2), REBUILD_BACKOFF * 2 + 60)
+        created = datetime.datetime.fromisoformat(get_json(cp, "job", job2, "-n", ns)["metadata"]["creationTimestamp"])
+        assert created >= next_at, (created, next_at)
+
+        # Attempt 2's process runs; the operator is killed meanwhile; the rebuild finishes without it. The
+        # source table locked by the test holds the process at the start of its backfill (its locks taken, the
+        # new collection made) until the operator has reported it and been killed.
+        blocker = pg.primary.connect(autocommit=False)
+        blockers.append(blocker)
+        blocker.execute(f"lock table public.{table} in access exclusive mode")
+        proc = start_job(cp, ns, job2, ops.backer, tmp_path / "attempt2")
+        procs_started.append(proc)
+
+        attempt2_reported = reported(job2)
+
+        def running_again() -> str | None:
+            """Attempt 2's process holds the rebuild lock and the operator's status says so."""
+            if proc.poll() is not None:
+                raise AssertionError(f"attempt 2's process ended (exit {proc.returncode}) before the kill")
+            with pg.primary.connect() as conn:
+                held = runs.rebuild_running(conn, ns, name)
+            if not held or not attempt2_reported():
+                return None
+            return f"its process running, Reindexing=True, {peek.state(alias, target)[1]} points in"
+
+        op_reason = wait_killed_when(cp, ops, "attempt 2's process running", running_again, 120)
+        blocker.rollback()
+        blocker.close()
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out + err
+        summary = json.loads(out.strip().splitlines()[-1])
+        assert (summary["rebuilt"], summary["active"], summary["previous"], summary["points"]) == (
+            True,
+            target,
+            first,
+            rows,
+        )
 
         def rebuilt() -> bool:
             obj = vi()
@@ -573,17 +683,20 @@ def test_killed_mid_rebuild_the_rebuild_completes_and_leaves_no_half_built_colle
                 and condition(obj, "Reindexing").get("reason") == "Idle"
             )
 
-        restart = restart_and_wait(ops, "the rebuild completed", rebuilt)
+        restart = restart_and_wait(ops, "the rebuild reported", rebuilt)
         # Kopf is done with the object too: no handler left waiting for a retry (its progress record gone).
         wait_for("no Kopf progress record left on the VectorIndex", lambda: not progress_records(vi()), 90)
         settled_in = time.monotonic() - restart.started
         where = f"the real server {space.server.url}" if space.server else "local mode"
         print(
-            f"\nVectorIndex rebuild of {rows} rows ({where}"
-            f", batches of {batch_size}): killed {killed_after:.1f} s after the spec change ({reason}); the "
-            f"store opened by another process {opened_in:.2f} s after the kill; after the restart: the operator "
-            f"up in {restart.up:.1f} s, the rebuild completed in {restart.done:.1f} s, no handler left pending in "
-            f"{settled_in:.1f} s"
+            f"\nVectorIndex rebuild of {rows} rows ({where}, batches of {batch_size}), "
+            f"backoff {REBUILD_BACKOFF:.0f} s: "
+            f"attempt 1's process killed {killed_after:.1f} s after the spec change ({reason}); the store opened "
+            f"by another process {opened_in:.2f} s after the kill; attempt 2's Job created "
+            f"{(created - seen_failed).total_seconds():.1f} s after BackfillFailed was seen, at or after the "
+            f"announced {next_at:%H:%M:%S}; the operator killed during attempt 2 ({op_reason}); after the restart: "
+            f"the operator up in {restart.up:.1f} s, the rebuild reported in {restart.done:.1f} s, no handler "
+            f"left pending in {settled_in:.1f} s"
         )
         outcomes = [
             line
@@ -598,12 +711,16 @@ def test_killed_mid_rebuild_the_rebuild_completes_and_leaves_no_half_built_colle
         assert st["previousCollection"] == first and st["points"] == rows, st
         assert st["sync"]["rowsBehind"] == 0, st["sync"]
         msgs = [f"{e['reason']}: {e.get('message', '')}" for e in events(cp, ns) if e["involvedObject"]["name"] == name]
-        assert any(m.startswith(f"Rebuilt: alias {alias} moved from {first} to {target}") for m in msgs), msgs
+        assert [m for m in msgs if m.startswith("Rebuilding: ") and f"Job {job1} (attempt 1)" in m], msgs
+        assert [m for m in msgs if m.startswith("Rebuilding: ") and f"Job {job2} (attempt 2)" in m], msgs
+        rebuilt_events = [m for m in msgs if m.startswith(f"Rebuilt: alias {alias} moved from {first} to {target}")]
+        assert len(rebuilt_events) == 1, msgs
+        assert not exists(cp, ns, vi_jobs.rebuild_job_name(name, target, 3))
         with space.client() as client:
             assert vi_collection.alias_target(client, alias) == target
             assert client.count(alias, exact=True).count == rows
-            # The killed run's half-built collection was emptied and filled again under its name: nothing else
-            # beside the live collection and the previous one kept for rollback.
+            # The killed attempt's half-built collection was emptied and filled again under its name: nothing
+            # else beside the live collection and the previous one kept for rollback.
             names_now = sorted(c.name for c in client.get_collections().collections if c.name.startswith(space.prefix))
             assert names_now == sorted({first, target}), names_now
             assert client.get_collection(target).config.params.vectors.distance.value == "Euclid"  # type: ignore[union-attr]
@@ -616,6 +733,12 @@ def test_killed_mid_rebuild_the_rebuild_completes_and_leaves_no_half_built_colle
                 assert hits[0].id == pid and hits[0].payload == {"title": f"doc {pid}"}, (pid, hits)
         assert not handler_failures(ops.log_from(restart.log_offset))
     finally:
+        for held in blockers:
+            held.close()
+        for started in procs_started:
+            if started.poll() is None:
+                started.kill()
+                started.wait(30)
         ops.ensure_running()  # the deletion the cleanup waits for needs it
         removed, still = space.cleanup()
         print(f"--- removed from Qdrant under {space.prefix}: {removed}")

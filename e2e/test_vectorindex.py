@@ -7,11 +7,7 @@ the test's own prefix and are removed after each test, failed or not (the ``spac
 
 from __future__ import annotations
 
-import base64
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,13 +17,15 @@ import pytest
 from qdrant_client.http import models
 
 import qdrant_target
-from e2e_support import condition, get_json, wait_for
+from e2e_support import condition, get_json, run_job_command, wait_for
 from mlinfra.api import datastore as datastore_api
+from mlinfra.api import vectorindex as vectorindex_api
 from mlinfra.devenv.backer import Backer
 from mlinfra.devenv.controlplane import ControlPlane
 from mlinfra.devenv.operator import OperatorProcess
 from mlinfra.devenv.postgres import PostgresCluster
-from mlinfra.engines import connection, endpoints
+from mlinfra.engines import connection
+from mlinfra.vectors import collection as vi_collection
 from mlinfra.vectors import jobs
 from mlinfra.vectors.collection import APPLIED_KEY
 
@@ -136,32 +134,6 @@ def insert(pg: PostgresCluster, table: str, ids: range, rng: np.random.Generator
                 (i, f"doc {i}", "en" if i % 2 else "de", vec),
             )
     return rows
-
-
-def mounted(cp: ControlPlane, ns: str, secret: str, directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    for key, value in get_json(cp, "secret", secret, "-n", ns)["data"].items():
-        (directory / key).write_bytes(base64.b64decode(value))
-    return directory
-
-
-def run_job_command(cp: ControlPlane, ns: str, pod: dict[str, Any], backer: Backer, tmp: Path) -> dict[str, Any]:
-    """The sync Job's container, run as a process: its args, its env, its mounted Secrets. Pods on kwok run
-    nothing; the endpoint map is how a process on this host reaches the locally served Qdrant store (an
-    external store at QDRANT_URL has no entry in it: reached as its connection Secret says)."""
-    container = pod["containers"][0]
-    env = {**os.environ, **{e["name"]: e["value"] for e in container["env"]}, endpoints.ENV: str(backer.map_path)}
-    for volume in pod["volumes"]:
-        if "secret" in volume:
-            mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
-            var = next(e["name"] for e in container["env"] if e["value"] == mount["mountPath"])
-            env[var] = str(mounted(cp, ns, volume["secret"]["secretName"], tmp / volume["name"]))
-    env.pop("KUBECONFIG", None)  # the Job's pod has no API access
-    run = subprocess.run(
-        [sys.executable, "-m", "mlinfra", *container["args"]], env=env, capture_output=True, text=True, timeout=180
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
-    return dict(json.loads(run.stdout.strip().splitlines()[-1]))
 
 
 def events(cp: ControlPlane, ns: str, name: str) -> list[str]:
@@ -335,7 +307,10 @@ def test_vectorindex_sync_rebuild_and_query(
     assert summary["upserted"] == 149 and summary["deleted"] == 1
     wait_for("restored", lambda: vi(cp, ns, name)["status"].get("points") == 149, 60)
 
-    # An immutable change (distance) rebuilds blue/green: new collection, backfilled, verified, alias moved.
+    # An immutable change (distance) rebuilds blue/green in a Job: new collection, backfilled, verified, alias
+    # moved. The Job runs `mlinfra rebuild vectorindex` with the sync Job's mounts; kwok runs nothing (and
+    # marks the Job Complete at once, which the operator must not take for a rebuild done): its command is
+    # run here.
     cp.kubectl(
         "patch",
         "vectorindex",
@@ -346,11 +321,33 @@ def test_vectorindex_sync_rebuild_and_query(
         "-p",
         json.dumps({"spec": {"vectors": {"size": DIM, "distance": "Dot"}}}),
     )
+    dot = index(ns, name, alias, table)["spec"]
+    dot["vectors"]["distance"] = "Dot"
+    target = vi_collection.physical_name(vectorindex_api.VectorIndexSpec.model_validate(dot))
+    rebuild_job = jobs.rebuild_job_name(name, target, 1)
+    wait_for(
+        "the rebuild Job", lambda: cp.kubectl("get", "job", rebuild_job, "-n", ns, check=False).returncode == 0, 60
+    )
+    job = get_json(cp, "job", rebuild_job, "-n", ns)
+    assert job["metadata"]["labels"]["app.kubernetes.io/component"] == "index-rebuild"
+    assert job["spec"]["backoffLimit"] == 0
+    rebuild_pod = job["spec"]["template"]["spec"]
+    assert rebuild_pod["containers"][0]["args"] == ["rebuild", "vectorindex", f"{ns}/{name}"]
+    assert rebuild_pod["volumes"] == pod["volumes"]
+    # Not done while the alias has not moved, whatever the Job says.
+    wait_for(
+        "Ready False while the rebuild is pending", lambda: cond(cp, ns, name, "Ready").get("status") == "False", 30
+    )
+    assert vi(cp, ns, name)["status"]["activeCollection"] == first
+    summary = run_job_command(cp, ns, rebuild_pod, backer, tmp_path / "rebuild")
+    assert (summary["rebuilt"], summary["active"], summary["previous"], summary["points"]) == (True, target, first, 149)
+    # A rebuild Job is no sync: the sync status never reports it.
+    assert cond(cp, ns, name, "Synced").get("reason") != "SyncFailed"
 
     def rebuilt() -> bool:
         s = vi(cp, ns, name)["status"]
         return (
-            s.get("activeCollection") not in (None, first)
+            s.get("activeCollection") == target
             and s.get("previousCollection") == first
             and cond(cp, ns, name, "Ready").get("status") == "True"
         )
@@ -361,8 +358,9 @@ def test_vectorindex_sync_rebuild_and_query(
     assert st["activeCollection"].startswith(f"{alias}-")  # under the test's prefix: the cleanup finds it
     assert cond(cp, ns, name, "Reindexing")["reason"] == "Idle"
     seen = events(cp, ns, name)
-    assert any(e.startswith("Rebuilding: vectors.distance: Cosine -> Dot") for e in seen), seen
-    assert any(e.startswith(f"Rebuilt: alias {alias} moved from {first} to {st['activeCollection']}") for e in seen)
+    assert any(e.startswith("Rebuilding: vectors.distance: Cosine -> Dot") and rebuild_job in e for e in seen), seen
+    assert len([e for e in seen if e.startswith(f"Rebuilt: alias {alias} moved from {first} to {target}")]) == 1, seen
+    assert st["activeCollection"] == target
     with space.client() as client:
         info = client.get_collection(alias)
         assert info.config.params.vectors.distance == models.Distance.DOT  # type: ignore[union-attr]

@@ -1,4 +1,5 @@
-"""The ``mlinfra`` command line: ``version``, ``crds``, ``run``, ``sync`` (materialization jobs) and ``dev``."""
+"""The ``mlinfra`` command line: ``version``, ``crds``, ``run``, ``sync`` (materialization jobs), ``rebuild``
+(a VectorIndex's rebuild Job) and ``dev``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="mlinfra-oper
 app.add_typer(devenv_cli.app, name="dev")
 sync_app = typer.Typer(no_args_is_help=True, help="One sync run, as the operator's Jobs run it.")
 app.add_typer(sync_app, name="sync")
+rebuild_app = typer.Typer(no_args_is_help=True, help="One rebuild, as the operator's rebuild Jobs run it.")
+app.add_typer(rebuild_app, name="rebuild")
 
 
 @app.command()
@@ -218,6 +221,21 @@ def sync_vectorindex(
     from mlinfra.vectors import sync_cli as vector_sync_cli
 
     raise typer.Exit(vector_sync_cli.run(target, file=file, full=full))
+
+
+@rebuild_app.command("vectorindex")
+def rebuild_vectorindex(
+    target: Annotated[str, typer.Argument(help="NAMESPACE/NAME of the VectorIndex.")],
+    file: Annotated[
+        pathlib.Path | None,
+        typer.Option("--file", "-f", help="Read the VectorIndex from this YAML/JSON file, not the API server."),
+    ] = None,
+) -> None:
+    """Rebuild a VectorIndex's collection blue/green from its source table (new collection, backfill, count
+    check, alias moved); prints a JSON summary. Nothing to do when the alias serves the spec's collection."""
+    from mlinfra.vectors import rebuild_cli
+
+    raise typer.Exit(rebuild_cli.run(target, file=file))
 
 
 @sync_app.command("modelregistry")

@@ -36,6 +36,10 @@ class Settings:
     pg_statement_timeout: float = 60.0
     pg_lock_timeout: float = 10.0
     pg_idle_in_transaction_timeout: float = 300.0
+    # Seconds between a failed VectorIndex rebuild attempt (a Job) and the next, doubled per failed attempt up
+    # to an hour: a rebuild that keeps failing must not recopy the source table every few seconds. Tests
+    # shorten it.
+    rebuild_backoff: float = 60.0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -56,6 +60,7 @@ class Settings:
             "pg_idle_in_transaction_timeout": seconds(
                 env, "MLINFRA_PG_IDLE_IN_TRANSACTION_TIMEOUT", cls.pg_idle_in_transaction_timeout
             ),
+            "rebuild_backoff": seconds(env, "MLINFRA_REBUILD_BACKOFF", cls.rebuild_backoff),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

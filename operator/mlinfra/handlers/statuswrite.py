@@ -41,11 +41,15 @@ def fail(
     retry_delay: float,
     retries: int = 0,
 ) -> NoReturn:
-    """Report ``problem`` (status, a Warning event) and end the handler the way Kopf should treat it:
+    """Report ``problem`` (status, and a Warning event unless a retry finds it shown already) and end the
+    handler the way Kopf should treat it:
     a spec only the user can fix is not retried; one that names its recheck is looked at again then; anything
     else is retried after ``retry_delay``, doubled per earlier failed attempt (``retries``, Kopf's count)."""
-    write_status(body, patch, problem_status, owned)
-    kopf.warn(body, reason=problem.reason, message=problem.message)
+    changed = write_status(body, patch, problem_status, owned)
+    # A retry meeting the problem its status already shows says nothing new: one Warning event per problem, not
+    # one per retry (a rebuild waited for, or a store down for an hour, would post hundreds).
+    if changed or retries == 0:
+        kopf.warn(body, reason=problem.reason, message=problem.message)
     if problem.stalled and problem.recheck is None:
         raise kopf.PermanentError(problem.message)
     raise kopf.TemporaryError(problem.message, delay=problem.recheck or problems.retry_delay(retry_delay, retries))

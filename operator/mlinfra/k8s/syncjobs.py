@@ -43,6 +43,12 @@ class SyncJob:
     spec: Mapping[str, Any]
     mounts: Sequence[Mount]
     component: str
+    # Optional, for Jobs other than the syncs (a VectorIndex rebuild); None keeps the sync Jobs' values.
+    backoff_limit: int | None = None
+    active_deadline_seconds: int | None = None
+    memory_limit: str | None = None
+    # "FallbackToLogsOnError": a container that wrote no termination message (killed) shows its last log lines.
+    termination_message_policy: str | None = None
 
 
 def bounded_name(name: str, suffix: str, limit: int) -> str:
@@ -83,26 +89,27 @@ def pod_spec(job: SyncJob, image: str) -> dict[str, Any]:
     env = [{"name": job.spec_env, "value": json.dumps(dict(job.spec), sort_keys=True)}]
     env += [{"name": m.env, "value": m.path} for m in job.mounts]
     env.append({"name": "MLINFRA_LOG_FORMAT", "value": "json"})
+    container: dict[str, Any] = {
+        "name": "sync",
+        "image": image,
+        "args": list(job.args),
+        "env": env,
+        "volumeMounts": [{"name": m.volume, "mountPath": m.path, "readOnly": True} for m in job.mounts]
+        + [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108 - an emptyDir: the root filesystem is read-only
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": job.memory_limit or "1Gi"}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if job.termination_message_policy is not None:
+        container["terminationMessagePolicy"] = job.termination_message_policy
     return {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [
-            {
-                "name": "sync",
-                "image": image,
-                "args": list(job.args),
-                "env": env,
-                "volumeMounts": [{"name": m.volume, "mountPath": m.path, "readOnly": True} for m in job.mounts]
-                + [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108 - an emptyDir: the root filesystem is read-only
-                "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
-                "securityContext": {
-                    "allowPrivilegeEscalation": False,
-                    "readOnlyRootFilesystem": True,
-                    "capabilities": {"drop": ["ALL"]},
-                },
-            }
-        ],
+        "containers": [container],
         "volumes": [{"name": m.volume, "secret": {"secretName": m.secret}} for m in job.mounts]
         + [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
     }
@@ -111,8 +118,8 @@ def pod_spec(job: SyncJob, image: str) -> dict[str, Any]:
 def job_spec(job: SyncJob, image: str) -> dict[str, Any]:
     return {
         # A failed run is retried by the next schedule (watermarks make reruns exact), not in a loop.
-        "backoffLimit": 1,
-        "activeDeadlineSeconds": 3600,
+        "backoffLimit": 1 if job.backoff_limit is None else job.backoff_limit,
+        "activeDeadlineSeconds": job.active_deadline_seconds or 3600,
         "ttlSecondsAfterFinished": 86400,
         "template": {"metadata": {"labels": labels(job)}, "spec": pod_spec(job, image)},
     }

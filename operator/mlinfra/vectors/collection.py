@@ -31,7 +31,7 @@ import datetime
 import hashlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 from qdrant_client import QdrantClient
@@ -521,14 +521,20 @@ def prune_previous(
 
 
 def prune_strays(
-    client: QdrantClient, spec: vectorindex.VectorIndexSpec, active: str, *, owner: str
+    client: QdrantClient,
+    spec: vectorindex.VectorIndexSpec,
+    active: str,
+    *,
+    owner: str,
+    keep: Collection[str] = (),
 ) -> tuple[str, ...]:
     """Delete the collections of this VectorIndex that nothing refers to: neither the live one nor the one it
     records as replaced. A rebuild leaves them when it never swapped (the spec changed back, the operator was
     killed) or when two rebuilds came one after the other (A -> B -> C leaves A, named only by B). They are
     copies of the source table, not data of their own; only collections this operator made for this alias
-    and ``owner`` are deleted. Run from the reconcile only: an observation may run beside a rebuild, whose
-    collection is not referred to yet."""
+    and ``owner`` are deleted, and never one in ``keep`` (what a rebuild Job still running may be filling).
+    Run from the reconcile only, and not while a rebuild process runs: an observation may run beside a
+    rebuild, whose collection is not referred to yet."""
     previous, _ = previous_of(client.get_collection(active))
     own_name = re.compile(rf"{re.escape(spec.collection)}-[0-9a-f]{{8}}")
     strays = tuple(
@@ -537,6 +543,7 @@ def prune_strays(
             for c in client.get_collections().collections
             if own_name.fullmatch(c.name)
             and c.name not in (active, previous)
+            and c.name not in keep
             and is_ours(client, spec.collection, c.name, owner)
         )
     )

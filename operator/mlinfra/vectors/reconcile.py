@@ -1,6 +1,7 @@
 """Reconcile a VectorIndex: resolve its stores, check the source table, make the collection match the spec
-(creating it, repairing drift, rebuilding blue/green on an immutable change), prune the previous collection
-when its retention ran out, own the sync CronJob; and observe the collection and the sync.
+(creating it, repairing drift, and on an immutable change a blue/green rebuild run by a Job: started, followed,
+retried after a backoff), prune the previous collection when its retention ran out, own the sync CronJob; and
+observe the collection and the sync.
 
 No Kopf here (handlers/vectorindex.py wires it through ``handlers.kind``). What the user must act on is
 raised as a ``Problem``; what the operator did is posted through the object's reporter as events.
@@ -24,13 +25,14 @@ from mlinfra.engines import qdrant as qdrant_engine
 from mlinfra.k8s import jobstatus
 from mlinfra.problems import INVALID_SPEC, Problem, ProblemError
 from mlinfra.stores import children, refs
-from mlinfra.vectors import collection, jobs, rebuild, runs, source, status, sync
+from mlinfra.vectors import attempts, collection, jobs, rebuild, rebuild_cli, runs, source, status, sync
 
 IMMUTABLE_WITHOUT_SOURCE = "ImmutableFieldChange"
 COLLECTION_CONFLICT = "CollectionConflict"
 BACKFILL_FAILED = rebuild.BACKFILL_FAILED
 QDRANT_ERROR = "QdrantError"
 QDRANT_REFUSED = "QdrantRefused"
+RUNNING_PROCESS = "its process holds the rebuild lock"  # said of a running rebuild seen in pg_locks
 SOURCE_RECHECK = 30.0  # seconds between looks at a source table that is missing or lacks columns
 # Seconds between attempts at what Qdrant refused: the answer may depend on the server's state (a collection
 # deleted by hand, an API key, a server upgrade) as much as on the spec.
@@ -106,17 +108,6 @@ def announce(report: Reporter, applied: Applied, drift: bool) -> None:
         )
 
 
-def _source_shape(vi: api.VectorIndex, stores: Stores) -> source.SourceShape | None:
-    if vi.spec.source is None or stores.source is None:
-        return None
-    try:
-        with connection.postgres(stores.source, application_name="mlinfra-operator") as conn:
-            return source.inspect(conn, vi.spec.source)
-    except source.SourceInvalid as exc:
-        # The table is the user's, not the spec's: fixed by a migration, so looked at again, not given up on.
-        raise ProblemError(Problem(INVALID_SPEC, str(exc), stalled=True, recheck=SOURCE_RECHECK)) from None
-
-
 def _qdrant_problem(exc: Exception, conn: connection.ConnectionInfo) -> ProblemError:
     """What a failed Qdrant call means for the index. Refused as invalid for a part of the spec: InvalidSpec
     naming it. Refused otherwise (a collection gone, a rejected API key): QdrantRefused. Both Stalled, in
@@ -132,29 +123,195 @@ def _qdrant_problem(exc: Exception, conn: connection.ConnectionInfo) -> ProblemE
 
 
 def reconcile(ctx: Context, obj: Obj[api.VectorIndex]) -> None:
-    """Make everything match the spec: the collection (rebuilt blue/green when an immutable setting
-    changed), the previous collection's retention, the sync CronJob."""
+    """Make everything match the spec: the collection (rebuilt blue/green by a Job when an immutable setting
+    changed), the previous collection's retention, the sync CronJob.
+
+    While a rebuild runs, or waits for its next attempt, this raises a Problem (``Rebuilding``, or
+    ``BackfillFailed`` naming the attempt), which writes the status and has the handler run again: the
+    operator follows the Job without holding anything. A running rebuild is found before Qdrant is opened (a
+    local-mode directory is held by the rebuild process for the whole backfill)."""
     vi = obj.model
     stores = resolve_stores(ctx, vi)
-    shape = _source_shape(vi, stores)
+    shape, lock_held = _source_facts(vi, stores, obj.namespace, obj.name)
+    rebuilds = _rebuild_jobs(ctx, obj, lock_held)
+    if rebuilds is not None and attempts.running(rebuilds.attempts, lock_held):
+        raise ProblemError(_running(ctx, obj, rebuilds))
 
-    def rebuilding(found: collection.Result) -> None:
-        why = ", ".join(found.rebuild_reasons)
-        obj.report.event("Rebuilding", f"{why}: building {found.target} beside {found.collection}")
-        # Written now, not with the status at the end: the rebuild may take minutes.
-        obj.report.status_now(status.compute(status.Facts(generation=obj.generation, rebuilding=why), obj.status))
+    def start_or_wait(found: collection.Result) -> None:
+        assert rebuilds is not None and stores.source is not None
+        _start_or_wait(ctx, obj, found, rebuilds, (stores.source.password, stores.qdrant.password))
 
     try:
         with qdrant_engine.open_client(stores.qdrant) as client:
-            applied = _ensure_in(client, vi, stores, shape, rebuilding, allow_rebuild=True)
+            keep = rebuilds.stale_active if rebuilds is not None else ()
+            applied = _ensure_in(client, vi, stores, shape, start_or_wait, allow_rebuild=True, keep=keep)
+            if rebuilds is not None:
+                applied = dataclasses.replace(applied, rebuilt=_rebuilt(client, vi, rebuilds))
     except QDRANT_FAILURES as exc:
         raise _qdrant_problem(exc, stores.qdrant) from None
     announce(obj.report, applied, drift=False)
+    if applied.rebuilt is not None and rebuilds is not None and rebuilds.attempts:
+        # Once per rebuild: the next reconcile finds the Job marked and posts nothing.
+        newest = rebuilds.attempts[-1].job
+        ctx.kube.merge_patch(
+            "Job", obj.namespace, newest, {"metadata": {"annotations": {attempts.ANNOUNCED_ANNOTATION: "true"}}}
+        )
     cron = jobs.cronjob(vi, ctx.settings.job_image, obj.owner_reference())
     if cron is not None:
         children.apply(ctx.kube, cron)
     else:
         children.delete(ctx.kube, obj.owner_reference(), "CronJob", obj.namespace, jobs.cronjob_name(obj.name))
+
+
+@dataclasses.dataclass(frozen=True)
+class Rebuilds:
+    """The rebuild Jobs of the collection the spec asks for, and whether a rebuild process is alive."""
+
+    target: str
+    attempts: list[attempts.Attempt]  # of ``target``, oldest first
+    lock_held: bool
+    stale_active: tuple[str, ...] = ()  # targets of deleted stale Jobs that were still running
+
+
+def _source_facts(vi: api.VectorIndex, stores: Stores, ns: str, name: str) -> tuple[source.SourceShape | None, bool]:
+    """The source table's shape, and whether a rebuild process holds the index's rebuild lock."""
+    if vi.spec.source is None or stores.source is None:
+        return None, False
+    try:
+        with connection.postgres(stores.source, application_name="mlinfra-operator") as conn:
+            return source.inspect(conn, vi.spec.source), runs.rebuild_running(conn, ns, name)
+    except source.SourceInvalid as exc:
+        # The table is the user's, not the spec's: fixed by a migration, so looked at again, not given up on.
+        raise ProblemError(Problem(INVALID_SPEC, str(exc), stalled=True, recheck=SOURCE_RECHECK)) from None
+
+
+def _rebuild_jobs(ctx: Context, obj: Obj[api.VectorIndex], lock_held: bool) -> Rebuilds | None:
+    """The rebuild Jobs of the spec's target (None without a source: no rebuild can run). Jobs building a
+    collection the spec no longer asks for are deleted (their half-filled collection is left to
+    ``collection.prune_strays``, once nothing fills it)."""
+    vi = obj.model
+    found = attempts.attempts_of(ctx.kube.list_("Job", obj.namespace, jobs.rebuild_selector(obj.name)))
+    target = collection.physical_name(vi.spec) if vi.spec.source is not None else None
+    stale_active = []
+    for attempt in found:
+        if attempt.target != target:
+            children.delete(ctx.kube, obj.owner_reference(), "Job", obj.namespace, attempt.job)
+            if attempt.active:
+                stale_active.append(attempt.target)
+    if target is None:
+        return None
+    mine = [a for a in found if a.target == target]
+    return Rebuilds(target, mine, lock_held, tuple(sorted(set(stale_active))))
+
+
+def _recheck(ctx: Context) -> float:
+    """Seconds between looks at a running rebuild."""
+    return min(ctx.settings.observe_interval, 30.0)
+
+
+def _running(ctx: Context, obj: Obj[api.VectorIndex], rebuilds: Rebuilds) -> Problem:
+    """The Problem that holds Ready at False (Reindexing True) while a rebuild process or Job is alive."""
+    last = rebuilds.attempts[-1] if rebuilds.attempts else None
+    if last is not None and rebuilds.lock_held and last.ended_at is not None:
+        # Its process ran after the Job was seen over (kwok: the Job ends at once): the backoff counts from
+        # when it is seen over again.
+        ctx.kube.merge_patch(
+            "Job", obj.namespace, last.job, {"metadata": {"annotations": {attempts.ENDED_ANNOTATION: None}}}
+        )
+    if last is None:
+        what = f"a rebuild process holds the rebuild lock of VectorIndex {obj.namespace}/{obj.name}"
+    else:
+        what = f"{last.reasons or 'rebuild'}: Job {last.job} (attempt {last.number}) is building {rebuilds.target}"
+        if rebuilds.lock_held:
+            what += f" ({RUNNING_PROCESS})"
+    return Problem(
+        status.REBUILDING,
+        f"{what}; the alias keeps serving the current collection until the new one is verified",
+        stalled=False,
+        recheck=_recheck(ctx),
+    )
+
+
+def _start_or_wait(
+    ctx: Context,
+    obj: Obj[api.VectorIndex],
+    found: collection.Result,
+    rebuilds: Rebuilds,
+    secrets: tuple[str, ...],
+) -> None:
+    """The alias is not on the target and nothing is running: start the next attempt when its backoff is
+    over, else report the last one's failure. Always raises (the handler runs again)."""
+    now = datetime.datetime.now(datetime.UTC)
+    decision = attempts.decide(rebuilds.attempts, False, now, ctx.settings.rebuild_backoff)
+    why = ", ".join(found.rebuild_reasons)
+    last = decision.last
+    if decision.action == "start":
+        job = jobs.rebuild_job(
+            obj.model, ctx.settings.job_image, obj.owner_reference(), found.target, decision.attempt, why
+        )
+        children.create(ctx.kube, job)
+        job_name = job["metadata"]["name"]
+        obj.report.event(
+            "Rebuilding",
+            f"{why}: building {found.target} beside {found.collection} in Job {job_name} (attempt {decision.attempt})",
+        )
+        started = attempts.Attempt(decision.attempt, job_name, found.target, True, None, None, False, why)
+        raise ProblemError(_running(ctx, obj, dataclasses.replace(rebuilds, attempts=[started])))
+    assert decision.action == "wait" and last is not None and decision.next_at is not None
+    if last.ended_at is None:
+        ctx.kube.merge_patch(
+            "Job", obj.namespace, last.job, {"metadata": {"annotations": {attempts.ENDED_ANNOTATION: now.isoformat()}}}
+        )
+    detail = _failure(ctx, obj.namespace, last)
+    # Looked at again before the next attempt is due too: a process of this attempt may still start (kwok ends
+    # Jobs before anything ran), and the status must say Reindexing while it runs.
+    raise ProblemError(attempt_problem(last, detail, found, decision.next_at, now, secrets, poll=_recheck(ctx)))
+
+
+def _failure(ctx: Context, ns: str, last: attempts.Attempt) -> str:
+    """What the attempt's Job and its pod say about how it ended."""
+    ended = jobstatus.terminated(ctx.kube, ns, last.job)
+    if last.failed is not None:
+        said = f"Job {last.job} failed ({last.failed})"
+    else:
+        said = f"Job {last.job} completed without moving the alias (nothing ran the rebuild, or it stopped early)"
+    return f"{said}; its container: {ended}" if ended else said
+
+
+def attempt_problem(
+    last: attempts.Attempt,
+    detail: str,
+    found: collection.Result,
+    next_at: datetime.datetime,
+    now: datetime.datetime,
+    secrets: tuple[str, ...] = (),
+    poll: float | None = None,
+) -> Problem:
+    """A failed attempt (the alias stayed): BackfillFailed, naming the attempt, why, and when the next one
+    starts. When Qdrant refused the backfill (the rebuild's termination message says so) every attempt fails
+    the same way: Stalled, still tried again after the backoff (the refusal may depend on the server).
+    Looked at again when the attempt is due, or every ``poll`` seconds before."""
+    refused = f"{rebuild_cli.QDRANT_REFUSED}: " in detail
+    message = observation.scrub(
+        f"rebuild attempt {last.number} failed: {detail}; alias {found.alias} left on {found.collection}; "
+        f"attempt {last.number + 1} starts at {next_at.strftime('%Y-%m-%dT%H:%M:%SZ')}",
+        *secrets,
+    )
+    due = max(1.0, (next_at - now).total_seconds())
+    return Problem(BACKFILL_FAILED, message[:1024], stalled=refused, recheck=min(due, poll) if poll else due)
+
+
+def _rebuilt(client: QdrantClient, vi: api.VectorIndex, rebuilds: Rebuilds) -> rebuild.RebuildResult | None:
+    """The rebuild the Jobs of the target did, not announced yet: the alias is on the target (the truth)."""
+    if not rebuilds.attempts or any(a.announced for a in rebuilds.attempts):
+        return None
+    if collection.alias_target(client, vi.spec.collection) != rebuilds.target:
+        return None
+    info = client.get_collection(rebuilds.target)
+    previous, _ = collection.previous_of(info)
+    return rebuild.RebuildResult(
+        alias=vi.spec.collection, active=rebuilds.target, previous=previous, points=info.points_count or 0
+    )
 
 
 def _ensure_in(
@@ -164,9 +321,11 @@ def _ensure_in(
     shape: source.SourceShape | None,
     on_rebuild: Callable[[collection.Result], None] | None,
     allow_rebuild: bool,
+    keep: tuple[str, ...] = (),
 ) -> Applied:
     """The collection part of :func:`reconcile`; :func:`observe` runs it too (drift repair, retention) but
-    never rebuilds from there (``allow_rebuild=False``)."""
+    never starts rebuilds from there (``allow_rebuild=False``). ``on_rebuild`` starts or follows one (it
+    raises); ``keep``: collections a rebuild process may still be filling, never pruned as strays."""
     spec, ns, name = vi.spec, vi.metadata.namespace or "default", vi.metadata.name
     refused = qdrant_engine.copies_refusal(
         spec.replication_factor, qdrant_engine.peer_count(client), spec.store_ref.name
@@ -180,7 +339,7 @@ def _ensure_in(
         ensured = collection.ensure(client, spec, owner=f"{ns}/{name}")
     except collection.CollectionError as exc:
         raise ProblemError(Problem(COLLECTION_CONFLICT, str(exc), stalled=True)) from None
-    rebuilt, reset = None, False
+    reset = False
     if ensured.created and stores.source is not None:
         _reset_watermark(stores.source, ns, name)
         reset = True
@@ -198,58 +357,19 @@ def _ensure_in(
                     stalled=True,
                 )
             )
-        if allow_rebuild:
-            if on_rebuild is not None:
-                on_rebuild(ensured)
-            rebuilt = _rebuild(client, vi, stores.source, shape)
-    active = rebuilt.active if rebuilt else ensured.collection
+        if allow_rebuild and on_rebuild is not None:
+            on_rebuild(ensured)
+    active = ensured.collection
     pruned = collection.prune_previous(
         client, spec, active, retention, datetime.datetime.now(datetime.UTC), owner=f"{ns}/{name}"
     )
-    strays = collection.prune_strays(client, spec, active, owner=f"{ns}/{name}") if allow_rebuild else ()
-    return Applied(ensured=ensured, rebuilt=rebuilt, pruned=pruned, watermark_reset=reset, strays=strays)
+    strays = collection.prune_strays(client, spec, active, owner=f"{ns}/{name}", keep=keep) if allow_rebuild else ()
+    return Applied(ensured=ensured, pruned=pruned, watermark_reset=reset, strays=strays)
 
 
 def _reset_watermark(pg: connection.ConnectionInfo, ns: str, name: str) -> None:
     with connection.postgres(pg, application_name="mlinfra-operator") as conn:
         sync.commit_watermark(conn, ns, name, sync.Watermark())
-
-
-def _rebuild(
-    client: QdrantClient, vi: api.VectorIndex, pg: connection.ConnectionInfo, shape: source.SourceShape | None
-) -> rebuild.RebuildResult:
-    ns, name = vi.metadata.namespace or "default", vi.metadata.name
-    with connection.postgres(pg, application_name="mlinfra-operator-rebuild") as conn:
-        filled: list[sync.Backfill] = []
-
-        def backfill(target: str) -> int:
-            filled.append(sync.snapshot_backfill(conn, client, vi.spec, target, shape))
-            return filled[-1].written
-
-        try:
-            # Hold the sync lock: a sync Job running meanwhile would move the watermark of the old collection.
-            with runs.exclusive(conn, ns, name):
-                result = rebuild.rebuild(client, vi.spec, backfill, lambda: filled[-1].expected, owner=f"{ns}/{name}")
-                sync.commit_watermark(conn, ns, name, filled[-1].watermark)
-        except runs.RunInProgress as exc:
-            raise ProblemError(Problem(BACKFILL_FAILED, f"rebuild postponed: {exc}", stalled=False)) from None
-        except rebuild.BackfillFailed as exc:
-            raise ProblemError(backfill_problem(exc, pg)) from None
-        except collection.CollectionError as exc:
-            raise ProblemError(Problem(COLLECTION_CONFLICT, str(exc), stalled=True)) from None
-    return result
-
-
-def backfill_problem(exc: rebuild.BackfillFailed, pg: connection.ConnectionInfo) -> Problem:
-    """A failed backfill (the alias stayed) is retried; when Qdrant refused the points, not a timeout or an
-    outage, every attempt fails the same way: Stalled, looked at again every QDRANT_REFUSED_RECHECK seconds."""
-    refused = exc.__cause__ is not None and qdrant_engine.refusal(exc.__cause__) is not None
-    return Problem(
-        BACKFILL_FAILED,
-        observation.scrub(str(exc), pg.password),
-        stalled=refused,
-        recheck=QDRANT_REFUSED_RECHECK if refused else None,
-    )
 
 
 def observe(ctx: Context, obj: Obj[api.VectorIndex]) -> dict[str, Any]:
@@ -305,7 +425,7 @@ def observe(ctx: Context, obj: Obj[api.VectorIndex]) -> dict[str, Any]:
             rows_behind=progress.rows_behind if progress else None,
             lag_seconds=progress.lag_seconds if progress else None,
             last_run=last,
-            job_failed=jobstatus.newest_failure(ctx.kube, ns, {jobs.KIND_LABEL: name}),
+            job_failed=jobstatus.newest_failure(ctx.kube, ns, jobs.sync_selector(name)),
             max_lag=limit,
         ),
         obj.status,

@@ -25,7 +25,7 @@ Conn = psycopg.Connection[tuple[Any, ...]]
 
 
 class RunInProgress(Exception):
-    """Another sync of the same index holds the lock."""
+    """Another sync (or rebuild) of the same index holds the lock."""
 
 
 def ensure_table(conn: Conn) -> None:
@@ -61,6 +61,39 @@ def exclusive(conn: Conn, namespace: str, name: str) -> Iterator[None]:
         yield
     finally:
         conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+
+
+def _rebuild_key(namespace: str, name: str) -> str:
+    return f"mlinfra.vectorindex-rebuild/{namespace}/{name}"
+
+
+@contextlib.contextmanager
+def rebuilding(conn: Conn, namespace: str, name: str) -> Iterator[None]:
+    """Hold the index's rebuild lock (session level) for the block, or raise :class:`RunInProgress`. The
+    operator looks for it in ``pg_locks`` (:func:`rebuild_running`): held, a rebuild process is alive, whatever
+    its Job's state says (on kwok a Job is Complete before anything ran; a pod may outlive its deleted Job)."""
+    key = _rebuild_key(namespace, name)
+    row = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)).fetchone()
+    if not row or not row[0]:
+        raise RunInProgress(f"another rebuild of VectorIndex {namespace}/{name} is running")
+    try:
+        yield
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+
+
+def rebuild_running(conn: Conn, namespace: str, name: str) -> bool:
+    """Whether a session holds the index's rebuild lock (read from ``pg_locks``: taking the lock to find out
+    would make a rebuild starting at that moment give up). A bigint advisory key shows as its high half in
+    ``classid`` and its low half in ``objid`` (``objsubid`` 1)."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+        "WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted AND d.datname = current_database() "
+        "AND l.classid::bigint = (k.key >> 32) & 4294967295 AND l.objid::bigint = k.key & 4294967295) "
+        "FROM (SELECT hashtextextended(%s, 0) AS key) k",
+        (_rebuild_key(namespace, name),),
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def start(conn: Conn, namespace: str, name: str) -> int:

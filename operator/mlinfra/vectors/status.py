@@ -1,7 +1,8 @@
 """VectorIndex status as a pure function of what reconcile did and the observation found.
 
-``Ready``: the alias resolves to a usable collection, the spec is realized (no rebuild pending or failed) and
-the last sync did not fail. ``Synced`` is separate: an index behind its source still answers queries
+``Ready``: the alias resolves to a usable collection, the spec is realized (no rebuild pending, running or
+failed: those are reported through the reconcile's Problem, :func:`problem_status`) and the last sync did not
+fail. ``Synced`` is separate: an index behind its source still answers queries
 (``LagExceeded`` is the SLO breach Argo CD health reports as Degraded). ``Reindexing`` is True only while a
 blue/green rebuild runs; False with ``BackfillFailed`` when the last attempt failed (the alias stayed).
 """
@@ -94,15 +95,17 @@ def _reindexing_kept(prev: Any) -> Cond:
 
 
 def problem_status(body: Mapping[str, Any], problem: Problem) -> dict[str, Any]:
-    """The status of a VectorIndex that cannot be served: what was observed last is kept; ``Reindexing``
-    says ``BackfillFailed`` when a rebuild failed (the alias stayed), else keeps what it said."""
+    """The status of a VectorIndex that cannot be served as specified yet: what was observed last is kept;
+    ``Reindexing`` is True while a rebuild runs (``Rebuilding``: Ready False, Reconciling True), says
+    ``BackfillFailed`` when an attempt failed (the alias stayed), else keeps what it said."""
     previous, generation = body.get("status"), body["metadata"].get("generation")
     prev = (previous or {}).get("conditions")
-    reindexing = (
-        Cond("Reindexing", "False", rebuild.BACKFILL_FAILED, problem.message)
-        if problem.reason == rebuild.BACKFILL_FAILED
-        else _reindexing_kept(prev)
-    )
+    if problem.reason == REBUILDING:  # a rebuild Job runs: the reconcile follows it through this Problem
+        reindexing = Cond("Reindexing", "True", REBUILDING, problem.message)
+    elif problem.reason == rebuild.BACKFILL_FAILED:
+        reindexing = Cond("Reindexing", "False", rebuild.BACKFILL_FAILED, problem.message)
+    else:
+        reindexing = _reindexing_kept(prev)
     return {
         "observedGeneration": generation,
         **_kept(previous),

@@ -405,20 +405,25 @@ def snapshot_backfill(
     spec: vectorindex.VectorIndexSpec,
     collection: str,
     shape: source_mod.SourceShape | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> Backfill:
     """Copy every live row into ``collection`` and count the expected points, both in one REPEATABLE READ
     snapshot: rows written meanwhile change neither, so the count check stays exact under writes (the
-    incremental sync picks those rows up after the returned watermark)."""
+    incremental sync picks those rows up after the returned watermark). ``on_batch(batches, rows)`` after
+    each batch written (the test hook of :func:`mlinfra.stores.sync_command.pause_hook`)."""
     if spec.source is None:
         raise ValueError("spec.source is not set: there is nothing to backfill from")
     previous = conn.isolation_level
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     try:
         with conn.transaction():
-            written, mark = 0, Watermark()
+            written, mark, batches, rows = 0, Watermark(), 0, 0
             for batch in _batches(conn, spec.source, Watermark(), spec.sync.batch_size if spec.sync else 500, shape):
                 written += _write(client, collection, spec, batch)[0]
                 mark = Watermark(batch[-1][3], batch[-1][1])
+                batches, rows = batches + 1, rows + len(batch)
+                if on_batch is not None:
+                    on_batch(batches, rows)
             expected = expected_count(conn, spec, shape)
     finally:
         conn.isolation_level = previous

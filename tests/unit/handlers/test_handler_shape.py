@@ -153,3 +153,27 @@ def test_a_namespace_being_deleted_stalls_the_object_without_a_crash_or_retries(
     forbidden = registered(RefusingKube("StatefulSet", 403), tmp_path)
     with pytest.raises(objects.ApiError):
         handler(forbidden, "reconcile")(body=body(spec), patch=kopf.Patch(), memo=kopf.Memo())
+
+
+def test_a_retry_meeting_the_problem_its_status_shows_posts_no_second_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One Warning event per problem, not one per retry: a retry whose status would not change is quiet; the
+    first attempt of a handler run, and a retry meeting another problem, warn."""
+    warnings: list[str] = []
+    monkeypatch.setattr(kopf, "warn", lambda _body, reason, message: warnings.append(reason))
+    registry = registered(FakeKube(), tmp_path)
+    spec = {"engine": "redis", "external": {"endpoint": "r.svc:6379", "credentialsSecretRef": {"name": "nope"}}}
+    first = kopf.Patch()
+    with pytest.raises(kopf.TemporaryError):
+        handler(registry, "reconcile")(body=body(spec), patch=first, memo=kopf.Memo())
+    assert warnings == ["SecretNotFound"]
+    shown = {**body(spec), "status": dict(first["status"])}  # what the first attempt wrote, as a retry reads it
+    with pytest.raises(kopf.TemporaryError):
+        handler(registry, "reconcile")(body=kopf.Body(shown), patch=kopf.Patch(), memo=kopf.Memo(), retry=3)
+    assert warnings == ["SecretNotFound"]
+    other = {**spec, "external": {**spec["external"], "credentialsSecretRef": {"name": "other"}}}
+    shown = {**body(other), "status": dict(first["status"])}
+    with pytest.raises(kopf.TemporaryError):
+        handler(registry, "reconcile")(body=kopf.Body(shown), patch=kopf.Patch(), memo=kopf.Memo(), retry=4)
+    assert warnings == ["SecretNotFound", "SecretNotFound"]  # another Secret named: another message

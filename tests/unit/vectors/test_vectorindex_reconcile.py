@@ -4,6 +4,7 @@ reconcile + observation of an index without a source on qdrant-client's local mo
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import json
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ from mlinfra.engines import qdrant as qdrant_engine
 from mlinfra.handlers import kind
 from mlinfra.handlers import vectorindex as handler
 from mlinfra.problems import Problem, ProblemError
-from mlinfra.vectors import collection, jobs, rebuild, reconcile, status
+from mlinfra.vectors import attempts, collection, jobs, rebuild, rebuild_cli, reconcile, status
 
 NS, NAME = "ml", "docs"
 
@@ -456,9 +457,18 @@ def backfill_failed(cause: Exception | None) -> rebuild.BackfillFailed:
     [(INVALID_JSON_PATH, True), (UNAVAILABLE, False), (httpx.ReadTimeout("timed out"), False), (None, False)],
     ids=["refused", "503", "timeout", "count-mismatch"],
 )
-def test_a_backfill_qdrant_refuses_is_stalled_and_rechecked(cause: Exception | None, stalled: bool) -> None:
-    pg = connection.ConnectionInfo.for_engine("postgres", "pg.example", "pg-s3cret")
-    problem = reconcile.backfill_problem(backfill_failed(cause), pg)
-    assert (problem.reason, problem.stalled) == (reconcile.BACKFILL_FAILED, stalled)
-    assert problem.recheck == (reconcile.QDRANT_REFUSED_RECHECK if stalled else None)
-    assert problem.message.startswith("backfill of 'docs-2' ")
+def test_a_backfill_qdrant_refuses_is_stalled_and_retried_after_the_backoff(
+    cause: Exception | None, stalled: bool
+) -> None:
+    """The rebuild Job names a refusal in its termination message; the operator's BackfillFailed is Stalled
+    then (every attempt fails alike), else temporary; either way the next attempt comes after the backoff."""
+    reason = rebuild_cli.reason_of(backfill_failed(cause))
+    assert reason == (rebuild_cli.QDRANT_REFUSED if stalled else rebuild_cli.BACKFILL_FAILED)
+    last = attempts.Attempt(1, "docs-rebuild-1", "docs-2", False, "BackoffLimitExceeded", None, False, "")
+    found = collection.Result(alias="docs", collection="docs-1", target="docs-2")
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    detail = f"Job docs-rebuild-1 failed; its container: Error (exit code 1): {reason}: backfill of 'docs-2' ..."
+    problem = reconcile.attempt_problem(last, detail, found, now + datetime.timedelta(seconds=60), now, ("pg-s3cret",))
+    assert (problem.reason, problem.stalled, problem.recheck) == (reconcile.BACKFILL_FAILED, stalled, 60.0)
+    assert problem.message.startswith("rebuild attempt 1 failed: Job docs-rebuild-1 failed")
+    assert problem.message.endswith("alias docs left on docs-1; attempt 2 starts at 2026-01-01T00:01:00Z")

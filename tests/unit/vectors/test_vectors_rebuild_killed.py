@@ -1,6 +1,6 @@
 """A rebuild killed at its last step: the collection it replaced stays recorded, so retention still prunes it
-and the status still reports it (the issue 13 e2e test kills the operator mid-backfill; this is the moment
-after the alias swap, which no test can hit from outside)."""
+and the status still reports it (the issue 13 e2e test kills the rebuild Job's process mid-backfill, and the
+operator while the process runs; this is the moment after the alias swap, which no test can hit from outside)."""
 
 from __future__ import annotations
 
