@@ -32,7 +32,7 @@ from mlinfra.devenv import procs
 from mlinfra.devenv import qdrant as devenv_qdrant
 from mlinfra.devenv import vector_sample as sample
 from mlinfra.devenv.postgres import start_postgres
-from mlinfra.vectors import collection, sync
+from mlinfra.vectors import collection, sync, syncrole
 
 TABLE = "bench_docs"
 NAMESPACE = "bench"
@@ -80,6 +80,7 @@ def bench_ours(conn: Any, client: QdrantClient, batch_size: int) -> tuple[float,
     s = spec(f"bench-b{batch_size}", batch_size)
     drop(client, s.collection)
     collection.ensure(client, s, owner="bench/vectors")
+    syncrole.ensure_bookkeeping(conn)  # the operator's part (its reconcile): a sync run creates nothing
     started = time.perf_counter()
     result = sync.sync(conn, client, s, NAMESPACE, s.collection)
     secs = time.perf_counter() - started

@@ -13,16 +13,13 @@ a backer of its own serves the managed stores.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import datetime
 import functools
 import hashlib
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +29,7 @@ import pytest
 import yaml
 from prometheus_client import parser
 
-from e2e_support import condition, get_json, wait_for
+from e2e_support import condition, get_json, run_job_command, wait_for
 from mlinfra.devenv import operator as op_mod
 from mlinfra.devenv import procs
 from mlinfra.devenv.backer import Backer
@@ -165,23 +162,8 @@ def materialize(cp: ControlPlane, ns: str, backer: Backer, tmp: Path) -> None:
     cp.kubectl("annotate", "featureview", VIEW, "-n", ns, f"{jobs.SYNC_REQUESTED_ANNOTATION}=before-upgrade")
     job = jobs.ondemand_job_name(VIEW, "before-upgrade")
     wait_for("the on-demand Job", lambda: cp.kubectl("get", "job", job, "-n", ns, check=False).returncode == 0, 60)
-    container = get_json(cp, "job", job, "-n", ns)["spec"]["template"]["spec"]["containers"][0]
-    env = {
-        **os.environ,
-        **{e["name"]: e["value"] for e in container["env"] if "value" in e},
-        "MLINFRA_ENDPOINT_MAP": str(backer.map_path),
-    }
-    for role, store in (("OFFLINE", "offline"), ("ONLINE", "online")):
-        directory = tmp / role.lower()
-        directory.mkdir(parents=True)
-        for key, value in get_json(cp, "secret", f"{store}-conn", "-n", ns)["data"].items():
-            (directory / key).write_bytes(base64.b64decode(value))
-        env[f"MLINFRA_{role}_CONN_DIR"] = str(directory)
-    env.pop("KUBECONFIG", None)  # the Job's pod has no API access
-    run = subprocess.run(
-        [sys.executable, "-m", "mlinfra", *container["args"]], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert run.returncode == 0, run.stderr
+    # As the Job would run it: its args, its env, the Secrets its pod mounts (the view's own credentials).
+    run_job_command(cp, ns, get_json(cp, "job", job, "-n", ns)["spec"]["template"]["spec"], backer, tmp)
     wait_for(
         "the run in status",
         lambda: (

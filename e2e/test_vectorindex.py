@@ -26,7 +26,7 @@ from mlinfra.devenv.operator import OperatorProcess
 from mlinfra.devenv.postgres import PostgresCluster
 from mlinfra.engines import connection
 from mlinfra.vectors import collection as vi_collection
-from mlinfra.vectors import jobs
+from mlinfra.vectors import jobs, syncrole
 from mlinfra.vectors.collection import APPLIED_KEY
 
 DIM = 8
@@ -215,11 +215,21 @@ def test_vectorindex_sync_rebuild_and_query(
     wait_for("rowsBehind = 120", lambda: vi(cp, ns, name)["status"].get("sync", {}).get("rowsBehind") == 120, 60)
     assert cond(cp, ns, name, "Synced")["reason"] == "Behind"
 
-    # The CronJob runs `mlinfra sync vectorindex` with both connection Secrets; the Job's command syncs.
+    # The CronJob runs `mlinfra sync vectorindex` with two connection Secrets: the source as the index's own
+    # least-privilege role (not the store's admin), Qdrant as its store (no per-collection credentials); the
+    # Job's command syncs.
     cron = get_json(cp, "cronjob", jobs.cronjob_name(name), "-n", ns)
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert pod["containers"][0]["args"] == ["sync", "vectorindex", f"{ns}/{name}"]
-    assert {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v} == {"source-conn", f"{STORE}-conn"}
+    secrets = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert secrets == {syncrole.secret_name(name), f"{STORE}-conn"}
+    mounted, admin = (
+        connection.ConnectionInfo.from_secret_base64(get_json(cp, "secret", secret, "-n", ns)["data"])
+        for secret in (syncrole.secret_name(name), "source-conn")
+    )
+    assert mounted.username == syncrole.role_name(ns, name) and mounted.username != admin.username
+    assert mounted.password != admin.password
+    assert (mounted.endpoint, mounted.database) == (admin.endpoint, admin.database)
     summary = run_job_command(cp, ns, pod, backer, tmp_path / "run1")
     assert summary["outcome"] == "Succeeded" and summary["upserted"] == 120
     wait_for(
@@ -380,6 +390,16 @@ def test_vectorindex_sync_rebuild_and_query(
     wait_for("previous collection deleted", lambda: "previousCollection" not in vi(cp, ns, name)["status"], 90)
     with space.client() as client:
         assert not client.collection_exists(first)
+        assert client.count(alias, exact=True).count == 149
+
+    # Deleted: the sync role goes with the index; the collection and the bookkeeping rows stay.
+    role = syncrole.role_name(ns, name)
+    cp.kubectl("delete", "vectorindex", name, "-n", ns, "--wait=true", "--timeout=60s")
+    with pg.primary.connect() as conn:
+        assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None
+        kept = conn.execute("SELECT count(*) FROM mlinfra.vector_watermarks WHERE name = %s", (name,)).fetchone()
+        assert kept == (1,)
+    with space.client() as client:
         assert client.count(alias, exact=True).count == 149
 
 

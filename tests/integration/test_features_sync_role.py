@@ -11,6 +11,7 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -401,3 +402,40 @@ def test_a_table_created_again_by_hand_loses_the_grants_until_they_are_given_aga
     assert syncrole.in_place(admin, view.spec, NS, view.name)
     with view.connect() as conn:
         assert materialize.materialize(view.spec, conn, rds, NS, view.name).rows == 1
+
+
+def test_views_reconciled_at_once_do_not_fail_each_others_grants(
+    admin: Conn, postgres_cluster: PostgresCluster, database: str
+) -> None:
+    """Six views' roles made and re-made at the same moment, each on a connection of its own (as the operator's
+    workers do): every grant lands; none fails with PostgreSQL's "tuple concurrently updated" (found when six
+    FeatureViews were reconciled together on one database)."""
+    views = [View(admin, postgres_cluster.primary, database) for _ in range(6)]
+    errors: list[BaseException] = []
+
+    def ensure(view: View, start: threading.Barrier) -> None:
+        try:
+            with connection.postgres(admin_info(postgres_cluster.primary, database)) as conn:
+                start.wait(timeout=30)
+                syncrole.ensure(conn, database, view.spec, NS, view.name, view.password)
+        except BaseException as exc:
+            errors.append(exc)
+
+    for _ in range(3):
+        for view in views:  # privileges taken away by hand: every role's ensure() writes the catalog again
+            admin.execute(
+                sql.SQL("REVOKE ALL ON SCHEMA {} FROM {}").format(sql.Identifier("mlinfra"), sql.Identifier(view.role))
+            )
+            admin.execute(
+                sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(sql.Identifier(database), sql.Identifier(view.role))
+            )
+        start = threading.Barrier(len(views))
+        threads = [threading.Thread(target=ensure, args=(view, start)) for view in views]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert errors == []
+    for view in views:
+        with view.connect() as conn:  # each role as ensure() left it: it reads its own watermark rows
+            conn.execute("SELECT count(*) FROM mlinfra.watermarks").fetchone()

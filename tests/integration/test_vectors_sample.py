@@ -19,7 +19,7 @@ from mlinfra.api import vectorindex
 from mlinfra.devenv import qdrant as devenv_qdrant
 from mlinfra.devenv import vector_sample as sample
 from mlinfra.devenv.postgres import PostgresCluster
-from mlinfra.vectors import collection, sync
+from mlinfra.vectors import collection, sync, syncrole
 
 pytestmark = [
     pytest.mark.integration,
@@ -46,6 +46,7 @@ def table(postgres_cluster: PostgresCluster) -> Iterator[tuple[Conn, str]]:
     with postgres_cluster.primary.connect() as conn:
         sample.create_table(conn, "public", name)
         assert sample.load(conn, name, sample.DEFAULT_ROWS, SEED) == sample.DEFAULT_ROWS
+        syncrole.ensure_bookkeeping(conn)  # the operator's, in the reconcile: a sync run creates nothing
         yield conn, name
         conn.execute(f"DROP TABLE {name}")
         conn.execute(f"DROP FUNCTION {name}_touch()")

@@ -16,7 +16,7 @@ from qdrant_client import QdrantClient
 from mlinfra.api import vectorindex
 from mlinfra.devenv import qdrant as devenv_qdrant
 from mlinfra.devenv.postgres import PostgresCluster
-from mlinfra.vectors import collection, rebuild, sync
+from mlinfra.vectors import collection, rebuild, sync, syncrole
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +38,7 @@ def table(postgres_cluster: PostgresCluster) -> Iterator[tuple[Conn, str]]:
             f"CREATE TABLE {name} (id bigint PRIMARY KEY, embedding real[], lang text, "
             "updated_at timestamptz NOT NULL DEFAULT clock_timestamp(), deleted boolean DEFAULT false)"
         )
+        syncrole.ensure_bookkeeping(conn)  # the operator's, in the reconcile: a sync run creates nothing
         yield conn, name
         conn.execute(f"DROP TABLE {name}")
 

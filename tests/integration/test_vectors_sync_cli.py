@@ -1,6 +1,7 @@
 """``mlinfra sync vectorindex`` as the Job runs it: a real process, real PostgreSQL, Qdrant through a mounted
 connection (qdrant-client local mode on a directory here, via the endpoint map; the real server at
-``QDRANT_URL`` when set). Covers the run history, the one-run lock, a SIGKILL between batches, bad input."""
+``QDRANT_URL`` when set) and the index's own sync role as the source connection, as the Job mounts it. Covers
+the run history, the one-run lock, a SIGKILL between batches, bad input, the bookkeeping missing."""
 
 from __future__ import annotations
 
@@ -20,12 +21,15 @@ from urllib import parse
 import psycopg
 import pytest
 import yaml
+from psycopg import sql
 
 from mlinfra.devenv import qdrant as devenv_qdrant
+from mlinfra.devenv import secretscan
 from mlinfra.devenv.postgres import PostgresCluster
 from mlinfra.engines import connection, endpoints
 from mlinfra.engines import qdrant as qdrant_engine
-from mlinfra.vectors import collection, runs, sync_cli
+from mlinfra.stores import credentials
+from mlinfra.vectors import collection, runs, sync_cli, syncrole
 from mlinfra.vectors import sync as vsync
 
 pytestmark = [pytest.mark.integration, pytest.mark.qdrant]
@@ -92,7 +96,7 @@ def setup(postgres_cluster: PostgresCluster, tmp_path: Path) -> Iterator[Setup]:
     table, name = f"emb_{suffix}", f"{prefix}docs"
     pg = postgres_cluster.primary
     pg_info = connection.ConnectionInfo.for_engine("postgres", "127.0.0.1", pg.password, port=pg.port)
-    env = {**os.environ, sync_cli.SOURCE_DIR_ENV: str(write_conn_dir(tmp_path / "source", pg_info))}
+    env = dict(os.environ)
     env.pop("KUBECONFIG", None)
     url = os.environ.get("QDRANT_URL")
     if url:
@@ -146,11 +150,21 @@ def setup(postgres_cluster: PostgresCluster, tmp_path: Path) -> Iterator[Setup]:
             "updated_at timestamptz NOT NULL DEFAULT clock_timestamp(), deleted boolean DEFAULT false)"
         )
         vi = sync_cli.load_index(NS, name, spec_file)
+        assert vi.spec.source is not None
+        # As the reconcile leaves it: the bookkeeping made by the operator, the Job's source connection the
+        # index's own sync role (the Secret <index>-sync-source), which may run no DDL.
+        syncrole.ensure_bookkeeping(conn)
+        password = credentials.new_password()
+        secretscan.track(password)
+        role = syncrole.ensure(conn, pg_info.database or "postgres", vi.spec.source, NS, name, password)
+        role_info = dataclasses.replace(pg_info, username=role, password=password)
+        env[sync_cli.SOURCE_DIR_ENV] = str(write_conn_dir(tmp_path / "source", role_info))
         with qdrant_engine.open_client(q_info) as client:
             collection.ensure(client, vi.spec, owner="test/vectors")
         try:
             yield Setup(conn, table, name, env, q_info, spec_file)
         finally:
+            syncrole.drop(conn, NS, name)
             conn.execute(f"DROP TABLE {table}")
             with qdrant_engine.open_client(q_info) as client:
                 devenv_qdrant.remove_prefixed(client, prefix)
@@ -222,3 +236,16 @@ def test_a_missing_column_fails_the_run_naming_it(setup: Setup) -> None:
     assert "spec.source.deletedColumn: column 'deleted' does not exist" in summary["error"]
     last = runs.last(setup.conn, NS, setup.name)
     assert last is not None and last.outcome == "Failed" and "deletedColumn" in (last.message or "")
+
+
+def test_without_its_grants_the_run_creates_nothing_and_says_what_is_missing(setup: Setup) -> None:
+    setup.insert(range(1, 4), random.Random(4))
+    role = sql.Identifier(syncrole.role_name(NS, setup.name))
+    setup.conn.execute(sql.SQL("REVOKE SELECT (lang) ON {} FROM {}").format(sql.Identifier(setup.table), role))
+    code, summary = setup.run()
+    assert code == 2 and summary["outcome"] == "Failed"
+    assert f"table public.{setup.table}: column(s) lang not readable by this role" in summary["error"]
+    setup.conn.execute(sql.SQL("REVOKE INSERT ON mlinfra.vector_sync_runs FROM {}").format(role))
+    code, summary = setup.run()
+    assert code == 2 and "mlinfra.vector_sync_runs do not exist or this role may not use them" in summary["error"]
+    assert runs.last(setup.conn, NS, setup.name) is None and count(setup) == 0

@@ -15,7 +15,7 @@ from qdrant_client import QdrantClient
 from mlinfra.api import vectorindex
 from mlinfra.devenv import qdrant as devenv_qdrant
 from mlinfra.devenv.postgres import PostgresCluster
-from mlinfra.vectors import collection, rebuild, sync
+from mlinfra.vectors import collection, rebuild, sync, syncrole
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]  # the old failure mode was an endless loop
 
@@ -33,6 +33,7 @@ def table(postgres_cluster: PostgresCluster) -> Iterator[tuple[Conn, str]]:
             f"CREATE TABLE {name} (id bigint, embedding double precision[], score double precision, "
             "updated_at timestamptz DEFAULT clock_timestamp(), deleted boolean)"
         )
+        syncrole.ensure_bookkeeping(conn)  # the operator's, in the reconcile: a sync run creates nothing
         yield conn, name
         conn.execute(f"DROP TABLE {name}")
 

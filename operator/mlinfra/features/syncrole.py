@@ -86,8 +86,9 @@ def ensure(
     """Create or update the view's role and make its privileges exactly the module docstring's; its name.
 
     ``conn``: the operator's admin connection to ``database``, outside a transaction (everything happens in
-    one, under an advisory lock per role). Raises RoleConflict (nothing changed) for a role of the name that
-    is not this view's. Privileges already as wanted are not granted again (no catalog write).
+    one, under the database's grants lock: ``pg_roles.lock_grants``). Raises RoleConflict (nothing changed)
+    for a role of the name that is not this view's. Privileges already as wanted are not granted again (no
+    catalog write).
     """
     if conn.info.transaction_status != pq.TransactionStatus.IDLE:
         raise ValueError("syncrole.ensure() needs a connection outside a transaction")
@@ -100,7 +101,7 @@ def ensure(
         (layout.BOOKKEEPING_SCHEMA, layout.WATERMARKS_TABLE),
     )
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"mlinfra:syncrole:{name}",))
+        pg_roles.lock_grants(conn)
         pg_roles.ensure_login_role(conn, name, password, mark(namespace, view), COMMENT_PREFIX, "FeatureView")
         role = sql.Identifier(name)
         if not _holds(conn, "datacl", "pg_database", "datname", database, name, "CONNECT"):
@@ -123,9 +124,10 @@ def ensure(
             if nsp not in wanted_schemas:
                 conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM {}").format(sql.Identifier(nsp), role))
         # CREATE SCHEMA gives PUBLIC nothing; this only undoes a grant made by hand on the operator's schema.
-        conn.execute(
-            sql.SQL("REVOKE CREATE ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(layout.BOOKKEEPING_SCHEMA))
-        )
+        if pg_roles.public_holds(conn, layout.BOOKKEEPING_SCHEMA, "CREATE"):
+            conn.execute(
+                sql.SQL("REVOKE CREATE ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(layout.BOOKKEEPING_SCHEMA))
+            )
         for relation in (runs, marks):
             _ensure_policy(conn, relation, name, namespace, view)
     return name
@@ -149,7 +151,7 @@ def drop(conn: Conn, namespace: str, view: str) -> bool:
         raise ValueError("syncrole.drop() needs a connection outside a transaction")
     name = role_name(namespace, view)
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"mlinfra:syncrole:{name}",))
+        pg_roles.lock_grants(conn)
         exists, comment = pg_roles.comment_of(conn, name)
         if not exists or comment != mark(namespace, view):
             return False

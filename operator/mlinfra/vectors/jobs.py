@@ -10,7 +10,7 @@ from typing import Any
 from mlinfra.api import vectorindex as api
 from mlinfra.engines import names as store_names
 from mlinfra.k8s import syncjobs
-from mlinfra.vectors import sync_cli
+from mlinfra.vectors import sync_cli, syncrole
 
 SYNC_REQUESTED_ANNOTATION = syncjobs.SYNC_REQUESTED_ANNOTATION
 KIND_LABEL = "mlinfra.io/vectorindex"
@@ -72,8 +72,9 @@ def sync_job(vi: api.VectorIndex) -> syncjobs.SyncJob:
 
 
 def _job(vi: api.VectorIndex, command: Sequence[str], component: str, **extra: Any) -> syncjobs.SyncJob:
-    """The Job of ``command`` (``sync vectorindex``, ``rebuild vectorindex``): the spec and both stores'
-    connection Secrets, mounted alike."""
+    """The Job of ``command`` (``sync vectorindex``, ``rebuild vectorindex``): the spec, the index's own sync
+    role's Secret for the source (``syncrole.secret_name``: not the store's admin credentials) and the Qdrant
+    store's Secret (Qdrant has no per-collection credentials here), mounted alike."""
     assert vi.spec.source is not None
     ns, name = vi.metadata.namespace or "default", vi.metadata.name
     verb, kind, *options = command
@@ -87,7 +88,7 @@ def _job(vi: api.VectorIndex, command: Sequence[str], component: str, **extra: A
         mounts=(
             syncjobs.Mount(
                 "source-conn",
-                store_names.connection_secret(vi.spec.source.store_ref.name),
+                syncrole.secret_name(name),
                 SOURCE_DIR,
                 sync_cli.SOURCE_DIR_ENV,
             ),

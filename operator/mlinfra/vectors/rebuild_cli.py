@@ -10,7 +10,8 @@ count, moves the alias (:mod:`mlinfra.vectors.rebuild`) and commits the watermar
 collection: nothing to do.
 
 Prints one JSON line. Exit codes as the sync's: 0 done (or nothing to do), 1 the rebuild failed (the alias
-stayed), 2 it could not start (a lock held, no spec or connection). On failure the error, one line without
+stayed), 2 it could not start (a lock held, no spec or connection, the bookkeeping or the role's grants not in
+place: like the sync, it connects as the index's sync role and creates nothing). On failure the error, one line without
 secrets, also goes to the pod's termination message (``/dev/termination-log``, when the kubelet provided it),
 ``<Reason>: <message>``, where the operator reads it: :data:`QDRANT_REFUSED` marks a refusal no retry fixes.
 
@@ -30,7 +31,7 @@ from mlinfra.engines import connection, observation
 from mlinfra.engines import qdrant as qdrant_engine
 from mlinfra.k8s import objects
 from mlinfra.stores import sync_command
-from mlinfra.vectors import collection, rebuild, runs, source, sync, sync_cli
+from mlinfra.vectors import collection, rebuild, runs, source, sync, sync_cli, syncrole
 
 TERMINATION_LOG_ENV = "MLINFRA_TERMINATION_LOG"  # tests point it at a file of their own
 TERMINATION_LOG = "/dev/termination-log"
@@ -100,6 +101,7 @@ def run(target: str, file: pathlib.Path | None = None) -> int:
             runs.rebuilding(conn, namespace, name),
             runs.exclusive(conn, namespace, name),
         ):
+            syncrole.require(conn, spec.source)  # no DDL: the index's role may run none (vectors.syncrole)
             shape = source.inspect(conn, spec.source)
             with qdrant_engine.open_client(qdrant_info) as client:
                 if collection.alias_target(client, alias) == wanted:
@@ -116,6 +118,8 @@ def run(target: str, file: pathlib.Path | None = None) -> int:
             sync.commit_watermark(conn, namespace, name, filled[-1].watermark)
     except runs.RunInProgress as error:
         return _failed(target, RUN_IN_PROGRESS, str(error), sync_command.EXIT_UNUSABLE)
+    except syncrole.NotReady as error:
+        return _failed(target, UNUSABLE, str(error), sync_command.EXIT_UNUSABLE)
     except Exception as error:
         message = str(error) if isinstance(error, rebuild.BackfillFailed | collection.CollectionError) else None
         message = observation.scrub(message or f"{type(error).__name__}: {error}", *secrets)

@@ -1,7 +1,8 @@
 """Reconcile a VectorIndex: resolve its stores, check the source table, make the collection match the spec
 (creating it, repairing drift, and on an immutable change a blue/green rebuild run by a Job: started, followed,
-retried after a backoff), prune the previous collection when its retention ran out, own the sync CronJob; and
-observe the collection and the sync.
+retried after a backoff), prune the previous collection when its retention ran out, make the sync role and the
+Secret its Jobs mount (``vectors.synccreds``), own the sync CronJob; observe the collection and the sync; drop
+the sync role on deletion.
 
 No Kopf here (handlers/vectorindex.py wires it through ``handlers.kind``). What the user must act on is
 raised as a ``Problem``; what the operator did is posted through the object's reporter as events.
@@ -25,7 +26,19 @@ from mlinfra.engines import qdrant as qdrant_engine
 from mlinfra.k8s import jobstatus
 from mlinfra.problems import INVALID_SPEC, Problem, ProblemError
 from mlinfra.stores import children, refs
-from mlinfra.vectors import attempts, collection, jobs, rebuild, rebuild_cli, runs, source, status, sync
+from mlinfra.vectors import (
+    attempts,
+    collection,
+    jobs,
+    rebuild,
+    rebuild_cli,
+    runs,
+    source,
+    status,
+    sync,
+    synccreds,
+    syncrole,
+)
 
 IMMUTABLE_WITHOUT_SOURCE = "ImmutableFieldChange"
 COLLECTION_CONFLICT = "CollectionConflict"
@@ -139,6 +152,7 @@ def reconcile(ctx: Context, obj: Obj[api.VectorIndex]) -> None:
 
     def start_or_wait(found: collection.Result) -> None:
         assert rebuilds is not None and stores.source is not None
+        _sync_credentials(ctx, obj, stores)  # what the rebuild Job mounts
         _start_or_wait(ctx, obj, found, rebuilds, (stores.source.password, stores.qdrant.password))
 
     try:
@@ -150,6 +164,7 @@ def reconcile(ctx: Context, obj: Obj[api.VectorIndex]) -> None:
     except QDRANT_FAILURES as exc:
         raise _qdrant_problem(exc, stores.qdrant) from None
     announce(obj.report, applied, drift=False)
+    _sync_credentials(ctx, obj, stores)  # what the sync Jobs mount, once the collection is the index's
     if applied.rebuilt is not None and rebuilds is not None and rebuilds.attempts:
         # Once per rebuild: the next reconcile finds the Job marked and posts nothing.
         newest = rebuilds.attempts[-1].job
@@ -161,6 +176,21 @@ def reconcile(ctx: Context, obj: Obj[api.VectorIndex]) -> None:
         children.apply(ctx.kube, cron)
     else:
         children.delete(ctx.kube, obj.owner_reference(), "CronJob", obj.namespace, jobs.cronjob_name(obj.name))
+
+
+def delete(ctx: Context, obj: Obj[api.VectorIndex]) -> None:
+    """What deleting the index does besides garbage collection: its sync role goes (``synccreds.drop``). The
+    collections stay (users' vectors), as do the source table and the bookkeeping rows."""
+    synccreds.drop(ctx, obj)
+
+
+def _sync_credentials(ctx: Context, obj: Obj[api.VectorIndex], stores: Stores) -> None:
+    """The bookkeeping, the index's sync role and the Secret its Jobs mount for the source
+    (``vectors.synccreds``); nothing without a source."""
+    if obj.model.spec.source is None or stores.source is None:
+        return
+    with connection.postgres(stores.source, application_name=synccreds.APPLICATION_NAME) as conn:
+        synccreds.ensure(ctx, obj, conn, stores.source)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -369,6 +399,7 @@ def _ensure_in(
 
 def _reset_watermark(pg: connection.ConnectionInfo, ns: str, name: str) -> None:
     with connection.postgres(pg, application_name="mlinfra-operator") as conn:
+        syncrole.ensure_bookkeeping(conn)
         sync.commit_watermark(conn, ns, name, sync.Watermark())
 
 
@@ -404,6 +435,7 @@ def observe(ctx: Context, obj: Obj[api.VectorIndex]) -> dict[str, Any]:
         try:
             with connection.postgres(stores.source, application_name="mlinfra-operator") as conn:
                 source.inspect(conn, spec.source)
+                synccreds.repair(ctx, obj, conn, stores.source)  # before the Jobs it may start need the grants
                 progress = sync.progress(conn, spec, ns, name)
                 last = runs.last(conn, ns, name)
         except source.SourceInvalid as exc:

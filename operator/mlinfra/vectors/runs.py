@@ -17,8 +17,10 @@ import psycopg
 from psycopg import sql
 
 from mlinfra.api import common
+from mlinfra.vectors import syncrole
 
-RUNS = sql.Identifier("mlinfra", "vector_sync_runs")
+# Made by the operator (syncrole.ensure_bookkeeping), never here: the Jobs' role may run no DDL.
+RUNS = sql.Identifier(*syncrole.RUNS)
 KILLED = "the run stopped before finishing (killed or crashed); the next run resumed from its last batch"
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -26,24 +28,6 @@ Conn = psycopg.Connection[tuple[Any, ...]]
 
 class RunInProgress(Exception):
     """Another sync (or rebuild) of the same index holds the lock."""
-
-
-def ensure_table(conn: Conn) -> None:
-    with conn.transaction():
-        conn.execute("CREATE SCHEMA IF NOT EXISTS mlinfra")
-        conn.execute(
-            sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {} (id bigserial PRIMARY KEY, namespace text NOT NULL, "
-                "name text NOT NULL, start_time timestamptz NOT NULL DEFAULT now(), end_time timestamptz, "
-                "rows bigint, upserted bigint, deleted bigint, bad_rows bigint, watermark timestamptz, "
-                "outcome text NOT NULL, error text)"
-            ).format(RUNS)
-        )
-        conn.execute(
-            sql.SQL("CREATE INDEX IF NOT EXISTS vector_sync_runs_name_idx ON {} (namespace, name, id DESC)").format(
-                RUNS
-            )
-        )
 
 
 def _lock_key(namespace: str, name: str) -> str:
@@ -146,7 +130,7 @@ def finish(
 
 def last(conn: Conn, namespace: str, name: str) -> common.SyncRun | None:
     """The newest run, as ``status.sync.lastRun`` (None when there is none or no table yet)."""
-    exists = conn.execute("SELECT to_regclass('mlinfra.vector_sync_runs') IS NOT NULL").fetchone()
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (".".join(syncrole.RUNS),)).fetchone()
     if not exists or not exists[0]:
         return None
     row = conn.execute(

@@ -42,9 +42,11 @@ from qdrant_client.http import models
 
 from mlinfra.api import vectorindex
 from mlinfra.vectors import source as source_mod
+from mlinfra.vectors import syncrole
 
-BOOKKEEPING_SCHEMA = "mlinfra"
-WATERMARKS = sql.Identifier(BOOKKEEPING_SCHEMA, "vector_watermarks")
+BOOKKEEPING_SCHEMA = syncrole.BOOKKEEPING_SCHEMA
+# Made by the operator (syncrole.ensure_bookkeeping), never here: the Jobs' role may run no DDL.
+WATERMARKS = sql.Identifier(*syncrole.WATERMARKS)
 DEFAULT_SCHEMA = "public"
 BAD_ROWS_KEPT = 1000
 
@@ -84,19 +86,6 @@ class BadRows:
     def add(self, found: Sequence[tuple[str, str]], total: int | None = None) -> None:
         self.count += len(found) if total is None else total
         self.kept += found[: max(0, BAD_ROWS_KEPT - len(self.kept))]
-
-
-def ensure_bookkeeping(conn: Conn) -> None:
-    """The watermark table (idempotent)."""
-    with conn.transaction():
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(BOOKKEEPING_SCHEMA)))
-        conn.execute(
-            sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {} (namespace text NOT NULL, name text NOT NULL, "
-                "updated_at_mark timestamptz, last_id text, updated_at timestamptz NOT NULL DEFAULT now(), "
-                "PRIMARY KEY (namespace, name))"
-            ).format(WATERMARKS)
-        )
 
 
 def read_watermark(conn: Conn, namespace: str, name: str) -> Watermark:
@@ -308,7 +297,6 @@ def sync(
         raise ValueError("spec.source is not set: there is nothing to sync from")
     target = collection or spec.collection
     batch_size = spec.sync.batch_size if spec.sync else 500
-    ensure_bookkeeping(conn)
     mark = read_watermark(conn, namespace, name)
     rows = upserted = deleted = batches = 0
     bad = BadRows()
@@ -432,7 +420,6 @@ def snapshot_backfill(
 
 def commit_watermark(conn: Conn, namespace: str, name: str, mark: Watermark) -> None:
     """Set the index's watermark (after a rebuild swapped in a collection filled up to ``mark``)."""
-    ensure_bookkeeping(conn)
     _commit_watermark(conn, namespace, name, mark)
 
 
@@ -465,7 +452,6 @@ def rows_behind(conn: Conn, spec: vectorindex.VectorIndexSpec, namespace: str, n
     """Source rows after the committed watermark."""
     if spec.source is None:
         raise ValueError("spec.source is not set")
-    ensure_bookkeeping(conn)
     mark = read_watermark(conn, namespace, name)
     source = spec.source
     ident, updated = sql.Identifier(source.id_column), sql.Identifier(source.updated_at_column)

@@ -5,6 +5,10 @@ The VectorIndex comes from ``MLINFRA_VECTORINDEX_SPEC`` (set by the operator in 
 Kubernetes API. Connections: the mounted Secret directories ``MLINFRA_SOURCE_CONN_DIR`` (PostgreSQL) and
 ``MLINFRA_QDRANT_CONN_DIR``, else the DataStores' published Secrets (see :mod:`mlinfra.stores.sync_command`).
 
+In a Job the source connection is the index's own sync role (``vectors.syncrole``, the Secret
+``<index>-sync-source``): the run creates nothing, it checks that the bookkeeping the operator made is there
+and that the role may read the columns the spec names (exit 2 saying what is missing otherwise).
+
 The run holds the index's advisory lock (a concurrent run exits with code 2, doing nothing), records itself in
 ``mlinfra.vector_sync_runs``, writes into the collection the alias points at, and prints one JSON line.
 Exit codes: 0 success (bad rows are reported, not fatal), 1 the run failed, 2 it could not start.
@@ -24,7 +28,7 @@ from mlinfra.engines import connection
 from mlinfra.engines import qdrant as qdrant_engine
 from mlinfra.k8s import objects
 from mlinfra.stores import sync_command
-from mlinfra.vectors import runs, source, sync
+from mlinfra.vectors import runs, source, sync, syncrole
 
 SOURCE_DIR_ENV = "MLINFRA_SOURCE_CONN_DIR"
 QDRANT_DIR_ENV = "MLINFRA_QDRANT_CONN_DIR"
@@ -56,7 +60,8 @@ def run(target: str, file: pathlib.Path | None = None, full: bool = False) -> in
         return sync_command.EXIT_UNUSABLE
     try:
         with connection.postgres(pg_info, application_name="mlinfra-vector-sync", timeouts=connection.JOB) as conn:
-            runs.ensure_table(conn)
+            # No DDL: the index's role may run none; the operator's reconcile makes the bookkeeping and grants.
+            syncrole.require(conn, spec.source)
             with runs.exclusive(conn, namespace, name):
                 run_id = runs.start(conn, namespace, name)
                 try:
@@ -88,6 +93,9 @@ def run(target: str, file: pathlib.Path | None = None, full: bool = False) -> in
                 )
     except runs.RunInProgress as error:
         _emit({"vectorIndex": target, "outcome": "Skipped", "error": str(error)})
+        return sync_command.EXIT_UNUSABLE
+    except syncrole.NotReady as error:
+        _emit({"vectorIndex": target, "outcome": "Failed", "error": str(error)})
         return sync_command.EXIT_UNUSABLE
     except Exception as error:
         _emit({"vectorIndex": target, "outcome": "Failed", "error": f"{type(error).__name__}: {error}"})

@@ -328,7 +328,7 @@ def test_the_handler_is_wiring_of_the_package(ctx: Context) -> None:
     assert handler.KIND.reconcile is reconcile.reconcile and handler.KIND.observe is reconcile.observe
     assert handler.KIND.problem_status is status.problem_status
     assert handler.KIND.request_sync is reconcile.request_sync
-    assert handler.KIND.delete is None  # the collections hold users' vectors: never dropped
+    assert handler.KIND.delete is reconcile.delete  # the sync role goes; the collections (users' vectors) stay
     registry = kopf.OperatorRegistry()
     kind.register(registry, ctx, handler.KIND)
     changing = registry._changing.get_all_handlers()

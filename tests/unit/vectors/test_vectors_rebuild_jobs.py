@@ -261,6 +261,7 @@ class Source:
     def __init__(self) -> None:
         self.lock_held = False
         self.watermark_resets = 0
+        self.credentials: list[int] = []  # the rebuild Jobs there were each time the sync role was ensured
 
 
 @pytest.fixture
@@ -272,6 +273,11 @@ def source(monkeypatch: pytest.MonkeyPatch) -> Source:
         pg.watermark_resets += 1
 
     monkeypatch.setattr(reconcile, "_reset_watermark", reset)
+
+    def credentials(ctx: Context, obj: Obj[api.VectorIndex], stores: reconcile.Stores) -> None:
+        pg.credentials.append(len(ctx.kube.list_("Job", NS, jobs.rebuild_selector(NAME))))
+
+    monkeypatch.setattr(reconcile, "_sync_credentials", credentials)
     return pg
 
 
@@ -342,6 +348,7 @@ def test_a_rebuild_is_started_followed_retried_after_its_backoff_and_announced_o
     problem = problem_of(ctx, o)
     job1 = jobs.rebuild_job_name(NAME, target, 1)
     assert [j["metadata"]["name"] for j in rebuild_jobs(kube)] == [job1]
+    assert source.credentials[-1] == 0  # the sync role and its Secret before the Job that mounts them
     assert events(o) == [
         (
             "Normal",

@@ -242,7 +242,8 @@ def test_cronjob_only_with_a_schedule_and_a_source() -> None:
     assert cron is not None and cron["spec"]["suspend"] is True
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert pod["containers"][0]["args"] == ["sync", "vectorindex", "ml/docs"]
-    assert {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v} == {"pg-conn", "vectors-conn"}
+    # The source as the index's own sync role (not the store's admin Secret); Qdrant as its store.
+    assert {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v} == {"docs-sync-source", "vectors-conn"}
     assert pod["automountServiceAccountToken"] is False
 
 
