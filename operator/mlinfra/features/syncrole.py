@@ -31,7 +31,6 @@ is deleted (:func:`drop`), only while it carries the view's mark.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 import psycopg
@@ -103,14 +102,7 @@ def ensure(
     with conn.transaction():
         pg_roles.lock_grants(conn)
         pg_roles.ensure_login_role(conn, name, password, mark(namespace, view), COMMENT_PREFIX, "FeatureView")
-        role = sql.Identifier(name)
-        if not _holds(conn, "datacl", "pg_database", "datname", database, name, "CONNECT"):
-            conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database), role))
-        wanted_schemas = {layout.BOOKKEEPING_SCHEMA, schema_name}
-        for nsp in sorted(wanted_schemas):
-            if not _holds(conn, "nspacl", "pg_namespace", "nspname", nsp, name, "USAGE"):
-                conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(nsp), role))
-        sequence = _serial_sequence(conn, runs)
+        sequence = pg_roles.serial_sequence(conn, runs)
         wanted: dict[tuple[str, str], Privileges] = {
             (schema_name, table): frozenset(("SELECT", c) for c in read_columns(spec)),
             runs: frozenset({("SELECT", None), ("INSERT", None), *(("UPDATE", c) for c in RUN_UPDATES)}),
@@ -118,11 +110,7 @@ def ensure(
         }
         if sequence is not None:
             wanted[sequence] = frozenset({("USAGE", None)})
-        for relation in sorted(set(wanted) | set(_granted_relations(conn, name))):
-            _set_privileges(conn, relation, name, wanted.get(relation, frozenset()))
-        for nsp in _granted_schemas(conn, name):
-            if nsp not in wanted_schemas:
-                conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM {}").format(sql.Identifier(nsp), role))
+        pg_roles.grant_exactly(conn, name, database, {layout.BOOKKEEPING_SCHEMA, schema_name}, wanted)
         # CREATE SCHEMA gives PUBLIC nothing; this only undoes a grant made by hand on the operator's schema.
         if pg_roles.public_holds(conn, layout.BOOKKEEPING_SCHEMA, "CREATE"):
             conn.execute(
@@ -141,7 +129,7 @@ def in_place(conn: Conn, spec: featureview.FeatureViewSpec, namespace: str, view
     if not exists or comment != mark(namespace, view):
         return False
     schema_name, table = layout.offline_table(view, spec.offline.schema_name, spec.offline.table)
-    return _held(conn, (schema_name, table), name) == frozenset(("SELECT", c) for c in read_columns(spec))
+    return pg_roles.held(conn, (schema_name, table), name) == frozenset(("SELECT", c) for c in read_columns(spec))
 
 
 def drop(conn: Conn, namespace: str, view: str) -> bool:
@@ -152,128 +140,18 @@ def drop(conn: Conn, namespace: str, view: str) -> bool:
     name = role_name(namespace, view)
     with conn.transaction():
         pg_roles.lock_grants(conn)
-        exists, comment = pg_roles.comment_of(conn, name)
-        if not exists or comment != mark(namespace, view):
-            return False
-        role = sql.Identifier(name)
-        # Revokes its privileges here (database, schemas, tables) and drops the policies naming only it.
-        conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
-        conn.execute(sql.SQL("DROP ROLE {}").format(role))
-    return True
+        return pg_roles.drop_marked(conn, name, mark(namespace, view))
 
 
-# --- privileges, exactly ----------------------------------------------------------------------------------
-
-
-def _holds(conn: Conn, acl: str, catalog: str, key: str, value: str, role: str, privilege: str) -> bool:
-    """Whether ``role`` holds ``privilege`` by a grant of its own (not through PUBLIC) on a database or schema."""
-    row = conn.execute(
-        sql.SQL(
-            "SELECT EXISTS (SELECT 1 FROM {catalog} o, aclexplode(o.{acl}) x JOIN pg_roles r ON r.oid = x.grantee "
-            "WHERE o.{key} = %s AND r.rolname = %s AND x.privilege_type = %s)"
-        ).format(catalog=sql.Identifier(catalog), acl=sql.Identifier(acl), key=sql.Identifier(key)),
-        (value, role, privilege),
-    ).fetchone()
-    return bool(row and row[0])
-
-
-def _serial_sequence(conn: Conn, relation: tuple[str, str]) -> tuple[str, str] | None:
-    row = conn.execute(
-        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE c.oid = pg_get_serial_sequence(%s, 'id')::regclass",
-        (_regclass_text(relation),),
-    ).fetchone()
-    return (str(row[0]), str(row[1])) if row else None
-
-
-def _regclass_text(relation: tuple[str, str]) -> str:
-    return '"{}"."{}"'.format(*(part.replace('"', '""') for part in relation))
-
-
-def _granted_relations(conn: Conn, role: str) -> list[tuple[str, str]]:
-    """Every relation (table, view, sequence...) on which ``role`` holds a privilege of its own, or one on
-    some column of it."""
-    rows = conn.execute(
-        """SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-           WHERE EXISTS (SELECT 1 FROM aclexplode(c.relacl) x
-                         WHERE x.grantee = (SELECT oid FROM pg_roles WHERE rolname = %(r)s))
-              OR EXISTS (SELECT 1 FROM pg_attribute a, aclexplode(a.attacl) x WHERE a.attrelid = c.oid
-                         AND x.grantee = (SELECT oid FROM pg_roles WHERE rolname = %(r)s))""",
-        {"r": role},
-    ).fetchall()
-    return [(str(s), str(t)) for s, t in rows]
-
-
-def _granted_schemas(conn: Conn, role: str) -> list[str]:
-    rows = conn.execute(
-        "SELECT o.nspname FROM pg_namespace o, aclexplode(o.nspacl) x JOIN pg_roles r ON r.oid = x.grantee "
-        "WHERE r.rolname = %s",
-        (role,),
-    ).fetchall()
-    return sorted({str(r[0]) for r in rows})
-
-
-def _held(conn: Conn, relation: tuple[str, str], role: str) -> Privileges:
-    """What ``role`` holds on ``relation`` by grants of its own: table-wide and per column."""
-    rows = conn.execute(
-        """SELECT x.privilege_type, NULL FROM pg_class c, aclexplode(c.relacl) x
-             WHERE c.oid = to_regclass(%(rel)s) AND x.grantee = (SELECT oid FROM pg_roles WHERE rolname = %(r)s)
-           UNION ALL
-           SELECT x.privilege_type, a.attname FROM pg_attribute a, aclexplode(a.attacl) x
-             WHERE a.attrelid = to_regclass(%(rel)s) AND a.attnum > 0 AND NOT a.attisdropped
-               AND x.grantee = (SELECT oid FROM pg_roles WHERE rolname = %(r)s)""",
-        {"rel": _regclass_text(relation), "r": role},
-    ).fetchall()
-    return frozenset((str(p), str(c) if c is not None else None) for p, c in rows)
-
-
-def _set_privileges(conn: Conn, relation: tuple[str, str], role: str, wanted: Privileges) -> None:
-    """Make ``role``'s own privileges on ``relation`` exactly ``wanted`` (nothing written when they are).
-    GRANT and REVOKE wait for no lock of the table's readers and writers."""
-    if _held(conn, relation, role) == wanted:
-        return
-    target, grantee = sql.Identifier(*relation), sql.Identifier(role)
-    is_sequence = conn.execute(
-        "SELECT relkind = 'S' FROM pg_class WHERE oid = to_regclass(%s)", (_regclass_text(relation),)
-    ).fetchone()
-    kind = sql.SQL("SEQUENCE" if is_sequence and is_sequence[0] else "TABLE")
-    # Revoking table-wide privileges revokes them on every column too: start from nothing.
-    conn.execute(sql.SQL("REVOKE ALL ON {} {} FROM {}").format(kind, target, grantee))
-    for privilege, columns in _grouped(wanted):
-        cols = sql.SQL(" ({})").format(sql.SQL(", ").join(map(sql.Identifier, columns))) if columns else sql.SQL("")
-        conn.execute(sql.SQL("GRANT {}{} ON {} {} TO {}").format(sql.SQL(privilege), cols, kind, target, grantee))
-
-
-def _grouped(wanted: Iterable[tuple[str, str | None]]) -> list[tuple[str, Sequence[str]]]:
-    """(privilege, columns) per privilege; no columns for a table-wide one."""
-    by: dict[str, list[str]] = {}
-    whole: set[str] = set()
-    for privilege, column in wanted:
-        if column is None:
-            whole.add(privilege)
-        else:
-            by.setdefault(privilege, []).append(column)
-    out: list[tuple[str, Sequence[str]]] = [(p, ()) for p in sorted(whole)]
-    out += [(p, sorted(cols)) for p, cols in sorted(by.items()) if p not in whole]
-    return out
+# --- the bookkeeping rows' policy ------------------------------------------------------------------------
 
 
 def _ensure_policy(conn: Conn, relation: tuple[str, str], role: str, namespace: str, view: str) -> None:
-    """The role's policy on a bookkeeping table (named after the role): its own view's rows only. Created once
-    (CREATE POLICY locks the table, briefly: a short lock timeout gives way to a long holder)."""
-    found = conn.execute(
-        "SELECT 1 FROM pg_policies WHERE schemaname = %s AND tablename = %s AND policyname = %s", (*relation, role)
-    ).fetchone()
-    if found:
-        return
+    """The role's policy on a bookkeeping table: its own view's rows only (``pg_roles.ensure_row_policy``; a
+    long holder of the table's lock makes it give way, and it is tried again later)."""
     own = sql.SQL("namespace = {} AND view = {}").format(sql.Literal(namespace), sql.Literal(view))
-    conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(schema.DDL_LOCK_TIMEOUT * 1000)}ms",))
     try:
-        conn.execute(
-            sql.SQL("CREATE POLICY {} ON {} FOR ALL TO {} USING ({}) WITH CHECK ({})").format(
-                sql.Identifier(role), sql.Identifier(*relation), sql.Identifier(role), own, own
-            )
-        )
+        pg_roles.ensure_row_policy(conn, relation, role, own, schema.DDL_LOCK_TIMEOUT)
     except psycopg.errors.LockNotAvailable as exc:
         raise connection.PostgresDeadlineExceeded(
             f"table {'.'.join(relation)} is locked by another transaction: the sync role's row policy waited "

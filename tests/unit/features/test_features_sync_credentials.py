@@ -33,9 +33,3 @@ def test_the_acl_rules_name_the_views_keys_and_the_password_only_by_its_hash() -
 
 def test_glob_characters_of_a_name_are_literal_in_the_key_patterns() -> None:
     assert syncuser.key_patterns("n", "v*[x]?") == ("~fv:n:v\\*\\[x\\]\\?", "~fv:n:v\\*\\[x\\]\\?:*")
-
-
-def test_grants_are_grouped_per_privilege_table_wide_before_columns() -> None:
-    wanted = {("SELECT", None), ("INSERT", None), ("UPDATE", "b"), ("UPDATE", "a"), ("SELECT", "x")}
-    # A table-wide SELECT covers the columns: no column grant of it.
-    assert syncrole._grouped(wanted) == [("INSERT", ()), ("SELECT", ()), ("UPDATE", ["a", "b"])]
