@@ -245,7 +245,7 @@ def test_scheduled_lineage_sync_runs_as_a_cronjob(
     import subprocess
     import sys
 
-    from mlinfra.registry import jobs
+    from mlinfra.registry import jobs, lineagerole, reconcile
 
     cp = control_plane
     stores(cp, namespace, postgres_cluster, neo4j_server)
@@ -270,12 +270,22 @@ def test_scheduled_lineage_sync_runs_as_a_cronjob(
     container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == ["sync", "modelregistry", f"{namespace}/cron"]
     env = {**os.environ, **{e["name"]: e["value"] for e in container["env"]}}
-    for mount, secret in ((jobs.METADATA_DIR, "meta-conn"), (jobs.LINEAGE_DIR, "graph-conn")):
-        directory = tmp_path / mount.rsplit("/", 1)[-1]
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    secrets_ = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    # The metadata store through the registry's own lineage role, never the store's admin Secret; Neo4j
+    # Community has no narrower user: the lineage store's own Secret.
+    assert secrets_ == {"metadata-conn": lineagerole.secret_name("cron"), "lineage-conn": "graph-conn"}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    for volume, secret in secrets_.items():
+        directory = tmp_path / volume
         directory.mkdir()
-        for key, value in get_json(cp, "secret", secret, "-n", namespace)["data"].items():
-            (directory / key).write_bytes(base64.b64decode(value))
-        env[next(e["name"] for e in container["env"] if e["value"] == mount)] = str(directory)
+        data = {k: base64.b64decode(v) for k, v in get_json(cp, "secret", secret, "-n", namespace)["data"].items()}
+        if volume == "metadata-conn":
+            assert data["username"].decode() == lineagerole.role_name(namespace, "cron")
+            assert data["password"].decode() != postgres_cluster.password
+        for key, value in data.items():
+            (directory / key).write_bytes(value)
+        env[next(e["name"] for e in container["env"] if e["value"] == mounts[volume])] = str(directory)
     env.pop("KUBECONFIG", None)
     run = subprocess.run(
         [sys.executable, "-m", "mlinfra", *container["args"]], env=env, capture_output=True, text=True, timeout=120
@@ -292,3 +302,15 @@ def test_scheduled_lineage_sync_runs_as_a_cronjob(
             "MATCH (m:Model {registry: $registry}) RETURN m.id AS id, m.name AS name", registry=f"{namespace}/cron"
         )
     assert [(r["id"], r["name"]) for r in records] == [(1, "scheduled")]
+
+    # Deleted, the registry takes its lineage role along; its database and writer role stay.
+    cp.kubectl("delete", "modelregistry", "cron", "-n", namespace, "--wait=true", "--timeout=60s")
+    with postgres_cluster.primary.connect() as admin:
+        present = {
+            kind: admin.execute(
+                "SELECT 1 FROM pg_roles WHERE rolname = %s", (reconcile.role_name(namespace, "cron", kind),)
+            ).fetchone()
+            is not None
+            for kind in ("lineage", "writer")
+        }
+    assert present == {"lineage": False, "writer": True}

@@ -15,6 +15,7 @@ from mlinfra.devenv.controlplane import ControlPlane
 from mlinfra.devenv.realdemo import reach
 from mlinfra.devenv.realnode import RealNode
 from mlinfra.engines.connection import ConnectionInfo
+from mlinfra.registry import lineagerole
 
 
 def secret_conn(cp: ControlPlane, ns: str, name: str) -> ConnectionInfo:
@@ -79,6 +80,12 @@ def test_the_lineage_cronjob_syncs_the_outbox_from_a_pod(
         real_cp.kubectl("get", "pods", "-n", ns, "-l", f"job-name={scheduled_job()}", "-o", "json").stdout
     )["items"]
     assert pods and all(p["spec"]["nodeName"] == real_node.name and p["status"]["phase"] == "Succeeded" for p in pods)
+    # The Pod logged in to PostgreSQL as the registry's lineage role, not as the store's admin.
+    mounted = {v["name"]: v["secret"]["secretName"] for v in pods[0]["spec"]["volumes"] if "secret" in v}
+    assert mounted == {"metadata-conn": lineagerole.secret_name("models"), "lineage-conn": "graph-conn"}
+    job_conn, admin = secret_conn(real_cp, ns, mounted["metadata-conn"]), secret_conn(real_cp, ns, "meta-conn")
+    assert (job_conn.username, job_conn.database) == (lineagerole.role_name(ns, "models"), "registry")
+    assert job_conn.username != admin.username and job_conn.password != admin.password
     procs.wait_until(
         "the outbox drained into Neo4j",
         lambda: lineage(real_cp, ns).get("pendingEvents") == 0 and lineage(real_cp, ns).get("nodes", 0) >= 3,

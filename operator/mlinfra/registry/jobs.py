@@ -1,6 +1,10 @@
-"""The lineage-sync CronJob and on-demand Job of a ModelRegistry (see ``mlinfra.k8s.syncjobs``).
+"""The lineage-sync CronJob of a ModelRegistry (see ``mlinfra.k8s.syncjobs``).
 
-Only with ``spec.lineageSync.schedule``; otherwise the operator syncs in process every interval.
+Only with ``spec.lineageSync.schedule``; otherwise the operator syncs in process every interval, on its own
+connection. The Job mounts, for the metadata store, the registry's own Secret (``lineagerole.secret_name``:
+the registry's least-privilege lineage role on its database, never the store's admin credentials in
+``<store>-conn``); for the lineage store, the store's connection Secret: Neo4j Community has no access control
+below the database, so a narrower user could not be made (docs/modelregistry.md).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from typing import Any
 from mlinfra.api import modelregistry as api
 from mlinfra.engines import names as store_names
 from mlinfra.k8s import syncjobs
-from mlinfra.registry import sync_cli
+from mlinfra.registry import lineagerole, sync_cli
 
 METADATA_DIR = "/var/run/mlinfra/metadata"
 LINEAGE_DIR = "/var/run/mlinfra/lineage"
@@ -34,7 +38,7 @@ def sync_job(mr: api.ModelRegistry) -> syncjobs.SyncJob:
         mounts=(
             syncjobs.Mount(
                 "metadata-conn",
-                store_names.connection_secret(mr.spec.metadata_store_ref.name),
+                lineagerole.secret_name(name),
                 METADATA_DIR,
                 sync_cli.METADATA_DIR_ENV,
             ),

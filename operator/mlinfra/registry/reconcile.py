@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
-import re
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -32,10 +30,10 @@ from mlinfra import metrics
 from mlinfra.api import common
 from mlinfra.api import modelregistry as api
 from mlinfra.context import Context, Obj
-from mlinfra.engines import connection
+from mlinfra.engines import connection, pg_roles
 from mlinfra.engines import names as store_names
 from mlinfra.problems import Problem, ProblemError
-from mlinfra.registry import claim, graphwork, jobs, lineage, migrate, roles, status
+from mlinfra.registry import claim, graphwork, jobs, lineage, lineagerole, migrate, roles, status
 from mlinfra.registry import observe as observe_mod
 from mlinfra.stores import children, credentials, refs
 
@@ -51,13 +49,8 @@ NEO4J_WAIT = 15.0
 
 
 def role_name(namespace: str, name: str, kind: str) -> str:
-    """``mlinfra_<ns>_<name>_<digest>_<kind>``: a PostgreSQL identifier of at most 63 bytes that is injective
-    over (namespace, name) — roles are server-wide, and ``team-x/models`` and ``team/x-models`` read alike
-    once made an identifier — by a 64-bit digest of the exact pair; the readable part is only for people."""
-    digest = hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:16]
-    readable = re.sub(r"[^a-z0-9_]", "_", f"{namespace}_{name}".lower())
-    room = 63 - len("mlinfra_") - len(digest) - len(kind) - 2
-    return f"mlinfra_{readable[:room].rstrip('_')}_{digest}_{kind}"
+    """The registry's role of ``kind`` (writer, reader, lineage): ``engines.pg_roles.role_name``."""
+    return pg_roles.role_name(namespace, name, kind)
 
 
 def secret_name(name: str, kind: str) -> str:
@@ -103,13 +96,19 @@ def _neo4j(info: connection.ConnectionInfo) -> contextlib.AbstractContextManager
 
 
 def _ensure_database(stores: Stores) -> bool:
-    """Create the registry's database when it is not the store's own; True when it was created."""
+    """Create the registry's database when it is not the store's own; True when it was created. PUBLIC's
+    CONNECT is revoked from a database made here: it is the registry's alone, and the registry's roles get
+    CONNECT by grants of their own (the operator, its owner, needs none), so no other tenant's login — another
+    registry's lineage role, say — may even connect to it. A database that exists already is left as it is
+    (other applications may rely on its PUBLIC CONNECT)."""
     if stores.database == (stores.metadata.database or "postgres"):
         return False
     with _postgres(stores.metadata, stores.metadata.database or "postgres") as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (stores.database,)).fetchone():
             return False
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(stores.database)))
+        db = sql.Identifier(stores.database)
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(db))
+        conn.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(db))
     return True
 
 
@@ -118,7 +117,7 @@ def _credentials(ctx: Context, obj: Obj[api.ModelRegistry], stores: Stores, kind
     Secret ``<name>-<kind>`` in the connection-Secret format (host, port, database of the registry)."""
     ns, name = obj.namespace, obj.name
     user = role_name(ns, name, kind)
-    labels = {"app.kubernetes.io/managed-by": store_names.MANAGED_BY, "mlinfra.io/modelregistry": name}
+    labels = _labels(name)
     owner = obj.owner_reference()
     password = credentials.ensure(
         ctx.kube, ns, secret_name(name, kind), fixed={}, generated=("password",), labels=labels, owner=owner
@@ -141,6 +140,38 @@ def _credentials(ctx: Context, obj: Obj[api.ModelRegistry], stores: Stores, kind
         }
     )
     return user, password
+
+
+def _labels(name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/managed-by": store_names.MANAGED_BY, "mlinfra.io/modelregistry": name}
+
+
+def _lineage_password(ctx: Context, obj: Obj[api.ModelRegistry]) -> str:
+    """The lineage role's password: generated once, kept only in the registry's Secret
+    ``lineagerole.secret_name`` (completed into the connection-Secret format once the role exists)."""
+    return credentials.ensure(
+        ctx.kube,
+        obj.namespace,
+        lineagerole.secret_name(obj.name),
+        fixed={},
+        generated=(store_names.PASSWORD_KEY,),
+        labels=_labels(obj.name),
+        owner=obj.owner_reference(),
+    )[store_names.PASSWORD_KEY]
+
+
+def _lineage_secret(obj: Obj[api.ModelRegistry], stores: Stores, role: str, password: str) -> dict[str, Any]:
+    """The Secret the lineage-sync Job mounts for the metadata store: the store as published (host, port, TLS,
+    CA) with the registry's database and the lineage role's credentials."""
+    return credentials.login_secret(
+        obj.namespace,
+        lineagerole.secret_name(obj.name),
+        _labels(obj.name),
+        obj.owner_reference(),
+        replace(stores.published, database=stores.database),
+        role,
+        password,
+    )
 
 
 def _syncs_in_process(mr: api.ModelRegistry) -> bool:
@@ -210,8 +241,11 @@ def _sync_lineage(mr: api.ModelRegistry, registry: str, graph: connection.Connec
 
 
 def reconcile(ctx: Context, obj: Obj[api.ModelRegistry]) -> None:
-    """Database, migrations, roles and their Secrets, the CronJob (or none), and one lineage sync pass when
-    the operator syncs in process (what it could not sync, observe reports)."""
+    """Database, migrations, roles and their Secrets, the CronJob (or none) and its lineage role, and one
+    lineage sync pass when the operator syncs in process (what it could not sync, observe reports).
+
+    The lineage role (``registry.lineagerole``) is made when the registry first has a CronJob and kept while
+    the registry lives (a schedule removed and given again finds it; the operator may not delete Secrets)."""
     mr, ns, name = obj.model, obj.namespace, obj.name
     stores = resolve_stores(ctx, obj)
     if _ensure_database(stores):
@@ -219,12 +253,17 @@ def reconcile(ctx: Context, obj: Obj[api.ModelRegistry]) -> None:
     writer = _credentials(ctx, obj, stores, "writer")
     reader = _credentials(ctx, obj, stores, "reader")
     owner = f"{obj.namespace}/{obj.name}"
+    cron = jobs.cronjob(mr, ctx.settings.job_image, obj.owner_reference())
+    lineage_password = _lineage_password(ctx, obj) if cron is not None else None
+    lineage_role = None
     with _postgres(stores.metadata, stores.database) as conn:
         try:
             claim.claim(conn, stores.database, owner)
             before = migrate.applied_version(conn)
             version = migrate.apply(conn, mr.spec.schema_version)
             roles.ensure_roles(conn, stores.database, writer[0], writer[1], reader[0], reader[1], owner=owner)
+            if lineage_password is not None:
+                lineage_role = lineagerole.ensure(conn, stores.database, ns, name, lineage_password)
         except migrate.ForeignSchema as exc:
             raise ProblemError(
                 Problem(
@@ -256,7 +295,8 @@ def reconcile(ctx: Context, obj: Obj[api.ModelRegistry]) -> None:
             ) from None
     if version != before:
         obj.report.event("Migrated", f"schema version {before} -> {version}")
-    cron = jobs.cronjob(mr, ctx.settings.job_image, obj.owner_reference())
+    if lineage_role is not None and lineage_password is not None:
+        children.apply(ctx.kube, _lineage_secret(obj, stores, lineage_role, lineage_password))
     if cron is not None:
         children.apply(ctx.kube, cron)
     else:
@@ -328,3 +368,29 @@ def observe(ctx: Context, obj: Obj[api.ModelRegistry]) -> dict[str, Any]:
         max_lag=max_lag,
     )
     return status.compute(facts, obj.status)
+
+
+def delete(ctx: Context, obj: Obj[api.ModelRegistry]) -> None:
+    """Drop the registry's lineage role (only while it carries the registry's mark). The database, the
+    writer and reader roles stay (users' data, and the credentials their applications hold); the Secrets and
+    the CronJob go with their owner. A store that cannot be reached keeps the role: said in a Warning event,
+    the deletion goes on (it must not hang on a store that is gone for good). The role is looked for on the
+    store's own database first: a registry that never had one (no schedule, or a database it never got) says
+    nothing, whether or not its database exists."""
+    role = lineagerole.role_name(obj.namespace, obj.name)
+    try:
+        ref = obj.model.spec.metadata_store_ref.name
+        metadata = refs.connection_of(ctx, obj.namespace, ref, "postgres", "spec.metadataStoreRef")
+        with _postgres(metadata, metadata.database or "postgres") as conn:
+            if not lineagerole.present(conn, obj.namespace, obj.name):
+                return
+        # Dropped from the registry's database: its privileges there go first.
+        database = obj.model.spec.database or metadata.database or "postgres"
+        with _postgres(metadata, database) as conn:
+            dropped = lineagerole.drop(conn, obj.namespace, obj.name)
+    except (ProblemError, psycopg.Error, OSError) as exc:  # TimeoutError is an OSError
+        why = exc.problem.message if isinstance(exc, ProblemError) else f"{type(exc).__name__}: {exc}"
+        obj.report.warning("LineageRoleKept", f"the lineage role {role} was not dropped: {why}"[:1024])
+        return
+    if dropped:
+        obj.report.event("LineageRoleDropped", f"lineage role {role} dropped")

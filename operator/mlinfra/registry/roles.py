@@ -70,6 +70,7 @@ def ensure_roles(
     writer, reader = sql.Identifier(writer_name), sql.Identifier(reader_name)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        pg_roles.lock_grants(conn)  # the database row is granted on by other kinds' roles too
         for name, password in ((writer_name, writer_password), (reader_name, reader_password)):
             _ensure_login_role(conn, name, password, owner)
         db = sql.Identifier(database)

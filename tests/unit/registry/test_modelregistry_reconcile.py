@@ -21,7 +21,7 @@ from mlinfra.api import modelregistry as api
 from mlinfra.context import Context, Obj, Recorder
 from mlinfra.engines import connection
 from mlinfra.problems import Problem
-from mlinfra.registry import claim, jobs, lineage, migrate, reconcile, roles, status
+from mlinfra.registry import claim, jobs, lineage, lineagerole, migrate, reconcile, roles, status
 from mlinfra.registry import observe as observe_mod
 
 pytestmark = pytest.mark.unit
@@ -62,6 +62,7 @@ class Databases:
     def __init__(self) -> None:
         self.applied = 0
         self.roles: list[tuple[str, ...]] = []
+        self.lineage_roles: list[tuple[str, ...]] = []  # (database, namespace, name, password)
         self.claims: list[tuple[str, str]] = []
         self.sync_passes = 0
         self.synced_registries: set[str] = set()
@@ -109,6 +110,12 @@ def dbs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Databases]:
     monkeypatch.setattr(migrate, "apply", apply)
     monkeypatch.setattr(roles, "ensure_roles", lambda conn, *args, owner: d.roles.append((*args, owner)))
     monkeypatch.setattr(claim, "claim", lambda conn, database, owner: d.claims.append((database, owner)))
+
+    def lineage_role(conn: Any, database: str, namespace: str, name: str, password: str) -> str:
+        d.lineage_roles.append((database, namespace, name, password))
+        return lineagerole.role_name(namespace, name)
+
+    monkeypatch.setattr(lineagerole, "ensure", lineage_role)
     monkeypatch.setattr(observe_mod, "schema_version", lambda conn: d.applied)
     monkeypatch.setattr(observe_mod, "counts", lambda conn: observe_mod.Counts(2, 3, 1, 0))
     monkeypatch.setattr(observe_mod, "outbox", lambda conn: d.outbox)
@@ -278,6 +285,66 @@ def test_with_a_schedule_the_cronjob_syncs_and_the_operator_does_not(
     reconcile.reconcile(ctx, obj_of(mr_body()))  # the schedule removed: the CronJob goes
     assert kube.kinds("CronJob") == []
     assert dbs.sync_passes == 1
+    # The lineage role and its Secret stay while the registry lives (made again with the same password).
+    assert kube.get_or_none("Secret", NS, lineagerole.secret_name(NAME)) is not None
+    assert len(dbs.lineage_roles) == 1
+
+
+def test_the_cronjob_gets_a_lineage_role_of_its_own_in_a_secret_of_the_connection_format(
+    ctx: Context, kube: FakeKube, dbs: Databases
+) -> None:
+    put_store(kube, "meta", "postgres")
+    put_store(kube, "graph", "neo4j")
+    reconcile.reconcile(ctx, obj_of(mr_body(schedule="*/10 * * * *")))
+    secret = lineagerole.secret_name(NAME)
+    values = decoded(kube, secret)
+    role = lineagerole.role_name(NS, NAME)
+    assert role.endswith("_lineage") and role not in {reconcile.role_name(NS, NAME, k) for k in ("writer", "reader")}
+    assert (values["username"], values["host"], values["port"], values["database"]) == (
+        role,
+        "meta.team.svc",
+        "7",
+        "reg",
+    )
+    assert values["uri"].startswith(f"postgresql://{role}@meta.team.svc:7/reg") and values["tls"] == "false"
+    assert len(values["password"]) >= 24 and values["password"] != "admin-pw"
+    assert values["password"] not in {decoded(kube, f"{NAME}-{k}")["password"] for k in ("writer", "reader")}
+    assert dbs.lineage_roles == [("reg", NS, NAME, values["password"])]
+    made = kube.get("Secret", NS, secret)
+    assert [r["uid"] for r in made["metadata"]["ownerReferences"]] == [UID]
+    assert made["metadata"]["labels"] == OPERATORS_LABELS
+    # The CronJob mounts it, not the store's admin Secret.
+    pod = kube.get("CronJob", NS, jobs.cronjob_name(NAME))["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert sorted(v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v) == sorted([secret, "graph-conn"])
+
+    writes = list(kube.writes)
+    reconcile.reconcile(ctx, obj_of(mr_body(schedule="*/10 * * * *")))
+    assert kube.writes == writes  # nothing written again
+    assert dbs.lineage_roles[-1] == ("reg", NS, NAME, values["password"])  # the password kept
+
+
+def test_without_a_schedule_there_is_no_lineage_role(ctx: Context, kube: FakeKube, dbs: Databases) -> None:
+    put_store(kube, "meta", "postgres")
+    put_store(kube, "graph", "neo4j")
+    reconcile.reconcile(ctx, obj_of(mr_body()))
+    assert dbs.lineage_roles == [] and kube.get_or_none("Secret", NS, lineagerole.secret_name(NAME)) is None
+
+
+def test_a_lineage_role_of_another_holder_stalls_and_writes_no_login_secret(
+    ctx: Context, kube: FakeKube, dbs: Databases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put_store(kube, "meta", "postgres")
+    put_store(kube, "graph", "neo4j")
+
+    def refuse(*_: Any, **__: Any) -> str:
+        raise lineagerole.RoleConflict(lineagerole.role_name(NS, NAME), None)
+
+    monkeypatch.setattr(lineagerole, "ensure", refuse)
+    p = problem_of(lambda: reconcile.reconcile(ctx, obj_of(mr_body(schedule="*/10 * * * *"))))
+    assert (p.reason, p.stalled, p.recheck) == (reconcile.ROLE_CONFLICT, True, reconcile.CONFLICT_RECHECK)
+    assert "made outside the operator" in p.message
+    assert "username" not in decoded(kube, lineagerole.secret_name(NAME))  # only the generated password
+    assert kube.kinds("CronJob") == []
 
 
 # --- observe: the lineage schedule, from what the registry database recorded -------------------------------
@@ -440,9 +507,9 @@ def test_role_names_are_injective_over_namespace_and_name_and_fit_postgres() -> 
         reconcile.role_name(ns, name, kind)
         for ns in ("a", "b", "team-x", "team")
         for name in ("models", "m2", "x-models")
-        for kind in ("writer", "reader")
+        for kind in ("writer", "reader", "lineage")
     }
-    assert len(names_) == 24
+    assert len(names_) == 36
     # Alike once made identifiers, distinct roles: neither tenant can reset the other's password.
     assert reconcile.role_name("team-x", "models", "writer") != reconcile.role_name("team", "x-models", "writer")
     assert reconcile.role_name("team-a", "models", "reader") != reconcile.role_name("team", "a-models", "reader")
@@ -515,7 +582,7 @@ def test_the_handler_wires_the_package_into_the_one_shape(ctx: Context) -> None:
         reconcile.observe,
         status.problem_status,
         metrics.forget_registry,
-        None,
+        reconcile.delete,
         None,
         15,
         False,
