@@ -34,15 +34,9 @@ def sync_labels(view: str) -> dict[str, str]:
 def sync_password(ctx: Context, obj: Obj[api.FeatureView], secret: str | None = None) -> str:
     """A sync credential's password: generated once, kept only in the view's own Secret ``secret``
     (``syncrole.secret_name`` by default, ``syncuser.secret_name`` for the online store)."""
-    return credentials.ensure(
-        ctx.kube,
-        obj.namespace,
-        secret or syncrole.secret_name(obj.name),
-        fixed={},
-        generated=(store_names.PASSWORD_KEY,),
-        labels=sync_labels(obj.name),
-        owner=obj.owner_reference(),
-    )[store_names.PASSWORD_KEY]
+    return credentials.password(
+        ctx.kube, obj.namespace, secret or syncrole.secret_name(obj.name), sync_labels(obj.name), obj.owner_reference()
+    )
 
 
 def sync_secret(

@@ -119,26 +119,10 @@ def _credentials(ctx: Context, obj: Obj[api.ModelRegistry], stores: Stores, kind
     user = role_name(ns, name, kind)
     labels = _labels(name)
     owner = obj.owner_reference()
-    password = credentials.ensure(
-        ctx.kube, ns, secret_name(name, kind), fixed={}, generated=("password",), labels=labels, owner=owner
-    )["password"]
-    pub = stores.published
+    password = credentials.password(ctx.kube, ns, secret_name(name, kind), labels, owner)
     # The published store's endpoint and every TLS setting, with the role's credentials and database.
-    info = replace(pub, username=user, password=password, database=stores.database)
-    ctx.kube.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "type": "Opaque",
-            "metadata": {
-                "name": secret_name(name, kind),
-                "namespace": ns,
-                "labels": labels,
-                "ownerReferences": [owner],
-            },
-            "stringData": info.to_secret_data(),
-        }
-    )
+    published = replace(stores.published, database=stores.database)
+    ctx.kube.apply(credentials.login_secret(ns, secret_name(name, kind), labels, owner, published, user, password))
     return user, password
 
 
@@ -149,15 +133,9 @@ def _labels(name: str) -> dict[str, str]:
 def _lineage_password(ctx: Context, obj: Obj[api.ModelRegistry]) -> str:
     """The lineage role's password: generated once, kept only in the registry's Secret
     ``lineagerole.secret_name`` (completed into the connection-Secret format once the role exists)."""
-    return credentials.ensure(
-        ctx.kube,
-        obj.namespace,
-        lineagerole.secret_name(obj.name),
-        fixed={},
-        generated=(store_names.PASSWORD_KEY,),
-        labels=_labels(obj.name),
-        owner=obj.owner_reference(),
-    )[store_names.PASSWORD_KEY]
+    return credentials.password(
+        ctx.kube, obj.namespace, lineagerole.secret_name(obj.name), _labels(obj.name), obj.owner_reference()
+    )
 
 
 def _lineage_secret(obj: Obj[api.ModelRegistry], stores: Stores, role: str, password: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mlinfra.engines import connection
+from mlinfra.engines.names import PASSWORD_KEY
 from mlinfra.k8s import objects
 from mlinfra.problems import SECRET_NOT_FOUND, Problem, ProblemError
 from mlinfra.stores import children, connsecret
@@ -65,6 +66,12 @@ def ensure(
             )
         )
     return found
+
+
+def password(kube: objects.Kube, namespace: str, name: str, labels: Mapping[str, str], owner: Mapping[str, Any]) -> str:
+    """The password kept in ``owner``'s Secret ``name`` (key ``password``): generated the first time, then
+    read (:func:`ensure`); the role or user it is for is made with it afterwards."""
+    return ensure(kube, namespace, name, fixed={}, generated=(PASSWORD_KEY,), labels=labels, owner=owner)[PASSWORD_KEY]
 
 
 def login_secret(

@@ -47,15 +47,9 @@ def ensure(
     spec = obj.model.spec
     assert spec.source is not None
     syncrole.ensure_bookkeeping(conn)
-    password = credentials.ensure(
-        ctx.kube,
-        obj.namespace,
-        syncrole.secret_name(obj.name),
-        fixed={},
-        generated=(store_names.PASSWORD_KEY,),
-        labels=labels(obj.name),
-        owner=obj.owner_reference(),
-    )[store_names.PASSWORD_KEY]
+    password = credentials.password(
+        ctx.kube, obj.namespace, syncrole.secret_name(obj.name), labels(obj.name), obj.owner_reference()
+    )
     try:
         role = syncrole.ensure(conn, _database(source), spec.source, obj.namespace, obj.name, password)
     except syncrole.RoleConflict as exc:
