@@ -135,7 +135,9 @@ def scene(cp: ControlPlane, ns: str, graph: Neo4jServer) -> None:
                     "metadataStoreRef": {"name": "offline"},
                     "lineageStoreRef": {"name": "graph"},
                     "database": f"reg_{ns[-6:]}",
-                    "lineageSync": {"interval": "2s", "maxLag": "5m"},
+                    # Each in-process pass moves status.lineage.lastSyncTime: a pass every observation (2 s) left
+                    # no window for a `mlinfra status` run between two status writes on a loaded machine.
+                    "lineageSync": {"interval": "30s", "maxLag": "5m"},
                 },
             },
             {
