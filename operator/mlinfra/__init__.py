@@ -15,9 +15,10 @@ docs/architecture.md for how one object flows from a watch event to a status wri
     | `metrics` | — | the Prometheus metrics the operator exports |
     | `engines` | api | one database engine each: connections, probes, names, rendered Pods |
     | `k8s` | api | the Kubernetes API: objects (Kube), conditions, patches, sync Jobs |
+    | `backup` | api, engines | backups of every engine: targets (S3, volume), sealed objects, the catalog, retention, take and restore |
     | `problems` | k8s | Problem, the shared reasons, parse, the kstatus summary |
     | `context` | api, config, engines, k8s | what every reconcile is given: settings, the Kube client, dev wiring; Obj, Reporter |
-    | `stores` | api, config, context, engines, k8s, metrics, problems | DataStore: reconcile, observe, status; Secrets, credentials, store references, sync-command support |
+    | `stores` | api, backup, config, context, engines, k8s, metrics, problems | DataStore: reconcile, observe, status; Secrets, credentials, store references, sync-command support |
     | `features` | api, config, context, engines, k8s, metrics, problems, stores | FeatureView: offline schema, materialization, freshness |
     | `registry` | api, config, context, engines, k8s, metrics, problems, stores | ModelRegistry: migrations, roles, lineage |
     | `vectors` | api, config, context, engines, k8s, metrics, problems, stores | VectorIndex: collections, blue/green rebuilds, sync |
@@ -26,7 +27,7 @@ docs/architecture.md for how one object flows from a watch event to a status wri
     | `run` | config, handlers, metrics | the operator process |
     | `statusview` | — | pure rendering of `mlinfra status` |
     | `build` | api | build-time generators: CRDs, API reference, Argo CD checks, this contract |
-    | `devenv` | api, client, context, engines, features, k8s, stores, vectors | the local platform (control plane, real node, real databases): tests and the demo only |
+    | `devenv` | api, backup, client, context, engines, features, k8s, stores, vectors | the local platform (control plane, real node, real databases): tests and the demo only |
     | `cli` | anything | the `mlinfra` command |
     | `__main__` | cli | `python -m mlinfra` |
     | `__init__` | — | this contract, rendered |

@@ -20,13 +20,17 @@ LAYERS: dict[str, tuple[frozenset[str], str]] = {
     "metrics": (frozenset(), "the Prometheus metrics the operator exports"),
     "engines": (frozenset({"api"}), "one database engine each: connections, probes, names, rendered Pods"),
     "k8s": (frozenset({"api"}), "the Kubernetes API: objects (Kube), conditions, patches, sync Jobs"),
+    "backup": (
+        frozenset({"api", "engines"}),
+        "backups of every engine: targets (S3, volume), sealed objects, the catalog, retention, take and restore",
+    ),
     "problems": (frozenset({"k8s"}), "Problem, the shared reasons, parse, the kstatus summary"),
     "context": (
         frozenset({"api", "config", "engines", "k8s"}),
         "what every reconcile is given: settings, the Kube client, dev wiring; Obj, Reporter",
     ),
     "stores": (
-        frozenset({"api", "config", "context", "engines", "k8s", "metrics", "problems"}),
+        frozenset({"api", "backup", "config", "context", "engines", "k8s", "metrics", "problems"}),
         "DataStore: reconcile, observe, status; Secrets, credentials, store references, sync-command support",
     ),
     "features": (
@@ -52,7 +56,7 @@ LAYERS: dict[str, tuple[frozenset[str], str]] = {
     "statusview": (frozenset(), "pure rendering of `mlinfra status`"),
     "build": (frozenset({"api"}), "build-time generators: CRDs, API reference, Argo CD checks, this contract"),
     "devenv": (
-        frozenset({"api", "client", "context", "engines", "features", "k8s", "stores", "vectors"}),
+        frozenset({"api", "backup", "client", "context", "engines", "features", "k8s", "stores", "vectors"}),
         "the local platform (control plane, real node, real databases): tests and the demo only",
     ),
     "cli": (frozenset({"*"}), "the `mlinfra` command"),
