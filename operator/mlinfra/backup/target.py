@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
-import secrets
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -90,9 +90,13 @@ class VolumeTarget:
     def put(self, key: str, source: BinaryIO, size: int | None = None) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp-{path.name}.{secrets.token_hex(4)}")
         try:
-            with tmp.open("wb") as out:
+            out = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".tmp-{path.name}.", delete=False)  # noqa: SIM115
+        except OSError as exc:
+            raise TargetError(f"cannot write {key} to {self.describe()}: {exc.strerror or exc}") from None
+        tmp = Path(out.name)
+        try:
+            with out:
                 while chunk := source.read(CHUNK):
                     out.write(chunk)
                 out.flush()
@@ -127,9 +131,7 @@ class VolumeTarget:
                 if not key.startswith(prefix):
                     continue
                 st = path.stat()
-                found.append(
-                    ObjectInfo(key, st.st_size, datetime.datetime.fromtimestamp(st.st_mtime, tz=datetime.UTC))
-                )
+                found.append(ObjectInfo(key, st.st_size, datetime.datetime.fromtimestamp(st.st_mtime, tz=datetime.UTC)))
         yield from sorted(found, key=lambda o: o.key)
 
     def delete(self, key: str) -> None:
@@ -138,8 +140,7 @@ class VolumeTarget:
     def check(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / f".tmp-check.{secrets.token_hex(4)}"
-            probe.write_bytes(b"")
-            probe.unlink()
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".tmp-check."):
+                pass
         except OSError as exc:
             raise TargetError(f"cannot write to {self.describe()}: {exc.strerror or exc}") from None
