@@ -4,7 +4,7 @@
 # pinned version or its wrapper module changes (the key includes a hash of the wrapper's go.mod/go.sum or
 # pom.xml), so a warm run takes seconds. Nothing built here is ever committed.
 #
-# Usage: e2e/tools/build.sh [kube|etcd|kwok|helm|neo4j|coredns ...]   (no argument: all of them)
+# Usage: e2e/tools/build.sh [kube|etcd|kwok|helm|neo4j|coredns|minio ...]   (no argument: all of them)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -131,6 +131,12 @@ build_coredns() {
     mlinfra.io/e2e/tools/coredns:coredns
 }
 
+# MinIO, the S3 server the backup tests write to. It publishes no tagged module versions, so the pin is a
+# pseudo-version of its main branch; without version stamps it reports DEVELOPMENT.GOGET, which it accepts.
+build_minio() {
+  build_go minio "$MINIO_VERSION" "" github.com/minio/minio:minio
+}
+
 build_neo4j() {
   local dir=$here/neo4j k stamp jar
   k=$(key "$dir" pom.xml src/main/java/io/mlinfra/e2e/Neo4jServer.java)
@@ -153,7 +159,7 @@ build_neo4j() {
 }
 
 tools=("$@")
-[ ${#tools[@]} -gt 0 ] || tools=(etcd kwok helm neo4j kube coredns)
+[ ${#tools[@]} -gt 0 ] || tools=(etcd kwok helm neo4j kube coredns minio)
 for t in "${tools[@]}"; do
   "build_$t"
 done

@@ -89,8 +89,8 @@ class VolumeTarget:
 
     def put(self, key: str, source: BinaryIO, size: int | None = None) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             out = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".tmp-{path.name}.", delete=False)  # noqa: SIM115
         except OSError as exc:
             raise TargetError(f"cannot write {key} to {self.describe()}: {exc.strerror or exc}") from None
@@ -135,7 +135,19 @@ class VolumeTarget:
         yield from sorted(found, key=lambda o: o.key)
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        path = self._path(key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise TargetError(f"cannot delete {key} from {self.describe()}: {exc.strerror or exc}") from None
+        # Empty directories left by deletes would pile up over a retention's lifetime.
+        parent = path.parent
+        while parent != self.root and parent.is_relative_to(self.root):
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
 
     def check(self) -> None:
         try:

@@ -17,6 +17,7 @@ from qdrant_client import QdrantClient
 from mlinfra.devenv import procs, secretscan
 from mlinfra.devenv import qdrant as qdrant_mod
 from mlinfra.devenv.controlplane import ControlPlane
+from mlinfra.devenv.minio import MinioServer, start_minio
 from mlinfra.devenv.neo4j import Neo4jServer
 from mlinfra.devenv.postgres import PostgresCluster, start_postgres
 from mlinfra.devenv.redis import RedisCluster, start_redis
@@ -55,6 +56,21 @@ def postgres_cluster(devenv_dir: Path) -> Iterator[PostgresCluster]:
 def neo4j_server(devenv_dir: Path) -> Iterator[Neo4jServer]:
     with procs.ProcStack() as stack:
         yield Neo4jServer(devenv_dir / "neo4j").start(stack)
+
+
+@pytest.fixture(scope="session")
+def s3_server(devenv_dir: Path) -> Iterator[MinioServer]:
+    """A real S3 server (MinIO, plain HTTP, SSE-S3 available). Tests share it: each makes its own buckets
+    (``s3_server.new_bucket()``) and targets on them (``s3_server.target(bucket, prefix)``)."""
+    with procs.ProcStack() as stack:
+        yield start_minio(stack, devenv_dir / "minio")
+
+
+@pytest.fixture(scope="session")
+def s3_server_tls(devenv_dir: Path) -> Iterator[MinioServer]:
+    """The same over TLS, its certificate from a CA of its own (``s3_server_tls.ca_pem``)."""
+    with procs.ProcStack() as stack:
+        yield start_minio(stack, devenv_dir / "minio-tls", tls=True)
 
 
 @pytest.fixture

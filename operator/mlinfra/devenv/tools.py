@@ -52,6 +52,7 @@ class Tools:
     kubelet: Path
     kube_proxy: Path
     coredns: Path
+    minio: Path
 
     def missing(self) -> list[str]:
         paths = [
@@ -66,6 +67,7 @@ class Tools:
             self.kubelet,
             self.kube_proxy,
             self.coredns,
+            self.minio,
         ]
         gone = [str(p) for p in paths if not p.exists()]
         if not self.neo4j_classpath:
@@ -92,6 +94,7 @@ def find_tools() -> Tools:
         kubelet=b / f"kubelet-{k8s}",
         kube_proxy=b / f"kube-proxy-{k8s}",
         coredns=b / f"coredns-{v['COREDNS_VERSION']}",
+        minio=b / f"minio-{v['MINIO_VERSION']}",
     )
 
 
