@@ -22,8 +22,9 @@ docs/architecture.md for how one object flows from a watch event to a status wri
     | `features` | api, config, context, engines, k8s, metrics, problems, stores | FeatureView: offline schema, materialization, freshness |
     | `registry` | api, config, context, engines, k8s, metrics, problems, stores | ModelRegistry: migrations, roles, lineage |
     | `vectors` | api, config, context, engines, k8s, metrics, problems, stores | VectorIndex: collections, blue/green rebuilds, sync |
+    | `backups` | api, backup, config, context, engines, k8s, metrics, problems, stores | Backup: the Job that takes one, its status read from the target, deleting it |
     | `client` | api, engines, features | the SDK apps use to read features and the registry |
-    | `handlers` | api, config, context, features, k8s, metrics, problems, registry, stores, vectors | Kopf wiring: one shape (kind.py), one status-write path, a file of wiring per kind |
+    | `handlers` | api, backups, config, context, features, k8s, metrics, problems, registry, stores, vectors | Kopf wiring: one shape (kind.py), one status-write path, a file of wiring per kind |
     | `run` | config, handlers, metrics | the operator process |
     | `statusview` | — | pure rendering of `mlinfra status` |
     | `build` | api | build-time generators: CRDs, API reference, Argo CD checks, this contract |

@@ -1,5 +1,5 @@
-"""The ``mlinfra`` command line: ``version``, ``crds``, ``run``, ``sync`` (materialization jobs), ``rebuild``
-(a VectorIndex's rebuild Job) and ``dev``."""
+"""The ``mlinfra`` command line: ``version``, ``crds``, ``run``, ``status``, ``backup`` (a Backup of a store, now),
+``sync`` (materialization jobs), ``rebuild`` (a VectorIndex's rebuild Job), ``take`` (a backup Job) and ``dev``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ sync_app = typer.Typer(no_args_is_help=True, help="One sync run, as the operator
 app.add_typer(sync_app, name="sync")
 rebuild_app = typer.Typer(no_args_is_help=True, help="One rebuild, as the operator's rebuild Jobs run it.")
 app.add_typer(rebuild_app, name="rebuild")
+take_app = typer.Typer(no_args_is_help=True, help="One backup, as the operator's backup Jobs take it.")
+app.add_typer(take_app, name="take")
 
 
 @app.command()
@@ -249,3 +251,30 @@ def sync_modelregistry(
     from mlinfra.registry import sync_cli as registry_sync_cli
 
     raise typer.Exit(registry_sync_cli.run(target, batch_size=batch_size))
+
+
+@take_app.command("backup")
+def take_backup(target: Annotated[str, typer.Argument(help="NAMESPACE/NAME of the Backup.")]) -> None:
+    """Take the backup its Job's plan describes (MLINFRA_BACKUP_PLAN), upload it sealed, write the manifest last;
+    prints a JSON summary."""
+    from mlinfra.backups import take_cli
+
+    raise typer.Exit(take_cli.run(target))
+
+
+@app.command("backup")
+def backup_now(
+    target: Annotated[str, typer.Argument(help="NAMESPACE/NAME of the DataStore to back up.")],
+    name: Annotated[str | None, typer.Option(help="Name of the Backup (default: <store>-<UTC time>).")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait until the Backup is Ready (or has failed).")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 3600.0,
+) -> None:
+    """Create a Backup of a DataStore now (its spec.backup says where it goes); with --wait, follow it to its end."""
+    from mlinfra.backups import request
+
+    try:
+        code = request.backup_now(target, name=name, wait=wait, timeout=timeout, echo=typer.echo)
+    except request.RequestError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)

@@ -56,6 +56,11 @@ REGISTRY_LINEAGE_MAX_LAG = Gauge(
 )
 
 
+BACKUP_LAST_SUCCESS = Gauge(
+    "mlinfra_backup_last_success_timestamp_seconds",
+    "Completion time (Unix seconds) of the newest complete backup of the store, as its manifest says.",
+    ["namespace", "datastore"],
+)
 VECTORINDEX_POINTS = Gauge(
     "mlinfra_vectorindex_points", "Points in the collection the alias points at.", ["namespace", "name"]
 )
@@ -110,10 +115,22 @@ def record_datastore(namespace: str, name: str, engine: str, status: dict[str, A
 
 def forget_datastore(namespace: str, name: str) -> None:
     """Drop the series of a deleted store (stale series would alert forever)."""
-    for gauge in (DATASTORE_UP, DATASTORE_READY_REPLICAS, DATASTORE_LAG_BYTES, DATASTORE_LAG_SECONDS):
+    gauges = (DATASTORE_UP, DATASTORE_READY_REPLICAS, DATASTORE_LAG_BYTES, DATASTORE_LAG_SECONDS, BACKUP_LAST_SUCCESS)
+    for gauge in gauges:
         for labels in list(gauge._metrics):
             if labels[0] == namespace and labels[1] == name:
                 gauge.remove(*labels)
+
+
+def backup_completed(namespace: str, datastore: str, completed: float) -> None:
+    """A complete backup of the store was seen: the gauge keeps the newest completion time of any of them."""
+    child = BACKUP_LAST_SUCCESS.labels(namespace, datastore)
+    if completed > child._value.get():
+        child.set(completed)
+
+
+def forget_backup(namespace: str, name: str) -> None:
+    """Nothing per Backup: the series is per store (its newest complete backup), dropped with the store."""
 
 
 def forget_featureview(namespace: str, name: str) -> None:

@@ -27,7 +27,7 @@ RELEASE, NAMESPACE = chart_support.RELEASE, chart_support.NAMESPACE
 _tools, _run, _helm, _render = chart_support.find_tools, chart_support.run, chart_support.helm, chart_support.render
 HELM_ONLY_LABELS = ("helm.sh/chart", "app.kubernetes.io/managed-by")
 
-KINDS = ["datastores", "featureviews", "modelregistries", "vectorindexes"]
+KINDS = ["datastores", "featureviews", "modelregistries", "vectorindexes", "backups"]
 FULL = ["get", "list", "watch", "create", "patch", "update", "delete"]
 # The operator's ClusterRole, exactly: (apiGroups, resources, verbs).
 OPERATOR_RULES = [

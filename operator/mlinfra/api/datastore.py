@@ -13,6 +13,7 @@ from typing import Annotated, ClassVar, Literal
 import pydantic
 
 from mlinfra.api import base, common, config_limits
+from mlinfra.api.backup import BackupPolicy
 
 Engine = Literal["redis", "postgres", "neo4j", "qdrant"]
 ENGINES: tuple[Engine, ...] = ("redis", "postgres", "neo4j", "qdrant")
@@ -380,6 +381,11 @@ class DataStoreSpec(base.SpecModel):
     )
     external: External | None = pydantic.Field(
         default=None, description="Adopt an existing database (exclusive with managed)."
+    )
+    backup: BackupPolicy | None = pydantic.Field(
+        default=None,
+        description="Where this store's backups go, when they are taken and how long they are kept (Backup "
+        "objects name the store; docs/backup.md). No backups when omitted.",
     )
     deletion_policy: Literal["Retain", "Delete"] = pydantic.Field(
         default="Retain",

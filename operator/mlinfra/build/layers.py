@@ -45,10 +45,26 @@ LAYERS: dict[str, tuple[frozenset[str], str]] = {
         frozenset({"api", "config", "context", "engines", "k8s", "metrics", "problems", "stores"}),
         "VectorIndex: collections, blue/green rebuilds, sync",
     ),
+    "backups": (
+        frozenset({"api", "backup", "config", "context", "engines", "k8s", "metrics", "problems", "stores"}),
+        "Backup: the Job that takes one, its status read from the target, deleting it",
+    ),
     "client": (frozenset({"api", "engines", "features"}), "the SDK apps use to read features and the registry"),
     "handlers": (
         frozenset(
-            {"api", "config", "context", "k8s", "metrics", "problems", "stores", "features", "registry", "vectors"}
+            {
+                "api",
+                "backups",
+                "config",
+                "context",
+                "k8s",
+                "metrics",
+                "problems",
+                "stores",
+                "features",
+                "registry",
+                "vectors",
+            }
         ),
         "Kopf wiring: one shape (kind.py), one status-write path, a file of wiring per kind",
     ),

@@ -12,11 +12,11 @@ import kopf
 
 from mlinfra.config import Settings
 from mlinfra.context import Context
-from mlinfra.handlers import datastore, featureview, kind, modelregistry, startup, vectorindex
+from mlinfra.handlers import backup, datastore, featureview, kind, modelregistry, startup, vectorindex
 
 
 def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
     ctx = Context.from_settings(settings)
     startup.register(registry, settings)
-    for module in (datastore, featureview, modelregistry, vectorindex):
+    for module in (datastore, featureview, modelregistry, vectorindex, backup):
         kind.register(registry, ctx, module.KIND)

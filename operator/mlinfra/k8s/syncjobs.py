@@ -49,6 +49,8 @@ class SyncJob:
     memory_limit: str | None = None
     # "FallbackToLogsOnError": a container that wrote no termination message (killed) shows its last log lines.
     termination_message_policy: str | None = None
+    # The /tmp emptyDir's limit; None: no limit (a backup Job stages a whole backup there).
+    scratch_size_limit: str | None = "64Mi"
 
 
 def bounded_name(name: str, suffix: str, limit: int) -> str:
@@ -111,7 +113,7 @@ def pod_spec(job: SyncJob, image: str) -> dict[str, Any]:
         "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
         "volumes": [{"name": m.volume, "secret": {"secretName": m.secret}} for m in job.mounts]
-        + [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+        + [{"name": "tmp", "emptyDir": {"sizeLimit": job.scratch_size_limit} if job.scratch_size_limit else {}}],
     }
 
 

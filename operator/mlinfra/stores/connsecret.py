@@ -29,12 +29,17 @@ def read_connection(kube: objects.Kube, namespace: str, datastore: str) -> conne
 def read_key(kube: objects.Kube, namespace: str, name: str, key: str, what: str) -> str:
     """The value of ``key`` in the user's Secret ``name``; SecretNotFound (not stalled: the user may create
     it later) naming ``what`` refers to it."""
+    return connection.text(key, read_bytes(kube, namespace, name, key, what))
+
+
+def read_bytes(kube: objects.Kube, namespace: str, name: str, key: str, what: str) -> bytes:
+    """:func:`read_key` for a value that need not be text (an encryption key's raw bytes)."""
     secret = kube.get_or_none("Secret", namespace, name)
     if secret is None:
         raise ProblemError(
             Problem(SECRET_NOT_FOUND, f"{what}: Secret {name!r} not found in namespace {namespace!r}", stalled=False)
         )
-    value = values(secret).get(key)
+    value = connection.decode_secret_data(secret.get("data") or {}).get(key)
     if value is None:
         raise ProblemError(Problem(SECRET_NOT_FOUND, f"{what}: Secret {name!r} has no key {key!r}", stalled=False))
     return value

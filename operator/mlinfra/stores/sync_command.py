@@ -4,6 +4,7 @@ published Secrets otherwise."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -22,6 +23,9 @@ from mlinfra.k8s import objects
 from mlinfra.stores import connsecret
 
 EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
+TERMINATION_LOG_ENV = "MLINFRA_TERMINATION_LOG"  # tests point it at a file of their own
+TERMINATION_LOG = "/dev/termination-log"
+MAX_TERMINATION_MESSAGE = 4096  # bytes the kubelet keeps
 PAUSE_ENV = "MLINFRA_SYNC_PAUSE_AFTER_BATCHES"
 
 Model = TypeVar("Model", bound=pydantic.BaseModel)
@@ -95,3 +99,14 @@ def pause_hook() -> Callable[[int, int], None] | None:
             time.sleep(3600)
 
     return hook
+
+
+def termination_message(reason: str, message: str) -> None:
+    """``<reason>: <message>`` into the termination log, when it exists and can be written (in a pod the kubelet
+    creates it; elsewhere nothing is written, and nothing is created under /dev)."""
+    path = pathlib.Path(os.environ.get(TERMINATION_LOG_ENV) or TERMINATION_LOG)
+    if not path.is_file() or not os.access(path, os.W_OK):
+        return
+    line = f"{reason}: {' '.join(message.split())}".encode()[:MAX_TERMINATION_MESSAGE]
+    with contextlib.suppress(OSError):  # the message is on stdout too: the pod's log has it
+        path.write_bytes(line)

@@ -21,9 +21,7 @@ sleeps after the backfill's N-th batch, so a test can kill the run mid-backfill.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import pathlib
 from typing import Any
 
@@ -33,9 +31,8 @@ from mlinfra.k8s import objects
 from mlinfra.stores import sync_command
 from mlinfra.vectors import collection, rebuild, runs, source, sync, sync_cli, syncrole
 
-TERMINATION_LOG_ENV = "MLINFRA_TERMINATION_LOG"  # tests point it at a file of their own
-TERMINATION_LOG = "/dev/termination-log"
-MAX_TERMINATION_MESSAGE = 4096  # bytes the kubelet keeps
+TERMINATION_LOG_ENV = sync_command.TERMINATION_LOG_ENV
+termination_message = sync_command.termination_message
 # The reasons of a termination message (its first word).
 BACKFILL_FAILED = rebuild.BACKFILL_FAILED
 QDRANT_REFUSED = "QdrantRefused"
@@ -47,17 +44,6 @@ FAILED = "Failed"
 
 def _emit(summary: dict[str, Any]) -> None:
     print(json.dumps(summary, sort_keys=True, default=str), flush=True)
-
-
-def termination_message(reason: str, message: str) -> None:
-    """``<reason>: <message>`` into the termination log, when it exists and can be written (in a pod the kubelet
-    creates it; elsewhere nothing is written, and nothing is created under /dev)."""
-    path = pathlib.Path(os.environ.get(TERMINATION_LOG_ENV) or TERMINATION_LOG)
-    if not path.is_file() or not os.access(path, os.W_OK):
-        return
-    line = f"{reason}: {' '.join(message.split())}".encode()[:MAX_TERMINATION_MESSAGE]
-    with contextlib.suppress(OSError):  # the message is on stdout too: the pod's log has it
-        path.write_bytes(line)
 
 
 def reason_of(error: Exception) -> str:

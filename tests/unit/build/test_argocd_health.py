@@ -5,7 +5,8 @@ written by e2e/test_argocd_health_live.py with MLINFRA_CAPTURE_ARGOCD=1), plus e
 A fixture's name says what Argo CD must make of it: ``<kind>-<state>[-detail][-handwritten].json`` with state
 ready -> Healthy, progressing, degraded, suspended. ``-handwritten`` marks objects written from the condition
 contract rather than captured: VectorIndex states the e2e tier cannot drive on demand (a failed backfill, a
-rebuild caught while it runs).
+rebuild caught while it runs), and Backups, whose fixtures are made from the status contract
+(mlinfra.backups.status.compute).
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from mlinfra.handlers import startup
 ROOT = argocd.repo_root()
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "argocd"
 EXPECTED = {"ready": "Healthy", "progressing": "Progressing", "degraded": "Degraded", "suspended": "Suspended"}
-KINDS = ("DataStore", "FeatureView", "ModelRegistry", "VectorIndex")
+KINDS = ("DataStore", "FeatureView", "ModelRegistry", "VectorIndex", "Backup")
 NAME = re.compile(
-    r"^(datastore|featureview|modelregistry|vectorindex)-(ready|progressing|degraded|suspended)"
+    r"^(datastore|featureview|modelregistry|vectorindex|backup)-(ready|progressing|degraded|suspended)"
     r"(-[a-z0-9-]+)?\.json$"
 )
 
@@ -71,10 +72,10 @@ def test_every_kind_has_every_state_captured_or_written() -> None:
         assert {s for k, s in states if k == kind.lower()} >= wanted, kind
 
 
-def test_only_vectorindex_objects_are_handwritten() -> None:
-    # Everything else comes from a live run; VectorIndex joins when the e2e tier drives it.
+def test_only_vectorindex_and_backup_objects_are_handwritten() -> None:
+    # Everything else comes from a live run; VectorIndex and Backup join when the e2e tier drives them.
     handwritten = [p.name for p in fixtures() if p.stem.endswith("-handwritten")]
-    assert all(name.startswith("vectorindex-") for name in handwritten)
+    assert all(name.startswith(("vectorindex-", "backup-")) for name in handwritten)
     assert {p.name.split("-")[0] for p in fixtures() if not p.stem.endswith("-handwritten")} >= {
         "datastore",
         "featureview",

@@ -96,6 +96,7 @@ def test_short_names() -> None:
         "FeatureView": ["fv"],
         "ModelRegistry": ["mr"],
         "VectorIndex": ["vi"],
+        "Backup": ["mlbackup"],
     }
 
 

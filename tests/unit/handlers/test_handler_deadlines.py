@@ -177,7 +177,13 @@ def test_the_probes_are_registered_as_coroutines_that_fail_at_once(operator_regi
     assert probes["lastActivitySeconds"].errors == kopf.ErrorsMode.PERMANENT
     assert all(asyncio.iscoroutinefunction(h.fn) for h in probes.values())
     indexed = {h.id for h in operator_registry._indexing.get_all_handlers()}
-    assert indexed == {"datastores_live", "featureviews_live", "modelregistries_live", "vectorindexes_live"}
+    assert indexed == {
+        "datastores_live",
+        "featureviews_live",
+        "modelregistries_live",
+        "vectorindexes_live",
+        "backups_live",
+    }
 
 
 async def test_healthz_answers_200_with_objects_and_recent_activity(

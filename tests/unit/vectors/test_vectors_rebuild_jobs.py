@@ -21,6 +21,7 @@ from mlinfra.engines import connection, endpoints
 from mlinfra.engines import qdrant as qdrant_engine
 from mlinfra.k8s import jobstatus, syncjobs
 from mlinfra.problems import Problem, ProblemError
+from mlinfra.stores import sync_command
 from mlinfra.vectors import attempts, collection, jobs, rebuild, rebuild_cli, reconcile, status
 
 NS, NAME = "ml", "docs"
@@ -530,4 +531,4 @@ def test_the_termination_message_is_one_line_in_the_kubelets_file_and_nothing_is
     rebuild_cli.termination_message(rebuild_cli.QDRANT_REFUSED, "backfill of 'docs-2' failed:\n400 " + "x" * 5000)
     written = absent.read_bytes()
     assert written.startswith(b"QdrantRefused: backfill of 'docs-2' failed: 400 xxx") and b"\n" not in written
-    assert len(written) == rebuild_cli.MAX_TERMINATION_MESSAGE
+    assert len(written) == sync_command.MAX_TERMINATION_MESSAGE

@@ -1,0 +1,202 @@
+"""Backups with the operator running: a Backup of a real Redis goes to a real S3 server (MinIO) through its Job,
+its status comes from the manifest on the bucket, the backup restores into a new server, and deleting the
+Backup deletes exactly its objects. Wrong credentials and a store without spec.backup are reported.
+
+The Job's command runs as a process here (kwok runs no pod), with the Secrets the Job mounts.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from e2e_support import condition, get_json, run_job_command, wait_for
+from mlinfra.backup import catalog
+from mlinfra.backup import redis as redis_backup
+from mlinfra.backup.sealed import EncryptionKey
+from mlinfra.devenv import procs
+from mlinfra.devenv.backer import Backer
+from mlinfra.devenv.controlplane import ControlPlane
+from mlinfra.devenv.minio import MinioServer
+from mlinfra.devenv.operator import OperatorProcess
+from mlinfra.devenv.redis import RedisCluster, RedisServer
+
+pytestmark = pytest.mark.e2e
+
+
+def _secret(cp: ControlPlane, ns: str, name: str, **values: str) -> None:
+    cp.kubectl("create", "secret", "generic", name, "-n", ns, *(f"--from-literal={k}={v}" for k, v in values.items()))
+
+
+def _store(ns: str, port: int, bucket: str | None, endpoint: str) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "engine": "redis",
+        "external": {"endpoint": f"127.0.0.1:{port}", "credentialsSecretRef": {"name": "redis-creds"}},
+    }
+    if bucket is not None:
+        spec["backup"] = {
+            "target": {
+                "s3": {
+                    "bucket": bucket,
+                    "prefix": "team-a",
+                    "endpoint": endpoint,
+                    "credentialsSecretRef": {"name": "s3-creds"},
+                    "tls": {"enabled": False},
+                }
+            },
+            "encryption": {"keySecretRef": {"name": "backup-key", "key": "key"}},
+        }
+    meta = {"name": "cache", "namespace": ns}
+    return {"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore", "metadata": meta, "spec": spec}
+
+
+def _backup(ns: str, name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": "Backup",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"dataStoreRef": {"name": "cache"}},
+    }
+
+
+def _ready_store(cp: ControlPlane, ns: str) -> None:
+    wait_for(
+        "DataStore cache Ready",
+        lambda: condition(get_json(cp, "datastore", "cache", "-n", ns), "Ready").get("status") == "True",
+        90,
+    )
+
+
+def _setup(cp: ControlPlane, ns: str, redis_cluster: RedisCluster, s3: MinioServer, bucket: str, key: str) -> None:
+    _secret(cp, ns, "redis-creds", username="default", password=redis_cluster.password)
+    user = s3.add_user(bucket)
+    _secret(cp, ns, "s3-creds", accessKeyId=user.access_key, secretAccessKey=user.secret_key)
+    _secret(cp, ns, "backup-key", key=key)
+
+
+def test_a_backup_of_redis_goes_to_s3_is_verified_restores_and_is_deleted_with_its_backup(
+    control_plane: ControlPlane,
+    operator: OperatorProcess,
+    backer: Backer,
+    redis_cluster: RedisCluster,
+    s3_server: MinioServer,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    cp, ns = control_plane, namespace
+    bucket, key = s3_server.new_bucket("bk"), secrets.token_hex(32)
+    _setup(cp, ns, redis_cluster, s3_server, bucket, key)
+    marker = f"e2e-backup-{secrets.token_hex(4)}"
+    primary = redis_cluster.primary.client()
+    primary.hset(f"{marker}:h", mapping={"a": "1", "b": "2"})
+    primary.set(f"{marker}:s", "value")
+    primary.rpush(f"{marker}:l", "x", "y", "z")
+    # An object of someone else under the same bucket prefix: never touched.
+    s3_server.client().put_object(bucket, "team-a/foreign.txt", io.BytesIO(b"not ours"), 8)
+
+    cp.apply([_store(ns, redis_cluster.primary.port, bucket, s3_server.endpoint)])
+    _ready_store(cp, ns)
+    cp.apply([_backup(ns, "first")])
+
+    # The operator starts one Job, which mounts the four Secrets and carries no secret in its spec.
+    wait_for("the backup Job", lambda: get_json(cp, "jobs", "-n", ns)["items"] != [], 60)
+    job = get_json(cp, "job", "first-backup", "-n", ns)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    mounted = sorted(v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v)
+    assert mounted == ["backup-key", "cache-conn", "s3-creds"]
+    for value in (redis_cluster.password, key):
+        assert value not in json.dumps(job)
+    backup = get_json(cp, "backup", "first", "-n", ns)
+    assert condition(backup, "Ready")["reason"] == "Running"
+
+    summary = run_job_command(cp, ns, pod, backer, tmp_path / "job")
+    assert summary["outcome"] == "Complete" and summary["backupId"] == backup["status"]["backupId"]
+
+    def complete() -> bool:
+        return condition(get_json(cp, "backup", "first", "-n", ns), "Ready").get("status") == "True"
+
+    wait_for("Backup first Ready", complete, 60)
+    backup = get_json(cp, "backup", "first", "-n", ns)
+    st = backup["status"]
+    store = get_json(cp, "datastore", "cache", "-n", ns)
+    prefix = f"{ns}/cache/{store['metadata']['uid']}"
+    assert st["location"] == f"s3://{bucket}/team-a/{prefix}/backups/{st['backupId']}/"
+    assert st["engine"] == "redis" and st["encrypted"] is True and st["sizeBytes"] > 0
+    assert st["completedAt"] >= st["startedAt"]
+    assert st["observedGeneration"] == backup["metadata"]["generation"]
+    assert st["target"]["s3"]["bucket"] == bucket and st["storeUid"] == store["metadata"]["uid"]
+    for value in (redis_cluster.password, key):
+        assert value not in yaml.safe_dump(st)
+    metrics = operator.metrics()
+    assert f'mlinfra_backup_last_success_timestamp_seconds{{datastore="cache",namespace="{ns}"}}' in metrics
+
+    # The backup restores: download (checksums verified, decrypted), seed a new redis-server, compare.
+    target = s3_server.target(bucket, "team-a")
+    enc_key = EncryptionKey.from_secret_value("backup-key/key", key.encode())
+    manifest = catalog.download_backup(target, prefix, st["backupId"], tmp_path / "restore", enc_key)
+    assert manifest.store.uid == store["metadata"]["uid"]
+    redis_backup.restore(tmp_path / "restore", tmp_path / "restored-data")
+    with procs.ProcStack() as stack:
+        restored = RedisServer(tmp_path / "restored-data", "restored", password="restored-pw").start(stack).client()
+        assert restored.hgetall(f"{marker}:h") == {"a": "1", "b": "2"}
+        assert restored.get(f"{marker}:s") == "value"
+        assert restored.lrange(f"{marker}:l", 0, -1) == ["x", "y", "z"]
+
+    # Deleting the Backup deletes its objects, and only those.
+    def keys() -> set[str]:
+        return {o.object_name for o in s3_server.client().list_objects(bucket, recursive=True)}
+
+    assert any(k.endswith("manifest.json") for k in keys())
+    cp.kubectl("delete", "backup", "first", "-n", ns, "--wait=true", "--timeout=60s")
+    assert keys() == {"team-a/foreign.txt"}
+
+
+def test_wrong_s3_credentials_stall_the_backup_and_the_store_stays_ready(
+    control_plane: ControlPlane,
+    operator: OperatorProcess,
+    redis_cluster: RedisCluster,
+    s3_server: MinioServer,
+    namespace: str,
+) -> None:
+    cp, ns = control_plane, namespace
+    bucket = s3_server.new_bucket("bk")
+    wrong = secrets.token_urlsafe(24)
+    _secret(cp, ns, "redis-creds", username="default", password=redis_cluster.password)
+    _secret(cp, ns, "s3-creds", accessKeyId=s3_server.root.access_key, secretAccessKey=wrong)
+    _secret(cp, ns, "backup-key", key=secrets.token_hex(32))
+    cp.apply([_store(ns, redis_cluster.primary.port, bucket, s3_server.endpoint), _backup(ns, "denied")])
+    _ready_store(cp, ns)
+
+    def stalled() -> bool:
+        return condition(get_json(cp, "backup", "denied", "-n", ns), "Stalled").get("status") == "True"
+
+    wait_for("Backup denied Stalled", stalled, 60)
+    backup = get_json(cp, "backup", "denied", "-n", ns)
+    ready = condition(backup, "Ready")
+    assert ready["reason"] == "TargetUnreachable"
+    assert "SignatureDoesNotMatch" in ready["message"] and bucket in ready["message"]
+    assert wrong not in yaml.safe_dump(backup) and wrong not in operator.proc.log_path.read_text()
+    assert get_json(cp, "jobs", "-n", ns)["items"] == []  # nothing started against a target that refuses
+    assert condition(get_json(cp, "datastore", "cache", "-n", ns), "Ready")["status"] == "True"
+
+
+def test_a_backup_of_a_store_without_a_policy_says_what_to_set(
+    control_plane: ControlPlane, operator: OperatorProcess, redis_cluster: RedisCluster, namespace: str
+) -> None:
+    cp, ns = control_plane, namespace
+    _secret(cp, ns, "redis-creds", username="default", password=redis_cluster.password)
+    cp.apply([_store(ns, redis_cluster.primary.port, None, ""), _backup(ns, "nowhere")])
+
+    def stalled() -> bool:
+        return condition(get_json(cp, "backup", "nowhere", "-n", ns), "Stalled").get("status") == "True"
+
+    wait_for("Backup nowhere Stalled", stalled, 60)
+    ready = condition(get_json(cp, "backup", "nowhere", "-n", ns), "Ready")
+    assert ready["reason"] == "NoBackupPolicy" and "spec.backup.target" in ready["message"]
