@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import secrets
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +21,6 @@ import yaml
 
 from e2e_support import condition, get_json, run_job_command, wait_for
 from mlinfra.backup import catalog
-from mlinfra.backup import redis as redis_backup
-from mlinfra.backup.sealed import EncryptionKey
 from mlinfra.devenv import procs
 from mlinfra.devenv.backer import Backer
 from mlinfra.devenv.controlplane import ControlPlane
@@ -137,17 +138,42 @@ def test_a_backup_of_redis_goes_to_s3_is_verified_restores_and_is_deleted_with_i
     metrics = operator.metrics()
     assert f'mlinfra_backup_last_success_timestamp_seconds{{datastore="cache",namespace="{ns}"}}' in metrics
 
-    # The backup restores: download (checksums verified, decrypted), seed a new redis-server, compare.
-    target = s3_server.target(bucket, "team-a")
-    enc_key = EncryptionKey.from_secret_value("backup-key/key", key.encode())
-    manifest = catalog.download_backup(target, prefix, st["backupId"], tmp_path / "restore", enc_key)
-    assert manifest.store.uid == store["metadata"]["uid"]
-    redis_backup.restore(tmp_path / "restore", tmp_path / "restored-data")
+    # The backup restores: `mlinfra restore` downloads it (checksums verified, decrypted with the key its
+    # status names), lays out a redis data directory; a new redis-server on it has the data.
+    env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig)}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    into = tmp_path / "restore"
+    run = subprocess.run(
+        [sys.executable, "-m", "mlinfra", "restore", f"{ns}/first", "--into", str(into)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["engine"] == "redis" and result["backupId"] == st["backupId"]
+    for value in (redis_cluster.password, key):
+        assert value not in run.stdout + run.stderr
+    manifest = catalog.read_manifest(s3_server.target(bucket, "team-a"), prefix, st["backupId"])
+    assert manifest.store.uid == store["metadata"]["uid"] and manifest.encrypted
     with procs.ProcStack() as stack:
-        restored = RedisServer(tmp_path / "restored-data", "restored", password="restored-pw").start(stack).client()
+        server = RedisServer(Path(result["dataDir"]), "restored", password="restored-pw").start(stack)
+        restored = server.client()
         assert restored.hgetall(f"{marker}:h") == {"a": "1", "b": "2"}
         assert restored.get(f"{marker}:s") == "value"
         assert restored.lrange(f"{marker}:l", 0, -1) == ["x", "y", "z"]
+    # A second restore into the same directory is refused: a restore never overwrites.
+    again = subprocess.run(
+        [sys.executable, "-m", "mlinfra", "restore", f"{ns}/first", "--into", str(into)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert again.returncode == 1 and "not empty" in again.stderr
 
     # Deleting the Backup deletes its objects, and only those.
     def keys() -> set[str]:

@@ -1,5 +1,6 @@
 """The ``mlinfra`` command line: ``version``, ``crds``, ``run``, ``status``, ``backup`` (a Backup of a store, now),
-``sync`` (materialization jobs), ``rebuild`` (a VectorIndex's rebuild Job), ``take`` (a backup Job) and ``dev``."""
+``restore`` (a Backup laid out by hand), ``sync`` (materialization jobs), ``rebuild`` (a VectorIndex's rebuild
+Job), ``take`` (a backup Job) and ``dev``."""
 
 from __future__ import annotations
 
@@ -278,3 +279,26 @@ def backup_now(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     raise typer.Exit(code)
+
+
+@app.command("restore")
+def restore_backup(
+    target: Annotated[str, typer.Argument(help="NAMESPACE/NAME of a complete Backup.")],
+    into: Annotated[pathlib.Path, typer.Option(help="A new (or empty) directory for the files.")],
+    to: Annotated[
+        str | None, typer.Option(help="neo4j, qdrant: the DataStore (same namespace) to load the backup into.")
+    ] = None,
+    appendonly: Annotated[bool, typer.Option(help="redis: lay out for a server with appendonly yes.")] = False,
+) -> None:
+    """Download a Backup (every object verified, decrypted with its key) and lay it out for its engine: a redis
+    data directory, a PostgreSQL data directory that recovers and promotes, or a load into a neo4j/qdrant store."""
+    import json
+
+    from mlinfra.backups import restore_cli
+
+    try:
+        result = restore_cli.run(target, into=into, to=to, appendonly=appendonly, echo=typer.echo)
+    except restore_cli.RestoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(result, sort_keys=True, default=str))

@@ -14,6 +14,7 @@ from mlinfra.backup.s3 import S3Target
 from mlinfra.backup.sealed import EncryptionKey
 from mlinfra.context import Context
 from mlinfra.engines import connection
+from mlinfra.k8s import objects
 from mlinfra.problems import SECRET_NOT_FOUND, Problem, ProblemError
 from mlinfra.stores import connsecret
 
@@ -37,8 +38,14 @@ def mounted_reader(dirs: dict[str, Path]) -> Reader:
 
 
 def api_reader(ctx: Context, namespace: str) -> Reader:
+    return kube_reader(ctx.kube, namespace)
+
+
+def kube_reader(kube: objects.Kube, namespace: str) -> Reader:
+    """The Secrets of ``namespace`` through the Kubernetes API (the operator; ``mlinfra restore``)."""
+
     def read(name: str, key: str, what: str) -> bytes:
-        return connsecret.read_bytes(ctx.kube, namespace, name, key, what)
+        return connsecret.read_bytes(kube, namespace, name, key, what)
 
     return read
 

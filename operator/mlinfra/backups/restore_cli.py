@@ -1,0 +1,95 @@
+"""``mlinfra restore NAMESPACE/BACKUP --into DIR``: a complete Backup downloaded, verified and laid out for its
+engine, by hand — the runbook's tool until a DataStore can bootstrap from a backup by itself.
+
+The Backup's status says where it is and with which key (the store may be gone); the Secrets are read through
+the Kubernetes API with the caller's credentials. Every object's SHA-256 is checked (and its seal, when
+encrypted) before anything is written under its name. Then, per engine:
+
+- redis: ``DIR/redis-data/dump.rdb`` (``--appendonly``: the base of a multi-part AOF instead), for a NEW
+  redis-server started with ``dir DIR/redis-data``;
+- postgres: ``DIR/pgdata``, a data directory that recovers to the end of the base backup and promotes, for a
+  NEW server (``pg_ctl -D DIR/pgdata start``);
+- neo4j, qdrant: loaded into the (empty) DataStore named by ``--to`` through its published connection Secret
+  (reachable from where this runs: in the cluster, or through a port-forward).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+from mlinfra.backup import catalog
+from mlinfra.backup.target import TargetError
+from mlinfra.backups import access
+from mlinfra.backups.plan import resolve
+from mlinfra.k8s import conditions, objects
+from mlinfra.problems import ProblemError
+from mlinfra.stores import connsecret, sync_command
+
+TIMEOUT = 3600.0
+
+
+class RestoreError(Exception):
+    """The restore cannot be done; the message says why and what to do."""
+
+
+def run(
+    target: str, *, into: pathlib.Path, to: str | None, appendonly: bool, echo: Callable[[str], None]
+) -> dict[str, Any]:
+    try:
+        namespace, name = sync_command.parse_target(target)
+    except sync_command.Unusable as exc:
+        raise RestoreError(str(exc)) from None
+    kube = objects.Kube()
+    body = kube.get_or_none("Backup", namespace, name)
+    if body is None:
+        raise RestoreError(f"Backup {namespace}/{name} not found")
+    if not conditions.is_true((body.get("status") or {}).get("conditions"), "Ready"):
+        raise RestoreError(f"Backup {namespace}/{name} is not complete (kubectl get backup -n {namespace} {name})")
+    if into.exists() and any(into.iterdir()):
+        raise RestoreError(f"{into} is not empty: a restore writes into a new directory")
+    read = access.kube_reader(kube, namespace)
+    try:
+        plan = resolve(body, None)
+        store_target = access.target(plan.target, read)
+        enc_key = access.key(plan.encryption, read)
+        files = into / "backup"
+        echo(f"downloading {plan.location} into {files} (every object verified)")
+        manifest = catalog.download_backup(store_target, plan.store_prefix, plan.backup_id, files, enc_key)
+    except ProblemError as exc:
+        raise RestoreError(exc.problem.message) from None
+    except (TargetError, catalog.CatalogError) as exc:
+        raise RestoreError(str(exc)) from None
+    result: dict[str, Any] = {"backup": target, "backupId": plan.backup_id, "engine": manifest.engine}
+    if manifest.engine == "redis":
+        from mlinfra.backup import redis
+
+        data = into / "redis-data"
+        redis.restore(files, data, appendonly=appendonly)
+        result["dataDir"] = str(data)
+        echo(f"restored: start a new redis-server with `dir {data}` (appendonly {'yes' if appendonly else 'no'})")
+    elif manifest.engine == "postgres":
+        from mlinfra.backup import postgres
+
+        pgdata, wal = into / "pgdata", into / "wal"
+        wal.mkdir(parents=True)
+        postgres.restore(files, wal, pgdata)
+        result["dataDir"] = str(pgdata)
+        echo(f"restored: start a new server with `pg_ctl -D {pgdata} start`; it recovers, then promotes")
+    else:
+        if to is None:
+            raise RestoreError(f"a {manifest.engine} backup is loaded into a running store: pass --to DATASTORE")
+        conn = connsecret.read_connection(kube, namespace, to)
+        if conn is None:
+            raise RestoreError(f"DataStore {namespace}/{to} has no connection Secret (is it Ready?)")
+        if manifest.engine == "neo4j":
+            from mlinfra.backup import neo4j
+
+            result["loaded"] = neo4j.restore(files, conn, TIMEOUT)
+        else:
+            from mlinfra.backup import qdrant
+
+            result["loaded"] = qdrant.restore(files, conn, TIMEOUT)
+        echo(f"restored into DataStore {namespace}/{to}")
+    return result
