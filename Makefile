@@ -30,7 +30,7 @@ tools: system-deps
 ## test: lint, then every tier (unit, integration, e2e, real) against the real platform.
 test: system-deps venv tools lint
 	@echo "== pytest: unit, integration, e2e and real (Pods on a real node) tiers"
-	@$(PY) -m pytest -m "unit or integration or e2e or real" $(PYTEST_ARGS)
+	@$(PY) -m pytest -m "unit or integration or e2e or real" --durations=40 $(PYTEST_ARGS)
 
 lint: venv
 	@echo "== ruff (lint and format) and mypy"
