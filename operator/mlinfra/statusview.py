@@ -132,6 +132,9 @@ def _datastore(obj: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
         "desiredReplicas": _dig(st, "replication", "desiredReplicas"),
         "maxLagSeconds": _dig(st, "replication", "maxLagSeconds"),
         "maxLagBytes": _dig(st, "replication", "maxLagBytes"),
+        # With spec.backup: when the newest complete Backup of the store completed (None: none yet).
+        "backups": _dig(obj, "spec", "backup") is not None,
+        "lastBackupTime": _dig(st, "backup", "lastSuccessfulTime"),
     }
     return figures, None  # a DataStore is observed, never synced
 
@@ -290,15 +293,18 @@ def _run_text(run: Mapping[str, Any] | None) -> str:
     return f"{run.get('outcome') or 'Unknown'}{rows}"
 
 
-def details(e: Entry) -> str:
-    """The key figures of one entry as ``key=value`` words."""
+def details(e: Entry, now: datetime.datetime | None = None) -> str:
+    """The key figures of one entry as ``key=value`` words (ages relative to ``now`` when given)."""
     f = e.figures
     if e.kind == "DataStore":
-        return (
+        text = (
             f"engine={_num(f['engine'])} mode={_num(f['mode'])} "
             f"replicas={_num(f['readyReplicas'])}/{_num(f['desiredReplicas'])} "
             f"maxLag={seconds(f['maxLagSeconds'])}"
         )
+        if f.get("backups"):
+            text += f" lastBackupAge={_age(f.get('lastBackupTime'), now)}"
+        return text
     if e.kind == "FeatureView":
         return f"lag={seconds(f['lagSeconds'])} lastMaterialization={_run_text(f['lastMaterialization'])}"
     if e.kind == "ModelRegistry":
@@ -310,6 +316,14 @@ def details(e: Entry) -> str:
         f"points={_num(f['points'])} rowsBehind={_num(f['rowsBehind'])} lag={seconds(f['lagSeconds'])} "
         f"lastRun={_run_text(f['lastRun'])}"
     )
+
+
+def _age(timestamp: str | None, now: datetime.datetime | None) -> str:
+    """``3h05m`` since ``timestamp`` (the timestamp itself without ``now``; ``none`` without a timestamp)."""
+    if not timestamp:
+        return "none"
+    text = since(timestamp, now)
+    return text[text.index("(") + 1 : -len(" ago)")] if "(" in text else timestamp
 
 
 def since(timestamp: str | None, now: datetime.datetime | None) -> str:
@@ -352,7 +366,7 @@ def _rows(tree: NamespaceTree, now: datetime.datetime | None, glyphs: tuple[str,
         else:
             rows.append(
                 _Row(
-                    (f"{e.kind}/{e.name}", e.ready, e.reason, since(e.last_sync, now), details(e)),
+                    (f"{e.kind}/{e.name}", e.ready, e.reason, since(e.last_sync, now), details(e, now)),
                     e,
                     f"   {_one_line(e.message)}" if e.message and e.ready != "True" else "",
                 )

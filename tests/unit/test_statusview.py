@@ -249,6 +249,8 @@ ENTRIES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
                 "desiredReplicas": 2,
                 "maxLagSeconds": 0.5,
                 "maxLagBytes": 128,
+                "backups": False,
+                "lastBackupTime": None,
             },
         },
     ),
@@ -268,6 +270,8 @@ ENTRIES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
                 "desiredReplicas": None,
                 "maxLagSeconds": None,
                 "maxLagBytes": None,
+                "backups": False,
+                "lastBackupTime": None,
             },
         },
     ),
@@ -564,6 +568,8 @@ def test_json_structure() -> None:
             "desiredReplicas": 2,
             "maxLagSeconds": 0,
             "maxLagBytes": None,
+            "backups": False,
+            "lastBackupTime": None,
         },
     }
     assert online["resource"]["message"] == "connection\nrefused"  # JSON keeps the message as written
@@ -586,3 +592,15 @@ def test_json_structure() -> None:
         ("ModelRegistry", ["lineage"], ["offline"])
     ]
     assert graph["dependents"][0]["reconciling"] is True
+
+
+def test_a_store_with_backups_shows_the_age_of_its_newest_backup() -> None:
+    now = datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.UTC)
+    body = ds("pg", backup={"lastSuccessfulTime": "2026-11-30T09:00:00Z"}, **ready())
+    body["spec"]["backup"] = {"target": {"s3": {"bucket": "b", "credentialsSecretRef": {"name": "s"}}}}
+    e = sv.entry("DataStore", body)
+    assert e.figures["lastBackupTime"] == "2026-11-30T09:00:00Z"
+    assert sv.details(e, now).endswith("lastBackupAge=3h00m")
+    body["status"].pop("backup")
+    assert sv.details(sv.entry("DataStore", body), now).endswith("lastBackupAge=none")
+    assert "lastBackupAge" not in sv.details(sv.entry("DataStore", ds("pg", **ready())), now)
