@@ -26,6 +26,7 @@ from mlinfra.devenv.backer import Backer
 from mlinfra.devenv.controlplane import ControlPlane
 from mlinfra.devenv.minio import MinioServer
 from mlinfra.devenv.operator import OperatorProcess
+from mlinfra.devenv.postgres import PostgresCluster, PostgresServer
 from mlinfra.devenv.redis import RedisCluster, RedisServer
 
 pytestmark = pytest.mark.e2e
@@ -35,10 +36,10 @@ def _secret(cp: ControlPlane, ns: str, name: str, **values: str) -> None:
     cp.kubectl("create", "secret", "generic", name, "-n", ns, *(f"--from-literal={k}={v}" for k, v in values.items()))
 
 
-def _store(ns: str, port: int, bucket: str | None, endpoint: str) -> dict[str, Any]:
+def _store(ns: str, port: int, bucket: str | None, endpoint: str, engine: str = "redis") -> dict[str, Any]:
     spec: dict[str, Any] = {
-        "engine": "redis",
-        "external": {"endpoint": f"127.0.0.1:{port}", "credentialsSecretRef": {"name": "redis-creds"}},
+        "engine": engine,
+        "external": {"endpoint": f"127.0.0.1:{port}", "credentialsSecretRef": {"name": f"{engine}-creds"}},
     }
     if bucket is not None:
         spec["backup"] = {
@@ -64,6 +65,20 @@ def _backup(ns: str, name: str) -> dict[str, Any]:
         "metadata": {"name": name, "namespace": ns},
         "spec": {"dataStoreRef": {"name": "cache"}},
     }
+
+
+def _restore(cp: ControlPlane, ns: str, backup: str, into: Path) -> subprocess.CompletedProcess[str]:
+    """`mlinfra restore` as a user runs it: a process with the cluster's kubeconfig."""
+    env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig)}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    return subprocess.run(
+        [sys.executable, "-m", "mlinfra", "restore", f"{ns}/{backup}", "--into", str(into)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
 
 
 def _ready_store(cp: ControlPlane, ns: str) -> None:
@@ -140,17 +155,8 @@ def test_a_backup_of_redis_goes_to_s3_is_verified_restores_and_is_deleted_with_i
 
     # The backup restores: `mlinfra restore` downloads it (checksums verified, decrypted with the key its
     # status names), lays out a redis data directory; a new redis-server on it has the data.
-    env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig)}
-    env.pop("KUBERNETES_SERVICE_HOST", None)
     into = tmp_path / "restore"
-    run = subprocess.run(
-        [sys.executable, "-m", "mlinfra", "restore", f"{ns}/first", "--into", str(into)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    run = _restore(cp, ns, "first", into)
     assert run.returncode == 0, run.stdout + run.stderr
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["engine"] == "redis" and result["backupId"] == st["backupId"]
@@ -165,14 +171,7 @@ def test_a_backup_of_redis_goes_to_s3_is_verified_restores_and_is_deleted_with_i
         assert restored.get(f"{marker}:s") == "value"
         assert restored.lrange(f"{marker}:l", 0, -1) == ["x", "y", "z"]
     # A second restore into the same directory is refused: a restore never overwrites.
-    again = subprocess.run(
-        [sys.executable, "-m", "mlinfra", "restore", f"{ns}/first", "--into", str(into)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    again = _restore(cp, ns, "first", into)
     assert again.returncode == 1 and "not empty" in again.stderr
 
     # Deleting the Backup deletes its objects, and only those.
@@ -226,3 +225,62 @@ def test_a_backup_of_a_store_without_a_policy_says_what_to_set(
     wait_for("Backup nowhere Stalled", stalled, 60)
     ready = condition(get_json(cp, "backup", "nowhere", "-n", ns), "Ready")
     assert ready["reason"] == "NoBackupPolicy" and "spec.backup.target" in ready["message"]
+
+
+def test_a_postgres_backup_restores_into_a_new_server_with_the_rows(
+    control_plane: ControlPlane,
+    operator: OperatorProcess,
+    backer: Backer,
+    postgres_cluster: PostgresCluster,
+    s3_server: MinioServer,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    cp, ns = control_plane, namespace
+    bucket, key = s3_server.new_bucket("bk"), secrets.token_hex(32)
+    _secret(cp, ns, "postgres-creds", username="postgres", password=postgres_cluster.password)
+    user = s3_server.add_user(bucket)
+    _secret(cp, ns, "s3-creds", accessKeyId=user.access_key, secretAccessKey=user.secret_key)
+    _secret(cp, ns, "backup-key", key=key)
+    table = f"e2e_backup_{secrets.token_hex(4)}"
+    with postgres_cluster.primary.connect() as conn:
+        conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, v text)")
+        conn.execute(f"INSERT INTO {table} SELECT g, md5(g::text) FROM generate_series(1, 1000) g")
+    store = _store(ns, postgres_cluster.primary.port, bucket, s3_server.endpoint, engine="postgres")
+    cp.apply([store])
+    _ready_store(cp, ns)
+    cp.apply([_backup(ns, "pg-first")])
+    wait_for("the backup Job", lambda: get_json(cp, "jobs", "-n", ns)["items"] != [], 60)
+    pod = get_json(cp, "job", "pg-first-backup", "-n", ns)["spec"]["template"]["spec"]
+    summary = run_job_command(cp, ns, pod, backer, tmp_path / "job")
+    assert summary["outcome"] == "Complete"
+    wait_for(
+        "Backup pg-first Ready",
+        lambda: condition(get_json(cp, "backup", "pg-first", "-n", ns), "Ready").get("status") == "True",
+        60,
+    )
+    st = get_json(cp, "backup", "pg-first", "-n", ns)["status"]
+    assert st["engine"] == "postgres" and st["wal"]["startLsn"] and st["wal"]["stopLsn"]
+    assert st["wal"]["startWal"] <= st["wal"]["stopWal"]
+    # Rows written after the backup are not in it.
+    with postgres_cluster.primary.connect() as conn:
+        conn.execute(f"INSERT INTO {table} VALUES (1001, 'after')")
+
+    into = tmp_path / "restore"
+    run = _restore(cp, ns, "pg-first", into)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert postgres_cluster.password not in run.stdout + run.stderr
+    server = PostgresServer(tmp_path / "restored", "restored", postgres_cluster.password)
+    server.workdir.mkdir(parents=True)
+    (into / "pgdata").rename(server.datadir)
+    server._prepare_dirs()  # owned by the unprivileged server user when we are root
+    with procs.ProcStack() as stack:
+        server.start(stack)
+        procs.wait_until(
+            "the restored server to promote",
+            lambda: server.connect().execute("SELECT NOT pg_is_in_recovery()").fetchone() == (True,),
+            120,
+        )
+        with server.connect() as conn:
+            rows = conn.execute(f"SELECT count(*), max(id) FROM {table}").fetchone()
+        assert rows == (1000, 1000)
