@@ -1,6 +1,6 @@
 """The ``mlinfra`` command line: ``version``, ``crds``, ``run``, ``status``, ``backup`` (a Backup of a store, now),
 ``restore`` (a Backup laid out by hand), ``sync`` (materialization jobs), ``rebuild`` (a VectorIndex's rebuild
-Job), ``take`` (a backup Job) and ``dev``."""
+Job), ``take`` (a backup Job), ``archive`` (a store's WAL archiver) and ``dev``."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ rebuild_app = typer.Typer(no_args_is_help=True, help="One rebuild, as the operat
 app.add_typer(rebuild_app, name="rebuild")
 take_app = typer.Typer(no_args_is_help=True, help="One backup, as the operator's backup Jobs take it.")
 app.add_typer(take_app, name="take")
+archive_app = typer.Typer(no_args_is_help=True, help="Continuous archiving, as the operator's archiver pods run it.")
+app.add_typer(archive_app, name="archive")
 
 
 @app.command()
@@ -261,6 +263,15 @@ def take_backup(target: Annotated[str, typer.Argument(help="NAMESPACE/NAME of th
     from mlinfra.backups import take_cli
 
     raise typer.Exit(take_cli.run(target))
+
+
+@archive_app.command("wal")
+def archive_wal(target: Annotated[str, typer.Argument(help="NAMESPACE/NAME of the PostgreSQL DataStore.")]) -> None:
+    """Archive the store's WAL continuously as its archiver plan (MLINFRA_ARCHIVE_PLAN) says: pg_receivewal on
+    the store's slot, each segment and mark sealed into <store prefix>/wal/; JSON status lines; exits on SIGTERM."""
+    from mlinfra.backups import archive_cli
+
+    raise typer.Exit(archive_cli.run(target))
 
 
 @app.command("backup")

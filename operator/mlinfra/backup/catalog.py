@@ -48,8 +48,12 @@ DEFAULT_GRACE = datetime.timedelta(hours=6)
 _ID_TIME = "%Y%m%dT%H%M%SZ"
 BACKUP_ID = re.compile(r"^(\d{8}T\d{6}Z)-([0-9a-f]{6})$")
 # pg_receivewal / archive_command file names: segments (TTTTTTTTXXXXXXXXYYYYYYYY), a segment still being
-# written (.partial), timeline history files, and backup history files (<segment>.<offset>.backup).
-WAL_NAME = re.compile(r"^(?:[0-9A-F]{24}(?:\.partial|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)$")
+# written (.partial), timeline history files, backup history files (<segment>.<offset>.backup), and the
+# archiver's marks (<segment>.<UTC time>.<LSN>.mark, see mlinfra.backup.pg_wal: what a restore to a time needs).
+WAL_NAME = re.compile(
+    r"^(?:[0-9A-F]{24}(?:\.partial|\.[0-9A-F]{8}\.backup|\.\d{8}T\d{6}\.\d{6}Z\.[0-9A-F]{16}\.mark)?"
+    r"|[0-9A-F]{8}\.history)$"
+)
 
 
 class CatalogError(Exception):

@@ -32,6 +32,7 @@ KINDS: dict[str, Kind] = {
     "PersistentVolumeClaim": Kind("v1", "persistentvolumeclaims"),
     "Event": Kind("v1", "events"),
     "StatefulSet": Kind("apps/v1", "statefulsets"),
+    "Deployment": Kind("apps/v1", "deployments"),  # a PostgreSQL store's WAL archiver (backups/archiver.py)
     "PodDisruptionBudget": Kind("policy/v1", "poddisruptionbudgets"),
     "NetworkPolicy": Kind("networking.k8s.io/v1", "networkpolicies"),
     "Job": Kind("batch/v1", "jobs"),
