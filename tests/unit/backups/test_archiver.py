@@ -14,12 +14,13 @@ from kind_support import put_store
 
 from mlinfra.api import datastore as ds_api
 from mlinfra.backup import postgres
-from mlinfra.backups import archive_cli, archiver, job
+from mlinfra.backups import archive_cli, job
 from mlinfra.backups.plan import Plan
 from mlinfra.config import Settings
 from mlinfra.context import Context
 from mlinfra.engines import names
 from mlinfra.k8s import objects
+from mlinfra.stores import walarchiver as archiver
 
 UID = "0b7c5d8e-1f2a-4b3c-9d4e-5f6a7b8c9d0e"
 POLICY = {
