@@ -61,6 +61,13 @@ BACKUP_LAST_SUCCESS = Gauge(
     "Completion time (Unix seconds) of the newest complete backup of the store, as its manifest says.",
     ["namespace", "datastore"],
 )
+# The schedule as a gauge, so one alert rule compares each store's newest backup with its own schedule.
+BACKUP_SCHEDULE_INTERVAL = Gauge(
+    "mlinfra_backup_schedule_interval_seconds",
+    "spec.backup.schedule's interval around now: the longer of the gaps before and after its latest fire (no "
+    "series when unscheduled or suspended).",
+    ["namespace", "datastore"],
+)
 VECTORINDEX_POINTS = Gauge(
     "mlinfra_vectorindex_points", "Points in the collection the alias points at.", ["namespace", "name"]
 )
@@ -115,7 +122,14 @@ def record_datastore(namespace: str, name: str, engine: str, status: dict[str, A
 
 def forget_datastore(namespace: str, name: str) -> None:
     """Drop the series of a deleted store (stale series would alert forever)."""
-    gauges = (DATASTORE_UP, DATASTORE_READY_REPLICAS, DATASTORE_LAG_BYTES, DATASTORE_LAG_SECONDS, BACKUP_LAST_SUCCESS)
+    gauges = (
+        DATASTORE_UP,
+        DATASTORE_READY_REPLICAS,
+        DATASTORE_LAG_BYTES,
+        DATASTORE_LAG_SECONDS,
+        BACKUP_LAST_SUCCESS,
+        BACKUP_SCHEDULE_INTERVAL,
+    )
     for gauge in gauges:
         for labels in list(gauge._metrics):
             if labels[0] == namespace and labels[1] == name:
@@ -127,6 +141,11 @@ def backup_completed(namespace: str, datastore: str, completed: float) -> None:
     child = BACKUP_LAST_SUCCESS.labels(namespace, datastore)
     if completed > child._value.get():
         child.set(completed)
+
+
+def set_backup_interval(namespace: str, datastore: str, seconds: float | None) -> None:
+    """The store's schedule interval; None (no schedule, or suspended) removes the series: no alert."""
+    set_objective(BACKUP_SCHEDULE_INTERVAL, namespace, datastore, seconds)
 
 
 def forget_backup(namespace: str, name: str) -> None:

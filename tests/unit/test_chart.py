@@ -34,6 +34,7 @@ OPERATOR_RULES = [
     (["mlinfra.io"], KINDS, ["get", "list", "watch", "patch", "update"]),
     (["mlinfra.io"], [f"{k}/status" for k in KINDS], ["get", "patch", "update"]),
     (["mlinfra.io"], [f"{k}/finalizers" for k in KINDS], ["update"]),
+    (["mlinfra.io"], ["backups"], ["create", "delete"]),  # spec.backup.schedule and its retention
     (["apiextensions.k8s.io"], ["customresourcedefinitions"], ["get", "list", "watch"]),
     ([""], ["namespaces"], ["get", "list", "watch"]),
     ([""], ["events"], ["create", "patch"]),

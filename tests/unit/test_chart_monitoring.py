@@ -119,6 +119,11 @@ ALERTS = {
         {"mlinfra_datastore_replication_lag_seconds"},
         "warning",
     ),
+    "MlinfraBackupTooOld": (
+        "mlinfra.objectives",
+        {"mlinfra_backup_last_success_timestamp_seconds", "mlinfra_backup_schedule_interval_seconds"},
+        "warning",
+    ),
     "MlinfraDataStoreUnreachable": ("mlinfra.health", {"mlinfra_datastore_up"}, "critical"),
     "MlinfraReconcileErrors": ("mlinfra.health", {"controller_runtime_reconcile_errors_total"}, "warning"),
 }
@@ -180,6 +185,12 @@ def test_lag_alerts_compare_each_object_with_its_own_objective() -> None:
             "mlinfra_datastore_replication_lag_seconds > 2.5",
         ),
         ([], "MlinfraReconcileErrors", "sum by (controller) (rate(controller_runtime_reconcile_errors_total[5m])) > 0"),
+        (
+            ["prometheusRule.backupTooOld.graceSeconds=600"],
+            "MlinfraBackupTooOld",
+            "(time() - mlinfra_backup_last_success_timestamp_seconds) > on(namespace, datastore) "
+            "(2 * mlinfra_backup_schedule_interval_seconds + 600)",
+        ),
         (
             ["prometheusRule.reconcileErrors.window=10m", "json:prometheusRule.reconcileErrors.thresholdPerSecond=0.1"],
             "MlinfraReconcileErrors",

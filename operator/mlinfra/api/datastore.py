@@ -448,6 +448,26 @@ class Replication(base.StatusModel):
     max_lag_seconds: float | None = pydantic.Field(default=None, ge=0, description="Largest lag in seconds.")
 
 
+class BackupSummary(base.StatusModel):
+    """The store's backups as the operator last saw them (spec.backup): the newest complete one and the schedule."""
+
+    last_successful_backup: str | None = pydantic.Field(
+        default=None, max_length=253, description="Name of the newest complete Backup of this store."
+    )
+    last_successful_time: str | None = pydantic.Field(
+        default=None, max_length=64, description="When that Backup was complete."
+    )
+    last_scheduled_time: str | None = pydantic.Field(
+        default=None, max_length=64, description="The schedule's slot of the newest Backup the schedule created."
+    )
+    next_scheduled_time: str | None = pydantic.Field(
+        default=None, max_length=64, description="The schedule's next slot (none when suspended or unscheduled)."
+    )
+    backups_kept: int | None = pydantic.Field(
+        default=None, ge=0, description="Complete Backups of this store (scheduled and on-demand)."
+    )
+
+
 class DataStoreStatus(base.StatusModel):
     """The database as observed by the operator's timers."""
 
@@ -474,6 +494,9 @@ class DataStoreStatus(base.StatusModel):
         max_length=32,
         description="Extensions and features discovered, e.g. pgvector, redisearch, apoc.",
         json_schema_extra=base.LIST_SET,
+    )
+    backup: BackupSummary | None = pydantic.Field(
+        default=None, description="Backups: the newest complete one and the schedule (with spec.backup)."
     )
 
 

@@ -6,14 +6,21 @@ Facts, computes the status (``status.compute``) and records the store's metrics.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import logging
+from collections.abc import Mapping
 from typing import Any
 
 from mlinfra import metrics
 from mlinfra.api import datastore as api
 from mlinfra.context import Context, Obj
 from mlinfra.engines import connection, names, observation, probe, render
+from mlinfra.k8s import objects
 from mlinfra.problems import INVALID_SPEC, SECRET_NOT_FOUND, Problem, ProblemError
-from mlinfra.stores import connsecret, status
+from mlinfra.stores import backupschedule, connsecret, status
+
+log = logging.getLogger(__name__)
 
 # Redis's answer to SELECT of a database it does not have (it has `databases` of them, 16 by default). The
 # schema takes any number: only the server knows how many it has.
@@ -97,8 +104,19 @@ def refused_database(ds: api.DataStore, obs: observation.Observation | None) -> 
     )
 
 
+def backups(ctx: Context, obj: Obj[api.DataStore]) -> Mapping[str, Any] | None:
+    """The schedule's tick and ``status.backup`` (see stores.backupschedule). A refusal of the API server or a
+    missed deadline is logged and the previous ``status.backup`` kept: the store's own status still comes."""
+    try:
+        return backupschedule.tick(ctx.kube, obj.body, obj.model.spec.backup, datetime.datetime.now(datetime.UTC))
+    except (objects.ApiError, TimeoutError) as exc:
+        log.warning("backups of DataStore %s/%s: %s", obj.namespace, obj.name, exc)
+        return obj.status.get("backup")
+
+
 def observe(ctx: Context, obj: Obj[api.DataStore]) -> dict[str, Any]:
     """The DataStore's whole new status, from the published connection, Kubernetes and the live server."""
+    backup = backups(ctx, obj)
     conn = connsecret.read_connection(ctx.kube, obj.namespace, obj.name)
     if conn is None:
         # Only after the Secret was deleted by hand (a reconcile publishes it before the first observation):
@@ -116,6 +134,6 @@ def observe(ctx: Context, obj: Obj[api.DataStore]) -> dict[str, Any]:
     refused = refused_database(obj.model, found.observation)
     if refused is not None:
         raise ProblemError(refused)
-    new = status.compute(found, obj.status)
+    new = status.compute(dataclasses.replace(found, backup=backup), obj.status)
     metrics.record_datastore(obj.namespace, obj.name, obj.model.spec.engine, new)
     return new

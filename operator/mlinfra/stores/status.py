@@ -42,6 +42,7 @@ class Facts:
     pod_names: Sequence[str] = ()
     observation: obs.Observation | None = None
     member_names: Mapping[str, str] = field(default_factory=dict)  # observed address -> pod name
+    backup: Mapping[str, Any] | None = None  # status.backup (stores.backupschedule), written as it is
 
 
 LAG_BYTES_STEP = 1024
@@ -127,6 +128,8 @@ def compute(facts: Facts, previous: Mapping[str, Any] | None) -> dict[str, Any]:
         status["endpoint"] = facts.endpoint
     if facts.connection_secret:
         status["connectionSecret"] = facts.connection_secret
+    if facts.backup is not None:
+        status["backup"] = dict(facts.backup)
 
     conds: list[Cond]
     p = facts.problem
@@ -181,8 +184,13 @@ def problem_status(body: Mapping[str, Any], problem: Problem) -> dict[str, Any]:
     mode: Literal["managed", "external"] | None = (
         "managed" if spec.get("managed") else "external" if spec.get("external") else None
     )
+    previous = body.get("status") or {}
     facts = Facts(
-        generation=body["metadata"].get("generation"), engine=str(spec.get("engine")), mode=mode, problem=problem
+        generation=body["metadata"].get("generation"),
+        engine=str(spec.get("engine")),
+        mode=mode,
+        problem=problem,
+        backup=previous.get("backup"),  # what was known of the backups stays true while the store has a problem
     )
     return compute(facts, body.get("status"))
 
@@ -202,4 +210,5 @@ OWNED = (
     "replication",
     "capabilities",
     "conditions",
+    "backup",
 )
