@@ -29,14 +29,14 @@ import pytest
 from test_backup_postgres import ROWS_PER_BATCH, conn_info, insert_batch, rows, server_now, start_restored
 
 from mlinfra.api import backup as api
-from mlinfra.backup import catalog, pg_wal, take
+from mlinfra.backup import catalog, pg_wal, recoverability, take
 from mlinfra.backup.s3 import S3Target
 from mlinfra.backup.sealed import EncryptionKey
-from mlinfra.backups import archiver, recoverability
 from mlinfra.devenv import procs, secretscan
 from mlinfra.devenv.minio import MinioServer
 from mlinfra.devenv.postgres import PostgresCluster, start_postgres
 from mlinfra.engines import names
+from mlinfra.stores import walarchiver as archiver
 
 pytestmark = pytest.mark.integration
 

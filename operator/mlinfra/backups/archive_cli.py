@@ -31,11 +31,12 @@ from types import FrameType
 from typing import Any
 
 from mlinfra.backup import catalog, postgres
-from mlinfra.backups import access, archiver
-from mlinfra.backups.archiver import ArchivePlan
+from mlinfra.backups import access
 from mlinfra.engines import names
 from mlinfra.problems import ProblemError
 from mlinfra.stores import sync_command
+from mlinfra.stores import walarchiver as archiver
+from mlinfra.stores.walarchiver import ArchivePlan
 
 STATUS_INTERVAL = 1.0  # seconds between looks at the archiver's status (a change is printed at once)
 START_BACKOFF_MAX = 30.0

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mlinfra.backup import catalog, pg_wal
+from mlinfra.backup import catalog, pg_wal, recoverability
 from mlinfra.backup.pg_wal import Mark
 from mlinfra.backup.target import VolumeTarget
-from mlinfra.backups import recoverability
 
 MB = 1 << 20
 SIZE = 16 * MB
