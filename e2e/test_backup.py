@@ -7,19 +7,22 @@ The Job's command runs as a process here (kwok runs no pod), with the Secrets th
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from e2e_support import condition, get_json, run_job_command, wait_for
+from e2e_support import condition, get_json, job_command, run_job_command, wait_for
 from mlinfra.backup import catalog
 from mlinfra.devenv import procs
 from mlinfra.devenv.backer import Backer
@@ -28,6 +31,7 @@ from mlinfra.devenv.minio import MinioServer
 from mlinfra.devenv.operator import OperatorProcess
 from mlinfra.devenv.postgres import PostgresCluster, PostgresServer
 from mlinfra.devenv.redis import RedisCluster, RedisServer
+from mlinfra.stores import walarchiver
 
 pytestmark = pytest.mark.e2e
 
@@ -67,12 +71,12 @@ def _backup(ns: str, name: str) -> dict[str, Any]:
     }
 
 
-def _restore(cp: ControlPlane, ns: str, backup: str, into: Path) -> subprocess.CompletedProcess[str]:
+def _restore(cp: ControlPlane, ns: str, backup: str, into: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """`mlinfra restore` as a user runs it: a process with the cluster's kubeconfig."""
     env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig)}
     env.pop("KUBERNETES_SERVICE_HOST", None)
     return subprocess.run(
-        [sys.executable, "-m", "mlinfra", "restore", f"{ns}/{backup}", "--into", str(into)],
+        [sys.executable, "-m", "mlinfra", "restore", f"{ns}/{backup}", "--into", str(into), *args],
         env=env,
         capture_output=True,
         text=True,
@@ -227,7 +231,24 @@ def test_a_backup_of_a_store_without_a_policy_says_what_to_set(
     assert ready["reason"] == "NoBackupPolicy" and "spec.backup.target" in ready["message"]
 
 
-def test_a_postgres_backup_restores_into_a_new_server_with_the_rows(
+def _start_archiver(cp: ControlPlane, ns: str, backer: Backer, tmp: Path) -> subprocess.Popen[bytes]:
+    """The operator's WAL archiver Deployment, its pod's command run as a process here (kwok runs no pod)."""
+    pod = get_json(cp, "deployment", "cache-wal-archiver", "-n", ns)["spec"]["template"]["spec"]
+    argv, env = job_command(cp, ns, pod, backer, tmp / "archiver-secrets")
+    env[walarchiver.SPOOL_ENV], env[walarchiver.STATUS_ENV] = str(tmp / "spool"), str(tmp / "spool" / "status.json")
+    with (tmp / "archiver.log").open("w") as log:
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def running() -> bool:
+        assert proc.poll() is None, (tmp / "archiver.log").read_text()
+        path = tmp / "spool" / "status.json"
+        return path.exists() and bool(json.loads(path.read_text()).get("running"))
+
+    procs.wait_until("the WAL archiver running", running, 60)
+    return proc
+
+
+def test_a_postgres_store_archives_its_wal_and_restores_to_a_point_in_time(
     control_plane: ControlPlane,
     operator: OperatorProcess,
     backer: Backer,
@@ -243,31 +264,57 @@ def test_a_postgres_backup_restores_into_a_new_server_with_the_rows(
     _secret(cp, ns, "s3-creds", accessKeyId=user.access_key, secretAccessKey=user.secret_key)
     _secret(cp, ns, "backup-key", key=key)
     table = f"e2e_backup_{secrets.token_hex(4)}"
+
+    def insert(batch: int) -> None:
+        with postgres_cluster.primary.connect() as conn:
+            conn.execute(f"INSERT INTO {table} (batch) SELECT %s FROM generate_series(1, 100)", (batch,))
+
     with postgres_cluster.primary.connect() as conn:
-        conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, v text)")
-        conn.execute(f"INSERT INTO {table} SELECT g, md5(g::text) FROM generate_series(1, 1000) g")
-    store = _store(ns, postgres_cluster.primary.port, bucket, s3_server.endpoint, engine="postgres")
-    cp.apply([store])
+        conn.execute(f"CREATE TABLE {table} (id bigserial PRIMARY KEY, batch int NOT NULL)")
+    insert(1)
+    cp.apply([_store(ns, postgres_cluster.primary.port, bucket, s3_server.endpoint, engine="postgres")])
     _ready_store(cp, ns)
-    cp.apply([_backup(ns, "pg-first")])
-    wait_for("the backup Job", lambda: get_json(cp, "jobs", "-n", ns)["items"] != [], 60)
-    pod = get_json(cp, "job", "pg-first-backup", "-n", ns)["spec"]["template"]["spec"]
-    summary = run_job_command(cp, ns, pod, backer, tmp_path / "job")
-    assert summary["outcome"] == "Complete"
+
+    # The operator runs the store's WAL archiver: a Deployment of one pod, its Secrets mounted, none in its spec.
     wait_for(
-        "Backup pg-first Ready",
-        lambda: condition(get_json(cp, "backup", "pg-first", "-n", ns), "Ready").get("status") == "True",
+        "the WAL archiver Deployment",
+        lambda: cp.kubectl("get", "deployment", "cache-wal-archiver", "-n", ns, check=False).returncode == 0,
         60,
     )
-    st = get_json(cp, "backup", "pg-first", "-n", ns)["status"]
-    assert st["engine"] == "postgres" and st["wal"]["startLsn"] and st["wal"]["stopLsn"]
-    assert st["wal"]["startWal"] <= st["wal"]["stopWal"]
-    # Rows written after the backup are not in it.
-    with postgres_cluster.primary.connect() as conn:
-        conn.execute(f"INSERT INTO {table} VALUES (1001, 'after')")
+    deployment = get_json(cp, "deployment", "cache-wal-archiver", "-n", ns)
+    assert deployment["spec"]["strategy"]["type"] == "Recreate" and deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["args"] == ["archive", "wal", f"{ns}/cache"]
+    for value in (postgres_cluster.password, key):
+        assert value not in json.dumps(deployment)
+    archiver = _start_archiver(cp, ns, backer, tmp_path)
+    try:
+        cp.apply([_backup(ns, "pg-first")])
+        wait_for("the backup Job", lambda: get_json(cp, "jobs", "-n", ns)["items"] != [], 60)
+        pod = get_json(cp, "job", "pg-first-backup", "-n", ns)["spec"]["template"]["spec"]
+        assert run_job_command(cp, ns, pod, backer, tmp_path / "job")["outcome"] == "Complete"
+        wait_for(
+            "Backup pg-first Ready",
+            lambda: condition(get_json(cp, "backup", "pg-first", "-n", ns), "Ready").get("status") == "True",
+            60,
+        )
+        st = get_json(cp, "backup", "pg-first", "-n", ns)["status"]
+        assert st["engine"] == "postgres" and st["wal"]["startLsn"] and st["wal"]["startWal"] <= st["wal"]["stopWal"]
+        insert(2)
+        time.sleep(1.0)  # commits of batch 2 and 3 lie clearly on either side of T
+        with postgres_cluster.primary.connect() as conn:
+            row = conn.execute("SELECT clock_timestamp()").fetchone()
+        assert row is not None and isinstance(row[0], datetime.datetime)
+        target = row[0]
+        time.sleep(1.0)
+        insert(3)
+    finally:
+        archiver.send_signal(signal.SIGTERM)  # a last mark and a WAL switch, then it exits
+        assert archiver.wait(90) == 0, (tmp_path / "archiver.log").read_text()
+    log = (tmp_path / "archiver.log").read_text()
+    assert postgres_cluster.password not in log and user.secret_key not in log
 
     into = tmp_path / "restore"
-    run = _restore(cp, ns, "pg-first", into)
+    run = _restore(cp, ns, "pg-first", into, "--target-time", target.isoformat())
     assert run.returncode == 0, run.stdout + run.stderr
     assert postgres_cluster.password not in run.stdout + run.stderr
     server = PostgresServer(tmp_path / "restored", "restored", postgres_cluster.password)
@@ -282,5 +329,5 @@ def test_a_postgres_backup_restores_into_a_new_server_with_the_rows(
             120,
         )
         with server.connect() as conn:
-            rows = conn.execute(f"SELECT count(*), max(id) FROM {table}").fetchone()
-        assert rows == (1000, 1000)
+            batches = conn.execute(f"SELECT batch, count(*) FROM {table} GROUP BY batch ORDER BY batch").fetchall()
+        assert batches == [(1, 100), (2, 100)]  # exactly what committed before T: batch 3 came after

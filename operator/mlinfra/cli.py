@@ -300,15 +300,25 @@ def restore_backup(
         str | None, typer.Option(help="neo4j, qdrant: the DataStore (same namespace) to load the backup into.")
     ] = None,
     appendonly: Annotated[bool, typer.Option(help="redis: lay out for a server with appendonly yes.")] = False,
+    target_time: Annotated[
+        str | None,
+        typer.Option(help="postgres: replay the store's WAL archive to this time (RFC 3339, 2026-11-30T03:15:00Z)."),
+    ] = None,
 ) -> None:
     """Download a Backup (every object verified, decrypted with its key) and lay it out for its engine: a redis
     data directory, a PostgreSQL data directory that recovers and promotes, or a load into a neo4j/qdrant store."""
+    import datetime
     import json
 
     from mlinfra.backups import restore_cli
 
     try:
-        result = restore_cli.run(target, into=into, to=to, appendonly=appendonly, echo=typer.echo)
+        when = datetime.datetime.fromisoformat(target_time.replace("Z", "+00:00")) if target_time else None
+    except ValueError:
+        hint = "must be an RFC 3339 time, e.g. 2026-11-30T03:15:00Z"
+        raise typer.BadParameter(hint, param_hint="--target-time") from None
+    try:
+        result = restore_cli.run(target, into=into, to=to, appendonly=appendonly, echo=typer.echo, target_time=when)
     except restore_cli.RestoreError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

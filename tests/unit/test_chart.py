@@ -39,7 +39,7 @@ OPERATOR_RULES = [
     ([""], ["namespaces"], ["get", "list", "watch"]),
     ([""], ["events"], ["create", "patch"]),
     (["events.k8s.io"], ["events"], ["create", "patch"]),
-    (["apps"], ["statefulsets"], FULL),
+    (["apps"], ["statefulsets", "deployments"], FULL),
     ([""], ["services", "configmaps"], FULL),
     ([""], ["secrets"], ["get", "create", "patch"]),
     (["policy"], ["poddisruptionbudgets"], FULL),

@@ -9,6 +9,7 @@ and left alone, checked before the first write so that a conflicted store starts
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from mlinfra.api import datastore as api
@@ -16,7 +17,7 @@ from mlinfra.context import Context, Obj
 from mlinfra.engines import connection, names, render
 from mlinfra.k8s import ownership
 from mlinfra.problems import INVALID_SPEC, Problem, ProblemError
-from mlinfra.stores import children, connsecret, credentials, versions
+from mlinfra.stores import children, connsecret, credentials, versions, walarchiver
 
 
 def _managed(ctx: Context, obj: Obj[api.DataStore]) -> connection.ConnectionInfo:
@@ -125,15 +126,65 @@ def apply(ctx: Context, obj: Obj[api.DataStore]) -> connection.ConnectionInfo:
     return conn
 
 
+ARCHIVER_STOPPING = "ArchiverStopping"
+
+
+def archive_wal(ctx: Context, obj: Obj[api.DataStore]) -> None:
+    """A PostgreSQL store with spec.backup runs its WAL archiver (``stores.walarchiver``); one whose backups
+    were turned off stops it and drops its replication slot (or the server would keep WAL for ever)."""
+    if obj.model.spec.engine != "postgres":
+        return
+    if walarchiver.wants_archiver(obj.body).wanted:
+        walarchiver.ensure_archiver(ctx, obj.body)
+        return
+    if ctx.kube.get_or_none("Deployment", obj.namespace, walarchiver.deployment_name(obj.name)) is None:
+        return
+    if not walarchiver.drop(ctx, obj.body):
+        raise ProblemError(
+            Problem(
+                ARCHIVER_STOPPING,
+                "the WAL archiver is stopping: its replication slot is dropped once its pod has ended",
+                stalled=False,
+            )
+        )
+
+
 def reconcile(ctx: Context, obj: Obj[api.DataStore]) -> None:
-    """The kind's reconcile step (see :func:`apply`)."""
+    """The kind's reconcile step (see :func:`apply`), then the WAL archiver (:func:`archive_wal`)."""
     apply(ctx, obj)
+    archive_wal(ctx, obj)
 
 
 def _claim_of(pvc: str, store: str) -> bool:
     """``pvc`` is one of the claims the store's StatefulSet makes (``data-<store>-<ordinal>``)."""
     ordinal = pvc.rpartition("-")[2]
     return ordinal.isascii() and ordinal.isdigit() and names.pvc(store, int(ordinal)) == pvc
+
+
+SLOT_DROP_WAIT = 75.0  # seconds: the archiver pod's grace period (60 s) and a little more
+
+
+def _drop_archiver_slot(ctx: Context, obj: Obj[api.DataStore]) -> None:
+    """An external server outlives the store; the archiver's replication slot must not (the server would keep
+    WAL for ever). The slot is busy until the archiver's pod has ended: tried for a while, then left with a
+    Warning naming it (an unreachable server must not keep the store from being deleted)."""
+    ds = obj.model
+    archived = ds.spec.backup is not None or (
+        ctx.kube.get_or_none("Deployment", obj.namespace, walarchiver.deployment_name(obj.name)) is not None
+    )
+    if ds.spec.engine != "postgres" or not archived:
+        return
+    deadline = time.monotonic() + SLOT_DROP_WAIT
+    while not walarchiver.drop(ctx, obj.body):
+        if time.monotonic() > deadline:
+            slot = walarchiver.slot_for(obj.namespace, obj.name, str(obj.body["metadata"]["uid"]))
+            obj.report.warning(
+                "ReplicationSlotLeft",
+                f"the WAL archiver's replication slot {slot} could not be dropped on the external server: drop it "
+                f"there (SELECT pg_drop_replication_slot('{slot}')) or the server keeps WAL for it",
+            )
+            return
+        time.sleep(5)
 
 
 def delete(ctx: Context, obj: Obj[api.DataStore]) -> None:
@@ -147,6 +198,7 @@ def delete(ctx: Context, obj: Obj[api.DataStore]) -> None:
     ds = obj.model
     ns, name = obj.namespace, obj.name
     if ds.spec.managed is None:
+        _drop_archiver_slot(ctx, obj)
         return
     if ds.spec.deletion_policy == "Retain":
         secret_name = names.credentials_secret(name)
