@@ -1,7 +1,8 @@
 """Every metric the chart's alerts and the Grafana dashboard use exists in the operator's real /metrics.
 
-One DataStore of each engine, a FeatureView, a ModelRegistry with lineage and a VectorIndex, all Ready with
-the real operator; then the operator's /metrics is scraped and every metric name in the rendered
+One DataStore of each engine (the PostgreSQL one with a backup schedule and one complete Backup in a real S3
+server), a FeatureView, a ModelRegistry with lineage and a VectorIndex, all Ready with the real operator;
+then the operator's /metrics is scraped and every metric name in the rendered
 PrometheusRule's expressions and in the dashboard's queries must have samples there — for the mlinfra_*
 names, samples of this test's own objects. A name that is misspelt, renamed in metrics.py, or never set by a
 handler fails here, not in someone's Prometheus at 3 a.m.
@@ -12,16 +13,18 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from e2e_support import condition, get_json, wait_for
+from e2e_support import condition, get_json, run_job_command, wait_for
 from mlinfra.devenv import operator as op_mod
 from mlinfra.devenv import tools
 from mlinfra.devenv.backer import Backer
 from mlinfra.devenv.controlplane import ControlPlane
+from mlinfra.devenv.minio import MinioServer
 from mlinfra.devenv.neo4j import Neo4jServer
 from mlinfra.devenv.operator import OperatorProcess
 from mlinfra.devenv.postgres import PostgresCluster
@@ -79,8 +82,20 @@ def dashboard_exprs() -> list[str]:
     return exprs + [v["query"]["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
 
 
-def scene(cp: ControlPlane, ns: str, pg: PostgresCluster, graph: Neo4jServer) -> None:
+def scene(cp: ControlPlane, ns: str, pg: PostgresCluster, graph: Neo4jServer, s3: MinioServer) -> None:
     table = f"emb_{ns[-6:]}"
+    bucket = s3.new_bucket("metrics")
+    s3_user = s3.add_user(bucket)
+    cp.kubectl(
+        "create",
+        "secret",
+        "generic",
+        "s3-creds",
+        "-n",
+        ns,
+        f"--from-literal=accessKeyId={s3_user.access_key}",
+        f"--from-literal=secretAccessKey={s3_user.secret_key}",
+    )
     with pg.primary.connect() as conn:
         conn.execute(
             f"create table public.{table} (id bigint primary key, embedding real[], "
@@ -123,7 +138,19 @@ def scene(cp: ControlPlane, ns: str, pg: PostgresCluster, graph: Neo4jServer) ->
                     "external": {
                         "endpoint": f"127.0.0.1:{pg.primary.port}",
                         "credentialsSecretRef": {"name": "pg-creds"},
-                    }
+                    },
+                    # Backups: the schedule's interval gauge, and (with the Backup below) the last success.
+                    "backup": {
+                        "target": {
+                            "s3": {
+                                "bucket": bucket,
+                                "endpoint": s3.endpoint,
+                                "credentialsSecretRef": {"name": "s3-creds"},
+                                "tls": {"enabled": False},
+                            }
+                        },
+                        "schedule": "0 3 * * *",
+                    },
                 },
             ),
             store(
@@ -214,7 +241,9 @@ def test_every_alerted_and_charted_metric_is_exported(
     backer: Backer,
     postgres_cluster: PostgresCluster,
     neo4j_server: Neo4jServer,
+    s3_server: MinioServer,
     namespace: str,
+    tmp_path: Path,
 ) -> None:
     cp, ns = control_plane, namespace
     alerts = {n for e in rule_exprs(cp) for n in NAME.findall(e)}
@@ -224,8 +253,27 @@ def test_every_alerted_and_charted_metric_is_exported(
     assert "controller_runtime_reconcile_errors_total" in alerts
     assert "controller_runtime_reconcile_time_seconds_bucket" in charted
 
-    scene(cp, ns, postgres_cluster, neo4j_server)
+    scene(cp, ns, postgres_cluster, neo4j_server, s3_server)
     wait_for("every object Ready", lambda: all_ready(cp, ns), 240)
+    # One complete Backup of the store: its Job's command run here (kwok runs no pod).
+    cp.apply(
+        [
+            {
+                "apiVersion": "mlinfra.io/v1alpha1",
+                "kind": "Backup",
+                "metadata": {"name": "first", "namespace": ns},
+                "spec": {"dataStoreRef": {"name": "offline"}},
+            }
+        ]
+    )
+    wait_for("the backup Job", lambda: get_json(cp, "jobs", "-n", ns, "-l", "mlinfra.io/backup")["items"] != [], 60)
+    pod = get_json(cp, "job", "first-backup", "-n", ns)["spec"]["template"]["spec"]
+    run_job_command(cp, ns, pod, backer, tmp_path / "backup-job")
+    wait_for(
+        "Backup first Ready",
+        lambda: condition(get_json(cp, "backup", "first", "-n", ns), "Ready").get("status") == "True",
+        60,
+    )
     # Gauges are set by the observing timers: give them a few ticks, then say exactly what is missing.
     problems: list[str] = []
 
