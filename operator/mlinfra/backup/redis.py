@@ -140,6 +140,16 @@ class _Conn:
         self.send(*args)
         return self.reply()
 
+    def skip_keepalives(self) -> None:
+        """Drop the newlines a primary sends a waiting replica before the snapshot starts: with diskless sync
+        (repl-diskless-sync-delay) they come before the ``+FULLRESYNC`` reply too, not only after it."""
+        while True:
+            while not self.buffer:
+                self._fill()
+            if self.buffer[:1] != b"\n":
+                return
+            del self.buffer[:1]
+
     def payload_into(self, sink: BinaryIO) -> tuple[int, str]:
         """Copy the full-sync payload after ``+FULLRESYNC`` into ``sink``: (bytes written, transfer kind)."""
         while True:
@@ -256,7 +266,9 @@ def take(conn: connection.ConnectionInfo, staging: Path, timeout: float) -> dict
                 rdb_only = True
             except RedisBackupError:
                 rdb_only = False  # before Redis 7: the stream that follows the RDB is simply not read
-            answer = resp.call("PSYNC", "?", "-1")
+            resp.send("PSYNC", "?", "-1")
+            resp.skip_keepalives()
+            answer = resp.reply()
             words = str(answer).split()
             if not words or words[0] != "FULLRESYNC":
                 raise RedisBackupError(f"redis at {conn.endpoint}: expected FULLRESYNC, got {str(answer)[:60]!r}")
