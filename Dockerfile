@@ -41,6 +41,17 @@ LABEL org.opencontainers.image.title="mlinfra-operator" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.base.name="docker.io/library/python:3.11.17-slim-bookworm"
 
+# pg_basebackup and pg_receivewal, for PostgreSQL backups and WAL archiving (mlinfra.backup.postgres): the
+# client of the base image's Debian release, which backs up servers of its major version and older. Its minor
+# version follows Debian's security updates, so it is not pinned. The local platform's base image has it already
+# (e2e/images/python.packages): then nothing is installed here.
+# hadolint ignore=DL3008
+RUN if ! command -v pg_basebackup >/dev/null 2>&1; then \
+        apt-get update \
+        && apt-get install -y --no-install-recommends postgresql-client-15 \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
+
 RUN groupadd --system --gid 10001 mlinfra \
     && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin mlinfra
 

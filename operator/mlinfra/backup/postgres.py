@@ -64,6 +64,7 @@ RECOVERY_SETTINGS = (
     "recovery_target_inclusive",
     "recovery_target_action",
     "recovery_target_timeline",
+    "hot_standby",
 )
 _MARKS_DIR = ".mlinfra-marks"
 _LAST_SHIPPED = ".mlinfra-last-shipped"
@@ -734,6 +735,11 @@ def restore(
         "restore_command": restore_command(wal_dir),
         "recovery_target_action": "promote",
         "recovery_target_timeline": "latest",
+        # Nobody reads from a server being restored. With hot standby on, recovery refuses to start unless
+        # max_connections, max_wal_senders, max_worker_processes... are at least the source's (a restore into a
+        # server configured otherwise than the source: "recovery aborted because of insufficient parameter
+        # settings"); off, the checks do not apply and connections are accepted from the promotion on.
+        "hot_standby": "off",
     }
     if target_time is not None:
         settings["recovery_target_time"] = target_time.isoformat(sep=" ")

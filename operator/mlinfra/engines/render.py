@@ -41,7 +41,7 @@ import jinja2
 import yaml
 
 from mlinfra.api import datastore
-from mlinfra.engines import names
+from mlinfra.engines import connection, names
 
 CONFIG_DIR = "/etc/mlinfra"
 # Where PostgreSQL's unix socket lives in the pods: Debian's default (the official image's too), so psql and
@@ -304,6 +304,7 @@ def _context(
         "password_key": names.PASSWORD_KEY,
         "replication_password_key": names.REPLICATION_PASSWORD_KEY,
         "replication_user": names.POSTGRES_REPLICATION_USER,
+        "admin_user": connection.DEFAULT_USERNAMES["postgres"],
         "pod0_host": names.pod_host(ds, 0),
         "headless_domain": f"{names.headless_service(name)}.{ns}.svc",
         "client_host": names.service_host(ds),

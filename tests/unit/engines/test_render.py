@@ -413,6 +413,7 @@ def test_scripts_default_to_pod_0_in_the_cluster() -> None:
     assert "default_pgdata=/var/lib/postgresql/data/pgdata\n" in pg["bootstrap.sh"]
     assert "-R -X stream" in pg["bootstrap.sh"]
     assert "host    replication  replicator" in pg["pg_hba.conf"]
+    assert "host    replication  postgres" in pg["pg_hba.conf"]  # backups and the WAL archiver
     qdrant = render.render_config_files(store("qdrant", 3))["entrypoint.sh"]
     assert "default_bootstrap_uri=http://feats-0.feats-hl.ml.svc:6335\n" in qdrant
     assert '--bootstrap "$bootstrap_uri" --uri "$self_uri"' in qdrant
@@ -448,7 +449,7 @@ def test_postgres_start_script_runs_initdb_and_the_rendered_config() -> None:
     assert "--auth-local=scram-sha-256 --auth-host=scram-sha-256" in start
     assert [line.split()[-1] for line in files["pg_hba.conf"].splitlines() if line and not line.startswith("#")] == [
         "scram-sha-256"
-    ] * 3
+    ] * 4
     assert 'bash "${config_dir}/init-primary.sh"' in start
     assert 'exec postgres -D "$pgdata" "${server_args[@]}"' in start
     assert '"cluster_name=${pod}"' in start
