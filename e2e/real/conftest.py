@@ -13,6 +13,7 @@ import pytest
 from mlinfra.devenv import operator as op_mod
 from mlinfra.devenv import procs, secretscan
 from mlinfra.devenv.controlplane import ControlPlane
+from mlinfra.devenv.minio import MinioServer, start_minio
 from mlinfra.devenv.realnode import RealNode
 
 
@@ -26,6 +27,16 @@ def real_cp(devenv_dir: Path) -> Iterator[ControlPlane]:
 def real_node(real_cp: ControlPlane, devenv_dir: Path) -> Iterator[RealNode]:
     with RealNode(real_cp, devenv_dir / "real-node") as node:
         yield node
+
+
+@pytest.fixture(scope="session")
+def real_s3(real_node: RealNode, devenv_dir: Path) -> Iterator[MinioServer]:
+    """A MinIO inside the real node's network namespace, on the node's address: the node's Pods (the operator,
+    backup Jobs) reach it there, and so do the tests, over the node's link. Stopped before the node is (it
+    depends on it), so the node's namespace is deleted with nothing left running in it."""
+    assert real_node.layout is not None
+    with procs.ProcStack() as stack:
+        yield start_minio(stack, devenv_dir / "real-minio", netns=real_node.layout.netns, host=real_node.node_ip)
 
 
 @pytest.fixture

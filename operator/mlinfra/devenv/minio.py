@@ -1,6 +1,10 @@
 """A real S3 server for the backup tests: MinIO (built from the Go module proxy by ``e2e/tools/build.sh``) on
 free loopback ports, with server-side encryption (a generated KMS key) and optionally TLS.
 
+For the real tier it runs inside the real node's network namespace instead (``netns`` and ``host``: the node's
+address), where the node's Pods reach it and the host reaches it over the node's link, as it reaches the kubelet:
+nothing of it listens outside the namespace the test run created.
+
 The root credentials are generated and reach the server through its environment, never its argv; the
 password and the KMS key are tracked by the secret scan, so the server's own log is checked for them too.
 """
@@ -22,6 +26,7 @@ from minio import Minio, MinioAdmin
 from minio.credentials.providers import StaticProvider
 
 from mlinfra.backup.s3 import S3Target
+from mlinfra.devenv import netns as netns_mod
 from mlinfra.devenv import pki, procs, secretscan, tools
 
 _TIMEOUT = urllib3.Timeout(connect=5, read=30)
@@ -48,10 +53,13 @@ class MinioServer:
     )
     proc: procs.Proc | None = None
     ca_pem: bytes | None = None  # the CA that signed the serving certificate (TLS only)
+    # The network namespace to run in (None: the host's) and the address to listen on there.
+    netns: str | None = None
+    host: str = "127.0.0.1"
 
     @property
     def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -122,6 +130,9 @@ class MinioServer:
         return response.status == 200
 
     def start(self, stack: procs.ProcStack) -> MinioServer:
+        if self.tls and self.host != "127.0.0.1":
+            # pki.create_pki's serving certificate names 127.0.0.1 and localhost only.
+            raise ValueError(f"MinIO over TLS listens on 127.0.0.1 only, not {self.host}")
         self.workdir.mkdir(parents=True, exist_ok=True)
         data, certs = self.workdir / "data", self.workdir / "certs"
         data.mkdir(exist_ok=True)
@@ -151,16 +162,20 @@ class MinioServer:
             "--address",
             self.endpoint,
             "--console-address",
-            f"127.0.0.1:{self.console_port}",
+            f"127.0.0.1:{self.console_port}",  # the loopback of its own namespace (and nothing listens there)
             "--certs-dir",
             str(certs),
             "--anonymous",  # hide what could be sensitive from its log
             "--quiet",
         ]
+        if self.netns is not None:
+            argv = netns_mod.in_netns(self.netns, *argv)  # nsenter execs minio: the Proc's pid is the server's
         self.proc = stack.add(procs.Proc("minio", argv, self.workdir / "minio.log", env=env))
         procs.wait_until("minio to be ready", self._ready, 60, self.proc)
         return self
 
 
-def start_minio(stack: procs.ProcStack, workdir: Path, tls: bool = False) -> MinioServer:
-    return MinioServer(workdir, tls=tls).start(stack)
+def start_minio(
+    stack: procs.ProcStack, workdir: Path, tls: bool = False, netns: str | None = None, host: str = "127.0.0.1"
+) -> MinioServer:
+    return MinioServer(workdir, tls=tls, netns=netns, host=host).start(stack)

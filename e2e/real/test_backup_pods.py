@@ -1,0 +1,226 @@
+"""Backups in Pods: a Backup of a managed Redis is taken by the operator's Job, which runs `mlinfra take backup`
+in a real Pod from the operator image (non-root, read-only root filesystem, its staging in the /tmp emptyDir)
+on the real node, into a real S3 server (MinIO) running inside the node's network namespace. The Backup's
+status comes from the manifest the Pod wrote, the objects are in the bucket, and the backup restores into a
+new redis-server with the keys written into the managed Redis before it."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+from real_support import condition, datastore, get, in_pod, ready, redis_cli, secret
+
+from mlinfra.backup import catalog, postgres, redis
+from mlinfra.backup.sealed import EncryptionKey
+from mlinfra.backups import job as backup_job
+from mlinfra.devenv import procs
+from mlinfra.devenv.controlplane import ControlPlane
+from mlinfra.devenv.minio import MinioServer
+from mlinfra.devenv.postgres import PostgresServer
+from mlinfra.devenv.realnode import RealNode
+from mlinfra.devenv.redis import RedisServer
+
+PREFIX = "team-a"
+
+
+def _secret(cp: ControlPlane, ns: str, name: str, **values: str) -> None:
+    # Through stdin (an env file), never on kubectl's command line.
+    env_file = "".join(f"{k}={v}\n" for k, v in values.items())
+    cp.kubectl("create", "secret", "generic", name, "-n", ns, "--from-env-file=/dev/stdin", input=env_file)
+
+
+def job_done(cp: ControlPlane, ns: str, name: str) -> bool:
+    conds = get(cp, ns, "job", name).get("status", {}).get("conditions", [])
+    failed = [c for c in conds if c["type"] == "Failed" and c["status"] == "True"]
+    assert not failed, f"Job {name} failed: {failed}"
+    return any(c["type"] == "Complete" and c["status"] == "True" for c in conds)
+
+
+def job_pods(cp: ControlPlane, ns: str, job: str) -> list[dict[str, Any]]:
+    return list(json.loads(cp.kubectl("get", "pods", "-n", ns, "-l", f"job-name={job}", "-o", "json").stdout)["items"])
+
+
+def _store(ns: str, image: str, bucket: str, s3: MinioServer) -> dict[str, Any]:
+    store = datastore(ns, "cache", "redis", image, 1)
+    store["spec"]["backup"] = {
+        "target": {
+            "s3": {
+                "bucket": bucket,
+                "prefix": PREFIX,
+                "endpoint": s3.endpoint,  # the node's address: where its Pods reach the server
+                "credentialsSecretRef": {"name": "s3-creds"},
+                "tls": {"enabled": False},
+            }
+        },
+        "encryption": {"keySecretRef": {"name": "backup-key", "key": "key"}},
+    }
+    return store
+
+
+def test_a_backup_job_runs_in_a_pod_into_s3_in_the_node_and_restores(
+    real_cp: ControlPlane, real_node: RealNode, real_operator: str, real_s3: MinioServer, real_ns: str, tmp_path: Path
+) -> None:
+    cp, ns = real_cp, real_ns
+    bucket, key = real_s3.new_bucket("real"), secrets.token_hex(32)
+    user = real_s3.add_user(bucket)
+    _secret(cp, ns, "s3-creds", accessKeyId=user.access_key, secretAccessKey=user.secret_key)
+    _secret(cp, ns, "backup-key", key=key)
+    cp.apply([_store(ns, real_node.image("redis"), bucket, real_s3)], field_manager="test")
+    procs.wait_until("DataStore cache Ready", lambda: ready(cp, ns, "cache"), 240)
+
+    password = secret(cp, ns, "cache-conn")["password"]
+    marker = f"real-backup-{secrets.token_hex(4)}"
+    redis_cli(cp, ns, "cache-0", password, "HSET", f"{marker}:h", "a", "1", "b", "2")
+    redis_cli(cp, ns, "cache-0", password, "SET", f"{marker}:s", "value")
+    redis_cli(cp, ns, "cache-0", password, "RPUSH", f"{marker}:l", "x", "y", "z")
+
+    cp.apply(
+        [
+            {
+                "apiVersion": "mlinfra.io/v1alpha1",
+                "kind": "Backup",
+                "metadata": {"name": "first", "namespace": ns},
+                "spec": {"dataStoreRef": {"name": "cache"}},
+            }
+        ],
+        field_manager="test",
+    )
+    name = backup_job.job_name("first")
+    procs.wait_until(
+        "the backup Job", lambda: cp.kubectl("get", "job", name, "-n", ns, check=False).returncode == 0, 90
+    )
+    procs.wait_until("the backup Job complete", lambda: job_done(cp, ns, name), 240)
+
+    # It ran as a real Pod of the operator image on the real node, locked down as the Job builder says.
+    [pod] = job_pods(cp, ns, name)
+    assert pod["spec"]["nodeName"] == real_node.name and pod["status"]["phase"] == "Succeeded"
+    [container] = pod["spec"]["containers"]
+    assert container["image"] == real_node.image("operator")
+    assert container["args"][:2] == ["take", "backup"]
+    security = {**pod["spec"].get("securityContext", {}), **container.get("securityContext", {})}
+    assert security.get("runAsNonRoot") is True and security.get("readOnlyRootFilesystem") is True
+    tmp_mounts = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+    [tmp_volume] = [v for v in pod["spec"]["volumes"] if v["name"] == tmp_mounts[0]["name"]]
+    assert "emptyDir" in tmp_volume
+    assert not any(e["name"] == backup_job.STAGING_ENV for e in container.get("env", []))
+    summary = json.loads(cp.kubectl("logs", "-n", ns, pod["metadata"]["name"]).stdout.strip().splitlines()[-1])
+    assert summary["outcome"] == "Complete", summary
+
+    # The Backup is Ready, its status read from the manifest on the bucket.
+    def complete() -> bool:
+        return condition(get(cp, ns, "backup", "first"), "Ready").get("status") == "True"
+
+    procs.wait_until("Backup first Ready", complete, 90)
+    st = get(cp, ns, "backup", "first")["status"]
+    store_uid = get(cp, ns, "datastore", "cache")["metadata"]["uid"]
+    store_prefix = f"{ns}/cache/{store_uid}"
+    assert summary["backupId"] == st["backupId"]
+    assert st["location"] == f"s3://{bucket}/{PREFIX}/{store_prefix}/backups/{st['backupId']}/"
+    assert st["engine"] == "redis" and st["encrypted"] is True and st["sizeBytes"] > 0
+    target = real_s3.target(bucket, PREFIX, user=user)
+    manifest = catalog.read_manifest(target, store_prefix, st["backupId"])
+    assert st["sizeBytes"] == manifest.stored_size
+    assert manifest.store.uid == store_uid and manifest.encrypted
+
+    # The objects are in the bucket: every one the manifest names, and the manifest.
+    listed = {o.object_name for o in real_s3.client().list_objects(bucket, prefix=f"{PREFIX}/", recursive=True)}
+    base = f"{PREFIX}/{catalog.backup_dir(store_prefix, st['backupId'])}"
+    assert f"{PREFIX}/{catalog.manifest_key(store_prefix, st['backupId'])}" in listed
+    assert manifest.objects and {base + o.key for o in manifest.objects} <= listed
+
+    # It restores: downloaded and verified here, laid out as a redis data directory, served by a new server.
+    enc_key = EncryptionKey.from_secret_value("backup-key/key", key.encode())
+    files = tmp_path / "backup"
+    catalog.download_backup(target, store_prefix, st["backupId"], files, enc_key)
+    data = tmp_path / "redis-data"
+    redis.restore(files, data)
+    with procs.ProcStack() as stack:
+        server = RedisServer(data, "restored", password=secrets.token_hex(12)).start(stack)
+        restored = server.client()
+        assert restored.hgetall(f"{marker}:h") == {"a": "1", "b": "2"}
+        assert restored.get(f"{marker}:s") == "value"
+        assert restored.lrange(f"{marker}:l", 0, -1) == ["x", "y", "z"]
+
+
+def test_a_postgres_backup_job_and_the_wal_archiver_run_in_pods_and_restore(
+    real_cp: ControlPlane, real_node: RealNode, real_operator: str, real_s3: MinioServer, real_ns: str, tmp_path: Path
+) -> None:
+    cp, ns = real_cp, real_ns
+    bucket, key = real_s3.new_bucket("realpg"), secrets.token_hex(32)
+    user = real_s3.add_user(bucket)
+    _secret(cp, ns, "s3-creds", accessKeyId=user.access_key, secretAccessKey=user.secret_key)
+    _secret(cp, ns, "backup-key", key=key)
+    store = datastore(ns, "pg", "postgres", real_node.image("postgres"), 1)
+    store["spec"]["backup"] = _store(ns, real_node.image("redis"), bucket, real_s3)["spec"]["backup"]
+    cp.apply([store], field_manager="test")
+    procs.wait_until("DataStore pg Ready", lambda: ready(cp, ns, "pg"), 300)
+    password = secret(cp, ns, "pg-conn")["password"]
+
+    def psql(sql: str) -> str:
+        return in_pod(cp, ns, "pg-0", "postgres", "PGPASSWORD", password, "psql", "-U", "postgres", "-Atc", sql)
+
+    psql("CREATE TABLE real_backup (id int PRIMARY KEY, v text)")
+    psql("INSERT INTO real_backup SELECT g, md5(g::text) FROM generate_series(1, 500) g")
+
+    # The operator's WAL archiver runs as a real Pod (pg_receivewal from the operator image, over the
+    # replication protocol): within a mark interval the archive in the bucket has a segment and a mark.
+    store_prefix = f"{ns}/pg/{get(cp, ns, 'datastore', 'pg')['metadata']['uid']}"
+    target = real_s3.target(bucket, PREFIX, user=user)
+
+    def archived() -> bool:
+        names = catalog.list_wal(target, store_prefix)
+        return any(n.endswith(".mark") for n in names) and any(len(n) == 24 for n in names)
+
+    procs.wait_until("WAL segments and a mark archived by the archiver Pod", archived, 180)
+    pods = json.loads(
+        cp.kubectl("get", "pods", "-n", ns, "-l", "app.kubernetes.io/component=wal-archiver", "-o", "json").stdout
+    )["items"]
+    assert [p["status"]["phase"] for p in pods] == ["Running"] and pods[0]["spec"]["nodeName"] == real_node.name
+
+    cp.apply(
+        [
+            {
+                "apiVersion": "mlinfra.io/v1alpha1",
+                "kind": "Backup",
+                "metadata": {"name": "pg-first", "namespace": ns},
+                "spec": {"dataStoreRef": {"name": "pg"}},
+            }
+        ],
+        field_manager="test",
+    )
+    name = backup_job.job_name("pg-first")
+    procs.wait_until(
+        "the backup Job", lambda: cp.kubectl("get", "job", name, "-n", ns, check=False).returncode == 0, 90
+    )
+    procs.wait_until("the backup Job complete", lambda: job_done(cp, ns, name), 300)
+    procs.wait_until(
+        "Backup pg-first Ready",
+        lambda: condition(get(cp, ns, "backup", "pg-first"), "Ready").get("status") == "True",
+        90,
+    )
+    st = get(cp, ns, "backup", "pg-first")["status"]
+    assert st["engine"] == "postgres" and st["wal"]["startLsn"]
+
+    # It restores: base backup downloaded and verified here, a new local server recovers it and promotes.
+    files = tmp_path / "backup"
+    catalog.download_backup(
+        target, store_prefix, st["backupId"], files, EncryptionKey.from_secret_value("k", key.encode())
+    )
+    server = PostgresServer(tmp_path / "restored", "restored", password)
+    server.workdir.mkdir(parents=True)
+    wal = tmp_path / "wal"
+    wal.mkdir()
+    postgres.restore(files, wal, server.datadir)
+    server._prepare_dirs()
+    with procs.ProcStack() as stack:
+        server.start(stack)
+        procs.wait_until(
+            "the restored server to promote",
+            lambda: server.connect().execute("SELECT NOT pg_is_in_recovery()").fetchone() == (True,),
+            120,
+        )
+        with server.connect() as conn:
+            assert conn.execute("SELECT count(*) FROM real_backup").fetchone() == (500,)
