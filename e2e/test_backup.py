@@ -313,6 +313,17 @@ def test_a_postgres_store_archives_its_wal_and_restores_to_a_point_in_time(
     log = (tmp_path / "archiver.log").read_text()
     assert postgres_cluster.password not in log and user.secret_key not in log
 
+    # The store's status says how far it can be restored, read from the bucket (looked at once a minute).
+    def recoverable() -> bool:
+        st = get_json(cp, "datastore", "cache", "-n", ns)["status"].get("backup") or {}
+        last = st.get("lastRecoverabilityPoint")
+        return last is not None and datetime.datetime.fromisoformat(last.replace("Z", "+00:00")) >= target
+
+    wait_for("status.backup.lastRecoverabilityPoint after T", recoverable, 150)
+    summary = get_json(cp, "datastore", "cache", "-n", ns)["status"]["backup"]
+    first = datetime.datetime.fromisoformat(summary["firstRecoverabilityPoint"].replace("Z", "+00:00"))
+    assert first <= target and summary["walGaps"] == 0 and "recoverabilityError" not in summary
+
     into = tmp_path / "restore"
     run = _restore(cp, ns, "pg-first", into, "--target-time", target.isoformat())
     assert run.returncode == 0, run.stdout + run.stderr

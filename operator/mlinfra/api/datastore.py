@@ -466,6 +466,23 @@ class BackupSummary(base.StatusModel):
     backups_kept: int | None = pydantic.Field(
         default=None, ge=0, description="Complete Backups of this store (scheduled and on-demand)."
     )
+    first_recoverability_point: str | None = pydantic.Field(
+        default=None,
+        max_length=64,
+        description="postgres: the earliest time a restore can reach (the end of the oldest base backup).",
+    )
+    last_recoverability_point: str | None = pydantic.Field(
+        default=None,
+        max_length=64,
+        description="postgres: the latest time a restore can reach (the newest mark in the WAL archive that "
+        "follows a base backup without a gap).",
+    )
+    wal_gaps: int | None = pydantic.Field(
+        default=None, ge=0, description="postgres: missing stretches in the WAL archive (a restore cannot cross one)."
+    )
+    recoverability_error: str | None = pydantic.Field(
+        default=None, max_length=1024, description="Why the target could not be read for the points above."
+    )
 
 
 class DataStoreStatus(base.StatusModel):

@@ -31,9 +31,9 @@ from types import FrameType
 from typing import Any
 
 from mlinfra.backup import catalog, postgres
-from mlinfra.backups import access
 from mlinfra.engines import names
 from mlinfra.problems import ProblemError
+from mlinfra.stores import backupaccess as access
 from mlinfra.stores import sync_command
 from mlinfra.stores import walarchiver as archiver
 from mlinfra.stores.walarchiver import ArchivePlan

@@ -17,11 +17,12 @@ from mlinfra import metrics
 from mlinfra.api import backup as api
 from mlinfra.backup import catalog
 from mlinfra.backup.target import NotFound, Target, TargetError
-from mlinfra.backups import access, job, status
+from mlinfra.backups import job, status
 from mlinfra.backups.plan import Plan, resolve
 from mlinfra.context import Context, Obj
 from mlinfra.k8s import jobstatus
 from mlinfra.problems import Problem, ProblemError
+from mlinfra.stores import backupaccess as access
 from mlinfra.stores import children
 
 log = logging.getLogger(__name__)

@@ -23,10 +23,10 @@ from typing import Any
 
 from mlinfra.backup import catalog, pg_wal
 from mlinfra.backup.target import TargetError
-from mlinfra.backups import access
 from mlinfra.backups.plan import resolve
 from mlinfra.k8s import conditions, objects
 from mlinfra.problems import ProblemError
+from mlinfra.stores import backupaccess as access
 from mlinfra.stores import connsecret, sync_command
 
 TIMEOUT = 3600.0

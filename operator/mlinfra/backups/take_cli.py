@@ -18,10 +18,11 @@ from typing import Any
 
 from mlinfra.backup import take
 from mlinfra.backup.target import TargetError
-from mlinfra.backups import access, job
+from mlinfra.backups import job
 from mlinfra.backups.plan import Plan
 from mlinfra.engines import names
 from mlinfra.problems import ProblemError
+from mlinfra.stores import backupaccess as access
 from mlinfra.stores import sync_command
 
 TIMEOUT = 3600.0  # the engine's own deadline for taking the files (the Job's activeDeadlineSeconds caps all)

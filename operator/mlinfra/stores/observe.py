@@ -18,7 +18,7 @@ from mlinfra.context import Context, Obj
 from mlinfra.engines import connection, names, observation, probe, render
 from mlinfra.k8s import objects
 from mlinfra.problems import INVALID_SPEC, SECRET_NOT_FOUND, Problem, ProblemError
-from mlinfra.stores import backupschedule, connsecret, status
+from mlinfra.stores import backuprecovery, backupschedule, connsecret, status
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +107,15 @@ def refused_database(ds: api.DataStore, obs: observation.Observation | None) -> 
 def backups(ctx: Context, obj: Obj[api.DataStore]) -> Mapping[str, Any] | None:
     """The schedule's tick and ``status.backup`` (see stores.backupschedule). A refusal of the API server or a
     missed deadline is logged and the previous ``status.backup`` kept: the store's own status still comes."""
+    policy = obj.model.spec.backup
     try:
-        return backupschedule.tick(ctx.kube, obj.body, obj.model.spec.backup, datetime.datetime.now(datetime.UTC))
+        summary = backupschedule.tick(ctx.kube, obj.body, policy, datetime.datetime.now(datetime.UTC))
     except (objects.ApiError, TimeoutError) as exc:
         log.warning("backups of DataStore %s/%s: %s", obj.namespace, obj.name, exc)
         return obj.status.get("backup")
+    if summary is not None and policy is not None and obj.model.spec.engine == "postgres":
+        summary = {**summary, **backuprecovery.look(ctx, obj.body, policy, obj.status.get("backup"))}
+    return summary
 
 
 def observe(ctx: Context, obj: Obj[api.DataStore]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from mlinfra.context import Context, Obj
 from mlinfra.engines import connection, names, render
 from mlinfra.k8s import ownership
 from mlinfra.problems import INVALID_SPEC, Problem, ProblemError
-from mlinfra.stores import children, connsecret, credentials, versions, walarchiver
+from mlinfra.stores import backuprecovery, children, connsecret, credentials, versions, walarchiver
 
 
 def _managed(ctx: Context, obj: Obj[api.DataStore]) -> connection.ConnectionInfo:
@@ -197,6 +197,7 @@ def delete(ctx: Context, obj: Obj[api.DataStore]) -> None:
     """
     ds = obj.model
     ns, name = obj.namespace, obj.name
+    backuprecovery.forget(str(obj.body["metadata"].get("uid")))
     if ds.spec.managed is None:
         _drop_archiver_slot(ctx, obj)
         return
