@@ -36,6 +36,7 @@ from mlinfra.devenv import procs, secretscan
 from mlinfra.devenv.minio import MinioServer
 from mlinfra.devenv.postgres import PostgresCluster, start_postgres
 from mlinfra.engines import names
+from mlinfra.stores import backupaccess as access
 from mlinfra.stores import walarchiver as archiver
 
 pytestmark = pytest.mark.integration
@@ -64,7 +65,7 @@ class Setup:
         return self.plan.store_prefix
 
     def env(self, spool: Path) -> dict[str, str]:
-        spec = archiver.spec_of(self.plan)
+        spec = access.pod_spec_of(self.plan, archiver.SECRET_DIR_ENV)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "KUBECONFIG", "MLINFRA_"))}
         env[archiver.PLAN_ENV] = json.dumps(spec)
         for secret, var in spec["secretDirs"].items():
@@ -116,7 +117,7 @@ def setup(pg: PostgresCluster, s3_server: MinioServer, tmp_path: Path) -> Iterat
         ),
         "backup-key": _secret_dir(tmp_path, "key", {"key": key_hex}),
     }
-    assert set(dirs) == set(archiver.secrets_of(plan))
+    assert set(dirs) == set(access.secret_names(plan))
     yield Setup(
         plan=plan,
         secret_dirs=dirs,

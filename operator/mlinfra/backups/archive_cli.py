@@ -31,7 +31,6 @@ from types import FrameType
 from typing import Any
 
 from mlinfra.backup import catalog, postgres
-from mlinfra.engines import names
 from mlinfra.problems import ProblemError
 from mlinfra.stores import backupaccess as access
 from mlinfra.stores import sync_command
@@ -70,17 +69,8 @@ def run(target: str, *, stop: threading.Event | None = None) -> int:
     stop = stop or threading.Event()
     try:
         namespace, _ = sync_command.parse_target(target)
-        raw = os.environ.get(archiver.PLAN_ENV)
-        if not raw:
-            raise sync_command.Unusable(f"{archiver.PLAN_ENV} is not set: this command runs in a WAL archiver pod")
-        spec = json.loads(raw)
-        plan = ArchivePlan.model_validate(spec)
-        dirs = {secret: pathlib.Path(os.environ[env]) for secret, env in spec.get("secretDirs", {}).items()}
-        read = access.mounted_reader(dirs)
-        conn_env = spec["secretDirs"][names.connection_secret(plan.store)]
-        conn = sync_command.resolve_connection(conn_env, namespace, plan.store)
-        store_target = access.target(plan.target, read)
-        enc_key = access.key(plan.encryption, read)
+        opened = access.open_in_pod(archiver.PLAN_ENV, ArchivePlan, namespace, "in a WAL archiver pod")
+        plan, conn, store_target, enc_key = opened.plan, opened.conn, opened.target, opened.key
     except (sync_command.Unusable, ProblemError, KeyError, ValueError) as exc:
         _emit({"archiver": target, "event": "failed", "reason": UNUSABLE, "error": str(exc)})
         sync_command.termination_message(UNUSABLE, str(exc))

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from mlinfra.backups.plan import Plan
-from mlinfra.engines import names
 from mlinfra.k8s import syncjobs
+from mlinfra.stores import backupaccess
 
 LABEL = "mlinfra.io/backup"
 COMPONENT = "backup"
@@ -29,42 +29,18 @@ def job_name(backup: str) -> str:
     return syncjobs.bounded_name(backup, "backup", 63)
 
 
-def secret_env(index: int) -> str:
-    return f"MLINFRA_BACKUP_SECRET_{index}"
-
-
-def secrets_of(plan: Plan) -> list[str]:
-    """The Secrets the run reads, each once: the store's connection first."""
-    s3 = plan.target.s3
-    wanted = [names.connection_secret(plan.store), s3.credentials_secret_ref.name]
-    if s3.tls.ca_secret_ref is not None:
-        wanted.append(s3.tls.ca_secret_ref.name)
-    if plan.encryption is not None:
-        wanted.append(plan.encryption.key_secret_ref.name)
-    return list(dict.fromkeys(wanted))
-
-
-def spec_of(plan: Plan) -> dict[str, Any]:
-    """The plan as the Job reads it, with the environment variable naming each Secret's directory."""
-    return {
-        **plan.model_dump(mode="json", by_alias=True),
-        "secretDirs": {name: secret_env(i) for i, name in enumerate(secrets_of(plan))},
-    }
+SECRET_DIR_ENV = "MLINFRA_BACKUP_SECRET"  # noqa: S105 - MLINFRA_BACKUP_SECRET_<n>: the n-th Secret's directory
 
 
 def build(plan: Plan, image: str, owner: Mapping[str, Any]) -> dict[str, Any]:
-    mounts = [
-        syncjobs.Mount(volume=f"secret-{i}", secret=name, path=f"{SECRETS_ROOT}/{i}", env=secret_env(i))
-        for i, name in enumerate(secrets_of(plan))
-    ]
     job = syncjobs.SyncJob(
         kind_label=LABEL,
         owner_name=plan.backup,
         namespace=plan.namespace,
         args=["take", "backup", f"{plan.namespace}/{plan.backup}"],
         spec_env=PLAN_ENV,
-        spec=spec_of(plan),
-        mounts=mounts,
+        spec=backupaccess.pod_spec_of(plan, SECRET_DIR_ENV),
+        mounts=backupaccess.mounts(plan, SECRET_DIR_ENV, SECRETS_ROOT),
         component=COMPONENT,
         backoff_limit=RETRIES,
         active_deadline_seconds=DEADLINE_SECONDS,

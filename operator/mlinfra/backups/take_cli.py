@@ -20,7 +20,6 @@ from mlinfra.backup import take
 from mlinfra.backup.target import TargetError
 from mlinfra.backups import job
 from mlinfra.backups.plan import Plan
-from mlinfra.engines import names
 from mlinfra.problems import ProblemError
 from mlinfra.stores import backupaccess as access
 from mlinfra.stores import sync_command
@@ -44,17 +43,8 @@ def _failed(target: str, reason: str, message: str, code: int) -> int:
 def run(target: str) -> int:
     try:
         namespace, _ = sync_command.parse_target(target)
-        raw = os.environ.get(job.PLAN_ENV)
-        if not raw:
-            raise sync_command.Unusable(f"{job.PLAN_ENV} is not set: this command runs inside a backup Job")
-        spec = json.loads(raw)
-        plan = Plan.model_validate(spec)
-        dirs = {secret: pathlib.Path(os.environ[env]) for secret, env in spec.get("secretDirs", {}).items()}
-        read = access.mounted_reader(dirs)
-        conn_env = spec["secretDirs"][names.connection_secret(plan.store)]
-        conn = sync_command.resolve_connection(conn_env, namespace, plan.store)
-        store_target = access.target(plan.target, read)
-        enc_key = access.key(plan.encryption, read)
+        opened = access.open_in_pod(job.PLAN_ENV, Plan, namespace, "inside a backup Job")
+        plan, conn, store_target, enc_key = opened.plan, opened.conn, opened.target, opened.key
     except (sync_command.Unusable, ProblemError, KeyError, ValueError) as exc:
         return _failed(target, UNUSABLE, str(exc), sync_command.EXIT_UNUSABLE)
     staging = pathlib.Path(os.environ.get(job.STAGING_ENV) or tempfile.gettempdir())

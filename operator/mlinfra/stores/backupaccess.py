@@ -5,18 +5,26 @@ open the target the same way. No value is ever put in a message: they name the S
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar, cast
+
+import pydantic
 
 from mlinfra.api import backup as api
 from mlinfra.backup import configured
 from mlinfra.backup.s3 import S3Target
 from mlinfra.backup.sealed import EncryptionKey
 from mlinfra.context import Context
-from mlinfra.engines import connection
-from mlinfra.k8s import objects
+from mlinfra.engines import connection, names
+from mlinfra.k8s import objects, syncjobs
 from mlinfra.problems import SECRET_NOT_FOUND, Problem, ProblemError
-from mlinfra.stores import connsecret
+from mlinfra.stores import connsecret, sync_command
+
+P = TypeVar("P", bound=pydantic.BaseModel)
 
 INVALID_ENCRYPTION_KEY = "InvalidEncryptionKey"
 
@@ -74,3 +82,73 @@ def key(encryption: api.Encryption | None, read: Reader) -> EncryptionKey | None
         return EncryptionKey.from_secret_value(f"{ref.name}/{ref.key}", value)
     except ValueError as exc:
         raise ProblemError(Problem(INVALID_ENCRYPTION_KEY, f"spec.backup.encryption: {exc}", stalled=True)) from None
+
+
+# --- the pods that read them (the backup Job, the WAL archiver) ------------------------------------------------
+
+
+class PodPlan(Protocol):
+    """What a backup pod's plan says about where it reads and writes."""
+
+    @property
+    def store(self) -> str: ...
+
+    @property
+    def target(self) -> api.Target: ...
+
+    @property
+    def encryption(self) -> api.Encryption | None: ...
+
+
+def secret_names(plan: PodPlan) -> list[str]:
+    """The Secrets a backup pod reads, each once: the store's connection first, then the target's."""
+    s3 = plan.target.s3
+    wanted = [names.connection_secret(plan.store), s3.credentials_secret_ref.name]
+    if s3.tls.ca_secret_ref is not None:
+        wanted.append(s3.tls.ca_secret_ref.name)
+    if plan.encryption is not None:
+        wanted.append(plan.encryption.key_secret_ref.name)
+    return list(dict.fromkeys(wanted))
+
+
+def mounts(plan: PodPlan, env_prefix: str, root: str) -> list[syncjobs.Mount]:
+    """One read-only directory per Secret, named by ``<env_prefix>_<n>``."""
+    return [
+        syncjobs.Mount(volume=f"secret-{i}", secret=name, path=f"{root}/{i}", env=f"{env_prefix}_{i}")
+        for i, name in enumerate(secret_names(plan))
+    ]
+
+
+def pod_spec_of(plan: PodPlan, env_prefix: str) -> dict[str, Any]:
+    """The plan as the pod reads it, with the environment variable naming each Secret's directory."""
+    assert isinstance(plan, pydantic.BaseModel)
+    return {
+        **plan.model_dump(mode="json", by_alias=True),
+        "secretDirs": {name: f"{env_prefix}_{i}" for i, name in enumerate(secret_names(plan))},
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Opened(Generic[P]):
+    """What a backup pod works with, read from its environment and its mounted Secrets."""
+
+    plan: P
+    conn: connection.ConnectionInfo
+    target: S3Target
+    key: EncryptionKey | None
+
+
+def open_in_pod(plan_env: str, model: type[P], namespace: str, where: str) -> Opened[P]:
+    """The plan in ``plan_env`` and everything it names; :class:`sync_command.Unusable` (or ProblemError, KeyError,
+    ValueError) when something is missing. ``where`` says what runs this command, for the message."""
+    raw = os.environ.get(plan_env)
+    if not raw:
+        raise sync_command.Unusable(f"{plan_env} is not set: this command runs {where}")
+    spec = json.loads(raw)
+    plan = model.model_validate(spec)
+    where_to = cast(PodPlan, plan)
+    dirs = {secret: Path(os.environ[env]) for secret, env in spec.get("secretDirs", {}).items()}
+    read = mounted_reader(dirs)
+    conn_env = spec["secretDirs"][names.connection_secret(where_to.store)]
+    conn = sync_command.resolve_connection(conn_env, namespace, where_to.store)
+    return Opened(plan, conn, target(where_to.target, read), key(where_to.encryption, read))

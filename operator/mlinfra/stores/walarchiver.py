@@ -29,9 +29,8 @@ from mlinfra.api import backup as api
 from mlinfra.api import datastore as ds_api
 from mlinfra.backup import catalog, configured
 from mlinfra.context import Context
-from mlinfra.engines import names
 from mlinfra.k8s import objects, syncjobs
-from mlinfra.stores import children, connsecret
+from mlinfra.stores import backupaccess, children, connsecret
 
 log = logging.getLogger(__name__)
 
@@ -125,43 +124,19 @@ def deployment_name(store: str) -> str:
     return syncjobs.bounded_name(store, "wal-archiver", 63)
 
 
-def secret_env(index: int) -> str:
-    return f"MLINFRA_ARCHIVE_SECRET_{index}"
-
-
-def secrets_of(plan: ArchivePlan) -> list[str]:
-    """The Secrets the archiver reads, each once: the store's connection first."""
-    s3 = plan.target.s3
-    wanted = [names.connection_secret(plan.store), s3.credentials_secret_ref.name]
-    if s3.tls.ca_secret_ref is not None:
-        wanted.append(s3.tls.ca_secret_ref.name)
-    if plan.encryption is not None:
-        wanted.append(plan.encryption.key_secret_ref.name)
-    return list(dict.fromkeys(wanted))
-
-
-def spec_of(plan: ArchivePlan) -> dict[str, Any]:
-    """The plan as the pod reads it, with the environment variable naming each Secret's directory."""
-    return {
-        **plan.model_dump(mode="json", by_alias=True),
-        "secretDirs": {name: secret_env(i) for i, name in enumerate(secrets_of(plan))},
-    }
+SECRET_DIR_ENV = "MLINFRA_ARCHIVE_SECRET"  # noqa: S105 - MLINFRA_ARCHIVE_SECRET_<n>: the n-th Secret's directory
 
 
 def build(plan: ArchivePlan, image: str, owner: Mapping[str, Any]) -> dict[str, Any]:
     """The Deployment (``owner``: the DataStore's owner reference, so it goes with the store)."""
-    mounts = [
-        syncjobs.Mount(volume=f"secret-{i}", secret=name, path=f"{SECRETS_ROOT}/{i}", env=secret_env(i))
-        for i, name in enumerate(secrets_of(plan))
-    ]
     job = syncjobs.SyncJob(
         kind_label=LABEL,
         owner_name=plan.store,
         namespace=plan.namespace,
         args=["archive", "wal", f"{plan.namespace}/{plan.store}"],
         spec_env=PLAN_ENV,
-        spec=spec_of(plan),
-        mounts=mounts,
+        spec=backupaccess.pod_spec_of(plan, SECRET_DIR_ENV),
+        mounts=backupaccess.mounts(plan, SECRET_DIR_ENV, SECRETS_ROOT),
         component=COMPONENT,
         memory_limit="512Mi",
     )
