@@ -133,8 +133,13 @@ def test_a_backup_of_redis_goes_to_s3_is_verified_restores_and_is_deleted_with_i
     assert mounted == ["backup-key", "cache-conn", "s3-creds"]
     for value in (redis_cluster.password, key):
         assert value not in json.dumps(job)
+    # The status is written right after the Job is created: wait for it rather than race it.
+    wait_for(
+        "Backup first Running",
+        lambda: condition(get_json(cp, "backup", "first", "-n", ns), "Ready").get("reason") == "Running",
+        30,
+    )
     backup = get_json(cp, "backup", "first", "-n", ns)
-    assert condition(backup, "Ready")["reason"] == "Running"
 
     summary = run_job_command(cp, ns, pod, backer, tmp_path / "job")
     assert summary["outcome"] == "Complete" and summary["backupId"] == backup["status"]["backupId"]
