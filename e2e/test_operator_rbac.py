@@ -28,9 +28,11 @@ ALLOWED = [
     ("list", "customresourcedefinitions"),
     ("create", "cronjobs.batch"),
     ("create", "events"),
+    ("create", "deployments.apps"),  # a PostgreSQL store's WAL archiver (stores.walarchiver)
+    ("create", "backups.mlinfra.io"),  # the backup schedule's Backups
 ]
 DENIED = [
-    ("create", "deployments.apps"),
+    ("create", "daemonsets.apps"),
     ("list", "nodes"),
     ("delete", "customresourcedefinitions"),
     ("create", "datastores.mlinfra.io"),
