@@ -231,6 +231,8 @@ def expected_entry(obj: dict[str, Any]) -> dict[str, Any]:
             "desiredReplicas": rep.get("desiredReplicas"),
             "maxLagSeconds": rep.get("maxLagSeconds"),
             "maxLagBytes": rep.get("maxLagBytes"),
+            "backups": (obj["spec"].get("backup") is not None),
+            "lastBackupTime": (st.get("backup") or {}).get("lastSuccessfulTime"),
         }
         last = None
     elif kind == "FeatureView":

@@ -15,7 +15,7 @@ from typing import Any
 from mlinfra.api import datastore as api
 from mlinfra.context import Context, Obj
 from mlinfra.engines import connection, names, render
-from mlinfra.k8s import ownership
+from mlinfra.k8s import objects, ownership
 from mlinfra.problems import INVALID_SPEC, Problem, ProblemError
 from mlinfra.stores import backuprecovery, children, connsecret, credentials, versions, walarchiver
 
@@ -129,6 +129,18 @@ def apply(ctx: Context, obj: Obj[api.DataStore]) -> connection.ConnectionInfo:
 ARCHIVER_STOPPING = "ArchiverStopping"
 
 
+def _has_archiver(ctx: Context, obj: Obj[api.DataStore]) -> bool:
+    """The store's WAL archiver Deployment exists (it may outlive spec.backup until its slot is dropped)."""
+    try:
+        return ctx.kube.get_or_none("Deployment", obj.namespace, walarchiver.deployment_name(obj.name)) is not None
+    except objects.ApiError as exc:
+        # An operator whose RBAC has no Deployments (a chart older than backups, docs/upgrade.md) never made
+        # an archiver: a store without spec.backup must not stop being reconciled for want of the permission.
+        if exc.status != 403:
+            raise
+        return False
+
+
 def archive_wal(ctx: Context, obj: Obj[api.DataStore]) -> None:
     """A PostgreSQL store with spec.backup runs its WAL archiver (``stores.walarchiver``); one whose backups
     were turned off stops it and drops its replication slot (or the server would keep WAL for ever)."""
@@ -137,7 +149,7 @@ def archive_wal(ctx: Context, obj: Obj[api.DataStore]) -> None:
     if walarchiver.wants_archiver(obj.body).wanted:
         walarchiver.ensure_archiver(ctx, obj.body)
         return
-    if ctx.kube.get_or_none("Deployment", obj.namespace, walarchiver.deployment_name(obj.name)) is None:
+    if not _has_archiver(ctx, obj):
         return
     if not walarchiver.drop(ctx, obj.body):
         raise ProblemError(
@@ -169,10 +181,7 @@ def _drop_archiver_slot(ctx: Context, obj: Obj[api.DataStore]) -> None:
     WAL for ever). The slot is busy until the archiver's pod has ended: tried for a while, then left with a
     Warning naming it (an unreachable server must not keep the store from being deleted)."""
     ds = obj.model
-    archived = ds.spec.backup is not None or (
-        ctx.kube.get_or_none("Deployment", obj.namespace, walarchiver.deployment_name(obj.name)) is not None
-    )
-    if ds.spec.engine != "postgres" or not archived:
+    if ds.spec.engine != "postgres" or (ds.spec.backup is None and not _has_archiver(ctx, obj)):
         return
     deadline = time.monotonic() + SLOT_DROP_WAIT
     while not walarchiver.drop(ctx, obj.body):
