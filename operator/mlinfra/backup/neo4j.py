@@ -243,18 +243,6 @@ def quote(name: str) -> str:
 # --- deadlines -----------------------------------------------------------------------------------------
 
 
-class _Deadline:
-    def __init__(self, timeout: float, what: str) -> None:
-        self.ends = time.monotonic() + timeout
-        self.timeout, self.what = timeout, what
-
-    def left(self) -> float:
-        left = self.ends - time.monotonic()
-        if left <= 0:
-            raise connection.DeadlineExceeded(f"{self.what} did not finish within {self.timeout:g} s")
-        return left
-
-
 def _bounded(work: Callable[[], T], timeout: float, what: str) -> T:
     """``work()`` in a thread of its own; its result or exception when it ends within ``timeout + GRACE``,
     else DeadlineExceeded (the thread is left to end on the driver's terms, see the module docstring)."""
@@ -286,7 +274,7 @@ def _translated(exc: neo4j_lib.exceptions.Neo4jError, timeout: float, what: str)
 
 
 @contextlib.contextmanager
-def _driver(conn: connection.ConnectionInfo, deadline: _Deadline) -> Iterator[neo4j_lib.Driver]:
+def _driver(conn: connection.ConnectionInfo, deadline: connection.Deadline) -> Iterator[neo4j_lib.Driver]:
     # No driver retries: an export attempt is repeated by take() itself; a restore batch must not be.
     with connection.neo4j_driver(
         conn, min(CONNECT_TIMEOUT, deadline.left()), max_transaction_retry_time=0, max_connection_pool_size=2
@@ -294,7 +282,7 @@ def _driver(conn: connection.ConnectionInfo, deadline: _Deadline) -> Iterator[ne
         yield driver
 
 
-def _marker(driver: neo4j_lib.Driver, database: str | None, deadline: _Deadline) -> str:
+def _marker(driver: neo4j_lib.Driver, database: str | None, deadline: connection.Deadline) -> str:
     """The database's newest closed transaction, as the bookmark a read transaction gets back."""
     with driver.session(database=database, default_access_mode=neo4j_lib.READ_ACCESS) as session:
         session.run(neo4j_lib.Query("RETURN 1", timeout=deadline.left())).consume()
@@ -318,7 +306,7 @@ def take(
     the bookmark of the state exported, attempts). Raises ConcurrentWrites when every one of ``attempts``
     saw commits (pausing ``pause`` seconds, doubling, in between), DeadlineExceeded past ``timeout``."""
     staging.mkdir(parents=True, exist_ok=True)
-    deadline = _Deadline(timeout, f"the Neo4j export from {conn.endpoint}")
+    deadline = connection.Deadline(timeout, f"the Neo4j export from {conn.endpoint}")
     db = database or conn.database or None
 
     def work() -> dict[str, Any]:
@@ -347,7 +335,7 @@ def take(
     return _bounded(work, timeout, f"the Neo4j export from {conn.endpoint}")
 
 
-def _version(driver: neo4j_lib.Driver, db: str | None, deadline: _Deadline) -> str | None:
+def _version(driver: neo4j_lib.Driver, db: str | None, deadline: connection.Deadline) -> str | None:
     records, _, _ = driver.execute_query(
         neo4j_lib.Query("CALL dbms.components() YIELD name, versions RETURN name, versions", timeout=deadline.left()),
         database_=db,
@@ -359,7 +347,7 @@ def _version(driver: neo4j_lib.Driver, db: str | None, deadline: _Deadline) -> s
     return None
 
 
-def _export(driver: neo4j_lib.Driver, db: str | None, staging: Path, deadline: _Deadline) -> dict[str, Any]:
+def _export(driver: neo4j_lib.Driver, db: str | None, staging: Path, deadline: connection.Deadline) -> dict[str, Any]:
     """One attempt: nodes, relationships and schema in ONE read transaction, streamed to the files."""
     labels: set[str] = set()
     types: set[str] = set()
@@ -472,7 +460,7 @@ def restore(
         raise Neo4jBackupError(f"Neo4j export format {meta.get('format')!r} is not {FORMAT}")
     if RESTORE_LABEL in meta.get("labels", ()):
         raise Neo4jBackupError(f"the export uses the label {RESTORE_LABEL}, which the restore needs for itself")
-    deadline = _Deadline(timeout, f"the Neo4j restore into {conn.endpoint}")
+    deadline = connection.Deadline(timeout, f"the Neo4j restore into {conn.endpoint}")
     db = database or conn.database or None
 
     def work() -> dict[str, Any]:
@@ -496,7 +484,7 @@ def restore(
 
 
 def _refuse_unless_empty(
-    driver: neo4j_lib.Driver, db: str | None, conn: connection.ConnectionInfo, deadline: _Deadline
+    driver: neo4j_lib.Driver, db: str | None, conn: connection.ConnectionInfo, deadline: connection.Deadline
 ) -> None:
     records, _, _ = driver.execute_query(
         neo4j_lib.Query("MATCH (n) RETURN count(n) > 0 AS any LIMIT 1", timeout=deadline.left()),
@@ -511,13 +499,13 @@ def _refuse_unless_empty(
         )
 
 
-def _schema_command(driver: neo4j_lib.Driver, db: str | None, deadline: _Deadline, statement: str) -> None:
+def _schema_command(driver: neo4j_lib.Driver, db: str | None, deadline: connection.Deadline, statement: str) -> None:
     with driver.session(database=db) as session:
         # Statements from the export's own schema file (the server's createStatement), run as written.
         session.run(neo4j_lib.Query(statement, timeout=deadline.left())).consume()
 
 
-def _await_indexes(driver: neo4j_lib.Driver, db: str | None, deadline: _Deadline) -> None:
+def _await_indexes(driver: neo4j_lib.Driver, db: str | None, deadline: connection.Deadline) -> None:
     seconds = max(1, int(deadline.left()))
     with driver.session(database=db) as session:
         session.run(
@@ -525,7 +513,7 @@ def _await_indexes(driver: neo4j_lib.Driver, db: str | None, deadline: _Deadline
         ).consume()
 
 
-def _write(driver: neo4j_lib.Driver, db: str | None, deadline: _Deadline, query: str, rows: list[Any]) -> int:
+def _write(driver: neo4j_lib.Driver, db: str | None, deadline: connection.Deadline, query: str, rows: list[Any]) -> int:
     """One batch in one write transaction (not retried); the count the query returns."""
 
     def batch(tx: neo4j_lib.ManagedTransaction) -> int:
@@ -535,7 +523,7 @@ def _write(driver: neo4j_lib.Driver, db: str | None, deadline: _Deadline, query:
         return session.execute_write(neo4j_lib.unit_of_work(timeout=deadline.left(), metadata=_TX_METADATA)(batch))
 
 
-def _load_nodes(driver: neo4j_lib.Driver, db: str | None, staging: Path, deadline: _Deadline) -> int:
+def _load_nodes(driver: neo4j_lib.Driver, db: str | None, staging: Path, deadline: connection.Deadline) -> int:
     created = 0
     for batch in _batches(read_jsonl(staging / NODES), BATCH):
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
@@ -549,7 +537,7 @@ def _load_nodes(driver: neo4j_lib.Driver, db: str | None, staging: Path, deadlin
     return created
 
 
-def _load_relationships(driver: neo4j_lib.Driver, db: str | None, staging: Path, deadline: _Deadline) -> int:
+def _load_relationships(driver: neo4j_lib.Driver, db: str | None, staging: Path, deadline: connection.Deadline) -> int:
     created = 0
     for batch in _batches(read_jsonl(staging / RELATIONSHIPS), BATCH):
         groups: dict[str, list[dict[str, Any]]] = {}
@@ -573,7 +561,7 @@ def _load_relationships(driver: neo4j_lib.Driver, db: str | None, staging: Path,
 
 
 def _create_schema(
-    driver: neo4j_lib.Driver, db: str | None, schema: Mapping[str, list[dict[str, Any]]], deadline: _Deadline
+    driver: neo4j_lib.Driver, db: str | None, schema: Mapping[str, list[dict[str, Any]]], deadline: connection.Deadline
 ) -> dict[str, int]:
     """The export's constraints, then its indexes (not those a constraint owns: the constraint makes them;
     a token lookup index only when the database has none for that entity yet; none already there by name)."""
@@ -597,7 +585,7 @@ def _create_schema(
     return {"constraints": constraints, "indexes": indexes}
 
 
-def _remove_scaffolding(driver: neo4j_lib.Driver, db: str | None, deadline: _Deadline) -> None:
+def _remove_scaffolding(driver: neo4j_lib.Driver, db: str | None, deadline: connection.Deadline) -> None:
     query = (
         f"MATCH (n:{RESTORE_LABEL}) WITH n LIMIT {BATCH * 5} REMOVE n:{RESTORE_LABEL}, n.{RESTORE_KEY} RETURN count(n)"
     )

@@ -29,7 +29,6 @@ import contextlib
 import hashlib
 import json
 import os
-import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -55,19 +54,6 @@ class QdrantBackupError(Exception):
     """The backup or restore cannot be done as asked; the message says why (never the API key)."""
 
 
-class _Deadline:
-    def __init__(self, timeout: float, endpoint: str) -> None:
-        self.ends = time.monotonic() + timeout
-        self.timeout = timeout
-        self.endpoint = endpoint
-
-    def left(self) -> float:
-        remaining = self.ends - time.monotonic()
-        if remaining <= 0:
-            raise connection.DeadlineExceeded(f"qdrant at {self.endpoint}: not done within {self.timeout:.0f} s")
-        return remaining
-
-
 # --- take ---------------------------------------------------------------------------------------------------
 
 
@@ -83,7 +69,7 @@ def take(
     ``timeout`` seconds; ``mode``: snapshots where the server supports them (``auto``), only snapshots (an
     error where impossible), or only the logical export. Returns the metadata, also written to
     ``staging/qdrant.json`` (which :func:`restore` reads)."""
-    deadline = _Deadline(timeout, conn.endpoint)
+    deadline = connection.Deadline(timeout, f"qdrant at {conn.endpoint}")
     staging.mkdir(parents=True, exist_ok=True)
     with qdrant_engine.open_client(conn, timeout) as client:
         local = qdrant_engine.is_local_mode(client)
@@ -146,7 +132,7 @@ def _headers(conn: connection.ConnectionInfo) -> dict[str, str]:
     return {"api-key": conn.password} if conn.password else {}
 
 
-def _http(conn: connection.ConnectionInfo, deadline: _Deadline) -> httpx.Client:
+def _http(conn: connection.ConnectionInfo, deadline: connection.Deadline) -> httpx.Client:
     # TLS as connection.qdrant_kwargs sets it for qdrant-client: the one ssl_context (CA, system roots, name).
     return httpx.Client(
         base_url=conn.uri,
@@ -166,7 +152,7 @@ def _snapshot(
     name: str,
     staging: Path,
     file: str,
-    deadline: _Deadline,
+    deadline: connection.Deadline,
 ) -> dict[str, Any]:
     description = client.create_snapshot(name, wait=True)
     if description is None:
@@ -217,7 +203,12 @@ def _dump(value: Any) -> Any:
 
 
 def _export(
-    client: QdrantClient, name: str, info: models.CollectionInfo, staging: Path, stem: str, deadline: _Deadline
+    client: QdrantClient,
+    name: str,
+    info: models.CollectionInfo,
+    staging: Path,
+    stem: str,
+    deadline: connection.Deadline,
 ) -> dict[str, Any]:
     if info.config.params.sharding_method == models.ShardingMethod.CUSTOM:
         raise QdrantBackupError(f"collection {name}: custom sharding (shard keys) has no logical export")
@@ -243,7 +234,7 @@ def _export(
     return {"config": f"{stem}.config.json", "file": f"{stem}.points.jsonl", "exported": count}
 
 
-def _scroll(client: QdrantClient, name: str, deadline: _Deadline) -> Iterator[models.Record]:
+def _scroll(client: QdrantClient, name: str, deadline: connection.Deadline) -> Iterator[models.Record]:
     offset: Any = None
     while True:
         deadline.left()
@@ -282,7 +273,7 @@ def restore(staging: Path, conn: connection.ConnectionInfo, timeout: float) -> d
     """Recreate the backed-up collections and aliases of ``staging`` in the (new) Qdrant at ``conn``: snapshots
     are uploaded, logical exports re-imported. Refuses (:class:`QdrantBackupError`) before any change when a
     collection or alias exists already. Returns {collection: points} as the server counts them after."""
-    deadline = _Deadline(timeout, conn.endpoint)
+    deadline = connection.Deadline(timeout, f"qdrant at {conn.endpoint}")
     meta = json.loads((staging / MANIFEST).read_text())
     with qdrant_engine.open_client(conn, timeout) as client:
         local = qdrant_engine.is_local_mode(client)
@@ -319,7 +310,7 @@ def restore(staging: Path, conn: connection.ConnectionInfo, timeout: float) -> d
     return counts
 
 
-def _upload(conn: connection.ConnectionInfo, name: str, file: Path, sha256: str, deadline: _Deadline) -> None:
+def _upload(conn: connection.ConnectionInfo, name: str, file: Path, sha256: str, deadline: connection.Deadline) -> None:
     with _http(conn, deadline) as http, open(file, "rb") as source:
         answer = http.post(
             _path("collections", name, "snapshots", "upload"),
@@ -337,7 +328,9 @@ def _diff(model: type[Any], value: Any) -> Any:
     return model.model_validate({key: item for key, item in data.items() if key in model.model_fields})
 
 
-def _import(client: QdrantClient, name: str, staging: Path, entry: dict[str, Any], deadline: _Deadline) -> None:
+def _import(
+    client: QdrantClient, name: str, staging: Path, entry: dict[str, Any], deadline: connection.Deadline
+) -> None:
     saved = json.loads((staging / entry["config"]).read_text())
     config = models.CollectionConfig.model_validate(saved["config"])
     params = config.params
@@ -379,7 +372,7 @@ def _import(client: QdrantClient, name: str, staging: Path, entry: dict[str, Any
         _upsert(client, name, batch, deadline)
 
 
-def _upsert(client: QdrantClient, name: str, batch: list[models.PointStruct], deadline: _Deadline) -> None:
+def _upsert(client: QdrantClient, name: str, batch: list[models.PointStruct], deadline: connection.Deadline) -> None:
     deadline.left()
     client.upsert(name, points=batch, wait=True)
 

@@ -56,27 +56,13 @@ class RedisBackupError(Exception):
     """The server refused or broke off the snapshot; the message is the server's own (never a credential)."""
 
 
-class _Deadline:
-    def __init__(self, timeout: float, endpoint: str) -> None:
-        self.ends = time.monotonic() + timeout
-        self.timeout = timeout
-        self.endpoint = endpoint
-
-    def left(self) -> float:
-        remaining = self.ends - time.monotonic()
-        if remaining <= 0:
-            raise connection.DeadlineExceeded(
-                f"redis at {self.endpoint}: the snapshot did not finish within {self.timeout:.0f} s"
-            )
-        return remaining
-
-
 class _Conn:
     """A RESP connection with a deadline on every read and write."""
 
-    def __init__(self, sock: socket.socket, deadline: _Deadline) -> None:
+    def __init__(self, sock: socket.socket, deadline: connection.Deadline, endpoint: str) -> None:
         self.sock = sock
         self.deadline = deadline
+        self.endpoint = endpoint
         self.buffer = bytearray()
 
     def send(self, *args: str | bytes) -> None:
@@ -93,14 +79,14 @@ class _Conn:
         except TimeoutError:
             self.deadline.left()  # past the deadline: says so
             raise connection.DeadlineExceeded(
-                f"redis at {self.deadline.endpoint}: no answer within {self.deadline.timeout:.0f} s"
+                f"redis at {self.endpoint}: no answer within {self.deadline.timeout:.0f} s"
             ) from None
 
     def _fill(self) -> None:
         self.sock.settimeout(self.deadline.left())
         chunk = self._io(lambda: self.sock.recv(_RECV))
         if not chunk:
-            raise RedisBackupError(f"redis at {self.deadline.endpoint} closed the connection")
+            raise RedisBackupError(f"redis at {self.endpoint} closed the connection")
         self.buffer += chunk
 
     def line(self) -> bytes:
@@ -125,7 +111,7 @@ class _Conn:
         if kind == b"+":
             return rest.decode()
         if kind == b"-":
-            raise RedisBackupError(f"redis at {self.deadline.endpoint}: {rest.decode(errors='replace')}")
+            raise RedisBackupError(f"redis at {self.endpoint}: {rest.decode(errors='replace')}")
         if kind == b":":
             return int(rest)
         if kind == b"$":
@@ -134,7 +120,7 @@ class _Conn:
         if kind == b"*":
             count = int(rest)
             return None if count < 0 else [self.reply() for _ in range(count)]
-        raise RedisBackupError(f"redis at {self.deadline.endpoint}: unexpected reply {line[:40]!r}")
+        raise RedisBackupError(f"redis at {self.endpoint}: unexpected reply {line[:40]!r}")
 
     def call(self, *args: str | bytes) -> Any:
         self.send(*args)
@@ -163,10 +149,10 @@ class _Conn:
         if header.startswith(b"$EOF:"):
             mark = header[5:]
             if len(mark) != _EOF_MARK_LEN:
-                raise RedisBackupError(f"redis at {self.deadline.endpoint}: malformed diskless header")
+                raise RedisBackupError(f"redis at {self.endpoint}: malformed diskless header")
             return self._until_mark(sink, mark), "diskless"
         if not header.startswith(b"$"):
-            raise RedisBackupError(f"redis at {self.deadline.endpoint}: unexpected sync header {header[:40]!r}")
+            raise RedisBackupError(f"redis at {self.endpoint}: unexpected sync header {header[:40]!r}")
         remaining = int(header[1:])
         written = 0
         while remaining:
@@ -200,7 +186,7 @@ class _Conn:
 
 
 @contextlib.contextmanager
-def _connect(conn: connection.ConnectionInfo, deadline: _Deadline) -> Iterator[_Conn]:
+def _connect(conn: connection.ConnectionInfo, deadline: connection.Deadline) -> Iterator[_Conn]:
     sock = socket.create_connection((conn.host, conn.port), timeout=deadline.left())
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -208,7 +194,7 @@ def _connect(conn: connection.ConnectionInfo, deadline: _Deadline) -> Iterator[_
             # The one TLS setup (CA or system roots; host name or serverName checked; or nothing checked with
             # insecureSkipVerify). The handshake runs under the socket's timeout.
             sock = connection.ssl_context(conn).wrap_socket(sock, server_hostname=conn.host)
-        resp = _Conn(sock, deadline)
+        resp = _Conn(sock, deadline, conn.endpoint)
         if conn.password:
             if conn.username and conn.username != "default":
                 resp.call("AUTH", conn.username, conn.password)
@@ -250,7 +236,7 @@ def take(conn: connection.ConnectionInfo, staging: Path, timeout: float) -> dict
     (too slow), :class:`mlinfra.backup.rdb.RdbError` (the file is not intact) or ``OSError`` (unreachable).
     Nothing is left in ``staging`` on failure."""
     staging.mkdir(parents=True, exist_ok=True)
-    deadline = _Deadline(timeout, conn.endpoint)
+    deadline = connection.Deadline(timeout, f"the Redis snapshot from {conn.endpoint}")
     target = staging / FILE
     partial = staging / f".{FILE}.partial"
     started = datetime.datetime.now(datetime.UTC)

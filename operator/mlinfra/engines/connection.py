@@ -390,6 +390,21 @@ class DeadlineExceeded(TimeoutError):
     the object that made the call (not stalled: retried) without knowing the engines."""
 
 
+class Deadline:
+    """One deadline shared by the many calls of a long piece of work (a snapshot, an export): each call gets
+    what is left, and the first to find nothing left raises DeadlineExceeded naming ``what``."""
+
+    def __init__(self, timeout: float, what: str) -> None:
+        self.ends = time.monotonic() + timeout
+        self.timeout, self.what = timeout, what
+
+    def left(self) -> float:
+        remaining = self.ends - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded(f"{self.what} did not finish within {self.timeout:g} s")
+        return remaining
+
+
 class PostgresDeadlineExceeded(DeadlineExceeded, psycopg.OperationalError):
     """A PostgreSQL call that missed its deadline; still a ``psycopg.OperationalError`` for the code that
     handles PostgreSQL errors as such (the sync commands)."""

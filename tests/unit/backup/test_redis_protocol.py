@@ -9,6 +9,7 @@ import socket
 import pytest
 
 from mlinfra.backup import redis as redis_backup
+from mlinfra.engines import connection
 
 pytestmark = pytest.mark.unit
 
@@ -17,7 +18,7 @@ def _conn(data: bytes) -> redis_backup._Conn:
     ours, theirs = socket.socketpair()
     theirs.sendall(data)
     theirs.close()
-    return redis_backup._Conn(ours, redis_backup._Deadline(5.0, "127.0.0.1:6379"))
+    return redis_backup._Conn(ours, connection.Deadline(5.0, "the test"), "127.0.0.1:6379")
 
 
 def test_keepalive_newlines_before_the_fullresync_reply_are_skipped() -> None:
