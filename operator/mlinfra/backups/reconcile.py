@@ -1,15 +1,16 @@
-"""Backup reconcile, observation and deletion.
-
-Reconcile: resolve the plan (the store and its ``spec.backup``), check that the target's Secrets are there and
-usable, and start the Job once — unless the manifest is already on the target (the backup is complete: a
-Backup is taken once). Observe: the manifest on the target decides (the operator reads it, with the same
-Secrets); without it, the Job's state. Delete: the backup's objects go with it, by its manifest (only what
-the manifest lists; a foreign manifest is never touched); the Job goes with its owner.
+"""Backup reconcile, observation and deletion. Reconcile: resolve the plan (the store and its ``spec.backup``), check
+that the target's Secrets are there and usable, and start the Job once — unless the manifest is already on the
+target (the backup is complete: a Backup is taken once). Observe: the manifest on the target decides (the operator
+reads it, with the same Secrets; once found complete, again only every COMPLETE_RECHECK seconds); without it, the
+Job's state. Delete: the backup's objects go with it, by its manifest (only what the manifest lists; a foreign
+manifest is never touched); the Job goes with its owner.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +21,7 @@ from mlinfra.backup.target import NotFound, Target, TargetError
 from mlinfra.backups import job, status
 from mlinfra.backups.plan import Plan, resolve
 from mlinfra.context import Context, Obj
-from mlinfra.k8s import jobstatus
+from mlinfra.k8s import conditions, jobstatus
 from mlinfra.problems import Problem, ProblemError
 from mlinfra.stores import backupaccess as access
 from mlinfra.stores import children
@@ -29,6 +30,25 @@ log = logging.getLogger(__name__)
 
 TARGET_UNREACHABLE = "TargetUnreachable"
 TARGET_RECHECK = 60.0
+# Seconds between reads of a complete backup's manifest. A complete backup changes only if someone deletes it
+# from the target outside the operator; reading every manifest at every observation (15 s) would cost one GET
+# per Backup per look, hundreds a minute with a long retention, to notice that a little sooner.
+COMPLETE_RECHECK = 600.0
+
+_lock = threading.Lock()
+_checked: dict[str, float] = {}  # Backup uid -> when its manifest was last found complete (monotonic)
+
+
+def _recently_checked(obj: Obj[api.Backup]) -> bool:
+    """The Backup was found complete at its observed generation less than COMPLETE_RECHECK ago here."""
+    previous = obj.status or {}
+    if previous.get("observedGeneration") != obj.generation or not conditions.is_true(
+        previous.get("conditions"), "Ready"
+    ):
+        return False
+    with _lock:
+        when = _checked.get(str(obj.body["metadata"].get("uid")))
+    return when is not None and time.monotonic() - when < COMPLETE_RECHECK
 
 
 def _plan(ctx: Context, obj: Obj[api.Backup]) -> Plan:
@@ -80,9 +100,17 @@ def _job_state(ctx: Context, plan: Plan) -> tuple[str | None, int | None]:
 
 
 def observe(ctx: Context, obj: Obj[api.Backup]) -> Mapping[str, Any]:
+    if _recently_checked(obj):
+        return obj.status
     plan = _plan(ctx, obj)
     manifest = _manifest(_target(ctx, plan), plan)
     failed, attempts = _job_state(ctx, plan) if manifest is None else (None, None)
+    uid = str(obj.body["metadata"].get("uid"))
+    with _lock:
+        if manifest is not None:
+            _checked[uid] = time.monotonic()
+        else:
+            _checked.pop(uid, None)
     if manifest is not None:
         metrics.backup_completed(plan.namespace, plan.store, manifest.completed.timestamp())
     facts = status.Facts(
@@ -100,6 +128,8 @@ def delete(ctx: Context, obj: Obj[api.Backup]) -> None:
     """The backup's objects on the target go with the Backup (by its manifest, only when it is ours and of this
     store). A target that cannot be reached keeps the Backup (Kopf retries the deletion); Secrets that are
     gone let it go with a warning: the objects stay, and the message says where."""
+    with _lock:
+        _checked.pop(str(obj.body["metadata"].get("uid")), None)
     try:
         plan = _plan(ctx, obj)
         target = _target(ctx, plan)

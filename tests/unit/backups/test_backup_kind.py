@@ -132,3 +132,39 @@ def test_the_target_model_refuses_what_s3_would() -> None:
         api.Target.model_validate(
             {"s3": {"bucket": "ok-bucket", "prefix": "a/../b", "credentialsSecretRef": {"name": "s"}}}
         )
+
+
+def test_a_complete_backup_is_looked_at_again_only_after_the_recheck_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlinfra.backups import reconcile
+    from mlinfra.context import Obj
+
+    plan = resolve(backup_body(), store_body())
+    found: list[catalog.Manifest | None] = [manifest(plan)]
+    reads: list[str] = []
+    clock = [1000.0]
+
+    def read(target: Any, p: Plan) -> catalog.Manifest | None:
+        reads.append(p.backup_id)
+        return found[0]
+
+    monkeypatch.setattr(reconcile, "_plan", lambda ctx, obj: plan)
+    monkeypatch.setattr(reconcile, "_target", lambda ctx, p: None)
+    monkeypatch.setattr(reconcile, "_manifest", read)
+    monkeypatch.setattr(reconcile, "_job_state", lambda ctx, p: (None, 1))
+    monkeypatch.setattr(reconcile.time, "monotonic", lambda: clock[0])
+    ctx: Any = None
+
+    def observe(previous: dict[str, Any] | None) -> dict[str, Any]:
+        body = backup_body(**(previous or {}))
+        return dict(reconcile.observe(ctx, Obj(body, api.Backup.model_validate(body))))
+
+    first = observe(None)
+    assert conditions.is_true(first["conditions"], "Ready") and len(reads) == 1
+    clock[0] += reconcile.COMPLETE_RECHECK - 1
+    assert observe(first) == first and len(reads) == 1  # found complete a moment ago: no GET
+    found[0] = None  # deleted from the target outside the operator
+    clock[0] += 2
+    gone = observe(first)
+    assert len(reads) == 2
+    assert conditions.get(gone["conditions"], "Ready")["reason"] == status.BACKUP_MISSING  # type: ignore[index]
+    assert observe(gone) != first and len(reads) == 3  # not complete: looked at every time
