@@ -222,6 +222,14 @@ def new_backup_id(now: datetime.datetime | None = None) -> str:
     return f"{now.astimezone(datetime.UTC).strftime(_ID_TIME)}-{os.urandom(3).hex()}"
 
 
+def backup_id_of(created: str, uid: str) -> str:
+    """The id of the backup a Backup object writes, fixed by the object itself (its ``creationTimestamp`` and
+    uid): every reconcile, the Job and the pruning of leftovers agree on it before any status names it, and two
+    Backups created in the same second get different ids. ValueError for a timestamp that is not one."""
+    when = datetime.datetime.fromisoformat(created.replace("Z", "+00:00"))
+    return f"{when.astimezone(datetime.UTC).strftime(_ID_TIME)}-{uid.replace('-', '')[:6].lower()}"
+
+
 def backup_time(backup_id: str) -> datetime.datetime:
     """The start time encoded in a backup id."""
     m = BACKUP_ID.match(backup_id)
@@ -440,13 +448,50 @@ def leftovers(
     cutoff = now - grace
     result = []
     for bid, infos in sorted(_scan(target, store_prefix).items()):
-        mkey = manifest_key(store_prefix, bid)
-        ours = [i for i in infos if i.key.startswith(backup_dir(store_prefix, bid) + FILES)]
-        if any(i.key == mkey for i in infos) or not ours:
-            continue
-        if backup_time(bid) < cutoff and max(i.modified for i in ours) < cutoff:
+        if _is_leftover(store_prefix, bid, infos, cutoff):
             result.append(bid)
     return result
+
+
+@dataclasses.dataclass(frozen=True)
+class Survey:
+    """What one listing of ``backups/`` shows: the complete backups of ours (oldest first), the ids whose
+    manifest is not ours or could not be read (``unreadable``: never counted, never deleted, and a reason for
+    a caller deciding what a backup still needs to keep everything), and the :func:`leftovers`."""
+
+    complete: list[Manifest]
+    unreadable: list[str]
+    leftovers: list[str]
+
+
+def survey(
+    target: Target,
+    store_prefix: str,
+    *,
+    grace: datetime.timedelta = DEFAULT_GRACE,
+    now: datetime.datetime | None = None,
+) -> Survey:
+    """:func:`list_backups` and :func:`leftovers` from one listing (one GET per manifest)."""
+    cutoff = (now or datetime.datetime.now(datetime.UTC)) - grace
+    complete: list[Manifest] = []
+    unreadable: list[str] = []
+    left: list[str] = []
+    for bid, infos in sorted(_scan(target, store_prefix).items()):
+        if manifest_key(store_prefix, bid) in {i.key for i in infos}:
+            try:
+                complete.append(read_manifest(target, store_prefix, bid))
+            except (ForeignManifest, NotFound):
+                unreadable.append(bid)
+        elif _is_leftover(store_prefix, bid, infos, cutoff):
+            left.append(bid)
+    return Survey(complete, unreadable, left)
+
+
+def _is_leftover(store_prefix: str, bid: str, infos: list[ObjectInfo], cutoff: datetime.datetime) -> bool:
+    ours = [i for i in infos if i.key.startswith(backup_dir(store_prefix, bid) + FILES)]
+    if any(i.key == manifest_key(store_prefix, bid) for i in infos) or not ours:
+        return False
+    return backup_time(bid) < cutoff and max(i.modified for i in ours) < cutoff
 
 
 def delete_backup(target: Target, store_prefix: str, backup_id: str) -> Manifest:

@@ -68,11 +68,16 @@ def read(
     WAL archive and the text of its history files (fetched and verified; a key is needed when encrypted)."""
     bases = postgres_bases(catalog.list_backups(target, store_prefix), store_uid)
     names = catalog.list_wal(target, store_prefix)
-    histories: dict[int, str] = {}
+    return compute(bases, names, histories(target, store_prefix, names, enc_key))
+
+
+def histories(target: Target, store_prefix: str, names: Iterable[str], enc_key: EncryptionKey | None) -> dict[int, str]:
+    """The text of the archive's timeline history files among ``names`` (tiny; fetched and verified)."""
+    found: dict[int, str] = {}
     for name in names:
         timeline = pg_wal.history_timeline(name)
         if timeline is not None:
             buf = io.BytesIO()
             catalog.get_wal(target, store_prefix, name, buf, enc_key)
-            histories[timeline] = buf.getvalue().decode()
-    return compute(bases, names, histories)
+            found[timeline] = buf.getvalue().decode()
+    return found

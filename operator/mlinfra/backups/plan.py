@@ -4,7 +4,6 @@ policy's target and encryption. The operator builds it (and puts it in the Job a
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,8 +44,7 @@ def backup_id(body: Mapping[str, Any]) -> str:
     """Fixed by the Backup itself (its creation time and uid), so every reconcile and the Job agree on it
     before any status is written, and a second Backup created in the same second gets another id."""
     meta = body["metadata"]
-    created = datetime.datetime.fromisoformat(str(meta["creationTimestamp"]).replace("Z", "+00:00"))
-    return f"{created.astimezone(datetime.UTC):%Y%m%dT%H%M%SZ}-{str(meta['uid']).replace('-', '')[:6].lower()}"
+    return catalog.backup_id_of(str(meta["creationTimestamp"]), str(meta["uid"]))
 
 
 def resolve(backup_body: Mapping[str, Any], store_body: Mapping[str, Any] | None) -> Plan:

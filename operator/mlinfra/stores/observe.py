@@ -113,7 +113,9 @@ def backups(ctx: Context, obj: Obj[api.DataStore]) -> Mapping[str, Any] | None:
     except (objects.ApiError, TimeoutError) as exc:
         log.warning("backups of DataStore %s/%s: %s", obj.namespace, obj.name, exc)
         return obj.status.get("backup")
-    if summary is not None and policy is not None and obj.model.spec.engine == "postgres":
+    if summary is not None and policy is not None:
+        # Every engine: the look prunes the target (leftovers; PostgreSQL's WAL); the recoverability fields
+        # it returns are PostgreSQL's only.
         summary = {**summary, **backuprecovery.look(ctx, obj.body, policy, obj.status.get("backup"))}
     return summary
 
