@@ -72,3 +72,41 @@ def in_pod(cp: ControlPlane, ns: str, pod: str, container: str, secret_env: str,
 
 def redis_cli(cp: ControlPlane, ns: str, pod: str, password: str, *args: str) -> str:
     return in_pod(cp, ns, pod, "redis", "REDISCLI_AUTH", password, "redis-cli", *args)
+
+
+# --- backups ------------------------------------------------------------------------------------------------
+
+
+def create_secret(cp: ControlPlane, ns: str, name: str, **values: str) -> None:
+    """A generic Secret from ``values``, through stdin (an env file): never on kubectl's command line."""
+    env_file = "".join(f"{k}={v}\n" for k, v in values.items())
+    cp.kubectl("create", "secret", "generic", name, "-n", ns, "--from-env-file=/dev/stdin", input=env_file)
+
+
+def backup_policy(bucket: str, prefix: str, endpoint: str) -> dict[str, Any]:
+    """spec.backup to ``bucket`` at ``endpoint`` (the node's address of the S3 server: where its Pods reach
+    it), plain HTTP, encrypted with the key of Secret backup-key, credentials in Secret s3-creds."""
+    return {
+        "target": {
+            "s3": {
+                "bucket": bucket,
+                "prefix": prefix,
+                "endpoint": endpoint,
+                "credentialsSecretRef": {"name": "s3-creds"},
+                "tls": {"enabled": False},
+            }
+        },
+        "encryption": {"keySecretRef": {"name": "backup-key", "key": "key"}},
+    }
+
+
+def job_done(cp: ControlPlane, ns: str, name: str) -> bool:
+    """The Job completed (it fails the test at once when it failed)."""
+    conds = get(cp, ns, "job", name).get("status", {}).get("conditions", [])
+    failed = [c for c in conds if c["type"] == "Failed" and c["status"] == "True"]
+    assert not failed, f"Job {name} failed: {failed}"
+    return any(c["type"] == "Complete" and c["status"] == "True" for c in conds)
+
+
+def job_pods(cp: ControlPlane, ns: str, job: str) -> list[dict[str, Any]]:
+    return list(json.loads(cp.kubectl("get", "pods", "-n", ns, "-l", f"job-name={job}", "-o", "json").stdout)["items"])

@@ -11,7 +11,19 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from real_support import condition, datastore, get, in_pod, ready, redis_cli, secret
+from real_support import (
+    backup_policy,
+    condition,
+    create_secret,
+    datastore,
+    get,
+    in_pod,
+    job_done,
+    job_pods,
+    ready,
+    redis_cli,
+    secret,
+)
 
 from mlinfra.backup import catalog, postgres, redis
 from mlinfra.backup.sealed import EncryptionKey
@@ -26,37 +38,9 @@ from mlinfra.devenv.redis import RedisServer
 PREFIX = "team-a"
 
 
-def _secret(cp: ControlPlane, ns: str, name: str, **values: str) -> None:
-    # Through stdin (an env file), never on kubectl's command line.
-    env_file = "".join(f"{k}={v}\n" for k, v in values.items())
-    cp.kubectl("create", "secret", "generic", name, "-n", ns, "--from-env-file=/dev/stdin", input=env_file)
-
-
-def job_done(cp: ControlPlane, ns: str, name: str) -> bool:
-    conds = get(cp, ns, "job", name).get("status", {}).get("conditions", [])
-    failed = [c for c in conds if c["type"] == "Failed" and c["status"] == "True"]
-    assert not failed, f"Job {name} failed: {failed}"
-    return any(c["type"] == "Complete" and c["status"] == "True" for c in conds)
-
-
-def job_pods(cp: ControlPlane, ns: str, job: str) -> list[dict[str, Any]]:
-    return list(json.loads(cp.kubectl("get", "pods", "-n", ns, "-l", f"job-name={job}", "-o", "json").stdout)["items"])
-
-
 def _store(ns: str, image: str, bucket: str, s3: MinioServer) -> dict[str, Any]:
     store = datastore(ns, "cache", "redis", image, 1)
-    store["spec"]["backup"] = {
-        "target": {
-            "s3": {
-                "bucket": bucket,
-                "prefix": PREFIX,
-                "endpoint": s3.endpoint,  # the node's address: where its Pods reach the server
-                "credentialsSecretRef": {"name": "s3-creds"},
-                "tls": {"enabled": False},
-            }
-        },
-        "encryption": {"keySecretRef": {"name": "backup-key", "key": "key"}},
-    }
+    store["spec"]["backup"] = backup_policy(bucket, PREFIX, s3.endpoint)
     return store
 
 
@@ -66,8 +50,8 @@ def test_a_backup_job_runs_in_a_pod_into_s3_in_the_node_and_restores(
     cp, ns = real_cp, real_ns
     bucket, key = real_s3.new_bucket("real"), secrets.token_hex(32)
     user = real_s3.add_user(bucket)
-    _secret(cp, ns, "s3-creds", accessKeyId=user.access_key, secretAccessKey=user.secret_key)
-    _secret(cp, ns, "backup-key", key=key)
+    create_secret(cp, ns, "s3-creds", accessKeyId=user.access_key, secretAccessKey=user.secret_key)
+    create_secret(cp, ns, "backup-key", key=key)
     cp.apply([_store(ns, real_node.image("redis"), bucket, real_s3)], field_manager="test")
     procs.wait_until("DataStore cache Ready", lambda: ready(cp, ns, "cache"), 240)
 
@@ -151,10 +135,10 @@ def test_a_postgres_backup_job_and_the_wal_archiver_run_in_pods_and_restore(
     cp, ns = real_cp, real_ns
     bucket, key = real_s3.new_bucket("realpg"), secrets.token_hex(32)
     user = real_s3.add_user(bucket)
-    _secret(cp, ns, "s3-creds", accessKeyId=user.access_key, secretAccessKey=user.secret_key)
-    _secret(cp, ns, "backup-key", key=key)
+    create_secret(cp, ns, "s3-creds", accessKeyId=user.access_key, secretAccessKey=user.secret_key)
+    create_secret(cp, ns, "backup-key", key=key)
     store = datastore(ns, "pg", "postgres", real_node.image("postgres"), 1)
-    store["spec"]["backup"] = _store(ns, real_node.image("redis"), bucket, real_s3)["spec"]["backup"]
+    store["spec"]["backup"] = backup_policy(bucket, PREFIX, real_s3.endpoint)
     cp.apply([store], field_manager="test")
     procs.wait_until("DataStore pg Ready", lambda: ready(cp, ns, "pg"), 300)
     password = secret(cp, ns, "pg-conn")["password"]
