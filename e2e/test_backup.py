@@ -17,12 +17,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from e2e_support import condition, get_json, job_command, run_job_command, wait_for
+import backup_support as bs
+from e2e_support import condition, get_json, run_job_command, wait_for
 from mlinfra.backup import catalog
 from mlinfra.devenv import procs
 from mlinfra.devenv.backer import Backer
@@ -31,44 +31,8 @@ from mlinfra.devenv.minio import MinioServer
 from mlinfra.devenv.operator import OperatorProcess
 from mlinfra.devenv.postgres import PostgresCluster, PostgresServer
 from mlinfra.devenv.redis import RedisCluster, RedisServer
-from mlinfra.stores import walarchiver
 
 pytestmark = pytest.mark.e2e
-
-
-def _secret(cp: ControlPlane, ns: str, name: str, **values: str) -> None:
-    cp.kubectl("create", "secret", "generic", name, "-n", ns, *(f"--from-literal={k}={v}" for k, v in values.items()))
-
-
-def _store(ns: str, port: int, bucket: str | None, endpoint: str, engine: str = "redis") -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "engine": engine,
-        "external": {"endpoint": f"127.0.0.1:{port}", "credentialsSecretRef": {"name": f"{engine}-creds"}},
-    }
-    if bucket is not None:
-        spec["backup"] = {
-            "target": {
-                "s3": {
-                    "bucket": bucket,
-                    "prefix": "team-a",
-                    "endpoint": endpoint,
-                    "credentialsSecretRef": {"name": "s3-creds"},
-                    "tls": {"enabled": False},
-                }
-            },
-            "encryption": {"keySecretRef": {"name": "backup-key", "key": "key"}},
-        }
-    meta = {"name": "cache", "namespace": ns}
-    return {"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore", "metadata": meta, "spec": spec}
-
-
-def _backup(ns: str, name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "mlinfra.io/v1alpha1",
-        "kind": "Backup",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {"dataStoreRef": {"name": "cache"}},
-    }
 
 
 def _restore(cp: ControlPlane, ns: str, backup: str, into: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -85,19 +49,11 @@ def _restore(cp: ControlPlane, ns: str, backup: str, into: Path, *args: str) -> 
     )
 
 
-def _ready_store(cp: ControlPlane, ns: str) -> None:
-    wait_for(
-        "DataStore cache Ready",
-        lambda: condition(get_json(cp, "datastore", "cache", "-n", ns), "Ready").get("status") == "True",
-        90,
-    )
-
-
 def _setup(cp: ControlPlane, ns: str, redis_cluster: RedisCluster, s3: MinioServer, bucket: str, key: str) -> None:
-    _secret(cp, ns, "redis-creds", username="default", password=redis_cluster.password)
+    bs.secret(cp, ns, "redis-creds", username="default", password=redis_cluster.password)
     user = s3.add_user(bucket)
-    _secret(cp, ns, "s3-creds", accessKeyId=user.access_key, secretAccessKey=user.secret_key)
-    _secret(cp, ns, "backup-key", key=key)
+    bs.secret(cp, ns, "s3-creds", accessKeyId=user.access_key, secretAccessKey=user.secret_key)
+    bs.secret(cp, ns, "backup-key", key=key)
 
 
 def test_a_backup_of_redis_goes_to_s3_is_verified_restores_and_is_deleted_with_its_backup(
@@ -120,9 +76,9 @@ def test_a_backup_of_redis_goes_to_s3_is_verified_restores_and_is_deleted_with_i
     # An object of someone else under the same bucket prefix: never touched.
     s3_server.client().put_object(bucket, "team-a/foreign.txt", io.BytesIO(b"not ours"), 8)
 
-    cp.apply([_store(ns, redis_cluster.primary.port, bucket, s3_server.endpoint)])
-    _ready_store(cp, ns)
-    cp.apply([_backup(ns, "first")])
+    cp.apply([bs.store(ns, redis_cluster.primary.port, bucket, s3_server.endpoint)])
+    bs.ready_store(cp, ns)
+    cp.apply([bs.backup(ns, "first")])
 
     # The operator starts one Job, which mounts the four Secrets and carries no secret in its spec.
     wait_for("the backup Job", lambda: get_json(cp, "jobs", "-n", ns)["items"] != [], 60)
@@ -202,11 +158,11 @@ def test_wrong_s3_credentials_stall_the_backup_and_the_store_stays_ready(
     cp, ns = control_plane, namespace
     bucket = s3_server.new_bucket("bk")
     wrong = secrets.token_urlsafe(24)
-    _secret(cp, ns, "redis-creds", username="default", password=redis_cluster.password)
-    _secret(cp, ns, "s3-creds", accessKeyId=s3_server.root.access_key, secretAccessKey=wrong)
-    _secret(cp, ns, "backup-key", key=secrets.token_hex(32))
-    cp.apply([_store(ns, redis_cluster.primary.port, bucket, s3_server.endpoint), _backup(ns, "denied")])
-    _ready_store(cp, ns)
+    bs.secret(cp, ns, "redis-creds", username="default", password=redis_cluster.password)
+    bs.secret(cp, ns, "s3-creds", accessKeyId=s3_server.root.access_key, secretAccessKey=wrong)
+    bs.secret(cp, ns, "backup-key", key=secrets.token_hex(32))
+    cp.apply([bs.store(ns, redis_cluster.primary.port, bucket, s3_server.endpoint), bs.backup(ns, "denied")])
+    bs.ready_store(cp, ns)
 
     def stalled() -> bool:
         return condition(get_json(cp, "backup", "denied", "-n", ns), "Stalled").get("status") == "True"
@@ -225,8 +181,8 @@ def test_a_backup_of_a_store_without_a_policy_says_what_to_set(
     control_plane: ControlPlane, operator: OperatorProcess, redis_cluster: RedisCluster, namespace: str
 ) -> None:
     cp, ns = control_plane, namespace
-    _secret(cp, ns, "redis-creds", username="default", password=redis_cluster.password)
-    cp.apply([_store(ns, redis_cluster.primary.port, None, ""), _backup(ns, "nowhere")])
+    bs.secret(cp, ns, "redis-creds", username="default", password=redis_cluster.password)
+    cp.apply([bs.store(ns, redis_cluster.primary.port, None, ""), bs.backup(ns, "nowhere")])
 
     def stalled() -> bool:
         return condition(get_json(cp, "backup", "nowhere", "-n", ns), "Stalled").get("status") == "True"
@@ -234,23 +190,6 @@ def test_a_backup_of_a_store_without_a_policy_says_what_to_set(
     wait_for("Backup nowhere Stalled", stalled, 60)
     ready = condition(get_json(cp, "backup", "nowhere", "-n", ns), "Ready")
     assert ready["reason"] == "NoBackupPolicy" and "spec.backup.target" in ready["message"]
-
-
-def _start_archiver(cp: ControlPlane, ns: str, backer: Backer, tmp: Path) -> subprocess.Popen[bytes]:
-    """The operator's WAL archiver Deployment, its pod's command run as a process here (kwok runs no pod)."""
-    pod = get_json(cp, "deployment", "cache-wal-archiver", "-n", ns)["spec"]["template"]["spec"]
-    argv, env = job_command(cp, ns, pod, backer, tmp / "archiver-secrets")
-    env[walarchiver.SPOOL_ENV], env[walarchiver.STATUS_ENV] = str(tmp / "spool"), str(tmp / "spool" / "status.json")
-    with (tmp / "archiver.log").open("w") as log:
-        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-    def running() -> bool:
-        assert proc.poll() is None, (tmp / "archiver.log").read_text()
-        path = tmp / "spool" / "status.json"
-        return path.exists() and bool(json.loads(path.read_text()).get("running"))
-
-    procs.wait_until("the WAL archiver running", running, 60)
-    return proc
 
 
 def test_a_postgres_store_archives_its_wal_and_restores_to_a_point_in_time(
@@ -264,10 +203,10 @@ def test_a_postgres_store_archives_its_wal_and_restores_to_a_point_in_time(
 ) -> None:
     cp, ns = control_plane, namespace
     bucket, key = s3_server.new_bucket("bk"), secrets.token_hex(32)
-    _secret(cp, ns, "postgres-creds", username="postgres", password=postgres_cluster.password)
+    bs.secret(cp, ns, "postgres-creds", username="postgres", password=postgres_cluster.password)
     user = s3_server.add_user(bucket)
-    _secret(cp, ns, "s3-creds", accessKeyId=user.access_key, secretAccessKey=user.secret_key)
-    _secret(cp, ns, "backup-key", key=key)
+    bs.secret(cp, ns, "s3-creds", accessKeyId=user.access_key, secretAccessKey=user.secret_key)
+    bs.secret(cp, ns, "backup-key", key=key)
     table = f"e2e_backup_{secrets.token_hex(4)}"
 
     def insert(batch: int) -> None:
@@ -277,8 +216,8 @@ def test_a_postgres_store_archives_its_wal_and_restores_to_a_point_in_time(
     with postgres_cluster.primary.connect() as conn:
         conn.execute(f"CREATE TABLE {table} (id bigserial PRIMARY KEY, batch int NOT NULL)")
     insert(1)
-    cp.apply([_store(ns, postgres_cluster.primary.port, bucket, s3_server.endpoint, engine="postgres")])
-    _ready_store(cp, ns)
+    cp.apply([bs.store(ns, postgres_cluster.primary.port, bucket, s3_server.endpoint, engine="postgres")])
+    bs.ready_store(cp, ns)
 
     # The operator runs the store's WAL archiver: a Deployment of one pod, its Secrets mounted, none in its spec.
     wait_for(
@@ -291,9 +230,9 @@ def test_a_postgres_store_archives_its_wal_and_restores_to_a_point_in_time(
     assert deployment["spec"]["template"]["spec"]["containers"][0]["args"] == ["archive", "wal", f"{ns}/cache"]
     for value in (postgres_cluster.password, key):
         assert value not in json.dumps(deployment)
-    archiver = _start_archiver(cp, ns, backer, tmp_path)
+    archiver = bs.start_archiver(cp, ns, backer, tmp_path)
     try:
-        cp.apply([_backup(ns, "pg-first")])
+        cp.apply([bs.backup(ns, "pg-first")])
         wait_for("the backup Job", lambda: get_json(cp, "jobs", "-n", ns)["items"] != [], 60)
         pod = get_json(cp, "job", "pg-first-backup", "-n", ns)["spec"]["template"]["spec"]
         assert run_job_command(cp, ns, pod, backer, tmp_path / "job")["outcome"] == "Complete"

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+import backup_support as bs
 from e2e_support import condition, get_json, run_job_command, wait_for
 from mlinfra.devenv.backer import Backer
 from mlinfra.devenv.controlplane import ControlPlane
@@ -29,30 +30,13 @@ pytestmark = pytest.mark.e2e
 STORE = "cache"
 
 
-def _secret(cp: ControlPlane, ns: str, name: str, **values: str) -> None:
-    cp.kubectl("create", "secret", "generic", name, "-n", ns, *(f"--from-literal={k}={v}" for k, v in values.items()))
-
-
 def _store(ns: str, port: int, bucket: str, endpoint: str) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "engine": "redis",
-        "external": {"endpoint": f"127.0.0.1:{port}", "credentialsSecretRef": {"name": "redis-creds"}},
-        "backup": {
-            "target": {
-                "s3": {
-                    "bucket": bucket,
-                    "prefix": "sched",
-                    "endpoint": endpoint,
-                    "credentialsSecretRef": {"name": "s3-creds"},
-                    "tls": {"enabled": False},
-                }
-            },
-            "schedule": "* * * * *",
-            "retention": {"keepLast": 2},
-        },
-    }
-    meta = {"name": STORE, "namespace": ns}
-    return {"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore", "metadata": meta, "spec": spec}
+    store = bs.store(ns, port, bucket, endpoint)
+    policy = store["spec"]["backup"]
+    policy.pop("encryption")
+    policy["target"]["s3"]["prefix"] = "sched"
+    policy.update(schedule="* * * * *", retention={"keepLast": 2})
+    return store
 
 
 def _get(cp: ControlPlane, ns: str, name: str) -> dict[str, Any] | None:
@@ -83,9 +67,9 @@ def test_the_schedule_makes_backups_retention_deletes_the_oldest_and_suspend_sto
 ) -> None:
     cp, ns = control_plane, namespace
     bucket = s3_server.new_bucket("sched")
-    _secret(cp, ns, "redis-creds", username="default", password=redis_cluster.password)
+    bs.secret(cp, ns, "redis-creds", username="default", password=redis_cluster.password)
     user = s3_server.add_user(bucket)
-    _secret(cp, ns, "s3-creds", accessKeyId=user.access_key, secretAccessKey=user.secret_key)
+    bs.secret(cp, ns, "s3-creds", accessKeyId=user.access_key, secretAccessKey=user.secret_key)
     redis_cluster.primary.client().set(f"e2e-sched-{secrets.token_hex(4)}", "v")
 
     cp.apply([_store(ns, redis_cluster.primary.port, bucket, s3_server.endpoint)])

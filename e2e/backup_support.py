@@ -1,0 +1,104 @@
+"""What the backup tests of the kwok tier share: the Secrets and the source store they back up, Backups, taking
+one (its Job's command run as a process here: kwok runs no pod) and the WAL archiver's pod as a process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from e2e_support import condition, get_json, job_command, run_job_command, wait_for
+from mlinfra.devenv import procs
+from mlinfra.devenv.backer import Backer
+from mlinfra.devenv.controlplane import ControlPlane
+from mlinfra.devenv.minio import MinioServer, S3User
+from mlinfra.stores import walarchiver
+
+SOURCE = "cache"
+PREFIX = "team-a"
+
+
+def secret(cp: ControlPlane, ns: str, name: str, **values: str) -> None:
+    cp.kubectl("create", "secret", "generic", name, "-n", ns, *(f"--from-literal={k}={v}" for k, v in values.items()))
+
+
+def target_secrets(cp: ControlPlane, ns: str, s3: MinioServer, bucket: str, key: str) -> S3User:
+    """``s3-creds`` (a MinIO user of ``bucket`` only) and ``backup-key``; the user."""
+    user = s3.add_user(bucket)
+    secret(cp, ns, "s3-creds", accessKeyId=user.access_key, secretAccessKey=user.secret_key)
+    secret(cp, ns, "backup-key", key=key)
+    return user
+
+
+def backup_policy(bucket: str, endpoint: str) -> dict[str, Any]:
+    return {
+        "target": {
+            "s3": {
+                "bucket": bucket,
+                "prefix": PREFIX,
+                "endpoint": endpoint,
+                "credentialsSecretRef": {"name": "s3-creds"},
+                "tls": {"enabled": False},
+            }
+        },
+        "encryption": {"keySecretRef": {"name": "backup-key", "key": "key"}},
+    }
+
+
+def store(ns: str, port: int, bucket: str | None, endpoint: str, engine: str = "redis") -> dict[str, Any]:
+    """The external store ``cache`` at 127.0.0.1:``port`` (credentials ``<engine>-creds``), backed up to ``bucket``."""
+    spec: dict[str, Any] = {
+        "engine": engine,
+        "external": {"endpoint": f"127.0.0.1:{port}", "credentialsSecretRef": {"name": f"{engine}-creds"}},
+    }
+    if bucket is not None:
+        spec["backup"] = backup_policy(bucket, endpoint)
+    meta = {"name": SOURCE, "namespace": ns}
+    return {"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore", "metadata": meta, "spec": spec}
+
+
+def backup(ns: str, name: str, store: str = SOURCE) -> dict[str, Any]:
+    return {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": "Backup",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"dataStoreRef": {"name": store}},
+    }
+
+
+def is_true(cp: ControlPlane, kind: str, ns: str, name: str, cond: str = "Ready") -> bool:
+    out = cp.kubectl("get", kind, name, "-n", ns, "-o", "json", check=False)
+    return out.returncode == 0 and condition(json.loads(out.stdout), cond).get("status") == "True"
+
+
+def ready_store(cp: ControlPlane, ns: str, name: str = SOURCE, timeout: float = 90) -> None:
+    wait_for(f"DataStore {name} Ready", lambda: is_true(cp, "datastore", ns, name), timeout)
+
+
+def take(cp: ControlPlane, ns: str, name: str, backer: Backer, tmp: Path) -> dict[str, Any]:
+    """Apply Backup ``name`` of ``cache``, run its Job's command here, wait until it is Ready; its status."""
+    cp.apply([backup(ns, name)])
+    job = f"{name}-backup"
+    wait_for(f"Job {job}", lambda: cp.kubectl("get", "job", job, "-n", ns, check=False).returncode == 0, 60)
+    pod = get_json(cp, "job", job, "-n", ns)["spec"]["template"]["spec"]
+    assert run_job_command(cp, ns, pod, backer, tmp)["outcome"] == "Complete"
+    wait_for(f"Backup {name} Ready", lambda: is_true(cp, "backup", ns, name), 60)
+    return dict(get_json(cp, "backup", name, "-n", ns)["status"])
+
+
+def start_archiver(cp: ControlPlane, ns: str, backer: Backer, tmp: Path) -> subprocess.Popen[bytes]:
+    """The operator's WAL archiver Deployment, its pod's command run as a process here (kwok runs no pod)."""
+    pod = get_json(cp, "deployment", f"{SOURCE}-wal-archiver", "-n", ns)["spec"]["template"]["spec"]
+    argv, env = job_command(cp, ns, pod, backer, tmp / "archiver-secrets")
+    env[walarchiver.SPOOL_ENV], env[walarchiver.STATUS_ENV] = str(tmp / "spool"), str(tmp / "spool" / "status.json")
+    with (tmp / "archiver.log").open("w") as log:
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def running() -> bool:
+        assert proc.poll() is None, (tmp / "archiver.log").read_text()
+        path = tmp / "spool" / "status.json"
+        return path.exists() and bool(json.loads(path.read_text()).get("running"))
+
+    procs.wait_until("the WAL archiver running", running, 60)
+    return proc
