@@ -3,8 +3,12 @@ one (its Job's command run as a process here: kwok runs no pod) and the WAL arch
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
+import secrets
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,7 @@ from mlinfra.devenv import procs
 from mlinfra.devenv.backer import Backer
 from mlinfra.devenv.controlplane import ControlPlane
 from mlinfra.devenv.minio import MinioServer, S3User
+from mlinfra.devenv.postgres import PostgresCluster
 from mlinfra.stores import walarchiver
 
 SOURCE = "cache"
@@ -102,3 +107,48 @@ def start_archiver(cp: ControlPlane, ns: str, backer: Backer, tmp: Path) -> subp
 
     procs.wait_until("the WAL archiver running", running, 60)
     return proc
+
+
+@dataclasses.dataclass(frozen=True)
+class PostgresSource:
+    """The external PostgreSQL store ``cache`` with its WAL archiver Deployment made, and a table of batches."""
+
+    cluster: PostgresCluster
+    table: str
+    user: S3User
+
+    def insert(self, batch: int) -> None:
+        """100 rows of ``batch``, committed."""
+        with self.cluster.primary.connect() as conn:
+            conn.execute(f"INSERT INTO {self.table} (batch) SELECT %s FROM generate_series(1, 100)", (batch,))
+
+    def batches_around(self) -> datetime.datetime:
+        """Batch 2, then T (the server's clock, UTC), then batch 3, a second apart: T lies clearly between them."""
+        self.insert(2)
+        time.sleep(1.0)
+        with self.cluster.primary.connect() as conn:
+            row = conn.execute("SELECT clock_timestamp()").fetchone()
+        assert row is not None and isinstance(row[0], datetime.datetime)
+        time.sleep(1.0)
+        self.insert(3)
+        return row[0].astimezone(datetime.UTC)
+
+
+def postgres_source(
+    cp: ControlPlane, ns: str, cluster: PostgresCluster, s3: MinioServer, bucket: str, key: str
+) -> PostgresSource:
+    """Batch 1 in a new table, then the store ``cache`` backed up to ``bucket``, Ready, its archiver Deployment made."""
+    secret(cp, ns, "postgres-creds", username="postgres", password=cluster.password)
+    source = PostgresSource(cluster, f"e2e_backup_{secrets.token_hex(4)}", target_secrets(cp, ns, s3, bucket, key))
+    with cluster.primary.connect() as conn:
+        conn.execute(f"CREATE TABLE {source.table} (id bigserial PRIMARY KEY, batch int NOT NULL)")
+    source.insert(1)
+    cp.apply([store(ns, cluster.primary.port, bucket, s3.endpoint, engine="postgres")])
+    ready_store(cp, ns)
+    archiver = f"{SOURCE}-wal-archiver"
+    wait_for(
+        "the WAL archiver Deployment",
+        lambda: cp.kubectl("get", "deployment", archiver, "-n", ns, check=False).returncode == 0,
+        60,
+    )
+    return source

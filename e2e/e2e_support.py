@@ -51,6 +51,11 @@ def variant(base: dict[str, Any], name: str | None = None, **spec_changes: Any) 
     return out
 
 
+def secret_data(cp: ControlPlane, ns: str, secret: str) -> dict[str, str]:
+    """The Secret's keys and their values, decoded."""
+    return {k: base64.b64decode(v).decode() for k, v in get_json(cp, "secret", secret, "-n", ns)["data"].items()}
+
+
 def mounted(cp: ControlPlane, ns: str, secret: str, directory: Path) -> Path:
     """The Secret's keys as files in ``directory``, as the kubelet mounts a Secret volume."""
     directory.mkdir(parents=True, exist_ok=True)

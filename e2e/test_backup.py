@@ -15,7 +15,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -203,28 +202,10 @@ def test_a_postgres_store_archives_its_wal_and_restores_to_a_point_in_time(
 ) -> None:
     cp, ns = control_plane, namespace
     bucket, key = s3_server.new_bucket("bk"), secrets.token_hex(32)
-    bs.secret(cp, ns, "postgres-creds", username="postgres", password=postgres_cluster.password)
-    user = s3_server.add_user(bucket)
-    bs.secret(cp, ns, "s3-creds", accessKeyId=user.access_key, secretAccessKey=user.secret_key)
-    bs.secret(cp, ns, "backup-key", key=key)
-    table = f"e2e_backup_{secrets.token_hex(4)}"
-
-    def insert(batch: int) -> None:
-        with postgres_cluster.primary.connect() as conn:
-            conn.execute(f"INSERT INTO {table} (batch) SELECT %s FROM generate_series(1, 100)", (batch,))
-
-    with postgres_cluster.primary.connect() as conn:
-        conn.execute(f"CREATE TABLE {table} (id bigserial PRIMARY KEY, batch int NOT NULL)")
-    insert(1)
-    cp.apply([bs.store(ns, postgres_cluster.primary.port, bucket, s3_server.endpoint, engine="postgres")])
-    bs.ready_store(cp, ns)
+    source = bs.postgres_source(cp, ns, postgres_cluster, s3_server, bucket, key)
+    table, user = source.table, source.user
 
     # The operator runs the store's WAL archiver: a Deployment of one pod, its Secrets mounted, none in its spec.
-    wait_for(
-        "the WAL archiver Deployment",
-        lambda: cp.kubectl("get", "deployment", "cache-wal-archiver", "-n", ns, check=False).returncode == 0,
-        60,
-    )
     deployment = get_json(cp, "deployment", "cache-wal-archiver", "-n", ns)
     assert deployment["spec"]["strategy"]["type"] == "Recreate" and deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["template"]["spec"]["containers"][0]["args"] == ["archive", "wal", f"{ns}/cache"]
@@ -243,14 +224,7 @@ def test_a_postgres_store_archives_its_wal_and_restores_to_a_point_in_time(
         )
         st = get_json(cp, "backup", "pg-first", "-n", ns)["status"]
         assert st["engine"] == "postgres" and st["wal"]["startLsn"] and st["wal"]["startWal"] <= st["wal"]["stopWal"]
-        insert(2)
-        time.sleep(1.0)  # commits of batch 2 and 3 lie clearly on either side of T
-        with postgres_cluster.primary.connect() as conn:
-            row = conn.execute("SELECT clock_timestamp()").fetchone()
-        assert row is not None and isinstance(row[0], datetime.datetime)
-        target = row[0]
-        time.sleep(1.0)
-        insert(3)
+        target = source.batches_around()
     finally:
         archiver.send_signal(signal.SIGTERM)  # a last mark and a WAL switch, then it exits
         assert archiver.wait(90) == 0, (tmp_path / "archiver.log").read_text()

@@ -299,6 +299,55 @@ INVALID += [
     (vi_field("vi-field-zero", "tags[01]"), PAYLOAD_KEY),
     (vi_field("vi-field-empty", ""), "should be at least 1 chars long"),
 ]
+# spec.managed.bootstrap (issue 15): a new store from a Backup, redis and postgres only, fixed at creation.
+BOOTSTRAP = {"backup": {"name": "features-pg-nightly"}}
+PG_BOOTSTRAP = variant(
+    PG_MANAGED, "pg-bootstrap", managed__bootstrap={**BOOTSTRAP, "targetTime": "2026-11-30T03:15:00Z"}
+)
+INVALID += [
+    (
+        variant(DS_NEO4J, "ds-bootstrap-neo4j", managed__bootstrap=BOOTSTRAP),
+        "spec.managed.bootstrap is for redis and postgres stores",
+    ),
+    (
+        variant(QDRANT_MANAGED, "ds-bootstrap-qdrant", managed__bootstrap=BOOTSTRAP),
+        "spec.managed.bootstrap is for redis and postgres stores",
+    ),
+    (
+        variant(
+            DS_MANAGED,
+            "ds-bootstrap-redis-time",
+            managed__bootstrap={**BOOTSTRAP, "targetTime": "2026-11-30T03:15:00Z"},
+        ),
+        "spec.managed.bootstrap.targetTime is for postgres stores",
+    ),
+    (
+        variant(
+            PG_MANAGED, "ds-bootstrap-no-zone", managed__bootstrap={**BOOTSTRAP, "targetTime": "2026-11-30T03:15:00"}
+        ),
+        "spec.managed.bootstrap.targetTime must be an RFC 3339 time with a zone",
+    ),
+    (
+        variant(
+            PG_MANAGED, "ds-bootstrap-date", managed__bootstrap={**BOOTSTRAP, "targetTime": "30/11/2026 03:15 UTC"}
+        ),
+        "spec.managed.bootstrap.targetTime must be an RFC 3339 time with a zone",
+    ),
+    (
+        variant(PG_MANAGED, "ds-bootstrap-no-backup", managed__bootstrap={"targetTime": "2026-11-30T03:15:00Z"}),
+        "spec.managed.bootstrap.backup: Required value",
+    ),
+]
+VALID += [
+    PG_BOOTSTRAP,
+    variant(
+        PG_MANAGED,
+        "pg-bootstrap-offset",
+        managed__bootstrap={**BOOTSTRAP, "targetTime": "2026-11-30T04:15:00.25+01:00"},
+    ),
+    variant(DS_MANAGED, "redis-bootstrap", managed__bootstrap=BOOTSTRAP),
+]
+
 # Valid objects near the new limits, accepted as they are.
 VALID += [
     variant(DS_MANAGED, "d" * 52),
@@ -405,6 +454,37 @@ UPDATES: list[tuple[str, dict[str, Any], dict[str, Any], str | None]] = [
         "default-version-spelt-out",
         variant(PG_MANAGED, "upd-version-default"),
         variant(PG_MANAGED, "upd-version-default", managed__version="15.8"),
+        None,
+    ),
+    # spec.managed.bootstrap is set at creation and never changes; the store's other fields still do.
+    (
+        "bootstrap-added",
+        variant(PG_MANAGED, "upd-bootstrap-added"),
+        variant(PG_MANAGED, "upd-bootstrap-added", managed__bootstrap=BOOTSTRAP),
+        "spec.managed.bootstrap is set when a DataStore is created and cannot be added, changed or removed",
+    ),
+    (
+        "bootstrap-removed",
+        variant(PG_BOOTSTRAP, "upd-bootstrap-removed"),
+        variant(PG_BOOTSTRAP, "upd-bootstrap-removed", managed__bootstrap=None),
+        "spec.managed.bootstrap is set when a DataStore is created and cannot be added, changed or removed",
+    ),
+    (
+        "bootstrap-target-time-changed",
+        variant(PG_BOOTSTRAP, "upd-bootstrap-time"),
+        variant(PG_BOOTSTRAP, "upd-bootstrap-time", managed__bootstrap__targetTime="2026-11-30T03:20:00Z"),
+        "spec.managed.bootstrap is set when a DataStore is created and cannot be added, changed or removed",
+    ),
+    (
+        "bootstrap-backup-changed",
+        variant(PG_BOOTSTRAP, "upd-bootstrap-backup"),
+        variant(PG_BOOTSTRAP, "upd-bootstrap-backup", managed__bootstrap__backup={"name": "other"}),
+        "spec.managed.bootstrap is set when a DataStore is created and cannot be added, changed or removed",
+    ),
+    (
+        "bootstrap-kept-while-scaling",
+        variant(PG_BOOTSTRAP, "upd-bootstrap-scale"),
+        variant(PG_BOOTSTRAP, "upd-bootstrap-scale", managed__replicas=3, managed__version="15.8"),
         None,
     ),
     (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from real_support import (
     in_pod,
     job_done,
     job_pods,
+    members_ok,
     ready,
     redis_cli,
     secret,
@@ -115,7 +117,27 @@ def test_a_backup_job_runs_in_a_pod_into_s3_in_the_node_and_restores(
     assert f"{PREFIX}/{catalog.manifest_key(store_prefix, st['backupId'])}" in listed
     assert manifest.objects and {base + o.key for o in manifest.objects} <= listed
 
-    # It restores: downloaded and verified here, laid out as a redis data directory, served by a new server.
+    # A new managed store bootstraps from the Backup: pod 0's restore init container (the operator image, run as
+    # the database's user) fetches, verifies and seeds it; pod 1 replicates it; the new store's password opens it.
+    bootstrapped = datastore(ns, "cache-restored", "redis", real_node.image("redis"), 2)
+    bootstrapped["spec"]["managed"]["bootstrap"] = {"backup": {"name": "first"}}
+    cp.apply([bootstrapped], field_manager="test")
+    procs.wait_until(
+        "DataStore cache-restored Ready with both members",
+        lambda: ready(cp, ns, "cache-restored") and members_ok(cp, ns, "cache-restored"),
+        300,
+    )
+    assert get(cp, ns, "datastore", "cache-restored")["status"]["restoredFrom"]["backupId"] == st["backupId"]
+    new_password = secret(cp, ns, "cache-restored-conn")["password"]
+    assert new_password != password
+    for member in ("cache-restored-0", "cache-restored-1"):
+        assert redis_cli(cp, ns, member, new_password, "HGETALL", f"{marker}:h").split() == ["a", "1", "b", "2"]
+        assert redis_cli(cp, ns, member, new_password, "LRANGE", f"{marker}:l", "0", "-1").split() == ["x", "y", "z"]
+    _restored_by_init_container(
+        cp, ns, "cache-restored-0", real_node.image("operator"), st["backupId"], (key, user.secret_key, password)
+    )
+
+    # It restores by hand too: downloaded and verified here, laid out as a redis data directory, a new server.
     enc_key = EncryptionKey.from_secret_value("backup-key/key", key.encode())
     files = tmp_path / "backup"
     catalog.download_backup(target, store_prefix, st["backupId"], files, enc_key)
@@ -127,6 +149,21 @@ def test_a_backup_job_runs_in_a_pod_into_s3_in_the_node_and_restores(
         assert restored.hgetall(f"{marker}:h") == {"a": "1", "b": "2"}
         assert restored.get(f"{marker}:s") == "value"
         assert restored.lrange(f"{marker}:l", 0, -1) == ["x", "y", "z"]
+
+
+def _restored_by_init_container(
+    cp: ControlPlane, ns: str, pod: str, image: str, backup_id: str, hidden: tuple[str, ...]
+) -> None:
+    """Pod 0's restore init container ran the operator image, exited 0 and said what it restored, no secret."""
+    body = get(cp, ns, "pod", pod)
+    [init] = [c for c in body["spec"]["initContainers"] if c["name"] == "restore"]
+    assert init["args"] == ["restore", "pod"] and init["image"] == image
+    [state] = [c for c in body["status"]["initContainerStatuses"] if c["name"] == "restore"]
+    assert state["state"]["terminated"]["exitCode"] == 0
+    log = cp.kubectl("logs", "-n", ns, pod, "-c", "restore").stdout
+    assert backup_id in log
+    for value in hidden:
+        assert value not in log and value not in json.dumps(body)
 
 
 def test_a_postgres_backup_job_and_the_wal_archiver_run_in_pods_and_restore(
@@ -187,6 +224,68 @@ def test_a_postgres_backup_job_and_the_wal_archiver_run_in_pods_and_restore(
     )
     st = get(cp, ns, "backup", "pg-first")["status"]
     assert st["engine"] == "postgres" and st["wal"]["startLsn"]
+    psql("INSERT INTO real_backup SELECT g, 'before T' FROM generate_series(501, 600) g")
+    time.sleep(1.0)  # the commits before and after T lie clearly apart
+    target_time = psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+    time.sleep(1.0)
+    psql("INSERT INTO real_backup SELECT g, 'after T' FROM generate_series(601, 700) g")
+
+    # A new managed store recovers to T in its pod 0 (the init container lays out the base backup and the WAL
+    # that reaches T; start.sh recovers on a private socket, promotes, sets the new store's passwords); pod 1
+    # streams from it. T becomes reachable once the archiver's next mark after it is in the bucket (a minute at
+    # most): until then the store says so (Stalled, TargetTimeUnreachable) and is looked at again.
+    bootstrapped = datastore(ns, "pg-restored", "postgres", real_node.image("postgres"), 2)
+    bootstrapped["spec"]["managed"]["bootstrap"] = {"backup": {"name": "pg-first"}, "targetTime": target_time}
+    cp.apply([bootstrapped], field_manager="test")
+    procs.wait_until(
+        "DataStore pg-restored Ready with both members",
+        lambda: ready(cp, ns, "pg-restored") and members_ok(cp, ns, "pg-restored"),
+        420,
+    )
+    new_password = secret(cp, ns, "pg-restored-conn")["password"]
+    for member in ("pg-restored-0", "pg-restored-1"):
+        rows = in_pod(
+            cp,
+            ns,
+            member,
+            "postgres",
+            "PGPASSWORD",
+            new_password,
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-Atc",
+            "SELECT count(*), max(id) FROM real_backup",
+        )
+        assert rows == "600|600", member  # exactly what committed before T
+    refused = cp.kubectl(
+        "exec",
+        "-i",
+        "-n",
+        ns,
+        "pg-restored-0",
+        "-c",
+        "postgres",
+        "--",
+        "sh",
+        "-c",
+        'read -r PGPASSWORD; export PGPASSWORD; psql -h 127.0.0.1 -U postgres -Atc "SELECT 1"',
+        input=password + "\n",
+        check=False,
+    )
+    assert refused.returncode != 0 and "password authentication failed" in refused.stderr
+    _restored_by_init_container(
+        cp,
+        ns,
+        "pg-restored-0",
+        real_node.image("operator"),
+        st["backupId"],
+        (key, user.secret_key, password, new_password),
+    )
+    came = get(cp, ns, "datastore", "pg-restored")["status"]["restoredFrom"]
+    assert came["backup"] == "pg-first" and came["sourceStore"] == "pg"
 
     # It restores: base backup downloaded and verified here, a new local server recovers it and promotes.
     files = tmp_path / "backup"

@@ -28,7 +28,7 @@ docs/architecture.md for how one object flows from a watch event to a status wri
     | `run` | config, handlers, metrics | the operator process |
     | `statusview` | — | pure rendering of `mlinfra status` |
     | `build` | api | build-time generators: CRDs, API reference, Argo CD checks, this contract |
-    | `devenv` | api, backup, client, context, engines, features, k8s, stores, vectors | the local platform (control plane, real node, real databases): tests and the demo only |
+    | `devenv` | api, backup, backups, client, context, engines, features, k8s, problems, stores, vectors | the local platform (control plane, real node, real databases): tests and the demo only |
     | `cli` | anything | the `mlinfra` command |
     | `__main__` | cli | `python -m mlinfra` |
     | `__init__` | — | this contract, rendered |

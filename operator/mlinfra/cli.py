@@ -1,6 +1,7 @@
 """The ``mlinfra`` command line: ``version``, ``crds``, ``run``, ``status``, ``backup`` (a Backup of a store, now),
-``restore`` (a Backup laid out by hand), ``sync`` (materialization jobs), ``rebuild`` (a VectorIndex's rebuild
-Job), ``take`` (a backup Job), ``archive`` (a store's WAL archiver) and ``dev``."""
+``restore`` (a Backup laid out by hand; ``restore pod``: a bootstrapped store's restore init container), ``sync``
+(materialization jobs), ``rebuild`` (a VectorIndex's rebuild Job), ``take`` (a backup Job), ``archive`` (a store's
+WAL archiver) and ``dev``."""
 
 from __future__ import annotations
 
@@ -294,8 +295,14 @@ def backup_now(
 
 @app.command("restore")
 def restore_backup(
-    target: Annotated[str, typer.Argument(help="NAMESPACE/NAME of a complete Backup.")],
-    into: Annotated[pathlib.Path, typer.Option(help="A new (or empty) directory for the files.")],
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="NAMESPACE/NAME of a complete Backup; or `pod`: the restore init container of a store that "
+            "bootstraps from a Backup (the plan in MLINFRA_RESTORE_PLAN)."
+        ),
+    ],
+    into: Annotated[pathlib.Path | None, typer.Option(help="A new (or empty) directory for the files.")] = None,
     to: Annotated[
         str | None, typer.Option(help="neo4j, qdrant: the DataStore (same namespace) to load the backup into.")
     ] = None,
@@ -306,10 +313,19 @@ def restore_backup(
     ] = None,
 ) -> None:
     """Download a Backup (every object verified, decrypted with its key) and lay it out for its engine: a redis
-    data directory, a PostgreSQL data directory that recovers and promotes, or a load into a neo4j/qdrant store."""
+    data directory, a PostgreSQL data directory that recovers and promotes, or a load into a neo4j/qdrant store.
+    `mlinfra restore pod` restores a bootstrapped store's pod 0 onto its data volume, as its plan says."""
     import datetime
     import json
 
+    if target == "pod":  # never a Backup: those are NAMESPACE/NAME
+        if into is not None or to is not None or appendonly or target_time is not None:
+            raise typer.BadParameter("`restore pod` takes no options: its plan says everything")
+        from mlinfra.backups import bootstrap_cli
+
+        raise typer.Exit(bootstrap_cli.run())
+    if into is None:
+        raise typer.BadParameter("a directory for the files is required", param_hint="--into")
     from mlinfra.backups import restore_cli
 
     try:

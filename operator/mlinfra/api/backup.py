@@ -10,6 +10,7 @@ outlive the store they came from: a restore names a Backup, never the store, whi
 
 from __future__ import annotations
 
+import datetime
 from typing import Annotated, ClassVar, Literal
 
 import pydantic
@@ -225,3 +226,85 @@ class Backup(base.Resource):
     kind: Literal["Backup"] = pydantic.Field(default="Backup", description="Backup.")
     spec: BackupSpec = pydantic.Field(description="Desired state.")
     status: BackupStatus | None = pydantic.Field(default=None, description="Observed state.")
+
+
+# --- a new store made from a Backup (DataStore.spec.managed.bootstrap) -------------------------------------
+
+# RFC 3339 with a zone (Z or +hh:mm): a time without one means a different instant in every time zone.
+# Python-compatible (datetime.fromisoformat reads it; at most microseconds).
+TARGET_TIME_RE = (
+    r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    r"(\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+TARGET_TIME_MESSAGE = (
+    "spec.managed.bootstrap.targetTime must be an RFC 3339 time with a zone, e.g. 2026-11-30T03:15:00Z or "
+    "2026-11-30T04:15:00+01:00"
+)
+
+
+def _check_target_time(value: str) -> str:
+    # What the regex lets through but no calendar has (February 30).
+    try:
+        datetime.datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ValueError(f"{TARGET_TIME_MESSAGE} ({exc})") from None
+    return value
+
+
+class Bootstrap(base.SpecModel):
+    """``DataStore.spec.managed.bootstrap``: the new store starts from a Backup's data instead of an empty
+    database. Set when the store is created, never changed; a restore never overwrites a store in place."""
+
+    backup: common.ObjectRef = pydantic.Field(
+        description="The Backup to start from: in this namespace, complete (Ready), of a store of the same engine."
+    )
+    target_time: (
+        Annotated[
+            str,
+            base.regex_check(TARGET_TIME_RE, TARGET_TIME_MESSAGE),
+            pydantic.AfterValidator(_check_target_time),
+            base.Cel(base.matches(TARGET_TIME_RE), TARGET_TIME_MESSAGE),
+        ]
+        | None
+    ) = pydantic.Field(
+        default=None,
+        max_length=64,
+        description="postgres: recover through the source store's WAL archive to just before this time (RFC "
+        "3339 with a zone, e.g. 2026-11-30T03:15:00Z): the transactions committed before it, none after. It must "
+        "lie between the Backup's end and the archive's last recoverability point. The end of the Backup when "
+        "omitted.",
+    )
+
+    @property
+    def target_datetime(self) -> datetime.datetime | None:
+        return datetime.datetime.fromisoformat(self.target_time) if self.target_time is not None else None
+
+
+class RestoredFrom(base.StatusModel):
+    """Where a bootstrapped store's data came from, fixed once before its pods were first created: the pods'
+    restore is built from this, so the source Backup may be deleted afterwards without anything changing."""
+
+    backup: str | None = pydantic.Field(default=None, max_length=253, description="Name of the Backup.")
+    backup_id: str | None = pydantic.Field(default=None, max_length=64, description="Id of the backup in its target.")
+    engine: str | None = pydantic.Field(default=None, max_length=16, description="Engine of the backup.")
+    source_store: str | None = pydantic.Field(
+        default=None, max_length=253, description="The DataStore the backup was taken of (it may be gone)."
+    )
+    source_uid: str | None = pydantic.Field(
+        default=None, max_length=64, description="uid of that DataStore (its backups are under it on the target)."
+    )
+    target: Target | None = pydantic.Field(default=None, description="The target the backup is read from.")
+    encryption: Encryption | None = pydantic.Field(
+        default=None, description="The client-side key the backup was sealed with, when any."
+    )
+    target_time: str | None = pydantic.Field(
+        default=None, max_length=64, description="postgres: the time recovered to (spec.managed.bootstrap.targetTime)."
+    )
+    location: str | None = pydantic.Field(
+        default=None,
+        max_length=1024,
+        description="Where the backup is, e.g. s3://bucket/prefix/ns/store/uid/backups/<id>/.",
+    )
+    restored_at: str | None = pydantic.Field(
+        default=None, max_length=64, description="When the operator checked the backup and fixed this."
+    )

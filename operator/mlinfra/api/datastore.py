@@ -13,7 +13,7 @@ from typing import Annotated, ClassVar, Literal
 import pydantic
 
 from mlinfra.api import base, common, config_limits
-from mlinfra.api.backup import BackupPolicy
+from mlinfra.api.backup import BackupPolicy, Bootstrap, RestoredFrom
 
 Engine = Literal["redis", "postgres", "neo4j", "qdrant"]
 ENGINES: tuple[Engine, ...] = ("redis", "postgres", "neo4j", "qdrant")
@@ -163,11 +163,21 @@ STORAGE_FIXED = base.Cel(
     field_path=".storage",
 )
 
+# Set at creation or never: a store's data comes from the backup once, before its pods first start (a restore
+# never overwrites a running store). Compared whole, as written.
+BOOTSTRAP_FIXED = base.Cel(
+    "has(self.bootstrap) == has(oldSelf.bootstrap) && (!has(self.bootstrap) || self.bootstrap == oldSelf.bootstrap)",
+    "spec.managed.bootstrap is set when a DataStore is created and cannot be added, changed or removed later: a "
+    "restore never overwrites an existing store; to restore again, create a new DataStore with "
+    "spec.managed.bootstrap",
+    field_path=".bootstrap",
+)
+
 
 class Managed(base.SpecModel):
     """The operator runs the database: StatefulSet, Services, Secret, ConfigMap, PodDisruptionBudget."""
 
-    cel_rules: ClassVar[tuple[base.Cel, ...]] = (STORAGE_FIXED,)
+    cel_rules: ClassVar[tuple[base.Cel, ...]] = (STORAGE_FIXED, BOOTSTRAP_FIXED)
 
     version: str | None = pydantic.Field(
         default=None,
@@ -212,6 +222,11 @@ class Managed(base.SpecModel):
     network_policy: bool = pydantic.Field(
         default=False,
         description="Also render a NetworkPolicy admitting only pods of this namespace and the operator.",
+    )
+    bootstrap: Bootstrap | None = pydantic.Field(
+        default=None,
+        description="Start from a Backup's data (redis, postgres; docs/backup.md). Only when the store is created; "
+        "status.restoredFrom says where the data came from. An empty store when omitted.",
     )
 
 
@@ -333,6 +348,20 @@ REDIS_DATABASE = base.Cel(
     field_path=".external.database",
 )
 
+BOOTSTRAP_ENGINES = base.Cel(
+    rule="!has(self.managed) || !has(self.managed.bootstrap) || self.engine in ['redis', 'postgres']",
+    message="spec.managed.bootstrap is for redis and postgres stores: load a neo4j or qdrant backup into a running "
+    "store with `mlinfra restore NAMESPACE/BACKUP --to DATASTORE`",
+    field_path=".managed.bootstrap",
+)
+TARGET_TIME_POSTGRES = base.Cel(
+    rule="!has(self.managed) || !has(self.managed.bootstrap) || !has(self.managed.bootstrap.targetTime) || "
+    "self.engine == 'postgres'",
+    message="spec.managed.bootstrap.targetTime is for postgres stores (point-in-time recovery through the WAL "
+    "archive): a redis store starts from the backup as it was taken; omit targetTime",
+    field_path=".managed.bootstrap.targetTime",
+)
+
 # Changes an existing store cannot take (rules on oldSelf: checked on updates only).
 MODE_FIXED = base.Cel(
     rule="has(self.managed) == has(oldSelf.managed)",
@@ -365,6 +394,8 @@ class DataStoreSpec(base.SpecModel):
         *CONFIG_VALUE_RULES,
         REDIS_DATABASE,
         REDIS_SERVER_NAME,
+        BOOTSTRAP_ENGINES,
+        TARGET_TIME_POSTGRES,
         MODE_FIXED,
         MAJOR_VERSION_FIXED,
     )
@@ -411,6 +442,11 @@ class DataStoreSpec(base.SpecModel):
             out_of_range = config_limits.refusals(self.engine, self.managed.config or {})
             if out_of_range:
                 raise ValueError("; ".join(out_of_range))
+            bootstrap = self.managed.bootstrap
+            if bootstrap is not None and self.engine not in ("redis", "postgres"):
+                raise ValueError(BOOTSTRAP_ENGINES.message)
+            if bootstrap is not None and bootstrap.target_time is not None and self.engine != "postgres":
+                raise ValueError(TARGET_TIME_POSTGRES.message)
         database = self.external.database if self.external is not None else None
         if self.engine == "redis" and database is not None and not re.search(REDIS_DATABASE_RE, database):
             raise ValueError(REDIS_DATABASE.message)
@@ -514,6 +550,11 @@ class DataStoreStatus(base.StatusModel):
     )
     backup: BackupSummary | None = pydantic.Field(
         default=None, description="Backups: the newest complete one and the schedule (with spec.backup)."
+    )
+    restored_from: RestoredFrom | None = pydantic.Field(
+        default=None,
+        description="spec.managed.bootstrap: the Backup the store's data came from, fixed before its pods first "
+        "started.",
     )
 
 

@@ -72,7 +72,21 @@ LAYERS: dict[str, tuple[frozenset[str], str]] = {
     "statusview": (frozenset(), "pure rendering of `mlinfra status`"),
     "build": (frozenset({"api"}), "build-time generators: CRDs, API reference, Argo CD checks, this contract"),
     "devenv": (
-        frozenset({"api", "backup", "client", "context", "engines", "features", "k8s", "stores", "vectors"}),
+        frozenset(
+            {
+                "api",
+                "backup",
+                "backups",
+                "client",
+                "context",
+                "engines",
+                "features",
+                "k8s",
+                "problems",
+                "stores",
+                "vectors",
+            }
+        ),
         "the local platform (control plane, real node, real databases): tests and the demo only",
     ),
     "cli": (frozenset({"*"}), "the `mlinfra` command"),

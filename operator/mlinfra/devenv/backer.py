@@ -26,11 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlinfra.devenv import procs
+from mlinfra.devenv import procs, restored
 from mlinfra.devenv.controlplane import ControlPlane
 from mlinfra.devenv.neo4j import Neo4jServer
 from mlinfra.devenv.postgres import start_postgres
 from mlinfra.devenv.redis import start_redis
+from mlinfra.problems import SECRET_NOT_FOUND, Problem, ProblemError
+from mlinfra.stores import backupaccess, restoreplan
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +167,13 @@ class Backer:
         if cm.returncode != 0 or not password:
             return False  # the operator has not rendered it yet
         files: dict[str, str] = json.loads(cm.stdout).get("data") or {}
+        plan = None
+        if ds["spec"]["managed"].get("bootstrap"):
+            # What pod 0's restore init container would do, from the plan the operator rendered into it.
+            sts = self.cp.kubectl("get", "statefulset", name, "-n", ns, "-o", "json", check=False)
+            plan = restored.plan_of(json.loads(sts.stdout)) if sts.returncode == 0 else None
+            if plan is None:
+                return False  # not rendered yet (the operator checks the Backup first)
         config_hash = hashlib.sha256(json.dumps([files, password], sort_keys=True).encode()).hexdigest()[:16]
         current = self.backed.get(key)
         if current and current.replicas == replicas and current.config_hash == config_hash:
@@ -178,7 +187,7 @@ class Backer:
         workdir = self.workdir / hashlib.sha256(f"{key}/{config_hash}/{replicas}".encode()).hexdigest()[:10]
         shutil.rmtree(workdir, ignore_errors=True)
         try:
-            backed.entry = self._start(backed, engine, name, workdir, files, password)
+            backed.entry = self._start(backed, engine, name, workdir, files, password, plan)
         except BaseException:
             backed.stack.close()
             raise
@@ -186,13 +195,38 @@ class Backer:
         log.info("backer: serving %s (%s, %d member(s)) at %s", key, engine, replicas, backed.entry["endpoint"])
         return True
 
+    def _secret_reader(self, ns: str) -> backupaccess.Reader:
+        def read(name: str, key: str, what: str) -> bytes:
+            out = self.cp.kubectl("get", "secret", name, "-n", ns, "-o", "json", check=False)
+            raw = json.loads(out.stdout).get("data", {}).get(key) if out.returncode == 0 else None
+            if raw is None:
+                raise ProblemError(Problem(SECRET_NOT_FOUND, f"{what}: Secret {name!r} has no key {key!r}", False))
+            return base64.b64decode(raw)
+
+        return read
+
     def _start(
-        self, backed: Backed, engine: str, name: str, workdir: Path, files: dict[str, str], password: str
+        self,
+        backed: Backed,
+        engine: str,
+        name: str,
+        workdir: Path,
+        files: dict[str, str],
+        password: str,
+        plan: restoreplan.RestorePlan | None = None,
     ) -> dict[str, Any]:
         pods = [f"{name}-{i}" for i in range(backed.replicas)]
+        read = self._secret_reader(plan.namespace) if plan is not None else None
         if engine == "redis":
             conf = _filter(files.get("redis.conf", ""), _REDIS_LOCAL_ONLY)
-            cluster = start_redis(backed.stack, workdir, replicas=backed.replicas - 1, password=password, config=conf)
+            if plan is not None and read is not None:
+                cluster = restored.start_redis_restored(
+                    backed.stack, workdir, plan, read, backed.replicas - 1, password, conf
+                )
+            else:
+                cluster = start_redis(
+                    backed.stack, workdir, replicas=backed.replicas - 1, password=password, config=conf
+                )
             servers = [cluster.primary, *cluster.replicas]
             return {
                 "endpoint": f"127.0.0.1:{cluster.primary.port}",
@@ -200,7 +234,12 @@ class Backer:
             }
         if engine == "postgres":
             conf = _filter(files.get("postgresql.conf", ""), _PG_LOCAL_ONLY)
-            pg = start_postgres(backed.stack, workdir, standbys=backed.replicas - 1, password=password, conf=conf)
+            if plan is not None and read is not None:
+                pg = restored.start_postgres_restored(
+                    backed.stack, workdir, plan, read, backed.replicas - 1, password, conf
+                )
+            else:
+                pg = start_postgres(backed.stack, workdir, standbys=backed.replicas - 1, password=password, conf=conf)
             servers_pg = [pg.primary, *pg.standbys]
             return {
                 "endpoint": f"127.0.0.1:{pg.primary.port}",

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,7 +170,8 @@ class PostgresServer:
             )
         return result
 
-    def start(self, stack: procs.ProcStack) -> PostgresServer:
+    def start(self, stack: procs.ProcStack, ready: Callable[[], bool] | None = None) -> PostgresServer:
+        """Run the server and wait until ``ready`` (default: a password login over TCP) says it serves."""
         uid, gid = _run_as()
         self.socket_dir.mkdir(exist_ok=True)
         _own(self.socket_dir, uid, gid)
@@ -203,7 +205,7 @@ class PostgresServer:
         )
         procs.wait_until(
             f"postgres {self.name} to accept connections",
-            lambda: bool(self.connect().execute("select 1").fetchone()),
+            ready or (lambda: bool(self.connect().execute("select 1").fetchone())),
             60,
             self.proc,
         )
@@ -241,6 +243,14 @@ def start_postgres(
     primary = PostgresServer(workdir / "primary", "primary", password, conf=conf).init().start(stack)
     with primary.connect() as conn:
         conn.execute(f"CREATE ROLE replicator WITH REPLICATION LOGIN PASSWORD '{repl_password}'")
+    return follow(stack, workdir, primary, standbys, repl_password, conf)
+
+
+def follow(
+    stack: procs.ProcStack, workdir: Path, primary: PostgresServer, standbys: int, repl_password: str, conf: str = ""
+) -> PostgresCluster:
+    """``standbys`` streaming standbys of the running ``primary``, whose role ``replicator`` has ``repl_password``."""
+    password = primary.password
     followers = []
     for i in range(standbys):
         standby = PostgresServer(workdir / f"standby-{i}", f"standby-{i}", password, conf=conf)

@@ -28,13 +28,14 @@ and owner references, and by the local platform and the integration tests (``ren
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
 import json
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jinja2
@@ -374,11 +375,29 @@ def _restricted(container: dict[str, Any]) -> None:
     }
 
 
-def _statefulset(ds: datastore.DataStore, context: Mapping[str, Any]) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class FirstInit:
+    """An init container that runs before the engine's own, with the volumes only it mounts: a bootstrapped
+    store's restore (``stores.bootstrap`` builds it: this module stays free of backups and Secrets). It gets the
+    restricted security context of every container here, and a read-only root filesystem (it writes to its
+    volumes only)."""
+
+    container: Mapping[str, Any]
+    volumes: Sequence[Mapping[str, Any]] = ()
+
+
+def _statefulset(
+    ds: datastore.DataStore, context: Mapping[str, Any], first_init: FirstInit | None = None
+) -> dict[str, Any]:
     sts = _render_yaml("common/statefulset.yaml.j2", context)
     pod = _render_yaml(f"{ds.spec.engine}/pod.yaml.j2", context)
+    if first_init is not None:
+        pod["initContainers"] = [copy.deepcopy(dict(first_init.container)), *pod.get("initContainers", [])]
+        pod["volumes"] = [*pod.get("volumes", []), *(copy.deepcopy(dict(v)) for v in first_init.volumes)]
     for container in [*pod.get("initContainers", []), *pod["containers"]]:
         _restricted(container)
+    if first_init is not None:
+        pod["initContainers"][0]["securityContext"]["readOnlyRootFilesystem"] = True
     template = sts["spec"]["template"]
     template["spec"].update(pod)
     template["metadata"]["labels"] = names.labels(ds)
@@ -388,14 +407,18 @@ def _statefulset(ds: datastore.DataStore, context: Mapping[str, Any]) -> dict[st
 
 
 def render_managed(
-    ds: datastore.DataStore, images: Mapping[str, str] | None = None, operator_namespace: str | None = None
+    ds: datastore.DataStore,
+    images: Mapping[str, str] | None = None,
+    operator_namespace: str | None = None,
+    first_init: FirstInit | None = None,
 ) -> list[dict[str, Any]]:
     """Every object of the managed store ``ds`` except the credentials and connection Secrets: ConfigMap,
     headless and client Services, StatefulSet, PodDisruptionBudget (more than one replica) and
     NetworkPolicy (``spec.managed.networkPolicy``). Same input, same output, in this order. ``images``: the
     operator's default image per engine (see :func:`image`). ``operator_namespace``: where the operator's pod
     runs; the NetworkPolicy admits the operator's pods from that namespace only (a pod label alone would
-    admit any tenant's pod that copies it), and none from elsewhere when it is unknown."""
+    admit any tenant's pod that copies it), and none from elsewhere when it is unknown. ``first_init``: an init
+    container to run first in every pod (:class:`FirstInit`); none when omitted."""
     managed = _managed(ds)
     files = render_config_files(ds)
     context = {
@@ -407,7 +430,7 @@ def render_managed(
         _render_yaml("common/configmap.yaml.j2", context),
         _render_yaml("common/headless-service.yaml.j2", context),
         _render_yaml("common/client-service.yaml.j2", context),
-        _statefulset(ds, context),
+        _statefulset(ds, context, first_init),
     ]
     if managed.replicas > 1:
         objects.append(_render_yaml("common/pdb.yaml.j2", context))

@@ -17,13 +17,14 @@ from mlinfra.context import Context, Obj
 from mlinfra.engines import connection, names, render
 from mlinfra.k8s import objects, ownership
 from mlinfra.problems import INVALID_SPEC, Problem, ProblemError
-from mlinfra.stores import backuprecovery, children, connsecret, credentials, versions, walarchiver
+from mlinfra.stores import backuprecovery, bootstrap, children, connsecret, credentials, versions, walarchiver
 
 
 def _managed(ctx: Context, obj: Obj[api.DataStore]) -> connection.ConnectionInfo:
     """Apply the managed store's children; its credentials are generated once in ``<name>-credentials`` and
     adopted if that Secret was left by an earlier DataStore of this name (a store re-created after a Retain
-    deletion finds its data and password again)."""
+    deletion finds its data and password again). A store with ``spec.managed.bootstrap`` has its source checked
+    and fixed in ``status.restoredFrom`` first, and its pods restore from it (``stores.bootstrap``)."""
     ds = obj.model
     engine = ds.spec.engine
     keys = names.credentials_keys(engine)
@@ -35,7 +36,10 @@ def _managed(ctx: Context, obj: Obj[api.DataStore]) -> connection.ConnectionInfo
     ours = sts is not None and ownership.labelled_for(sts, owner)
     was = versions.recorded(sts if ours else None, engine, ctx.settings.engine_images)
     ds = versions.pinned(ds, versions.effective(ds, was))
-    rendered = render.render_managed(ds, ctx.settings.engine_images, ctx.settings.operator_namespace)
+    # A store bootstrapped from a Backup: its source fixed in status before any child exists (stores/bootstrap.py).
+    restored = bootstrap.restored_from(ctx, obj, ds, sts if ours else None)
+    first_init = bootstrap.first_init(ds, obj.namespace, restored, ctx.settings.job_image) if restored else None
+    rendered = render.render_managed(ds, ctx.settings.engine_images, ctx.settings.operator_namespace, first_init)
     for child in rendered:
         child.setdefault("metadata", {})["ownerReferences"] = [owner]
     claimed = children.claim_all(ctx.kube, rendered)  # before the credentials are made: a conflict makes nothing

@@ -130,6 +130,10 @@ def compute(facts: Facts, previous: Mapping[str, Any] | None) -> dict[str, Any]:
         status["connectionSecret"] = facts.connection_secret
     if facts.backup is not None:
         status["backup"] = dict(facts.backup)
+    # Fixed once by stores.bootstrap before the pods existed; every later status carries it as it is.
+    restored = (previous or {}).get("restoredFrom")
+    if restored is not None:
+        status["restoredFrom"] = restored
 
     conds: list[Cond]
     p = facts.problem
@@ -211,4 +215,5 @@ OWNED = (
     "capabilities",
     "conditions",
     "backup",
+    "restoredFrom",
 )

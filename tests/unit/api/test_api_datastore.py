@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime
 import re
 from typing import Any
 
@@ -60,6 +61,15 @@ def with_changes(spec: dict[str, Any], **paths: Any) -> dict[str, Any]:
         {"engine": "qdrant", "managed": {"replicas": 3}},
         {"engine": "redis", "external": {"endpoint": "[::1]:6379", "credentialsSecretRef": {"name": "r"}}},
         {"engine": "neo4j", "external": {"endpoint": "10.0.0.5:7687", "credentialsSecretRef": {"name": "n"}}},
+        with_changes(MANAGED, managed__bootstrap={"backup": {"name": "cache-20261130"}}),
+        {
+            "engine": "postgres",
+            "managed": {"bootstrap": {"backup": {"name": "pg-1"}, "targetTime": "2026-11-30T03:15:00Z"}},
+        },
+        {
+            "engine": "postgres",
+            "managed": {"bootstrap": {"backup": {"name": "pg-1"}, "targetTime": "2026-11-30T04:15:00.5+01:00"}},
+        },
     ],
 )
 def test_good_specs(spec: dict[str, Any]) -> None:
@@ -84,6 +94,42 @@ def test_good_specs(spec: dict[str, Any]) -> None:
         (with_changes(EXTERNAL, external__endpoint="pg.example.com"), "must be host:port"),
         (with_changes(EXTERNAL, external__credentialsSecretRef=None), "Field required"),
         (with_changes(EXTERNAL, external__tls__verify=False), "Extra inputs are not permitted"),
+        # spec.managed.bootstrap
+        (
+            {"engine": "neo4j", "managed": {"bootstrap": {"backup": {"name": "g"}}}},
+            "spec.managed.bootstrap is for redis and postgres stores",
+        ),
+        (
+            {"engine": "qdrant", "managed": {"bootstrap": {"backup": {"name": "q"}}}},
+            "spec.managed.bootstrap is for redis and postgres stores",
+        ),
+        (
+            with_changes(MANAGED, managed__bootstrap={"backup": {"name": "c"}, "targetTime": "2026-11-30T03:15:00Z"}),
+            "spec.managed.bootstrap.targetTime is for postgres stores",
+        ),
+        (
+            {
+                "engine": "postgres",
+                "managed": {"bootstrap": {"backup": {"name": "p"}, "targetTime": "2026-11-30T03:15:00"}},
+            },
+            "must be an RFC 3339 time with a zone",
+        ),
+        (
+            {
+                "engine": "postgres",
+                "managed": {"bootstrap": {"backup": {"name": "p"}, "targetTime": "2026-11-30 03:15Z"}},
+            },
+            "must be an RFC 3339 time with a zone",
+        ),
+        (
+            {
+                "engine": "postgres",
+                "managed": {"bootstrap": {"backup": {"name": "p"}, "targetTime": "2026-02-30T03:15:00Z"}},
+            },
+            "day is out of range for month",
+        ),
+        ({"engine": "postgres", "managed": {"bootstrap": {"targetTime": "2026-11-30T03:15:00Z"}}}, "Field required"),
+        ({"engine": "postgres", "managed": {"bootstrap": {"backup": {"name": "Bad_Name"}}}}, "should match pattern"),
     ],
 )
 def test_bad_specs(spec: dict[str, Any], message: str) -> None:
@@ -317,3 +363,22 @@ def test_update_rules_sit_where_they_apply() -> None:
     for engine, version in datastore.DEFAULT_VERSIONS.items():
         assert f"'{engine}': '{version}'" in datastore.MAJOR_VERSION_FIXED.rule
     assert f"'{datastore.DEFAULT_STORAGE_SIZE}'" in datastore.STORAGE_FIXED.rule
+
+
+def test_bootstrap_target_time_reads_as_an_aware_time() -> None:
+    spec = datastore.DataStoreSpec.model_validate(
+        {
+            "engine": "postgres",
+            "managed": {"bootstrap": {"backup": {"name": "p"}, "targetTime": "2026-11-30T04:15:00+01:00"}},
+        }
+    )
+    assert spec.managed is not None and spec.managed.bootstrap is not None
+    when = spec.managed.bootstrap.target_datetime
+    assert when is not None and when.utcoffset() is not None
+    assert when.astimezone(datetime.UTC).isoformat() == "2026-11-30T03:15:00+00:00"
+    assert (
+        datastore.DataStoreSpec.model_validate(
+            {"engine": "redis", "managed": {"bootstrap": {"backup": {"name": "r"}}}}
+        ).managed.bootstrap.target_datetime
+        is None
+    )  # type: ignore[union-attr]
