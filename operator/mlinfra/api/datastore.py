@@ -617,6 +617,13 @@ class DataStore(base.Resource):
             base.PrinterColumn(
                 "Lag Bytes", "integer", ".status.replication.maxLagBytes", "Largest lag (bytes).", priority=1
             ),
+            base.PrinterColumn(
+                "Restored From",
+                "string",
+                ".status.restoredFrom.backup",
+                "The Backup the store started from (spec.managed.bootstrap).",
+                priority=1,
+            ),
             base.AGE_COLUMN,
         ),
     )

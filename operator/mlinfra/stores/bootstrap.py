@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import datetime
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pydantic
@@ -335,3 +335,39 @@ def first_init(ds: api.DataStore, namespace: str, found: backup_api.RestoredFrom
     ]
     volumes.append({"name": TMP_VOLUME, "emptyDir": {"sizeLimit": TMP_SIZE}})
     return render.FirstInit(container=container, volumes=volumes)
+
+
+# --- what the restore container said --------------------------------------------------------------------------
+
+RESTORE_FAILED = "RestoreFailed"
+UNUSABLE_EXIT = 2  # backups.bootstrap_cli: the plan, a Secret or the backup cannot be used; retrying cannot help
+
+
+def restore_failure(store: str, pods: Sequence[Mapping[str, Any]]) -> Problem | None:
+    """Pod 0's restore container failed its last run: a Problem with the line it left (its termination message,
+    one line, no secret: ``mlinfra restore pod`` scrubs it), else None. Exit 2 (unusable: a Secret's value,
+    the backup gone or not this store's) is Stalled — the kubelet runs it again and again for nothing; any other
+    failure (the target for a while, the volume full) is retried by the kubelet and reported as Reconciling."""
+    pod0 = next((p for p in pods if p.get("metadata", {}).get("name") == names.pod(store, 0)), None)
+    statuses = ((pod0 or {}).get("status") or {}).get("initContainerStatuses") or []
+    state = next((s for s in statuses if s.get("name") == restoreplan.CONTAINER), None)
+    if state is None:
+        return None
+    done = (state.get("state") or {}).get("terminated")
+    if done is not None and done.get("exitCode") == 0:
+        return None
+    # Waiting out the kubelet's back-off, or running again: what the last failed run said stands until one ends well.
+    ended = done or (state.get("lastState") or {}).get("terminated")
+    if not ended:
+        return None
+    code = ended.get("exitCode")
+    said = " ".join(str(ended.get("message") or ended.get("reason") or "").split())[:512]
+    unusable = code == UNUSABLE_EXIT
+    return Problem(
+        RESTORE_FAILED,
+        f"pod {names.pod(store, 0)}: the restore from status.restoredFrom failed (exit {code}, "
+        f"{'it cannot succeed as things are: fix what it says and it runs again' if unusable else 'retried'}): "
+        f"{said or 'no message'}",
+        stalled=unusable,
+        recheck=RECHECK,
+    )

@@ -18,7 +18,7 @@ from mlinfra.context import Context, Obj
 from mlinfra.engines import connection, names, observation, probe, render
 from mlinfra.k8s import objects
 from mlinfra.problems import INVALID_SPEC, SECRET_NOT_FOUND, Problem, ProblemError
-from mlinfra.stores import backuprecovery, backupschedule, connsecret, status
+from mlinfra.stores import backuprecovery, backupschedule, bootstrap, connsecret, status
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,15 @@ def refused_database(ds: api.DataStore, obs: observation.Observation | None) -> 
     )
 
 
+def restore_failed(ctx: Context, obj: Obj[api.DataStore], found: status.Facts) -> Problem | None:
+    """A bootstrapped store whose pod 0 is not serving yet: what its restore container said, if it failed."""
+    served = found.observation is not None and found.observation.reachable
+    if not obj.status.get(bootstrap.FIELD) or served or obj.model.spec.managed is None:
+        return None
+    pods = ctx.kube.list_("Pod", obj.namespace, names.selector_labels(obj.model))
+    return bootstrap.restore_failure(obj.name, pods)
+
+
 def backups(ctx: Context, obj: Obj[api.DataStore]) -> Mapping[str, Any] | None:
     """The schedule's tick and ``status.backup`` (see stores.backupschedule). A refusal of the API server or a
     missed deadline is logged and the previous ``status.backup`` kept: the store's own status still comes."""
@@ -137,7 +146,7 @@ def observe(ctx: Context, obj: Obj[api.DataStore]) -> dict[str, Any]:
             )
         )
     found = facts(ctx, obj, conn)
-    refused = refused_database(obj.model, found.observation)
+    refused = refused_database(obj.model, found.observation) or restore_failed(ctx, obj, found)
     if refused is not None:
         raise ProblemError(refused)
     new = status.compute(dataclasses.replace(found, backup=backup), obj.status)

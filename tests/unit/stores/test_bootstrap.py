@@ -574,3 +574,44 @@ def test_a_store_without_bootstrap_renders_as_before(ctx: Context, kube: FakeKub
     assert sts["spec"] == plain["spec"]
     assert [c["name"] for c in sts["spec"]["template"]["spec"]["initContainers"]] == ["bootstrap"]
     assert "restoredFrom" not in (kube.get_or_none("DataStore", NS, "db") or {}).get("status", {})
+
+
+# --- what the restore container said -----------------------------------------------------------------------
+
+
+def _pod0(state: dict[str, Any], last: dict[str, Any] | None = None) -> dict[str, Any]:
+    restore = {"name": restoreplan.CONTAINER, "state": state, "lastState": last or {}}
+    other = {"name": "bootstrap", "state": {"waiting": {"reason": "PodInitializing"}}, "lastState": {}}
+    return {"metadata": {"name": "restored-0"}, "status": {"initContainerStatuses": [restore, other]}}
+
+
+FAILED_UNUSABLE = {"exitCode": 2, "reason": "Error", "message": "Unusable: Secret 'backup-key' has no key 'key'\n"}
+FAILED_TARGET = {"exitCode": 1, "reason": "Error", "message": "TargetFailed: s3://bk: connection refused"}
+
+
+def test_a_restore_that_cannot_succeed_stalls_the_store_with_what_the_container_said() -> None:
+    waiting = {"waiting": {"reason": "CrashLoopBackOff"}}
+    found = bootstrap.restore_failure("restored", [_pod0(waiting, {"terminated": FAILED_UNUSABLE})])
+    assert found is not None and found.reason == bootstrap.RESTORE_FAILED and found.stalled
+    assert "restored-0" in found.message and "exit 2" in found.message
+    assert "Secret 'backup-key' has no key 'key'" in found.message and "\n" not in found.message
+    # Running again after the back-off: the last failure stands until a run ends well.
+    again = bootstrap.restore_failure("restored", [_pod0({"running": {}}, {"terminated": FAILED_UNUSABLE})])
+    assert again is not None and again.stalled
+
+
+def test_a_restore_that_may_succeed_later_is_reported_as_retried() -> None:
+    found = bootstrap.restore_failure("restored", [_pod0({"terminated": FAILED_TARGET})])
+    assert found is not None and not found.stalled and "retried" in found.message and "TargetFailed" in found.message
+
+
+def test_a_restore_that_ended_well_or_has_not_ended_is_no_problem() -> None:
+    done = {"terminated": {"exitCode": 0, "reason": "Completed"}}
+    assert bootstrap.restore_failure("restored", [_pod0(done, {"terminated": FAILED_TARGET})]) is None
+    assert bootstrap.restore_failure("restored", [_pod0({"running": {}})]) is None
+    assert bootstrap.restore_failure("restored", [_pod0({"waiting": {"reason": "PodInitializing"}})]) is None
+    assert bootstrap.restore_failure("restored", []) is None
+    # Another store's pod of a similar name is not this store's pod 0.
+    other = _pod0({"terminated": FAILED_UNUSABLE})
+    other["metadata"]["name"] = "restored-2-0"
+    assert bootstrap.restore_failure("restored", [other]) is None

@@ -89,6 +89,30 @@ def test_a_store_whose_pods_are_not_ready_is_provisioning(kube: FakeKube, tmp_pa
     assert metrics.DATASTORE_READY_REPLICAS.labels(NS, "db")._value.get() == 0
 
 
+def test_a_bootstrapped_store_whose_restore_failed_says_what_the_restore_container_said(
+    kube: FakeKube, tmp_path: Path
+) -> None:
+    ctx = context(kube, tmp_path, {"endpoint": CLOSED, "members": {"db-0": CLOSED}})
+    body = managed_body()
+    reconcile.reconcile(ctx, obj(body))
+    failed = pod("db-0", "10.0.0.5")
+    failed["status"]["initContainerStatuses"] = [
+        {
+            "name": "restore",
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": 2, "message": "Unusable: the backup's manifest is gone"}},
+        }
+    ]
+    kube.put(failed)
+    # Only a store restored from a backup is looked at for it (status.restoredFrom).
+    assert conds(observe.observe(ctx, obj(body)))["Ready"][1] == "Provisioning"
+    body["status"] = {"restoredFrom": {"backup": "first"}}
+    with pytest.raises(ProblemError) as raised:
+        observe.observe(ctx, obj(body))
+    assert raised.value.problem.reason == "RestoreFailed" and raised.value.problem.stalled
+    assert "the backup's manifest is gone" in raised.value.problem.message
+
+
 def test_a_store_the_local_platform_cannot_serve_says_why_without_probing(kube: FakeKube, tmp_path: Path) -> None:
     ctx = context(kube, tmp_path, {"endpoint": CLOSED, "unserved": "no redis-server binary"})
     body = managed_body(replicas=1)
