@@ -13,92 +13,21 @@ from __future__ import annotations
 import datetime
 import io
 import os
-import secrets
-import time
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
+import archive_support as support
 import pytest
-from test_backup_postgres import ROWS_PER_BATCH, conn_info, insert_batch, rows, server_now, start_restored
-from test_backup_wal_archive import (
-    NAMESPACE,
-    STORE,
-    Running,
-    Setup,
-    _secret_dir,
-    download,
-    take_base,
-    wait_for_mark_after,
-)
+from test_backup_postgres import ROWS_PER_BATCH, insert_batch, rows, server_now, start_restored
 
-from mlinfra.api import backup as api
 from mlinfra.backup import catalog, pg_wal, recoverability
-from mlinfra.backup.sealed import EncryptionKey
-from mlinfra.devenv import procs, secretscan
-from mlinfra.devenv.minio import MinioServer
-from mlinfra.devenv.postgres import PostgresCluster, start_postgres
-from mlinfra.engines import names
-from mlinfra.stores import backupaccess as access
+from mlinfra.devenv import procs
+from mlinfra.devenv.postgres import PostgresCluster
 from mlinfra.stores import backupprune
-from mlinfra.stores import walarchiver as archiver
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture(scope="module")
-def pg(devenv_dir: Path) -> Iterator[PostgresCluster]:
-    with procs.ProcStack() as stack:
-        yield start_postgres(stack, devenv_dir / "pg-prune", standbys=0)
-
-
-@pytest.fixture
-def setup(pg: PostgresCluster, s3_server: MinioServer, tmp_path: Path) -> Iterator[Setup]:
-    bucket = s3_server.new_bucket("prune")
-    uid = str(uuid.uuid4())
-    key_hex = secrets.token_hex(32)
-    secretscan.track(key_hex)
-    target_spec = api.Target.model_validate(
-        {
-            "s3": {
-                "bucket": bucket,
-                "prefix": "backups",
-                "endpoint": s3_server.endpoint,
-                "credentialsSecretRef": {"name": "s3-creds"},
-                "tls": {"enabled": False},
-            }
-        }
-    )
-    plan = archiver.ArchivePlan(
-        namespace=NAMESPACE,
-        store=STORE,
-        store_uid=uid,
-        target=target_spec,
-        encryption=api.Encryption.model_validate({"keySecretRef": {"name": "backup-key", "key": "key"}}),
-        slot=archiver.slot_for(NAMESPACE, STORE, uid),
-        mark_interval=1.0,
-    )
-    dirs = {
-        names.connection_secret(STORE): _secret_dir(tmp_path, "conn", conn_info(pg.primary).to_secret_data()),
-        "s3-creds": _secret_dir(
-            tmp_path, "s3", {"accessKeyId": s3_server.root.access_key, "secretAccessKey": s3_server.root.secret_key}
-        ),
-        "backup-key": _secret_dir(tmp_path, "key", {"key": key_hex}),
-    }
-    assert set(dirs) == set(access.secret_names(plan))
-    yield Setup(
-        plan=plan,
-        secret_dirs=dirs,
-        target=s3_server.target(bucket, "backups"),
-        key=EncryptionKey.from_secret_value("backup-key/key", key_hex.encode()),
-        root=tmp_path,
-    )
-    with pg.primary.connect() as conn:
-        conn.execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s AND NOT active",
-            (plan.slot,),
-        )
+pg = support.own_primary("pg-prune")
+setup = support.archive_fixture("prune", "pg-pruned")
 
 
 def switch_wal(pg: PostgresCluster, table: str, batch: int) -> None:
@@ -108,7 +37,7 @@ def switch_wal(pg: PostgresCluster, table: str, batch: int) -> None:
         conn.execute("SELECT pg_switch_wal()")
 
 
-def leftover(s: Setup, started: datetime.datetime, name: str) -> str:
+def leftover(s: support.Setup, started: datetime.datetime, name: str) -> str:
     """A half-written backup as a killed upload leaves it: its files uploaded, no manifest."""
     staging = s.root / f"staging-{name}"
     staging.mkdir()
@@ -120,35 +49,24 @@ def leftover(s: Setup, started: datetime.datetime, name: str) -> str:
     return bid
 
 
-def objects_of(s: Setup, bid: str) -> list[str]:
+def objects_of(s: support.Setup, bid: str) -> list[str]:
     return [o.key for o in s.target.list(catalog.backup_dir(s.prefix, bid))]
 
 
 def test_pruning_keeps_what_the_kept_backup_needs_and_its_point_in_time_restore_works(
-    pg: PostgresCluster, setup: Setup
+    pg: PostgresCluster, setup: support.Setup
 ) -> None:
     s = setup
-    table = f"prune_{secrets.token_hex(4)}"
-    with pg.primary.connect() as conn:
-        conn.execute(f"CREATE TABLE {table} (id bigserial PRIMARY KEY, batch int NOT NULL, committed_at timestamptz)")
-    running = Running(s, s.root / "spool", "archiver")
-    try:
-        running.wait_running()
+    table = support.create_table(pg, "prune")
+    with support.archiving(s, s.root / "spool", "archiver") as running:
         insert_batch(pg, table, 1)
-        oldest = take_base(pg, s)
+        oldest = support.take_base(pg, s)
         for batch in (2, 3, 4):
             switch_wal(pg, table, batch)
-        wait_for_mark_after(s, server_now(pg), running)
-        kept = take_base(pg, s)
-        insert_batch(pg, table, 5)
-        time.sleep(0.5)
-        target = server_now(pg)
-        time.sleep(0.5)
-        insert_batch(pg, table, 6)
-        wait_for_mark_after(s, target, running)
-    finally:
-        if running.proc.poll() is None:
-            running.terminate()
+        support.wait_for_mark_after(s, server_now(pg), running)
+        kept = support.take_base(pg, s)
+        target = support.target_between(pg, table, 5, 6)
+        support.wait_for_mark_after(s, target, running)
 
     # Retention lets the oldest Backup go: its delete handler removes it from the target.
     catalog.delete_backup(s.target, s.prefix, oldest.backup_id)
@@ -212,7 +130,7 @@ def test_pruning_keeps_what_the_kept_backup_needs_and_its_point_in_time_restore_
     wanted = [r for r in source if r[1] <= 5]
     assert len(wanted) == 5 * ROWS_PER_BATCH and all(r[2] > target for r in source if r[1] == 6)
     plan = pg_wal.plan_restore(kept.meta, remaining, target)
-    base_dir, wal_dir = download(s, kept, plan, "pitr")
+    base_dir, wal_dir = support.download(s, kept, plan, "pitr")
     with procs.ProcStack() as stack:
         restored, _ = start_restored(
             stack, s.root / "restored", "restored", pg.password, base_dir, wal_dir, target_time=target
@@ -220,7 +138,7 @@ def test_pruning_keeps_what_the_kept_backup_needs_and_its_point_in_time_restore_
         assert rows(restored, table) == wanted
 
 
-def test_a_foreign_object_in_the_archive_and_the_backups_is_never_deleted(setup: Setup) -> None:
+def test_a_foreign_object_in_the_archive_and_the_backups_is_never_deleted(setup: support.Setup) -> None:
     s = setup
     stranger: dict[str, Any] = {
         catalog.wal_prefix(s.prefix) + "000000010000000000000001.gz": b"someone else's",

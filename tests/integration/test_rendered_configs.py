@@ -21,13 +21,12 @@ import psycopg
 import pytest
 import redis as redis_lib
 import yaml
-from rendered_support import NAME, NAMESPACE, store, write_files
+from rendered_support import NAME, NAMESPACE, redis_pod, store, write_files
 
 from mlinfra.api.datastore import DataStore
 from mlinfra.devenv import procs, tools
 from mlinfra.devenv.controlplane import ControlPlane
 from mlinfra.devenv.postgres import PostgresServer
-from mlinfra.devenv.redis import RedisServer
 from mlinfra.engines import names, render
 
 pytestmark = pytest.mark.integration
@@ -38,32 +37,18 @@ pytestmark = pytest.mark.integration
 REDIS_CONFIG = {"maxmemory": "64mb", "maxmemory-policy": "allkeys-lru", "save": "", "appendonly": "no"}
 
 
-def _redis_pod(
-    stack: procs.ProcStack,
-    root: Path,
-    files: dict[str, Path],
-    ordinal: int,
-    password: str,
-    primary: RedisServer | None = None,
-) -> RedisServer:
-    """One pod's container: the rendered entrypoint.sh, as the StatefulSet runs it, on a loopback port."""
-    pod = names.pod(NAME, ordinal)
-    workdir = root / pod
-    (workdir / "data").mkdir(parents=True)
-    port = procs.free_port()
-    env = {
-        "HOSTNAME": pod,
-        "REDIS_PASSWORD": password,
-        "REDIS_PORT": str(port),
-        "REDIS_BIND": "127.0.0.1",
-        "REDIS_CONF": str(files["redis.conf"]),
-        "REDIS_DATA_DIR": str(workdir / "data"),
-        "REDIS_RUN_DIR": str(workdir / "run"),
-    }
-    if primary is not None:  # pod 0's DNS name, as the replica reaches it here
-        env |= {"REDIS_PRIMARY_HOST": "127.0.0.1", "REDIS_PRIMARY_PORT": str(primary.port)}
-    server = RedisServer(workdir, pod, password, port=port, command=["bash", str(files["entrypoint.sh"])], env=env)
-    return server.start(stack)
+def _run_entrypoint(files: dict[str, Path], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The rendered entrypoint.sh run to its end, ``env`` over the test's environment."""
+    return subprocess.run(
+        ["bash", str(files["entrypoint.sh"])], capture_output=True, text=True, timeout=30, env={**os.environ, **env}
+    )
+
+
+def _fake_executable(path: Path, script: str) -> None:
+    """Stands in for a binary the entrypoint execs (in a new directory)."""
+    path.parent.mkdir()
+    path.write_text(script)
+    path.chmod(0o755)
 
 
 def test_rendered_redis_primary_and_replica(tmp_path: Path) -> None:
@@ -71,8 +56,8 @@ def test_rendered_redis_primary_and_replica(tmp_path: Path) -> None:
     files = write_files(tmp_path / "config", render.render_config_files(ds))
     password = secrets.token_urlsafe(24)
     with procs.ProcStack() as stack:
-        primary = _redis_pod(stack, tmp_path, files, 0, password)
-        replica = _redis_pod(stack, tmp_path, files, 1, password, primary=primary)
+        primary = redis_pod(stack, tmp_path, files, names.pod(NAME, 0), password)
+        replica = redis_pod(stack, tmp_path, files, names.pod(NAME, 1), password, primary=primary)
         p, r = primary.client(), replica.client()
 
         procs.wait_until(
@@ -110,13 +95,7 @@ def test_rendered_redis_primary_and_replica(tmp_path: Path) -> None:
 
 def test_rendered_redis_entrypoint_refuses_a_hostname_without_ordinal(tmp_path: Path) -> None:
     files = write_files(tmp_path, render.render_config_files(store("redis", 1, {})))
-    result = subprocess.run(
-        ["bash", str(files["entrypoint.sh"])],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "HOSTNAME": "not-a-pod", "REDIS_PASSWORD": "x"},
-    )
+    result = _run_entrypoint(files, {"HOSTNAME": "not-a-pod", "REDIS_PASSWORD": "x"})
     assert result.returncode == 1
     assert "cannot tell this pod's ordinal" in result.stderr
 
@@ -346,16 +325,10 @@ def test_rendered_redis_entrypoint_defaults_to_pod_0_in_the_cluster(tmp_path: Pa
     """Without overrides a replica pod follows pod 0's DNS name on the standard port, with the pod's paths."""
     files = write_files(tmp_path / "config", render.render_config_files(store("redis", 3, {})))
     fake_bin = tmp_path / "bin"
-    fake_bin.mkdir()
-    (fake_bin / "redis-server").write_text('#!/bin/sh\ncat "$1"\n')  # prints the runtime config it is given
-    (fake_bin / "redis-server").chmod(0o755)
-    result = subprocess.run(
-        ["bash", str(files["entrypoint.sh"])],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={
-            **os.environ,
+    _fake_executable(fake_bin / "redis-server", '#!/bin/sh\ncat "$1"\n')  # prints the runtime config it is given
+    result = _run_entrypoint(
+        files,
+        {
             "HOSTNAME": names.pod(NAME, 2),
             "REDIS_PASSWORD": "pw",
             "REDIS_RUN_DIR": str(tmp_path / "run"),
@@ -393,16 +366,8 @@ def test_rendered_qdrant_entrypoint_joins_pod_0(ordinal: int, args: list[str], t
     """Qdrant's server cannot be run here: the image's entrypoint is replaced by one that prints its arguments."""
     files = write_files(tmp_path / "config", render.render_config_files(store("qdrant", 3, {})))
     home = tmp_path / "qdrant"
-    home.mkdir()
-    (home / "entrypoint.sh").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
-    (home / "entrypoint.sh").chmod(0o755)
-    result = subprocess.run(
-        ["bash", str(files["entrypoint.sh"])],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "HOSTNAME": names.pod(NAME, ordinal), "QDRANT_HOME": str(home)},
-    )
+    _fake_executable(home / "entrypoint.sh", '#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
+    result = _run_entrypoint(files, {"HOSTNAME": names.pod(NAME, ordinal), "QDRANT_HOME": str(home)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[1:] == ["--config-path", "/etc/mlinfra/config.yaml", *args]
 
