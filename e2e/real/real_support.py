@@ -100,6 +100,16 @@ def backup_policy(bucket: str, prefix: str, endpoint: str) -> dict[str, Any]:
     }
 
 
+def backup(ns: str, name: str, store: str) -> dict[str, Any]:
+    """A Backup ``name`` of DataStore ``store``."""
+    return {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": "Backup",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"dataStoreRef": {"name": store}},
+    }
+
+
 def job_done(cp: ControlPlane, ns: str, name: str) -> bool:
     """The Job completed (it fails the test at once when it failed)."""
     conds = get(cp, ns, "job", name).get("status", {}).get("conditions", [])

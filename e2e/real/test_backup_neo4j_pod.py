@@ -11,6 +11,7 @@ from pathlib import Path
 
 import neo4j
 from real_support import (
+    backup,
     backup_policy,
     condition,
     create_secret,
@@ -79,14 +80,7 @@ def test_a_neo4j_backup_job_runs_in_a_pod_and_the_export_restores_the_graph(
     assert len(before[0]) == PEOPLE and len(before[1]) == PEOPLE
 
     cp.apply(
-        [
-            {
-                "apiVersion": "mlinfra.io/v1alpha1",
-                "kind": "Backup",
-                "metadata": {"name": "graph-first", "namespace": ns},
-                "spec": {"dataStoreRef": {"name": "graph"}},
-            }
-        ],
+        [backup(ns, "graph-first", "graph")],
         field_manager="test",
     )
     name = backup_job.job_name("graph-first")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from real_support import (
+    backup,
     backup_policy,
     condition,
     create_secret,
@@ -64,14 +65,7 @@ def test_a_backup_job_runs_in_a_pod_into_s3_in_the_node_and_restores(
     redis_cli(cp, ns, "cache-0", password, "RPUSH", f"{marker}:l", "x", "y", "z")
 
     cp.apply(
-        [
-            {
-                "apiVersion": "mlinfra.io/v1alpha1",
-                "kind": "Backup",
-                "metadata": {"name": "first", "namespace": ns},
-                "spec": {"dataStoreRef": {"name": "cache"}},
-            }
-        ],
+        [backup(ns, "first", "cache")],
         field_manager="test",
     )
     name = backup_job.job_name("first")
@@ -136,6 +130,35 @@ def test_a_backup_job_runs_in_a_pod_into_s3_in_the_node_and_restores(
     _restored_by_init_container(
         cp, ns, "cache-restored-0", real_node.image("operator"), st["backupId"], (key, user.secret_key, password)
     )
+
+    # A damaged backup (an object its manifest names deleted from the bucket after it was taken): the operator's
+    # check reads the manifest and passes, pod 0's restore container finds the damage, exits 2, and the store
+    # says so, Stalled, with the container's line; nothing is served from an empty volume.
+    cp.apply([backup(ns, "second", "cache")], field_manager="test")
+    procs.wait_until(
+        "Backup second Ready",
+        lambda: condition(get(cp, ns, "backup", "second"), "Ready").get("status") == "True",
+        300,
+    )
+    second = get(cp, ns, "backup", "second")["status"]
+    damaged = catalog.read_manifest(target, store_prefix, second["backupId"]).objects[0]
+    real_s3.client().remove_object(
+        bucket, f"{PREFIX}/{catalog.backup_dir(store_prefix, second['backupId'])}{damaged.key}"
+    )
+    broken = datastore(ns, "cache-broken", "redis", real_node.image("redis"), 1)
+    broken["spec"]["managed"]["bootstrap"] = {"backup": {"name": "second"}}
+    cp.apply([broken], field_manager="test")
+
+    def reported() -> bool:
+        ds = get(cp, ns, "datastore", "cache-broken")
+        return (
+            condition(ds, "Ready").get("reason") == "RestoreFailed" and condition(ds, "Stalled").get("status") == "True"
+        )
+
+    procs.wait_until("DataStore cache-broken Stalled with RestoreFailed", reported, 240)
+    message = condition(get(cp, ns, "datastore", "cache-broken"), "Ready")["message"]
+    assert "cache-broken-0" in message and "the backup is damaged" in message and damaged.key in message
+    assert key not in message and user.secret_key not in message
 
     # It restores by hand too: downloaded and verified here, laid out as a redis data directory, a new server.
     enc_key = EncryptionKey.from_secret_value("backup-key/key", key.encode())
@@ -202,14 +225,7 @@ def test_a_postgres_backup_job_and_the_wal_archiver_run_in_pods_and_restore(
     assert [p["status"]["phase"] for p in pods] == ["Running"] and pods[0]["spec"]["nodeName"] == real_node.name
 
     cp.apply(
-        [
-            {
-                "apiVersion": "mlinfra.io/v1alpha1",
-                "kind": "Backup",
-                "metadata": {"name": "pg-first", "namespace": ns},
-                "spec": {"dataStoreRef": {"name": "pg"}},
-            }
-        ],
+        [backup(ns, "pg-first", "pg")],
         field_manager="test",
     )
     name = backup_job.job_name("pg-first")

@@ -37,7 +37,7 @@ from typing import Any
 import pydantic
 
 from mlinfra.backup import catalog, pg_wal, rdb
-from mlinfra.backup.sealed import EncryptionKey
+from mlinfra.backup.sealed import EncryptionKey, SealError
 from mlinfra.backup.target import NotFound, Target, TargetError
 from mlinfra.problems import ProblemError
 from mlinfra.stores import backupaccess as access
@@ -302,6 +302,10 @@ def run(echo: Echo = _print) -> int:
         outcome = restore_into(plan, remembered, echo)
     except (Unusable, pg_wal.RestoreRefused, catalog.ForeignManifest) as exc:
         return done(UNUSABLE, str(exc), sync_command.EXIT_UNUSABLE)
+    except (NotFound, SealError) as exc:
+        # An object the manifest names is gone, or does not verify (or open with the key): the backup is damaged,
+        # and running again reads the same objects.
+        return done(UNUSABLE, f"the backup is damaged: {exc}", sync_command.EXIT_UNUSABLE)
     except ProblemError as exc:  # a Secret or its key missing, a key that is not one
         return done(UNUSABLE, exc.problem.message, sync_command.EXIT_UNUSABLE)
     except TargetError as exc:

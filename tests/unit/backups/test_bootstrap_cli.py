@@ -346,3 +346,36 @@ def test_redis_restores_whole_and_leaves_no_working_directory(tmp_path: Path, on
     assert bootstrap_cli.restore_into(plan, never_read, lines.append) == bootstrap_cli.RESTORED
     assert sorted(p.name for p in aof.iterdir()) == ["appendonlydir"]
     assert (aof / "appendonlydir" / "appendonly.aof.1.base.rdb").read_bytes() == tiny_rdb()
+
+
+@pytest.mark.parametrize("damage", ["deleted", "altered"])
+def test_a_damaged_backup_is_unusable_and_the_volume_stays_empty(
+    termination: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    on_volume_target: VolumeTarget,
+    damage: str,
+) -> None:
+    uid = plan_doc(tmp_path)["sourceUid"]
+    backup_id = upload(on_volume_target, tmp_path, "redis", uid)
+    under = catalog.backup_dir(configured.store_prefix("team-a", "orders", uid), backup_id)
+    [data_object] = [o.key for o in on_volume_target.list(under) if not o.key.endswith("manifest.json")]
+    if damage == "deleted":
+        on_volume_target.delete(data_object)
+    else:
+        with (on_volume_target.root / data_object).open("r+b") as f:  # one byte of the sealed object flipped
+            f.seek(-1, 2)
+            last = f.read(1)
+            f.seek(-1, 2)
+            f.write(bytes([last[0] ^ 0xFF]))
+    data = tmp_path / "volume"
+    doc = plan_doc(data, "redis", backupId=backup_id, secretDirs={"s3-creds": f"{restoreplan.SECRET_DIR_ENV}_0"})
+    doc.pop("encryption")
+    in_pod(monkeypatch, "orders-restored-0", doc, {"s3-creds": secret_dirs(tmp_path)["s3-creds"]})
+    # Running again reads the same objects: exit 2, which the store reports as Stalled (stores.bootstrap).
+    assert bootstrap_cli.run() == sync_command.EXIT_UNUSABLE
+    last, _ = summary(capsys)
+    assert last["outcome"] == bootstrap_cli.UNUSABLE and "the backup is damaged" in last["error"]
+    assert termination.read_text().startswith(f"{bootstrap_cli.UNUSABLE}: the backup is damaged")
+    assert not (data / "dump.rdb").exists()
