@@ -171,7 +171,7 @@ class Backer:
         if ds["spec"]["managed"].get("bootstrap"):
             # What pod 0's restore init container would do, from the plan the operator rendered into it.
             sts = self.cp.kubectl("get", "statefulset", name, "-n", ns, "-o", "json", check=False)
-            plan = restored.plan_of(json.loads(sts.stdout)) if sts.returncode == 0 else None
+            plan = restoreplan.plan_in(json.loads(sts.stdout)) if sts.returncode == 0 else None
             if plan is None:
                 return False  # not rendered yet (the operator checks the Backup first)
         config_hash = hashlib.sha256(json.dumps([files, password], sort_keys=True).encode()).hexdigest()[:16]

@@ -9,12 +9,9 @@ to the plan's target time) and given the NEW store's passwords. Then the replica
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import psycopg
 
@@ -27,18 +24,6 @@ from mlinfra.stores import backupaccess, restoreplan
 log = logging.getLogger(__name__)
 
 RECOVERY_WAIT = 300.0
-
-
-def plan_of(statefulset: Mapping[str, Any]) -> restoreplan.RestorePlan | None:
-    """The restore plan the operator rendered into the StatefulSet's restore init container, or None."""
-    pod = statefulset.get("spec", {}).get("template", {}).get("spec", {})
-    for container in pod.get("initContainers") or []:
-        if container.get("name") != restoreplan.CONTAINER:
-            continue
-        for env in container.get("env") or []:
-            if env.get("name") == restoreplan.PLAN_ENV:
-                return restoreplan.RestorePlan.model_validate(json.loads(env["value"]))
-    return None
 
 
 def _lay_out(plan: restoreplan.RestorePlan, volume: Path, read: backupaccess.Reader) -> None:

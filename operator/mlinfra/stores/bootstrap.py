@@ -93,28 +93,21 @@ def _record(status: Mapping[str, Any] | None) -> backup_api.RestoredFrom | None:
 
 def _from_statefulset(ds: api.DataStore, sts: Mapping[str, Any]) -> backup_api.RestoredFrom | None:
     """The record, read back from the restore container of a StatefulSet made from it."""
-    inits = sts.get("spec", {}).get("template", {}).get("spec", {}).get("initContainers") or []
-    for container in inits:
-        if container.get("name") != restoreplan.CONTAINER:
-            continue
-        env = {e.get("name"): e.get("value") for e in container.get("env") or []}
-        try:
-            plan = restoreplan.RestorePlan.model_validate_json(env.get(restoreplan.PLAN_ENV) or "")
-        except pydantic.ValidationError:
-            return None
-        bootstrap = ds.spec.managed.bootstrap if ds.spec.managed is not None else None
-        return backup_api.RestoredFrom(
-            backup=plan.backup,
-            backup_id=plan.backup_id,
-            engine=plan.engine,
-            source_store=plan.source_store,
-            source_uid=plan.source_uid,
-            target=plan.target,
-            encryption=plan.encryption,
-            target_time=bootstrap.target_time if bootstrap is not None and plan.target_time is not None else None,
-            location=plan.location,
-        )
-    return None
+    plan = restoreplan.plan_in(sts)
+    if plan is None:
+        return None
+    bootstrap = ds.spec.managed.bootstrap if ds.spec.managed is not None else None
+    return backup_api.RestoredFrom(
+        backup=plan.backup,
+        backup_id=plan.backup_id,
+        engine=plan.engine,
+        source_store=plan.source_store,
+        source_uid=plan.source_uid,
+        target=plan.target,
+        encryption=plan.encryption,
+        target_time=bootstrap.target_time if bootstrap is not None and plan.target_time is not None else None,
+        location=plan.location,
+    )
 
 
 def _status_of(found: backup_api.RestoredFrom) -> dict[str, Any]:

@@ -20,7 +20,8 @@ The layout on the data volume, shared by the init container and the engine's sta
 from __future__ import annotations
 
 import datetime
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import pydantic
 
@@ -72,3 +73,17 @@ def secret_names(target: api.Target, encryption: api.Encryption | None) -> list[
     if encryption is not None:
         wanted.append(encryption.key_secret_ref.name)
     return list(dict.fromkeys(wanted))
+
+
+def plan_in(statefulset: Mapping[str, Any]) -> RestorePlan | None:
+    """The plan rendered into the StatefulSet's restore container; None without one (or with one not ours)."""
+    pod = statefulset.get("spec", {}).get("template", {}).get("spec", {})
+    for container in pod.get("initContainers") or []:
+        if container.get("name") != CONTAINER:
+            continue
+        env = {e.get("name"): e.get("value") for e in container.get("env") or []}
+        try:
+            return RestorePlan.model_validate_json(env.get(PLAN_ENV) or "")
+        except pydantic.ValidationError:
+            return None
+    return None
