@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis as redis_lib
+
 from e2e_support import condition, get_json, job_command, run_job_command, wait_for
 from mlinfra.devenv import procs
 from mlinfra.devenv.backer import Backer
@@ -61,6 +63,36 @@ def store(ns: str, port: int, bucket: str | None, endpoint: str, engine: str = "
         spec["backup"] = backup_policy(bucket, endpoint)
     meta = {"name": SOURCE, "namespace": ns}
     return {"apiVersion": "mlinfra.io/v1alpha1", "kind": "DataStore", "metadata": meta, "spec": spec}
+
+
+def managed_store(ns: str, name: str, engine: str, bootstrap: dict[str, Any], replicas: int = 2) -> dict[str, Any]:
+    """A managed store made from a Backup (``spec.managed.bootstrap``)."""
+    return {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": "DataStore",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"engine": engine, "managed": {"replicas": replicas, "bootstrap": bootstrap}},
+    }
+
+
+def redis_contents(client: redis_lib.Redis, prefix: str) -> dict[str, Any]:
+    """Every key under ``prefix`` with its value, whatever its type: what a restore must give back."""
+    found: dict[str, Any] = {}
+    for key in client.scan_iter(f"{prefix}*"):
+        kind = client.type(key)
+        if kind == "string":
+            found[key] = client.get(key)
+        elif kind == "hash":
+            found[key] = client.hgetall(key)
+        elif kind == "list":
+            found[key] = client.lrange(key, 0, -1)
+        elif kind == "set":
+            found[key] = sorted(client.smembers(key))
+        elif kind == "zset":
+            found[key] = client.zrange(key, 0, -1, withscores=True)
+        else:
+            found[key] = kind
+    return found
 
 
 def backup(ns: str, name: str, store: str = SOURCE) -> dict[str, Any]:

@@ -51,6 +51,16 @@ def variant(base: dict[str, Any], name: str | None = None, **spec_changes: Any) 
     return out
 
 
+def volume_claim(ns: str, name: str, size: str = "1Gi") -> dict[str, Any]:
+    """A ReadWriteOnce PersistentVolumeClaim of the default StorageClass (kwok's, or the real node's host paths)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}},
+    }
+
+
 def secret_data(cp: ControlPlane, ns: str, secret: str) -> dict[str, str]:
     """The Secret's keys and their values, decoded."""
     return {k: base64.b64decode(v).decode() for k, v in get_json(cp, "secret", secret, "-n", ns)["data"].items()}

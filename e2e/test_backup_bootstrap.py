@@ -33,15 +33,6 @@ from mlinfra.devenv.redis import RedisCluster
 pytestmark = pytest.mark.e2e
 
 
-def _managed(ns: str, name: str, engine: str, bootstrap: dict[str, Any], replicas: int = 2) -> dict[str, Any]:
-    return {
-        "apiVersion": "mlinfra.io/v1alpha1",
-        "kind": "DataStore",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {"engine": engine, "managed": {"replicas": replicas, "bootstrap": bootstrap}},
-    }
-
-
 def _served(backer: Backer, ns: str, name: str) -> dict[str, Any]:
     return dict(backer.backed[f"{ns}/{name}"].entry)
 
@@ -60,25 +51,6 @@ def _stalled(cp: ControlPlane, ns: str, name: str, reason: str) -> dict[str, Any
     # Nothing is made for a store that cannot be restored: no pod may start empty in its place.
     assert cp.kubectl("get", "statefulset", name, "-n", ns, check=False).returncode != 0
     return ready
-
-
-def _redis_contents(client: redis_lib.Redis, prefix: str) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for key in client.scan_iter(f"{prefix}*"):
-        kind = client.type(key)
-        if kind == "string":
-            found[key] = client.get(key)
-        elif kind == "hash":
-            found[key] = client.hgetall(key)
-        elif kind == "list":
-            found[key] = client.lrange(key, 0, -1)
-        elif kind == "set":
-            found[key] = sorted(client.smembers(key))
-        elif kind == "zset":
-            found[key] = client.zrange(key, 0, -1, withscores=True)
-        else:
-            found[key] = kind
-    return found
 
 
 def test_a_managed_redis_bootstraps_from_a_backup_and_does_not_change_when_the_backup_goes(
@@ -102,13 +74,13 @@ def test_a_managed_redis_bootstraps_from_a_backup_and_does_not_change_when_the_b
     source.rpush(f"{marker}:l", "x", "y", "z")
     source.sadd(f"{marker}:set", "p", "q")
     source.zadd(f"{marker}:z", {"m": 1.5, "n": 2.0})
-    expected = _redis_contents(source, marker)
+    expected = bs.redis_contents(source, marker)
     cp.apply([bs.store(ns, redis_cluster.primary.port, bucket, s3_server.endpoint)])
     bs.ready_store(cp, ns)
     taken = bs.take(cp, ns, "first", backer, tmp_path / "job")
     source.set(f"{marker}:after", "written after the backup")
 
-    cp.apply([_managed(ns, "restored", "redis", {"backup": {"name": "first"}})])
+    cp.apply([bs.managed_store(ns, "restored", "redis", {"backup": {"name": "first"}})])
     bs.ready_store(cp, ns, "restored", 180)
     ds = get_json(cp, "datastore", "restored", "-n", ns)
     came = ds["status"]["restoredFrom"]
@@ -131,7 +103,7 @@ def test_a_managed_redis_bootstraps_from_a_backup_and_does_not_change_when_the_b
     members = sorted(served["members"].items())
     for _, address in members:
         client = redis_lib.Redis(port=_port(address), password=password, decode_responses=True, socket_timeout=5)
-        wait_for("the member has the data", lambda c=client: _redis_contents(c, marker) == expected, 30)  # type: ignore[misc]
+        wait_for("the member has the data", lambda c=client: bs.redis_contents(c, marker) == expected, 30)  # type: ignore[misc]
         assert client.get(f"{marker}:after") is None
 
     # The Backup goes (its store's retention, or a person). The restored store is not re-checked against it and
@@ -172,18 +144,18 @@ def test_a_managed_postgres_bootstraps_to_a_point_in_time_and_what_cannot_be_res
         assert archiver.wait(90) == 0, (tmp_path / "archiver.log").read_text()
 
     # Before anything is made: a Backup that does not exist, and a time the archive cannot reach.
-    cp.apply([_managed(ns, "orphan", "postgres", {"backup": {"name": "no-such-backup"}})])
+    cp.apply([bs.managed_store(ns, "orphan", "postgres", {"backup": {"name": "no-such-backup"}})])
     missing = _stalled(cp, ns, "orphan", "BackupNotFound")
     assert "no-such-backup" in missing["message"]
     early = "2001-01-01T00:00:00Z"
-    cp.apply([_managed(ns, "too-early", "postgres", {"backup": {"name": "pg-first"}, "targetTime": early})])
+    cp.apply([bs.managed_store(ns, "too-early", "postgres", {"backup": {"name": "pg-first"}, "targetTime": early})])
     refused = _stalled(cp, ns, "too-early", "TargetTimeUnreachable")
     assert "2001-01-01" in refused["message"]
-    cp.apply([_managed(ns, "wrong-engine", "redis", {"backup": {"name": "pg-first"}})])
+    cp.apply([bs.managed_store(ns, "wrong-engine", "redis", {"backup": {"name": "pg-first"}})])
     assert "postgres" in _stalled(cp, ns, "wrong-engine", "WrongEngine")["message"]
 
     stamp = target.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    cp.apply([_managed(ns, "restored", "postgres", {"backup": {"name": "pg-first"}, "targetTime": stamp})])
+    cp.apply([bs.managed_store(ns, "restored", "postgres", {"backup": {"name": "pg-first"}, "targetTime": stamp})])
     bs.ready_store(cp, ns, "restored", 240)
     came = get_json(cp, "datastore", "restored", "-n", ns)["status"]["restoredFrom"]
     assert came["backup"] == "pg-first" and came["engine"] == "postgres"

@@ -23,6 +23,8 @@ take_app = typer.Typer(no_args_is_help=True, help="One backup, as the operator's
 app.add_typer(take_app, name="take")
 archive_app = typer.Typer(no_args_is_help=True, help="Continuous archiving, as the operator's archiver pods run it.")
 app.add_typer(archive_app, name="archive")
+volume_app = typer.Typer(no_args_is_help=True, help="The server of a volume backup target, as its pod runs it.")
+app.add_typer(volume_app, name="backup-volume")
 
 
 @app.command()
@@ -273,6 +275,15 @@ def archive_wal(target: Annotated[str, typer.Argument(help="NAMESPACE/NAME of th
     from mlinfra.backups import archive_cli
 
     raise typer.Exit(archive_cli.run(target))
+
+
+@volume_app.command("serve")
+def volume_serve(port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 8080) -> None:
+    """Serve the claim mounted at MLINFRA_VOLUME_ROOT to the backup Jobs, the WAL archiver, restores and the
+    operator, with the token in the file MLINFRA_VOLUME_TOKEN_FILE; exits on SIGTERM."""
+    from mlinfra.backups import volume_cli
+
+    raise typer.Exit(volume_cli.run(port))
 
 
 @app.command("backup")

@@ -43,6 +43,12 @@ class Context:
         """How the operator reaches the managed store ``namespace/datastore`` published as ``conn``."""
         return self.endpoints.resolve(conn, namespace, datastore)
 
+    def reach_service(self, host: str, port: int, namespace: str, service: str) -> tuple[str, int]:
+        """Where the operator reaches the Service ``namespace/service`` known in the cluster as ``host:port``
+        (a backup volume's server): the development platform serves it locally."""
+        found = self.endpoints.lookup(namespace, service, port)
+        return (found.host, found.port) if found is not None and not found.unserved else (host, port)
+
 
 class Reporter(Protocol):
     """How a reconcile tells the world what it did while it runs (the handler layer implements it)."""

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 import urllib3
 
+from mlinfra.backup.http_target import HttpTarget
 from mlinfra.backup.s3 import S3Target
 from mlinfra.backup.target import NotFound, Target, TargetError, VolumeTarget
+from mlinfra.backup.volume_server import VolumeServer
 from mlinfra.devenv import pki, procs, secretscan
 from mlinfra.devenv.minio import MinioServer
 
@@ -63,10 +65,15 @@ def _trace(exc: BaseException) -> str:
     return "".join(traceback.format_exception(exc))
 
 
-@pytest.fixture(params=["volume", "s3"])
+@pytest.fixture(params=["volume", "s3", "served"])
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Target:
     if request.param == "volume":
         return VolumeTarget(tmp_path / "volume")
+    if request.param == "served":  # the volume through its server, as pods on other nodes use it
+        token = secrets.token_urlsafe(24)
+        served = VolumeServer(tmp_path / "volume", token, host="127.0.0.1", port=0).start()
+        request.addfinalizer(served.stop)
+        return HttpTarget(host="127.0.0.1", port=served.port, token=token, where=f"served {tmp_path / 'volume'}")
     server: MinioServer = request.getfixturevalue("s3_server")
     return server.target(server.new_bucket(), prefix="backups/ns1", part_size=PART)
 

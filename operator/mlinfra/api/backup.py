@@ -84,10 +84,38 @@ class S3Target(base.SpecModel):
     )
 
 
-class Target(base.SpecModel):
-    """Where backups go. (A volume target for small setups is planned beside s3.)"""
+class VolumeClaimTarget(base.SpecModel):
+    """A PersistentVolumeClaim of the store's namespace, for small setups without object storage. The operator
+    runs one small server Pod per claim (``backup-volume-<claim>``, the operator's image) that mounts it, and
+    the backup Jobs, the WAL archiver, the restore container and the operator itself read and write through
+    that server with a generated token: the claim is mounted once, so a ReadWriteOnce claim works from any node."""
 
-    s3: S3Target = pydantic.Field(description="An S3-compatible bucket.")
+    claim_name: common.ObjectName = pydantic.Field(
+        description="Name of the PersistentVolumeClaim (the user's: the operator never creates or deletes it)."
+    )
+
+
+EXACTLY_ONE_TARGET = base.Cel(
+    "has(self.s3) != has(self.volume)",
+    "spec.backup.target needs exactly one of s3 (a bucket) or volume (a PersistentVolumeClaim)",
+)
+
+
+class Target(base.SpecModel):
+    """Where backups go: an S3-compatible bucket, or a volume for small setups."""
+
+    cel_rules: ClassVar[tuple[base.Cel, ...]] = (EXACTLY_ONE_TARGET,)
+
+    s3: S3Target | None = pydantic.Field(default=None, description="An S3-compatible bucket.")
+    volume: VolumeClaimTarget | None = pydantic.Field(
+        default=None, description="A PersistentVolumeClaim served by a small Pod the operator runs."
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _check(self) -> Target:
+        if (self.s3 is None) == (self.volume is None):
+            raise ValueError(EXACTLY_ONE_TARGET.message)
+        return self
 
 
 class Encryption(base.SpecModel):

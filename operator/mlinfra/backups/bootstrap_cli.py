@@ -77,7 +77,7 @@ def holds_data(engine: str, data_dir: Path) -> Path | None:
     return None
 
 
-def restore_into(plan: RestorePlan, read: access.Reader, echo: Echo) -> str:
+def restore_into(plan: RestorePlan, read: access.Reader, echo: Echo, reach: access.Reach | None = None) -> str:
     """Restore the plan's backup onto the volume at ``plan.data_dir`` (pod 0's; ordinals are the caller's
     business). Returns :data:`RESTORED`, or :data:`HOLDS_DATA` when the volume has the engine's data already
     (nothing read, nothing written). Raises :class:`Unusable`, ``ProblemError`` (a Secret), ``TargetError``,
@@ -97,7 +97,7 @@ def restore_into(plan: RestorePlan, read: access.Reader, echo: Echo) -> str:
         return HOLDS_DATA
     # The Secrets and the manifest before the volume: a restore that cannot be done leaves it as it was, and
     # a backup that cannot be restored here is refused before gigabytes move.
-    target = access.target(plan.target, read)
+    target = access.target(plan.target, read, plan.namespace, reach)
     key = access.key(plan.encryption, read)
     try:
         manifest = catalog.read_manifest(target, plan.source_prefix, plan.backup_id)

@@ -24,7 +24,7 @@ from mlinfra.context import Context, Obj
 from mlinfra.k8s import conditions, jobstatus
 from mlinfra.problems import Problem, ProblemError
 from mlinfra.stores import backupaccess as access
-from mlinfra.stores import children
+from mlinfra.stores import children, volumeserver
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,11 @@ def _plan(ctx: Context, obj: Obj[api.Backup]) -> Plan:
 
 
 def _target(ctx: Context, plan: Plan) -> Target:
+    if plan.target.volume is not None:
+        volumeserver.wait_ready(ctx, plan.namespace, plan.target.volume.claim_name)
     reader = access.api_reader(ctx, plan.namespace)
     access.key(plan.encryption, reader)  # a missing or malformed key is reported before any Job runs
-    return access.target(plan.target, reader)
+    return access.target(plan.target, reader, plan.namespace)
 
 
 def _manifest(target: Target, plan: Plan) -> catalog.Manifest | None:
@@ -76,6 +78,8 @@ def _manifest(target: Target, plan: Plan) -> catalog.Manifest | None:
 
 def reconcile(ctx: Context, obj: Obj[api.Backup]) -> None:
     plan = _plan(ctx, obj)
+    if plan.target.volume is not None:  # the Backup keeps its volume served, also when its store is gone
+        volumeserver.ensure(ctx, plan.namespace, plan.target.volume.claim_name, obj.body)
     target = _target(ctx, plan)
     if _manifest(target, plan) is not None:
         return

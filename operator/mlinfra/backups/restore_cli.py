@@ -62,7 +62,7 @@ def run(
     read = access.kube_reader(kube, namespace)
     try:
         plan = resolve(body, None)
-        store_target = access.target(plan.target, read)
+        store_target = access.target(plan.target, read, namespace)
         enc_key = access.key(plan.encryption, read)
         files = into / "backup"
         echo(f"downloading {plan.location} into {files} (every object verified)")

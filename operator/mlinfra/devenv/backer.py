@@ -7,6 +7,10 @@ following the primary (Redis ``replicaof``, PostgreSQL ``pg_basebackup`` + strea
 operator's endpoint map (``mlinfra.engines.endpoints``) so an operator running outside the cluster reaches
 them.
 
+A backup volume's server (``stores.volumeserver``) is served the same way: a real server in this process on a
+directory that outlives it, as the claim outlives its pod, at the address the endpoint map gives the
+Deployment's ``<namespace>/<name>``.
+
 Qdrant has no server binary here. A managed Qdrant store with one replica is served by qdrant-client's
 local mode on a directory (``localPath`` in the map; every mlinfra process opens it through
 ``engines.qdrant.open_client``, which serialises access), and its status says "local-mode". More replicas
@@ -26,13 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlinfra.backup import configured
+from mlinfra.backup.volume_server import VolumeServer
 from mlinfra.devenv import procs, restored
 from mlinfra.devenv.controlplane import ControlPlane
 from mlinfra.devenv.neo4j import Neo4jServer
 from mlinfra.devenv.postgres import start_postgres
 from mlinfra.devenv.redis import start_redis
 from mlinfra.problems import SECRET_NOT_FOUND, Problem, ProblemError
-from mlinfra.stores import backupaccess, restoreplan
+from mlinfra.stores import backupaccess, restoreplan, volumeserver
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +87,7 @@ class Backer:
         self.map_path = map_path
         self.interval = interval
         self.backed: dict[str, Backed] = {}
+        self.volumes: dict[str, tuple[VolumeServer, Path, str]] = {}  # <ns>/<server> -> server, directory, token
         self.errors: dict[str, str] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -99,6 +106,9 @@ class Backer:
         for backed in self.backed.values():
             backed.stack.close()
         self.backed.clear()
+        for server, _root, _token in self.volumes.values():
+            server.stop()
+        self.volumes.clear()
         self._write_map()
 
     def _loop(self) -> None:
@@ -138,8 +148,35 @@ class Backer:
             except Exception as exc:
                 self.errors[key] = str(exc)
                 log.warning("backer: cannot serve %s yet: %s", key, exc)
+        changed |= self._serve_volumes()
         if changed:
             self._write_map()
+
+    def _serve_volumes(self) -> bool:
+        """What a backup volume's server pod would do (``stores.volumeserver``): a real server, in this process,
+        on a directory per claim that outlives the server, as the claim outlives its pod."""
+        found = self._json("get", "deployments", "-A", "-l", f"app.kubernetes.io/component={volumeserver.COMPONENT}")
+        wanted: dict[str, tuple[Path, str]] = {}
+        for deployment in found["items"]:
+            meta = deployment["metadata"]
+            claim = (meta.get("annotations") or {}).get(volumeserver.CLAIM_ANNOTATION)
+            token = self._secret_value(meta["namespace"], configured.volume_token_secret(claim or ""), "token")
+            if not claim or not token or meta.get("deletionTimestamp"):
+                continue
+            digest = hashlib.sha256(f"{meta['namespace']}/{claim}".encode()).hexdigest()[:10]
+            wanted[f"{meta['namespace']}/{meta['name']}"] = (self.workdir / f"volume-{digest}", token)
+        changed = False
+        for key in list(self.volumes):
+            if wanted.get(key) != self.volumes[key][1:]:
+                self.volumes.pop(key)[0].stop()
+                changed = True
+        for key, (root, token) in wanted.items():
+            if key not in self.volumes:
+                root.mkdir(parents=True, exist_ok=True)
+                self.volumes[key] = (VolumeServer(root, token, host="127.0.0.1", port=0).start(), root, token)
+                log.info("backer: serving backup volume %s from %s", key, root)
+                changed = True
+        return changed
 
     def _ensure(self, key: str, ds: dict[str, Any]) -> bool:
         ns, name = ds["metadata"]["namespace"], ds["metadata"]["name"]
@@ -195,6 +232,11 @@ class Backer:
         log.info("backer: serving %s (%s, %d member(s)) at %s", key, engine, replicas, backed.entry["endpoint"])
         return True
 
+    def _reach(self, host: str, port: int, namespace: str, service: str) -> tuple[str, int]:
+        """A backup volume's server as this process reaches it: the one served here (``_serve_volumes``)."""
+        found = self.volumes.get(f"{namespace}/{service}")
+        return ("127.0.0.1", found[0].port) if found is not None else (host, port)
+
     def _secret_reader(self, ns: str) -> backupaccess.Reader:
         def read(name: str, key: str, what: str) -> bytes:
             out = self.cp.kubectl("get", "secret", name, "-n", ns, "-o", "json", check=False)
@@ -221,7 +263,7 @@ class Backer:
             conf = _filter(files.get("redis.conf", ""), _REDIS_LOCAL_ONLY)
             if plan is not None and read is not None:
                 cluster = restored.start_redis_restored(
-                    backed.stack, workdir, plan, read, backed.replicas - 1, password, conf
+                    backed.stack, workdir, plan, read, backed.replicas - 1, password, conf, self._reach
                 )
             else:
                 cluster = start_redis(
@@ -236,7 +278,7 @@ class Backer:
             conf = _filter(files.get("postgresql.conf", ""), _PG_LOCAL_ONLY)
             if plan is not None and read is not None:
                 pg = restored.start_postgres_restored(
-                    backed.stack, workdir, plan, read, backed.replicas - 1, password, conf
+                    backed.stack, workdir, plan, read, backed.replicas - 1, password, conf, self._reach
                 )
             else:
                 pg = start_postgres(backed.stack, workdir, standbys=backed.replicas - 1, password=password, conf=conf)
@@ -254,6 +296,7 @@ class Backer:
 
     def _write_map(self) -> None:
         data = {key: b.entry for key, b in sorted(self.backed.items()) if b.entry}
+        data.update({key: {"endpoint": f"127.0.0.1:{v[0].port}"} for key, v in sorted(self.volumes.items())})
         tmp = self.map_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
         os.replace(tmp, self.map_path)

@@ -26,9 +26,15 @@ log = logging.getLogger(__name__)
 RECOVERY_WAIT = 300.0
 
 
-def _lay_out(plan: restoreplan.RestorePlan, volume: Path, read: backupaccess.Reader) -> None:
+def _lay_out(
+    plan: restoreplan.RestorePlan, volume: Path, read: backupaccess.Reader, reach: backupaccess.Reach | None
+) -> None:
     local = plan.model_copy(update={"data_dir": str(volume)})
-    outcome = bootstrap_cli.restore_into(local, read, lambda line: log.info("restore %s: %s", plan.store, line))
+
+    def echo(line: str) -> None:
+        log.info("restore %s: %s", plan.store, line)
+
+    outcome = bootstrap_cli.restore_into(local, read, echo, reach)
     log.info("restore %s/%s from Backup %s: %s", plan.namespace, plan.store, plan.backup, outcome)
 
 
@@ -40,9 +46,10 @@ def start_redis_restored(
     replicas: int,
     password: str,
     config: str,
+    reach: backupaccess.Reach | None = None,
 ) -> RedisCluster:
     # The primary's directory is the volume: the seeded dump.rdb (or AOF base) is what it loads on start.
-    _lay_out(plan, workdir / "primary", read)
+    _lay_out(plan, workdir / "primary", read, reach)
     return start_redis(stack, workdir, replicas=replicas, password=password, config=config)
 
 
@@ -62,12 +69,13 @@ def start_postgres_restored(
     standbys: int,
     password: str,
     conf: str,
+    reach: backupaccess.Reach | None = None,
 ) -> postgres.PostgresCluster:
     """What the pod's restore init container and start.sh do: lay out, recover on the unix socket alone (trust
     is only ever on the socket, in a directory only the server's user reaches), promote, set the new store's
     passwords, reset the recovery settings; then serve over TCP with passwords only."""
     volume = workdir / "volume"
-    _lay_out(plan, volume, read)
+    _lay_out(plan, volume, read, reach)
     primary = postgres.PostgresServer(workdir / "primary", "primary", password, conf=conf)
     uid, gid = primary._prepare_dirs()
     (volume / "pgdata").rename(primary.datadir)

@@ -6,6 +6,7 @@ open the target the same way. No value is ever put in a message: they name the S
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -16,8 +17,10 @@ import pydantic
 
 from mlinfra.api import backup as api
 from mlinfra.backup import configured
-from mlinfra.backup.s3 import S3Target
+from mlinfra.backup.http_target import HttpTarget
 from mlinfra.backup.sealed import EncryptionKey
+from mlinfra.backup.target import Target
+from mlinfra.config import Settings
 from mlinfra.context import Context
 from mlinfra.engines import connection, names
 from mlinfra.k8s import objects, syncjobs
@@ -30,6 +33,8 @@ INVALID_ENCRYPTION_KEY = "InvalidEncryptionKey"
 
 # (secret name, key, what refers to it) -> the value
 Reader = Callable[[str, str, str], bytes]
+# (in-cluster host, port, namespace, Service) -> where this process connects (a volume target's server)
+Reach = Callable[[str, int, str, str], tuple[str, int]]
 
 
 def mounted_reader(dirs: dict[str, Path]) -> Reader:
@@ -58,8 +63,13 @@ def kube_reader(kube: objects.Kube, namespace: str) -> Reader:
     return read
 
 
-def target(spec: api.Target, read: Reader) -> S3Target:
+def target(spec: api.Target, read: Reader, namespace: str, reach: Reach | None = None) -> Target:
+    """The target ``spec`` names, opened with the values of its Secrets (``namespace``: the store's, where a
+    volume target's server runs; ``reach``: how this process reaches that server, the Service by default)."""
+    if spec.volume is not None:
+        return volume_target(spec.volume.claim_name, read, namespace, reach)
     s3 = spec.s3
+    assert s3 is not None  # the model allows exactly one of s3 and volume
     creds = s3.credentials_secret_ref
     what = "spec.backup.target.s3.credentialsSecretRef"
     ca_ref = s3.tls.ca_secret_ref
@@ -71,6 +81,26 @@ def target(spec: api.Target, read: Reader) -> S3Target:
         ca=read(ca_ref.name, ca_ref.key, "spec.backup.target.s3.tls.caSecretRef") if ca_ref is not None else None,
     )
     return configured.s3_target(spec, access)
+
+
+@functools.cache
+def _context() -> Context:
+    return Context.from_settings(Settings.from_env())  # as sync_command: the map re-reads its file on change
+
+
+def volume_target(claim: str, read: Reader, namespace: str, reach: Reach | None = None) -> HttpTarget:
+    """The server of ``claim`` (:mod:`mlinfra.stores.volumeserver`) at its Service, or where the development
+    platform's endpoint map says it is served (an operator or a Job run outside the cluster)."""
+    server = configured.volume_server(claim)
+    secret = configured.volume_token_secret(claim)
+    token = connection.text(
+        configured.VOLUME_TOKEN_KEY,
+        read(secret, configured.VOLUME_TOKEN_KEY, f"the token of backup volume {claim!r}"),
+    ).strip()
+    reach = reach or _context().reach_service
+    host, port = reach(f"{server}.{namespace}.svc", configured.VOLUME_PORT, namespace, server)
+    where = f"backup volume {claim!r} (served by {server} in {namespace})"
+    return HttpTarget(host=host, port=port, token=token, where=where)
 
 
 def key(encryption: api.Encryption | None, read: Reader) -> EncryptionKey | None:
@@ -102,10 +132,7 @@ class PodPlan(Protocol):
 
 def secret_names(plan: PodPlan) -> list[str]:
     """The Secrets a backup pod reads, each once: the store's connection first, then the target's."""
-    s3 = plan.target.s3
-    wanted = [names.connection_secret(plan.store), s3.credentials_secret_ref.name]
-    if s3.tls.ca_secret_ref is not None:
-        wanted.append(s3.tls.ca_secret_ref.name)
+    wanted = [names.connection_secret(plan.store), *configured.secret_names(plan.target)]
     if plan.encryption is not None:
         wanted.append(plan.encryption.key_secret_ref.name)
     return list(dict.fromkeys(wanted))
@@ -134,7 +161,7 @@ class Opened(Generic[P]):
 
     plan: P
     conn: connection.ConnectionInfo
-    target: S3Target
+    target: Target
     key: EncryptionKey | None
 
 
@@ -151,4 +178,4 @@ def open_in_pod(plan_env: str, model: type[P], namespace: str, where: str) -> Op
     read = mounted_reader(dirs)
     conn_env = spec["secretDirs"][names.connection_secret(where_to.store)]
     conn = sync_command.resolve_connection(conn_env, namespace, where_to.store)
-    return Opened(plan, conn, target(where_to.target, read), key(where_to.encryption, read))
+    return Opened(plan, conn, target(where_to.target, read, namespace), key(where_to.encryption, read))

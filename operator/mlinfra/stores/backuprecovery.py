@@ -66,7 +66,7 @@ def look(
     found: dict[str, Any] = {}
     try:
         reader = backupaccess.api_reader(ctx, namespace)
-        target = backupaccess.target(policy.target, reader)
+        target = backupaccess.target(policy.target, reader, namespace)
         listed = catalog.survey(target, prefix, grace=backupprune.LEFTOVER_GRACE)
         names: list[str] | None = None
         if postgres:

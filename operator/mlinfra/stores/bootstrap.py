@@ -37,7 +37,7 @@ from mlinfra.context import Context, Obj
 from mlinfra.engines import names, render
 from mlinfra.k8s import conditions
 from mlinfra.problems import WRONG_ENGINE, Problem, ProblemError
-from mlinfra.stores import backupaccess, restoreplan, versions
+from mlinfra.stores import backupaccess, restoreplan, versions, volumeserver
 
 BACKUP_NOT_FOUND = "BackupNotFound"
 BACKUP_NOT_READY = "BackupNotReady"
@@ -59,7 +59,7 @@ TMP_SIZE = "64Mi"
 
 # (the target as a Backup's status says, how to read its Secrets) -> the target: the S3 target in the operator;
 # a test passes a volume target opened after the same Secret reads.
-Opener = Callable[[backup_api.Target, backupaccess.Reader], Target]
+Opener = Callable[[backup_api.Target, backupaccess.Reader, str], Target]
 OPEN_TARGET: Opener = backupaccess.target
 
 
@@ -182,6 +182,22 @@ def _backup(ctx: Context, namespace: str, name: str, engine: str) -> tuple[Mappi
     return body, status
 
 
+def source_claims(ctx: Context, obj: Obj[api.DataStore]) -> list[str]:
+    """The volume claim a bootstrapping store reads its backup from (its record's target once written, the
+    Backup's before); none for other stores. The store keeps that claim served while it exists: the restore
+    container of a pod 0 that lost its volume needs it again."""
+    managed = obj.model.spec.managed
+    if managed is None or managed.bootstrap is None:
+        return []
+    record = (obj.status or {}).get("restoredFrom") or {}
+    target = record.get("target")
+    if target is None:
+        backup = ctx.kube.get_or_none("Backup", obj.namespace, managed.bootstrap.backup.name)
+        target = ((backup or {}).get("status") or {}).get("target")
+    claim = volumeserver.claim_of(target)
+    return [claim] if claim else []
+
+
 def check(
     ctx: Context, namespace: str, ds: api.DataStore, bootstrap: backup_api.Bootstrap, open_target: Opener
 ) -> backup_api.RestoredFrom:
@@ -204,10 +220,12 @@ def check(
     )
     prefix = configured.store_prefix(namespace, source, source_uid)
     location = configured.location(spec, prefix, backup_id)
+    if spec.volume is not None:
+        volumeserver.wait_ready(ctx, namespace, spec.volume.claim_name)
     read = backupaccess.api_reader(ctx, namespace)
     try:
         backupaccess.key(encryption, read)
-        target = open_target(spec, read)
+        target = open_target(spec, read, namespace)
     except ProblemError as exc:
         # A Secret created or fixed later heals the store: looked at again, with the Backup named.
         raise _problem(exc.problem.reason, f"{what}: {exc.problem.message}") from None

@@ -17,7 +17,16 @@ from mlinfra.context import Context, Obj
 from mlinfra.engines import connection, names, render
 from mlinfra.k8s import objects, ownership
 from mlinfra.problems import INVALID_SPEC, Problem, ProblemError
-from mlinfra.stores import backuprecovery, bootstrap, children, connsecret, credentials, versions, walarchiver
+from mlinfra.stores import (
+    backuprecovery,
+    bootstrap,
+    children,
+    connsecret,
+    credentials,
+    versions,
+    volumeserver,
+    walarchiver,
+)
 
 
 def _managed(ctx: Context, obj: Obj[api.DataStore]) -> connection.ConnectionInfo:
@@ -165,8 +174,28 @@ def archive_wal(ctx: Context, obj: Obj[api.DataStore]) -> None:
         )
 
 
+def serve_backup_volumes(ctx: Context, obj: Obj[api.DataStore]) -> None:
+    """The servers of the volume claims the store uses (its ``spec.backup`` target, the target it bootstraps
+    from) have it among their owners; servers of claims it no longer uses do not
+    (:mod:`mlinfra.stores.volumeserver`). First, so a restore's target is being served when it is checked."""
+    ds = obj.model
+    claims = set()
+    if ds.spec.backup is not None and ds.spec.backup.target.volume is not None:
+        claims.add(ds.spec.backup.target.volume.claim_name)
+    claims.update(bootstrap.source_claims(ctx, obj))
+    for claim in sorted(claims):
+        volumeserver.ensure(ctx, obj.namespace, claim, obj.body)
+    try:
+        volumeserver.release(ctx, obj.namespace, obj.body, keep=claims)
+    except objects.ApiError as exc:
+        if exc.status != 403:  # as _has_archiver: an older chart's RBAC without Deployments
+            raise
+
+
 def reconcile(ctx: Context, obj: Obj[api.DataStore]) -> None:
-    """The kind's reconcile step (see :func:`apply`), then the WAL archiver (:func:`archive_wal`)."""
+    """The kind's reconcile step (see :func:`apply`) after the backup volumes' servers, then the WAL archiver
+    (:func:`archive_wal`)."""
+    serve_backup_volumes(ctx, obj)
     apply(ctx, obj)
     archive_wal(ctx, obj)
 

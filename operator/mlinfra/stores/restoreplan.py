@@ -65,11 +65,9 @@ class RestorePlan(pydantic.BaseModel):
 
 
 def secret_names(target: api.Target, encryption: api.Encryption | None) -> list[str]:
-    """The Secrets a restore reads, each once: the target's credentials and CA, the encryption key."""
-    s3 = target.s3
-    wanted = [s3.credentials_secret_ref.name]
-    if s3.tls.ca_secret_ref is not None:
-        wanted.append(s3.tls.ca_secret_ref.name)
+    """The Secrets a restore reads, each once: the target's (credentials and CA, or a volume's token), the
+    encryption key."""
+    wanted = configured.secret_names(target)
     if encryption is not None:
         wanted.append(encryption.key_secret_ref.name)
     return list(dict.fromkeys(wanted))

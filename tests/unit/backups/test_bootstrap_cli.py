@@ -278,7 +278,7 @@ def tiny_rdb() -> bytes:
 @pytest.fixture
 def on_volume_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> VolumeTarget:
     target = VolumeTarget(tmp_path / "target")
-    monkeypatch.setattr(access, "target", lambda spec, read: target)
+    monkeypatch.setattr(access, "target", lambda spec, read, namespace, reach=None: target)
     return target
 
 

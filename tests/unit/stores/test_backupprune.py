@@ -319,7 +319,7 @@ def _policy(**extra: Any) -> backup_api.BackupPolicy:
 @pytest.fixture
 def looked(monkeypatch: pytest.MonkeyPatch) -> Iterator[MemoryTarget]:
     t = MemoryTarget()
-    monkeypatch.setattr(backupaccess, "target", lambda spec, read: t)
+    monkeypatch.setattr(backupaccess, "target", lambda spec, read, namespace, reach=None: t)
     add_backup(t, backup_id(OLD), seg(5))
     add_wal(t, seg(3), seg(4), seg(5))
     add_leftover(t, backup_id(OLD, "cccccc"))

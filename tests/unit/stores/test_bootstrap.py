@@ -183,8 +183,8 @@ def volume(tmp_path: Path) -> VolumeTarget:
 def opener(volume: VolumeTarget) -> bootstrap.Opener:
     """The target as the operator opens it (every Secret read through the API), then the volume in its place."""
 
-    def open_(spec: backup_api.Target, read: backupaccess.Reader) -> Target:
-        backupaccess.target(spec, read)
+    def open_(spec: backup_api.Target, read: backupaccess.Reader, namespace: str) -> Target:
+        backupaccess.target(spec, read, namespace)
         return volume
 
     return open_
@@ -508,7 +508,7 @@ def test_a_backup_deleted_after_the_record_was_fixed_changes_nothing(
     for info in list(volume.list("")):
         volume.delete(info.key)
 
-    def never(spec: backup_api.Target, read: backupaccess.Reader) -> Target:
+    def never(spec: backup_api.Target, read: backupaccess.Reader, namespace: str) -> Target:
         raise AssertionError("a restored store's source is not looked at again")
 
     monkeypatch.setattr(bootstrap, "OPEN_TARGET", never)
