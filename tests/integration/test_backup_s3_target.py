@@ -1,7 +1,8 @@
 """Backup targets against real storage: the S3 target against a real MinIO (plain and TLS), the volume target
-against a real directory. What the interface promises is checked on both (round trips, multipart streams of
-unknown size, prefixes, whole-or-nothing puts); what only S3 has (buckets, credentials, policies, server-side
-encryption, TLS) on the S3 target, each failure by the reason its message gives."""
+against a real directory, and the same directory through the volume server. What the interface promises is
+checked on all three (round trips, multipart streams of unknown size, prefixes, whole-or-nothing puts); what
+only S3 has (buckets, credentials, policies, server-side encryption, TLS) on the S3 target, each failure by the
+reason its message gives."""
 
 from __future__ import annotations
 

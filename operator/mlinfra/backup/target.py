@@ -119,10 +119,16 @@ class VolumeTarget:
             raise TargetError(f"cannot read {key} from {self.describe()}: {exc.strerror or exc}") from None
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        if not self.root.is_dir():
+        # Only the directory the prefix is in is walked: a volume shared by many stores is not read whole.
+        head = prefix.rpartition("/")[0]
+        try:
+            start = self.root / check_key(head) if head else self.root
+        except ValueError:
+            return  # no valid key starts with it
+        if not start.is_dir():
             return
         found: list[ObjectInfo] = []
-        for dirpath, _dirs, files in os.walk(self.root):
+        for dirpath, _dirs, files in os.walk(start):
             for name in files:
                 if name.startswith(".tmp-"):
                     continue
@@ -130,7 +136,10 @@ class VolumeTarget:
                 key = path.relative_to(self.root).as_posix()
                 if not key.startswith(prefix):
                     continue
-                st = path.stat()
+                try:
+                    st = path.stat()
+                except FileNotFoundError:  # deleted since the walk saw it (another pod pruning): not listed
+                    continue
                 found.append(ObjectInfo(key, st.st_size, datetime.datetime.fromtimestamp(st.st_mtime, tz=datetime.UTC)))
         yield from sorted(found, key=lambda o: o.key)
 

@@ -3,8 +3,10 @@ configuration errors, and the reasons its messages give for each kind of failure
 
 from __future__ import annotations
 
+import io
 import os
 import ssl
+from pathlib import Path
 
 import pytest
 from minio.error import S3Error
@@ -12,7 +14,7 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError, ReadTimeoutErr
 
 from mlinfra.backup import s3
 from mlinfra.backup.s3 import S3Target
-from mlinfra.backup.target import NotFound, TargetError, check_key
+from mlinfra.backup.target import NotFound, TargetError, VolumeTarget, check_key
 
 pytestmark = pytest.mark.unit
 
@@ -123,3 +125,13 @@ def test_network_failures_are_named() -> None:
 
     assert s3._reason(ReadTimeoutError(None, "/b", "read timed out")) == "timed out"  # type: ignore[arg-type]
     assert s3._reason(OSError(5, "the dump died")) == "the dump died"
+
+
+def test_a_volume_lists_only_under_the_prefix_and_an_impossible_prefix_lists_nothing(tmp_path: Path) -> None:
+    volume = VolumeTarget(tmp_path)
+    for key in ("ns/a/1", "ns/a/2", "ns/ab/3", "other/x"):
+        volume.put(key, io.BytesIO(key.encode()))
+    assert [o.key for o in volume.list("ns/a")] == ["ns/a/1", "ns/a/2", "ns/ab/3"]
+    assert [o.key for o in volume.list("ns/a/")] == ["ns/a/1", "ns/a/2"]
+    assert [o.key for o in volume.list("")] == ["ns/a/1", "ns/a/2", "ns/ab/3", "other/x"]
+    assert list(volume.list("ns//a")) == [] and list(volume.list("../ns/")) == [] and list(volume.list("none/")) == []
