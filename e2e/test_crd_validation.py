@@ -348,6 +348,21 @@ VALID += [
     variant(DS_MANAGED, "redis-bootstrap", managed__bootstrap=BOOTSTRAP),
 ]
 
+# spec.backup.target (issue 15): a bucket or a volume claim, exactly one.
+S3_TARGET = {"bucket": "ml-backups", "credentialsSecretRef": {"name": "backup-s3"}}
+ONE_TARGET = "spec.backup.target needs exactly one of s3 (a bucket) or volume (a PersistentVolumeClaim)"
+INVALID += [
+    (variant(DS_MANAGED, "ds-target-none", backup={"target": {}}), ONE_TARGET),
+    (
+        variant(
+            DS_MANAGED, "ds-target-both", backup={"target": {"s3": S3_TARGET, "volume": {"claimName": "ml-backups"}}}
+        ),
+        ONE_TARGET,
+    ),
+    (variant(DS_MANAGED, "ds-target-no-claim", backup={"target": {"volume": {}}}), "claimName: Required value"),
+]
+VALID += [variant(DS_MANAGED, "redis-volume-backups", backup={"target": {"volume": {"claimName": "ml-backups"}}})]
+
 # Valid objects near the new limits, accepted as they are.
 VALID += [
     variant(DS_MANAGED, "d" * 52),

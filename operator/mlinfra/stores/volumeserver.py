@@ -11,8 +11,8 @@ the Secret, which the operator generates and nobody else holds.
 The server is shared: every DataStore whose ``spec.backup`` names the claim, every Backup kept on it and
 every store bootstrapping from it puts an owner reference on its Deployment (never a controller reference),
 so the garbage collector removes the server when the last of them is gone, and not before: Backups outlive
-their store, and they stay restorable. The Service and the token Secret are the Deployment's. The claim itself
-is the user's; nothing here creates, changes or deletes it.
+their store, and they stay restorable. The Service, its NetworkPolicy and the token Secret are the
+Deployment's. The claim itself is the user's; nothing here creates, changes or deletes it.
 An object of one of these names that the operator did not make is never touched (ChildConflict).
 """
 
@@ -24,6 +24,7 @@ from typing import Any
 
 from mlinfra.backup import configured
 from mlinfra.context import Context
+from mlinfra.engines import names
 from mlinfra.k8s import objects
 from mlinfra.problems import Problem, ProblemError
 from mlinfra.stores import connsecret, credentials
@@ -38,7 +39,7 @@ TOKEN_DIR = "/var/run/mlinfra/token"  # noqa: S105 - a mount path
 TOKEN_FILE_ENV = "MLINFRA_VOLUME_TOKEN_FILE"  # noqa: S105 - the variable's name
 ROOT_ENV = "MLINFRA_VOLUME_ROOT"
 CHILD_CONFLICT = "ChildConflict"
-KINDS = ("Deployment", "Service", "Secret")
+KINDS = ("Deployment", "Service", "NetworkPolicy", "Secret")
 MANAGED_BY = {"app.kubernetes.io/managed-by": "mlinfra-operator"}
 
 
@@ -128,6 +129,31 @@ def build(namespace: str, claim: str, image: str, owners: list[dict[str, Any]]) 
     return [deployment, service]
 
 
+def network_policy(namespace: str, claim: str, operator_namespace: str | None) -> dict[str, Any]:
+    """Only pods of the namespace (its backup Jobs, archiver, restore containers) and the operator's pods reach
+    the server; the token is needed as well. The operator's namespace is named by its immutable
+    ``kubernetes.io/metadata.name`` label, as in the stores' policies (a pod label alone any tenant can copy)."""
+    sources: list[dict[str, Any]] = [{"podSelector": {}}]
+    if operator_namespace:
+        sources.append(
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": operator_namespace}},
+                "podSelector": {"matchLabels": dict(names.OPERATOR_POD_LABELS)},
+            }
+        )
+    server = configured.volume_server(claim)
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(namespace, server, claim, []),
+        "spec": {
+            "podSelector": {"matchLabels": {LABEL: server, "app.kubernetes.io/component": COMPONENT}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": sources, "ports": [{"port": configured.VOLUME_PORT, "protocol": "TCP"}]}],
+        },
+    }
+
+
 def _ours(obj: Mapping[str, Any], claim: str) -> bool:
     meta = obj.get("metadata") or {}
     return (meta.get("labels") or {}).get(LABEL) == configured.volume_server(claim) and (
@@ -185,15 +211,11 @@ def _token(kube: objects.Kube, namespace: str, claim: str, deployment: Mapping[s
 
 def ensure(ctx: Context, namespace: str, claim: str, owner: Mapping[str, Any]) -> None:
     """Serve ``claim`` with ``owner`` (a DataStore or Backup body) among the server's owners: the Deployment
-    (the only object with those owners), then its Service and token Secret, which it owns. ProblemError when a
-    name is taken by an object the operator did not make."""
+    (the only object with those owners), then its Service, NetworkPolicy and token Secret, which it owns.
+    ProblemError when a name is taken by an object the operator did not make."""
     server = configured.volume_server(claim)
-    found = {
-        kind: ctx.kube.get_or_none(
-            kind, namespace, configured.volume_token_secret(claim) if kind == "Secret" else server
-        )
-        for kind in ("Deployment", "Service", "Secret")
-    }
+    token = configured.volume_token_secret(claim)
+    found = {kind: ctx.kube.get_or_none(kind, namespace, token if kind == "Secret" else server) for kind in KINDS}
     for kind, obj in found.items():
         if obj is not None and not _ours(obj, claim):
             name = obj["metadata"]["name"]
@@ -207,6 +229,9 @@ def ensure(ctx: Context, namespace: str, claim: str, owner: Mapping[str, Any]) -
     stored = ctx.kube.apply(deployment)
     service["metadata"]["ownerReferences"] = [objects.owner_reference(stored)]
     ctx.kube.apply(service)
+    policy = network_policy(namespace, claim, ctx.settings.operator_namespace)
+    policy["metadata"]["ownerReferences"] = [objects.owner_reference(stored)]
+    ctx.kube.apply(policy)
     _token(ctx.kube, namespace, claim, stored)
 
 

@@ -64,7 +64,13 @@ def test_the_first_user_creates_the_server_its_service_and_a_token(ctx: Context,
     assert [r["uid"] for r in refs] == ["uid-store"] and not refs[0].get("controller")
     service = kube.get("Service", NS, server)
     token = kube.get("Secret", NS, configured.volume_token_secret(CLAIM))
-    for child in (service, token):
+    policy = kube.get("NetworkPolicy", NS, server)
+    # Only this namespace's pods reach it (no operator namespace is configured here).
+    assert policy["spec"]["ingress"] == [
+        {"from": [{"podSelector": {}}], "ports": [{"port": configured.VOLUME_PORT, "protocol": "TCP"}]}
+    ]
+    assert policy["spec"]["podSelector"]["matchLabels"] == service["spec"]["selector"]
+    for child in (service, token, policy):
         assert [r["uid"] for r in child["metadata"]["ownerReferences"]] == [deployment["metadata"]["uid"]]
     value = connsecret.values(token)[configured.VOLUME_TOKEN_KEY]
     assert len(value) >= 32
@@ -90,10 +96,10 @@ def test_more_users_share_it_and_it_goes_with_the_last(ctx: Context, kube: FakeK
     assert kube.get_or_none("Deployment", NS, configured.volume_server(CLAIM)) is None
 
 
-@pytest.mark.parametrize("kind", ["Deployment", "Service", "Secret"])
+@pytest.mark.parametrize("kind", ["Deployment", "Service", "NetworkPolicy", "Secret"])
 def test_a_foreign_object_of_a_servers_name_is_never_taken_over(ctx: Context, kube: FakeKube, kind: str) -> None:
     name = configured.volume_token_secret(CLAIM) if kind == "Secret" else configured.volume_server(CLAIM)
-    api_version = "apps/v1" if kind == "Deployment" else "v1"
+    api_version = {"Deployment": "apps/v1", "NetworkPolicy": "networking.k8s.io/v1"}.get(kind, "v1")
     foreign = kube.put({"apiVersion": api_version, "kind": kind, "metadata": {"name": name, "namespace": NS}})
     with pytest.raises(ProblemError) as err:
         volumeserver.ensure(ctx, NS, CLAIM, owner("DataStore", "cache", "uid-store"))
