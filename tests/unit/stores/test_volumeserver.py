@@ -4,6 +4,8 @@ Deployment, a foreign object of one of its names never touched, and the server d
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -142,3 +144,24 @@ def test_a_target_is_exactly_one_of_s3_and_volume() -> None:
     s3 = {"bucket": "bkt", "credentialsSecretRef": {"name": "c"}}
     with pytest.raises(ValueError, match="exactly one of s3"):
         backup_api.Target.model_validate({"s3": s3, "volume": {"claimName": CLAIM}})
+
+
+def test_a_process_outside_the_cluster_reaches_the_server_where_the_endpoint_map_says(
+    ctx: Context, kube: FakeKube, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runbook's `mlinfra restore` from a workstation: a port-forward named in MLINFRA_ENDPOINT_MAP."""
+    volumeserver.ensure(ctx, NS, CLAIM, owner("DataStore", "cache", "uid-store"))
+    read = backupaccess.api_reader(ctx, NS)
+    mapping = tmp_path / "map.json"
+    mapping.write_text(json.dumps({f"{NS}/{configured.volume_server(CLAIM)}": {"endpoint": "127.0.0.1:18080"}}))
+    monkeypatch.setenv("MLINFRA_ENDPOINT_MAP", str(mapping))
+    backupaccess._context.cache_clear()
+    try:
+        forwarded = backupaccess.volume_target(CLAIM, read, NS)
+        assert (forwarded.host, forwarded.port) == ("127.0.0.1", 18080)
+        monkeypatch.delenv("MLINFRA_ENDPOINT_MAP")
+        backupaccess._context.cache_clear()
+        in_cluster = backupaccess.volume_target(CLAIM, read, NS)
+        assert (in_cluster.host, in_cluster.port) == (f"{configured.volume_server(CLAIM)}.{NS}.svc", 8080)
+    finally:
+        backupaccess._context.cache_clear()
