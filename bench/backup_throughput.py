@@ -7,8 +7,10 @@ Against a PostgreSQL and a MinIO it starts itself (the local test platform, S3 o
 (a) ours, backup: ``mlinfra.backup.postgres.take_base`` into a staging directory, then
     ``mlinfra.backup.catalog.upload_backup`` to S3, without and with client-side encryption
     (``sealed.EncryptionKey``); also the parts alone: sealing with no target (CPU only) and a plain S3 put of
-    the staged files with no sealing (the transfer ceiling);
-(b) ours, restore: ``catalog.download_backup`` (plain and encrypted) and ``postgres.restore`` into a new data
+    the staged files with no sealing (the transfer ceiling); and the encrypted upload to a volume target's
+    server (``backup.volume_server`` on loopback) against a plain ``cp`` of the staged files to local disk;
+(b) ours, restore: ``catalog.download_backup`` (plain and encrypted; the encrypted one also from the served
+    volume) and ``postgres.restore`` into a new data
     directory, then starting a server on it until it has promoted (``finish_restore``), reported apart;
 (c) peers: ``pg_basebackup -Ft -X stream`` to local disk (and ``tar -x`` of it: its restore),
     ``pg_dump -Fc`` to local disk and ``pg_restore`` into a new database.
@@ -36,9 +38,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from mlinfra.backup import catalog, postgres
+from mlinfra.backup.http_target import HttpTarget
 from mlinfra.backup.s3 import S3Target
 from mlinfra.backup.sealed import EncryptionKey, seal
 from mlinfra.backup.target import ObjectInfo
+from mlinfra.backup.volume_server import VolumeServer
 from mlinfra.devenv import procs, tools
 from mlinfra.devenv.minio import MinioServer, start_minio
 from mlinfra.devenv.postgres import PostgresServer, start_postgres
@@ -324,8 +328,11 @@ def run(argv: list[str], env: dict[str, str] | None = None) -> None:
 # --- the run -------------------------------------------------------------------------------------------------
 
 
-def bench_ours_backup(b: Bench, info: ConnectionInfo, target: S3Target, work: Path, key: EncryptionKey) -> str:
-    """(a): the backup, its parts, with and without encryption. Returns the encrypted backup's id."""
+def bench_ours_backup(
+    b: Bench, info: ConnectionInfo, target: S3Target, volume: HttpTarget, work: Path, key: EncryptionKey
+) -> str:
+    """(a): the backup, its parts, with and without encryption, to S3 and to a served volume. Returns the
+    encrypted S3 backup's id."""
     staging = work / "staging"
     with b.step("(a) take_base -> staging (local disk)") as row:
         meta = postgres.take_base(info, staging, TIMEOUT, backup_id="bench")
@@ -354,6 +361,21 @@ def bench_ours_backup(b: Bench, info: ConnectionInfo, target: S3Target, work: Pa
                 target.put(f"raw/{path.name}", f, path.stat().st_size)
         row.stored = dir_bytes(staging)
     delete_prefix(target, "raw/")
+    # The volume target: the same sealed upload and download through the backup volume's server (on loopback,
+    # in this process: its CPU is in the "bench" column), and the plain copy to local disk it cannot beat.
+    vol_id = catalog.new_backup_id()
+    with b.step("(a) upload_backup, encrypted -> served volume") as row:
+        manifest = catalog.upload_backup(volume, PREFIX, vol_id, staging, key, meta, engine="postgres", store=STORE)
+        row.stored = manifest.stored_size
+    with b.step("(a) cp of the staged files -> local disk") as row:
+        shutil.copytree(staging, work / "copied")
+        row.stored = dir_bytes(work / "copied")
+    shutil.rmtree(work / "copied")
+    with b.step("(b) download_backup, encrypted <- served volume") as row:
+        catalog.download_backup(volume, PREFIX, vol_id, work / "dl-volume", key)
+        row.stored = dir_bytes(work / "dl-volume")
+    shutil.rmtree(work / "dl-volume")
+    catalog.delete_backup(volume, PREFIX, vol_id)
     shutil.rmtree(staging)
     # The plain backup served its purpose (the upload figure); the encrypted one is restored below.
     with b.step("(b) download_backup, plain <- S3") as row:
@@ -466,7 +488,11 @@ def main() -> None:
         print(f"database {DB}: {b.db_bytes / MB:,.0f} MB, rows {expected}", flush=True)
         info = ConnectionInfo.for_engine("postgres", "127.0.0.1", pg.password, port=pg.primary.port)
         key = EncryptionKey("bench/backup-key", os.urandom(32))
-        enc_id = bench_ours_backup(b, info, target, work, key)
+        token = os.urandom(16).hex()
+        server = VolumeServer(work / "volume", token, host="127.0.0.1", port=0).start()
+        stack.callback(server.stop)
+        volume = HttpTarget(host="127.0.0.1", port=server.port, token=token, where="bench volume")
+        enc_id = bench_ours_backup(b, info, target, volume, work, key)
         bench_ours_restore(b, pg.primary, target, work, key, enc_id, expected)
         bench_peers(b, pg.primary, work, expected)
         b.table()
@@ -486,6 +512,9 @@ def main() -> None:
                 "(b) start restored server until promoted",
             )
         )
+        total = take + rows["(a) upload_backup, encrypted -> served volume"]
+        print(f"ours, backup encrypted to a served volume (take_base + upload): {total:.2f} s", end="")
+        print(f" = {b.db_bytes / MB / total:,.1f} MB/s")
         print(
             f"ours, restore encrypted (download + lay out + start): {restore:.2f} s"
             f" = {b.db_bytes / MB / restore:,.1f} MB/s"

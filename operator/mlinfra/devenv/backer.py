@@ -160,9 +160,11 @@ class Backer:
         for deployment in found["items"]:
             meta = deployment["metadata"]
             claim = (meta.get("annotations") or {}).get(volumeserver.CLAIM_ANNOTATION)
-            token = self._secret_value(meta["namespace"], configured.volume_token_secret(claim or ""), "token")
-            if not claim or not token or meta.get("deletionTimestamp"):
+            if not claim or meta.get("deletionTimestamp"):
                 continue
+            token = self._secret_value(meta["namespace"], configured.volume_token_secret(claim), "token")
+            if not token:
+                continue  # the operator writes it right after the Deployment
             digest = hashlib.sha256(f"{meta['namespace']}/{claim}".encode()).hexdigest()[:10]
             wanted[f"{meta['namespace']}/{meta['name']}"] = (self.workdir / f"volume-{digest}", token)
         changed = False

@@ -222,10 +222,12 @@ def ensure(ctx: Context, namespace: str, claim: str, owner: Mapping[str, Any]) -
             raise _conflict(kind, namespace, name, claim)
     owners = _with_owner(found["Deployment"], objects.owner_reference(owner, controller=False))
     deployment, service = build(namespace, claim, ctx.settings.job_image, owners)
-    if found["Deployment"] is not None:
+    existing = found["Deployment"]
+    if existing is not None and owners != existing["metadata"].get("ownerReferences"):
         # The owners are applied whole: two owners adding themselves at once must not drop one another (the
-        # second apply fails on the changed version, and its reconcile is retried).
-        deployment["metadata"]["resourceVersion"] = found["Deployment"]["metadata"]["resourceVersion"]
+        # second apply fails on the changed version, and its reconcile is retried). Only then: the Deployment
+        # controller moves the version with every status change, which must not fail a plain re-apply.
+        deployment["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
     stored = ctx.kube.apply(deployment)
     service["metadata"]["ownerReferences"] = [objects.owner_reference(stored)]
     ctx.kube.apply(service)
