@@ -158,6 +158,18 @@ class VolumeTarget:
                 break
             parent = parent.parent
 
+    def remove_leftovers(self) -> int:
+        """Delete the ``.tmp-`` files of puts cut short by a killed writer; how many. Only for the one process
+        that writes here, before it starts (the volume server at its pod's start): a put in flight would lose
+        its file."""
+        removed = 0
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                if name.startswith(".tmp-"):
+                    (Path(dirpath) / name).unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
     def check(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)

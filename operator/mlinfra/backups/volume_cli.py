@@ -3,7 +3,8 @@
 
 The directory comes from ``MLINFRA_VOLUME_ROOT`` (the claim's mount) and the token from the file named by
 ``MLINFRA_VOLUME_TOKEN_FILE`` (the mounted Secret): never from argv. SIGTERM stops it after the requests in
-flight; a put cut short leaves no object (:class:`~mlinfra.backup.target.VolumeTarget`). Exit 2 when it cannot
+flight; a put cut short leaves no object (:class:`~mlinfra.backup.target.VolumeTarget`), and its temporary
+file is removed when the next server starts. Exit 2 when it cannot
 start (no directory, no token).
 """
 
@@ -15,6 +16,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from mlinfra.backup.target import VolumeTarget
 from mlinfra.backup.volume_server import VolumeServer
 from mlinfra.stores import sync_command
 from mlinfra.stores.volumeserver import ROOT_ENV, TOKEN_FILE_ENV
@@ -37,6 +39,11 @@ def run(port: int, host: str = "0.0.0.0") -> int:  # noqa: S104 - a Pod serving 
         return _unusable(f"cannot read the token file {token_file}: {exc.strerror or exc}")
     if not root.is_dir() or not token:
         return _unusable(f"{root} is not a directory" if not root.is_dir() else f"the token file {token_file} is empty")
+    # One server per claim (its Deployment is Recreate): a temporary file here now is a put its predecessor
+    # never finished, which no listing shows and nothing else would ever delete.
+    swept = VolumeTarget(root).remove_leftovers()
+    if swept:
+        print(f"removed {swept} unfinished upload(s) left by the previous server", flush=True)
     server = VolumeServer(root, token, host=host, port=port).start()
     stopped = threading.Event()
 
