@@ -18,7 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +26,15 @@ import pytest
 from test_backup_postgres import conn_info, insert_batch, server_now
 
 from mlinfra.api import backup as api
-from mlinfra.backup import catalog, pg_wal, take
-from mlinfra.backup.s3 import S3Target
+from mlinfra.backup import catalog, configured, pg_wal, take
+from mlinfra.backup.http_target import HttpTarget
 from mlinfra.backup.sealed import EncryptionKey
+from mlinfra.backup.target import Target
+from mlinfra.backup.volume_server import VolumeServer
 from mlinfra.devenv import procs, secretscan
 from mlinfra.devenv.minio import MinioServer
 from mlinfra.devenv.postgres import PostgresCluster, start_postgres
-from mlinfra.engines import names
+from mlinfra.engines import endpoints, names
 from mlinfra.stores import backupaccess as access
 from mlinfra.stores import walarchiver as archiver
 
@@ -41,13 +43,15 @@ NAMESPACE = "team-a"
 
 @dataclass
 class Setup:
-    """One store's archiving setup: the plan, the Secrets as directories, the target as the test reads it."""
+    """One store's archiving setup: the plan, the Secrets as directories, the target as the test reads it, and
+    what the archiver's environment needs besides (where a served volume is, for the served-volume setup)."""
 
     plan: archiver.ArchivePlan
     secret_dirs: dict[str, Path]
-    target: S3Target
+    target: Target
     key: EncryptionKey
     root: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def prefix(self) -> str:
@@ -68,7 +72,7 @@ class Setup:
         env = self.pod_env(archiver.PLAN_ENV, json.dumps(spec), spec["secretDirs"])
         env[archiver.SPOOL_ENV] = str(spool)
         env[archiver.STATUS_ENV] = str(spool / "status.json")
-        return env
+        return {**env, **self.extra_env}
 
 
 def secret_dir(root: Path, name: str, data: dict[str, str]) -> Path:
@@ -91,58 +95,94 @@ def own_primary(name: str) -> Any:
     return pg
 
 
+def _plan(store: str, target: dict[str, Any]) -> tuple[archiver.ArchivePlan, str]:
+    """``store``'s archiver plan to ``target`` (a spec.backup.target), encrypted with a new key; the key."""
+    uid = str(uuid.uuid4())
+    key_hex = secrets.token_hex(32)
+    secretscan.track(key_hex)
+    plan = archiver.ArchivePlan(
+        namespace=NAMESPACE,
+        store=store,
+        store_uid=uid,
+        target=api.Target.model_validate(target),
+        encryption=api.Encryption.model_validate({"keySecretRef": {"name": "backup-key", "key": "key"}}),
+        slot=archiver.slot_for(NAMESPACE, store, uid),
+        mark_interval=1.0,  # the RPO bound: short, so the test sees marks soon
+    )
+    return plan, key_hex
+
+
+def _setup(
+    pg: PostgresCluster, tmp_path: Path, plan: archiver.ArchivePlan, key_hex: str, target: Target, **dirs: Path
+) -> Iterator[Setup]:
+    """The Setup of ``plan`` with the store's connection and the key as directories besides the target's
+    ``dirs``; the slot the archiver creates is dropped after the test (unless an archiver holds it)."""
+    secret_dirs = {
+        names.connection_secret(plan.store): secret_dir(tmp_path, "conn", conn_info(pg.primary).to_secret_data()),
+        "backup-key": secret_dir(tmp_path, "key", {"key": key_hex}),
+        **dirs,
+    }
+    assert set(secret_dirs) == set(access.secret_names(plan))
+    try:
+        yield Setup(
+            plan=plan,
+            secret_dirs=secret_dirs,
+            target=target,
+            key=EncryptionKey.from_secret_value("backup-key/key", key_hex.encode()),
+            root=tmp_path,
+        )
+    finally:
+        with pg.primary.connect() as conn:
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                " WHERE slot_name = %s AND NOT active",
+                (plan.slot,),
+            )
+
+
 def archive_fixture(bucket_name: str, store: str) -> Any:
     """A test's fixture of :class:`Setup`: ``store``'s archiving of the module's ``pg`` primary into a new
-    bucket, encrypted; the slot the archiver creates is dropped after the test (unless an archiver holds it)."""
+    bucket, encrypted."""
 
     @pytest.fixture
     def fixture(pg: PostgresCluster, s3_server: MinioServer, tmp_path: Path) -> Iterator[Setup]:
         bucket = s3_server.new_bucket(bucket_name)
-        uid = str(uuid.uuid4())
-        key_hex = secrets.token_hex(32)
-        secretscan.track(key_hex)
-        target_spec = api.Target.model_validate(
-            {
-                "s3": {
-                    "bucket": bucket,
-                    "prefix": "backups",
-                    "endpoint": s3_server.endpoint,
-                    "credentialsSecretRef": {"name": "s3-creds"},
-                    "tls": {"enabled": False},
-                }
-            }
-        )
-        plan = archiver.ArchivePlan(
-            namespace=NAMESPACE,
-            store=store,
-            store_uid=uid,
-            target=target_spec,
-            encryption=api.Encryption.model_validate({"keySecretRef": {"name": "backup-key", "key": "key"}}),
-            slot=archiver.slot_for(NAMESPACE, store, uid),
-            mark_interval=1.0,  # the RPO bound: short, so the test sees marks soon
-        )
-        s3_keys = {"accessKeyId": s3_server.root.access_key, "secretAccessKey": s3_server.root.secret_key}
-        dirs = {
-            names.connection_secret(store): secret_dir(tmp_path, "conn", conn_info(pg.primary).to_secret_data()),
-            "s3-creds": secret_dir(tmp_path, "s3", s3_keys),
-            "backup-key": secret_dir(tmp_path, "key", {"key": key_hex}),
+        s3 = {
+            "bucket": bucket,
+            "prefix": "backups",
+            "endpoint": s3_server.endpoint,
+            "credentialsSecretRef": {"name": "s3-creds"},
+            "tls": {"enabled": False},
         }
-        assert set(dirs) == set(access.secret_names(plan))
-        try:
-            yield Setup(
-                plan=plan,
-                secret_dirs=dirs,
-                target=s3_server.target(bucket, "backups"),
-                key=EncryptionKey.from_secret_value("backup-key/key", key_hex.encode()),
-                root=tmp_path,
+        plan, key_hex = _plan(store, {"s3": s3})
+        s3_keys = {"accessKeyId": s3_server.root.access_key, "secretAccessKey": s3_server.root.secret_key}
+        creds = secret_dir(tmp_path, "s3", s3_keys)
+        yield from _setup(pg, tmp_path, plan, key_hex, s3_server.target(bucket, "backups"), **{"s3-creds": creds})
+
+    return fixture
+
+
+def served_archive_fixture(claim: str, store: str) -> Any:
+    """As :func:`archive_fixture`, onto a volume target: the volume server on a directory of the test (the
+    server a claim's pod runs), reached by the archiver process through the endpoint map, as an operator or a
+    Job outside the cluster reaches it."""
+
+    @pytest.fixture
+    def fixture(pg: PostgresCluster, tmp_path: Path) -> Iterator[Setup]:
+        plan, key_hex = _plan(store, {"volume": {"claimName": claim}})
+        token = secrets.token_urlsafe(24)
+        secretscan.track(token)
+        with VolumeServer(tmp_path / "claim", token, host="127.0.0.1", port=0) as server:
+            server_name = configured.volume_server(claim)
+            endpoint_map = tmp_path / "endpoints.json"
+            endpoint_map.write_text(
+                json.dumps({f"{NAMESPACE}/{server_name}": {"endpoint": f"127.0.0.1:{server.port}"}})
             )
-        finally:
-            with pg.primary.connect() as conn:
-                conn.execute(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
-                    " WHERE slot_name = %s AND NOT active",
-                    (plan.slot,),
-                )
+            token_dir = secret_dir(tmp_path, "token", {configured.VOLUME_TOKEN_KEY: token})
+            target = HttpTarget(host="127.0.0.1", port=server.port, token=token, where=f"the test's {claim}")
+            for s in _setup(pg, tmp_path, plan, key_hex, target, **{configured.volume_token_secret(claim): token_dir}):
+                s.extra_env[endpoints.ENV] = str(endpoint_map)
+                yield s
 
     return fixture
 
