@@ -367,7 +367,7 @@ def bench_ours_backup(
     with b.step("(a) upload_backup, encrypted -> served volume") as row:
         manifest = catalog.upload_backup(volume, PREFIX, vol_id, staging, key, meta, engine="postgres", store=STORE)
         row.stored = manifest.stored_size
-    with b.step("(a) cp of the staged files -> local disk") as row:
+    with b.step("(a) copy of the staged files -> local disk") as row:
         shutil.copytree(staging, work / "copied")
         row.stored = dir_bytes(work / "copied")
     shutil.rmtree(work / "copied")
