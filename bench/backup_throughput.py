@@ -8,7 +8,7 @@ Against a PostgreSQL and a MinIO it starts itself (the local test platform, S3 o
     ``mlinfra.backup.catalog.upload_backup`` to S3, without and with client-side encryption
     (``sealed.EncryptionKey``); also the parts alone: sealing with no target (CPU only) and a plain S3 put of
     the staged files with no sealing (the transfer ceiling); and the encrypted upload to a volume target's
-    server (``backup.volume_server`` on loopback) against a plain ``cp`` of the staged files to local disk;
+    server (``backup.volume_server`` on loopback) against a plain copy of the staged files to local disk;
 (b) ours, restore: ``catalog.download_backup`` (plain and encrypted; the encrypted one also from the served
     volume) and ``postgres.restore`` into a new data
     directory, then starting a server on it until it has promoted (``finish_restore``), reported apart;
