@@ -37,6 +37,18 @@ def wait_ready(cp: ControlPlane, ns: str, name: str, timeout: float = 150) -> di
     return dict(get_json(cp, "datastore", name, "-n", ns))
 
 
+ROLES_OF_TWO = {"db-0": "primary", "db-1": "replica"}
+
+
+def role_labels(cp: ControlPlane, ns: str, store: str) -> dict[str, str | None]:
+    pods = get_json(cp, "pods", "-n", ns, "-l", f"mlinfra.io/datastore={store}")["items"]
+    return {p["metadata"]["name"]: p["metadata"].get("labels", {}).get("mlinfra.io/role") for p in pods}
+
+
+def secret_values(cp: ControlPlane, ns: str, name: str) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in get_json(cp, "secret", name, "-n", ns)["data"].items()}
+
+
 def owned_by(obj: dict[str, Any], owner: dict[str, Any]) -> bool:
     return any(
         r["uid"] == owner["metadata"]["uid"] and r.get("controller")
@@ -76,6 +88,14 @@ def test_managed_store_is_provisioned_and_ready(
     assert st["replication"]["readyReplicas"] == replicas
     if replicas > 1:
         assert ds_condition(cp, namespace, "db", "Replicating")["status"] == "True"
+        # Role-aware endpoints: the pods carry the roles their servers report, the read-only Service selects
+        # the replicas by it, and the connection Secret names it.
+        wait_for("pods labelled with their roles", lambda: role_labels(cp, namespace, "db") == ROLES_OF_TWO)
+        ro = get_json(cp, "service", "db-ro", "-n", namespace)
+        assert owned_by(ro, ds) and ro["spec"]["selector"]["mlinfra.io/role"] == "replica"
+        conn = secret_values(cp, namespace, "db-conn")
+        assert conn["readOnlyHost"] == f"db-ro.{namespace}.svc"
+        assert conn["readOnlyUri"].startswith("redis://default@db-ro." if engine == "redis" else "postgresql://")
 
 
 def test_scaling_changes_the_statefulset_and_the_members(
@@ -100,12 +120,32 @@ def test_scaling_changes_the_statefulset_and_the_members(
     wait_for("two replicas streaming", three_members, 150)
     wait_ready(cp, namespace, "cache")
     assert ds_condition(cp, namespace, "cache", "Replicating")["status"] == "True"
+    three = {"cache-0": "primary", "cache-1": "replica", "cache-2": "replica"}
+    wait_for("the new members labelled replicas", lambda: role_labels(cp, namespace, "cache") == three)
+    assert secret_values(cp, namespace, "cache-conn")["readOnlyHost"] == f"cache-ro.{namespace}.svc"
     cp.kubectl(
         "patch", "datastore", "cache", "-n", namespace, "--type=merge", "-p", '{"spec":{"managed":{"replicas":1}}}'
     )
     wait_for(
         "StatefulSet scaled to 1",
         lambda: get_json(cp, "statefulset", "cache", "-n", namespace)["spec"]["replicas"] == 1,
+    )
+    # One member: no replicas to read from, so no read-only Service and no read-only keys in the Secret.
+    wait_for(
+        "the read-only Service and keys gone",
+        lambda: (
+            not get_json(
+                cp,
+                "service",
+                "-n",
+                namespace,
+                "-l",
+                "mlinfra.io/datastore=cache",
+                "--field-selector",
+                "metadata.name=cache-ro",
+            )["items"]
+            and "readOnlyHost" not in secret_values(cp, namespace, "cache-conn")
+        ),
     )
 
 

@@ -30,6 +30,7 @@ ALLOWED = [
     ("create", "events"),
     ("create", "deployments.apps"),  # a PostgreSQL store's WAL archiver (stores.walarchiver)
     ("create", "backups.mlinfra.io"),  # the backup schedule's Backups
+    ("patch", "pods"),  # the role label of a replicated store's members (stores.roles)
 ]
 DENIED = [
     ("create", "daemonsets.apps"),

@@ -12,6 +12,17 @@ from mlinfra.devenv import procs
 from mlinfra.devenv.controlplane import ControlPlane
 from mlinfra.devenv.realnode import RealNode
 
+ROLES = {0: "primary", 1: "replica"}
+
+
+def roles(cp: ControlPlane, ns: str, store: str) -> dict[int, str | None]:
+    """Each pod's role label, by ordinal."""
+    pods = json.loads(cp.kubectl("get", "pods", "-n", ns, "-l", f"mlinfra.io/datastore={store}", "-o", "json").stdout)
+    return {
+        int(p["metadata"]["name"].rpartition("-")[2]): p["metadata"].get("labels", {}).get("mlinfra.io/role")
+        for p in pods["items"]
+    }
+
 
 def test_managed_redis_replicates_between_real_pods(
     real_cp: ControlPlane, real_node: RealNode, real_operator: str, real_ns: str
@@ -34,6 +45,13 @@ def test_managed_redis_replicates_between_real_pods(
     password = secret(real_cp, ns, "cache-conn")["password"]
     # Written on the primary through the client Service's name, read on the replica Pod.
     host = secret(real_cp, ns, "cache-conn")["host"]
+    # Role-aware endpoints: the read-write Service reaches the primary, the read-only one (labels the operator
+    # set from the roles the servers report) the replica.
+    procs.wait_until("pods labelled with their roles", lambda: roles(real_cp, ns, "cache") == ROLES, 60)
+    read_only = secret(real_cp, ns, "cache-conn")["readOnlyHost"]
+    assert read_only == f"cache-ro.{ns}.svc"
+    assert redis_cli(real_cp, ns, "cache-1", password, "-h", host, "ROLE").splitlines()[0] == "master"
+    assert redis_cli(real_cp, ns, "cache-0", password, "-h", read_only, "ROLE").splitlines()[0] == "slave"
     assert redis_cli(real_cp, ns, "cache-0", password, "-h", host, "SET", "greeting", "hello") == "OK"
     procs.wait_until(
         "the key on the replica", lambda: redis_cli(real_cp, ns, "cache-1", password, "GET", "greeting") == "hello", 30
@@ -71,7 +89,7 @@ def test_managed_postgres_standby_streams_and_survives_the_loss_of_pod_0(
     conn = secret(real_cp, ns, "pg-conn")
     user, password, host = conn["username"], conn["password"], conn["host"]
 
-    def sql(pod: str, statement: str, via_service: bool = False) -> str:
+    def sql(pod: str, statement: str, via_service: bool = False, host_name: str | None = None) -> str:
         return in_pod(
             real_cp,
             ns,
@@ -92,8 +110,14 @@ def test_managed_postgres_standby_streams_and_survives_the_loss_of_pod_0(
             "-c",
             statement,
             "-h",
-            host if via_service else "127.0.0.1",
+            host_name or (host if via_service else "127.0.0.1"),
         )
+
+    # The read-write Service reaches the primary, the read-only one the standby (the operator's role labels).
+    procs.wait_until("pods labelled with their roles", lambda: roles(real_cp, ns, "pg") == ROLES, 60)
+    assert conn["readOnlyHost"] == f"pg-ro.{ns}.svc"
+    assert sql("pg-1", "SELECT pg_is_in_recovery()", via_service=True) == "f"
+    assert sql("pg-0", "SELECT pg_is_in_recovery()", host_name=conn["readOnlyHost"]) == "t"
 
     # Written on the primary through the client Service's DNS name, read on the standby Pod.
     sql("pg-1", "CREATE TABLE t (id int primary key, v text); INSERT INTO t VALUES (1, 'before')", via_service=True)

@@ -240,17 +240,21 @@ class Binding:
 
 
 class Views:
-    """The views a store knows by name, with their connections; shared by the sync and async clients."""
+    """The views a store knows by name, with their connections; shared by the sync and async clients.
+    ``replica_reads``: every view reads from its stores' replicas where they have them (the read-only endpoint
+    of a replicated managed store, ``ConnectionInfo.read_only``)."""
 
     def __init__(
         self,
         online: connections.ConnectionSource | None,
         offline: connections.ConnectionSource | None,
         namespace: str | None,
+        replica_reads: bool = False,
     ) -> None:
         self.online = connections.resolve(online) if online is not None else None
         self.offline = connections.resolve(offline) if offline is not None else None
         self.namespace = namespace
+        self.replica_reads = replica_reads
         self.bound: dict[str, Binding] = {}
 
     def bind(
@@ -260,7 +264,11 @@ class Views:
         offline: connections.ConnectionInfo | None = None,
     ) -> Binding:
         view = fv if isinstance(fv, View) else View.from_featureview(fv, self.namespace)
-        return Binding(view, online or self.online, offline or self.offline)
+        online, offline = online or self.online, offline or self.offline
+        if self.replica_reads:
+            online = online.read_only() if online is not None else None
+            offline = offline.read_only() if offline is not None else None
+        return Binding(view, online, offline)
 
     def add(
         self,
@@ -313,8 +321,10 @@ class FeatureStore:
 
     ``views``: FeatureView models or bodies (or :class:`View`), looked up by name afterwards. ``online`` /
     ``offline``: the Redis and PostgreSQL connections (anything :func:`connections.resolve` takes); views
-    added by :meth:`from_kubernetes` carry their own stores' connections. Clients are opened on first use,
-    one per connection, and closed by :meth:`close` (or ``with``).
+    added by :meth:`from_kubernetes` carry their own stores' connections. ``replica_reads``: read from the
+    stores' replicas where they have them (``readOnlyHost`` of the connection Secret: reads that may lag the
+    primary by its replication lag and leave it to the writes). Clients are opened on first use, one per
+    connection, and closed by :meth:`close` (or ``with``).
     """
 
     def __init__(
@@ -325,8 +335,9 @@ class FeatureStore:
         offline: connections.ConnectionSource | None = None,
         namespace: str | None = None,
         batch_size: int = ONLINE_BATCH,
+        replica_reads: bool = False,
     ) -> None:
-        self.views = Views(online, offline, namespace)
+        self.views = Views(online, offline, namespace, replica_reads)
         self.batch_size = batch_size
         for fv in as_list(views):
             self.views.add(fv)

@@ -31,8 +31,9 @@ class AsyncFeatureStore:
         offline: connections.ConnectionSource | None = None,
         namespace: str | None = None,
         batch_size: int = fx.ONLINE_BATCH,
+        replica_reads: bool = False,
     ) -> None:
-        self.views = Views(online, offline, namespace)
+        self.views = Views(online, offline, namespace, replica_reads)
         self.batch_size = batch_size
         for fv in fx.as_list(views):
             self.views.add(fv)

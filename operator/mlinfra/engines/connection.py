@@ -2,7 +2,9 @@
 
 The operator publishes a Secret ``<name>-conn`` per DataStore with the string keys ``engine, host, port,
 username, password, database, uri, tls`` (plus ``ca.crt`` when a CA certificate is configured, ``serverName``
-when the certificate names another host than ``host``, and ``insecureSkipVerify`` when verification is off).
+when the certificate names another host than ``host``, ``insecureSkipVerify`` when verification is off, and
+``readOnlyHost`` and ``readOnlyUri`` for a replicated managed redis or postgres store: its healthy replicas,
+for reads that may lag the primary).
 Sync jobs, the client SDK, the probes and users' apps all read it through :class:`ConnectionInfo`, so the
 format is written and parsed in this module only.
 
@@ -49,6 +51,9 @@ SECRET_KEYS = ("engine", "host", "port", "username", "password", "database", "ur
 CA_KEY = "ca.crt"
 SERVER_NAME_KEY = "serverName"
 INSECURE_KEY = "insecureSkipVerify"
+# A replicated managed redis or postgres store: the read-only Service over its healthy replicas, and its URI.
+READ_ONLY_HOST_KEY = "readOnlyHost"
+READ_ONLY_URI_KEY = "readOnlyUri"
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off", ""})
@@ -75,6 +80,8 @@ class ConnectionInfo:
     server_name: str | None = None
     # Encrypt without verifying the server at all (spec.external.tls.insecureSkipVerify: testing only).
     insecure_skip_verify: bool = False
+    # The host of the read-only endpoint (the healthy replicas, same port and credentials); None without one.
+    read_only_host: str | None = None
     # Development only, never in a Secret: qdrant-client local mode on this directory instead of a server
     # (set by the endpoint map of the local platform, where no Qdrant server binary exists).
     local_path: str | None = None
@@ -144,6 +151,13 @@ class ConnectionInfo:
             return f"{scheme}://{netloc}"
         return f"{'https' if self.tls else 'http'}://{netloc}"
 
+    def read_only(self) -> ConnectionInfo:
+        """The connection for reads that may lag the primary: the read-only endpoint where the store has one,
+        this connection otherwise (a single member, or an engine whose members all serve)."""
+        if self.read_only_host is None:
+            return self
+        return dataclasses.replace(self, host=self.read_only_host, read_only_host=None)
+
     def with_endpoint(self, host: str, port: int) -> ConnectionInfo:
         """The same credentials and database at another endpoint (e.g. one member, or a dev port map)."""
         return dataclasses.replace(self, host=host, port=port)
@@ -166,6 +180,9 @@ class ConnectionInfo:
             data[SERVER_NAME_KEY] = self.server_name
         if self.insecure_skip_verify:
             data[INSECURE_KEY] = "true"
+        if self.read_only_host:
+            data[READ_ONLY_HOST_KEY] = self.read_only_host
+            data[READ_ONLY_URI_KEY] = self.read_only().uri
         return data
 
     @classmethod
@@ -194,6 +211,7 @@ class ConnectionInfo:
             ca_cert=values.get(CA_KEY) or None,
             server_name=values.get(SERVER_NAME_KEY, "").strip() or None,
             insecure_skip_verify=_flag(values, INSECURE_KEY),
+            read_only_host=values.get(READ_ONLY_HOST_KEY, "").strip() or None,
         )
 
     @classmethod
@@ -206,7 +224,7 @@ class ConnectionInfo:
             f"ConnectionInfo(engine={self.engine!r}, host={self.host!r}, port={self.port}, "
             f"username={self.username!r}, password='***', database={self.database!r}, tls={self.tls}, "
             f"ca_cert={'<set>' if self.ca_cert else None}, server_name={self.server_name!r}, "
-            f"insecure_skip_verify={self.insecure_skip_verify})"
+            f"insecure_skip_verify={self.insecure_skip_verify}, read_only_host={self.read_only_host!r})"
         )
 
     __str__ = __repr__

@@ -2,10 +2,11 @@
 
 A DataStore ``<name>`` in namespace ``<ns>`` owns the StatefulSet ``<name>`` (pods ``<name>-<i>``, volumes
 ``data-<name>-<i>``), the headless Service ``<name>-hl`` (stable pod DNS, ``<name>-<i>.<name>-hl.<ns>.svc``),
-the client Service ``<name>``, the Secrets ``<name>-credentials`` (generated) and ``<name>-conn`` (the
-connection Secret), the ConfigMap ``<name>-config``, the PodDisruptionBudget ``<name>`` and the
-NetworkPolicy ``<name>``. The templates (``mlinfra.engines.render``), the reconciler, the observer and the
-local platform all take names from here, so no name is ever built by hand in two places.
+the client Service ``<name>`` (the primary where there is one), the read-only Service ``<name>-ro`` (the
+healthy replicas of a replicated redis or postgres store), the Secrets ``<name>-credentials`` (generated)
+and ``<name>-conn`` (the connection Secret), the ConfigMap ``<name>-config``, the PodDisruptionBudget
+``<name>`` and the NetworkPolicy ``<name>``. The templates (``mlinfra.engines.render``), the reconciler, the
+observer and the local platform all take names from here, so no name is ever built by hand in two places.
 
 Children carry :func:`labels`, never the DataStore's own labels or annotations (copying them makes Argo CD
 prune children and Kopf loop, kopf#635). :func:`selector_labels` is the stable subset that selects the
@@ -23,6 +24,11 @@ COMPONENT: Final = "datastore"
 DATASTORE_LABEL: Final = "mlinfra.io/datastore"
 # Set by the StatefulSet controller on every pod: selects one pod (the client Service selects pod 0 with it).
 POD_NAME_LABEL: Final = "statefulset.kubernetes.io/pod-name"
+# Set by the operator on the pods of a replicated redis or postgres store from what each member reports:
+# ``primary``, ``replica`` (streaming and caught up: the read-only Service selects these), absent otherwise.
+ROLE_LABEL: Final = "mlinfra.io/role"
+PRIMARY_ROLE: Final = "primary"
+REPLICA_ROLE: Final = "replica"
 # The operator's own pods, as the Helm chart labels them (admitted by the optional NetworkPolicy).
 OPERATOR_POD_LABELS: Final = {"app.kubernetes.io/name": "mlinfra-operator"}
 
@@ -61,6 +67,11 @@ def headless_service(name: str) -> str:
 def client_service(name: str) -> str:
     """The Service clients connect to (the primary for redis and postgres; any member otherwise)."""
     return name
+
+
+def read_only_service(name: str) -> str:
+    """The Service of the healthy replicas of a replicated redis or postgres store (reads that may lag)."""
+    return f"{name}-ro"
 
 
 def credentials_secret(name: str) -> str:
@@ -110,6 +121,11 @@ def service_host(ds: datastore.DataStore) -> str:
     return f"{client_service(ds.metadata.name)}.{namespace(ds)}.svc"
 
 
+def read_only_host(ds: datastore.DataStore) -> str:
+    """In-cluster DNS name of the read-only Service, e.g. ``feats-ro.ml.svc``."""
+    return f"{read_only_service(ds.metadata.name)}.{namespace(ds)}.svc"
+
+
 # --- labels ---------------------------------------------------------------------------------------------
 
 
@@ -134,3 +150,8 @@ def labels(ds: datastore.DataStore) -> dict[str, str]:
 def primary_selector(ds: datastore.DataStore) -> dict[str, str]:
     """Selects pod 0 only: the primary of redis and postgres (replicas and standbys are read-only)."""
     return {**selector_labels(ds), POD_NAME_LABEL: pod(ds.metadata.name, 0)}
+
+
+def read_only_selector(ds: datastore.DataStore) -> dict[str, str]:
+    """Selects the members the operator labelled healthy replicas."""
+    return {**selector_labels(ds), ROLE_LABEL: REPLICA_ROLE}

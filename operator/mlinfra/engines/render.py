@@ -406,6 +406,12 @@ def _statefulset(
     return sts
 
 
+def has_read_only_service(ds: datastore.DataStore) -> bool:
+    """A replicated store whose replicas are read-only (redis, postgres with more than one member) has the
+    read-only Service ``<name>-ro`` over its healthy replicas."""
+    return PROFILES[ds.spec.engine].primary_only and _managed(ds).replicas > 1
+
+
 def render_managed(
     ds: datastore.DataStore,
     images: Mapping[str, str] | None = None,
@@ -413,7 +419,8 @@ def render_managed(
     first_init: FirstInit | None = None,
 ) -> list[dict[str, Any]]:
     """Every object of the managed store ``ds`` except the credentials and connection Secrets: ConfigMap,
-    headless and client Services, StatefulSet, PodDisruptionBudget (more than one replica) and
+    headless and client Services, StatefulSet, the read-only Service (:func:`has_read_only_service`),
+    PodDisruptionBudget (more than one replica) and
     NetworkPolicy (``spec.managed.networkPolicy``). Same input, same output, in this order. ``images``: the
     operator's default image per engine (see :func:`image`). ``operator_namespace``: where the operator's pod
     runs; the NetworkPolicy admits the operator's pods from that namespace only (a pod label alone would
@@ -432,6 +439,13 @@ def render_managed(
         _render_yaml("common/client-service.yaml.j2", context),
         _statefulset(ds, context, first_init),
     ]
+    if has_read_only_service(ds):
+        read_only = {
+            **context,
+            "client_service": names.read_only_service(ds.metadata.name),
+            "client_selector": names.read_only_selector(ds),
+        }
+        objects.append(_render_yaml("common/client-service.yaml.j2", read_only))
     if managed.replicas > 1:
         objects.append(_render_yaml("common/pdb.yaml.j2", context))
     if managed.network_policy:

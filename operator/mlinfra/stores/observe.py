@@ -18,7 +18,7 @@ from mlinfra.context import Context, Obj
 from mlinfra.engines import connection, names, observation, probe, render
 from mlinfra.k8s import objects
 from mlinfra.problems import INVALID_SPEC, SECRET_NOT_FOUND, Problem, ProblemError
-from mlinfra.stores import backuprecovery, backupschedule, bootstrap, connsecret, status
+from mlinfra.stores import backuprecovery, backupschedule, bootstrap, connsecret, roles, status
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +43,15 @@ def facts(ctx: Context, obj: Obj[api.DataStore], conn: connection.ConnectionInfo
     member_names: dict[str, str] = {}
     ready_pods: int | None = None
     pod_names: list[str] = []
+    pods: list[dict[str, Any]] = []
     desired = 1
     obs: observation.Observation
     if managed is not None:
         desired = managed.replicas
         sts = ctx.kube.get_or_none("StatefulSet", ns, names.statefulset(name))
         ready_pods = int(((sts or {}).get("status") or {}).get("readyReplicas") or 0)
-        for pod in ctx.kube.list_("Pod", ns, names.selector_labels(ds)):
+        pods = ctx.kube.list_("Pod", ns, names.selector_labels(ds))
+        for pod in pods:
             pod_name = pod["metadata"]["name"]
             pod_names.append(pod_name)
             ip = (pod.get("status") or {}).get("podIP")
@@ -83,6 +85,7 @@ def facts(ctx: Context, obj: Obj[api.DataStore], conn: connection.ConnectionInfo
         pod_names=sorted(pod_names),
         observation=obs,
         member_names=member_names,
+        role_labels=roles.current(pods) if render.PROFILES[ds.spec.engine].primary_only else {},
     )
 
 
@@ -150,5 +153,10 @@ def observe(ctx: Context, obj: Obj[api.DataStore]) -> dict[str, Any]:
     if refused is not None:
         raise ProblemError(refused)
     new = status.compute(dataclasses.replace(found, backup=backup), obj.status)
+    if found.role_labels and found.observation is not None and found.observation.reachable:
+        try:
+            roles.relabel(ctx.kube, obj.namespace, found.role_labels, new.get("members") or [])
+        except (objects.ApiError, TimeoutError) as exc:  # the labels wait for the next look; status comes now
+            log.warning("role labels of DataStore %s/%s: %s", obj.namespace, obj.name, exc)
     metrics.record_datastore(obj.namespace, obj.name, obj.model.spec.engine, new)
     return new

@@ -9,6 +9,7 @@ and left alone, checked before the first write so that a conflicted store starts
 
 from __future__ import annotations
 
+import base64
 import time
 from typing import Any
 
@@ -63,6 +64,9 @@ def _managed(ctx: Context, obj: Obj[api.DataStore]) -> connection.ConnectionInfo
         retained=ds.spec.deletion_policy == "Retain",
     )
     children.write_all(ctx.kube, claimed)
+    read_only = render.has_read_only_service(ds)
+    if not read_only:  # scaled down to one member: its replicas' Service goes
+        children.delete(ctx.kube, owner, "Service", obj.namespace, names.read_only_service(obj.name))
     return connection.ConnectionInfo(
         engine=engine,
         host=names.service_host(ds),
@@ -71,6 +75,7 @@ def _managed(ctx: Context, obj: Obj[api.DataStore]) -> connection.ConnectionInfo
         password=found[names.PASSWORD_KEY],
         database=connection.DEFAULT_DATABASES[engine],
         tls=False,
+        read_only_host=names.read_only_host(ds) if read_only else None,
     )
 
 
@@ -133,7 +138,9 @@ def apply(ctx: Context, obj: Obj[api.DataStore]) -> connection.ConnectionInfo:
                 "labels": names.labels(ds),
                 "ownerReferences": [owner],
             },
-            "stringData": conn.to_secret_data(),
+            # data, not stringData: the API server turns stringData into data after the apply is merged, so
+            # a key dropped from stringData (readOnlyHost when scaled to one member) would stay for ever.
+            "data": {key: base64.b64encode(value.encode()).decode() for key, value in conn.to_secret_data().items()},
         },
     )
     return conn

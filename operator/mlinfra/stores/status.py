@@ -42,6 +42,8 @@ class Facts:
     pod_names: Sequence[str] = ()
     observation: obs.Observation | None = None
     member_names: Mapping[str, str] = field(default_factory=dict)  # observed address -> pod name
+    # Managed redis and postgres: each pod's role label now (stores.roles relabels from the members).
+    role_labels: Mapping[str, str | None] = field(default_factory=dict)
     backup: Mapping[str, Any] | None = None  # status.backup (stores.backupschedule), written as it is
 
 

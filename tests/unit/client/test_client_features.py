@@ -10,6 +10,7 @@ import pytest
 from mlinfra.api import featureview
 from mlinfra.client import connections
 from mlinfra.client import features as fx
+from mlinfra.client.features_async import AsyncFeatureStore
 from mlinfra.features import layout
 
 T = datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.UTC)
@@ -144,6 +145,23 @@ def test_views_by_name_and_their_connections() -> None:
     with pytest.raises(ValueError, match="no offline \\(postgres\\) connection"):
         fx.Views.offline_of(views.get("user-stats"))
     assert views.get(body()).view.name == "user-stats"  # a view passed in, not added
+
+
+def test_replica_reads_go_to_the_read_only_endpoint_where_a_store_has_one() -> None:
+    replicated = connections.from_mapping(
+        {"engine": "redis", "host": "cache.ml.svc", "port": "6379", "password": "pw", "readOnlyHost": "cache-ro.ml.svc"}
+    )
+    single = connections.from_mapping({"engine": "postgres", "host": "pg.ml.svc", "port": "5432", "password": "pw"})
+    stores = (
+        fx.FeatureStore(body(), online=replicated, offline=single, replica_reads=True),
+        AsyncFeatureStore(body(), online=replicated, offline=single, replica_reads=True),
+    )
+    for store in stores:
+        binding = store.views.get("user-stats")
+        assert (binding.online.host, binding.online.port) == ("cache-ro.ml.svc", 6379)
+        assert binding.offline == single  # one member: its reads stay where the writes go
+    # By default reads go to the primary, as writes do.
+    assert fx.FeatureStore(body(), online=replicated).views.get("user-stats").online == replicated
 
 
 def test_the_package_exports_both_clients() -> None:

@@ -108,6 +108,26 @@ def test_repr_and_str_hide_the_password() -> None:
         assert "password='***'" in text
 
 
+@pytest.mark.parametrize(("engine", "port"), [("redis", 6379), ("postgres", 5432)])
+def test_a_replicated_store_publishes_its_read_only_endpoint(engine: connection.Engine, port: int) -> None:
+    conn = info(engine, port=port, read_only_host="db-ro.ml.svc")
+    data = conn.to_secret_data()
+    assert data["readOnlyHost"] == "db-ro.ml.svc"
+    assert data["readOnlyUri"] == conn.uri.replace("db.example.com", "db-ro.ml.svc")
+    assert PASSWORD not in data["readOnlyUri"]
+    assert connection.ConnectionInfo.from_secret_data(data) == conn
+    replicas = conn.read_only()
+    assert (replicas.host, replicas.port, replicas.password, replicas.read_only_host) == (
+        "db-ro.ml.svc",
+        port,
+        PASSWORD,
+        None,
+    )
+    # Without one (a single member, an external store) reads go where writes go.
+    assert info(engine).read_only() == info(engine)
+    assert "readOnlyHost" not in info(engine).to_secret_data()
+
+
 def test_with_endpoint_keeps_everything_else() -> None:
     conn = info(tls=True)
     moved = conn.with_endpoint("10.0.0.7", 15432)

@@ -69,6 +69,8 @@ def walk(node: Any) -> Iterator[Any]:
 def test_objects_and_names(engine: str, replicas: int) -> None:
     objects = render.render_managed(store(engine, replicas))
     expected = [("ConfigMap", "feats-config"), ("Service", "feats-hl"), ("Service", "feats"), ("StatefulSet", "feats")]
+    if replicas > 1 and engine in ("redis", "postgres"):
+        expected.append(("Service", "feats-ro"))
     if replicas > 1:
         expected.append(("PodDisruptionBudget", "feats"))
     assert [(o["kind"], o["metadata"]["name"]) for o in objects] == expected
@@ -124,6 +126,18 @@ def test_client_service_selects_the_primary_where_replicas_are_read_only(engine:
     assert client["spec"]["selector"] == expected
     if primary_only:
         assert expected["statefulset.kubernetes.io/pod-name"] == "feats-0"
+
+
+@pytest.mark.parametrize("engine", ["redis", "postgres"])
+def test_the_read_only_service_selects_the_replicas_the_operator_labelled(engine: str) -> None:
+    ds = store(engine, 3)
+    objs = by_kind(render.render_managed(ds))
+    read_only, client = objs["Service", "feats-ro"]["spec"], objs["Service", "feats"]["spec"]
+    assert read_only["selector"] == {**names.selector_labels(ds), "mlinfra.io/role": "replica"}
+    assert read_only["ports"] == client["ports"] and read_only["type"] == "ClusterIP"
+    # A single member has no replicas to read from: no read-only Service (the reconcile deletes one left over).
+    assert ("Service", "feats-ro") not in by_kind(render.render_managed(store(engine, 1)))
+    assert not render.has_read_only_service(store(engine, 1)) and render.has_read_only_service(ds)
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ def test_child_names() -> None:
     assert names.statefulset("feats") == "feats"
     assert names.headless_service("feats") == "feats-hl"
     assert names.client_service("feats") == "feats"
+    assert names.read_only_service("feats") == "feats-ro"
     assert names.credentials_secret("feats") == "feats-credentials"
     assert names.connection_secret("feats") == "feats-conn"
     assert names.config_map("feats") == "feats-config"
@@ -37,6 +38,7 @@ def test_dns_names() -> None:
     assert names.pod_host(ds) == "feats-0.feats-hl.ml.svc"
     assert names.pod_host(ds, 2) == "feats-2.feats-hl.ml.svc"
     assert names.service_host(ds) == "feats.ml.svc"
+    assert names.read_only_host(ds) == "feats-ro.ml.svc"
     assert names.pod_host(store(namespace=None)) == "feats-0.feats-hl.default.svc"
 
 
@@ -69,6 +71,7 @@ def test_rendered_objects_use_these_names() -> None:
         ("ConfigMap", names.config_map("feats")),
         ("Service", names.headless_service("feats")),
         ("Service", names.client_service("feats")),
+        ("Service", names.read_only_service("feats")),
         ("StatefulSet", names.statefulset("feats")),
         ("PodDisruptionBudget", names.pod_disruption_budget("feats")),
     }

@@ -112,12 +112,31 @@ def test_managed_redis_creates_credentials_once_owns_children_and_publishes_the_
     assert conn["host"] == f"db.{NS}.svc" and conn["port"] == "6379"
     assert conn["username"] == "default" and conn["password"] == creds["password"]
     assert conn["tls"] == "false" and conn["uri"] == f"redis://default@db.{NS}.svc:6379/0"
+    # Two members: reads that may lag have the replicas' Service.
+    assert conn["readOnlyHost"] == f"db-ro.{NS}.svc" and conn["readOnlyUri"] == f"redis://default@db-ro.{NS}.svc:6379/0"
+    assert owned(kube.get("Service", NS, "db-ro"))
 
     # A second reconcile (a resume, the drift timer) writes nothing and keeps the password.
     writes = list(kube.writes)
     reconcile.reconcile(ctx, obj(managed_body("redis")))
     assert kube.writes == writes
     assert decoded(kube, "db-credentials") == creds
+
+
+def test_scaled_down_to_one_member_the_read_only_service_and_keys_go(ctx: Context, kube: FakeKube) -> None:
+    reconcile.reconcile(ctx, obj(managed_body("postgres", replicas=3)))
+    assert kube.get_or_none("Service", NS, "db-ro") is not None
+    reconcile.reconcile(ctx, obj(managed_body("postgres", replicas=1)))
+    assert kube.get_or_none("Service", NS, "db-ro") is None
+    # (The keys leave the Secret too: the apply no longer names them. The in-memory API merges applies, so the
+    # kwok tier's scaling test checks that against the real API server.)
+
+
+def test_a_read_only_service_name_held_by_someone_else_is_never_deleted(ctx: Context, kube: FakeKube) -> None:
+    users = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db-ro", "namespace": NS}, "spec": {}}
+    kube.put(users)
+    reconcile.reconcile(ctx, obj(managed_body("postgres", replicas=1)))
+    assert kube.get_or_none("Service", NS, "db-ro") is not None
 
 
 def test_managed_postgres_credentials_carry_the_user_and_the_replication_password(ctx: Context, kube: FakeKube) -> None:
