@@ -16,6 +16,8 @@ class Settings:
     observe_interval: float = 15.0  # seconds between observations of each store
     drift_interval: float = 300.0  # seconds between re-applies of children (drift correction)
     probe_timeout: float = 5.0
+    # Seconds between looks at the members of each store with failover (stores.ha).
+    failover_interval: float = 1.0
     max_workers: int = 32  # threads running the (synchronous) handlers at once
     # Seconds without any handler or timer starting, while objects exist, after which /healthz fails.
     stall_timeout: float = 300.0
@@ -48,6 +50,7 @@ class Settings:
             "observe_interval": float(env.get("MLINFRA_OBSERVE_INTERVAL", cls.observe_interval)),
             "drift_interval": float(env.get("MLINFRA_DRIFT_INTERVAL", cls.drift_interval)),
             "probe_timeout": float(env.get("MLINFRA_PROBE_TIMEOUT", cls.probe_timeout)),
+            "failover_interval": float(env.get("MLINFRA_FAILOVER_INTERVAL", cls.failover_interval)),
             "max_workers": int(env.get("MLINFRA_MAX_WORKERS", cls.max_workers)),
             "stall_timeout": float(env.get("MLINFRA_STALL_TIMEOUT", cls.stall_timeout)),
             "endpoint_map": Path(env["MLINFRA_ENDPOINT_MAP"]) if env.get("MLINFRA_ENDPOINT_MAP") else None,

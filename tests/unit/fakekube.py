@@ -94,7 +94,9 @@ class FakeKube(objects.Kube):
                 out.append(copy.deepcopy(obj))
         return out
 
-    def delete(self, kind: str, namespace: str | None, name: str, uid: str | None = None) -> bool:
+    def delete(
+        self, kind: str, namespace: str | None, name: str, uid: str | None = None, grace_seconds: int | None = None
+    ) -> bool:
         key = (kind, namespace, name)
         if key not in self.store:
             return False
@@ -109,6 +111,9 @@ class FakeKube(objects.Kube):
     ) -> dict[str, Any]:
         key = (kind, namespace, name)
         old = self.get(kind, namespace, name)
+        expected = (patch.get("metadata") or {}).get("resourceVersion")
+        if expected is not None and expected != old["metadata"].get("resourceVersion"):
+            raise objects.ApiError(409, f"Operation cannot be fulfilled on {kind} {name}: the object has been modified")
         if subresource == "status":
             new = dict(old, status=_merge(old.get("status") or {}, patch.get("status") or {}))
         else:

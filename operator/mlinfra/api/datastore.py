@@ -228,6 +228,13 @@ class Managed(base.SpecModel):
         description="Start from a Backup's data (redis, postgres; docs/backup.md). Only when the store is created; "
         "status.restoredFrom says where the data came from. An empty store when omitted.",
     )
+    failover_delay: int = pydantic.Field(
+        default=5,
+        ge=0,
+        le=3600,
+        description="redis with replicas: seconds the primary may go unanswered before the operator fences it "
+        "and promotes the most advanced replica (docs/high-availability.md).",
+    )
 
 
 class CredentialsSecretRef(base.SpecModel):
@@ -555,6 +562,21 @@ class DataStoreStatus(base.StatusModel):
         default=None,
         description="spec.managed.bootstrap: the Backup the store's data came from, fixed before its pods first "
         "started.",
+    )
+    current_primary: str | None = pydantic.Field(
+        default=None,
+        max_length=253,
+        description="redis and postgres (managed): the pod that is the primary (during a failover, the one being "
+        "fenced).",
+    )
+    target_primary: str | None = pydantic.Field(
+        default=None, max_length=253, description="During a failover: the pod that becomes the primary."
+    )
+    primary_epoch: int | None = pydantic.Field(
+        default=None, ge=0, description="Primaries named so far (each failover or switchover adds one)."
+    )
+    last_failover_time: str | None = pydantic.Field(
+        default=None, max_length=64, description="When the primary last changed (failover or switchover)."
     )
 
 

@@ -185,6 +185,12 @@ class ConnectionInfo:
             data[READ_ONLY_URI_KEY] = self.read_only().uri
         return data
 
+    def to_secret_base64(self) -> dict[str, str]:
+        """:meth:`to_secret_data` as a Secret's ``data`` (base64): applied as ``data``, a key the connection no
+        longer has leaves the Secret (applied as ``stringData``, which the API server turns into ``data`` after
+        merging the apply, it would stay)."""
+        return {key: base64.b64encode(value.encode()).decode() for key, value in self.to_secret_data().items()}
+
     @classmethod
     def from_secret_data(cls, data: Mapping[str, str | bytes]) -> ConnectionInfo:
         """Parse the Secret's keys; values may be ``str`` (``stringData``) or decoded ``bytes``.

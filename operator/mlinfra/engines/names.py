@@ -5,8 +5,9 @@ A DataStore ``<name>`` in namespace ``<ns>`` owns the StatefulSet ``<name>`` (po
 the client Service ``<name>`` (the primary where there is one), the read-only Service ``<name>-ro`` (the
 healthy replicas of a replicated redis or postgres store), the Secrets ``<name>-credentials`` (generated)
 and ``<name>-conn`` (the connection Secret), the ConfigMap ``<name>-config``, the PodDisruptionBudget
-``<name>`` and the NetworkPolicy ``<name>``. The templates (``mlinfra.engines.render``), the reconciler, the
-observer and the local platform all take names from here, so no name is ever built by hand in two places.
+``<name>``, the NetworkPolicy ``<name>`` and the primary record ``<name>-primary`` (a ConfigMap). The
+templates (``mlinfra.engines.render``), the reconciler, the observer and the local platform all take names
+from here, so no name is ever built by hand in two places.
 
 Children carry :func:`labels`, never the DataStore's own labels or annotations (copying them makes Argo CD
 prune children and Kopf loop, kopf#635). :func:`selector_labels` is the stable subset that selects the
@@ -28,6 +29,8 @@ POD_NAME_LABEL: Final = "statefulset.kubernetes.io/pod-name"
 # ``primary``, ``replica`` (streaming and caught up: the read-only Service selects these), absent otherwise.
 ROLE_LABEL: Final = "mlinfra.io/role"
 PRIMARY_ROLE: Final = "primary"
+# The key of the primary record (``<name>-primary``) the pods read as MLINFRA_PRIMARY.
+PRIMARY_KEY: Final = "primary"
 REPLICA_ROLE: Final = "replica"
 # The operator's own pods, as the Helm chart labels them (admitted by the optional NetworkPolicy).
 OPERATOR_POD_LABELS: Final = {"app.kubernetes.io/name": "mlinfra-operator"}
@@ -72,6 +75,11 @@ def client_service(name: str) -> str:
 def read_only_service(name: str) -> str:
     """The Service of the healthy replicas of a replicated redis or postgres store (reads that may lag)."""
     return f"{name}-ro"
+
+
+def primary_record(name: str) -> str:
+    """The ConfigMap naming the pod that is the primary (``stores.primaryrecord``; key :data:`PRIMARY_KEY`)."""
+    return f"{name}-primary"
 
 
 def credentials_secret(name: str) -> str:
@@ -147,9 +155,10 @@ def labels(ds: datastore.DataStore) -> dict[str, str]:
     }
 
 
-def primary_selector(ds: datastore.DataStore) -> dict[str, str]:
-    """Selects pod 0 only: the primary of redis and postgres (replicas and standbys are read-only)."""
-    return {**selector_labels(ds), POD_NAME_LABEL: pod(ds.metadata.name, 0)}
+def primary_selector(ds: datastore.DataStore, primary: str | None = None) -> dict[str, str]:
+    """Selects the primary pod only (pod 0 unless the primary record names another): the primary of redis
+    and postgres (replicas and standbys are read-only)."""
+    return {**selector_labels(ds), POD_NAME_LABEL: primary or pod(ds.metadata.name, 0)}
 
 
 def read_only_selector(ds: datastore.DataStore) -> dict[str, str]:

@@ -267,7 +267,10 @@ def settings(ds: datastore.DataStore) -> list[tuple[str, str]]:
 
 
 def _context(
-    ds: datastore.DataStore, images: Mapping[str, str] | None = None, operator_namespace: str | None = None
+    ds: datastore.DataStore,
+    images: Mapping[str, str] | None = None,
+    operator_namespace: str | None = None,
+    primary: str | None = None,
 ) -> dict[str, Any]:
     managed = _managed(ds)
     profile = PROFILES[ds.spec.engine]
@@ -307,10 +310,13 @@ def _context(
         "replication_user": names.POSTGRES_REPLICATION_USER,
         "admin_user": connection.DEFAULT_USERNAMES["postgres"],
         "pod0_host": names.pod_host(ds, 0),
+        "pod0": names.pod(name, 0),
+        "primary_record": names.primary_record(name),
+        "primary_key": names.PRIMARY_KEY,
         "headless_domain": f"{names.headless_service(name)}.{ns}.svc",
         "client_host": names.service_host(ds),
         "selector": names.selector_labels(ds),
-        "client_selector": names.primary_selector(ds) if profile.primary_only else names.selector_labels(ds),
+        "client_selector": names.primary_selector(ds, primary) if profile.primary_only else names.selector_labels(ds),
         "operator_selector": dict(names.OPERATOR_POD_LABELS),
         "operator_namespace": operator_namespace,
         "engine_version": version(ds),
@@ -417,6 +423,7 @@ def render_managed(
     images: Mapping[str, str] | None = None,
     operator_namespace: str | None = None,
     first_init: FirstInit | None = None,
+    primary: str | None = None,
 ) -> list[dict[str, Any]]:
     """Every object of the managed store ``ds`` except the credentials and connection Secrets: ConfigMap,
     headless and client Services, StatefulSet, the read-only Service (:func:`has_read_only_service`),
@@ -425,11 +432,12 @@ def render_managed(
     operator's default image per engine (see :func:`image`). ``operator_namespace``: where the operator's pod
     runs; the NetworkPolicy admits the operator's pods from that namespace only (a pod label alone would
     admit any tenant's pod that copies it), and none from elsewhere when it is unknown. ``first_init``: an init
-    container to run first in every pod (:class:`FirstInit`); none when omitted."""
+    container to run first in every pod (:class:`FirstInit`); none when omitted. ``primary``: the pod the
+    store's primary record names, which the client Service selects (pod 0 when omitted)."""
     managed = _managed(ds)
     files = render_config_files(ds)
     context = {
-        **_context(ds, images, operator_namespace),
+        **_context(ds, images, operator_namespace, primary),
         "files": files,
         "config_hash": config_hash(files),
     }

@@ -1,12 +1,12 @@
 """DataStore handlers: reconcile on create/update/resume, observe on a timer, put drifted children back,
-honour deletionPolicy."""
+watch the members of stores with failover (stores.ha), honour deletionPolicy."""
 
 from __future__ import annotations
 
 from mlinfra import metrics
 from mlinfra.api import datastore as api
 from mlinfra.handlers import kind
-from mlinfra.stores import observe, reconcile, status
+from mlinfra.stores import ha, observe, reconcile, status
 
 KIND = kind.Kind(
     model=api.DataStore,
@@ -18,4 +18,6 @@ KIND = kind.Kind(
     delete=reconcile.delete,
     retry_delay=30,
     drift_timer=True,
+    watch=ha.watch,
+    watch_when=ha.admits,
 )

@@ -40,6 +40,10 @@ class Kind:
     request_sync: Callable[[Context, Obj[Any], str], str] | None = None  # requested-at -> Job name
     retry_delay: float = 15.0
     drift_timer: bool = False  # re-apply every settings.drift_interval (children edited by hand)
+    # Every settings.failover_interval, for the objects ``watch_when`` (the raw body) admits: a quick look that
+    # acts at once (DataStore failover). It never holds the object's lock: a slow observation must not delay it.
+    watch: Callable[[Context, Obj[Any]], object] | None = None
+    watch_when: Callable[[Mapping[str, Any]], bool] | None = None
 
     @property
     def controller(self) -> str:
@@ -178,6 +182,26 @@ def register(registry: kopf.OperatorRegistry, ctx: Context, kind: Kind) -> None:
             with _unless_busy(memo) as free, contextlib.suppress(ProblemError, TimeoutError):
                 if free:
                     kind.reconcile(ctx, obj_of(body))
+
+    if kind.watch is not None:
+        watch_fn, admits = kind.watch, kind.watch_when or (lambda _body: True)
+
+        @kopf.timer(
+            *resource,
+            id=handler_id("watch"),
+            interval=settings.failover_interval,
+            initial_delay=settings.failover_interval,
+            when=lambda body, **_: admits(body),
+            registry=registry,
+        )
+        def watch(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+            if getattr(memo, "mlinfra_reconciled", None) is None:
+                return  # not reconciled since the operator started: the reconcile comes first
+            try:
+                watch_fn(ctx, obj_of(body))
+            except (*_FAILURES, RuntimeError) as exc:
+                # One tick lost: the next looks again (an unreachable member is a fact, not an error).
+                logger.warning("watch of %s: %s", body["metadata"]["name"], exc)
 
     if kind.request_sync is not None:
         request_sync = kind.request_sync

@@ -105,12 +105,17 @@ class Kube:
             query.append(("labelSelector", ",".join(f"{k}={v}" for k, v in sorted(labels.items()))))
         return list(self._call("GET", resources.KINDS[kind].path(namespace), query=query).get("items", []))
 
-    def delete(self, kind: str, namespace: str | None, name: str, uid: str | None = None) -> bool:
+    def delete(
+        self, kind: str, namespace: str | None, name: str, uid: str | None = None, grace_seconds: int | None = None
+    ) -> bool:
         """Delete (background propagation); False when it was already gone, or when ``uid`` is given and the
-        object of that name is another one (the precondition failed: nothing deleted)."""
+        object of that name is another one (the precondition failed: nothing deleted). ``grace_seconds``: a
+        pod's grace period instead of its own."""
         body: dict[str, Any] = {"propagationPolicy": "Background"}
         if uid is not None:
             body["preconditions"] = {"uid": uid}
+        if grace_seconds is not None:
+            body["gracePeriodSeconds"] = grace_seconds
         try:
             self._call("DELETE", resources.KINDS[kind].path(namespace, name), body=body)
         except NotFound:

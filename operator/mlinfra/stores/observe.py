@@ -18,7 +18,7 @@ from mlinfra.context import Context, Obj
 from mlinfra.engines import connection, names, observation, probe, render
 from mlinfra.k8s import objects
 from mlinfra.problems import INVALID_SPEC, SECRET_NOT_FOUND, Problem, ProblemError
-from mlinfra.stores import backuprecovery, backupschedule, bootstrap, connsecret, roles, status
+from mlinfra.stores import backuprecovery, backupschedule, bootstrap, connsecret, primaryrecord, roles, status
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,9 @@ def facts(ctx: Context, obj: Obj[api.DataStore], conn: connection.ConnectionInfo
     pods: list[dict[str, Any]] = []
     desired = 1
     obs: observation.Observation
+    record = None
+    if managed is not None and render.PROFILES[ds.spec.engine].primary_only:
+        record = primaryrecord.read(ctx.kube, ns, name)
     if managed is not None:
         desired = managed.replicas
         sts = ctx.kube.get_or_none("StatefulSet", ns, names.statefulset(name))
@@ -59,9 +62,9 @@ def facts(ctx: Context, obj: Obj[api.DataStore], conn: connection.ConnectionInfo
                 member_names[ip] = pod_name
                 member_names[f"{ip}:{conn.port}"] = pod_name
         if render.PROFILES[ds.spec.engine].primary_only or managed.replicas == 1:
-            # The probe reaches the server through the client Service, which selects pod 0 only: the
-            # member the engine reports by that address is pod 0.
-            member_names[f"{conn.host}:{conn.port}"] = names.pod(name, 0)
+            # The probe reaches the server through the client Service, which selects the primary only (the
+            # pod the primary record names): the member the engine reports by that address is that pod.
+            member_names[f"{conn.host}:{conn.port}"] = record.primary if record else names.pod(name, 0)
         # Development only: a managed store served by local servers (see engines.endpoints).
         override = ctx.endpoints.lookup(ns, name, conn.port)
         if override is not None:
@@ -86,6 +89,7 @@ def facts(ctx: Context, obj: Obj[api.DataStore], conn: connection.ConnectionInfo
         observation=obs,
         member_names=member_names,
         role_labels=roles.current(pods) if render.PROFILES[ds.spec.engine].primary_only else {},
+        primary=primaryrecord.status_of(record),
     )
 
 

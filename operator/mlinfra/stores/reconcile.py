@@ -9,7 +9,6 @@ and left alone, checked before the first write so that a conflicted store starts
 
 from __future__ import annotations
 
-import base64
 import time
 from typing import Any
 
@@ -24,6 +23,7 @@ from mlinfra.stores import (
     children,
     connsecret,
     credentials,
+    primaryrecord,
     versions,
     volumeserver,
     walarchiver,
@@ -49,7 +49,12 @@ def _managed(ctx: Context, obj: Obj[api.DataStore]) -> connection.ConnectionInfo
     # A store bootstrapped from a Backup: its source fixed in status before any child exists (stores/bootstrap.py).
     restored = bootstrap.restored_from(ctx, obj, ds, sts if ours else None)
     first_init = bootstrap.first_init(ds, obj.namespace, restored, ctx.settings.job_image) if restored else None
-    rendered = render.render_managed(ds, ctx.settings.engine_images, ctx.settings.operator_namespace, first_init)
+    # The pod the primary record names is the one the client Service selects (stores.primaryrecord).
+    recorded = primaryrecord.read(ctx.kube, obj.namespace, obj.name) if render.PROFILES[engine].primary_only else None
+    primary = recorded.primary if recorded else None
+    rendered = render.render_managed(
+        ds, ctx.settings.engine_images, ctx.settings.operator_namespace, first_init, primary
+    )
     for child in rendered:
         child.setdefault("metadata", {})["ownerReferences"] = [owner]
     claimed = children.claim_all(ctx.kube, rendered)  # before the credentials are made: a conflict makes nothing
@@ -63,6 +68,8 @@ def _managed(ctx: Context, obj: Obj[api.DataStore]) -> connection.ConnectionInfo
         owner=owner,
         retained=ds.spec.deletion_policy == "Retain",
     )
+    if render.PROFILES[engine].primary_only:  # created naming pod 0, or checked to be this store's
+        primaryrecord.ensure(ctx.kube, obj.body, names.labels(ds), retained=ds.spec.deletion_policy == "Retain")
     children.write_all(ctx.kube, claimed)
     read_only = render.has_read_only_service(ds)
     if not read_only:  # scaled down to one member: its replicas' Service goes
@@ -138,9 +145,7 @@ def apply(ctx: Context, obj: Obj[api.DataStore]) -> connection.ConnectionInfo:
                 "labels": names.labels(ds),
                 "ownerReferences": [owner],
             },
-            # data, not stringData: the API server turns stringData into data after the apply is merged, so
-            # a key dropped from stringData (readOnlyHost when scaled to one member) would stay for ever.
-            "data": {key: base64.b64encode(value.encode()).decode() for key, value in conn.to_secret_data().items()},
+            "data": conn.to_secret_base64(),  # not stringData: a key the store no longer has must leave
         },
     )
     return conn

@@ -27,6 +27,7 @@ STREAMING = "Streaming"
 REPLICA_NOT_STREAMING = "ReplicaNotStreaming"
 NOT_APPLICABLE = "NotApplicable"
 UNKNOWN = "Unknown"
+FAILING_OVER = "FailingOver"
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class Facts:
     # Managed redis and postgres: each pod's role label now (stores.roles relabels from the members).
     role_labels: Mapping[str, str | None] = field(default_factory=dict)
     backup: Mapping[str, Any] | None = None  # status.backup (stores.backupschedule), written as it is
+    # Managed redis and postgres: the primary record (stores.primaryrecord) as status shows it: currentPrimary,
+    # targetPrimary (during a failover), primaryEpoch, lastFailoverTime.
+    primary: Mapping[str, Any] | None = None
 
 
 LAG_BYTES_STEP = 1024
@@ -136,6 +140,7 @@ def compute(facts: Facts, previous: Mapping[str, Any] | None) -> dict[str, Any]:
     restored = (previous or {}).get("restoredFrom")
     if restored is not None:
         status["restoredFrom"] = restored
+    status.update(facts.primary or {})
 
     conds: list[Cond]
     p = facts.problem
@@ -168,7 +173,14 @@ def compute(facts: Facts, previous: Mapping[str, Any] | None) -> dict[str, Any]:
     replicating = _replicating(facts, members)
 
     reconciling: Cond | None
-    if provisioning:
+    target = (facts.primary or {}).get("targetPrimary")
+    if target:
+        # A failover under way: the old primary is being fenced, the new one not yet promoted. Nobody takes
+        # writes meanwhile, and the store says so (Argo CD shows Progressing).
+        msg = f"failing over: {(facts.primary or {}).get('currentPrimary')} is fenced before {target} is promoted"
+        ready = Cond("Ready", "False", FAILING_OVER, msg)
+        reconciling = Cond("Reconciling", "True", FAILING_OVER, msg)
+    elif provisioning:
         msg = f"{facts.ready_pods or 0}/{facts.desired_replicas} members ready"
         ready = Cond("Ready", "False", PROVISIONING, msg)
         reconciling = Cond("Reconciling", "True", PROVISIONING, msg)
@@ -218,4 +230,8 @@ OWNED = (
     "conditions",
     "backup",
     "restoredFrom",
+    "currentPrimary",
+    "targetPrimary",
+    "primaryEpoch",
+    "lastFailoverTime",
 )

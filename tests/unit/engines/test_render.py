@@ -420,7 +420,9 @@ def test_quoting_filters_keep_one_value_one_argument() -> None:
 
 def test_scripts_default_to_pod_0_in_the_cluster() -> None:
     redis_files = render.render_config_files(store("redis", 3))
-    assert "default_primary_host=feats-0.feats-hl.ml.svc\n" in redis_files["entrypoint.sh"]
+    # The primary record names the primary; without one, pod 0. Replicas follow its per-pod DNS name.
+    assert "default_primary=feats-0\n" in redis_files["entrypoint.sh"]
+    assert "headless_domain=feats-hl.ml.svc\n" in redis_files["entrypoint.sh"]
     assert "printf 'replicaof %s %s\\n'" in redis_files["entrypoint.sh"]
     pg = render.render_config_files(store("postgres", 3))
     assert "default_primary_host=feats-0.feats-hl.ml.svc\n" in pg["bootstrap.sh"]

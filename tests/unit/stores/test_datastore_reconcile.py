@@ -102,10 +102,12 @@ def test_managed_redis_creates_credentials_once_owns_children_and_publishes_the_
         *kube.kinds("Secret"),
     ]
     assert {c["kind"] for c in children} >= {"StatefulSet", "Service", "ConfigMap", "Secret"}
-    # Retain (the default): the credentials Secret names no owner, or the garbage collector would take it.
-    retained = [c for c in children if c["metadata"]["name"] == "db-credentials"]
-    assert [c["metadata"].get("ownerReferences") for c in retained] == [None]
-    assert retained[0]["metadata"]["labels"]["mlinfra.io/datastore"] == "db"
+    # Retain (the default): the credentials Secret and the primary record name no owner, or the garbage
+    # collector would take them (a store re-created on the kept volumes needs both).
+    retained = [c for c in children if c["metadata"]["name"] in ("db-credentials", "db-primary")]
+    assert [c["metadata"].get("ownerReferences") for c in retained] == [None, None]
+    assert {c["metadata"]["labels"]["mlinfra.io/datastore"] for c in retained} == {"db"}
+    assert kube.get("ConfigMap", NS, "db-primary")["data"]["primary"] == "db-0"
     others = [c for c in children if c not in retained]
     assert all(owned(c) for c in others), [c["metadata"]["name"] for c in others if not owned(c)]
     conn = decoded(kube, "db-conn")

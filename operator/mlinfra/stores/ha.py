@@ -1,0 +1,291 @@
+"""Failover and switchover of a managed Redis store with replicas, driven by the operator (no Sentinel; see
+docs/high-availability.md for why): look at every member directly, let ``stores.failover`` decide, act.
+
+Each :func:`watch` tick (every ``settings.failover_interval`` seconds per store) looks at each pod over the
+engine's protocol (a short deadline each: a stopped primary costs one timeout), then:
+
+- **fence**: the primary record (``stores.primaryrecord``) names the new primary first, the client Service
+  selects it (it refuses writes until it is promoted: a replica is read-only), and the old primary's pod is
+  deleted with a short grace period (a SIGSTOPped server is killed, not waited for). Its next incarnation reads
+  the record and starts as a replica of the new primary.
+- **promote**: once no pod of the old primary's uid exists, ``REPLICAOF NO ONE`` on the new primary, and the
+  other replicas are pointed at it.
+- **demote / repoint**: a member acting as a primary that is not the named one, or a replica following another
+  member, is pointed at the named primary.
+
+Every change of primary is an event on the DataStore with the decision's reason; ``status`` shows the record
+(``currentPrimary``, ``targetPrimary``, ``primaryEpoch``, ``lastFailoverTime``). Nothing here runs when the
+operator does not: a store whose primary is lost while the operator is down is failed over when it is back.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from mlinfra.api import datastore as api
+from mlinfra.context import Context, Obj
+from mlinfra.engines import connection, names, replication
+from mlinfra.problems import Problem, ProblemError
+from mlinfra.stores import connsecret, failover, primaryrecord
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("redis",)  # PostgreSQL: issue 16's next step (promotion works; the old primary's rejoin does not yet)
+LOOK_TIMEOUT = 1.0  # seconds for one member to answer a look
+ACT_TIMEOUT = 10.0  # seconds for a promotion or a re-pointing
+FENCE_GRACE_SECONDS = 1  # the old primary's pod: SIGTERM, then SIGKILL after this
+SWITCHOVER_PAUSE = 5.0  # seconds a switchover may hold the primary's writes
+SWITCHOVER_MAX_LAG = 16 * 1024 * 1024  # bytes a switchover target may lag when it is asked for
+
+SWITCHOVER_REFUSED = "SwitchoverRefused"
+
+# When each store's primary was first seen not answering (by uid): the operator's memory, not the record's. A
+# restarted operator starts the delay again, which only ever delays a failover.
+_unreachable_since: dict[str, float] = {}
+
+
+def applies(ds: api.DataStore) -> bool:
+    """Whether the store has failover: managed Redis with more than one member."""
+    return ds.spec.engine in ENGINES and ds.spec.managed is not None and ds.spec.managed.replicas > 1
+
+
+def admits(body: Mapping[str, Any]) -> bool:
+    """:func:`applies` on the raw body (the watch timer's filter: no parsing on every event)."""
+    spec = body.get("spec") or {}
+    managed = spec.get("managed") or {}
+    return spec.get("engine") in ENGINES and int(managed.get("replicas") or 1) > 1
+
+
+@dataclass(frozen=True)
+class Seen:
+    members: list[failover.Member]
+    conns: dict[str, connection.ConnectionInfo]  # member -> its own endpoint
+    addresses: dict[str, tuple[str, int]]  # member -> the address the other members replicate it at
+    pods: Mapping[str, Mapping[str, Any]]
+
+
+def _now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def look(ctx: Context, obj: Obj[api.DataStore], conn: connection.ConnectionInfo, record: primaryrecord.Record) -> Seen:
+    """Every pod of the store, looked at directly."""
+    ds = obj.model
+    ns, name = obj.namespace, obj.name
+    pods = {p["metadata"]["name"]: p for p in ctx.kube.list_("Pod", ns, names.selector_labels(ds))}
+    override = ctx.endpoints.lookup(ns, name, conn.port)  # development only: local servers stand for the pods
+    headless = f"{names.headless_service(name)}.{ns}.svc"
+    conns: dict[str, connection.ConnectionInfo] = {}
+    addresses: dict[str, tuple[str, int]] = {}
+    known: dict[str, str] = {}  # host:port a replica may name its primary by -> member
+    for pod_name, pod in pods.items():
+        if override is not None and pod_name in override.members:
+            host, port = connection.split_endpoint(override.members[pod_name], conn.port)
+            addresses[pod_name] = (host, port)
+        else:
+            ip = (pod.get("status") or {}).get("podIP")
+            if not ip:
+                continue
+            host, port = str(ip), conn.port
+            addresses[pod_name] = (f"{pod_name}.{headless}", conn.port)
+            known[f"{pod_name}.{headless}:{port}"] = pod_name
+        conns[pod_name] = conn.with_endpoint(host, port)
+        known[f"{host}:{port}"] = pod_name
+    members = []
+    for pod_name, pod in sorted(pods.items()):
+        ordinal = int(pod_name.rpartition("-")[2]) if pod_name.rpartition("-")[2].isdigit() else 0
+        # The pod being fenced is fenced once no pod of its uid exists (none was there: nothing to wait for).
+        gone = record.fencing_uid is None or pod.get("metadata", {}).get("uid") != record.fencing_uid
+        fenced = record.fencing == pod_name and gone
+        if pod_name not in conns:
+            members.append(failover.Member(pod_name, ordinal, reachable=False, fenced=fenced))
+            continue
+        state = replication.look(conns[pod_name], LOOK_TIMEOUT)
+        members.append(
+            failover.Member(
+                pod_name,
+                ordinal,
+                reachable=state.reachable,
+                role=state.role,
+                position=state.position,
+                following=known.get(state.following or "", state.following),
+                fenced=fenced,
+            )
+        )
+    return Seen(members, conns, addresses, pods)
+
+
+def _client_service_selects(ctx: Context, obj: Obj[api.DataStore], primary: str) -> None:
+    """The client Service selects ``primary`` (patched only when it does not: every tick checks it, so a
+    reconcile that rendered an older record is corrected within a tick)."""
+    ns, svc_name = obj.namespace, names.client_service(obj.name)
+    svc = ctx.kube.get_or_none("Service", ns, svc_name)
+    if svc is None:
+        return
+    selector = names.primary_selector(obj.model, primary)
+    if (svc.get("spec") or {}).get("selector") != selector:
+        ctx.kube.merge_patch("Service", ns, svc_name, {"spec": {"selector": selector}})
+
+
+def _state(record: primaryrecord.Record, uid: str) -> failover.State:
+    return failover.State(
+        primary=record.primary,
+        epoch=record.epoch,
+        fencing=record.fencing,
+        unreachable_since=_unreachable_since.get(uid),
+    )
+
+
+def _follow_primary(seen: Seen, primary: str, members: list[str]) -> list[str]:
+    """Point each of ``members`` at ``primary``; the members that could not be (logged)."""
+    host, port = seen.addresses[primary]
+    failed = []
+    for member in members:
+        try:
+            replication.follow(seen.conns[member], host, port, ACT_TIMEOUT)
+        except (replication.ReplicationError, KeyError) as exc:
+            log.warning("pointing %s at %s: %s", member, primary, exc)
+            failed.append(member)
+    return failed
+
+
+def watch(ctx: Context, obj: Obj[api.DataStore]) -> failover.Decision | None:
+    """One tick: look, decide, act. The decision acted on (None when the store has no failover)."""
+    ds = obj.model
+    if not applies(ds) or ds.spec.managed is None:
+        return None
+    uid = str(obj.body["metadata"].get("uid"))
+    record = primaryrecord.read(ctx.kube, obj.namespace, obj.name)
+    conn = connsecret.read_connection(ctx.kube, obj.namespace, obj.name)
+    if record is None or conn is None:
+        return None  # before the first reconcile
+    seen = look(ctx, obj, conn, record)
+    decision = failover.decide(seen.members, _state(record, uid), time.time(), float(ds.spec.managed.failover_delay))
+    _act(ctx, obj, record, seen, decision)
+    if decision.state.unreachable_since is None:
+        _unreachable_since.pop(uid, None)
+    else:
+        _unreachable_since[uid] = decision.state.unreachable_since
+    return decision
+
+
+def _record(
+    ctx: Context, obj: Obj[api.DataStore], record: primaryrecord.Record, new: primaryrecord.Record
+) -> primaryrecord.Record:
+    if replace(new, version=None) == replace(record, version=None):
+        return record
+    return primaryrecord.write(ctx.kube, obj.namespace, obj.name, new)
+
+
+def _act(
+    ctx: Context,
+    obj: Obj[api.DataStore],
+    record: primaryrecord.Record,
+    seen: Seen,
+    decision: failover.Decision,
+) -> None:
+    state, action, member = decision.state, decision.action, decision.member
+    if action == "fence":
+        assert member is not None
+        pod = seen.pods.get(member)
+        uid = (pod or {}).get("metadata", {}).get("uid") if record.fencing is None else record.fencing_uid
+        new = primaryrecord.Record(
+            primary=state.primary,
+            epoch=state.epoch,
+            fencing=member,
+            fencing_uid=uid,
+            changed_at=_now_rfc3339() if record.fencing is None else record.changed_at,
+            version=record.version,
+        )
+        if record.fencing is None:
+            obj.report.warning("FailingOver", decision.reason)
+        _record(ctx, obj, record, new)
+        _client_service_selects(ctx, obj, state.primary)
+        if pod is not None and pod["metadata"].get("uid") == uid and not pod["metadata"].get("deletionTimestamp"):
+            ctx.kube.delete("Pod", obj.namespace, member, uid=uid, grace_seconds=FENCE_GRACE_SECONDS)
+        return
+    if action == "promote":
+        assert member is not None
+        replication.promote(seen.conns[member], ACT_TIMEOUT)
+        new = primaryrecord.Record(
+            primary=state.primary,
+            epoch=state.epoch,
+            changed_at=record.changed_at or _now_rfc3339(),
+            version=record.version,
+        )
+        _record(ctx, obj, record, new)
+        _client_service_selects(ctx, obj, state.primary)
+        others = [m.name for m in seen.members if m.name != member and m.reachable and not m.fenced]
+        _follow_primary(seen, member, others)
+        obj.report.event("Promoted", decision.reason)
+        return
+    if action in ("demote", "repoint"):
+        assert member is not None
+        _client_service_selects(ctx, obj, state.primary)
+        if state.primary in seen.addresses and not _follow_primary(seen, state.primary, [member]):
+            obj.report.event("Demoted" if action == "demote" else "Repointed", decision.reason)
+        return
+    _client_service_selects(ctx, obj, state.primary)
+
+
+def switchover(ctx: Context, obj: Obj[api.DataStore], to: str, max_lag_bytes: int = SWITCHOVER_MAX_LAG) -> str:
+    """Make ``to`` the primary with no acknowledged write lost: the primary's writes are held, ``to`` catches
+    up to the primary's last byte, the record names ``to``, it is promoted, the old primary follows it, and the
+    writes resume (on the new primary: the old one answers READONLY). The reason of what was done; a
+    ProblemError(SwitchoverRefused) naming why when it is refused or cannot finish (nothing changed)."""
+    ds = obj.model
+    if not applies(ds):
+        raise _refused(f"{obj.name} has no failover: a managed redis store with replicas has")
+    uid = str(obj.body["metadata"].get("uid"))
+    record = primaryrecord.read(ctx.kube, obj.namespace, obj.name)
+    conn = connsecret.read_connection(ctx.kube, obj.namespace, obj.name)
+    if record is None or conn is None:
+        raise _refused(f"{obj.name} has not been reconciled yet")
+    seen = look(ctx, obj, conn, record)
+    decision = failover.request_switchover(seen.members, _state(record, uid), to, max_lag_bytes)
+    if decision.action != "switch":
+        raise _refused(decision.reason)
+    old = record.primary
+    replication.pause_writes(seen.conns[old], SWITCHOVER_PAUSE, ACT_TIMEOUT)
+    try:
+        deadline = time.monotonic() + SWITCHOVER_PAUSE - 1.0
+        while True:
+            primary_now = replication.look(seen.conns[old], LOOK_TIMEOUT)
+            target_now = replication.look(seen.conns[to], LOOK_TIMEOUT)
+            if (
+                primary_now.position is not None
+                and target_now.position is not None
+                and target_now.position >= primary_now.position
+            ):
+                break
+            if time.monotonic() > deadline:
+                raise _refused(
+                    f"{to} did not catch up with {old} within {SWITCHOVER_PAUSE - 1.0:g} s of held writes "
+                    f"({target_now.position} of {primary_now.position} bytes): nothing changed"
+                )
+            time.sleep(0.05)
+        new = primaryrecord.Record(
+            primary=to, epoch=decision.state.epoch, changed_at=_now_rfc3339(), version=record.version
+        )
+        primaryrecord.write(ctx.kube, obj.namespace, obj.name, new)
+        _client_service_selects(ctx, obj, to)
+        replication.promote(seen.conns[to], ACT_TIMEOUT)
+        others = [m.name for m in seen.members if m.name != to and m.reachable]
+        _follow_primary(seen, to, others)
+    finally:
+        replication.unpause(seen.conns[old], ACT_TIMEOUT)
+    obj.report.event("SwitchedOver", decision.reason)
+    return decision.reason
+
+
+def _refused(message: str) -> ProblemError:
+    return ProblemError(Problem(SWITCHOVER_REFUSED, message, stalled=False))
+
+
+def forget(uid: str) -> None:
+    _unreachable_since.pop(uid, None)
