@@ -31,6 +31,7 @@ ALLOWED = [
     ("create", "deployments.apps"),  # a PostgreSQL store's WAL archiver (stores.walarchiver)
     ("create", "backups.mlinfra.io"),  # the backup schedule's Backups
     ("patch", "pods"),  # the role label of a replicated store's members (stores.roles)
+    ("delete", "pods"),  # a failover fences the old primary by deleting its pod (stores.ha)
 ]
 DENIED = [
     ("create", "daemonsets.apps"),

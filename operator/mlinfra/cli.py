@@ -1,4 +1,5 @@
 """The ``mlinfra`` command line: ``version``, ``crds``, ``run``, ``status``, ``backup`` (a Backup of a store, now),
+``promote`` (a switchover),
 ``restore`` (a Backup laid out by hand; ``restore pod``: a bootstrapped store's restore init container), ``sync``
 (materialization jobs), ``rebuild`` (a VectorIndex's rebuild Job), ``take`` (a backup Job), ``archive`` (a store's
 WAL archiver) and ``dev``."""
@@ -299,6 +300,24 @@ def backup_now(
     try:
         code = request.backup_now(target, name=name, wait=wait, timeout=timeout, echo=typer.echo)
     except request.RequestError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+@app.command("promote")
+def promote(
+    target: Annotated[str, typer.Argument(help="NAMESPACE/NAME of the DataStore (managed redis with replicas).")],
+    member: Annotated[str, typer.Argument(help="The pod to make the primary, e.g. cache-2.")],
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the operator's answer.")] = 120.0,
+) -> None:
+    """Switch the store's primary to MEMBER with no acknowledged write lost (refused, with the reason, when MEMBER
+    is not a replica that answers or lags too far)."""
+    from mlinfra.stores import switchover_request
+
+    try:
+        code = switchover_request.promote(target, member, timeout=timeout, echo=typer.echo)
+    except switchover_request.RequestError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     raise typer.Exit(code)

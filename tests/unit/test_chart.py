@@ -45,7 +45,7 @@ OPERATOR_RULES = [
     (["policy"], ["poddisruptionbudgets"], FULL),
     (["networking.k8s.io"], ["networkpolicies"], FULL),
     ([""], ["persistentvolumeclaims"], ["get", "list", "watch", "delete"]),
-    ([""], ["pods"], ["get", "list", "watch", "patch"]),
+    ([""], ["pods"], ["get", "list", "watch", "patch", "delete"]),
     (["batch"], ["jobs", "cronjobs"], FULL),
 ]
 # The cluster-scoped rules of OPERATOR_RULES; every other rule is on objects inside a namespace.

@@ -20,4 +20,5 @@ KIND = kind.Kind(
     drift_timer=True,
     watch=ha.watch,
     watch_when=ha.admits,
+    actions={ha.PROMOTE_ANNOTATION: ha.promote_action},
 )

@@ -11,9 +11,10 @@ rechecked). One reconcile or observation of an object runs at a time: a timer ti
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -22,7 +23,7 @@ from mlinfra import metrics, problems
 from mlinfra.api import base
 from mlinfra.context import Context, Obj
 from mlinfra.handlers import startup, statuswrite
-from mlinfra.k8s import objects, syncjobs
+from mlinfra.k8s import conditions, objects, syncjobs
 from mlinfra.problems import Problem, ProblemError
 
 
@@ -44,6 +45,10 @@ class Kind:
     # acts at once (DataStore failover). It never holds the object's lock: a slow observation must not delay it.
     watch: Callable[[Context, Obj[Any]], object] | None = None
     watch_when: Callable[[Mapping[str, Any]], bool] | None = None
+    # Requests made by setting an annotation (a user, the CLI, an Argo CD action): key -> action(ctx, obj, value),
+    # which returns what it did or raises ProblemError with why not. The outcome replaces the request in
+    # ``<key>-result`` (JSON: request, outcome done/refused/failed, message, at). Serialised with ``watch``.
+    actions: Mapping[str, Callable[[Context, Obj[Any], str], str]] = field(default_factory=dict)
 
     @property
     def controller(self) -> str:
@@ -73,6 +78,19 @@ def _lock(memo: Any) -> threading.Lock:
     return lock
 
 
+_memo_guard = threading.Lock()
+
+
+def _watch_lock(memo: Any) -> threading.Lock:
+    """The object's lock between its watch ticks and its annotation actions (never the reconcile's: a slow
+    reconcile or observation must not hold up a failover)."""
+    with _memo_guard:
+        lock: threading.Lock | None = getattr(memo, "mlinfra_watch_lock", None)
+        if lock is None:
+            lock = memo.mlinfra_watch_lock = threading.Lock()
+        return lock
+
+
 @contextlib.contextmanager
 def _unless_busy(memo: Any) -> Iterator[bool]:
     """For timers: True (and the object's lock held) unless a reconcile of it is running."""
@@ -83,6 +101,40 @@ def _unless_busy(memo: Any) -> Iterator[bool]:
     finally:
         if acquired:
             lock.release()
+
+
+def _register_action(
+    registry: kopf.OperatorRegistry,
+    ctx: Context,
+    kind: Kind,
+    resource: tuple[str, str, str],
+    handler: str,
+    key: str,
+    action: Callable[[Context, Obj[Any], str], str],
+) -> None:
+    @kopf.on.field(*resource, id=handler, field=("metadata", "annotations", key), registry=registry)
+    def act(body: kopf.Body, new: Any, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+        if not new:
+            return
+        obj = Obj(body, problems.parse(kind.model, body), _Reporter(ctx, kind, body))
+        with _watch_lock(memo):
+            try:
+                outcome, message = "done", action(ctx, obj, str(new))
+            except ProblemError as exc:
+                outcome, message = "refused", exc.problem.message
+                obj.report.warning(exc.problem.reason, message)
+            except (TimeoutError, RuntimeError) as exc:
+                outcome, message = "failed", str(exc)
+                obj.report.warning("ActionFailed", f"{key}={new}: {message}")
+        logger.info("%s=%s: %s: %s", key, new, outcome, message)
+        result = json.dumps({"request": str(new), "outcome": outcome, "message": message, "at": conditions.now()})
+        meta = body["metadata"]
+        ctx.kube.merge_patch(
+            kind.model.crd_info.kind,
+            meta["namespace"],
+            meta["name"],
+            {"metadata": {"annotations": {key: None, f"{key}-result": result}}},
+        )
 
 
 # What a reconcile or an observation may meet besides the Problems it raises: a call that missed its deadline,
@@ -197,11 +249,15 @@ def register(registry: kopf.OperatorRegistry, ctx: Context, kind: Kind) -> None:
         def watch(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
             if getattr(memo, "mlinfra_reconciled", None) is None:
                 return  # not reconciled since the operator started: the reconcile comes first
-            try:
-                watch_fn(ctx, obj_of(body))
-            except (*_FAILURES, RuntimeError) as exc:
-                # One tick lost: the next looks again (an unreachable member is a fact, not an error).
-                logger.warning("watch of %s: %s", body["metadata"]["name"], exc)
+            with _watch_lock(memo):
+                try:
+                    watch_fn(ctx, obj_of(body))
+                except (*_FAILURES, RuntimeError) as exc:
+                    # One tick lost: the next looks again (an unreachable member is a fact, not an error).
+                    logger.warning("watch of %s: %s", body["metadata"]["name"], exc)
+
+    for key, action in kind.actions.items():
+        _register_action(registry, ctx, kind, resource, handler_id(f"action_{key.rpartition('/')[2]}"), key, action)
 
     if kind.request_sync is not None:
         request_sync = kind.request_sync

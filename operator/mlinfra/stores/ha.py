@@ -20,7 +20,6 @@ operator does not: a store whose primary is lost while the operator is down is f
 
 from __future__ import annotations
 
-import datetime
 import logging
 import time
 from collections.abc import Mapping
@@ -30,6 +29,7 @@ from typing import Any
 from mlinfra.api import datastore as api
 from mlinfra.context import Context, Obj
 from mlinfra.engines import connection, names, replication
+from mlinfra.k8s import conditions
 from mlinfra.problems import Problem, ProblemError
 from mlinfra.stores import connsecret, failover, primaryrecord
 
@@ -43,6 +43,9 @@ SWITCHOVER_PAUSE = 5.0  # seconds a switchover may hold the primary's writes
 SWITCHOVER_MAX_LAG = 16 * 1024 * 1024  # bytes a switchover target may lag when it is asked for
 
 SWITCHOVER_REFUSED = "SwitchoverRefused"
+# The annotation that asks for a switchover: its value is the member to promote (mlinfra promote, Argo CD's
+# promote action); the outcome is written to <annotation>-result (handlers.kind).
+PROMOTE_ANNOTATION = "mlinfra.io/promote"
 
 # When each store's primary was first seen not answering (by uid): the operator's memory, not the record's. A
 # restarted operator starts the delay again, which only ever delays a failover.
@@ -70,7 +73,7 @@ class Seen:
 
 
 def _now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return conditions.now()
 
 
 def look(ctx: Context, obj: Obj[api.DataStore], conn: connection.ConnectionInfo, record: primaryrecord.Record) -> Seen:
@@ -231,6 +234,11 @@ def _act(
             obj.report.event("Demoted" if action == "demote" else "Repointed", decision.reason)
         return
     _client_service_selects(ctx, obj, state.primary)
+
+
+def promote_action(ctx: Context, obj: Obj[api.DataStore], value: str) -> str:
+    """The ``mlinfra.io/promote`` annotation: a switchover to the member it names."""
+    return switchover(ctx, obj, value.strip())
 
 
 def switchover(ctx: Context, obj: Obj[api.DataStore], to: str, max_lag_bytes: int = SWITCHOVER_MAX_LAG) -> str:
