@@ -44,6 +44,15 @@ TEAM = "ml-team"  # the namespace of the resources
 KINDS = ("datastore", "featureview")
 CHILD_KINDS = "statefulsets,services,configmaps,secrets,persistentvolumeclaims,cronjobs,jobs,poddisruptionbudgets"
 VIEW = "clicks"
+# What this release adds to live stores on upgrade (docs/upgrade.md): the primary record of each redis and
+# postgres store, the read-only Service of a replicated one and its keys in the connection Secret, and
+# MLINFRA_PRIMARY in a replicated redis store's pod template (its pods roll once).
+ADDED = {"ConfigMap/online-primary", "ConfigMap/offline-primary", "Service/online-ro"}
+REWRITTEN = {"StatefulSet/online", "Secret/online-conn"}
+NEW_STATUS = {
+    f"DataStore/{name}": [f".currentPrimary: None -> '{name}-0'", ".primaryEpoch: None -> 0"]
+    for name in ("offline", "online")
+}
 
 
 # --- the resources -------------------------------------------------------------------------------------------
@@ -392,18 +401,30 @@ def test_helm_upgrade_from_the_previous_chart_keeps_live_resources(cluster: Cont
         # Kopf resumed every object: no handler ran as a creation.
         assert kopf_outcomes(log_path, ns) == {key: ["Resuming"] for key in before["crs"]}
 
-        # Nothing re-created, re-owned, re-generated or rewritten; the data untouched.
+        # Nothing re-created, re-owned or re-generated; nothing rewritten but what this release adds
+        # (docs/upgrade.md); the data untouched.
         after = snapshot(cp, ns)
-        assert after["objects"] == before["objects"]
+        assert set(after["objects"]) == set(before["objects"]) | ADDED
+        for key, was in before["objects"].items():
+            now = after["objects"][key]
+            if key in REWRITTEN:
+                assert {k: now[k] for k in ("uid", "owners")} == {k: was[k] for k in ("uid", "owners")}, key
+            else:
+                assert now == was, key
+        template = get_json(cp, "statefulset", "online", "-n", ns)["spec"]["template"]["spec"]["containers"][0]
+        assert "MLINFRA_PRIMARY" in {e["name"] for e in template["env"]}
+        conn = get_json(cp, "secret", "online-conn", "-n", ns)["data"]
+        assert {"readOnlyHost", "readOnlyUri"} <= set(conn)
         for key, cr in before["crs"].items():
             new = after["crs"][key]
             assert {k: new[k] for k in ("uid", "generation", "finalizers", "annotations")} == {
                 k: cr[k] for k in ("uid", "generation", "finalizers", "annotations")
             }, key
             assert conditions(new["status"]) == conditions(cr["status"]), key  # no flip, no new transition
-        # Status exactly as it was (SchemaApplied says what the table is, "up to date", before and after).
+        # Status exactly as it was (SchemaApplied says what the table is, "up to date", before and after), but
+        # for the primary record the stores now show.
         assert {key: changes(cr["status"], after["crs"][key]["status"]) for key, cr in before["crs"].items()} == {
-            key: [] for key in before["crs"]
+            key: NEW_STATUS.get(key, []) for key in before["crs"]
         }
         assert {key: [p.pid for p in b.stack.procs] for key, b in backer.backed.items()} == servers
         assert read_data(cp, ns, backer) == data_before

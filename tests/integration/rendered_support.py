@@ -41,9 +41,11 @@ def redis_pod(
     password: str,
     data: Path | None = None,
     primary: RedisServer | None = None,
+    named_primary: str | None = None,
 ) -> RedisServer:
     """One pod's container: the rendered entrypoint.sh, as the StatefulSet runs it, on a loopback port, in
-    ``root/<pod>``; its data volume at ``data`` (default: a new ``root/<pod>/data``)."""
+    ``root/<pod>``; its data volume at ``data`` (default: a new ``root/<pod>/data``); ``named_primary``: the
+    pod the store's primary record names (MLINFRA_PRIMARY; none: no record)."""
     workdir = root / pod
     if data is None:
         data = workdir / "data"
@@ -58,7 +60,9 @@ def redis_pod(
         "REDIS_DATA_DIR": str(data),
         "REDIS_RUN_DIR": str(workdir / "run"),
     }
-    if primary is not None:  # pod 0's DNS name, as the replica reaches it here
+    if named_primary is not None:
+        env["MLINFRA_PRIMARY"] = named_primary
+    if primary is not None:  # the primary's DNS name, as the replica reaches it here
         env |= {"REDIS_PRIMARY_HOST": "127.0.0.1", "REDIS_PRIMARY_PORT": str(primary.port)}
     server = RedisServer(workdir, pod, password, port=port, command=["bash", str(files["entrypoint.sh"])], env=env)
     return server.start(stack)

@@ -93,6 +93,28 @@ def test_rendered_redis_primary_and_replica(tmp_path: Path) -> None:
         assert "replicaof" not in (tmp_path / names.pod(NAME, 0) / "run" / "redis.conf").read_text()
 
 
+def test_the_pod_the_primary_record_names_is_the_primary(tmp_path: Path) -> None:
+    # After a failover to pod 2, pod 0 restarts as its replica: the record decides, not the ordinal.
+    files = write_files(tmp_path / "config", render.render_config_files(store("redis", 3, REDIS_CONFIG)))
+    password = secrets.token_urlsafe(24)
+    with procs.ProcStack() as stack:
+        primary = redis_pod(stack, tmp_path, files, names.pod(NAME, 2), password, named_primary=names.pod(NAME, 2))
+        old = redis_pod(
+            stack, tmp_path, files, names.pod(NAME, 0), password, primary=primary, named_primary=names.pod(NAME, 2)
+        )
+        procs.wait_until(
+            "pod 0 replicating pod 2",
+            lambda: old.client().info("replication").get("master_link_status") == "up",
+            30,
+            old.proc,
+        )
+        assert primary.client().info("replication")["role"] == "master"
+        assert "replicaof" not in (tmp_path / names.pod(NAME, 2) / "run" / "redis.conf").read_text()
+    # A value that names no pod stops the start.
+    bad = _run_entrypoint(files, {"HOSTNAME": names.pod(NAME, 1), "REDIS_PASSWORD": "x", "MLINFRA_PRIMARY": "a b"})
+    assert bad.returncode == 1 and "the primary record names no pod" in bad.stderr
+
+
 def test_rendered_redis_entrypoint_refuses_a_hostname_without_ordinal(tmp_path: Path) -> None:
     files = write_files(tmp_path, render.render_config_files(store("redis", 1, {})))
     result = _run_entrypoint(files, {"HOSTNAME": "not-a-pod", "REDIS_PASSWORD": "x"})

@@ -223,7 +223,9 @@ def _act(
         )
         _record(ctx, obj, record, new)
         _client_service_selects(ctx, obj, state.primary)
-        others = [m.name for m in seen.members if m.name != member and m.reachable and not m.fenced]
+        # Every other member that answers, the old primary's new incarnation too (it started following the
+        # record's primary: pointing it there again changes nothing).
+        others = [m.name for m in seen.members if m.name != member and m.reachable]
         _follow_primary(seen, member, others)
         obj.report.event("Promoted", decision.reason)
         return

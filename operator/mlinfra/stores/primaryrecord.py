@@ -14,8 +14,10 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from mlinfra.api import datastore as api
 from mlinfra.engines import names
 from mlinfra.k8s import objects
+from mlinfra.problems import Problem, ProblemError
 from mlinfra.stores import children
 
 
@@ -64,6 +66,30 @@ def parse(cm: Mapping[str, Any]) -> Record:
         changed_at=data.get("changedAt") or None,
         version=(cm.get("metadata") or {}).get("resourceVersion"),
     )
+
+
+PRIMARY_WOULD_GO = "PrimaryWouldBeRemoved"
+
+
+def check_kept(record: Record | None, ds: api.DataStore) -> None:
+    """A scale-down must keep the primary: a spec that would remove the pod the record names (after a failover
+    to a higher ordinal) is Stalled until the primary is switched to a member that stays."""
+    managed = ds.spec.managed
+    if record is None or managed is None:
+        return
+    ordinal = record.primary.rpartition("-")[2]
+    if ordinal.isdigit() and int(ordinal) >= managed.replicas:
+        keep = names.pod(ds.metadata.name, 0)
+        raise ProblemError(
+            Problem(
+                PRIMARY_WOULD_GO,
+                f"spec.managed.replicas {managed.replicas} would remove {record.primary}, the primary: switch the "
+                f"primary to a member that stays first (mlinfra promote {names.namespace(ds)}/{ds.metadata.name} "
+                f"{keep}), then scale down",
+                stalled=True,
+                recheck=30.0,
+            )
+        )
 
 
 def read(kube: objects.Kube, namespace: str, store: str) -> Record | None:

@@ -52,6 +52,7 @@ def _managed(ctx: Context, obj: Obj[api.DataStore]) -> connection.ConnectionInfo
     # The pod the primary record names is the one the client Service selects (stores.primaryrecord).
     recorded = primaryrecord.read(ctx.kube, obj.namespace, obj.name) if render.PROFILES[engine].primary_only else None
     primary = recorded.primary if recorded else None
+    primaryrecord.check_kept(recorded, ds)
     rendered = render.render_managed(
         ds, ctx.settings.engine_images, ctx.settings.operator_namespace, first_init, primary
     )

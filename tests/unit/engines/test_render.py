@@ -418,6 +418,19 @@ def test_quoting_filters_keep_one_value_one_argument() -> None:
 # --- topology scripts -----------------------------------------------------------------------------------
 
 
+def test_replicated_redis_pods_read_the_primary_record_and_the_client_service_follows_it() -> None:
+    def env_of(ds: DataStore) -> dict[str, Any]:
+        container = sts_of(render.render_managed(ds))["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e for e in container["env"]}
+
+    assert env_of(store("redis", 3))["MLINFRA_PRIMARY"]["valueFrom"] == {
+        "configMapKeyRef": {"name": "feats-primary", "key": "primary", "optional": True}
+    }
+    assert "MLINFRA_PRIMARY" not in env_of(store("redis", 1))  # one pod: it is the primary, nothing to read
+    client = by_kind(render.render_managed(store("redis", 3), primary="feats-2"))["Service", "feats"]
+    assert client["spec"]["selector"]["statefulset.kubernetes.io/pod-name"] == "feats-2"
+
+
 def test_scripts_default_to_pod_0_in_the_cluster() -> None:
     redis_files = render.render_config_files(store("redis", 3))
     # The primary record names the primary; without one, pod 0. Replicas follow its per-pod DNS name.

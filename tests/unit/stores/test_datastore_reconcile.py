@@ -134,6 +134,25 @@ def test_scaled_down_to_one_member_the_read_only_service_and_keys_go(ctx: Contex
     # kwok tier's scaling test checks that against the real API server.)
 
 
+def test_a_scale_down_that_would_remove_the_primary_is_stalled_until_it_is_switched(
+    ctx: Context, kube: FakeKube
+) -> None:
+    reconcile.reconcile(ctx, obj(managed_body("redis", replicas=3)))
+    kube.merge_patch("ConfigMap", NS, "db-primary", {"data": {"primary": "db-2", "epoch": "1"}})
+    sts = kube.get("StatefulSet", NS, "db")
+    with pytest.raises(ProblemError) as stalled:
+        reconcile.reconcile(ctx, obj(managed_body("redis", replicas=2)))
+    problem = stalled.value.problem
+    assert (problem.reason, problem.stalled, problem.recheck) == ("PrimaryWouldBeRemoved", True, 30.0)
+    assert "would remove db-2, the primary" in problem.message and f"mlinfra promote {NS}/db db-0" in problem.message
+    assert kube.get("StatefulSet", NS, "db") == sts  # nothing scaled
+    # After a switchover to db-0 the same spec goes through.
+    kube.merge_patch("ConfigMap", NS, "db-primary", {"data": {"primary": "db-0", "epoch": "2"}})
+    reconcile.reconcile(ctx, obj(managed_body("redis", replicas=2)))
+    assert kube.get("StatefulSet", NS, "db")["spec"]["replicas"] == 2
+    assert kube.get("Service", NS, "db")["spec"]["selector"]["statefulset.kubernetes.io/pod-name"] == "db-0"
+
+
 def test_a_read_only_service_name_held_by_someone_else_is_never_deleted(ctx: Context, kube: FakeKube) -> None:
     users = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db-ro", "namespace": NS}, "spec": {}}
     kube.put(users)

@@ -144,3 +144,41 @@ def test_neo4j_replication_is_not_applicable() -> None:
     st = status.compute(Facts(generation=1, engine="neo4j", mode="external", observation=obs), None)
     assert conds(st)["Replicating"] == ("False", "NotApplicable")
     assert conds(st)["Ready"] == ("True", "Ready")
+
+
+def test_a_failover_under_way_is_not_ready_and_argo_cd_shows_it_progressing() -> None:
+    from mlinfra.build import argocd, crdgen
+
+    record = {"currentPrimary": "db-0", "targetPrimary": "db-2", "primaryEpoch": 1}
+    facts = Facts(
+        generation=3,
+        engine="redis",
+        mode="managed",
+        desired_replicas=3,
+        ready_pods=2,
+        observation=Observation.unreachable("timed out"),
+        primary=record,
+    )
+    st = status.compute(facts, None)
+    assert {k: st[k] for k in record} == record
+    assert conds(st)["Ready"] == ("False", "FailingOver") and conds(st)["Reconciling"] == ("True", "FailingOver")
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert ready["message"] == "failing over: db-0 is fenced before db-2 is promoted"
+    health = argocd.evaluate(
+        argocd.health_script(crdgen.repo_root(), "DataStore"), {"metadata": {"generation": 3}, "spec": {}, "status": st}
+    )
+    assert health == {"status": "Progressing", "message": ready["message"]}
+    # Done: the new primary, the epoch and when, and Ready again once it answers.
+    done = status.compute(
+        Facts(
+            generation=3,
+            engine="redis",
+            mode="managed",
+            desired_replicas=3,
+            ready_pods=3,
+            observation=primary_with(),
+            primary={"currentPrimary": "db-2", "primaryEpoch": 1, "lastFailoverTime": "2026-12-01T02:00:00Z"},
+        ),
+        st,
+    )
+    assert "targetPrimary" not in done and done["currentPrimary"] == "db-2" and conds(done)["Ready"][0] == "True"

@@ -1,0 +1,197 @@
+"""The failover's acts against the in-memory Kubernetes API, the members simulated (the real node's tier runs
+them on real pods): the record leads (it names the new primary before the old pod is deleted), the client
+Service follows it, nobody is promoted while a pod of the old primary's uid exists, and the others are pointed
+at the new primary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakekube import FakeKube
+
+from mlinfra import problems
+from mlinfra.api import datastore as api
+from mlinfra.config import Settings
+from mlinfra.context import Context, Obj, Recorder
+from mlinfra.engines import connection, endpoints, replication
+from mlinfra.problems import ProblemError
+from mlinfra.stores import ha, primaryrecord, reconcile
+
+pytestmark = pytest.mark.unit
+
+NS = "ml"
+
+
+class Members:
+    """Three Redis servers as the operator's calls see them."""
+
+    def __init__(self) -> None:
+        self.role = {"db-0": "primary", "db-1": "replica", "db-2": "replica"}
+        self.position = {"db-0": 100, "db-1": 90, "db-2": 95}
+        self.following: dict[str, str | None] = {"db-0": None, "db-1": "127.0.0.1:7000", "db-2": "127.0.0.1:7000"}
+        self.down: set[str] = set()
+        self.calls: list[tuple[str, str]] = []
+
+    def member(self, conn: connection.ConnectionInfo) -> str:
+        return f"db-{conn.port - 7000}"
+
+    def look(self, conn: connection.ConnectionInfo, timeout: float) -> replication.MemberState:
+        m = self.member(conn)
+        if m in self.down:
+            return replication.MemberState(False, error="timed out")
+        return replication.MemberState(True, self.role[m], self.position[m], following=self.following[m])  # type: ignore[arg-type]
+
+    def promote(self, conn: connection.ConnectionInfo, timeout: float) -> None:
+        m = self.member(conn)
+        self.calls.append(("promote", m))
+        self.role[m], self.following[m] = "primary", None
+
+    def follow(self, conn: connection.ConnectionInfo, host: str, port: int, timeout: float) -> None:
+        m = self.member(conn)
+        self.calls.append(("follow", f"{m}->{host}:{port}"))
+        self.role[m], self.following[m] = "replica", f"{host}:{port}"
+
+
+@pytest.fixture
+def members(monkeypatch: pytest.MonkeyPatch) -> Members:
+    sim = Members()
+    monkeypatch.setattr(replication, "look", sim.look)
+    monkeypatch.setattr(replication, "promote", sim.promote)
+    monkeypatch.setattr(replication, "follow", sim.follow)
+    return sim
+
+
+def body() -> dict[str, Any]:
+    return {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": "DataStore",
+        "metadata": {"name": "db", "namespace": NS, "uid": "u-1", "generation": 1},
+        "spec": {"engine": "redis", "managed": {"replicas": 3, "failoverDelay": 3}},
+    }
+
+
+def obj() -> Obj[api.DataStore]:
+    b = body()
+    return Obj(b, problems.parse(api.DataStore, b), Recorder())
+
+
+def pod(name: str, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "uid": uid,
+            "labels": {
+                "app.kubernetes.io/name": "redis",
+                "app.kubernetes.io/instance": "db",
+                "mlinfra.io/datastore": "db",
+            },
+        },
+        "status": {"podIP": "10.0.0.1"},
+    }
+
+
+@pytest.fixture
+def ctx(kube: FakeKube, tmp_path: Path) -> Context:
+    path = tmp_path / "endpoints.json"
+    entry = {"endpoint": "127.0.0.1:7000", "members": {f"db-{i}": f"127.0.0.1:{7000 + i}" for i in range(3)}}
+    path.write_text(json.dumps({f"{NS}/db": entry}))
+    c = Context(settings=Settings(), kube=kube, endpoints=endpoints.EndpointMap(path))
+    reconcile.reconcile(c, obj())
+    for i in range(3):
+        kube.put(pod(f"db-{i}", f"uid-{i}"))
+    ha.forget("u-1")
+    return c
+
+
+def selector(kube: FakeKube) -> str:
+    return str(kube.get("Service", NS, "db")["spec"]["selector"]["statefulset.kubernetes.io/pod-name"])
+
+
+def test_a_healthy_store_is_left_alone(ctx: Context, kube: FakeKube, members: Members) -> None:
+    writes = list(kube.writes)
+    d = ha.watch(ctx, obj())
+    assert d is not None and d.action == "none" and kube.writes == writes and members.calls == []
+
+
+def test_the_failover_names_fences_then_promotes(
+    ctx: Context, kube: FakeKube, members: Members, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(ha.time, "time", lambda: clock[0])
+    members.down.add("db-0")
+    assert ha.watch(ctx, obj()).action == "wait"  # type: ignore[union-attr]
+    clock[0] += 1
+    assert ha.watch(ctx, obj()).action == "wait"  # type: ignore[union-attr]
+    clock[0] += 3
+    o = obj()
+    d = ha.watch(ctx, o)
+    assert d is not None and d.action == "fence"
+    # The record names db-2 (the most advanced) before anything else, the Service selects it, db-0's pod goes.
+    record = primaryrecord.read(kube, NS, "db")
+    assert record is not None and (record.primary, record.fencing, record.fencing_uid, record.epoch) == (
+        "db-2",
+        "db-0",
+        "uid-0",
+        1,
+    )
+    assert selector(kube) == "db-2"
+    assert kube.get_or_none("Pod", NS, "db-0") is None and members.calls == []
+    assert [e[1] for e in o.report.events] == ["FailingOver"]  # type: ignore[attr-defined]
+    # The StatefulSet's new db-0 (another uid) is fenced: db-2 is promoted and the others follow it.
+    kube.put(pod("db-0", "uid-0b"))
+    members.down.discard("db-0")
+    members.role["db-0"], members.following["db-0"] = "replica", "db-2.db-hl.ml.svc:6379"
+    d = ha.watch(ctx, obj())
+    assert d is not None and d.action == "promote" and d.member == "db-2"
+    assert members.calls[0] == ("promote", "db-2")
+    assert set(members.calls[1:]) == {("follow", "db-0->127.0.0.1:7002"), ("follow", "db-1->127.0.0.1:7002")}
+    record = primaryrecord.read(kube, NS, "db")
+    assert record is not None and (record.primary, record.fencing, record.epoch) == ("db-2", None, 1)
+    assert record.changed_at
+    assert primaryrecord.status_of(record) == {
+        "primaryEpoch": 1,
+        "currentPrimary": "db-2",
+        "lastFailoverTime": record.changed_at,
+    }
+    assert ha.watch(ctx, obj()).action == "none"  # type: ignore[union-attr]
+
+
+def test_nobody_is_promoted_while_the_old_primarys_pod_exists(ctx: Context, kube: FakeKube, members: Members) -> None:
+    record = primaryrecord.read(kube, NS, "db")
+    assert record is not None
+    primaryrecord.write(
+        kube, NS, "db", primaryrecord.Record("db-2", 1, fencing="db-0", fencing_uid="uid-0", version=record.version)
+    )
+    members.down.add("db-0")
+    kube.merge_patch("Pod", NS, "db-0", {"metadata": {"deletionTimestamp": "2026-12-01T00:00:00Z"}})
+    d = ha.watch(ctx, obj())
+    assert d is not None and d.action == "fence" and members.calls == []
+    assert "waiting for db-0 to be fenced" in d.reason
+
+
+def test_a_switchover_to_a_lagging_replica_is_refused(ctx: Context, members: Members) -> None:
+    members.position["db-1"] = 100 - ha.SWITCHOVER_MAX_LAG - 1 + 100
+    members.position["db-0"] = 100 + ha.SWITCHOVER_MAX_LAG + 100
+    with pytest.raises(ProblemError) as refused:
+        ha.switchover(ctx, obj(), "db-1")
+    assert refused.value.problem.reason == "SwitchoverRefused" and "db-1 lags the primary by" in str(
+        refused.value.problem.message
+    )
+    with pytest.raises(ProblemError, match="not a replica that answers"):
+        ha.switchover(ctx, obj(), "db-9")
+    assert members.calls == []
+
+
+def test_a_store_without_replicas_has_no_failover() -> None:
+    single = body()
+    single["spec"]["managed"]["replicas"] = 1
+    assert not ha.admits(single) and ha.admits(body())
+    postgres = body()
+    postgres["spec"]["engine"] = "postgres"
+    assert not ha.admits(postgres)
