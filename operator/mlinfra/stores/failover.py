@@ -14,6 +14,8 @@ The rules that keep a store from ever having two writers:
 - A member other than the named primary that acts as a primary (a stale server back from the dead) is
   demoted at once; the named primary found acting as a replica (the operator stopped between naming and
   promoting it) is promoted.
+- A primary whose pod is being deleted is handed over at once, as a switchover while it still answers (its
+  pod waits a few seconds before the server is stopped), fenced otherwise.
 - A switchover holds the primary's writes, waits until the target has every byte, and only then makes the
   target the primary and the old one its replica. It is refused, with the reason, when the target is not a
   streaming replica or lags by more than the bound.
@@ -40,6 +42,7 @@ class Member:
     position: int | None = None  # replication position (bytes): Redis offset, PostgreSQL WAL received
     following: str | None = None  # the member it replicates from, when a replica and known
     fenced: bool = False  # the pod being fenced is gone: the process that was primary can never write again
+    terminating: bool = False  # its pod is being deleted (a drain, a rolling update, a user)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +85,17 @@ def decide(members: Sequence[Member], state: State, now: float, failover_delay: 
             return Decision("demote", m.name, why, state)
     if state.fencing is not None:
         return _finish_failover(members, state)
+    if primary is not None and primary.terminating and (primary.role == "primary" or not primary.reachable):
+        # Its pod is going away: hand the primary over now rather than after the delay. While it still
+        # answers, as a switchover (nothing acknowledged is lost); once it does not, fenced at once.
+        candidate = most_advanced(members, exclude=state.primary)
+        if candidate is not None:
+            named = State(candidate.name, state.epoch + 1)
+            if primary.reachable:
+                why = f"{state.primary}'s pod is being deleted: {candidate.name} takes over (switchover)"
+                return Decision("switch", candidate.name, why, named)
+            why = f"{state.primary}'s pod is being deleted and it does not answer: {candidate.name} is promoted"
+            return Decision("fence", state.primary, why, dataclasses.replace(named, fencing=state.primary))
     if primary is not None and primary.reachable:
         healed = dataclasses.replace(state, unreachable_since=None)
         if primary.role == "replica":

@@ -105,8 +105,9 @@ def look(ctx: Context, obj: Obj[api.DataStore], conn: connection.ConnectionInfo,
         # The pod being fenced is fenced once no pod of its uid exists (none was there: nothing to wait for).
         gone = record.fencing_uid is None or pod.get("metadata", {}).get("uid") != record.fencing_uid
         fenced = record.fencing == pod_name and gone
+        terminating = bool(pod.get("metadata", {}).get("deletionTimestamp"))
         if pod_name not in conns:
-            members.append(failover.Member(pod_name, ordinal, reachable=False, fenced=fenced))
+            members.append(failover.Member(pod_name, ordinal, reachable=False, fenced=fenced, terminating=terminating))
             continue
         state = replication.look(conns[pod_name], LOOK_TIMEOUT)
         members.append(
@@ -118,6 +119,7 @@ def look(ctx: Context, obj: Obj[api.DataStore], conn: connection.ConnectionInfo,
                 position=state.position,
                 following=known.get(state.following or "", state.following),
                 fenced=fenced,
+                terminating=terminating,
             )
         )
     return Seen(members, conns, addresses, pods)
@@ -229,6 +231,11 @@ def _act(
         _follow_primary(seen, member, others)
         obj.report.event("Promoted", decision.reason)
         return
+    if action == "switch":  # the primary's pod is being deleted while it still answers
+        obj.report.warning("FailingOver", decision.reason)
+        _hand_over(ctx, obj, record, seen, decision)
+        obj.report.event("Promoted", decision.reason)
+        return
     if action in ("demote", "repoint"):
         assert member is not None
         _client_service_selects(ctx, obj, state.primary)
@@ -260,7 +267,25 @@ def switchover(ctx: Context, obj: Obj[api.DataStore], to: str, max_lag_bytes: in
     decision = failover.request_switchover(seen.members, _state(record, uid), to, max_lag_bytes)
     if decision.action != "switch":
         raise _refused(decision.reason)
-    old = record.primary
+    _hand_over(ctx, obj, record, seen, decision)
+    obj.report.event("SwitchedOver", decision.reason)
+    return decision.reason
+
+
+def _hand_over(
+    ctx: Context,
+    obj: Obj[api.DataStore],
+    record: primaryrecord.Record,
+    seen: Seen,
+    decision: failover.Decision,
+) -> None:
+    """A switchover to ``decision.member``: the primary's writes held, the target caught up to its last byte,
+    the record names the target, the Service moves, the target is promoted, the others (the old primary
+    among them) follow it, the held writes go (and meet a replica: READONLY, never acknowledged and lost).
+    ProblemError(SwitchoverRefused) when the target does not catch up while the writes are held: nothing
+    changed then."""
+    old, to = record.primary, decision.member
+    assert to is not None
     replication.pause_writes(seen.conns[old], SWITCHOVER_PAUSE, ACT_TIMEOUT)
     try:
         deadline = time.monotonic() + SWITCHOVER_PAUSE - 1.0
@@ -289,8 +314,6 @@ def switchover(ctx: Context, obj: Obj[api.DataStore], to: str, max_lag_bytes: in
         _follow_primary(seen, to, others)
     finally:
         replication.unpause(seen.conns[old], ACT_TIMEOUT)
-    obj.report.event("SwitchedOver", decision.reason)
-    return decision.reason
 
 
 def _refused(message: str) -> ProblemError:

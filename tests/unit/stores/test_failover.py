@@ -188,3 +188,14 @@ def test_a_switchover_that_cannot_be_done_safely_is_refused(to: str, change: dic
 def test_no_switchover_during_a_failover() -> None:
     d = request_switchover(members(100, 90, 95, primary=2), State("db-2", 1, fencing="db-0"), "db-1", 1000)
     assert d.action == "refuse" and "failover to db-2 is under way" in d.reason
+
+
+def test_a_primary_whose_pod_is_being_deleted_is_handed_over_without_waiting() -> None:
+    ms = members(100, 90, 95)
+    ms[0] = dataclasses.replace(ms[0], terminating=True)
+    d = decide(ms, State("db-0"), 0.0, DELAY)
+    assert d.action == "switch" and d.member == "db-2" and d.state == State("db-2", 1)
+    # Gone quiet already: fenced at once (its pod is going anyway), then promoted.
+    ms[0] = dataclasses.replace(ms[0], reachable=False, role="unknown")
+    d = decide(ms, State("db-0"), 0.0, DELAY)
+    assert d.action == "fence" and (d.state.primary, d.state.fencing) == ("db-2", "db-0")

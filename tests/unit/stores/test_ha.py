@@ -49,6 +49,15 @@ class Members:
         self.calls.append(("promote", m))
         self.role[m], self.following[m] = "primary", None
 
+    def pause(self, conn: connection.ConnectionInfo, seconds: float, timeout: float) -> None:
+        self.calls.append(("pause", self.member(conn)))
+        # While the writes are held the replicas catch up with the primary's last byte.
+        top = max(self.position.values())
+        self.position = dict.fromkeys(self.position, top)
+
+    def unpause(self, conn: connection.ConnectionInfo, timeout: float) -> None:
+        self.calls.append(("unpause", self.member(conn)))
+
     def follow(self, conn: connection.ConnectionInfo, host: str, port: int, timeout: float) -> None:
         m = self.member(conn)
         self.calls.append(("follow", f"{m}->{host}:{port}"))
@@ -61,6 +70,8 @@ def members(monkeypatch: pytest.MonkeyPatch) -> Members:
     monkeypatch.setattr(replication, "look", sim.look)
     monkeypatch.setattr(replication, "promote", sim.promote)
     monkeypatch.setattr(replication, "follow", sim.follow)
+    monkeypatch.setattr(replication, "pause_writes", sim.pause)
+    monkeypatch.setattr(replication, "unpause", sim.unpause)
     return sim
 
 
@@ -173,6 +184,23 @@ def test_nobody_is_promoted_while_the_old_primarys_pod_exists(ctx: Context, kube
     d = ha.watch(ctx, obj())
     assert d is not None and d.action == "fence" and members.calls == []
     assert "waiting for db-0 to be fenced" in d.reason
+
+
+def test_a_primary_whose_pod_is_being_deleted_is_switched_over_at_once(
+    ctx: Context, kube: FakeKube, members: Members
+) -> None:
+    kube.merge_patch("Pod", NS, "db-0", {"metadata": {"deletionTimestamp": "2026-12-01T00:00:00Z"}})
+    o = obj()
+    d = ha.watch(ctx, o)
+    assert d is not None and d.action == "switch" and d.member == "db-2"
+    # Held, caught up, recorded, moved, promoted, the others (the old primary among them) following, released.
+    assert members.calls[:2] == [("pause", "db-0"), ("promote", "db-2")]
+    assert set(members.calls[2:-1]) == {("follow", "db-0->127.0.0.1:7002"), ("follow", "db-1->127.0.0.1:7002")}
+    assert members.calls[-1] == ("unpause", "db-0")
+    record = primaryrecord.read(kube, NS, "db")
+    assert record is not None and (record.primary, record.fencing, record.epoch) == ("db-2", None, 1)
+    assert selector(kube) == "db-2" and kube.get_or_none("Pod", NS, "db-0") is not None  # not fenced: it answered
+    assert [e[1] for e in o.report.events] == ["FailingOver", "Promoted"]  # type: ignore[attr-defined]
 
 
 def test_a_switchover_to_a_lagging_replica_is_refused(ctx: Context, members: Members) -> None:
