@@ -187,7 +187,7 @@ def cache(real_cp: ControlPlane, real_node: RealNode, real_operator: str, real_n
     real_cp.apply([pod(ns, "writer", image, writer_script(ns)), pod(ns, "watcher", image, watcher_script(ns))])
     for name in ("writer", "watcher"):
         real_cp.kubectl("wait", "-n", ns, "--for=condition=Ready", "--timeout=60s", f"pod/{name}")
-    procs.wait_until("the writer writing", lambda: len(acked(logs(real_cp, ns, "writer"))) >= 10, 30)
+    procs.wait_until("the writer writing", lambda: len(acked(logs(real_cp, ns, "writer"))) >= 30, 60)
     yield secret(real_cp, ns, f"{STORE}-conn")["password"]
 
 
@@ -204,7 +204,7 @@ def check_failover(
     procs.wait_until(f"a replica promoted after {how}", promoted, 90)
     new = status(cp, ns)["currentPrimary"]
     acks_before = len(acked(logs(cp, ns, "writer")))
-    procs.wait_until("writes resumed", lambda: len(acked(logs(cp, ns, "writer"))) >= acks_before + 20, 60)
+    procs.wait_until("writes resumed", lambda: len(acked(logs(cp, ns, "writer"))) >= acks_before + 30, 60)
     # The old primary's pod comes back as a replica of the new one, and streams.
     procs.wait_until(f"{old} back as a replica", lambda: role(cp, ns, old, password) == "slave", 120)
     procs.wait_until(f"{old} streaming from {new}", lambda: streaming(cp, ns, old, password), 120)
@@ -248,7 +248,7 @@ def test_primary_process_stopped(real_cp: ControlPlane, real_node: RealNode, rea
 def test_nothing_is_promoted_while_the_operator_is_down(
     real_cp: ControlPlane, real_node: RealNode, real_ns: str, cache: str
 ) -> None:
-    deployment = ["deployment/mlinfra-operator", "-n", op_mod.NAMESPACE]
+    deployment = ["deployment", "-l", f"app.kubernetes.io/instance={op_mod.RELEASE}", "-n", op_mod.NAMESPACE]
     real_cp.kubectl("scale", *deployment, "--replicas=0")
     try:
         real_cp.kubectl(

@@ -20,6 +20,7 @@ operator does not: a store whose primary is lost while the operator is down is f
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import time
 from collections.abc import Mapping
@@ -36,7 +37,8 @@ from mlinfra.stores import connsecret, failover, primaryrecord
 log = logging.getLogger(__name__)
 
 ENGINES = ("redis",)  # PostgreSQL: issue 16's next step (promotion works; the old primary's rejoin does not yet)
-LOOK_TIMEOUT = 1.0  # seconds for one member to answer a look
+LOOK_TIMEOUT = 0.5  # seconds for one member to answer a look
+FENCE_WAIT = 15.0  # seconds one tick waits for a fenced pod to end before it leaves the promotion to the next
 ACT_TIMEOUT = 10.0  # seconds for a promotion or a re-pointing
 FENCE_GRACE_SECONDS = 1  # the old primary's pod: SIGTERM, then SIGKILL after this
 SWITCHOVER_PAUSE = 5.0  # seconds a switchover may hold the primary's writes
@@ -99,17 +101,24 @@ def look(ctx: Context, obj: Obj[api.DataStore], conn: connection.ConnectionInfo,
             known[f"{pod_name}.{headless}:{port}"] = pod_name
         conns[pod_name] = conn.with_endpoint(host, port)
         known[f"{host}:{port}"] = pod_name
+    # Every member at once: a stopped one costs one timeout per look, not one per member.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(conns))) as pool:
+        states = dict(zip(conns, pool.map(lambda c: replication.look(c, LOOK_TIMEOUT), conns.values()), strict=True))
     members = []
     for pod_name, pod in sorted(pods.items()):
         ordinal = int(pod_name.rpartition("-")[2]) if pod_name.rpartition("-")[2].isdigit() else 0
-        # The pod being fenced is fenced once no pod of its uid exists (none was there: nothing to wait for).
-        gone = record.fencing_uid is None or pod.get("metadata", {}).get("uid") != record.fencing_uid
+        meta = pod.get("metadata") or {}
+        terminating = bool(meta.get("deletionTimestamp"))
+        # The pod being fenced is fenced once no pod of its uid exists, or its containers have all ended (its
+        # process is dead; the pod object only waits for the kubelet's last word). None was there: fenced.
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        ended = terminating and bool(statuses) and all((c.get("state") or {}).get("terminated") for c in statuses)
+        gone = record.fencing_uid is None or meta.get("uid") != record.fencing_uid or ended
         fenced = record.fencing == pod_name and gone
-        terminating = bool(pod.get("metadata", {}).get("deletionTimestamp"))
-        if pod_name not in conns:
+        state = states.get(pod_name)
+        if state is None:
             members.append(failover.Member(pod_name, ordinal, reachable=False, fenced=fenced, terminating=terminating))
             continue
-        state = replication.look(conns[pod_name], LOOK_TIMEOUT)
         members.append(
             failover.Member(
                 pod_name,
@@ -169,14 +178,21 @@ def watch(ctx: Context, obj: Obj[api.DataStore]) -> failover.Decision | None:
     conn = connsecret.read_connection(ctx.kube, obj.namespace, obj.name)
     if record is None or conn is None:
         return None  # before the first reconcile
-    seen = look(ctx, obj, conn, record)
-    decision = failover.decide(seen.members, _state(record, uid), time.time(), float(ds.spec.managed.failover_delay))
-    _act(ctx, obj, record, seen, decision)
-    if decision.state.unreachable_since is None:
-        _unreachable_since.pop(uid, None)
-    else:
-        _unreachable_since[uid] = decision.state.unreachable_since
-    return decision
+    delay = float(ds.spec.managed.failover_delay)
+    deadline = time.monotonic() + FENCE_WAIT
+    while True:
+        seen = look(ctx, obj, conn, record)
+        decision = failover.decide(seen.members, _state(record, uid), time.time(), delay)
+        _act(ctx, obj, record, seen, decision)
+        if decision.state.unreachable_since is None:
+            _unreachable_since.pop(uid, None)
+        else:
+            _unreachable_since[uid] = decision.state.unreachable_since
+        # A fence is followed through in this tick: the promotion comes the moment the old pod has ended.
+        if decision.action != "fence" or time.monotonic() > deadline:
+            return decision
+        time.sleep(0.2)
+        record = primaryrecord.read(ctx.kube, obj.namespace, obj.name) or record
 
 
 def _record(

@@ -141,27 +141,22 @@ def test_the_failover_names_fences_then_promotes(
     assert ha.watch(ctx, obj()).action == "wait"  # type: ignore[union-attr]
     clock[0] += 3
     o = obj()
+    writes = len(kube.writes)
+    # The old pod is gone at once here (the in-memory API deletes it): fenced, then promoted in one tick.
     d = ha.watch(ctx, o)
-    assert d is not None and d.action == "fence"
-    # The record names db-2 (the most advanced) before anything else, the Service selects it, db-0's pod goes.
-    record = primaryrecord.read(kube, NS, "db")
-    assert record is not None and (record.primary, record.fencing, record.fencing_uid, record.epoch) == (
-        "db-2",
-        "db-0",
-        "uid-0",
-        1,
-    )
-    assert selector(kube) == "db-2"
-    assert kube.get_or_none("Pod", NS, "db-0") is None and members.calls == []
-    assert [e[1] for e in o.report.events] == ["FailingOver"]  # type: ignore[attr-defined]
-    # The StatefulSet's new db-0 (another uid) is fenced: db-2 is promoted and the others follow it.
-    kube.put(pod("db-0", "uid-0b"))
-    members.down.discard("db-0")
-    members.role["db-0"], members.following["db-0"] = "replica", "db-2.db-hl.ml.svc:6379"
-    d = ha.watch(ctx, obj())
     assert d is not None and d.action == "promote" and d.member == "db-2"
+    # The record named db-2 (the most advanced) and db-0 as being fenced first, the Service selected db-2, and
+    # only then did db-0's pod go; the promotion came after.
+    assert kube.writes[writes:] == [
+        ("patch", "ConfigMap", NS, "db-primary"),
+        ("patch", "Service", NS, "db"),
+        ("delete", "Pod", NS, "db-0"),
+        ("patch", "ConfigMap", NS, "db-primary"),
+    ]
+    assert selector(kube) == "db-2" and kube.get_or_none("Pod", NS, "db-0") is None
     assert members.calls[0] == ("promote", "db-2")
-    assert set(members.calls[1:]) == {("follow", "db-0->127.0.0.1:7002"), ("follow", "db-1->127.0.0.1:7002")}
+    assert set(members.calls[1:]) == {("follow", "db-1->127.0.0.1:7002")}  # db-0 has no pod: nothing to point
+    assert [e[1] for e in o.report.events] == ["FailingOver", "Promoted"]  # type: ignore[attr-defined]
     record = primaryrecord.read(kube, NS, "db")
     assert record is not None and (record.primary, record.fencing, record.epoch) == ("db-2", None, 1)
     assert record.changed_at
@@ -173,7 +168,10 @@ def test_the_failover_names_fences_then_promotes(
     assert ha.watch(ctx, obj()).action == "none"  # type: ignore[union-attr]
 
 
-def test_nobody_is_promoted_while_the_old_primarys_pod_exists(ctx: Context, kube: FakeKube, members: Members) -> None:
+def test_nobody_is_promoted_while_the_old_primarys_pod_exists(
+    ctx: Context, kube: FakeKube, members: Members, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ha, "FENCE_WAIT", 0.5)  # how long one tick follows a fence through
     record = primaryrecord.read(kube, NS, "db")
     assert record is not None
     primaryrecord.write(
@@ -184,6 +182,11 @@ def test_nobody_is_promoted_while_the_old_primarys_pod_exists(ctx: Context, kube
     d = ha.watch(ctx, obj())
     assert d is not None and d.action == "fence" and members.calls == []
     assert "waiting for db-0 to be fenced" in d.reason
+    # Its containers have all ended: the process is dead, the pod object only waits for the kubelet. Fenced.
+    ended = {"containerStatuses": [{"name": "redis", "state": {"terminated": {"exitCode": 137}}}]}
+    kube.merge_patch("Pod", NS, "db-0", {"status": ended}, subresource="status")
+    d = ha.watch(ctx, obj())
+    assert d is not None and d.action == "promote" and members.calls[0] == ("promote", "db-2")
 
 
 def test_a_primary_whose_pod_is_being_deleted_is_switched_over_at_once(
