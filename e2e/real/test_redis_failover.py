@@ -117,6 +117,10 @@ def status(cp: ControlPlane, ns: str) -> dict[str, Any]:
     return dict(get(cp, ns, "datastore", STORE).get("status") or {})
 
 
+def role_label(cp: ControlPlane, ns: str, member: str) -> str | None:
+    return get(cp, ns, "pod", member)["metadata"].get("labels", {}).get("mlinfra.io/role")
+
+
 def ask(cp: ControlPlane, ns: str, member: str, password: str, *args: str) -> str:
     """redis-cli in the member's Pod, given 3 s (a stopped or restarting server answers ""); never raises."""
     try:
@@ -209,6 +213,9 @@ def check_failover(
     procs.wait_until(f"{old} back as a replica", lambda: role(cp, ns, old, password) == "slave", 120)
     procs.wait_until(f"{old} streaming from {new}", lambda: streaming(cp, ns, old, password), 120)
     acks = all_acked_on(cp, ns, new, password)
+    # The role labels follow: the read-only Service's replicas are the new primary's.
+    procs.wait_until(f"{new} labelled primary", lambda: role_label(cp, ns, new) == "primary", 60)
+    procs.wait_until(f"{old} labelled replica", lambda: role_label(cp, ns, old) == "replica", 60)
     seen = logs(cp, ns, "watcher")
     assert len(seen) > 20 and not two_primaries(seen), two_primaries(seen)
     st = status(cp, ns)
@@ -321,8 +328,8 @@ def test_switchover_loses_nothing_and_is_refused_while_the_target_lags(
     since = time.time()
     done = promote(real_cp, ns, "cache-2")
     assert done.returncode == 0 and "done: switchover: cache-2 promoted" in done.stdout, done.stdout
-    assert status(real_cp, ns)["currentPrimary"] == "cache-2"
     assert role(real_cp, ns, "cache-2", cache) == "master"
+    procs.wait_until("status naming cache-2", lambda: status(real_cp, ns).get("currentPrimary") == "cache-2", 30)
     procs.wait_until("cache-0 a replica of cache-2", lambda: role(real_cp, ns, "cache-0", cache) == "slave", 30)
     acks_before = len(acked(logs(real_cp, ns, "writer")))
     procs.wait_until("writes resumed", lambda: len(acked(logs(real_cp, ns, "writer"))) >= acks_before + 20, 60)
