@@ -174,6 +174,9 @@ BOOTSTRAP_FIXED = base.Cel(
 )
 
 
+DEFAULT_FAILOVER_DELAY = 5  # seconds
+
+
 class Managed(base.SpecModel):
     """The operator runs the database: StatefulSet, Services, Secret, ConfigMap, PodDisruptionBudget."""
 
@@ -228,13 +231,20 @@ class Managed(base.SpecModel):
         description="Start from a Backup's data (redis, postgres; docs/backup.md). Only when the store is created; "
         "status.restoredFrom says where the data came from. An empty store when omitted.",
     )
-    failover_delay: int = pydantic.Field(
-        default=5,
+    # No schema default: a default the API server fills in would change every existing store's spec (and Kopf's
+    # record of it) when the CRD is upgraded.
+    failover_delay: int | None = pydantic.Field(
+        default=None,
         ge=0,
         le=3600,
         description="redis with replicas: seconds the primary may go unanswered before the operator fences it "
-        "and promotes the most advanced replica (docs/high-availability.md).",
+        f"and promotes the most advanced replica; {DEFAULT_FAILOVER_DELAY} when omitted "
+        "(docs/high-availability.md).",
     )
+
+    @property
+    def failover_delay_seconds(self) -> float:
+        return float(DEFAULT_FAILOVER_DELAY if self.failover_delay is None else self.failover_delay)
 
 
 class CredentialsSecretRef(base.SpecModel):

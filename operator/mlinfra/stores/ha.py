@@ -178,7 +178,7 @@ def watch(ctx: Context, obj: Obj[api.DataStore]) -> failover.Decision | None:
     conn = connsecret.read_connection(ctx.kube, obj.namespace, obj.name)
     if record is None or conn is None:
         return None  # before the first reconcile
-    delay = float(ds.spec.managed.failover_delay)
+    delay = ds.spec.managed.failover_delay_seconds
     deadline = time.monotonic() + FENCE_WAIT
     while True:
         seen = look(ctx, obj, conn, record)
