@@ -129,6 +129,11 @@ def ask(cp: ControlPlane, ns: str, member: str, password: str, *args: str) -> st
         return ""
 
 
+def shell(cp: ControlPlane, ns: str, member: str, password: str, script: str) -> str:
+    """A shell script in the member's redis container, the password in REDISCLI_AUTH (never in argv)."""
+    return in_pod(cp, ns, member, "redis", "REDISCLI_AUTH", password, "sh", "-c", script)
+
+
 def role(cp: ControlPlane, ns: str, member: str, password: str) -> str:
     return (ask(cp, ns, member, password, "ROLE").splitlines() or [""])[0]
 
@@ -286,42 +291,26 @@ def test_switchover_loses_nothing_and_is_refused_while_the_target_lags(
 ) -> None:
     ns = real_ns
     # cache-2 cut off from its primary (a wrong masterauth, the link dropped) falls behind by 20 MB.
-    in_pod(
+    shell(
         real_cp,
         ns,
         "cache-2",
-        "redis",
-        "REDISCLI_AUTH",
         cache,
-        "sh",
-        "-c",
         "printf wrong | redis-cli --no-auth-warning -x CONFIG SET masterauth >/dev/null; "
         "redis-cli --no-auth-warning CLIENT KILL TYPE master",
     )
-    in_pod(
-        real_cp,
-        ns,
-        "cache-0",
-        "redis",
-        "REDISCLI_AUTH",
-        cache,
-        "sh",
-        "-c",
-        "head -c 20000000 /dev/zero | redis-cli --no-auth-warning -x SET big >/dev/null",
+    shell(
+        real_cp, ns, "cache-0", cache, "head -c 20000000 /dev/zero | redis-cli --no-auth-warning -x SET big >/dev/null"
     )
     refused = promote(real_cp, ns, "cache-2")
     assert refused.returncode == 1 and "cache-2 lags the primary by" in refused.stdout, refused.stdout
     assert status(real_cp, ns)["currentPrimary"] == "cache-0"
     # Healed, it catches up; the switchover then waits for its last byte with the writes held.
-    in_pod(
+    shell(
         real_cp,
         ns,
         "cache-2",
-        "redis",
-        "REDISCLI_AUTH",
         cache,
-        "sh",
-        "-c",
         'printf %s "$REDISCLI_AUTH" | redis-cli --no-auth-warning -x CONFIG SET masterauth >/dev/null',
     )
     procs.wait_until("cache-2 streaming again", lambda: streaming(real_cp, ns, "cache-2", cache), 60)
