@@ -62,6 +62,19 @@ class Port:
     port: int
 
 
+# A PostgreSQL standby's password file for its WAL receiver: start.sh writes it in the memory-backed run
+# directory, primary_conninfo names it (the bootstrap script's, and the operator's when it re-points a standby).
+PG_PASSFILE = "/run/mlinfra/replication.pgpass"
+
+
+def pg_standby_conninfo(ds: datastore.DataStore, primary: str, member: str) -> str:
+    """``primary_conninfo`` of ``member`` streaming from the pod ``primary`` (as bootstrap.sh writes it)."""
+    host = f"{primary}.{names.headless_service(ds.metadata.name)}.{names.namespace(ds)}.svc"
+    port = PROFILES["postgres"].ports[0].port
+    user = names.POSTGRES_REPLICATION_USER
+    return f"host={host} port={port} user={user} passfile={PG_PASSFILE} application_name={member}"
+
+
 # On the StatefulSet: the engine version it was rendered with (stores.versions keeps a store's data on its major).
 VERSION_ANNOTATION = "mlinfra.io/engine-version"
 
@@ -312,6 +325,7 @@ def _context(
         "pod0_host": names.pod_host(ds, 0),
         "pod0": names.pod(name, 0),
         "primary_record": names.primary_record(name),
+        "pg_passfile": PG_PASSFILE,
         "primary_key": names.PRIMARY_KEY,
         "headless_domain": f"{names.headless_service(name)}.{ns}.svc",
         "client_host": names.service_host(ds),

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import psycopg
 import redis as redis_lib
+from psycopg import sql
 from redis import backoff as redis_backoff
 from redis import retry as redis_retry
 
@@ -144,6 +145,18 @@ def follow(conn: connection.ConnectionInfo, host: str, port: int, timeout: float
         ) from None
     finally:
         client.close()
+
+
+def pg_follow(conn: connection.ConnectionInfo, conninfo: str, timeout: float) -> None:
+    """PostgreSQL: point the standby at ``conn`` at another primary (``primary_conninfo``, which names a password
+    file, never a password; a reload restarts the WAL receiver, which follows the new timeline)."""
+    statement = sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(sql.Literal(conninfo))
+    try:
+        with _pg(conn, timeout) as pg:
+            pg.execute(statement)
+            pg.execute("select pg_reload_conf()")
+    except (psycopg.Error, OSError) as exc:
+        raise ReplicationError(f"re-pointing {conn.endpoint}: {observation.error_message(exc, conn)}") from None
 
 
 def pause_writes(conn: connection.ConnectionInfo, seconds: float, timeout: float) -> None:

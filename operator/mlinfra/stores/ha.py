@@ -29,14 +29,14 @@ from typing import Any
 
 from mlinfra.api import datastore as api
 from mlinfra.context import Context, Obj
-from mlinfra.engines import connection, names, replication
+from mlinfra.engines import connection, names, render, replication
 from mlinfra.k8s import conditions
 from mlinfra.problems import Problem, ProblemError
 from mlinfra.stores import connsecret, failover, primaryrecord
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("redis",)  # PostgreSQL: issue 16's next step (promotion works; the old primary's rejoin does not yet)
+ENGINES = ("redis", "postgres")
 LOOK_TIMEOUT = 0.5  # seconds for one member to answer a look
 FENCE_WAIT = 15.0  # seconds one tick waits for a fenced pod to end before it leaves the promotion to the next
 ACT_TIMEOUT = 10.0  # seconds for a promotion or a re-pointing
@@ -55,7 +55,7 @@ _unreachable_since: dict[str, float] = {}
 
 
 def applies(ds: api.DataStore) -> bool:
-    """Whether the store has failover: managed Redis with more than one member."""
+    """Whether the store has failover: managed Redis or PostgreSQL with more than one member."""
     return ds.spec.engine in ENGINES and ds.spec.managed is not None and ds.spec.managed.replicas > 1
 
 
@@ -68,10 +68,15 @@ def admits(body: Mapping[str, Any]) -> bool:
 
 @dataclass(frozen=True)
 class Seen:
+    store: api.DataStore
     members: list[failover.Member]
     conns: dict[str, connection.ConnectionInfo]  # member -> its own endpoint
     addresses: dict[str, tuple[str, int]]  # member -> the address the other members replicate it at
     pods: Mapping[str, Mapping[str, Any]]
+
+    @property
+    def engine(self) -> str:
+        return self.store.spec.engine
 
 
 def _now_rfc3339() -> str:
@@ -131,7 +136,7 @@ def look(ctx: Context, obj: Obj[api.DataStore], conn: connection.ConnectionInfo,
                 terminating=terminating,
             )
         )
-    return Seen(members, conns, addresses, pods)
+    return Seen(obj.model, members, conns, addresses, pods)
 
 
 def _client_service_selects(ctx: Context, obj: Obj[api.DataStore], primary: str) -> None:
@@ -161,7 +166,12 @@ def _follow_primary(seen: Seen, primary: str, members: list[str]) -> list[str]:
     failed = []
     for member in members:
         try:
-            replication.follow(seen.conns[member], host, port, ACT_TIMEOUT)
+            if seen.engine == "postgres":
+                # A standby's primary_conninfo (a reload restarts its WAL receiver; the new timeline is followed).
+                conninfo = render.pg_standby_conninfo(seen.store, primary, member)
+                replication.pg_follow(seen.conns[member], conninfo, ACT_TIMEOUT)
+            else:
+                replication.follow(seen.conns[member], host, port, ACT_TIMEOUT)
         except (replication.ReplicationError, KeyError) as exc:
             log.warning("pointing %s at %s: %s", member, primary, exc)
             failed.append(member)
@@ -179,20 +189,36 @@ def watch(ctx: Context, obj: Obj[api.DataStore]) -> failover.Decision | None:
     if record is None or conn is None:
         return None  # before the first reconcile
     delay = ds.spec.managed.failover_delay_seconds
+    seen = look(ctx, obj, conn, record)
+    decision = failover.decide(seen.members, _state(record, uid), time.time(), delay)
+    return _follow_through(ctx, obj, conn, uid, record, seen, decision)
+
+
+def _follow_through(
+    ctx: Context,
+    obj: Obj[api.DataStore],
+    conn: connection.ConnectionInfo,
+    uid: str,
+    record: primaryrecord.Record,
+    seen: Seen,
+    decision: failover.Decision,
+) -> failover.Decision:
+    """Act on ``decision``; a fence (and a PostgreSQL hand-over, which is one) is followed through in this
+    tick: the promotion comes the moment the old pod has ended (within FENCE_WAIT)."""
+    delay = seen.store.spec.managed.failover_delay_seconds if seen.store.spec.managed else 0.0
     deadline = time.monotonic() + FENCE_WAIT
     while True:
-        seen = look(ctx, obj, conn, record)
-        decision = failover.decide(seen.members, _state(record, uid), time.time(), delay)
-        _act(ctx, obj, record, seen, decision)
+        followed = _act(ctx, obj, record, seen, decision)
         if decision.state.unreachable_since is None:
             _unreachable_since.pop(uid, None)
         else:
             _unreachable_since[uid] = decision.state.unreachable_since
-        # A fence is followed through in this tick: the promotion comes the moment the old pod has ended.
-        if decision.action != "fence" or time.monotonic() > deadline:
+        if not followed or time.monotonic() > deadline:
             return decision
         time.sleep(0.2)
         record = primaryrecord.read(ctx.kube, obj.namespace, obj.name) or record
+        seen = look(ctx, obj, conn, record)
+        decision = failover.decide(seen.members, _state(record, uid), time.time(), delay)
 
 
 def _record(
@@ -209,27 +235,30 @@ def _act(
     record: primaryrecord.Record,
     seen: Seen,
     decision: failover.Decision,
-) -> None:
+) -> bool:
+    """Do what ``decision`` says; whether a fence is under way (the caller follows it through)."""
     state, action, member = decision.state, decision.action, decision.member
+    if action == "switch" and seen.engine == "postgres":
+        # PostgreSQL's hand-over is a fence with the pod's own grace period: its preStop stops the server
+        # fast, which sends every WAL record to the connected standbys before it exits; the target is then
+        # promoted like after a failover (nothing acknowledged is lost: it had them all).
+        obj.report.warning("FailingOver", decision.reason)
+        fencing = failover.Decision("fence", record.primary, decision.reason, replace(state, fencing=record.primary))
+        return _fence(ctx, obj, record, seen, fencing, grace=None)
     if action == "fence":
-        assert member is not None
-        pod = seen.pods.get(member)
-        uid = (pod or {}).get("metadata", {}).get("uid") if record.fencing is None else record.fencing_uid
-        new = primaryrecord.Record(
-            primary=state.primary,
-            epoch=state.epoch,
-            fencing=member,
-            fencing_uid=uid,
-            changed_at=_now_rfc3339() if record.fencing is None else record.changed_at,
-            version=record.version,
-        )
         if record.fencing is None:
             obj.report.warning("FailingOver", decision.reason)
-        _record(ctx, obj, record, new)
-        _client_service_selects(ctx, obj, state.primary)
-        if pod is not None and pod["metadata"].get("uid") == uid and not pod["metadata"].get("deletionTimestamp"):
-            ctx.kube.delete("Pod", obj.namespace, member, uid=uid, grace_seconds=FENCE_GRACE_SECONDS)
-        return
+        return _fence(ctx, obj, record, seen, decision, grace=FENCE_GRACE_SECONDS)
+    if action == "demote" and seen.engine == "postgres":
+        # A PostgreSQL server cannot be made a standby while it runs: its pod goes, and it comes back rewound.
+        assert member is not None
+        pod = seen.pods.get(member)
+        if pod is not None and not pod["metadata"].get("deletionTimestamp"):
+            ctx.kube.delete(
+                "Pod", obj.namespace, member, uid=pod["metadata"].get("uid"), grace_seconds=FENCE_GRACE_SECONDS
+            )
+            obj.report.event("Demoted", decision.reason)
+        return False
     if action == "promote":
         assert member is not None
         replication.promote(seen.conns[member], ACT_TIMEOUT)
@@ -246,19 +275,49 @@ def _act(
         others = [m.name for m in seen.members if m.name != member and m.reachable]
         _follow_primary(seen, member, others)
         obj.report.event("Promoted", decision.reason)
-        return
+        return False
     if action == "switch":  # the primary's pod is being deleted while it still answers
         obj.report.warning("FailingOver", decision.reason)
         _hand_over(ctx, obj, record, seen, decision)
         obj.report.event("Promoted", decision.reason)
-        return
+        return False
     if action in ("demote", "repoint"):
         assert member is not None
         _client_service_selects(ctx, obj, state.primary)
         if state.primary in seen.addresses and not _follow_primary(seen, state.primary, [member]):
             obj.report.event("Demoted" if action == "demote" else "Repointed", decision.reason)
-        return
+        return False
     _client_service_selects(ctx, obj, state.primary)
+    return False
+
+
+def _fence(
+    ctx: Context,
+    obj: Obj[api.DataStore],
+    record: primaryrecord.Record,
+    seen: Seen,
+    decision: failover.Decision,
+    grace: int | None,
+) -> bool:
+    """The record names the new primary with the old one being fenced, the Service moves, the old pod is
+    deleted (``grace``: its grace period, None for the pod's own)."""
+    state, member = decision.state, decision.member
+    assert member is not None
+    pod = seen.pods.get(member)
+    uid = (pod or {}).get("metadata", {}).get("uid") if record.fencing is None else record.fencing_uid
+    new = primaryrecord.Record(
+        primary=state.primary,
+        epoch=state.epoch,
+        fencing=member,
+        fencing_uid=uid,
+        changed_at=_now_rfc3339() if record.fencing is None else record.changed_at,
+        version=record.version,
+    )
+    _record(ctx, obj, record, new)
+    _client_service_selects(ctx, obj, state.primary)
+    if pod is not None and pod["metadata"].get("uid") == uid and not pod["metadata"].get("deletionTimestamp"):
+        ctx.kube.delete("Pod", obj.namespace, member, uid=uid, grace_seconds=grace)
+    return True
 
 
 def promote_action(ctx: Context, obj: Obj[api.DataStore], value: str) -> str:
@@ -283,7 +342,14 @@ def switchover(ctx: Context, obj: Obj[api.DataStore], to: str, max_lag_bytes: in
     decision = failover.request_switchover(seen.members, _state(record, uid), to, max_lag_bytes)
     if decision.action != "switch":
         raise _refused(decision.reason)
-    _hand_over(ctx, obj, record, seen, decision)
+    if seen.engine == "postgres":
+        # The old primary's pod is stopped (fast shutdown: its WAL reaches the standbys first), then the
+        # target promoted: followed through here, the request answered when it is done.
+        done = _follow_through(ctx, obj, conn, uid, record, seen, decision)
+        if done.action != "promote":
+            raise _refused(f"switchover to {to} under way but not finished within {FENCE_WAIT:g} s: {done.reason}")
+    else:
+        _hand_over(ctx, obj, record, seen, decision)
     obj.report.event("SwitchedOver", decision.reason)
     return decision.reason
 

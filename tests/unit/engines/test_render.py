@@ -440,9 +440,17 @@ def test_scripts_default_to_pod_0_in_the_cluster() -> None:
     assert "headless_domain=feats-hl.ml.svc\n" in redis_files["entrypoint.sh"]
     assert "printf 'replicaof %s %s\\n'" in redis_files["entrypoint.sh"]
     pg = render.render_config_files(store("postgres", 3))
-    assert "default_primary_host=feats-0.feats-hl.ml.svc\n" in pg["bootstrap.sh"]
+    assert "default_primary=feats-0\n" in pg["bootstrap.sh"] and "default_primary=feats-0\n" in pg["start.sh"]
+    assert "headless_domain=feats-hl.ml.svc\n" in pg["bootstrap.sh"]
     assert "default_pgdata=/var/lib/postgresql/data/pgdata\n" in pg["bootstrap.sh"]
-    assert "-R -X stream" in pg["bootstrap.sh"]
+    # Standbys stream with the password file start.sh writes, never a password on the data volume (no -R).
+    assert "-X stream" in pg["bootstrap.sh"] and "-R" not in pg["bootstrap.sh"].split("pg_basebackup", 1)[1]
+    assert f"default_passfile={render.PG_PASSFILE}\n" in pg["bootstrap.sh"]
+    ds = store("postgres", 3)
+    assert render.pg_standby_conninfo(ds, "feats-2", "feats-1") == (
+        f"host=feats-2.feats-hl.ml.svc port=5432 user=replicator passfile={render.PG_PASSFILE} "
+        "application_name=feats-1"
+    )
     assert "host    replication  replicator" in pg["pg_hba.conf"]
     assert "host    replication  postgres" in pg["pg_hba.conf"]  # backups and the WAL archiver
     qdrant = render.render_config_files(store("qdrant", 3))["entrypoint.sh"]

@@ -223,6 +223,6 @@ def test_a_store_without_replicas_has_no_failover() -> None:
     single = body()
     single["spec"]["managed"]["replicas"] = 1
     assert not ha.admits(single) and ha.admits(body())
-    postgres = body()
-    postgres["spec"]["engine"] = "postgres"
-    assert not ha.admits(postgres)
+    postgres, neo4j = body(), body()
+    postgres["spec"]["engine"], neo4j["spec"]["engine"] = "postgres", "neo4j"
+    assert ha.admits(postgres) and not ha.admits(neo4j)
