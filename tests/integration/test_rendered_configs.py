@@ -135,8 +135,10 @@ class PgPrimary:
 
 
 def _path_env() -> str:
-    # pg_basebackup and pg_isready as the pod's PATH has them, whatever PATH the test runs with.
-    return f"{tools.which('pg_basebackup').parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+    # pg_basebackup, pg_isready and the server's pg_rewind as the pod's PATH has them, whatever PATH the test
+    # runs with.
+    dirs = {str(tools.which("pg_basebackup").parent), str(tools.which("postgres").resolve().parent)}
+    return ":".join([*sorted(dirs), os.environ.get("PATH", "/usr/bin:/bin")])
 
 
 @pytest.fixture(scope="module")
@@ -172,16 +174,35 @@ def pg_primary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgPrimary]:
         yield PgPrimary(server, files, replication_password)
 
 
-def _bootstrap_env(primary: PgPrimary, ordinal: int, pgdata: Path) -> dict[str, str]:
+def _bootstrap_env(
+    primary: PgPrimary, ordinal: int, pgdata: Path, source: PostgresServer | None = None
+) -> dict[str, str]:
+    """The init container's environment; ``source``: the primary the record names (pod 0's server without)."""
+    server = source or primary.server
+    passfile = write_passfile(pgdata.parent / "run", primary.replication_password)
     return {
         "HOSTNAME": names.pod(NAME, ordinal),
         "PGDATA": str(pgdata),
-        "POSTGRES_PRIMARY_HOST": "127.0.0.1",  # pod 0's DNS name, as the standby reaches it here
-        "POSTGRES_PRIMARY_PORT": str(primary.server.port),
+        "MLINFRA_PRIMARY": server.name,
+        "POSTGRES_PRIMARY_HOST": "127.0.0.1",  # the primary's DNS name, as the standby reaches it here
+        "POSTGRES_PRIMARY_PORT": str(server.port),
         "POSTGRES_REPLICATION_PASSWORD": primary.replication_password,
+        "POSTGRES_PASSFILE": str(passfile),
+        "POSTGRES_USER": "postgres",
+        "POSTGRES_PASSWORD": server.password,
         "POSTGRES_PRIMARY_WAIT_SECONDS": "30",
         "PATH": _path_env(),
     }
+
+
+def write_passfile(run_dir: Path, password: str) -> Path:
+    """The replication role's password file, as start.sh writes it in the pod's run directory."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "replication.pgpass"
+    escaped = password.replace("\\", "\\\\").replace(":", "\\:")
+    path.write_text(f"*:*:*:{names.POSTGRES_REPLICATION_USER}:{escaped}\n")
+    path.chmod(0o600)
+    return path
 
 
 def test_rendered_postgresql_conf_is_in_effect(pg_primary: PgPrimary) -> None:
@@ -274,6 +295,9 @@ def test_rendered_bootstrap_makes_a_streaming_standby(pg_primary: PgPrimary, tmp
     assert "copying the primary with pg_basebackup" in result.stdout
     assert (standby.datadir / "standby.signal").exists()
     assert not Path(f"{standby.datadir}.partial").exists()
+    # It streams with the password file: no password on the data volume.
+    auto = (standby.datadir / "postgresql.auto.conf").read_text()
+    assert "passfile=" in auto and pg_primary.replication_password not in auto
 
     with procs.ProcStack() as stack:
         standby.start(stack)
@@ -308,7 +332,7 @@ def test_rendered_bootstrap_makes_a_streaming_standby(pg_primary: PgPrimary, tmp
         again = standby.run(
             ["bash", str(pg_primary.files["bootstrap.sh"])], env=_bootstrap_env(pg_primary, 1, standby.datadir)
         )
-        assert "holds a cluster already" in again.stdout
+        assert f"{pod}: standby of {names.pod(NAME, 0)}" in again.stdout
 
 
 def test_rendered_bootstrap_does_nothing_on_pod_0(pg_primary: PgPrimary, tmp_path: Path) -> None:
@@ -316,8 +340,59 @@ def test_rendered_bootstrap_does_nothing_on_pod_0(pg_primary: PgPrimary, tmp_pat
     result = server.run(
         ["bash", str(pg_primary.files["bootstrap.sh"])], env=_bootstrap_env(pg_primary, 0, server.datadir)
     )
-    assert "pod 0 is the primary" in result.stdout
+    assert f"{names.pod(NAME, 0)} is the primary: nothing to bootstrap" in result.stdout
     assert not server.datadir.exists()
+
+
+def test_a_former_primary_is_rewound_to_follow_the_new_one(pg_primary: PgPrimary, tmp_path: Path) -> None:
+    """After a failover from pod 1 to pod 2 (pod 0 keeps serving the module's other tests): pod 1, which went on
+    writing after pod 2 was promoted, comes back as pod 2's standby: its extra row is gone, pod 2's are there."""
+    primary = pg_primary.server
+    one, two = names.pod(NAME, 1), names.pod(NAME, 2)
+    old = PostgresServer(tmp_path / one, one, primary.password, durable=True)
+    new = PostgresServer(tmp_path / two, two, primary.password, durable=True)
+    table = f"t_{secrets.token_hex(4)}"
+    with procs.ProcStack() as stack:
+        # pod 1 a copy of pod 0 promoted at once (it stands for a primary), pod 2 its standby.
+        old.run(["bash", str(pg_primary.files["bootstrap.sh"])], env=_bootstrap_env(pg_primary, 1, old.datadir))
+        old.start(stack)
+        with old.connect() as conn:
+            conn.execute("select pg_promote(true, 30)")
+            conn.execute(f"create table {table} (id int primary key, v text)")
+            conn.execute(f"insert into {table} values (1, 'before the failover')")
+        env_two = _bootstrap_env(pg_primary, 2, new.datadir, source=old)
+        new.run(["bash", str(pg_primary.files["bootstrap.sh"])], env=env_two)
+        new.start(stack)
+        procs.wait_until(
+            "pod 2 has the row", lambda: new.connect().execute(f"select count(*) from {table}").fetchone() == (1,), 30
+        )
+        # The failover: pod 2 promoted; pod 1 takes one more write nobody replicates, then it is stopped.
+        with new.connect() as conn:
+            conn.execute("select pg_promote(true, 30)")
+            conn.execute(f"insert into {table} values (2, 'on the new primary')")
+        with old.connect() as conn:
+            conn.execute(f"insert into {table} values (3, 'lost: written on the old primary')")
+        assert old.proc is not None
+        old.proc.stop()  # SIGTERM: a clean (smart) shutdown, as the pod's end
+        result = old.run(
+            ["bash", str(pg_primary.files["bootstrap.sh"])], env=_bootstrap_env(pg_primary, 1, old.datadir, source=new)
+        )
+        assert f"{one}: {old.datadir} was a primary: rewinding it to follow {two}" in result.stdout
+        assert f"{one}: standby of {two}" in result.stdout
+        assert not Path(f"{old.datadir}.diverged").exists(), result.stderr  # rewound, not copied afresh
+        old.start(stack)
+
+        def rows() -> list[tuple[Any, ...]]:
+            with old.connect() as conn:
+                return conn.execute(f"select id from {table} order by id").fetchall()
+
+        procs.wait_until("pod 1 streaming pod 2's rows", lambda: rows() == [(1,), (2,)], 60, old.proc)
+        with old.connect() as conn:
+            assert conn.execute("select pg_is_in_recovery()").fetchone() == (True,)
+        with new.connect() as conn:
+            assert conn.execute(
+                "select state from pg_stat_replication where application_name = %s", (one,)
+            ).fetchall() == [("streaming",)]
 
 
 def test_rendered_bootstrap_refuses_a_data_directory_it_does_not_know(pg_primary: PgPrimary, tmp_path: Path) -> None:

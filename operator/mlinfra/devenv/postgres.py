@@ -71,6 +71,9 @@ class PostgresServer:
     proc: procs.Proc | None = None
     user: str = "postgres"
     hba: str | None = None
+    # False: fsync and full-page writes off (test data: durability costs seconds per test on small disks).
+    # True for a server pg_rewind must work on (it needs full-page writes).
+    durable: bool = False
 
     @property
     def datadir(self) -> Path:
@@ -192,11 +195,7 @@ class PostgresServer:
                     f"unix_socket_directories={self.socket_dir}",
                     "-c",
                     f"cluster_name={self.name}",  # becomes application_name in pg_stat_replication
-                    # Test data only: durability costs seconds per test on small disks.
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "full_page_writes=off",
+                    *([] if self.durable else ["-c", "fsync=off", "-c", "full_page_writes=off"]),
                 ],
                 self.workdir / "postgres.log",
                 user=uid,

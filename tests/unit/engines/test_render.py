@@ -448,8 +448,7 @@ def test_scripts_default_to_pod_0_in_the_cluster() -> None:
     assert f"default_passfile={render.PG_PASSFILE}\n" in pg["bootstrap.sh"]
     ds = store("postgres", 3)
     assert render.pg_standby_conninfo(ds, "feats-2", "feats-1") == (
-        f"host=feats-2.feats-hl.ml.svc port=5432 user=replicator passfile={render.PG_PASSFILE} "
-        "application_name=feats-1"
+        f"host=feats-2.feats-hl.ml.svc port=5432 user=replicator passfile={render.PG_PASSFILE} application_name=feats-1"
     )
     assert "host    replication  replicator" in pg["pg_hba.conf"]
     assert "host    replication  postgres" in pg["pg_hba.conf"]  # backups and the WAL archiver
