@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -162,6 +163,8 @@ class PgPod:
             "POSTGRES_REPLICATION_PASSWORD": self.replication_password,
             "POSTGRES_CONFIG_DIR": str(self.files["start.sh"].parent),
             "POSTGRES_RUN_DIR": str(self.run_dir),
+            # The file start.sh writes and a standby's primary_conninfo names (bootstrap.sh).
+            "POSTGRES_PASSFILE": str(self.run_dir / "replication.pgpass"),
             "POSTGRES_PORT": str(self.port),
             "POSTGRES_LISTEN_ADDRESSES": "127.0.0.1",
             "POSTGRES_SOCKET_DIR": str(self.socket_dir),
@@ -304,11 +307,18 @@ def test_first_boot_superuser_logs_in_with_scram_and_the_replication_role_exists
 def test_first_boot_puts_no_password_on_a_command_line_or_on_disk(primary: FirstBoot) -> None:
     pod = primary.pod
     assert len(primary.argv.seen) > 10  # the sampler did sample
+    # The memory-backed run directory holds one file: the replication role's password file (0600) a standby's
+    # WAL receiver reads (initdb's password file is gone). Nothing else anywhere holds a password.
+    passfile = pod.run_dir / "replication.pgpass"
+    assert list(pod.run_dir.iterdir()) == [passfile] and stat.S_IMODE(passfile.stat().st_mode) == 0o600
+    # libpq's format: host:port:database:user:password, with ':' and '\\' escaped in the password.
+    fields = re.split(r"(?<!\\):", passfile.read_text().rstrip("\n"), maxsplit=4)
+    assert fields[:4] == ["*", "*", "*", names.POSTGRES_REPLICATION_USER]
+    assert re.sub(r"\\(.)", r"\1", fields[4]) == pod.replication_password
     for secret in (pod.password, pod.replication_password):
         assert primary.argv.holding(secret) == []
         for root in (pod.workdir, pod.socket_dir, primary.files["start.sh"].parent):
-            assert _files_holding(root, secret) == []
-    assert list(pod.run_dir.iterdir()) == []  # initdb's password file is gone
+            assert [p for p in _files_holding(root, secret) if p != passfile] == []
     assert not Path(f"{pod.pgdata}.initdb").exists()
     assert stat.S_IMODE(pod.pgdata.stat().st_mode) == 0o700
 
@@ -380,7 +390,7 @@ def test_pod_1_without_a_bootstrapped_volume_refuses_to_start(tmp_path: Path) ->
     pod = PgPod(tmp_path, files, 1, "unused", "unused")
     result = pod.run("start.sh")
     assert result.returncode == 1
-    assert "the bootstrap init container should have copied pod 0" in result.stderr
+    assert "the bootstrap init container should have copied the primary feats-0" in result.stderr
     assert not pod.pgdata.exists()
 
 
