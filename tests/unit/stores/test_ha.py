@@ -58,6 +58,11 @@ class Members:
     def unpause(self, conn: connection.ConnectionInfo, timeout: float) -> None:
         self.calls.append(("unpause", self.member(conn)))
 
+    def pg_follow(self, conn: connection.ConnectionInfo, conninfo: str, timeout: float) -> None:
+        m = self.member(conn)
+        self.calls.append(("pg_follow", f"{m}: {conninfo}"))
+        self.role[m] = "replica"
+
     def follow(self, conn: connection.ConnectionInfo, host: str, port: int, timeout: float) -> None:
         m = self.member(conn)
         self.calls.append(("follow", f"{m}->{host}:{port}"))
@@ -70,26 +75,27 @@ def members(monkeypatch: pytest.MonkeyPatch) -> Members:
     monkeypatch.setattr(replication, "look", sim.look)
     monkeypatch.setattr(replication, "promote", sim.promote)
     monkeypatch.setattr(replication, "follow", sim.follow)
+    monkeypatch.setattr(replication, "pg_follow", sim.pg_follow)
     monkeypatch.setattr(replication, "pause_writes", sim.pause)
     monkeypatch.setattr(replication, "unpause", sim.unpause)
     return sim
 
 
-def body() -> dict[str, Any]:
+def body(engine: str = "redis") -> dict[str, Any]:
     return {
         "apiVersion": "mlinfra.io/v1alpha1",
         "kind": "DataStore",
         "metadata": {"name": "db", "namespace": NS, "uid": "u-1", "generation": 1},
-        "spec": {"engine": "redis", "managed": {"replicas": 3, "failoverDelay": 3}},
+        "spec": {"engine": engine, "managed": {"replicas": 3, "failoverDelay": 3}},
     }
 
 
-def obj() -> Obj[api.DataStore]:
-    b = body()
+def obj(engine: str = "redis") -> Obj[api.DataStore]:
+    b = body(engine)
     return Obj(b, problems.parse(api.DataStore, b), Recorder())
 
 
-def pod(name: str, uid: str) -> dict[str, Any]:
+def pod(name: str, uid: str, engine: str = "redis") -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -98,7 +104,7 @@ def pod(name: str, uid: str) -> dict[str, Any]:
             "namespace": NS,
             "uid": uid,
             "labels": {
-                "app.kubernetes.io/name": "redis",
+                "app.kubernetes.io/name": engine,
                 "app.kubernetes.io/instance": "db",
                 "mlinfra.io/datastore": "db",
             },
@@ -107,17 +113,21 @@ def pod(name: str, uid: str) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def ctx(kube: FakeKube, tmp_path: Path) -> Context:
+def context(kube: FakeKube, tmp_path: Path, engine: str) -> Context:
     path = tmp_path / "endpoints.json"
     entry = {"endpoint": "127.0.0.1:7000", "members": {f"db-{i}": f"127.0.0.1:{7000 + i}" for i in range(3)}}
     path.write_text(json.dumps({f"{NS}/db": entry}))
     c = Context(settings=Settings(), kube=kube, endpoints=endpoints.EndpointMap(path))
-    reconcile.reconcile(c, obj())
+    reconcile.reconcile(c, obj(engine))
     for i in range(3):
-        kube.put(pod(f"db-{i}", f"uid-{i}"))
+        kube.put(pod(f"db-{i}", f"uid-{i}", engine))
     ha.forget("u-1")
     return c
+
+
+@pytest.fixture
+def ctx(kube: FakeKube, tmp_path: Path) -> Context:
+    return context(kube, tmp_path, "redis")
 
 
 def selector(kube: FakeKube) -> str:
@@ -226,3 +236,39 @@ def test_a_store_without_replicas_has_no_failover() -> None:
     postgres, neo4j = body(), body()
     postgres["spec"]["engine"], neo4j["spec"]["engine"] = "postgres", "neo4j"
     assert ha.admits(postgres) and not ha.admits(neo4j)
+
+
+def test_a_postgres_switchover_stops_the_old_primary_then_promotes(
+    kube: FakeKube, tmp_path: Path, members: Members
+) -> None:
+    ctx = context(kube, tmp_path, "postgres")
+    members.position["db-1"] = 100  # caught up
+    o = obj("postgres")
+    writes = len(kube.writes)
+    reason = ha.switchover(ctx, o, "db-1")
+    assert reason.startswith("switchover: db-1 promoted (epoch 1)")
+    # No pause in PostgreSQL: the old primary's pod is stopped (its fast shutdown ships the WAL first), and
+    # only once it has ended is db-1 promoted; db-2 is re-pointed by its primary_conninfo.
+    assert [w for w in kube.writes[writes:] if w[1] == "Pod"] == [("delete", "Pod", NS, "db-0")]
+    assert members.calls[0] == ("promote", "db-1")
+    assert (
+        "pg_follow",
+        "db-2: host=db-1.db-hl.ml.svc port=5432 user=replicator passfile=/run/mlinfra/replication.pgpass "
+        "application_name=db-2",
+    ) in members.calls
+    record = primaryrecord.read(kube, NS, "db")
+    assert record is not None and (record.primary, record.fencing, record.epoch) == ("db-1", None, 1)
+    assert selector(kube) == "db-1"
+
+
+def test_a_stale_postgres_primary_is_not_demoted_in_place_its_pod_goes(
+    kube: FakeKube, tmp_path: Path, members: Members
+) -> None:
+    ctx = context(kube, tmp_path, "postgres")
+    record = primaryrecord.read(kube, NS, "db")
+    assert record is not None
+    primaryrecord.write(kube, NS, "db", primaryrecord.Record("db-1", 1, version=record.version))
+    members.role["db-1"] = "primary"  # both act as primaries: db-0 is the stale one
+    d = ha.watch(ctx, obj("postgres"))
+    assert d is not None and d.action == "demote" and d.member == "db-0"
+    assert kube.get_or_none("Pod", NS, "db-0") is None and members.calls == []
