@@ -69,7 +69,8 @@ def status(cp: ControlPlane, ns: str, store: str) -> dict[str, Any]:
 
 
 def role_label(cp: ControlPlane, ns: str, member: str) -> str | None:
-    return get(cp, ns, "pod", member)["metadata"].get("labels", {}).get("mlinfra.io/role")
+    label = get(cp, ns, "pod", member)["metadata"].get("labels", {}).get("mlinfra.io/role")
+    return None if label is None else str(label)
 
 
 def events(cp: ControlPlane, ns: str, store: str) -> list[dict[str, Any]]:

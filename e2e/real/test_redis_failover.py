@@ -11,17 +11,27 @@ replica loses no acknowledged write, and is refused while the target lags beyond
 
 from __future__ import annotations
 
-import itertools
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from failover_support import (
+    acked,
+    app_pod,
+    container_pid,
+    events,
+    largest_gap,
+    logs,
+    promote,
+    role_label,
+    secret_env,
+    status,
+    two_primaries,
+)
 from real_support import datastore, get, in_pod, ready, redis_cli, secret
 
 from mlinfra.devenv import operator as op_mod
@@ -37,34 +47,6 @@ def store(ns: str, image: str) -> dict[str, Any]:
     body = datastore(ns, STORE, "redis", image, MEMBERS)
     body["spec"]["managed"]["failoverDelay"] = 2
     return body
-
-
-def pod(ns: str, name: str, image: str, script: str) -> dict[str, Any]:
-    """A Pod of the redis image running ``script`` with the store's password in REDISCLI_AUTH (from its
-    credentials Secret: never on a command line)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 1,
-            "containers": [
-                {
-                    "name": "main",
-                    "image": image,
-                    "imagePullPolicy": "Never",
-                    "command": ["bash", "-c", script],
-                    "env": [
-                        {
-                            "name": "REDISCLI_AUTH",
-                            "valueFrom": {"secretKeyRef": {"name": f"{STORE}-credentials", "key": "password"}},
-                        }
-                    ],
-                }
-            ],
-        },
-    }
 
 
 def writer_script(ns: str) -> str:
@@ -94,31 +76,6 @@ while true; do
   sleep 0.2
 done
 """
-
-
-def logs(cp: ControlPlane, ns: str, name: str) -> list[str]:
-    return cp.kubectl("logs", "-n", ns, name, check=False).stdout.splitlines()
-
-
-def acked(lines: list[str]) -> list[tuple[int, float]]:
-    return [(int(p[1]), float(p[2])) for p in (line.split() for line in lines) if len(p) >= 3 and p[0] == "ack"]
-
-
-def largest_gap(acks: list[tuple[int, float]]) -> float:
-    times = [t for _, t in acks]
-    return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
-
-
-def two_primaries(lines: list[str]) -> list[str]:
-    return [line for line in lines if line.split()[1:].count("master") > 1]
-
-
-def status(cp: ControlPlane, ns: str) -> dict[str, Any]:
-    return dict(get(cp, ns, "datastore", STORE).get("status") or {})
-
-
-def role_label(cp: ControlPlane, ns: str, member: str) -> str | None:
-    return get(cp, ns, "pod", member)["metadata"].get("labels", {}).get("mlinfra.io/role")
 
 
 def ask(cp: ControlPlane, ns: str, member: str, password: str, *args: str) -> str:
@@ -156,31 +113,6 @@ def all_acked_on(cp: ControlPlane, ns: str, member: str, password: str) -> list[
     return acks
 
 
-def container_pid(real_node: RealNode, cp: ControlPlane, ns: str, member: str) -> int:
-    """The PID, on this machine, of the member's redis-server (the container's first process: the entrypoint
-    execs it)."""
-    statuses = get(cp, ns, "pod", member)["status"]["containerStatuses"]
-    container = next(c for c in statuses if c["name"] == "redis")["containerID"].split("://", 1)[1]
-    tasks = real_node.ctr("task", "ls").stdout.splitlines()
-    return int(next(line.split()[1] for line in tasks if line.startswith(container)))
-
-
-def promote(cp: ControlPlane, ns: str, member: str) -> subprocess.CompletedProcess[str]:
-    """``mlinfra promote`` as a user runs it, with the cluster's kubeconfig."""
-    return subprocess.run(
-        [sys.executable, "-m", "mlinfra", "promote", f"{ns}/{STORE}", member, "--timeout", "60"],
-        env={**os.environ, "KUBECONFIG": str(cp.kubeconfig)},
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-
-
-def events(cp: ControlPlane, ns: str) -> list[dict[str, Any]]:
-    out = cp.kubectl("get", "events", "-n", ns, "--field-selector", f"involvedObject.name={STORE}", "-o", "json")
-    return list(json.loads(out.stdout)["items"])
-
-
 @pytest.fixture
 def cache(real_cp: ControlPlane, real_node: RealNode, real_operator: str, real_ns: str) -> Iterator[str]:
     """A Ready 3-member Redis store with the writer and the watcher running; yields the password."""
@@ -189,11 +121,16 @@ def cache(real_cp: ControlPlane, real_node: RealNode, real_operator: str, real_n
     procs.wait_until("DataStore cache Ready", lambda: ready(real_cp, ns, STORE), 240)
     procs.wait_until(
         "two replicas streaming",
-        lambda: sum(1 for m in status(real_cp, ns).get("members", []) if m["role"] == "replica" and m["ready"]) == 2,
+        lambda: (
+            sum(1 for m in status(real_cp, ns, STORE).get("members", []) if m["role"] == "replica" and m["ready"]) == 2
+        ),
         90,
     )
-    assert status(real_cp, ns)["currentPrimary"] == "cache-0" and status(real_cp, ns)["primaryEpoch"] == 0
-    real_cp.apply([pod(ns, "writer", image, writer_script(ns)), pod(ns, "watcher", image, watcher_script(ns))])
+    assert status(real_cp, ns, STORE)["currentPrimary"] == "cache-0" and status(real_cp, ns, STORE)["primaryEpoch"] == 0
+    env = [secret_env(STORE, "REDISCLI_AUTH", "password")]
+    real_cp.apply(
+        [app_pod(ns, "writer", image, writer_script(ns), env), app_pod(ns, "watcher", image, watcher_script(ns), env)]
+    )
     for name in ("writer", "watcher"):
         real_cp.kubectl("wait", "-n", ns, "--for=condition=Ready", "--timeout=60s", f"pod/{name}")
     procs.wait_until("the writer writing", lambda: len(acked(logs(real_cp, ns, "writer"))) >= 30, 60)
@@ -207,11 +144,11 @@ def check_failover(
     primary, the old one back as its streaming replica, never two primaries. The new primary and the acks."""
 
     def promoted() -> bool:
-        st = status(cp, ns)
+        st = status(cp, ns, STORE)
         return st.get("currentPrimary") not in (None, old) and not st.get("targetPrimary")
 
     procs.wait_until(f"a replica promoted after {how}", promoted, 90)
-    new = status(cp, ns)["currentPrimary"]
+    new = status(cp, ns, STORE)["currentPrimary"]
     acks_before = len(acked(logs(cp, ns, "writer")))
     procs.wait_until("writes resumed", lambda: len(acked(logs(cp, ns, "writer"))) >= acks_before + 30, 60)
     # The old primary's pod comes back as a replica of the new one, and streams.
@@ -222,11 +159,11 @@ def check_failover(
     procs.wait_until(f"{new} labelled primary", lambda: role_label(cp, ns, new) == "primary", 60)
     procs.wait_until(f"{old} labelled replica", lambda: role_label(cp, ns, old) == "replica", 60)
     seen = logs(cp, ns, "watcher")
-    assert len(seen) > 20 and not two_primaries(seen), two_primaries(seen)
-    st = status(cp, ns)
+    assert len(seen) > 20 and not two_primaries(seen, "master"), two_primaries(seen, "master")
+    st = status(cp, ns, STORE)
     assert st["primaryEpoch"] >= 1 and st["lastFailoverTime"]
     assert st["lastFailoverTime"] >= time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since - 1))
-    reasons = [e["reason"] for e in events(cp, ns)]
+    reasons = [e["reason"] for e in events(cp, ns, STORE)]
     assert "FailingOver" in reasons and "Promoted" in reasons
     gap = largest_gap([a for a in acks if a[1] >= since - 5])
     print(
@@ -251,7 +188,7 @@ def test_primary_pod_deleted(real_cp: ControlPlane, real_ns: str, cache: str) ->
 
 
 def test_primary_process_stopped(real_cp: ControlPlane, real_node: RealNode, real_ns: str, cache: str) -> None:
-    pid = container_pid(real_node, real_cp, real_ns, "cache-0")
+    pid = container_pid(real_node, real_cp, real_ns, "cache-0", "redis")
     since = time.time()
     os.kill(pid, signal.SIGSTOP)  # a hung primary: its port accepts nothing, its pod looks alive
     check_failover(real_cp, real_ns, cache, "cache-0", since, "the primary's process was SIGSTOPped")
@@ -274,13 +211,13 @@ def test_nothing_is_promoted_while_the_operator_is_down(
             "--timeout=90s",
             check=False,
         )
-        pid = container_pid(real_node, real_cp, real_ns, "cache-0")
+        pid = container_pid(real_node, real_cp, real_ns, "cache-0", "redis")
         since = time.time()
         os.kill(pid, signal.SIGSTOP)
         time.sleep(15)  # well past failoverDelay: with no operator nobody promotes anyone
         for member in ("cache-1", "cache-2"):
             assert role(real_cp, real_ns, member, cache) == "slave"
-        assert status(real_cp, real_ns)["currentPrimary"] == "cache-0"
+        assert status(real_cp, real_ns, STORE)["currentPrimary"] == "cache-0"
     finally:
         real_cp.kubectl("scale", *deployment, "--replicas=1")
     check_failover(real_cp, real_ns, cache, "cache-0", since, "the operator came back")
@@ -302,9 +239,9 @@ def test_switchover_loses_nothing_and_is_refused_while_the_target_lags(
     shell(
         real_cp, ns, "cache-0", cache, "head -c 20000000 /dev/zero | redis-cli --no-auth-warning -x SET big >/dev/null"
     )
-    refused = promote(real_cp, ns, "cache-2")
+    refused = promote(real_cp, ns, STORE, "cache-2")
     assert refused.returncode == 1 and "cache-2 lags the primary by" in refused.stdout, refused.stdout
-    assert status(real_cp, ns)["currentPrimary"] == "cache-0"
+    assert status(real_cp, ns, STORE)["currentPrimary"] == "cache-0"
     # Healed, it catches up; the switchover then waits for its last byte with the writes held.
     shell(
         real_cp,
@@ -315,10 +252,10 @@ def test_switchover_loses_nothing_and_is_refused_while_the_target_lags(
     )
     procs.wait_until("cache-2 streaming again", lambda: streaming(real_cp, ns, "cache-2", cache), 60)
     since = time.time()
-    done = promote(real_cp, ns, "cache-2")
+    done = promote(real_cp, ns, STORE, "cache-2")
     assert done.returncode == 0 and "done: switchover: cache-2 promoted" in done.stdout, done.stdout
     assert role(real_cp, ns, "cache-2", cache) == "master"
-    procs.wait_until("status naming cache-2", lambda: status(real_cp, ns).get("currentPrimary") == "cache-2", 30)
+    procs.wait_until("status naming cache-2", lambda: status(real_cp, ns, STORE).get("currentPrimary") == "cache-2", 30)
     procs.wait_until("cache-0 a replica of cache-2", lambda: role(real_cp, ns, "cache-0", cache) == "slave", 30)
     acks_before = len(acked(logs(real_cp, ns, "writer")))
     procs.wait_until("writes resumed", lambda: len(acked(logs(real_cp, ns, "writer"))) >= acks_before + 20, 60)
