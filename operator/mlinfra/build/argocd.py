@@ -6,6 +6,10 @@ ConfigMap) and ``manifests/argocd/argo-cd-values.yaml`` (``configs.cm`` of the A
 three can never diverge: ``python -m mlinfra.build.argocd`` writes them, ``--check`` (run by the unit tests)
 fails when the committed files are stale.
 
+``manifests/argocd/actions/<Kind>/`` holds the resource actions of the kinds that have some (a
+``discovery.lua`` and one ``<action>.lua`` each), rendered into the same files; ``discover`` and
+``run_action`` run them as Argo CD does.
+
 ``evaluate`` runs a script the way Argo CD does (Lua 5.1, the global ``obj``, only the base, table and a
 safe os library), with ``lupa``; it is a test dependency, imported only when called.
 
@@ -28,6 +32,8 @@ from mlinfra import api
 from mlinfra.api import base
 
 HEALTH_DIR = pathlib.Path("manifests") / "argocd" / "health"
+# Resource actions: ACTIONS_DIR/<Kind>/discovery.lua and one <action>.lua per action.
+ACTIONS_DIR = pathlib.Path("manifests") / "argocd" / "actions"
 SNIPPET = pathlib.Path("manifests") / "argocd" / "argocd-cm-health.yaml"
 VALUES = pathlib.Path("manifests") / "argocd" / "argo-cd-values.yaml"
 
@@ -74,6 +80,24 @@ def ignore_key(kind: str) -> str:
     return f"resource.customizations.ignoreResourceUpdates.{base.GROUP}_{kind}"
 
 
+def actions_key(kind: str) -> str:
+    return f"resource.customizations.actions.{base.GROUP}_{kind}"
+
+
+def action_scripts(root: pathlib.Path, kind: str) -> dict[str, str]:
+    """``{"discovery": ..., <action>: ...}`` of a kind with actions; empty for one without."""
+    folder = root / ACTIONS_DIR / kind
+    if not folder.is_dir():
+        return {}
+    return {path.stem: path.read_text(encoding="utf-8") for path in sorted(folder.glob("*.lua"))}
+
+
+def actions_value(scripts: Mapping[str, str]) -> str:
+    """The argocd-cm value of a kind's actions: its discovery script and one definition per action."""
+    definitions = [{"name": name, "action.lua": text} for name, text in scripts.items() if name != "discovery"]
+    return _dump({"discovery.lua": scripts["discovery"], "definitions": definitions})
+
+
 def script_path(kind: str) -> pathlib.Path:
     return HEALTH_DIR / kind / "health.lua"
 
@@ -99,12 +123,16 @@ def _dump(data: Any) -> str:
 
 
 def cm_data(root: pathlib.Path) -> dict[str, str]:
-    """The argocd-cm keys: one health check and one ignoreResourceUpdates entry per kind."""
+    """The argocd-cm keys: one health check and one ignoreResourceUpdates entry per kind, and the actions of
+    the kinds that have some."""
     data: dict[str, str] = {}
     ignore = _dump(IGNORE_UPDATES)
     for kind in kinds():
         data[health_key(kind)] = health_script(root, kind)
         data[ignore_key(kind)] = ignore
+        scripts = action_scripts(root, kind)
+        if scripts:
+            data[actions_key(kind)] = actions_value(scripts)
     return data
 
 
@@ -166,18 +194,47 @@ package.loaded.os = safe_os
 def evaluate(script: str, obj: Mapping[str, Any]) -> dict[str, str] | None:
     """What Argo CD's health assessment makes of ``obj`` with ``script``: ``{"status", "message"}``, or
     None when the script returns nothing. Lua errors raise ``lupa.LuaError``."""
-    lua51 = importlib.import_module("lupa.lua51")
-    runtime = lua51.LuaRuntime(unpack_returned_tuples=False, register_eval=False, register_builtins=False)
-    runtime.execute(_SANDBOX)
-    # Through JSON, as Argo CD sees the object (unstructured: numbers, strings, bools, maps, lists).
-    runtime.globals().obj = runtime.table_from(json.loads(json.dumps(obj)), recursive=True)
-    result = runtime.execute(script)
+    result = _runtime(obj).execute(script)
     if result is None:
         return None
     status, message = result["status"], result["message"]
     if status not in HEALTH_CODES:
         return {"status": "Unknown", "message": "Lua returned an invalid health status"}
     return {"status": str(status), "message": "" if message is None else str(message)}
+
+
+def _runtime(obj: Mapping[str, Any]) -> Any:
+    lua51 = importlib.import_module("lupa.lua51")
+    runtime = lua51.LuaRuntime(unpack_returned_tuples=False, register_eval=False, register_builtins=False)
+    runtime.execute(_SANDBOX)
+    # Through JSON, as Argo CD sees the object (unstructured: numbers, strings, bools, maps, lists).
+    runtime.globals().obj = runtime.table_from(json.loads(json.dumps(obj)), recursive=True)
+    return runtime
+
+
+def _plain(value: Any) -> Any:
+    """A Lua table back to JSON-like Python: a table with keys 1..n is a list, any other a dict."""
+    if not hasattr(value, "items"):
+        return value
+    items = dict(value.items())
+    if items and all(isinstance(k, int) for k in items) and sorted(items) == list(range(1, len(items) + 1)):
+        return [_plain(items[i]) for i in range(1, len(items) + 1)]
+    return {str(k): _plain(v) for k, v in items.items()}
+
+
+def discover(script: str, obj: Mapping[str, Any]) -> dict[str, bool]:
+    """What Argo CD's action discovery makes of ``obj``: ``{action: enabled}``."""
+    found = _plain(_runtime(obj).execute(script)) or {}
+    return {str(name): not bool((spec or {}).get("disabled")) for name, spec in found.items()}
+
+
+def run_action(script: str, obj: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """What Argo CD does with an action on ``obj``: a list of ``{"operation": "patch"|"create", "resource"}``
+    (an action that returns the object alone patches it, the form before Argo CD 2.8)."""
+    result = _plain(_runtime(obj).execute(script))
+    if isinstance(result, dict):
+        return [{"operation": "patch", "resource": result}]
+    return [dict(entry) for entry in result or []]
 
 
 def repo_root() -> pathlib.Path:

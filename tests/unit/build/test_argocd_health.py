@@ -295,7 +295,8 @@ def test_generated_files_are_up_to_date() -> None:
 
 
 def test_check_catches_an_edited_script(tmp_path: Path) -> None:
-    for rel in [*(argocd.script_path(k) for k in KINDS), argocd.SNIPPET, argocd.VALUES]:
+    actions = [p.relative_to(ROOT) for p in (ROOT / argocd.ACTIONS_DIR).rglob("*.lua")]
+    for rel in [*(argocd.script_path(k) for k in KINDS), *actions, argocd.SNIPPET, argocd.VALUES]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text((ROOT / rel).read_text())
     assert argocd.stale(tmp_path) == []
@@ -327,7 +328,14 @@ def test_snippet_and_values_carry_the_scripts_verbatim() -> None:
         assert ignore["jqPathExpressions"] == [
             '.metadata.annotations | objects | .[keys[] | select(startswith("kopf.mlinfra.io/"))]'
         ]
-    assert len(snippet["data"]) == 2 * len(KINDS)
+    for kind in ("DataStore", "FeatureView", "VectorIndex"):  # and the actions (test_argocd_actions.py)
+        actions = yaml.safe_load(snippet["data"][f"resource.customizations.actions.mlinfra.io_{kind}"])
+        scripts = argocd.action_scripts(ROOT, kind)
+        assert actions["discovery.lua"] == scripts["discovery"]
+        assert {d["name"]: d["action.lua"] for d in actions["definitions"]} == {
+            k: v for k, v in scripts.items() if k != "discovery"
+        }
+    assert len(snippet["data"]) == 2 * len(KINDS) + 3
 
 
 def test_ignored_annotations_are_kopfs_storage() -> None:

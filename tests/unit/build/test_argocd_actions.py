@@ -1,0 +1,81 @@
+"""The Argo CD resource actions (manifests/argocd/actions), run as Argo CD runs them (Lua 5.1 in its sandbox):
+"backup-now" on a DataStore with spec.backup creates the Backup `mlinfra backup` would, "sync-now" on a
+FeatureView or VectorIndex sets the annotation the operator answers with a one-off Job. The kwok tier applies
+what they return to a live operator (e2e/test_argocd_actions_live.py)."""
+
+from __future__ import annotations
+
+import datetime
+import re
+from typing import Any
+
+import pytest
+
+from mlinfra import problems
+from mlinfra.api import backup as backup_api
+from mlinfra.build import argocd
+
+pytestmark = pytest.mark.unit
+
+ROOT = argocd.repo_root()
+
+
+def store(name: str = "cache", with_backup: bool = True) -> dict[str, Any]:
+    spec: dict[str, Any] = {"engine": "redis", "managed": {"replicas": 1}}
+    if with_backup:
+        spec["backup"] = {"target": {"volume": {"claimName": "backups"}}}
+    return {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": "DataStore",
+        "metadata": {"name": name, "namespace": "ml"},
+        "spec": spec,
+    }
+
+
+def test_backup_now_is_offered_only_to_a_store_with_a_backup_policy() -> None:
+    discovery = argocd.action_scripts(ROOT, "DataStore")["discovery"]
+    assert argocd.discover(discovery, store()) == {"backup-now": True}
+    assert argocd.discover(discovery, store(with_backup=False)) == {"backup-now": False}
+
+
+def test_backup_now_creates_the_backup_mlinfra_backup_would() -> None:
+    before = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    [created] = argocd.run_action(argocd.action_scripts(ROOT, "DataStore")["backup-now"], store())
+    after = datetime.datetime.now(datetime.UTC)
+    assert created["operation"] == "create"
+    backup = created["resource"]
+    name = backup["metadata"]["name"]
+    assert re.fullmatch(r"cache-\d{14}", name) and backup["metadata"]["namespace"] == "ml"
+    taken = datetime.datetime.strptime(name[-14:], "%Y%m%d%H%M%S").replace(tzinfo=datetime.UTC)
+    assert before <= taken <= after
+    assert backup["spec"] == {"dataStoreRef": {"name": "cache"}}
+    problems.parse(backup_api.Backup, backup)  # a valid Backup: the API server takes it
+    # A store whose name leaves no room for the time: backup-<time>, still within 63 characters.
+    [long] = argocd.run_action(argocd.action_scripts(ROOT, "DataStore")["backup-now"], store("s" * 52))
+    assert re.fullmatch(r"backup-\d{14}", long["resource"]["metadata"]["name"])
+
+
+@pytest.mark.parametrize("kind", ["FeatureView", "VectorIndex"])
+def test_sync_now_sets_the_annotation_the_operator_answers(kind: str) -> None:
+    scripts = argocd.action_scripts(ROOT, kind)
+    obj = {"apiVersion": "mlinfra.io/v1alpha1", "kind": kind, "metadata": {"name": "v", "namespace": "ml"}, "spec": {}}
+    assert argocd.discover(scripts["discovery"], obj) == {"sync-now": True}
+    [patched] = argocd.run_action(scripts["sync-now"], obj)
+    assert patched["operation"] == "patch"
+    requested = patched["resource"]["metadata"]["annotations"]["mlinfra.io/sync-requested-at"]
+    at = datetime.datetime.strptime(requested, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    assert abs((datetime.datetime.now(datetime.UTC) - at).total_seconds()) < 5
+    # Other annotations stay.
+    obj["metadata"]["annotations"] = {"team": "ranking"}
+    [again] = argocd.run_action(scripts["sync-now"], obj)
+    assert again["resource"]["metadata"]["annotations"]["team"] == "ranking"
+
+
+def test_the_kinds_without_actions_have_none() -> None:
+    assert argocd.action_scripts(ROOT, "ModelRegistry") == {} and argocd.action_scripts(ROOT, "Backup") == {}
+    data = argocd.cm_data(ROOT)
+    assert {k for k in data if k.startswith("resource.customizations.actions.")} == {
+        "resource.customizations.actions.mlinfra.io_DataStore",
+        "resource.customizations.actions.mlinfra.io_FeatureView",
+        "resource.customizations.actions.mlinfra.io_VectorIndex",
+    }
