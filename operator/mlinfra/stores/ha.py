@@ -45,8 +45,8 @@ SWITCHOVER_PAUSE = 5.0  # seconds a switchover may hold the primary's writes
 SWITCHOVER_MAX_LAG = 16 * 1024 * 1024  # bytes a switchover target may lag when it is asked for
 
 SWITCHOVER_REFUSED = "SwitchoverRefused"
-# The annotation that asks for a switchover: its value is the member to promote (mlinfra promote, Argo CD's
-# promote action); the outcome is written to <annotation>-result (handlers.kind).
+# The annotation that asks for a switchover: its value is the member to promote (what mlinfra promote sets);
+# the outcome is written to <annotation>-result (handlers.kind).
 PROMOTE_ANNOTATION = "mlinfra.io/promote"
 
 # When each store's primary was first seen not answering (by uid): the operator's memory, not the record's. A

@@ -23,6 +23,7 @@ from mlinfra.stores import (
     children,
     connsecret,
     credentials,
+    ha,
     primaryrecord,
     versions,
     volumeserver,
@@ -253,6 +254,7 @@ def delete(ctx: Context, obj: Obj[api.DataStore]) -> None:
     ds = obj.model
     ns, name = obj.namespace, obj.name
     backuprecovery.forget(str(obj.body["metadata"].get("uid")))
+    ha.forget(str(obj.body["metadata"].get("uid")))
     if ds.spec.managed is None:
         _drop_archiver_slot(ctx, obj)
         return
