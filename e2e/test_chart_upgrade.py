@@ -46,9 +46,10 @@ CHILD_KINDS = "statefulsets,services,configmaps,secrets,persistentvolumeclaims,c
 VIEW = "clicks"
 # What this release adds to live stores on upgrade (docs/upgrade.md): the primary record of each redis and
 # postgres store, the read-only Service of a replicated one and its keys in the connection Secret, and
-# MLINFRA_PRIMARY and a preStop hook in a redis store's pod template (its pods roll once).
+# MLINFRA_PRIMARY in every redis and postgres store's pod template (and redis's preStop hook): their pods
+# roll once.
 ADDED = {"ConfigMap/online-primary", "ConfigMap/offline-primary", "Service/online-ro"}
-REWRITTEN = {"StatefulSet/online", "Secret/online-conn"}
+REWRITTEN = {"StatefulSet/online", "StatefulSet/offline", "Secret/online-conn"}
 NEW_STATUS = {
     f"DataStore/{name}": [f".currentPrimary: None -> '{name}-0'", ".primaryEpoch: None -> 0"]
     for name in ("offline", "online")
