@@ -299,24 +299,33 @@ def _fence(
     decision: failover.Decision,
     grace: int | None,
 ) -> bool:
-    """The record names the new primary with the old one being fenced, the Service moves, the old pod is
-    deleted (``grace``: its grace period, None for the pod's own)."""
+    """The record names the new primary with the old one being fenced, the Service moves, and then the old
+    primary's pod is deleted (``grace``: its grace period, None for the pod's own): the incarnation there is
+    once the record is written. An incarnation the StatefulSet started before that (the old pod was already
+    gone: a user deleted it) read the old record and may be starting as a primary; one started after reads the
+    new record. So the pod fenced is the one found after the write, whatever its uid."""
     state, member = decision.state, decision.member
     assert member is not None
-    pod = seen.pods.get(member)
-    uid = (pod or {}).get("metadata", {}).get("uid") if record.fencing is None else record.fencing_uid
+    first = record.fencing is None
     new = primaryrecord.Record(
         primary=state.primary,
         epoch=state.epoch,
         fencing=member,
-        fencing_uid=uid,
-        changed_at=_now_rfc3339() if record.fencing is None else record.changed_at,
+        fencing_uid=record.fencing_uid,
+        changed_at=_now_rfc3339() if first else record.changed_at,
         version=record.version,
     )
-    _record(ctx, obj, record, new)
+    record = _record(ctx, obj, record, new)
     _client_service_selects(ctx, obj, state.primary)
-    if pod is not None and pod["metadata"].get("uid") == uid and not pod["metadata"].get("deletionTimestamp"):
-        ctx.kube.delete("Pod", obj.namespace, member, uid=uid, grace_seconds=grace)
+    if first:
+        pod = ctx.kube.get_or_none("Pod", obj.namespace, member)
+        uid = (pod or {}).get("metadata", {}).get("uid")
+        if uid is not None:
+            primaryrecord.write(
+                ctx.kube, obj.namespace, obj.name, replace(new, fencing_uid=uid, version=record.version)
+            )
+            if not (pod or {}).get("metadata", {}).get("deletionTimestamp") or grace is not None:
+                ctx.kube.delete("Pod", obj.namespace, member, uid=uid, grace_seconds=grace)
     return True
 
 

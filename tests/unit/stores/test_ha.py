@@ -160,6 +160,7 @@ def test_the_failover_names_fences_then_promotes(
     assert kube.writes[writes:] == [
         ("patch", "ConfigMap", NS, "db-primary"),
         ("patch", "Service", NS, "db"),
+        ("patch", "ConfigMap", NS, "db-primary"),  # the uid of the incarnation found after the first write
         ("delete", "Pod", NS, "db-0"),
         ("patch", "ConfigMap", NS, "db-primary"),
     ]
