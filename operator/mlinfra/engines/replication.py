@@ -126,6 +126,9 @@ def promote(conn: connection.ConnectionInfo, timeout: float) -> None:
     try:
         with _pg(conn, timeout + 5) as pg:
             row = pg.execute("select pg_promote(true, %s)", [max(1, int(timeout))]).fetchone()
+            if row and row[0]:
+                # The new timeline reaches the control file (what pg_rewind of the old primary reads) now.
+                pg.execute("checkpoint")
     except (psycopg.Error, OSError) as exc:
         raise ReplicationError(f"promoting {conn.endpoint}: {observation.error_message(exc, conn)}") from None
     if not row or not row[0]:
