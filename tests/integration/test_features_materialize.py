@@ -1,5 +1,7 @@
 """features.materialize on real PostgreSQL + Redis: latest per entity, TTL, event-time guard, composite keys,
-type round trips, bookkeeping, and a run killed between batches (the CLI as a subprocess, SIGKILL)."""
+type round trips, bookkeeping, a run killed between batches (the CLI as a subprocess, SIGKILL), a run whose
+connection is lost half way (it must not carry on over a new one), and a run that commits only once a replica
+holds its writes (``WAIT``)."""
 
 from __future__ import annotations
 
@@ -248,6 +250,75 @@ def test_failure_is_recorded(pg: psycopg.Connection[tuple[Any, ...]]) -> None:
         materialize.materialize(spec, pg, dead, "test", view)
     last = freshness.last_run(pg, "test", view)
     assert last is not None and last.outcome == "Failed" and "ConnectionError" in (last.message or "")
+    assert freshness.online_watermark(pg, "test", view) is None
+
+
+# -- failover: one connection per run, replicas acknowledge before the commit -------------------------------
+
+
+def test_a_lost_connection_fails_the_run_and_the_rerun_is_exact(
+    pg: psycopg.Connection[tuple[Any, ...]], rds: redis.Redis
+) -> None:
+    """The connection dies after the first batch (as when the primary goes and the Service moves): the run
+    must not reconnect and carry on — another server may lack what the first one had not passed on — so it
+    fails with nothing committed, and the next run writes every row."""
+    view = view_name()
+    spec = make_spec([{"name": "v", "type": "int64"}], batch_size=5)
+    table = setup_view(pg, spec, view)
+    insert(pg, table, ["user_id", "v", "event_timestamp"], [(i, i * 10, ts(1)) for i in range(20)])
+    killed: list[int] = []
+
+    def kill_the_run_connection(batches: int, rows: int) -> None:
+        if batches == 1:  # the run's connection is the one whose last command was the write script
+            for client in rds.client_list():
+                if client.get("cmd") == "eval":
+                    rds.client_kill_filter(_id=int(client["id"]))
+                    killed.append(int(client["id"]))
+
+    with pytest.raises(redis.ConnectionError):
+        materialize.materialize(spec, pg, rds, "test", view, on_batch=kill_the_run_connection)
+    assert killed
+    last = freshness.last_run(pg, "test", view)
+    assert last is not None and last.outcome == "Failed"
+    assert freshness.online_watermark(pg, "test", view) is None  # nothing committed
+    result = materialize.materialize(spec, pg, rds, "test", view)
+    assert result.outcome == "Succeeded" and result.rows == 20
+    assert all(online(rds, view, (i,), [("v", "int64")]) == {"v": i * 10} for i in range(20))
+
+
+def test_a_run_commits_once_a_replica_holds_its_writes(
+    pg: psycopg.Connection[tuple[Any, ...]], rds: redis.Redis, redis_cluster: RedisCluster
+) -> None:
+    view = view_name()
+    spec = make_spec([{"name": "v", "type": "int64"}])
+    table = setup_view(pg, spec, view)
+    insert(pg, table, ["user_id", "v", "event_timestamp"], [(i, i, ts(1)) for i in range(50)])
+    result = materialize.materialize(spec, pg, rds, "test", view, replica_acks=1)
+    assert result.outcome == "Succeeded" and result.rows == 50
+    # Acknowledged by the replica before the commit: it holds every key the moment the run returns.
+    replica = redis.Redis(host="127.0.0.1", port=redis_cluster.replicas[0].port, password=redis_cluster.password)
+    try:
+        assert all(online(replica, view, (i,), [("v", "int64")]) == {"v": i} for i in range(50))
+    finally:
+        replica.close()
+
+
+def test_a_run_without_enough_replica_acks_commits_nothing(
+    pg: psycopg.Connection[tuple[Any, ...]],
+    rds: redis.Redis,
+    redis_cluster: RedisCluster,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(materialize, "REPLICA_ACK_TIMEOUT_MS", 200)
+    view = view_name()
+    spec = make_spec([{"name": "v", "type": "int64"}])
+    table = setup_view(pg, spec, view)
+    insert(pg, table, ["user_id", "v", "event_timestamp"], [(1, 1, ts(1))])
+    wanted = len(redis_cluster.replicas) + 1  # more than there are
+    with pytest.raises(materialize.NotReplicated, match=f"of the {wanted} replicas required"):
+        materialize.materialize(spec, pg, rds, "test", view, replica_acks=wanted)
+    last = freshness.last_run(pg, "test", view)
+    assert last is not None and last.outcome == "Failed" and "NotReplicated" in (last.message or "")
     assert freshness.online_watermark(pg, "test", view) is None
 
 

@@ -139,11 +139,12 @@ def read_only_host(ds: datastore.DataStore) -> str:
 
 def selector_labels(ds: datastore.DataStore) -> dict[str, str]:
     """Labels that select this store's pods and volumes. Immutable: never add or change one."""
-    return {
-        "app.kubernetes.io/name": ds.spec.engine,
-        "app.kubernetes.io/instance": ds.metadata.name,
-        DATASTORE_LABEL: ds.metadata.name,
-    }
+    return pod_selector(ds.spec.engine, ds.metadata.name)
+
+
+def pod_selector(engine: str, name: str) -> dict[str, str]:
+    """:func:`selector_labels` of the ``engine`` store ``name``, for callers holding only its name."""
+    return {"app.kubernetes.io/name": engine, "app.kubernetes.io/instance": name, DATASTORE_LABEL: name}
 
 
 def labels(ds: datastore.DataStore) -> dict[str, str]:

@@ -27,20 +27,29 @@ Semantics (docs/featureview.md says the same for users):
   writes a new marker before its first write; every run checks, after its last write, that the marker is
   still its own (a ``FLUSHALL`` during the run fails it, commits nothing, and makes the next run full) and
   commits the marker's token and the table's identity with the watermark.
+- **Failover.** A run writes over one connection and never reconnects: were the connection lost half way (the
+  primary died, a failover moved the client Service), a silent reconnect would carry on on another server
+  that may lack the batches the old primary had not passed on yet. The run fails instead, commits nothing,
+  and the Job's retry starts again from the committed watermark. With replicas (``replica_acks``), the run
+  commits only once that many replicas acknowledged every write (``WAIT``): a failover after the commit
+  promotes the most advanced replica, which holds them.
 - **Concurrency.** One run per view at a time (a session advisory lock); a run finding the lock taken fails
   with :class:`SyncInProgress`. ``Running`` rows left by killed runs are closed as ``Failed`` by the next run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import psycopg
 import redis
 from psycopg import sql
+from redis import backoff as redis_backoff
+from redis import retry as redis_retry
 
 from mlinfra.api import common, featureview
 from mlinfra.features import identity, layout, schema
@@ -49,6 +58,7 @@ _RUNS = sql.Identifier(layout.BOOKKEEPING_SCHEMA, layout.SYNC_RUNS_TABLE)
 _MARKS = sql.Identifier(layout.BOOKKEEPING_SCHEMA, layout.WATERMARKS_TABLE)
 
 DEFAULT_OVERLAP = datetime.timedelta(minutes=5)
+REPLICA_ACK_TIMEOUT_MS = 5000  # how long a run waits for replicas to acknowledge its writes (WAIT)
 SCRIPT_CHUNK = 500  # keys per script call; a batch is sent as one pipeline of chunks
 _MAX_ERROR = 1024
 
@@ -84,6 +94,10 @@ class SyncInProgress(RuntimeError):
 
 class OnlineStoreChanged(RuntimeError):
     """The view's marker changed in Redis while the run wrote (FLUSHALL, restart): nothing was committed."""
+
+
+class NotReplicated(RuntimeError):
+    """Fewer replicas than required acknowledged the run's writes in time: nothing was committed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,7 +228,8 @@ class _Writer:
         # redis-py's own packing costs more than everything else of a run: the commands are packed above
         # (every argument is already bytes) and pipelined on one pooled connection.
         pool = self.online.connection_pool
-        conn = pool.get_connection()
+        pinned = self.online.connection  # a run's own (materialize()); a pooled one otherwise (the benchmark)
+        conn = pinned or pool.get_connection()
         try:
             conn.send_packed_command(commands)  # type: ignore[no-untyped-call]
             replies = [conn.read_response() for _ in commands]
@@ -222,7 +237,8 @@ class _Writer:
             conn.disconnect()  # type: ignore[no-untyped-call]
             raise
         finally:
-            pool.release(conn)
+            if pinned is None:
+                pool.release(conn)
         errors = [reply for reply in replies if isinstance(reply, Exception)]
         if errors:
             raise errors[0]
@@ -268,6 +284,22 @@ def _fail_run(conn: psycopg.Connection[tuple[Any, ...]], run_id: int, error: Bas
     )
 
 
+@contextlib.contextmanager
+def one_connection(online: redis.Redis) -> Iterator[redis.Redis]:
+    """A client of ``online``'s pool that holds one connection and never reconnects nor retries: a lost
+    connection fails the call (see "Failover" in the module docstring)."""
+    client = redis.Redis(connection_pool=online.connection_pool, single_connection_client=True)
+    conn = client.connection
+    assert conn is not None
+    kept = conn.retry
+    conn.retry = redis_retry.Retry(redis_backoff.NoBackoff(), 0)
+    try:
+        yield client
+    finally:
+        conn.retry = kept
+        client.close()
+
+
 def materialize(
     spec: featureview.FeatureViewSpec,
     offline: psycopg.Connection[tuple[Any, ...]],
@@ -278,12 +310,15 @@ def materialize(
     now: datetime.datetime | None = None,
     overlap: datetime.timedelta = DEFAULT_OVERLAP,
     on_batch: BatchHook | None = None,
+    replica_acks: int = 0,
 ) -> Result:
     """Run one materialization of the view ``namespace/name`` (see the module docstring).
 
     ``offline`` must be an autocommit connection; ``batch_size`` defaults to the spec's (1000); ``now`` (for
-    the TTL cutoff) to the current time. Raises on failure, after recording it in ``mlinfra.sync_runs``;
-    :class:`schema.NotReady` (nothing recorded) when the table or the bookkeeping is not in place.
+    the TTL cutoff) to the current time; ``replica_acks``: how many replicas must hold the writes before the
+    run commits (0: none, a store without replicas). Raises on failure, after recording it in
+    ``mlinfra.sync_runs``; :class:`schema.NotReady` (nothing recorded) when the table or the bookkeeping is not
+    in place.
     """
     size = batch_size or (spec.materialization.batch_size if spec.materialization else 1000)
     # No DDL here: the Job's role may not run any (features.syncrole); the operator's reconcile makes both.
@@ -295,7 +330,11 @@ def materialize(
     try:
         run_id, start_time = _start_run(offline, namespace, name)
         try:
-            return _run(spec, offline, online, namespace, name, size, now, overlap, on_batch, run_id, start_time)
+            with one_connection(online) as pinned:
+                return _run(
+                    spec, offline, pinned, namespace, name, size, now, overlap, on_batch, run_id, start_time,
+                    replica_acks,
+                )  # fmt: skip
         except BaseException as error:
             try:
                 _fail_run(offline, run_id, error)
@@ -318,6 +357,7 @@ def _run(
     on_batch: BatchHook | None,
     run_id: int,
     start_time: datetime.datetime,
+    replica_acks: int,
 ) -> Result:
     previous = read_watermarks(offline, namespace, name)
     known = identity.recorded(offline, namespace, name)
@@ -363,6 +403,14 @@ def _run(
             f"the online store lost this run's marker {marker_key} while the run wrote (FLUSHALL, a restart "
             "without persistence, eviction): nothing was committed; the next run rewrites every key"
         )
+    if replica_acks:
+        acked = int(online.wait(replica_acks, REPLICA_ACK_TIMEOUT_MS))
+        if acked < replica_acks:
+            raise NotReplicated(
+                f"{acked} of the {replica_acks} replicas required acknowledged this run's writes within "
+                f"{REPLICA_ACK_TIMEOUT_MS / 1000:g} s (are the online store's replicas streaming?): nothing was "
+                "committed; the next run writes them again"
+            )
     watermark = max((w for w in (previous.watermark, max_event) if w is not None), default=None)
     ingested = max((w for w in (previous.ingested_through, max_created) if w is not None), default=None)
     with offline.transaction():

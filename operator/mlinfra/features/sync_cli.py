@@ -69,7 +69,15 @@ def run(target: str, file: pathlib.Path | None = None, batch_size: int | None = 
     try:
         with connection.postgres(offline_info, timeouts=connection.JOB) as offline:
             result = materialize.materialize(
-                view.spec, offline, online, namespace, name, batch_size=batch_size, on_batch=sync_command.pause_hook()
+                view.spec,
+                offline,
+                online,
+                namespace,
+                name,
+                batch_size=batch_size,
+                on_batch=sync_command.pause_hook(),
+                # A store with replicas publishes a read-only host: a failover must not lose a committed run.
+                replica_acks=1 if online_info.read_only_host else 0,
             )
     except Exception as error:
         _emit({"featureView": target, "outcome": "Failed", "error": f"{type(error).__name__}: {error}"})

@@ -8,6 +8,8 @@ role that lost its grants, a Redis that lost its users) and the view's deletion.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -19,12 +21,15 @@ from mlinfra.engines import connection, observation
 from mlinfra.engines import names as store_names
 from mlinfra.features import connect, jobs, syncrole, syncuser
 from mlinfra.problems import Problem, ProblemError
-from mlinfra.stores import children, connsecret, credentials, refs
+from mlinfra.stores import children, connsecret, credentials, members, refs
 
 ROLE_CONFLICT = "RoleConflict"
 ONLINE_CREDENTIALS_SHARED = "OnlineCredentialsShared"
 SYNC_USER_RECREATED = "SyncUserRecreated"
 SYNC_ROLE_REPAIRED = "SyncRoleRepaired"
+
+
+_log = logging.getLogger(__name__)
 
 
 def sync_labels(view: str) -> dict[str, str]:
@@ -143,7 +148,30 @@ def ensure_online_user(ctx: Context, obj: Obj[api.FeatureView], both: connect.St
     finally:
         client.close()
     children.apply(ctx.kube, sync_secret(obj, both.online_published or both.online, user, password, secret))
+    _on_every_member(ctx, obj, both.online, lambda client: syncuser.ensure(client, ns, name, password))
     return secret
+
+
+def _on_every_member(
+    ctx: Context, obj: Obj[api.FeatureView], online: connection.ConnectionInfo, act: Callable[[redis.Redis], Any]
+) -> dict[str, Any]:
+    """``act`` on each member of a managed online store, reached on its own; what it returned, by member (the
+    members it was done on).
+
+    Redis does not replicate ACL users: a user made through the client Service exists on the primary only,
+    and a replica promoted by a failover would refuse the view's Jobs until the next repair. A member that
+    cannot be reached now is left to the repair timer (:func:`repair_online_user`)."""
+    done: dict[str, Any] = {}
+    ref = obj.model.spec.online.store_ref.name
+    for member, conn in sorted(members.connections(ctx, obj.namespace, ref, "redis", online).items()):
+        client = connect.online_client(conn)
+        try:
+            done[member] = act(client)
+        except (syncuser.UserConflict, syncuser.NotPermitted, redis.RedisError, OSError) as exc:
+            _log.info("the sync user of %s/%s on member %s: %s", obj.namespace, obj.name, member, type(exc).__name__)
+        finally:
+            client.close()
+    return done
 
 
 def online_secret_of(ctx: Context, obj: Obj[api.FeatureView]) -> str | None:
@@ -198,15 +226,28 @@ def repair_online_user(ctx: Context, obj: Obj[api.FeatureView], online: connecti
     password = connsecret.values(secret).get(store_names.PASSWORD_KEY)
     if not password:
         return
+    ns, name = obj.namespace, obj.name
+
+    def make_if_missing(client: redis.Redis) -> bool:
+        if syncuser.present(client, ns, name):
+            return False
+        syncuser.ensure(client, ns, name, password)
+        return True
+
     client = connect.online_client(online)
     try:
-        if syncuser.present(client, obj.namespace, obj.name):
-            return
-        user = syncuser.ensure(client, obj.namespace, obj.name, password)
+        lost = make_if_missing(client)  # the primary, through the client Service
     except (syncuser.UserConflict, syncuser.NotPermitted, redis.RedisError, OSError):
         return
     finally:
         client.close()
+    # Each member too (a replica made since, or restarted, lacks it: a failover would promote it), quietly.
+    made = [member for member, did in _on_every_member(ctx, obj, online, make_if_missing).items() if did]
+    if made:
+        _log.info("the sync user of %s/%s made again on %s", ns, name, ", ".join(made))
+    if not lost:
+        return
+    user = syncuser.user_name(ns, name)
     obj.report.warning(
         SYNC_USER_RECREATED,
         f"spec.online.storeRef: the online store had lost the sync user {user} (restarted without an ACL file?): "
@@ -249,6 +290,7 @@ def delete_online_user(ctx: Context, obj: Obj[api.FeatureView]) -> None:
             deleted = syncuser.delete(client, obj.namespace, obj.name)
         finally:
             client.close()
+        _on_every_member(ctx, obj, online, lambda member: syncuser.delete(member, obj.namespace, obj.name))
     except syncuser.NotPermitted:
         return  # it never had one
     except (ProblemError, redis.RedisError, OSError) as exc:

@@ -8,8 +8,9 @@ injective name as the view's PostgreSQL role), made by the reconcile with the st
 - keys: the view's marker ``fv:{ns}:{view}`` and its entity keys ``fv:{ns}:{view}:*`` (:data:`layout`), no
   Pub/Sub channel;
 - commands: :data:`COMMANDS`, what ``materialize()`` sends (``EVAL`` of the write script, whose ``HGET``,
-  ``DEL``, ``HSET`` and ``PEXPIREAT`` Redis checks against the same user; ``GET``/``SET`` of the marker) and
-  what the client sends on connecting (``SELECT`` of the store's database, ``PING``).
+  ``DEL``, ``HSET`` and ``PEXPIREAT`` Redis checks against the same user; ``GET``/``SET`` of the marker;
+  ``WAIT`` for the replicas before a run commits) and what the client sends on connecting (``SELECT`` of the
+  store's database, ``PING``).
   Anything else is refused with ``NOPERM``, as is any other view's key.
 
 The password reaches Redis only as its SHA-256 (``#<hex>`` in ``ACL SETUSER``): no ``MONITOR`` or slow log
@@ -41,7 +42,7 @@ _MAX_SECRET_NAME = 253
 # What materialize() sends (with the script's own commands) and what redis-py sends on connecting.
 # (redis-py's CLIENT SETINFO on connecting is not among them: it ignores the refusal, and Redis 7.0 has no
 # such subcommand to allow.)
-COMMANDS = ("eval", "get", "set", "hget", "hset", "del", "pexpireat", "select", "ping")
+COMMANDS = ("eval", "get", "set", "hget", "hset", "del", "pexpireat", "select", "ping", "wait")
 
 
 class UserConflict(Exception):

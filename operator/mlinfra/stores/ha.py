@@ -32,7 +32,7 @@ from mlinfra.context import Context, Obj
 from mlinfra.engines import connection, names, render, replication
 from mlinfra.k8s import conditions
 from mlinfra.problems import Problem, ProblemError
-from mlinfra.stores import connsecret, failover, primaryrecord
+from mlinfra.stores import connsecret, failover, members, primaryrecord
 
 log = logging.getLogger(__name__)
 
@@ -88,28 +88,18 @@ def look(ctx: Context, obj: Obj[api.DataStore], conn: connection.ConnectionInfo,
     ds = obj.model
     ns, name = obj.namespace, obj.name
     pods = {p["metadata"]["name"]: p for p in ctx.kube.list_("Pod", ns, names.selector_labels(ds))}
-    override = ctx.endpoints.lookup(ns, name, conn.port)  # development only: local servers stand for the pods
-    headless = f"{names.headless_service(name)}.{ns}.svc"
     conns: dict[str, connection.ConnectionInfo] = {}
     addresses: dict[str, tuple[str, int]] = {}
     known: dict[str, str] = {}  # host:port a replica may name its primary by -> member
-    for pod_name, pod in pods.items():
-        if override is not None and pod_name in override.members:
-            host, port = connection.split_endpoint(override.members[pod_name], conn.port)
-            addresses[pod_name] = (host, port)
-        else:
-            ip = (pod.get("status") or {}).get("podIP")
-            if not ip:
-                continue
-            host, port = str(ip), conn.port
-            addresses[pod_name] = (f"{pod_name}.{headless}", conn.port)
-            known[f"{pod_name}.{headless}:{port}"] = pod_name
-        conns[pod_name] = conn.with_endpoint(host, port)
-        known[f"{host}:{port}"] = pod_name
+    for pod_name, address in members.addresses(ctx, ns, name, conn.port, pods).items():
+        conns[pod_name] = conn.with_endpoint(address.host, address.port)
+        addresses[pod_name] = address.peer
+        known[f"{address.host}:{address.port}"] = pod_name
+        known[f"{address.peer[0]}:{address.peer[1]}"] = pod_name
     # Every member at once: a stopped one costs one timeout per look, not one per member.
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(conns))) as pool:
         states = dict(zip(conns, pool.map(lambda c: replication.look(c, LOOK_TIMEOUT), conns.values()), strict=True))
-    members = []
+    looked: list[failover.Member] = []
     for pod_name, pod in sorted(pods.items()):
         ordinal = int(pod_name.rpartition("-")[2]) if pod_name.rpartition("-")[2].isdigit() else 0
         meta = pod.get("metadata") or {}
@@ -122,9 +112,9 @@ def look(ctx: Context, obj: Obj[api.DataStore], conn: connection.ConnectionInfo,
         fenced = record.fencing == pod_name and gone
         state = states.get(pod_name)
         if state is None:
-            members.append(failover.Member(pod_name, ordinal, reachable=False, fenced=fenced, terminating=terminating))
+            looked.append(failover.Member(pod_name, ordinal, reachable=False, fenced=fenced, terminating=terminating))
             continue
-        members.append(
+        looked.append(
             failover.Member(
                 pod_name,
                 ordinal,
@@ -136,7 +126,7 @@ def look(ctx: Context, obj: Obj[api.DataStore], conn: connection.ConnectionInfo,
                 terminating=terminating,
             )
         )
-    return Seen(obj.model, members, conns, addresses, pods)
+    return Seen(obj.model, looked, conns, addresses, pods)
 
 
 def _client_service_selects(ctx: Context, obj: Obj[api.DataStore], primary: str) -> None:
