@@ -42,7 +42,7 @@ def test_backup_now_takes_a_backup_the_operator_completes(
 
     live = get_json(cp, "datastore", bs.SOURCE, "-n", ns)
     scripts = argocd.action_scripts(ROOT, "DataStore")
-    assert argocd.discover(scripts["discovery"], live) == {"backup-now": True}
+    assert argocd.discover(scripts["discovery"], live)["backup-now"] is True
     [created] = argocd.run_action(scripts["backup-now"], live)
     assert created["operation"] == "create"
     cp.kubectl("create", "-f", "-", input=json.dumps(created["resource"]))

@@ -9,10 +9,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 from real_support import get
 
+from mlinfra.build import argocd
 from mlinfra.devenv import procs
 from mlinfra.devenv.controlplane import ControlPlane
 from mlinfra.devenv.realnode import RealNode
@@ -101,3 +103,28 @@ def promote(cp: ControlPlane, ns: str, store: str, member: str) -> subprocess.Co
         text=True,
         timeout=90,
     )
+
+
+def promote_with_argocd(cp: ControlPlane, ns: str, store: str, member: str, timeout: float = 60) -> dict[str, Any]:
+    """The Argo CD ``promote`` action on the live DataStore, run as the UI runs it once the user picked
+    ``member`` (the default offered is a replica of the store), its patch applied as Argo CD applies it; the
+    operator's answer (``mlinfra.io/promote-result``)."""
+    live = get(cp, ns, "datastore", store)
+    scripts = argocd.action_scripts(argocd.repo_root(), "DataStore")
+    assert argocd.discover(scripts["discovery"], live)["promote"], "the promote action is not offered"
+    offered = argocd.action_params(scripts["discovery"], live)["promote"]["member"]
+    assert any(m["name"] == offered and m["role"] == "replica" for m in live["status"]["members"]), offered
+    [patched] = argocd.run_action(scripts["promote"], live, {"member": member})
+    annotations = patched["resource"]["metadata"]["annotations"]
+    before = (live["metadata"].get("annotations") or {}).get("mlinfra.io/promote-result")
+    cp.kubectl(
+        "patch", "datastore", store, "-n", ns, "--type=merge",
+        "-p", json.dumps({"metadata": {"annotations": annotations}}),
+    )  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = (get(cp, ns, "datastore", store)["metadata"].get("annotations") or {}).get("mlinfra.io/promote-result")
+        if found and found != before:
+            return dict(json.loads(found))
+        time.sleep(0.5)
+    raise AssertionError(f"no answer from the operator to the promote action within {timeout:.0f} s")

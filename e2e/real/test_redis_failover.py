@@ -6,7 +6,8 @@ deleted, or its process SIGSTOPped from the node: a replica is promoted, the wri
 write is on the new primary, the old primary comes back as a replica that streams, and no round of the watcher
 ever saw two primaries. The gap in acknowledged writes is printed (not asserted: timing belongs to bench/).
 With the operator scaled to 0 nobody promotes anything; back, it finishes the failover. A switchover to a named
-replica loses no acknowledged write, and is refused while the target lags beyond the bound.
+replica loses no acknowledged write (asked for with Argo CD's "promote" action), and is refused while the
+target lags beyond the bound (asked for with ``mlinfra promote``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from failover_support import (
     largest_gap,
     logs,
     promote,
+    promote_with_argocd,
     role_label,
     secret_env,
     status,
@@ -252,8 +254,9 @@ def test_switchover_loses_nothing_and_is_refused_while_the_target_lags(
     )
     procs.wait_until("cache-2 streaming again", lambda: streaming(real_cp, ns, "cache-2", cache), 60)
     since = time.time()
-    done = promote(real_cp, ns, STORE, "cache-2")
-    assert done.returncode == 0 and "done: switchover: cache-2 promoted" in done.stdout, done.stdout
+    # This time through Argo CD's "promote" action, cache-2 picked as a user picks it in the UI.
+    done = promote_with_argocd(real_cp, ns, STORE, member="cache-2")
+    assert done["outcome"] == "done" and "switchover: cache-2 promoted" in done["message"], done
     assert role(real_cp, ns, "cache-2", cache) == "master"
     procs.wait_until("status naming cache-2", lambda: status(real_cp, ns, STORE).get("currentPrimary") == "cache-2", 30)
     procs.wait_until("cache-0 a replica of cache-2", lambda: role(real_cp, ns, "cache-0", cache) == "slave", 30)

@@ -203,12 +203,14 @@ def evaluate(script: str, obj: Mapping[str, Any]) -> dict[str, str] | None:
     return {"status": str(status), "message": "" if message is None else str(message)}
 
 
-def _runtime(obj: Mapping[str, Any]) -> Any:
+def _runtime(obj: Mapping[str, Any], params: Mapping[str, str] | None = None) -> Any:
     lua51 = importlib.import_module("lupa.lua51")
     runtime = lua51.LuaRuntime(unpack_returned_tuples=False, register_eval=False, register_builtins=False)
     runtime.execute(_SANDBOX)
     # Through JSON, as Argo CD sees the object (unstructured: numbers, strings, bools, maps, lists).
     runtime.globals().obj = runtime.table_from(json.loads(json.dumps(obj)), recursive=True)
+    if params is not None:  # an action's parameters, by name (Argo CD 3.1 and later), as strings
+        runtime.globals().actionParams = runtime.table_from({str(k): str(v) for k, v in params.items()})
     return runtime
 
 
@@ -228,10 +230,20 @@ def discover(script: str, obj: Mapping[str, Any]) -> dict[str, bool]:
     return {str(name): not bool((spec or {}).get("disabled")) for name, spec in found.items()}
 
 
-def run_action(script: str, obj: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """What Argo CD does with an action on ``obj``: a list of ``{"operation": "patch"|"create", "resource"}``
-    (an action that returns the object alone patches it, the form before Argo CD 2.8)."""
-    result = _plain(_runtime(obj).execute(script))
+def action_params(script: str, obj: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """The parameters discovery offers for each action of ``obj``: ``{action: {parameter: default}}``."""
+    found = _plain(_runtime(obj).execute(script)) or {}
+    return {
+        str(name): {str(p["name"]): str(p.get("default", "")) for p in (spec or {}).get("params") or []}
+        for name, spec in found.items()
+    }
+
+
+def run_action(script: str, obj: Mapping[str, Any], params: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """What Argo CD does with an action on ``obj`` (given ``params``): a list of ``{"operation": "patch"|"create",
+    "resource"}`` (an action that returns the object alone patches it, the form before Argo CD 2.8). A Lua
+    ``error`` raises ``lupa.LuaError`` (Argo CD shows its message and changes nothing)."""
+    result = _plain(_runtime(obj, params).execute(script))
     if isinstance(result, dict):
         return [{"operation": "patch", "resource": result}]
     return [dict(entry) for entry in result or []]

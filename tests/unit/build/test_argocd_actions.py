@@ -6,6 +6,7 @@ what they return to a live operator (e2e/test_argocd_actions_live.py)."""
 from __future__ import annotations
 
 import datetime
+import importlib
 import re
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from mlinfra import problems
 from mlinfra.api import backup as backup_api
 from mlinfra.build import argocd
+from mlinfra.stores import ha
 
 pytestmark = pytest.mark.unit
 
@@ -34,8 +36,8 @@ def store(name: str = "cache", with_backup: bool = True) -> dict[str, Any]:
 
 def test_backup_now_is_offered_only_to_a_store_with_a_backup_policy() -> None:
     discovery = argocd.action_scripts(ROOT, "DataStore")["discovery"]
-    assert argocd.discover(discovery, store()) == {"backup-now": True}
-    assert argocd.discover(discovery, store(with_backup=False)) == {"backup-now": False}
+    assert argocd.discover(discovery, store())["backup-now"] is True
+    assert argocd.discover(discovery, store(with_backup=False))["backup-now"] is False
 
 
 def test_backup_now_creates_the_backup_mlinfra_backup_would() -> None:
@@ -79,3 +81,56 @@ def test_the_kinds_without_actions_have_none() -> None:
         "resource.customizations.actions.mlinfra.io_FeatureView",
         "resource.customizations.actions.mlinfra.io_VectorIndex",
     }
+
+
+def replicated(members: list[tuple[str, str, bool]], engine: str = "redis") -> dict[str, Any]:
+    obj = store(with_backup=False)
+    obj["spec"]["engine"] = engine
+    obj["status"] = {"members": [{"name": n, "role": r, "ready": ok} for n, r, ok in members]}
+    return obj
+
+
+def test_promote_is_offered_with_the_first_ready_replica_as_its_default() -> None:
+    discovery = argocd.action_scripts(ROOT, "DataStore")["discovery"]
+    three = replicated([("cache-0", "primary", True), ("cache-1", "replica", False), ("cache-2", "replica", True)])
+    assert argocd.discover(discovery, three)["promote"] is True
+    assert argocd.action_params(discovery, three)["promote"] == {"member": "cache-2"}
+    # Nothing to promote: a single member, replicas not ready, a store the operator does not run, neo4j.
+    assert argocd.discover(discovery, replicated([("cache-0", "standalone", True)]))["promote"] is False
+    assert (
+        argocd.discover(discovery, replicated([("c-0", "primary", True), ("c-1", "replica", False)]))["promote"]
+        is False
+    )
+    assert (
+        argocd.discover(discovery, replicated([("g-0", "primary", True), ("g-1", "replica", True)], "neo4j"))["promote"]
+        is False
+    )
+    external = replicated([("c-0", "primary", True), ("c-1", "replica", True)])
+    del external["spec"]["managed"]
+    assert argocd.discover(discovery, external)["promote"] is False
+
+
+def test_promote_sets_the_annotation_the_operator_answers() -> None:
+    script = argocd.action_scripts(ROOT, "DataStore")["promote"]
+    obj = replicated([("pg-0", "primary", True), ("pg-1", "replica", True)], "postgres")
+    obj["metadata"]["annotations"] = {"team": "ranking"}
+    [patched] = argocd.run_action(script, obj, {"member": "pg-1"})
+    assert patched["operation"] == "patch"
+    assert patched["resource"]["metadata"]["annotations"] == {"team": "ranking", ha.PROMOTE_ANNOTATION: "pg-1"}
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (None, "the member parameter is required"),
+        ({"member": ""}, "the member parameter is required"),
+        ({"member": "pg-0"}, "pg-0 is not a replica of cache"),
+        ({"member": "pg-7"}, "pg-7 is not a replica of cache"),
+    ],
+)
+def test_promote_refuses_what_is_not_a_replica(params: dict[str, str] | None, message: str) -> None:
+    lua51 = importlib.import_module("lupa.lua51")  # the runtime build.argocd runs Argo CD's Lua 5.1 in
+    script = argocd.action_scripts(ROOT, "DataStore")["promote"]
+    obj = replicated([("pg-0", "primary", True), ("pg-1", "replica", True)], "postgres")
+    with pytest.raises(lua51.LuaError, match=message):
+        argocd.run_action(script, obj, params)
