@@ -70,6 +70,17 @@ def status(cp: ControlPlane, ns: str, store: str) -> dict[str, Any]:
     return dict(get(cp, ns, "datastore", store).get("status") or {})
 
 
+def replicas_streaming(cp: ControlPlane, ns: str, store: str, count: int = 2) -> None:
+    """Wait until ``count`` members are ready replicas in the store's status."""
+
+    def streaming() -> bool:
+        return (
+            sum(1 for m in status(cp, ns, store).get("members", []) if m["role"] == "replica" and m["ready"]) == count
+        )
+
+    procs.wait_until(f"{count} replicas of {store} streaming", streaming, 120)
+
+
 def role_label(cp: ControlPlane, ns: str, member: str) -> str | None:
     label = get(cp, ns, "pod", member)["metadata"].get("labels", {}).get("mlinfra.io/role")
     return None if label is None else str(label)

@@ -6,6 +6,7 @@ import base64
 import json
 from typing import Any
 
+from mlinfra.devenv import procs
 from mlinfra.devenv.controlplane import ControlPlane
 
 
@@ -20,6 +21,30 @@ def datastore(ns: str, name: str, engine: str, image: str, replicas: int) -> dic
             "managed": {"replicas": replicas, "image": image, "storage": {"size": "256Mi"}},
         },
     }
+
+
+def model_registry(ns: str, batch_size: int) -> dict[str, Any]:
+    """The ModelRegistry ``models`` on the stores ``meta`` (PostgreSQL) and ``graph`` (Neo4j), its lineage
+    synced every minute by the CronJob."""
+    return {
+        "apiVersion": "mlinfra.io/v1alpha1",
+        "kind": "ModelRegistry",
+        "metadata": {"name": "models", "namespace": ns},
+        "spec": {
+            "metadataStoreRef": {"name": "meta"},
+            "lineageStoreRef": {"name": "graph"},
+            "database": "registry",
+            "lineageSync": {"schedule": "* * * * *", "batchSize": batch_size},
+        },
+    }
+
+
+def registry_ready(cp: ControlPlane, ns: str) -> None:
+    procs.wait_until(
+        "ModelRegistry Ready",
+        lambda: condition(get(cp, ns, "modelregistry", "models"), "Ready").get("status") == "True",
+        180,
+    )
 
 
 def get(cp: ControlPlane, ns: str, kind: str, name: str) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import base64
 import json
 from typing import Any
 
-from real_support import condition, datastore, get, ready
+from real_support import datastore, get, model_registry, ready, registry_ready
 
 from mlinfra.client.registry import Registry
 from mlinfra.devenv import procs
@@ -36,27 +36,8 @@ def test_the_lineage_cronjob_syncs_the_outbox_from_a_pod(
     real_cp.apply([datastore(ns, "meta", "postgres", real_node.image("postgres"), 1), graph], field_manager="test")
     for store in ("meta", "graph"):
         procs.wait_until(f"DataStore {store} Ready", lambda s=store: ready(real_cp, ns, s), 300)  # type: ignore[misc]
-    real_cp.apply(
-        [
-            {
-                "apiVersion": "mlinfra.io/v1alpha1",
-                "kind": "ModelRegistry",
-                "metadata": {"name": "models", "namespace": ns},
-                "spec": {
-                    "metadataStoreRef": {"name": "meta"},
-                    "lineageStoreRef": {"name": "graph"},
-                    "database": "registry",
-                    "lineageSync": {"schedule": "* * * * *", "batchSize": 100},
-                },
-            }
-        ],
-        field_manager="test",
-    )
-    procs.wait_until(
-        "ModelRegistry Ready",
-        lambda: condition(get(real_cp, ns, "modelregistry", "models"), "Ready").get("status") == "True",
-        180,
-    )
+    real_cp.apply([model_registry(ns, batch_size=100)], field_manager="test")
+    registry_ready(real_cp, ns)
 
     # The application writes through the SDK with the writer role (from this host, at the primary Pod).
     writer_secret = get(real_cp, ns, "modelregistry", "models")["status"]["writerSecret"]

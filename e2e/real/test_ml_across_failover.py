@@ -17,8 +17,20 @@ import base64
 import json
 from typing import Any
 
-from failover_support import acked, app_pod, largest_gap, logs, status
-from real_support import condition, datastore, get, in_pod, job_done, job_pods, ready, redis_cli, secret
+from failover_support import acked, app_pod, largest_gap, logs, replicas_streaming, status
+from real_support import (
+    condition,
+    datastore,
+    get,
+    in_pod,
+    job_done,
+    job_pods,
+    model_registry,
+    ready,
+    redis_cli,
+    registry_ready,
+    secret,
+)
 
 from mlinfra.devenv import procs
 from mlinfra.devenv.controlplane import ControlPlane
@@ -72,13 +84,7 @@ def test_a_materialization_across_an_online_failover(
     cp.apply([datastore(ns, "offline", "postgres", real_node.image("postgres"), 1), online], field_manager="test")
     for store in ("offline", "online"):
         procs.wait_until(f"DataStore {store} Ready", lambda s=store: ready(cp, ns, s), 300)  # type: ignore[misc]
-    procs.wait_until(
-        "two replicas streaming",
-        lambda: (
-            sum(1 for m in status(cp, ns, "online").get("members", []) if m["role"] == "replica" and m["ready"]) == 2
-        ),
-        120,
-    )
+    replicas_streaming(cp, ns, "online")
     cp.apply([view(ns)], field_manager="test")
     procs.wait_until(
         "FeatureView Ready", lambda: condition(get(cp, ns, "featureview", VIEW), "Ready").get("status") == "True", 120
@@ -205,32 +211,9 @@ def test_the_registry_sdk_and_lineage_sync_across_a_metadata_failover(
     cp.apply([meta, graph], field_manager="test")
     for store in ("meta", "graph"):
         procs.wait_until(f"DataStore {store} Ready", lambda s=store: ready(cp, ns, s), 300)  # type: ignore[misc]
-    procs.wait_until(
-        "two standbys streaming",
-        lambda: sum(1 for m in status(cp, ns, "meta").get("members", []) if m["role"] == "replica" and m["ready"]) == 2,
-        120,
-    )
-    cp.apply(
-        [
-            {
-                "apiVersion": "mlinfra.io/v1alpha1",
-                "kind": "ModelRegistry",
-                "metadata": {"name": "models", "namespace": ns},
-                "spec": {
-                    "metadataStoreRef": {"name": "meta"},
-                    "lineageStoreRef": {"name": "graph"},
-                    "database": "registry",
-                    "lineageSync": {"schedule": "* * * * *", "batchSize": 10},
-                },
-            }
-        ],
-        field_manager="test",
-    )
-    procs.wait_until(
-        "ModelRegistry Ready",
-        lambda: condition(get(cp, ns, "modelregistry", "models"), "Ready").get("status") == "True",
-        180,
-    )
+    replicas_streaming(cp, ns, "meta")
+    cp.apply([model_registry(ns, batch_size=10)], field_manager="test")
+    registry_ready(cp, ns)
     writer_secret = get(cp, ns, "modelregistry", "models")["status"]["writerSecret"]
     cp.apply([registry_writer(ns, real_node.image("operator"), writer_secret)])
     cp.kubectl("wait", "-n", ns, "--for=condition=Ready", "--timeout=60s", "pod/registry-writer")

@@ -25,6 +25,7 @@ from failover_support import (
     largest_gap,
     logs,
     promote,
+    replicas_streaming,
     role_label,
     secret_env,
     status,
@@ -99,13 +100,7 @@ def pg(real_cp: ControlPlane, real_node: RealNode, real_operator: str, real_ns: 
     ns, image = real_ns, real_node.image("postgres")
     real_cp.apply([store(ns, image)], field_manager="test")
     procs.wait_until("DataStore pg Ready", lambda: ready(real_cp, ns, STORE), 300)
-    procs.wait_until(
-        "two standbys streaming",
-        lambda: (
-            sum(1 for m in status(real_cp, ns, STORE).get("members", []) if m["role"] == "replica" and m["ready"]) == 2
-        ),
-        120,
-    )
+    replicas_streaming(real_cp, ns, STORE)
     conn = secret(real_cp, ns, f"{STORE}-conn")
     user, password = conn["username"], conn["password"]
     sql(real_cp, ns, "pg-0", user, password, "create table w (id int primary key)")

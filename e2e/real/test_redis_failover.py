@@ -29,6 +29,7 @@ from failover_support import (
     logs,
     promote,
     promote_with_argocd,
+    replicas_streaming,
     role_label,
     secret_env,
     status,
@@ -121,13 +122,7 @@ def cache(real_cp: ControlPlane, real_node: RealNode, real_operator: str, real_n
     ns, image = real_ns, real_node.image("redis")
     real_cp.apply([store(ns, image)], field_manager="test")
     procs.wait_until("DataStore cache Ready", lambda: ready(real_cp, ns, STORE), 240)
-    procs.wait_until(
-        "two replicas streaming",
-        lambda: (
-            sum(1 for m in status(real_cp, ns, STORE).get("members", []) if m["role"] == "replica" and m["ready"]) == 2
-        ),
-        90,
-    )
+    replicas_streaming(real_cp, ns, STORE)
     assert status(real_cp, ns, STORE)["currentPrimary"] == "cache-0" and status(real_cp, ns, STORE)["primaryEpoch"] == 0
     env = [secret_env(STORE, "REDISCLI_AUTH", "password")]
     real_cp.apply(
