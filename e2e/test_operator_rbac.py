@@ -32,6 +32,7 @@ ALLOWED = [
     ("create", "backups.mlinfra.io"),  # the backup schedule's Backups
     ("patch", "pods"),  # the role label of a replicated store's members (stores.roles)
     ("delete", "pods"),  # a failover fences the old primary by deleting its pod (stores.ha)
+    ("create", "pods/exec"),  # ... and kills its server in the pod first (rbac.killHungPrimary)
 ]
 DENIED = [
     ("create", "daemonsets.apps"),
@@ -40,7 +41,6 @@ DENIED = [
     ("create", "datastores.mlinfra.io"),
     ("delete", "datastores.mlinfra.io"),
     ("create", "clusterrolebindings"),
-    ("create", "pods/exec"),
     ("create", "persistentvolumeclaims"),
     ("update", "namespaces"),
     ("create", "serviceaccounts/token"),

@@ -385,6 +385,20 @@ def test_restart_with_a_cluster_skips_initdb(primary: FirstBoot) -> None:
         assert conn.execute(f"select v from {table}").fetchone() == ("before the restart",)
 
 
+def test_a_former_primary_not_named_by_the_record_refuses_to_start(primary: FirstBoot) -> None:
+    """The failover killed this primary's server in its container and named another member: the container's
+    restart must not run a second primary (its pod is re-created next, through bootstrap.sh)."""
+    pod = primary.pod
+    pod.stop_like_prestop()
+    try:
+        result = pod.run("start.sh", {"MLINFRA_PRIMARY": "feats-1"})
+        assert result.returncode == 1
+        assert "holds a primary, and the primary record names feats-1" in result.stderr
+        assert not (pod.pgdata / "standby.signal").exists() and (pod.pgdata / "PG_VERSION").exists()
+    finally:
+        pod.start(primary.stack)  # the fixture's pod 0, up again for the tests after this one
+
+
 def test_pod_1_without_a_bootstrapped_volume_refuses_to_start(tmp_path: Path) -> None:
     files = write_files(tmp_path / "config", render.render_config_files(store("postgres", 3, {})))
     pod = PgPod(tmp_path, files, 1, "unused", "unused")

@@ -46,6 +46,7 @@ OPERATOR_RULES = [
     (["networking.k8s.io"], ["networkpolicies"], FULL),
     ([""], ["persistentvolumeclaims"], ["get", "list", "watch", "delete"]),
     ([""], ["pods"], ["get", "list", "watch", "patch", "delete"]),
+    ([""], ["pods/exec"], ["create"]),  # rbac.killHungPrimary (default on)
     (["batch"], ["jobs", "cronjobs"], FULL),
 ]
 # The cluster-scoped rules of OPERATOR_RULES; every other rule is on objects inside a namespace.
@@ -266,6 +267,11 @@ def test_operator_cluster_role_is_exactly_least_privilege() -> None:
     for rule in role["rules"]:
         assert set(rule) == {"apiGroups", "resources", "verbs"}, "no resourceNames/nonResourceURLs"
         assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"]
+
+
+def test_the_hung_primary_kill_can_be_switched_off() -> None:
+    role = _one(_render("rbac.killHungPrimary=false"), "ClusterRole", RELEASE)
+    assert _rules(role) == [rule for rule in OPERATOR_RULES if rule[1] != ["pods/exec"]]
 
 
 def test_cluster_role_binding_binds_the_service_account() -> None:

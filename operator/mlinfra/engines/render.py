@@ -420,6 +420,10 @@ def _statefulset(
         pod["initContainers"][0]["securityContext"]["readOnlyRootFilesystem"] = True
     template = sts["spec"]["template"]
     template["spec"].update(pod)
+    if PROFILES[ds.spec.engine].primary_only:
+        # The failover's fence kills a hung primary from a new process in its container (stores.ha), which
+        # the server may not be PID 1 of: a container's PID 1 cannot be killed from inside it.
+        template["spec"]["shareProcessNamespace"] = True
     template["metadata"]["labels"] = names.labels(ds)
     for claim in sts["spec"]["volumeClaimTemplates"]:
         claim["metadata"]["labels"] = names.labels(ds)

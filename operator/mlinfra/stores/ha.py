@@ -30,7 +30,7 @@ from typing import Any
 from mlinfra.api import datastore as api
 from mlinfra.context import Context, Obj
 from mlinfra.engines import connection, names, render, replication
-from mlinfra.k8s import conditions
+from mlinfra.k8s import conditions, podexec
 from mlinfra.problems import Problem, ProblemError
 from mlinfra.stores import connsecret, failover, members, primaryrecord
 
@@ -41,6 +41,7 @@ LOOK_TIMEOUT = 0.5  # seconds for one member to answer a look
 FENCE_WAIT = 15.0  # seconds one tick waits for a fenced pod to end before it leaves the promotion to the next
 ACT_TIMEOUT = 10.0  # seconds for a promotion or a re-pointing
 FENCE_GRACE_SECONDS = 1  # the old primary's pod: SIGTERM, then SIGKILL after this
+KILL_TIMEOUT = 3.0  # seconds for the exec that kills a hung primary's server (then the pod deletion fences)
 SWITCHOVER_PAUSE = 5.0  # seconds a switchover may hold the primary's writes
 SWITCHOVER_MAX_LAG = 16 * 1024 * 1024  # bytes a switchover target may lag when it is asked for
 
@@ -108,7 +109,7 @@ def look(ctx: Context, obj: Obj[api.DataStore], conn: connection.ConnectionInfo,
         # process is dead; the pod object only waits for the kubelet's last word). None was there: fenced.
         statuses = (pod.get("status") or {}).get("containerStatuses") or []
         ended = terminating and bool(statuses) and all((c.get("state") or {}).get("terminated") for c in statuses)
-        gone = record.fencing_uid is None or meta.get("uid") != record.fencing_uid or ended
+        gone = record.fencing_uid is None or meta.get("uid") != record.fencing_uid or ended or record.fencing_killed
         fenced = record.fencing == pod_name and gone
         state = states.get(pod_name)
         if state is None:
@@ -310,12 +311,34 @@ def _fence(
     if first:
         pod = ctx.kube.get_or_none("Pod", obj.namespace, member)
         uid = (pod or {}).get("metadata", {}).get("uid")
-        if uid is not None:
-            primaryrecord.write(
+        if pod is not None and uid is not None:
+            record = primaryrecord.write(
                 ctx.kube, obj.namespace, obj.name, replace(new, fencing_uid=uid, version=record.version)
             )
-            if not (pod or {}).get("metadata", {}).get("deletionTimestamp") or grace is not None:
+            # A hung primary (not a hand-over, which stops gracefully) is killed in its container at once;
+            # the pod then goes as before, and comes back reading the record that now names the new primary.
+            if grace is not None and _kill_server(obj, seen.engine, pod):
+                primaryrecord.write(ctx.kube, obj.namespace, obj.name, replace(record, fencing_killed=True))
+            if not pod["metadata"].get("deletionTimestamp") or grace is not None:
                 ctx.kube.delete("Pod", obj.namespace, member, uid=uid, grace_seconds=grace)
+    return True
+
+
+def _kill_server(obj: Obj[api.DataStore], engine: str, pod: Mapping[str, Any]) -> bool:
+    """SIGKILL every process of the pod but its sandbox's, from a new process in the server's container
+    (``kill -KILL -1``): a stopped or hung server dies at once, where a pod deletion waits for the kubelet.
+    Only in a pod that shares its process namespace (the rendered ones do): elsewhere the server is its
+    container's PID 1, which no process of the container may kill. Whether it was done (else the pod's
+    deletion is the fence, as for a pod the node no longer runs)."""
+    name = pod["metadata"]["name"]
+    if not (pod.get("spec") or {}).get("shareProcessNamespace"):
+        return False
+    try:
+        podexec.run(obj.namespace, name, engine, ["sh", "-c", "kill -KILL -1"], KILL_TIMEOUT)
+    except podexec.ExecFailed as exc:
+        log.warning("%s/%s: killing the old primary's server in its container failed: %s", obj.namespace, name, exc)
+        return False
+    obj.report.event("Fenced", f"{name}: its server was killed in its container (SIGKILL) before the promotion")
     return True
 
 

@@ -27,6 +27,7 @@ class Record:
     epoch: int = 0
     fencing: str | None = None  # the old primary whose pod is deleted before ``primary`` is promoted
     fencing_uid: str | None = None  # the uid of that pod: fenced once no pod of this uid exists
+    fencing_killed: bool = False  # its server was SIGKILLed in its container (exec): fenced without waiting
     changed_at: str | None = None  # RFC 3339: when the primary last changed
     version: str | None = None  # the ConfigMap's resourceVersion when read
 
@@ -36,6 +37,7 @@ class Record:
             "epoch": str(self.epoch),
             "fencing": self.fencing or "",
             "fencingUid": self.fencing_uid or "",
+            "fencingKilled": "true" if self.fencing_killed else "",
             "changedAt": self.changed_at or "",
         }
 
@@ -63,6 +65,7 @@ def parse(cm: Mapping[str, Any]) -> Record:
         epoch=int(epoch) if epoch.isdigit() else 0,
         fencing=data.get("fencing") or None,
         fencing_uid=data.get("fencingUid") or None,
+        fencing_killed=data.get("fencingKilled") == "true",
         changed_at=data.get("changedAt") or None,
         version=(cm.get("metadata") or {}).get("resourceVersion"),
     )

@@ -17,6 +17,7 @@ from mlinfra.api import datastore as api
 from mlinfra.config import Settings
 from mlinfra.context import Context, Obj, Recorder
 from mlinfra.engines import connection, endpoints, replication
+from mlinfra.k8s import podexec
 from mlinfra.problems import ProblemError
 from mlinfra.stores import ha, primaryrecord, reconcile
 
@@ -177,6 +178,58 @@ def test_the_failover_names_fences_then_promotes(
         "lastFailoverTime": record.changed_at,
     }
     assert ha.watch(ctx, obj()).action == "none"  # type: ignore[union-attr]
+
+
+def test_a_hung_primary_is_killed_in_its_pod_and_promoted_without_waiting_for_the_pod(
+    ctx: Context, kube: FakeKube, members: Members, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a pod sharing its process namespace (as rendered) the fence kills the server from a new process in
+    its container: fenced at once, promoted in the same tick, while the deleted pod still waits for the
+    kubelet."""
+    clock = [1000.0]
+    monkeypatch.setattr(ha.time, "time", lambda: clock[0])
+    for i in range(3):
+        kube.merge_patch("Pod", NS, f"db-{i}", {"spec": {"shareProcessNamespace": True}})
+    killed: list[tuple[str, str, list[str]]] = []
+    monkeypatch.setattr(
+        podexec, "run", lambda ns, pod, container, argv, timeout: killed.append((pod, container, list(argv))) or ""
+    )
+    deleted: list[str] = []
+    monkeypatch.setattr(kube, "delete", lambda kind, ns, name, **_: deleted.append(name) or True)  # pod stays
+    members.down.add("db-0")
+    assert ha.watch(ctx, obj()).action == "wait"  # type: ignore[union-attr]
+    clock[0] += 4
+    o = obj()
+    d = ha.watch(ctx, o)
+    assert d is not None and d.action == "promote" and d.member == "db-2"
+    assert killed == [("db-0", "redis", ["sh", "-c", "kill -KILL -1"])] and deleted == ["db-0"]
+    assert kube.get_or_none("Pod", NS, "db-0") is not None  # the pod has not ended: the kill was the fence
+    assert [e[1] for e in o.report.events] == ["FailingOver", "Fenced", "Promoted"]  # type: ignore[attr-defined]
+    record = primaryrecord.read(kube, NS, "db")
+    assert record is not None and (record.primary, record.fencing, record.fencing_killed) == ("db-2", None, False)
+
+
+def test_a_failed_kill_leaves_the_fence_to_the_pods_deletion(
+    ctx: Context, kube: FakeKube, members: Members, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ha, "FENCE_WAIT", 0.5)
+    clock = [1000.0]
+    monkeypatch.setattr(ha.time, "time", lambda: clock[0])
+    kube.merge_patch("Pod", NS, "db-0", {"spec": {"shareProcessNamespace": True}})
+
+    def refused(*_: Any) -> str:
+        raise podexec.ExecFailed("exec in ml/db-0: (403) Forbidden")
+
+    monkeypatch.setattr(podexec, "run", refused)
+    monkeypatch.setattr(kube, "delete", lambda *_, **__: True)  # the pod stays until the kubelet ends it
+    members.down.add("db-0")
+    ha.watch(ctx, obj())
+    clock[0] += 4
+    d = ha.watch(ctx, obj())
+    assert d is not None and d.action == "fence" and "waiting for db-0 to be fenced" in d.reason
+    assert members.calls == []  # nothing promoted while the old server may still run
+    record = primaryrecord.read(kube, NS, "db")
+    assert record is not None and record.fencing == "db-0" and not record.fencing_killed
 
 
 def test_nobody_is_promoted_while_the_old_primarys_pod_exists(
