@@ -46,8 +46,8 @@ CHILD_KINDS = "statefulsets,services,configmaps,secrets,persistentvolumeclaims,c
 VIEW = "clicks"
 # What this release adds to live stores on upgrade (docs/upgrade.md): the primary record of each redis and
 # postgres store, the read-only Service of a replicated one and its keys in the connection Secret, and
-# MLINFRA_PRIMARY in every redis and postgres store's pod template (and redis's preStop hook): their pods
-# roll once.
+# MLINFRA_PRIMARY and shareProcessNamespace in every redis and postgres store's pod template (and redis's
+# preStop hook): their pods roll once.
 ADDED = {"ConfigMap/online-primary", "ConfigMap/offline-primary", "Service/online-ro"}
 REWRITTEN = {"StatefulSet/online", "StatefulSet/offline", "Secret/online-conn"}
 NEW_STATUS = {
@@ -412,8 +412,9 @@ def test_helm_upgrade_from_the_previous_chart_keeps_live_resources(cluster: Cont
                 assert {k: now[k] for k in ("uid", "owners")} == {k: was[k] for k in ("uid", "owners")}, key
             else:
                 assert now == was, key
-        template = get_json(cp, "statefulset", "online", "-n", ns)["spec"]["template"]["spec"]["containers"][0]
-        assert "MLINFRA_PRIMARY" in {e["name"] for e in template["env"]}
+        pod_spec = get_json(cp, "statefulset", "online", "-n", ns)["spec"]["template"]["spec"]
+        assert "MLINFRA_PRIMARY" in {e["name"] for e in pod_spec["containers"][0]["env"]}
+        assert pod_spec["shareProcessNamespace"] is True  # the failover's fence kills a hung server in its pod
         conn = get_json(cp, "secret", "online-conn", "-n", ns)["data"]
         assert {"readOnlyHost", "readOnlyUri"} <= set(conn)
         for key, cr in before["crs"].items():

@@ -33,6 +33,7 @@ ALLOWED = [
     ("patch", "pods"),  # the role label of a replicated store's members (stores.roles)
     ("delete", "pods"),  # a failover fences the old primary by deleting its pod (stores.ha)
     ("create", "pods/exec"),  # ... and kills its server in the pod first (rbac.killHungPrimary)
+    ("get", "pods/exec"),  # (the exec's websocket opens with a GET)
 ]
 DENIED = [
     ("create", "daemonsets.apps"),

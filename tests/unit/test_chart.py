@@ -46,7 +46,7 @@ OPERATOR_RULES = [
     (["networking.k8s.io"], ["networkpolicies"], FULL),
     ([""], ["persistentvolumeclaims"], ["get", "list", "watch", "delete"]),
     ([""], ["pods"], ["get", "list", "watch", "patch", "delete"]),
-    ([""], ["pods/exec"], ["create"]),  # rbac.killHungPrimary (default on)
+    ([""], ["pods/exec"], ["get", "create"]),  # rbac.killHungPrimary (default on)
     (["batch"], ["jobs", "cronjobs"], FULL),
 ]
 # The cluster-scoped rules of OPERATOR_RULES; every other rule is on objects inside a namespace.

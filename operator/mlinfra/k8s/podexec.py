@@ -10,10 +10,12 @@ has no deadline of its own on connecting: the call runs in a worker thread that 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 from collections.abc import Sequence
 
 from kubernetes import client as k8s
 from kubernetes.stream import stream
+from kubernetes.stream.ws_client import ERROR_CHANNEL
 
 from mlinfra.k8s import client
 
@@ -21,7 +23,13 @@ _pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix=
 
 
 class ExecFailed(RuntimeError):
-    """The command could not be run, did not finish within the deadline, or exited non-zero."""
+    """The command could not be run, did not finish within the deadline, or exited non-zero.
+    ``ended_with_container``: the session closed without an exit status, as when the command's container
+    stopped under it (a command that kills its own container's processes ends so)."""
+
+    def __init__(self, message: str, ended_with_container: bool = False) -> None:
+        super().__init__(message)
+        self.ended_with_container = ended_with_container
 
 
 def run(namespace: str, pod: str, container: str, argv: Sequence[str], timeout: float) -> str:
@@ -49,13 +57,35 @@ def _run(namespace: str, pod: str, container: str, argv: list[str], timeout: flo
             _preload_content=False,
         )
     except Exception as exc:  # the library wraps every failure (refused, forbidden, no such pod) the same way
-        raise ExecFailed(f"exec in {namespace}/{pod}: {exc}") from None
+        raise ExecFailed(f"exec in {namespace}/{pod}: {' '.join(str(exc).split())[:400]}") from None
     try:
         ws.run_forever(timeout=timeout)
-        output = "".join(ws.read_all())
-        code = ws.returncode
+        open_still = ws.is_open()
+        status = ws.read_channel(ERROR_CHANNEL)  # the exit status, JSON; empty when none came (read first:
+        output = "".join(ws.read_all())  # read_all drops every channel's buffer)
+    except Exception as exc:  # the websocket library's own errors: one failed exec, never the caller's crash
+        raise ExecFailed(f"exec in {namespace}/{pod}: {type(exc).__name__}: {exc}"[:400]) from None
     finally:
         ws.close()
+    if open_still:
+        raise ExecFailed(f"exec in {namespace}/{pod}: {argv[0]} did not end within {timeout:g} s")
+    if not status:
+        raise ExecFailed(f"exec in {namespace}/{pod}: the session ended without an exit status", True)
+    code = _exit_code(status)
     if code != 0:
         raise ExecFailed(f"exec in {namespace}/{pod}: {argv[0]} exited {code}: {output.strip()[:200]}")
     return str(output)
+
+
+def _exit_code(status: str) -> int:
+    """The exit code in the API's status message of an exec (Success, or NonZeroExitCode with the code)."""
+    try:
+        found = json.loads(status)
+    except ValueError:
+        return -1
+    if found.get("status") == "Success":
+        return 0
+    for cause in (found.get("details") or {}).get("causes") or []:
+        if cause.get("reason") == "ExitCode" and str(cause.get("message", "")).isdigit():
+            return int(cause["message"])
+    return -1

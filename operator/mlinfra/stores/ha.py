@@ -109,7 +109,12 @@ def look(ctx: Context, obj: Obj[api.DataStore], conn: connection.ConnectionInfo,
         # process is dead; the pod object only waits for the kubelet's last word). None was there: fenced.
         statuses = (pod.get("status") or {}).get("containerStatuses") or []
         ended = terminating and bool(statuses) and all((c.get("state") or {}).get("terminated") for c in statuses)
-        gone = record.fencing_uid is None or meta.get("uid") != record.fencing_uid or ended or record.fencing_killed
+        gone = (
+            record.fencing_uid is None
+            or meta.get("uid") != record.fencing_uid
+            or ended
+            or _server_restarted(pod, ds.spec.engine, record.fencing_restarts)
+        )
         fenced = record.fencing == pod_name and gone
         state = states.get(pod_name)
         if state is None:
@@ -303,43 +308,69 @@ def _fence(
         epoch=state.epoch,
         fencing=member,
         fencing_uid=record.fencing_uid,
+        fencing_restarts=record.fencing_restarts,
         changed_at=_now_rfc3339() if first else record.changed_at,
         version=record.version,
     )
     record = _record(ctx, obj, record, new)
     _client_service_selects(ctx, obj, state.primary)
+    pod = ctx.kube.get_or_none("Pod", obj.namespace, member)
+    meta = (pod or {}).get("metadata", {})
+    if pod is None or meta.get("uid") is None:
+        return True
     if first:
-        pod = ctx.kube.get_or_none("Pod", obj.namespace, member)
-        uid = (pod or {}).get("metadata", {}).get("uid")
-        if pod is not None and uid is not None:
-            record = primaryrecord.write(
-                ctx.kube, obj.namespace, obj.name, replace(new, fencing_uid=uid, version=record.version)
-            )
-            # A hung primary (not a hand-over, which stops gracefully) is killed in its container at once;
-            # the pod then goes as before, and comes back reading the record that now names the new primary.
-            if grace is not None and _kill_server(obj, seen.engine, pod):
-                primaryrecord.write(ctx.kube, obj.namespace, obj.name, replace(record, fencing_killed=True))
-            if not pod["metadata"].get("deletionTimestamp") or grace is not None:
-                ctx.kube.delete("Pod", obj.namespace, member, uid=uid, grace_seconds=grace)
+        record = primaryrecord.write(
+            ctx.kube,
+            obj.namespace,
+            obj.name,
+            replace(new, fencing_uid=meta["uid"], fencing_restarts=_restarts(pod, seen.engine), version=record.version),
+        )
+        # A hung primary (not a hand-over, which stops gracefully) is killed in its container at once: the
+        # kubelet's report of the container's restart fences it (a second or so), where the pod's deletion
+        # waits for the kubelet's own kill first. The pod still goes, and comes back reading the new record.
+        if grace is not None:
+            _kill_server(obj, seen.engine, pod)
+    # Deleted on every tick until it is (a tick that ended between the record and the deletion left it).
+    if meta["uid"] == record.fencing_uid and (not meta.get("deletionTimestamp") or (first and grace is not None)):
+        ctx.kube.delete("Pod", obj.namespace, member, uid=meta["uid"], grace_seconds=grace)
     return True
 
 
-def _kill_server(obj: Obj[api.DataStore], engine: str, pod: Mapping[str, Any]) -> bool:
+def _restarts(pod: Mapping[str, Any], container: str) -> int | None:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == container:
+            return int(status.get("restartCount") or 0)
+    return None
+
+
+def _server_restarted(pod: Mapping[str, Any], container: str, since: int | None) -> bool:
+    """Whether the server's container was restarted (or is down) since the fence counted ``since`` restarts."""
+    if since is None:
+        return False
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == container:
+            state = status.get("state") or {}
+            return int(status.get("restartCount") or 0) > since or "running" not in state
+    return False
+
+
+def _kill_server(obj: Obj[api.DataStore], engine: str, pod: Mapping[str, Any]) -> None:
     """SIGKILL every process of the pod but its sandbox's, from a new process in the server's container
-    (``kill -KILL -1``): a stopped or hung server dies at once, where a pod deletion waits for the kubelet.
-    Only in a pod that shares its process namespace (the rendered ones do): elsewhere the server is its
-    container's PID 1, which no process of the container may kill. Whether it was done (else the pod's
-    deletion is the fence, as for a pod the node no longer runs)."""
+    (``kill -KILL -1``): a stopped or hung server dies at once. Only in a pod that shares its process
+    namespace (the rendered ones do): elsewhere the server is its container's PID 1, which no process of the
+    container may kill. The exec itself dies with the container, so its end says nothing: the kubelet's
+    report of the restart does (``_server_restarted``). A kill that cannot be done leaves the fence to the
+    pod's deletion, as for a pod whose node no longer answers."""
     name = pod["metadata"]["name"]
     if not (pod.get("spec") or {}).get("shareProcessNamespace"):
-        return False
+        return
     try:
         podexec.run(obj.namespace, name, engine, ["sh", "-c", "kill -KILL -1"], KILL_TIMEOUT)
     except podexec.ExecFailed as exc:
-        log.warning("%s/%s: killing the old primary's server in its container failed: %s", obj.namespace, name, exc)
-        return False
+        if not exc.ended_with_container:
+            log.warning("%s/%s: killing the old primary's server in its container failed: %s", obj.namespace, name, exc)
+            return
     obj.report.event("Fenced", f"{name}: its server was killed in its container (SIGKILL) before the promotion")
-    return True
 
 
 def promote_action(ctx: Context, obj: Obj[api.DataStore], value: str) -> str:

@@ -27,7 +27,9 @@ class Record:
     epoch: int = 0
     fencing: str | None = None  # the old primary whose pod is deleted before ``primary`` is promoted
     fencing_uid: str | None = None  # the uid of that pod: fenced once no pod of this uid exists
-    fencing_killed: bool = False  # its server was SIGKILLed in its container (exec): fenced without waiting
+    # The server container's restart count when the fence began: fenced once it grew (its server was killed
+    # in the container and the kubelet started another, which read this record) without waiting for the pod.
+    fencing_restarts: int | None = None
     changed_at: str | None = None  # RFC 3339: when the primary last changed
     version: str | None = None  # the ConfigMap's resourceVersion when read
 
@@ -37,7 +39,7 @@ class Record:
             "epoch": str(self.epoch),
             "fencing": self.fencing or "",
             "fencingUid": self.fencing_uid or "",
-            "fencingKilled": "true" if self.fencing_killed else "",
+            "fencingRestarts": "" if self.fencing_restarts is None else str(self.fencing_restarts),
             "changedAt": self.changed_at or "",
         }
 
@@ -65,7 +67,7 @@ def parse(cm: Mapping[str, Any]) -> Record:
         epoch=int(epoch) if epoch.isdigit() else 0,
         fencing=data.get("fencing") or None,
         fencing_uid=data.get("fencingUid") or None,
-        fencing_killed=data.get("fencingKilled") == "true",
+        fencing_restarts=int(restarts) if (restarts := str(data.get("fencingRestarts") or "")).isdigit() else None,
         changed_at=data.get("changedAt") or None,
         version=(cm.get("metadata") or {}).get("resourceVersion"),
     )
