@@ -362,6 +362,18 @@ INVALID += [
     (variant(DS_MANAGED, "ds-target-no-claim", backup={"target": {"volume": {}}}), "claimName: Required value"),
 ]
 VALID += [variant(DS_MANAGED, "redis-volume-backups", backup={"target": {"volume": {"claimName": "ml-backups"}}})]
+# Synchronous standbys: postgres only, fewer than its members.
+VALID += [variant(PG_MANAGED, "pg-sync", managed__replicas=3, managed__synchronousReplicas=1)]
+INVALID += [
+    (
+        variant(DS_MANAGED, "ds-sync-redis", managed__replicas=3, managed__synchronousReplicas=1),
+        "spec.managed.synchronousReplicas is for postgres stores",
+    ),
+    (
+        variant(PG_MANAGED, "ds-sync-all", managed__replicas=2, managed__synchronousReplicas=2),
+        "must be less than spec.managed.replicas",
+    ),
+]
 
 # Valid objects near the new limits, accepted as they are.
 VALID += [

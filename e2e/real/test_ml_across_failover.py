@@ -206,6 +206,7 @@ def test_the_registry_sdk_and_lineage_sync_across_a_metadata_failover(
     ns, cp = real_ns, real_cp
     meta = datastore(ns, "meta", "postgres", real_node.image("postgres"), 3)
     meta["spec"]["managed"]["failoverDelay"] = 2
+    meta["spec"]["managed"]["synchronousReplicas"] = 1  # a registration the SDK is told of is on a standby
     graph = datastore(ns, "graph", "neo4j", real_node.image("neo4j"), 1)
     graph["spec"]["managed"]["config"] = {"server.memory.heap.max_size": "512m", "server.memory.pagecache.size": "64m"}
     cp.apply([meta, graph], field_manager="test")

@@ -2,7 +2,8 @@
 
 An application Pod inserts a row every 100 ms through the read-write (client) Service (a new connection per
 insert) and logs each committed insert with its time; a watcher Pod asks every member ``pg_is_in_recovery()``
-every 200 ms. The primary's Pod is deleted, or its processes SIGSTOPped from the node: a standby is promoted,
+every 200 ms. The store has one synchronous standby (a commit returns once a standby has it). The primary's
+Pod is deleted, or its processes SIGSTOPped from the node: a standby is promoted,
 the inserts resume, every committed insert is on the new primary, the old primary comes back rewound as a
 standby that streams, and no round of the watcher ever saw two primaries. The gaps are printed, not asserted.
 A switchover to a named standby loses no committed insert.
@@ -45,6 +46,8 @@ ENV = [secret_env(STORE, "PGUSER", "username"), secret_env(STORE, "PGPASSWORD", 
 def store(ns: str, image: str) -> dict[str, Any]:
     body = datastore(ns, STORE, "postgres", image, MEMBERS)
     body["spec"]["managed"]["failoverDelay"] = 2
+    # A commit returns once a standby has it: the failover (to the most advanced standby) loses none.
+    body["spec"]["managed"]["synchronousReplicas"] = 1
     return body
 
 

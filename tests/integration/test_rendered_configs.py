@@ -13,6 +13,7 @@ import os
 import secrets
 import stat
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from mlinfra.api.datastore import DataStore
 from mlinfra.devenv import procs, tools
 from mlinfra.devenv.controlplane import ControlPlane
 from mlinfra.devenv.postgres import PostgresServer
-from mlinfra.engines import names, render
+from mlinfra.engines import connection, names, render, replication
 
 pytestmark = pytest.mark.integration
 
@@ -517,3 +518,53 @@ def test_rendered_objects_pass_the_api_server_and_restricted_pod_security(contro
         assert result.returncode == 0, f"{engine}: {result.stderr}"
         assert "Warning" not in result.stderr, f"{engine}: {result.stderr}"
         assert result.stdout.count("(server dry run)") == len(render.render_managed(ds))
+
+
+def test_synchronous_standbys_hold_commits_until_one_has_them(pg_primary: PgPrimary, tmp_path: Path) -> None:
+    """What the failover's synchronous standbys rest on (stores.ha, engines.replication): with ANY 1 of the
+    standbys named, a commit returns once one of them has it; with that standby gone the commit waits — it is
+    not acknowledged, so a failover cannot lose it — until the operator names none (asynchronous again)."""
+    one, two = names.pod(NAME, 1), names.pod(NAME, 2)
+    primary = PostgresServer(tmp_path / one, one, pg_primary.server.password)
+    standby = PostgresServer(tmp_path / two, two, pg_primary.server.password)
+    table = f"t_{secrets.token_hex(4)}"
+    with procs.ProcStack() as stack:
+        primary.run(["bash", str(pg_primary.files["bootstrap.sh"])], env=_bootstrap_env(pg_primary, 1, primary.datadir))
+        primary.start(stack)
+        with primary.connect() as conn:
+            conn.execute("select pg_promote(true, 30)")
+            conn.execute(f"create table {table} (id int primary key)")
+        standby.run(
+            ["bash", str(pg_primary.files["bootstrap.sh"])],
+            env=_bootstrap_env(pg_primary, 2, standby.datadir, source=primary),
+        )
+        standby.start(stack)
+        conn_info = server_info(primary)
+        procs.wait_until(
+            "the standby streaming", lambda: replication.look(server_info(standby), 5).link_up, 60, standby.proc
+        )
+        assert replication.look(conn_info, 5).synchronous == ""
+        names_ = replication.pg_synchronous_names([two], 1)
+        replication.pg_set_synchronous(conn_info, names_, 10)
+        procs.wait_until("the setting applied", lambda: replication.look(conn_info, 5).synchronous == names_, 10)
+        with primary.connect() as conn:
+            conn.execute(f"insert into {table} values (1)")  # the standby streams: returns
+        assert standby.proc is not None
+        standby.proc.stop()
+        done = threading.Event()
+
+        def commit() -> None:
+            with primary.connect() as conn:
+                conn.execute(f"insert into {table} values (2)")
+            done.set()
+
+        waiter = threading.Thread(target=commit, daemon=True)
+        waiter.start()
+        assert not done.wait(2), "a commit returned with no synchronous standby to have it"
+        replication.pg_set_synchronous(conn_info, replication.pg_synchronous_names([], 1), 10)
+        assert done.wait(10), "the waiting commit did not return once commits were asynchronous again"
+        assert replication.look(conn_info, 5).synchronous == ""
+
+
+def server_info(server: PostgresServer) -> connection.ConnectionInfo:
+    return connection.ConnectionInfo.for_engine("postgres", "127.0.0.1", server.password, port=server.port)

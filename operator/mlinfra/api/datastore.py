@@ -242,6 +242,16 @@ class Managed(base.SpecModel):
         "(docs/high-availability.md).",
     )
 
+    synchronous_replicas: int | None = pydantic.Field(
+        default=None,
+        ge=0,
+        le=14,
+        description="postgres with standbys: how many streaming standbys must have each commit before it returns "
+        "(synchronous_standby_names ANY n, kept by the operator), so a failover loses no acknowledged commit. "
+        "While fewer stream, the operator asks for those that do, so writes never stop for a missing standby "
+        "(with none, commits are asynchronous again). 0 (asynchronous) when omitted (docs/high-availability.md).",
+    )
+
     @property
     def failover_delay_seconds(self) -> float:
         return float(DEFAULT_FAILOVER_DELAY if self.failover_delay is None else self.failover_delay)
@@ -365,6 +375,14 @@ REDIS_DATABASE = base.Cel(
     field_path=".external.database",
 )
 
+SYNCHRONOUS_POSTGRES = base.Cel(
+    rule="!has(self.managed) || !has(self.managed.synchronousReplicas) || self.managed.synchronousReplicas == 0 || "
+    "(self.engine == 'postgres' && self.managed.synchronousReplicas < self.managed.replicas)",
+    message="spec.managed.synchronousReplicas is for postgres stores, and must be less than spec.managed.replicas "
+    "(the standbys there are)",
+    field_path=".managed.synchronousReplicas",
+)
+
 BOOTSTRAP_ENGINES = base.Cel(
     rule="!has(self.managed) || !has(self.managed.bootstrap) || self.engine in ['redis', 'postgres']",
     message="spec.managed.bootstrap is for redis and postgres stores: load a neo4j or qdrant backup into a running "
@@ -412,6 +430,7 @@ class DataStoreSpec(base.SpecModel):
         REDIS_DATABASE,
         REDIS_SERVER_NAME,
         BOOTSTRAP_ENGINES,
+        SYNCHRONOUS_POSTGRES,
         TARGET_TIME_POSTGRES,
         MODE_FIXED,
         MAJOR_VERSION_FIXED,
@@ -459,6 +478,9 @@ class DataStoreSpec(base.SpecModel):
             out_of_range = config_limits.refusals(self.engine, self.managed.config or {})
             if out_of_range:
                 raise ValueError("; ".join(out_of_range))
+            synchronous = self.managed.synchronous_replicas or 0
+            if synchronous and (self.engine != "postgres" or synchronous >= self.managed.replicas):
+                raise ValueError(SYNCHRONOUS_POSTGRES.message)
             bootstrap = self.managed.bootstrap
             if bootstrap is not None and self.engine not in ("redis", "postgres"):
                 raise ValueError(BOOTSTRAP_ENGINES.message)

@@ -34,6 +34,7 @@ class MemberState:
     following: str | None = None  # a replica's primary as it names it (host:port), when known
     link_up: bool = False  # a replica's link to its primary is up
     error: str | None = None  # why it could not be looked at (safe to publish)
+    synchronous: str | None = None  # a PostgreSQL primary's synchronous_standby_names
 
 
 class ReplicationError(RuntimeError):
@@ -95,7 +96,8 @@ select pg_is_in_recovery(),
                             then coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())
                             else pg_current_wal_lsn() end, '0/0')::bigint,
        (select sender_host || ':' || sender_port from pg_stat_wal_receiver),
-       (select status = 'streaming' from pg_stat_wal_receiver)
+       (select status = 'streaming' from pg_stat_wal_receiver),
+       current_setting('synchronous_standby_names')
 """
 
 
@@ -106,10 +108,32 @@ def _look_postgres(conn: connection.ConnectionInfo, timeout: float) -> MemberSta
     except (psycopg.Error, OSError) as exc:
         return MemberState(False, error=observation.error_message(exc, conn))
     assert row is not None  # a SELECT without FROM returns one row
-    in_recovery, position, sender, streaming = row
+    in_recovery, position, sender, streaming, synchronous = row
     if in_recovery:
         return MemberState(True, "replica", position, following=sender, link_up=bool(streaming))
-    return MemberState(True, "primary", position)
+    return MemberState(True, "primary", position, synchronous=str(synchronous))
+
+
+def pg_synchronous_names(standbys: list[str], wanted: int) -> str:
+    """``synchronous_standby_names`` asking ``wanted`` of ``standbys`` (their application names: the pod names)
+    to have each commit, or as many as there are; empty (asynchronous) for none."""
+    count = min(wanted, len(standbys))
+    if count <= 0:
+        return ""
+    return f"ANY {count} (" + ", ".join('"' + name.replace('"', '""') + '"' for name in sorted(standbys)) + ")"
+
+
+def pg_set_synchronous(conn: connection.ConnectionInfo, names: str, timeout: float) -> None:
+    """PostgreSQL: set the primary's ``synchronous_standby_names`` (a reload applies it to waiting commits)."""
+    statement = sql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(sql.Literal(names))
+    try:
+        with _pg(conn, timeout) as pg:
+            pg.execute(statement)
+            pg.execute("select pg_reload_conf()")
+    except (psycopg.Error, OSError) as exc:
+        raise ReplicationError(
+            f"setting the synchronous standbys of {conn.endpoint}: {observation.error_message(exc, conn)}"
+        ) from None
 
 
 def promote(conn: connection.ConnectionInfo, timeout: float) -> None:

@@ -74,6 +74,7 @@ class Seen:
     conns: dict[str, connection.ConnectionInfo]  # member -> its own endpoint
     addresses: dict[str, tuple[str, int]]  # member -> the address the other members replicate it at
     pods: Mapping[str, Mapping[str, Any]]
+    states: Mapping[str, replication.MemberState]  # what each member that has an address said
 
     @property
     def engine(self) -> str:
@@ -132,7 +133,7 @@ def look(ctx: Context, obj: Obj[api.DataStore], conn: connection.ConnectionInfo,
                 terminating=terminating,
             )
         )
-    return Seen(obj.model, looked, conns, addresses, pods)
+    return Seen(obj.model, looked, conns, addresses, pods, states)
 
 
 def _client_service_selects(ctx: Context, obj: Obj[api.DataStore], primary: str) -> None:
@@ -187,7 +188,40 @@ def watch(ctx: Context, obj: Obj[api.DataStore]) -> failover.Decision | None:
     delay = ds.spec.managed.failover_delay_seconds
     seen = look(ctx, obj, conn, record)
     decision = failover.decide(seen.members, _state(record, uid), time.time(), delay)
-    return _follow_through(ctx, obj, conn, uid, record, seen, decision)
+    done = _follow_through(ctx, obj, conn, uid, record, seen, decision)
+    if done.action == "none":
+        _keep_synchronous(obj, record, seen)
+    return done
+
+
+def _keep_synchronous(obj: Obj[api.DataStore], record: primaryrecord.Record, seen: Seen) -> None:
+    """PostgreSQL: the primary's synchronous standbys are ``spec.managed.synchronousReplicas`` of those that
+    stream from it now (all of them while fewer stream: commits never wait for a standby that is not there;
+    none, asynchronous, when none does). Set when it differs, with an event."""
+    managed = seen.store.spec.managed
+    primary = seen.states.get(record.primary)
+    if seen.engine != "postgres" or managed is None or primary is None or primary.role != "primary":
+        return
+    streaming = [
+        m.name
+        for m in seen.members
+        if m.name != record.primary
+        and m.role == "replica"
+        and m.following == record.primary
+        and seen.states.get(m.name, replication.MemberState(False)).link_up
+    ]
+    wanted = replication.pg_synchronous_names(streaming, managed.synchronous_replicas or 0)
+    if (primary.synchronous or "") == wanted:
+        return
+    try:
+        replication.pg_set_synchronous(seen.conns[record.primary], wanted, ACT_TIMEOUT)
+    except replication.ReplicationError as exc:
+        log.warning("%s/%s: %s", obj.namespace, obj.name, exc)
+        return
+    obj.report.event(
+        "SynchronousStandbys",
+        f"commits on {record.primary} wait for {wanted}" if wanted else f"commits on {record.primary} are asynchronous",
+    )
 
 
 def _follow_through(

@@ -35,6 +35,7 @@ class Members:
         self.following: dict[str, str | None] = {"db-0": None, "db-1": "127.0.0.1:7000", "db-2": "127.0.0.1:7000"}
         self.down: set[str] = set()
         self.calls: list[tuple[str, str]] = []
+        self.synchronous = ""  # the PostgreSQL primary's synchronous_standby_names
 
     def member(self, conn: connection.ConnectionInfo) -> str:
         return f"db-{conn.port - 7000}"
@@ -43,7 +44,19 @@ class Members:
         m = self.member(conn)
         if m in self.down:
             return replication.MemberState(False, error="timed out")
-        return replication.MemberState(True, self.role[m], self.position[m], following=self.following[m])  # type: ignore[arg-type]
+        role = self.role[m]
+        return replication.MemberState(
+            True,
+            role,  # type: ignore[arg-type]
+            self.position[m],
+            following=self.following[m],
+            link_up=role == "replica",
+            synchronous=self.synchronous if role == "primary" else None,
+        )
+
+    def set_synchronous(self, conn: connection.ConnectionInfo, names: str, timeout: float) -> None:
+        self.calls.append(("synchronous", f"{self.member(conn)}: {names}"))
+        self.synchronous = names
 
     def promote(self, conn: connection.ConnectionInfo, timeout: float) -> None:
         m = self.member(conn)
@@ -79,20 +92,24 @@ def members(monkeypatch: pytest.MonkeyPatch) -> Members:
     monkeypatch.setattr(replication, "pg_follow", sim.pg_follow)
     monkeypatch.setattr(replication, "pause_writes", sim.pause)
     monkeypatch.setattr(replication, "unpause", sim.unpause)
+    monkeypatch.setattr(replication, "pg_set_synchronous", sim.set_synchronous)
     return sim
 
 
-def body(engine: str = "redis") -> dict[str, Any]:
+def body(engine: str = "redis", synchronous: int | None = None) -> dict[str, Any]:
+    managed: dict[str, Any] = {"replicas": 3, "failoverDelay": 3}
+    if synchronous is not None:
+        managed["synchronousReplicas"] = synchronous
     return {
         "apiVersion": "mlinfra.io/v1alpha1",
         "kind": "DataStore",
         "metadata": {"name": "db", "namespace": NS, "uid": "u-1", "generation": 1},
-        "spec": {"engine": engine, "managed": {"replicas": 3, "failoverDelay": 3}},
+        "spec": {"engine": engine, "managed": managed},
     }
 
 
-def obj(engine: str = "redis") -> Obj[api.DataStore]:
-    b = body(engine)
+def obj(engine: str = "redis", synchronous: int | None = None) -> Obj[api.DataStore]:
+    b = body(engine, synchronous)
     return Obj(b, problems.parse(api.DataStore, b), Recorder())
 
 
@@ -339,3 +356,39 @@ def test_a_stale_postgres_primary_is_not_demoted_in_place_its_pod_goes(
     d = ha.watch(ctx, obj("postgres"))
     assert d is not None and d.action == "demote" and d.member == "db-0"
     assert kube.get_or_none("Pod", NS, "db-0") is None and members.calls == []
+
+
+def test_postgres_commits_wait_for_the_synchronous_standbys_that_stream(
+    kube: FakeKube, tmp_path: Path, members: Members
+) -> None:
+    ctx = context(kube, tmp_path, "postgres")
+    o = obj("postgres", synchronous=1)
+    assert ha.watch(ctx, o).action == "none"  # type: ignore[union-attr]
+    assert members.calls == [("synchronous", 'db-0: ANY 1 ("db-1", "db-2")')]
+    assert [e[1] for e in o.report.events] == ["SynchronousStandbys"]  # type: ignore[attr-defined]
+    ha.watch(ctx, obj("postgres", synchronous=1))
+    assert len(members.calls) == 1  # set only when it differs
+    # A standby that stops streaming is no longer waited for; with none, commits are asynchronous again.
+    members.down.add("db-1")
+    ha.watch(ctx, obj("postgres", synchronous=1))
+    assert members.calls[-1] == ("synchronous", 'db-0: ANY 1 ("db-2")')
+    members.down.add("db-2")
+    ha.watch(ctx, obj("postgres", synchronous=1))
+    assert members.calls[-1] == ("synchronous", "db-0: ")
+    # synchronousReplicas omitted: asynchronous.
+    members.down.clear()
+    members.synchronous = 'ANY 1 ("db-1", "db-2")'
+    ha.watch(ctx, obj("postgres"))
+    assert members.calls[-1] == ("synchronous", "db-0: ")
+
+
+def test_redis_has_no_synchronous_standbys(ctx: Context, members: Members) -> None:
+    ha.watch(ctx, obj())
+    assert members.calls == []
+
+
+def test_synchronous_names() -> None:
+    assert replication.pg_synchronous_names([], 1) == ""
+    assert replication.pg_synchronous_names(["db-2", "db-1"], 0) == ""
+    assert replication.pg_synchronous_names(["db-2", "db-1"], 1) == 'ANY 1 ("db-1", "db-2")'
+    assert replication.pg_synchronous_names(["db-1"], 2) == 'ANY 1 ("db-1")'
