@@ -35,6 +35,9 @@ class MemberState:
     link_up: bool = False  # a replica's link to its primary is up
     error: str | None = None  # why it could not be looked at (safe to publish)
     synchronous: str | None = None  # a PostgreSQL primary's synchronous_standby_names
+    # Nothing listens at its address (the connection was refused, not timed out): no server process runs
+    # there. A stopped (SIGSTOP) server still holds its socket, and the kernel accepts connections for it.
+    refused: bool = False
 
 
 class ReplicationError(RuntimeError):
@@ -85,9 +88,19 @@ def _look_redis(conn: connection.ConnectionInfo, timeout: float) -> MemberState:
     try:
         return redis_state(client.info("replication"))
     except (redis_lib.RedisError, OSError) as exc:
-        return MemberState(False, error=observation.error_message(exc, conn))
+        return MemberState(False, error=observation.error_message(exc, conn), refused=_refused(exc))
     finally:
         client.close()
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) is a refused connection."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError) or "connection refused" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 _PG_STATE_SQL = """
@@ -106,7 +119,7 @@ def _look_postgres(conn: connection.ConnectionInfo, timeout: float) -> MemberSta
         with _pg(conn, timeout) as pg:
             row = pg.execute(_PG_STATE_SQL).fetchone()
     except (psycopg.Error, OSError) as exc:
-        return MemberState(False, error=observation.error_message(exc, conn))
+        return MemberState(False, error=observation.error_message(exc, conn), refused=_refused(exc))
     assert row is not None  # a SELECT without FROM returns one row
     in_recovery, position, sender, streaming, synchronous = row
     if in_recovery:

@@ -115,6 +115,7 @@ def look(ctx: Context, obj: Obj[api.DataStore], conn: connection.ConnectionInfo,
             or meta.get("uid") != record.fencing_uid
             or ended
             or _server_restarted(pod, ds.spec.engine, record.fencing_restarts)
+            or (record.fencing_killed and _killed_server_gone(states.get(pod_name)))
         )
         fenced = record.fencing == pod_name and gone
         state = states.get(pod_name)
@@ -343,6 +344,7 @@ def _fence(
         fencing=member,
         fencing_uid=record.fencing_uid,
         fencing_restarts=record.fencing_restarts,
+        fencing_killed=record.fencing_killed,
         changed_at=_now_rfc3339() if first else record.changed_at,
         version=record.version,
     )
@@ -362,8 +364,8 @@ def _fence(
         # A hung primary (not a hand-over, which stops gracefully) is killed in its container at once: the
         # kubelet's report of the container's restart fences it (a second or so), where the pod's deletion
         # waits for the kubelet's own kill first. The pod still goes, and comes back reading the new record.
-        if grace is not None:
-            _kill_server(obj, seen.engine, pod)
+        if grace is not None and _kill_server(obj, seen.engine, pod):
+            record = primaryrecord.write(ctx.kube, obj.namespace, obj.name, replace(record, fencing_killed=True))
     # Deleted on every tick until it is (a tick that ended between the record and the deletion left it).
     if meta["uid"] == record.fencing_uid and (not meta.get("deletionTimestamp") or (first and grace is not None)):
         ctx.kube.delete("Pod", obj.namespace, member, uid=meta["uid"], grace_seconds=grace)
@@ -388,23 +390,32 @@ def _server_restarted(pod: Mapping[str, Any], container: str, since: int | None)
     return False
 
 
-def _kill_server(obj: Obj[api.DataStore], engine: str, pod: Mapping[str, Any]) -> None:
+def _killed_server_gone(state: replication.MemberState | None) -> bool:
+    """After the fence's kill: nothing listens at the member's address any more, or what answers there is a
+    replica (the restarted container, which read the new record) — either way the old server is gone,
+    without waiting for the kubelet's report."""
+    return state is not None and (state.refused or (state.reachable and state.role == "replica"))
+
+
+def _kill_server(obj: Obj[api.DataStore], engine: str, pod: Mapping[str, Any]) -> bool:
     """SIGKILL every process of the pod but its sandbox's, from a new process in the server's container
     (``kill -KILL -1``): a stopped or hung server dies at once. Only in a pod that shares its process
     namespace (the rendered ones do): elsewhere the server is its container's PID 1, which no process of the
-    container may kill. The exec itself dies with the container, so its end says nothing: the kubelet's
-    report of the restart does (``_server_restarted``). A kill that cannot be done leaves the fence to the
-    pod's deletion, as for a pod whose node no longer answers."""
+    container may kill. The exec itself dies with the container (it ends without an exit status): then
+    nothing listening at the member's address, a replica answering there, or the kubelet's report of the
+    restart confirms it (``_killed_server_gone``, ``_server_restarted``). Whether the kill was done; one
+    that cannot be leaves the fence to the pod's deletion, as for a pod whose node no longer answers."""
     name = pod["metadata"]["name"]
     if not (pod.get("spec") or {}).get("shareProcessNamespace"):
-        return
+        return False
     try:
         podexec.run(obj.namespace, name, engine, ["sh", "-c", "kill -KILL -1"], KILL_TIMEOUT)
     except podexec.ExecFailed as exc:
         if not exc.ended_with_container:
             log.warning("%s/%s: killing the old primary's server in its container failed: %s", obj.namespace, name, exc)
-            return
+            return False
     obj.report.event("Fenced", f"{name}: its server was killed in its container (SIGKILL) before the promotion")
+    return True
 
 
 def promote_action(ctx: Context, obj: Obj[api.DataStore], value: str) -> str:

@@ -30,6 +30,7 @@ class Record:
     # The server container's restart count when the fence began: fenced once it grew (its server was killed
     # in the container and the kubelet started another, which read this record) without waiting for the pod.
     fencing_restarts: int | None = None
+    fencing_killed: bool = False  # its server was SIGKILLed in its container by the fence (stores.ha)
     changed_at: str | None = None  # RFC 3339: when the primary last changed
     version: str | None = None  # the ConfigMap's resourceVersion when read
 
@@ -40,6 +41,7 @@ class Record:
             "fencing": self.fencing or "",
             "fencingUid": self.fencing_uid or "",
             "fencingRestarts": "" if self.fencing_restarts is None else str(self.fencing_restarts),
+            "fencingKilled": "true" if self.fencing_killed else "",
             "changedAt": self.changed_at or "",
         }
 
@@ -68,6 +70,7 @@ def parse(cm: Mapping[str, Any]) -> Record:
         fencing=data.get("fencing") or None,
         fencing_uid=data.get("fencingUid") or None,
         fencing_restarts=int(restarts) if (restarts := str(data.get("fencingRestarts") or "")).isdigit() else None,
+        fencing_killed=data.get("fencingKilled") == "true",
         changed_at=data.get("changedAt") or None,
         version=(cm.get("metadata") or {}).get("resourceVersion"),
     )

@@ -36,6 +36,7 @@ class Members:
         self.down: set[str] = set()
         self.calls: list[tuple[str, str]] = []
         self.synchronous = ""  # the PostgreSQL primary's synchronous_standby_names
+        self.refused: set[str] = set()  # down members whose address refuses connections (no process there)
 
     def member(self, conn: connection.ConnectionInfo) -> str:
         return f"db-{conn.port - 7000}"
@@ -43,7 +44,7 @@ class Members:
     def look(self, conn: connection.ConnectionInfo, timeout: float) -> replication.MemberState:
         m = self.member(conn)
         if m in self.down:
-            return replication.MemberState(False, error="timed out")
+            return replication.MemberState(False, error="timed out", refused=m in self.refused)
         role = self.role[m]
         return replication.MemberState(
             True,
@@ -233,6 +234,46 @@ def test_a_hung_primary_is_killed_in_its_pod_and_promoted_once_its_container_res
     assert [e[1] for e in o.report.events] == ["FailingOver", "Fenced", "Promoted"]  # type: ignore[attr-defined]
     record = primaryrecord.read(kube, NS, "db")
     assert record is not None and (record.primary, record.fencing, record.fencing_restarts) == ("db-2", None, None)
+
+
+def test_after_the_kill_a_refused_connection_is_enough(
+    ctx: Context, kube: FakeKube, members: Members, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kill's exec ended with its container; before the kubelet reports the restart, nothing listens at the
+    old primary's address any more (a stopped server would still hold its socket): fenced, promoted."""
+    clock = [1000.0]
+    monkeypatch.setattr(ha.time, "time", lambda: clock[0])
+    kube.merge_patch("Pod", NS, "db-0", {"spec": {"shareProcessNamespace": True}})
+    kube.merge_patch("Pod", NS, "db-0", {"status": running(0)}, subresource="status")
+
+    def kill(*_: Any) -> str:
+        members.refused.add("db-0")
+        raise podexec.ExecFailed("the session ended without an exit status", ended_with_container=True)
+
+    monkeypatch.setattr(podexec, "run", kill)
+    monkeypatch.setattr(kube, "delete", lambda *_, **__: True)  # the pod stays, its restart not reported yet
+    members.down.add("db-0")
+    ha.watch(ctx, obj())
+    clock[0] += 4
+    d = ha.watch(ctx, obj())
+    assert d is not None and d.action == "promote" and d.member == "db-2"
+
+
+def test_a_refused_connection_without_the_kill_fences_nothing(
+    ctx: Context, kube: FakeKube, members: Members, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the kill (a pod that does not share its process namespace) a closed port proves nothing a
+    server shutting down slowly could not also show: the fence waits for the pod."""
+    monkeypatch.setattr(ha, "FENCE_WAIT", 0.5)
+    clock = [1000.0]
+    monkeypatch.setattr(ha.time, "time", lambda: clock[0])
+    monkeypatch.setattr(kube, "delete", lambda *_, **__: True)
+    members.down.add("db-0")
+    members.refused.add("db-0")
+    ha.watch(ctx, obj())
+    clock[0] += 4
+    d = ha.watch(ctx, obj())
+    assert d is not None and d.action == "fence" and members.calls == []
 
 
 def test_a_failed_kill_leaves_the_fence_to_the_pods_deletion(
