@@ -75,8 +75,12 @@ def most_advanced(members: Sequence[Member], exclude: str) -> Member | None:
     return min(candidates, key=lambda m: (-(m.position or 0), m.ordinal))
 
 
-def decide(members: Sequence[Member], state: State, now: float, failover_delay: float) -> Decision:
-    """The next step for a store whose members are ``members``; call again after acting on it."""
+def decide(
+    members: Sequence[Member], state: State, now: float, failover_delay: float, looked_at: float | None = None
+) -> Decision:
+    """The next step for a store whose members are ``members``; call again after acting on it. ``looked_at``:
+    when the look that saw ``members`` began (a primary that did not answer it has not answered since then;
+    ``now`` when omitted)."""
     seen = {m.name: m for m in members}
     primary = seen.get(state.primary)
     for m in members:
@@ -107,7 +111,7 @@ def decide(members: Sequence[Member], state: State, now: float, failover_delay: 
         if state.unreachable_since is not None:
             return Decision("none", None, f"{state.primary} answers again", healed)
         return Decision("none", None, f"{state.primary} is the primary", state)
-    since = state.unreachable_since if state.unreachable_since is not None else now
+    since = state.unreachable_since if state.unreachable_since is not None else min(now, looked_at or now)
     waiting = dataclasses.replace(state, unreachable_since=since)
     if now - since < failover_delay:
         left = failover_delay - (now - since)

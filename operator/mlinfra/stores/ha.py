@@ -187,8 +187,9 @@ def watch(ctx: Context, obj: Obj[api.DataStore]) -> failover.Decision | None:
     if record is None or conn is None:
         return None  # before the first reconcile
     delay = ds.spec.managed.failover_delay_seconds
+    looked_at = time.time()
     seen = look(ctx, obj, conn, record)
-    decision = failover.decide(seen.members, _state(record, uid), time.time(), delay)
+    decision = failover.decide(seen.members, _state(record, uid), time.time(), delay, looked_at)
     done = _follow_through(ctx, obj, conn, uid, record, seen, decision)
     if done.action == "none":
         _keep_synchronous(obj, record, seen)
@@ -238,18 +239,37 @@ def _follow_through(
     tick: the promotion comes the moment the old pod has ended (within FENCE_WAIT)."""
     delay = seen.store.spec.managed.failover_delay_seconds if seen.store.spec.managed else 0.0
     deadline = time.monotonic() + FENCE_WAIT
+    waited = False
     while True:
         followed = _act(ctx, obj, record, seen, decision)
         if decision.state.unreachable_since is None:
             _unreachable_since.pop(uid, None)
         else:
             _unreachable_since[uid] = decision.state.unreachable_since
-        if not followed or time.monotonic() > deadline:
+        if not followed:
+            # The delay ends before the next tick: look again the moment it does, in this tick (once), rather
+            # than up to a whole interval later.
+            due = _delay_ends_in(decision, delay)
+            if waited or due is None or due > ctx.settings.failover_interval:
+                return decision
+            waited = True
+            time.sleep(due)
+        elif time.monotonic() > deadline:
             return decision
-        time.sleep(0.2)
+        else:
+            time.sleep(0.2)
         record = primaryrecord.read(ctx.kube, obj.namespace, obj.name) or record
+        looked_at = time.time()
         seen = look(ctx, obj, conn, record)
-        decision = failover.decide(seen.members, _state(record, uid), time.time(), delay)
+        decision = failover.decide(seen.members, _state(record, uid), time.time(), delay, looked_at)
+
+
+def _delay_ends_in(decision: failover.Decision, delay: float) -> float | None:
+    """Seconds until ``failoverDelay`` is over for an unanswered primary the decision waits on; None otherwise."""
+    since = decision.state.unreachable_since
+    if decision.action != "wait" or since is None or time.time() - since >= delay:
+        return None
+    return since + delay - time.time()
 
 
 def _record(

@@ -199,3 +199,13 @@ def test_a_primary_whose_pod_is_being_deleted_is_handed_over_without_waiting() -
     ms[0] = dataclasses.replace(ms[0], reachable=False, role="unknown")
     d = decide(ms, State("db-0"), 0.0, DELAY)
     assert d.action == "fence" and (d.state.primary, d.state.fencing) == ("db-2", "db-0")
+
+
+def test_the_delay_counts_from_the_start_of_the_look_the_primary_did_not_answer() -> None:
+    """The look began at 99.5 and the primary did not answer it (its timeout ended at 100): it has not answered
+    since 99.5, and the delay is over at 99.5 + DELAY."""
+    ms = members(100, 90, 95)
+    down = [dataclasses.replace(ms[0], reachable=False), *ms[1:]]
+    first = decide(down, State("db-0"), 100.0, DELAY, looked_at=99.5)
+    assert first.action == "wait" and first.state.unreachable_since == 99.5
+    assert decide(down, first.state, 99.5 + DELAY, DELAY).action == "fence"

@@ -433,3 +433,28 @@ def test_synchronous_names() -> None:
     assert replication.pg_synchronous_names(["db-2", "db-1"], 0) == ""
     assert replication.pg_synchronous_names(["db-2", "db-1"], 1) == 'ANY 1 ("db-1", "db-2")'
     assert replication.pg_synchronous_names(["db-1"], 2) == 'ANY 1 ("db-1")'
+
+
+def test_the_failover_comes_when_the_delay_ends_not_at_the_next_tick(
+    ctx: Context, kube: FakeKube, members: Members, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """failoverDelay 3 s, ticks every 1 s: the tick 2.4 s after the primary stopped answering waits the 0.6 s
+    left and fails over within itself, instead of leaving it to the tick at 3.4 s."""
+    clock = [1000.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock[0] += seconds
+
+    monkeypatch.setattr(ha.time, "time", lambda: clock[0])
+    monkeypatch.setattr(ha.time, "sleep", sleep)
+    members.down.add("db-0")
+    assert ha.watch(ctx, obj()).action == "wait"  # type: ignore[union-attr]
+    clock[0] += 1.2
+    assert ha.watch(ctx, obj()).action == "wait"  # 1.8 s left: more than a tick  # type: ignore[union-attr]
+    assert slept == []
+    clock[0] += 1.2
+    d = ha.watch(ctx, obj())
+    assert d is not None and d.action == "promote" and d.member == "db-2"
+    assert slept[0] == pytest.approx(0.6) and clock[0] < 1003.4
