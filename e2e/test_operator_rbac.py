@@ -53,10 +53,18 @@ DENIED = [
 ]
 
 
+def resource_args(resource: str) -> list[str]:
+    """``kubectl auth can-i``'s words for ``resource``: a subresource (``pods/exec``) goes in --subresource
+    (``pods/exec`` alone means the pod named exec)."""
+    kind, _, sub = resource.partition("/")
+    return [kind, f"--subresource={sub}"] if sub else [kind]
+
+
 def can_i(cp: ControlPlane, account: str, verb: str, resource: str) -> bool:
     out = cp.kubectl(
-        "auth", "can-i", verb, resource, "-A", f"--as=system:serviceaccount:{op_mod.NAMESPACE}:{account}", check=False
-    )
+        "auth", "can-i", verb, *resource_args(resource), "-A",
+        f"--as=system:serviceaccount:{op_mod.NAMESPACE}:{account}", check=False,
+    )  # fmt: skip
     return out.stdout.strip() == "yes"
 
 
@@ -127,8 +135,8 @@ def can_i_in(cp: ControlPlane, account: str, verb: str, resource: str, namespace
     """``kubectl auth can-i`` as the operator's ServiceAccount, in ``namespace`` or (None) cluster-wide."""
     where = ["-n", namespace] if namespace else ["-A"]
     out = cp.kubectl(
-        "auth", "can-i", verb, resource, *where, f"--as=system:serviceaccount:{op_mod.NAMESPACE}:{account}",
-        check=False,
+        "auth", "can-i", verb, *resource_args(resource), *where,
+        f"--as=system:serviceaccount:{op_mod.NAMESPACE}:{account}", check=False,
     )  # fmt: skip
     return out.stdout.strip() == "yes"
 
